@@ -1,0 +1,227 @@
+"""The HTTP API (Starlette), served by `sfq api`. Thin: every request is one named query."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from queue_app import spec
+from queue_app.config import Settings, database_url
+from queue_app.db import QUERIES
+from queue_app.enqueue import RequestRejected, submit_async
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+MAX_PAGE = 500
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_json_default, separators=(",", ":")).encode()
+
+
+def error(status: int, message: str, detail: Any = None) -> JSON:
+    return JSON({"error": message, "detail": detail}, status_code=status)
+
+
+def _model_url(request: Request, model_id: int) -> str:
+    return str(request.url_for("get_model", model_id=model_id))
+
+
+async def train(request: Request) -> JSON:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error(400, "request body is not valid JSON", str(exc))
+    if not isinstance(body, dict):
+        return error(422, "request body must be a JSON object", {"field": None})
+    async with request.app.state.pool.connection() as conn:
+        try:
+            submission = await submit_async(conn, body, "http")
+        except RequestRejected as rejected:
+            return error(422, rejected.message, {"field": rejected.field, "not_supported": rejected.not_supported})
+    return JSON(
+        {
+            "model_id": submission.model_id,
+            "url": _model_url(request, submission.model_id),
+            "fingerprint": submission.fingerprint,
+            "deduplicated": submission.deduplicated,
+        },
+        status_code=200 if submission.deduplicated else 201,
+    )
+
+
+async def get_model(request: Request) -> JSON:
+    model_id = request.path_params["model_id"]
+    async with request.app.state.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(QUERIES["get_model"], {"model_id": model_id})
+        model = await cursor.fetchone()
+        if model is None:
+            return error(404, f"no model with id {model_id}")
+        await cursor.execute(QUERIES["model_features"], {"model_id": model_id})
+        model["feature_importances"] = await cursor.fetchall()
+    model["url"] = _model_url(request, model_id)
+    return JSON(model)
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HTTPException(422, f"{name} must be an integer between {low} and {high}, got {raw!r}")
+    return int(raw)
+
+
+async def list_models(request: Request) -> JSON:
+    params = request.query_params
+    status = params.get("status")
+    if status is not None and status not in STATUSES:
+        return error(422, f"status must be one of {', '.join(STATUSES)}, got {status!r}", {"field": "status"})
+    sort = params.get("sort", "id")
+    if not re.fullmatch(r"[a-z0-9_]{1,64}", sort):
+        return error(422, f"sort must be 'id' or a metric name, got {sort!r}", {"field": "sort"})
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        return error(422, f"order must be asc or desc, got {order!r}", {"field": "order"})
+    limit = _query_int(request, "limit", 50, 1, MAX_PAGE)
+    offset = _query_int(request, "offset", 0, 0, 10**9)
+    query = {
+        "status": status,
+        "symbol": params.get("symbol"),
+        "algorithm": params.get("algorithm"),
+        "metric": None if sort == "id" else sort,
+        "direction": 1 if order == "asc" else -1,
+        "limit": limit,
+        "offset": offset,
+    }
+    async with request.app.state.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(QUERIES["list_models"], query)
+        rows = await cursor.fetchall()
+    total = rows[0].pop("total") if rows else 0
+    for row in rows[1:]:
+        row.pop("total")
+    for row in rows:
+        row["url"] = _model_url(request, row["id"])
+    return JSON({"models": rows, "total": total, "limit": limit, "offset": offset})
+
+
+async def healthz(request: Request) -> JSON:
+    async with request.app.state.pool.connection(timeout=2) as conn:
+        await conn.execute("SELECT 1")
+    return JSON({"status": "ok", "database": "ok"})
+
+
+async def openapi(request: Request) -> JSON:
+    return JSON(OPENAPI)
+
+
+def _error_schema() -> dict:
+    return {"type": "object", "properties": {"error": {"type": "string"}, "detail": {}}}
+
+
+def _response(description: str, schema: dict | None = None) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema or _error_schema()}}}
+
+
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {"title": "sfq: strategy-factory training queue", "version": "1"},
+    "paths": {
+        "/train": {
+            "post": {
+                "summary": "Submit a training request (deduplicated by fingerprint)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": spec.request_schema()}}},
+                "responses": {
+                    "201": _response("Model created and queued", {"type": "object"}),
+                    "200": _response("An existing model serves this request (deduplicated)", {"type": "object"}),
+                    "400": _response("Body is not JSON"),
+                    "422": _response("Invalid request; detail.field names the field"),
+                    "503": _response("Database unreachable"),
+                },
+            }
+        },
+        "/models": {
+            "get": {
+                "summary": "List models: filter by status, symbol, algorithm; sort by id or a metric",
+                "parameters": [
+                    {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+                    for name, kind in (("status", "string"), ("symbol", "string"), ("algorithm", "string"),
+                                       ("sort", "string"), ("order", "string"), ("limit", "integer"),
+                                       ("offset", "integer"))
+                ],
+                "responses": {"200": _response("A page of models", {"type": "object"}),
+                              "422": _response("Bad query parameter")},
+            }
+        },
+        "/models/{model_id}": {
+            "get": {
+                "summary": "A model: status, spec, metrics, timings, error, feature importances",
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {"200": _response("The model", {"type": "object"}), "404": _response("Unknown id")},
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness, including the database",
+                             "responses": {"200": _response("Healthy", {"type": "object"}),
+                                           "503": _response("Database unreachable")}}},
+    },
+}
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSON:
+    return error(exc.status_code, exc.detail)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSON:
+    return error(503, "database unavailable", str(exc) or type(exc).__name__)
+
+
+def create_app(url: str | None = None, settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    url = url or database_url(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        pool = psycopg_pool.AsyncConnectionPool(
+            url, min_size=1, max_size=settings.pool_size, open=False, timeout=5,
+            kwargs={"autocommit": True, "application_name": "sfq-api"},
+        )
+        await pool.open(wait=False)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return Starlette(
+        routes=[
+            Route("/train", train, methods=["POST"]),
+            Route("/models", list_models, methods=["GET"]),
+            Route("/models/{model_id:int}", get_model, methods=["GET"], name="get_model"),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={
+            HTTPException: _http_error,
+            psycopg.OperationalError: _database_unavailable,
+            psycopg_pool.PoolTimeout: _database_unavailable,
+        },
+        lifespan=lifespan,
+    )

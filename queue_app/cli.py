@@ -1,0 +1,281 @@
+"""`sfq`: the command line. Errors are one clear line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from queue_app import bars, db, embedded, spec
+from queue_app.config import Settings, database_url
+from queue_app.enqueue import RequestRejected, submit
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as `sfq: <message>`, exit status 1."""
+
+
+def _connect(args) -> psycopg.Connection:
+    return db.connect(database_url(args.settings), autocommit=True)
+
+
+def cmd_db_upgrade(args) -> None:
+    applied = db.upgrade(database_url(args.settings))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+def cmd_db_stop(args) -> None:
+    if args.settings.postgres_url:
+        raise CommandError("POSTGRES_URL is set: sfq does not manage that server")
+    print("stopped sfq's private PostgreSQL" if embedded.stop(args.settings.home) else "it was not running")
+
+
+def cmd_db_url(args) -> None:
+    print(database_url(args.settings))
+
+
+def cmd_api(args) -> None:
+    import uvicorn
+
+    from queue_app.api import create_app
+
+    uvicorn.run(create_app(settings=args.settings), host=args.host, port=args.port, log_level="info")
+
+
+def cmd_worker(args) -> None:
+    from workers import worker
+
+    worker.run(args.instance, database_url(args.settings), args.max_jobs_per_child or args.settings.max_jobs_per_child)
+
+
+def cmd_workers(args) -> None:
+    from workers import supervisor
+
+    extra = ["--max-jobs-per-child", str(args.max_jobs_per_child)] if args.max_jobs_per_child else []
+    sys.exit(supervisor.run(args.count, database_url(args.settings), extra))
+
+
+def _json_arg(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--{name.replace('_', '-')}: not valid JSON ({exc})") from None
+
+
+def _request_from(args) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    for field in spec.FIELDS:
+        value = getattr(args, field.name)
+        if value is None:
+            continue
+        if field.json_type in ("object", "array"):
+            value = _json_arg(field.name, value)
+        elif field.json_type in ("string-array", "number-array"):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            value = [float(i) for i in items] if field.json_type == "number-array" else items
+        request[field.name] = value
+    for assignment in args.param or []:
+        name, _, raw = assignment.partition("=")
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed = raw
+        request.setdefault("hyperparameters", {})[name.strip()] = parsed
+    return request
+
+
+def cmd_submit(args) -> None:
+    with _connect(args) as conn:
+        try:
+            submission = submit(conn, _request_from(args), "cli")
+        except RequestRejected as rejected:
+            raise CommandError(rejected.message) from None
+        note = " (deduplicated: an identical model exists)" if submission.deduplicated else ""
+        print(f"model {submission.model_id} fingerprint {submission.fingerprint}{note}")
+        if args.wait:
+            model = wait_for(conn, [submission.model_id], args.timeout)[submission.model_id]
+            print(f"model {model['id']} {model['status']}" + (f": {model['error']}" if model["error"] else ""))
+            if model["status"] == "completed":
+                print(json.dumps({k: model["metrics"][k] for k in ("rmse", "r2", "directional_accuracy", "ic")}))
+            else:
+                sys.exit(1)
+
+
+def wait_for(conn: psycopg.Connection, model_ids: list[int], timeout: float, show=print) -> dict[int, dict]:
+    """Poll until every model is finished, printing each status change; returns the final rows."""
+    deadline, seen = time.monotonic() + timeout, {}
+    while True:
+        with conn.cursor(row_factory=dict_row) as cursor:
+            rows = cursor.execute(
+                "SELECT id, status::text, error, metrics, worker_pid FROM models WHERE id = ANY(%s)", (model_ids,)
+            ).fetchall()
+        for row in rows:
+            if seen.get(row["id"]) != row["status"]:
+                seen[row["id"]] = row["status"]
+                where = f" (worker pid {row['worker_pid']})" if row["worker_pid"] else ""
+                show(f"  model {row['id']}: {row['status']}{where}")
+        if all(row["status"] in TERMINAL for row in rows):
+            return {row["id"]: row for row in rows}
+        if time.monotonic() > deadline:
+            raise CommandError(f"timed out after {timeout:.0f} s waiting for models {model_ids}")
+        time.sleep(0.5)
+
+
+def cmd_bars_import(args) -> None:
+    with _connect(args) as conn:
+        try:
+            inserted, updated = bars.import_file(conn, Path(args.file), args.symbol, args.timeframe)
+        except FileNotFoundError:
+            raise CommandError(f"no such file: {args.file}") from None
+        except bars.BadBars as bad:
+            raise CommandError(f"{args.file}: {bad}") from None
+    print(f"{args.symbol.upper()} {args.timeframe}: {inserted} bars inserted, {updated} updated")
+
+
+def cmd_bars_sample(args) -> None:
+    with _connect(args) as conn:
+        for symbol, rows in bars.sample_bars():
+            inserted, updated = bars.load(conn, symbol, "1d", rows)
+            print(f"{symbol} 1d: {inserted} bars inserted, {updated} updated ({rows[0].ts:%Y-%m-%d}..{rows[-1].ts:%Y-%m-%d})")
+
+
+def cmd_bars_list(args) -> None:
+    with _connect(args) as conn:
+        for row in conn.execute(db.QUERIES["symbols"]).fetchall():
+            print(f"{row[0]:<8} {row[1]:<4} {row[2]:>7} bars  {row[3]:%Y-%m-%d} .. {row[4]:%Y-%m-%d}")
+
+
+def leaderboard(conn: psycopg.Connection, sort: str, limit: int, status: str | None = None) -> str:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            db.QUERIES["list_models"],
+            {"status": status, "symbol": None, "algorithm": None, "metric": None if sort == "id" else sort,
+             "direction": -1, "limit": limit, "offset": 0},
+        ).fetchall()
+    lines = [f"{'id':>5}  {'status':<9} {'symbol':<6} {'algorithm':<20} {'target':<16} "
+             f"{'dir.acc':>7} {'ic':>7} {'r2':>8} {'rmse':>9}  worker"]
+    for row in rows:
+        m = row["metrics"] or {}
+
+        def fmt(key: str, width: int, digits: int, m=m) -> str:
+            return f"{m[key]:>{width}.{digits}f}" if m.get(key) is not None else f"{'-':>{width}}"
+
+        target = f"{row['target_col']}/{row['target_transform']}"
+        worker = f"{row['worker_host']}:{row['worker_pid']}" if row["worker_pid"] else ""
+        lines.append(
+            f"{row['id']:>5}  {row['status']:<9} {row['symbol']:<6} {row['algorithm']:<20} {target:<16} "
+            f"{fmt('directional_accuracy', 7, 3)} {fmt('ic', 7, 3)} {fmt('r2', 8, 4)} {fmt('rmse', 9, 5)}  {worker}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_models(args) -> None:
+    with _connect(args) as conn:
+        print(leaderboard(conn, args.sort, args.limit, args.status))
+
+
+def cmd_model(args) -> None:
+    with _connect(args) as conn, conn.cursor(row_factory=dict_row) as cursor:
+        model = cursor.execute(db.QUERIES["get_model"], {"model_id": args.model_id}).fetchone()
+        if model is None:
+            raise CommandError(f"no model with id {args.model_id}")
+        print(json.dumps(model, indent=2, default=str))
+
+
+def cmd_demo(args) -> None:
+    from queue_app import demo
+
+    demo.run(args.settings, workers=args.workers)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfq", description="Strategy-factory training queue on PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db_parser = sub.add_parser("db", help="database: upgrade, url, stop (the private cluster)")
+    db_sub = db_parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="create or upgrade the schema (no-op when current)").set_defaults(func=cmd_db_upgrade)
+    db_sub.add_parser("url", help="print the database URL in use").set_defaults(func=cmd_db_url)
+    db_sub.add_parser("stop", help="stop sfq's private PostgreSQL cluster").set_defaults(func=cmd_db_stop)
+
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="run worker daemon N (what systemd's worker@N runs)")
+    worker.add_argument("instance", type=int)
+    worker.add_argument("--max-jobs-per-child", type=int, default=None,
+                        help="recycle the training process after this many jobs (default 10)")
+    worker.set_defaults(func=cmd_worker)
+
+    workers = sub.add_parser("workers", help="run N worker daemons, restarting any that exits")
+    workers.add_argument("--count", type=int, default=os.cpu_count() or 1, help="default: the number of cores")
+    workers.add_argument("--max-jobs-per-child", type=int, default=None)
+    workers.set_defaults(func=cmd_workers)
+
+    submit_parser = sub.add_parser("submit", help="submit a training request")
+    for field in spec.FIELDS:
+        submit_parser.add_argument(
+            f"--{field.name.replace('_', '-')}", dest=field.name, required=field.name == "symbol",
+            type=int if field.json_type == "integer" else str, help=field.help,
+        )
+    submit_parser.add_argument("--param", action="append", metavar="NAME=VALUE",
+                               help="one hyperparameter (JSON value), repeatable")
+    submit_parser.add_argument("--wait", action="store_true", help="wait until the model is trained")
+    submit_parser.add_argument("--timeout", type=float, default=3600)
+    submit_parser.set_defaults(func=cmd_submit)
+
+    bars_parser = sub.add_parser("bars", help="price bars: import, sample, list")
+    bars_sub = bars_parser.add_subparsers(dest="bars_command", required=True, metavar="ACTION")
+    imp = bars_sub.add_parser("import", help="import OHLCV bars from a CSV file")
+    imp.add_argument("file")
+    imp.add_argument("--symbol", required=True)
+    imp.add_argument("--timeframe", default="1d")
+    imp.set_defaults(func=cmd_bars_import)
+    bars_sub.add_parser("sample", help="load real daily bars of AAPL, MSFT, IBM, GOOG (offline)").set_defaults(
+        func=cmd_bars_sample)
+    bars_sub.add_parser("list", help="symbols and their bar counts").set_defaults(func=cmd_bars_list)
+
+    models = sub.add_parser("models", help="list models (a leaderboard with --sort METRIC)")
+    models.add_argument("--sort", default="id")
+    models.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
+    models.add_argument("--limit", type=int, default=20)
+    models.set_defaults(func=cmd_models)
+
+    model = sub.add_parser("model", help="show one model")
+    model.add_argument("model_id", type=int)
+    model.set_defaults(func=cmd_model)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo: real bars, real workers, results")
+    demo.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    args.settings = Settings.from_env()
+    try:
+        args.func(args)
+    except (CommandError, embedded.EmbeddedError, db.MigrationError) as exc:
+        sys.exit(f"sfq: {exc}".replace("sfq: sfq: ", "sfq: "))
+    except psycopg.OperationalError as exc:
+        sys.exit(f"sfq: cannot reach the database: {str(exc).strip()}")
+    except psycopg.errors.UndefinedTable as exc:
+        sys.exit(f"sfq: the database has no sfq schema yet; run `sfq db upgrade` ({exc.diag.message_primary})")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

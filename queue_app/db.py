@@ -1,0 +1,96 @@
+"""The database: named SQL queries from `sql/queries.sql`, and `sfq db upgrade`.
+
+As in Procrastinate, SQL lives in .sql files; a query is called by the name in its `-- name --` header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import procrastinate
+import psycopg
+from procrastinate.schema import SchemaManager
+
+_HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+
+
+def _sql_text(name: str) -> str:
+    return (resources.files("sql") / name).read_text(encoding="utf-8")
+
+
+def _parse_queries(text: str) -> dict[str, str]:
+    parts = _HEADER.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+QUERIES: dict[str, str] = _parse_queries(_sql_text("queries.sql"))
+
+
+def connect(url: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(url, application_name="sfq", **kwargs)
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+    repeatable: bool  # re-applied whenever its content changes (the generated registry)
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    folder = resources.files("sql") / "migrations"
+    versioned = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [
+        *(Migration(f"migrations/{name}", (folder / name).read_text(encoding="utf-8"), False) for name in versioned),
+        Migration("registry.sql", _sql_text("registry.sql"), True),
+    ]
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def upgrade(url: str) -> list[str]:
+    """Bring the database to the current schema in one transaction; returns what was applied."""
+    applied: list[str] = []
+    with connect(url) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('sfq migrations'))")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS sfq_migrations ("
+            " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = dict(conn.execute("SELECT name, checksum FROM sfq_migrations").fetchall())
+        procrastinate_name = f"procrastinate/{procrastinate.__version__}"
+        has_procrastinate = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]
+        if not has_procrastinate:
+            conn.execute(SchemaManager.get_schema())
+            applied.append(procrastinate_name)
+        if procrastinate_name not in done:
+            conn.execute(
+                "INSERT INTO sfq_migrations (name, checksum) VALUES (%s, 'procrastinate')"
+                " ON CONFLICT (name) DO NOTHING",
+                (procrastinate_name,),
+            )
+        for migration in migrations():
+            previous = done.get(migration.name)
+            if previous == migration.checksum:
+                continue
+            if previous is not None and not migration.repeatable:
+                raise MigrationError(
+                    f"migration {migration.name} changed after it was applied; add a new migration instead"
+                )
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO sfq_migrations (name, checksum) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+                (migration.name, migration.checksum),
+            )
+            applied.append(migration.name)
+    return applied

@@ -1,0 +1,160 @@
+"""`sfq demo`: real bars, the API and one worker per core, models submitted over HTTP and by plain SQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from queue_app import bars, db, embedded
+from queue_app.cli import leaderboard, wait_for
+from queue_app.config import Settings, database_url
+
+DEMO_DATABASE = "sfq_demo"
+
+HTTP_REQUESTS = [
+    {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": {"n_estimators": 100, "min_samples_leaf": 20}},
+    {"symbol": "MSFT", "algorithm": "HistGradientBoosting", "hyperparameters": {"max_iter": 100, "learning_rate": 0.05}},
+    {"symbol": "IBM", "algorithm": "ElasticNet", "hyperparameters": {"alpha": 0.0005, "l1_ratio": 0.5}},
+    {"symbol": "GOOG", "algorithm": "Ridge", "hyperparameters": {"alpha": 10}, "train_window": 1200},
+    {"symbol": "AAPL", "algorithm": "ExtraTrees", "target_col": "open",
+     "hyperparameters": {"n_estimators": 100, "min_samples_leaf": 20}},
+]
+
+# What another service would run: plain SQL, no Python, no Procrastinate.
+SQL_INSERTS = [
+    "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "
+    "VALUES ('MSFT', 'GradientBoosting', '{\"n_estimators\": 100, \"max_depth\": 3}') RETURNING model_id, deduplicated",
+    "INSERT INTO training_requests (symbol, algorithm, hyperparameters, horizon) "
+    "VALUES ('AAPL', 'Lasso', '{\"alpha\": 0.0001}', 5) RETURNING model_id, deduplicated",
+    "INSERT INTO training_requests (symbol, algorithm, target_col, target_transform) "
+    "VALUES ('IBM', 'LinearRegression', 'high', 'pct_change') RETURNING model_id, deduplicated",
+    "INSERT INTO training_requests (symbol, algorithm, hyperparameters, features) "
+    "VALUES ('GOOG', 'RandomForest', '{\"n_estimators\": 100, \"min_samples_leaf\": 20}', "
+    "ARRAY['ret_1','ret_5','ret_20','vol_20','rsi_14','ma_ratio_50']) RETURNING model_id, deduplicated",
+    # The same request as the first HTTP one: deduplicated, nothing is trained twice.
+    "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "
+    "VALUES ('AAPL', 'RandomForest', '{\"min_samples_leaf\": 20, \"n_estimators\": 100.0}') "
+    "RETURNING model_id, deduplicated",
+]
+
+
+def _say(message: str) -> None:
+    print(f"\n== {message}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the API exited during start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the API did not answer {url} within {timeout:.0f} s")
+
+
+def fresh_database(server_url: str) -> str:
+    """(Re)create the demo database on the configured server and return its URL."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    return make_conninfo(server_url, dbname=DEMO_DATABASE)
+
+
+def _stop(process: subprocess.Popen, name: str, timeout: float = 60) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{name} did not stop in {timeout:.0f} s; killing it")
+            process.kill()
+            process.wait()
+
+
+def run(settings: Settings, workers: int) -> None:
+    started_cluster = not settings.postgres_url and not embedded.is_running(settings.home)
+    url = fresh_database(database_url(settings))
+    processes: list[tuple[subprocess.Popen, str]] = []
+    try:
+        _say(f"database {DEMO_DATABASE}: schema, then real daily bars (bokeh-sampledata)")
+        print("applied:", ", ".join(db.upgrade(url)))
+        with psycopg.connect(url, autocommit=True) as conn:
+            for symbol, rows in bars.sample_bars():
+                inserted, _ = bars.load(conn, symbol, "1d", rows)
+                print(f"  {symbol}: {inserted} daily bars {rows[0].ts:%Y-%m-%d} .. {rows[-1].ts:%Y-%m-%d}")
+
+        env = {**os.environ, "POSTGRES_URL": url}
+        port = _free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        _say(f"starting the API on {api_url} and {workers} worker daemons (one per core)")
+        api = subprocess.Popen([sys.executable, "-m", "queue_app.cli", "api", "--port", str(port)], env=env,
+                               stderr=subprocess.DEVNULL)
+        processes.append((api, "api"))
+        fleet = subprocess.Popen([sys.executable, "-m", "queue_app.cli", "workers", "--count", str(workers)], env=env)
+        processes.append((fleet, "workers"))
+        _wait_http(f"{api_url}/healthz", api)
+
+        _say("submitting over HTTP: POST /train")
+        model_ids: list[int] = []
+        for body in HTTP_REQUESTS:
+            status, answer = _post(f"{api_url}/train", body)
+            print(f"  {status} {body['symbol']:<5} {body['algorithm']:<20} -> model {answer['model_id']} "
+                  f"fingerprint {answer['fingerprint'][:12]}")
+            model_ids.append(answer["model_id"])
+
+        _say("submitting by plain SQL: INSERT INTO training_requests ... RETURNING model_id")
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in SQL_INSERTS:
+                model_id, deduplicated = conn.execute(statement).fetchone()
+                print(f"  {statement.split('VALUES ')[1].split(') RETURNING')[0]})  -> model {model_id}"
+                      + ("  (deduplicated: same fingerprint as an earlier request, not trained again)"
+                         if deduplicated else ""))
+                if model_id not in model_ids:
+                    model_ids.append(model_id)
+
+            _say(f"training {len(model_ids)} models")
+            started = time.monotonic()
+            final = wait_for(conn, model_ids, timeout=900)
+            done = sum(m["status"] == "completed" for m in final.values())
+            print(f"  {done}/{len(final)} completed in {time.monotonic() - started:.1f} s, "
+                  f"on {len({m['worker_pid'] for m in final.values()})} worker processes")
+
+            _say("leaderboard (held-out test window, sorted by directional accuracy)")
+            print(leaderboard(conn, "directional_accuracy", len(model_ids)))
+            _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
+    finally:
+        _say("stopping workers and API")
+        for process, name in reversed(processes):
+            _stop(process, name)
+        if started_cluster:
+            embedded.stop(settings.home)
+            print("stopped sfq's private PostgreSQL cluster")
+        print("demo finished")

@@ -1,0 +1,59 @@
+"""The training request's shape: field names, JSON types and help, for the CLI and the OpenAPI schema.
+
+Validation, defaults and the fingerprint live in one place, the database (sql/migrations), so that a
+plain SQL INSERT gets exactly what HTTP and the CLI get. `tests/test_spec.py` checks that these fields
+are the columns of training_requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    json_type: str  # string, integer, number-array, string-array, object, array, timestamp
+    help: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("symbol", "string", "ticker to train on (required)"),
+    Field("timeframe", "string", "bar timeframe (default 1d)"),
+    Field("target_col", "string", "open, high, low or close (default close)"),
+    Field("target_transform", "string", "log_return (default), pct_change, diff or raw"),
+    Field("horizon", "integer", "bars ahead the target looks (default 1)"),
+    Field("algorithm", "string", "RandomForest (default), ExtraTrees, GradientBoosting, HistGradientBoosting, "
+          "ElasticNet, Ridge, Lasso or LinearRegression"),
+    Field("hyperparameters", "object", "estimator parameters, checked against the estimator's constraints"),
+    Field("features", "string-array", "feature names (default: the default feature set)"),
+    Field("train_window", "integer", "bars in the training window (default 1000)"),
+    Field("test_window", "integer", "last bars held out for scoring (default 250)"),
+    Field("data_end", "timestamp", "last bar the model may see (default: the latest bar at enqueue time)"),
+    Field("cv_folds", "integer", "time-series CV folds (default 5)"),
+    Field("cv_strategy", "string", "expanding (default)"),
+    Field("context_symbols", "string-array", "other symbols feeding features (not supported yet)"),
+    Field("alpha_grid", "number-array", "alpha values to search (not supported yet)"),
+    Field("l1_ratio_grid", "number-array", "l1_ratio values to search (not supported yet)"),
+    Field("regime_configs", "array", "regime configurations (not supported yet)"),
+    Field("parent_model_id", "integer", "model this one evolves from"),
+)
+
+_JSON_SCHEMA = {
+    "string": {"type": "string"},
+    "integer": {"type": "integer"},
+    "object": {"type": "object"},
+    "array": {"type": "array"},
+    "timestamp": {"type": "string", "format": "date-time"},
+    "string-array": {"type": "array", "items": {"type": "string"}},
+    "number-array": {"type": "array", "items": {"type": "number"}},
+}
+
+
+def request_schema() -> dict:
+    return {
+        "type": "object",
+        "required": ["symbol"],
+        "additionalProperties": False,
+        "properties": {f.name: {**_JSON_SCHEMA[f.json_type], "description": f.help} for f in FIELDS},
+    }

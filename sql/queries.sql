@@ -1,0 +1,80 @@
+-- Named queries: a query's name is its `-- name --` header. Loaded by queue_app/db.py.
+
+-- submit --
+-- Every way in (HTTP, CLI) goes through the same INSERT INTO training_requests as a plain SQL client.
+SELECT model_id, fingerprint, deduplicated, id AS request_id
+  FROM sfq_submit(%(request)s::jsonb, %(via)s)
+
+-- start_model --
+-- Claim the model for this attempt; no row when it is no longer queued or running (cancelled, done).
+UPDATE models
+   SET status = 'running', started_at = now(), finished_at = NULL, error = NULL, attempts = attempts + 1,
+       worker_host = %(host)s, worker_pid = %(pid)s, job_id = %(job_id)s
+ WHERE id = %(model_id)s AND status IN ('queued', 'running')
+RETURNING attempts, spec
+
+-- load_bars --
+-- The last bars up to the model's pinned data end, oldest first, in one query.
+SELECT ts, open, high, low, close, volume
+  FROM (SELECT ts, open, high, low, close, volume
+          FROM bars
+         WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts <= %(data_end)s
+         ORDER BY ts DESC
+         LIMIT %(limit)s) AS recent
+ ORDER BY ts
+
+-- complete_model --
+-- Only the attempt that holds the model may complete it.
+UPDATE models
+   SET status = 'completed', finished_at = now(), metrics = %(metrics)s, fold_metrics = %(fold_metrics)s,
+       timings = %(timings)s
+ WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
+RETURNING id
+
+-- insert_feature_importance --
+INSERT INTO features_log (model_id, feature, importance, rank, method)
+VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
+
+-- insert_prediction --
+INSERT INTO model_predictions (model_id, ts, predicted, actual)
+VALUES (%(model_id)s, %(ts)s, %(predicted)s, %(actual)s)
+
+-- insert_artifact --
+INSERT INTO model_artifacts (model_id, format, sha256, size, bytes)
+VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(bytes)s)
+
+-- fail_model --
+UPDATE models
+   SET status = 'failed', finished_at = now(), error = %(error)s
+ WHERE id = %(model_id)s AND status IN ('queued', 'running')
+RETURNING id
+
+-- get_model --
+SELECT m.*, a.sha256 AS artifact_sha256, a.size AS artifact_size
+  FROM models m LEFT JOIN model_artifacts a ON a.model_id = m.id
+ WHERE m.id = %(model_id)s
+
+-- model_features --
+SELECT feature, importance, rank, method FROM features_log WHERE model_id = %(model_id)s ORDER BY rank
+
+-- count_bars --
+SELECT count(*) AS bars, min(ts) AS first, max(ts) AS last
+  FROM bars WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s
+
+-- symbols --
+SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last
+  FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe
+
+-- list_models --
+-- Filter, sort by id or by any numeric held-out metric (a leaderboard), paginate.
+SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
+       data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
+       parent_model_id, count(*) OVER () AS total
+  FROM models
+ WHERE (%(status)s::text IS NULL OR status::text = %(status)s)
+   AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+   AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+ ORDER BY CASE WHEN jsonb_typeof(metrics -> %(metric)s::text) = 'number'
+               THEN (metrics ->> %(metric)s::text)::double precision * %(direction)s END NULLS LAST,
+          id * %(direction)s
+ LIMIT %(limit)s OFFSET %(offset)s

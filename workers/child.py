@@ -1,0 +1,150 @@
+"""The training process: a child of the worker daemon that loads bars and trains, one job at a time.
+
+Training runs here rather than in a thread of the daemon so that the daemon's event loop (heartbeats,
+LISTEN/NOTIFY) keeps running through long native calls, a crash in native code fails only the job,
+and the work can be killed. The child is recycled after `max_jobs` jobs to keep memory bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+THREAD_LIMIT_ENV = {
+    name: "1"
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+}
+
+
+class TrainingFailed(Exception):
+    """The job failed for a reason that retrying will not change; the message says why."""
+
+
+class TrainingProcessDied(TrainingFailed):
+    """The training process ended without answering (a signal, an abort, an out-of-memory kill)."""
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"training process died (signal {-code}, {name})"
+    return f"training process died (exit code {code})"
+
+
+def _child_main(conn: Connection, url: str) -> None:
+    """Loop: receive a spec, answer ("ok", TrainingResult) or ("failed", reason); None ends the loop."""
+    import pandas as pd
+    import psycopg
+    from threadpoolctl import threadpool_limits
+
+    from queue_app.db import QUERIES
+    from workers.training import TrainingError, bars_needed, train
+
+    threadpool_limits(1)
+    db: psycopg.Connection | None = None
+    while (spec := conn.recv()) is not None:
+        try:
+            if db is None or db.closed:
+                db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+            rows = db.execute(
+                QUERIES["load_bars"],
+                {"symbol": spec["symbol"], "timeframe": spec["timeframe"], "data_end": spec["data_end"],
+                 "limit": bars_needed(spec)},
+            ).fetchall()
+            bars = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"]).set_index("ts")
+            conn.send(("ok", train(spec, bars)))
+        except TrainingError as error:
+            conn.send(("failed", str(error)))
+        except psycopg.OperationalError as error:
+            db = None
+            conn.send(("failed", f"database error while loading bars: {error}"))
+        except Exception as error:  # an estimator's error is the job's failure, not the process's
+            conn.send(("failed", f"{type(error).__name__}: {error}"))
+
+
+class TrainingProcess:
+    """Owns one training child: starts it on demand, recycles it, and reports how it died."""
+
+    def __init__(self, url: str, max_jobs: int):
+        self.url = url
+        self.max_jobs = max_jobs
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._jobs = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def _start(self) -> None:
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(
+            target=_child_main, args=(child, self.url), name="sfq-training", daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._conn, self._jobs = parent, 0
+
+    def ensure_started(self) -> int:
+        """Start (or recycle) the child before a job; returns its pid."""
+        if self._process is not None and (not self._process.is_alive() or self._jobs >= self.max_jobs):
+            self.close()
+        if self._process is None:
+            self._start()
+        return self._process.pid
+
+    async def train(self, spec: dict[str, Any]):
+        self.ensure_started()
+        self._jobs += 1
+        self._conn.send(spec)
+        try:
+            status, payload = await asyncio.get_running_loop().run_in_executor(None, self._wait_for_answer)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
+        if status != "ok":
+            raise TrainingFailed(payload)
+        return payload
+
+    def _wait_for_answer(self) -> tuple[str, Any]:
+        process, conn = self._process, self._conn
+        ready = wait([conn, process.sentinel])
+        if conn in ready:
+            try:
+                return conn.recv()
+            except EOFError:
+                pass
+        process.join(timeout=5)
+        code = process.exitcode
+        self._discard()
+        raise TrainingProcessDied(describe_exit(code))
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=5)
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn = None, None
+
+    def close(self) -> None:
+        """Ask the child to exit after its current job; kill it if it does not."""
+        if self._process is None:
+            return
+        try:
+            self._conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(timeout=10)
+        self.kill()

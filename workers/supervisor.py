@@ -1,0 +1,64 @@
+"""`sfq workers --count N`: N independent `sfq worker i` processes, each restarted if it exits.
+
+A stand-in for `systemctl start worker@{1..N}` on machines without systemd, not a pool: the workers
+share nothing but the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("sfq.workers")
+
+STOP_TIMEOUT_S = 60.0
+
+
+def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "queue_app.cli", "worker", str(instance), *extra])
+
+
+def run(count: int, url: str, extra: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s workers [%(process)d] %(levelname)s %(message)s")
+    os.environ["POSTGRES_URL"] = url  # every worker uses the database this supervisor resolved
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    children = {instance: _spawn(instance, extra) for instance in range(1, count + 1)}
+    restarts = {instance: 0.0 for instance in children}
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("started %d workers: %s", count, ", ".join(f"worker {i} (pid {c.pid})" for i, c in children.items()))
+    while not stopping:
+        time.sleep(0.5)
+        for instance, child in list(children.items()):
+            if stopping or child.poll() is None:
+                continue
+            # Back off when a worker keeps dying (a bad database URL, say) instead of spinning.
+            delay = 1.0 if time.monotonic() - restarts[instance] > 60 else 10.0
+            log.warning("worker %d (pid %d) exited with %s; restarting in %.0f s",
+                        instance, child.pid, child.returncode, delay)
+            time.sleep(delay)
+            restarts[instance] = time.monotonic()
+            if not stopping:
+                children[instance] = _spawn(instance, extra)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for instance, child in children.items():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not stop within %.0f s; killing it", instance, STOP_TIMEOUT_S)
+            child.kill()
+            child.wait()
+    log.info("all workers stopped")
+    return 0
