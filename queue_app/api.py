@@ -56,7 +56,9 @@ async def train(request: Request) -> JSON:
         try:
             submission = await submit_async(conn, body, "http")
         except RequestRejected as rejected:
-            return error(422, rejected.message, {"field": rejected.field, "not_supported": rejected.not_supported})
+            return error(
+                422, rejected.message, {"field": rejected.field, "not_supported": rejected.not_supported}
+            )
     return JSON(
         {
             "model_id": submission.model_id,
@@ -138,7 +140,10 @@ def _error_schema() -> dict:
 
 
 def _response(description: str, schema: dict | None = None) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema or _error_schema()}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or _error_schema()}},
+    }
 
 
 OPENAPI = {
@@ -148,10 +153,15 @@ OPENAPI = {
         "/train": {
             "post": {
                 "summary": "Submit a training request (deduplicated by fingerprint)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": spec.request_schema()}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": spec.request_schema()}},
+                },
                 "responses": {
                     "201": _response("Model created and queued", {"type": "object"}),
-                    "200": _response("An existing model serves this request (deduplicated)", {"type": "object"}),
+                    "200": _response(
+                        "An existing model serves this request (deduplicated)", {"type": "object"}
+                    ),
                     "400": _response("Body is not JSON"),
                     "422": _response("Invalid request; detail.field names the field"),
                     "503": _response("Database unreachable"),
@@ -163,24 +173,43 @@ OPENAPI = {
                 "summary": "List models: filter by status, symbol, algorithm; sort by id or a metric",
                 "parameters": [
                     {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-                    for name, kind in (("status", "string"), ("symbol", "string"), ("algorithm", "string"),
-                                       ("sort", "string"), ("order", "string"), ("limit", "integer"),
-                                       ("offset", "integer"))
+                    for name, kind in (
+                        ("status", "string"),
+                        ("symbol", "string"),
+                        ("algorithm", "string"),
+                        ("sort", "string"),
+                        ("order", "string"),
+                        ("limit", "integer"),
+                        ("offset", "integer"),
+                    )
                 ],
-                "responses": {"200": _response("A page of models", {"type": "object"}),
-                              "422": _response("Bad query parameter")},
+                "responses": {
+                    "200": _response("A page of models", {"type": "object"}),
+                    "422": _response("Bad query parameter"),
+                },
             }
         },
         "/models/{model_id}": {
             "get": {
                 "summary": "A model: status, spec, metrics, timings, error, feature importances",
-                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "responses": {"200": _response("The model", {"type": "object"}), "404": _response("Unknown id")},
+                "parameters": [
+                    {"name": "model_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                "responses": {
+                    "200": _response("The model", {"type": "object"}),
+                    "404": _response("Unknown id"),
+                },
             }
         },
-        "/healthz": {"get": {"summary": "Liveness, including the database",
-                             "responses": {"200": _response("Healthy", {"type": "object"}),
-                                           "503": _response("Database unreachable")}}},
+        "/healthz": {
+            "get": {
+                "summary": "Liveness, including the database",
+                "responses": {
+                    "200": _response("Healthy", {"type": "object"}),
+                    "503": _response("Database unreachable"),
+                },
+            }
+        },
     },
 }
 
@@ -200,7 +229,11 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         pool = psycopg_pool.AsyncConnectionPool(
-            url, min_size=1, max_size=settings.pool_size, open=False, timeout=5,
+            url,
+            min_size=1,
+            max_size=settings.pool_size,
+            open=False,
+            timeout=5,
             kwargs={"autocommit": True, "application_name": "sfq-api"},
         )
         await pool.open(wait=False)

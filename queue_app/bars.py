@@ -75,12 +75,16 @@ def parse_csv(lines: Iterable[str]) -> list[Bar]:
             ts, *numbers = (row[i] for i in positions)
             bar = Bar(_timestamp(ts), *(float(n) for n in numbers))
         except (IndexError, ValueError) as exc:
-            problems.append(f"line {line}: {exc}" if not isinstance(exc, IndexError) else f"line {line}: too few columns")
+            problems.append(
+                f"line {line}: {exc}" if not isinstance(exc, IndexError) else f"line {line}: too few columns"
+            )
             continue
         if (problem := _check(bar)) is not None:
             problems.append(f"line {line}: {problem}")
         elif bar.ts in seen:
-            problems.append(f"line {line}: duplicate timestamp {bar.ts.isoformat()} (also line {seen[bar.ts]})")
+            problems.append(
+                f"line {line}: duplicate timestamp {bar.ts.isoformat()} (also line {seen[bar.ts]})"
+            )
         else:
             seen[bar.ts] = line
             bars.append(bar)
@@ -93,9 +97,13 @@ def load(conn: psycopg.Connection, symbol: str, timeframe: str, bars: list[Bar])
     """Upsert bars with COPY in one transaction; returns (inserted, updated)."""
     with conn.transaction(), conn.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP")
-        with cursor.copy("COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN") as copy:
+        with cursor.copy(
+            "COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN"
+        ) as copy:
             for bar in bars:
-                copy.write_row((symbol, timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume))
+                copy.write_row(
+                    (symbol, timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+                )
         cursor.execute(
             "INSERT INTO bars SELECT * FROM incoming_bars"
             " ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET open = excluded.open, high = excluded.high,"

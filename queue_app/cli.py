@@ -54,7 +54,12 @@ def cmd_api(args) -> None:
 def cmd_worker(args) -> None:
     from workers import worker
 
-    worker.run(args.instance, database_url(args.settings), args.max_jobs_per_child or args.settings.max_jobs_per_child)
+    worker.run(
+        args.instance,
+        database_url(args.settings),
+        max_jobs_per_child=args.max_jobs_per_child or args.settings.max_jobs_per_child,
+        poll_interval_s=args.settings.poll_interval_s,
+    )
 
 
 def cmd_workers(args) -> None:
@@ -103,9 +108,13 @@ def cmd_submit(args) -> None:
         print(f"model {submission.model_id} fingerprint {submission.fingerprint}{note}")
         if args.wait:
             model = wait_for(conn, [submission.model_id], args.timeout)[submission.model_id]
-            print(f"model {model['id']} {model['status']}" + (f": {model['error']}" if model["error"] else ""))
+            print(
+                f"model {model['id']} {model['status']}" + (f": {model['error']}" if model["error"] else "")
+            )
             if model["status"] == "completed":
-                print(json.dumps({k: model["metrics"][k] for k in ("rmse", "r2", "directional_accuracy", "ic")}))
+                print(
+                    json.dumps({k: model["metrics"][k] for k in ("rmse", "r2", "directional_accuracy", "ic")})
+                )
             else:
                 sys.exit(1)
 
@@ -116,7 +125,8 @@ def wait_for(conn: psycopg.Connection, model_ids: list[int], timeout: float, sho
     while True:
         with conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(
-                "SELECT id, status::text, error, metrics, worker_pid FROM models WHERE id = ANY(%s)", (model_ids,)
+                "SELECT id, status::text, error, metrics, worker_pid FROM models WHERE id = ANY(%s)",
+                (model_ids,),
             ).fetchall()
         for row in rows:
             if seen.get(row["id"]) != row["status"]:
@@ -145,7 +155,9 @@ def cmd_bars_sample(args) -> None:
     with _connect(args) as conn:
         for symbol, rows in bars.sample_bars():
             inserted, updated = bars.load(conn, symbol, "1d", rows)
-            print(f"{symbol} 1d: {inserted} bars inserted, {updated} updated ({rows[0].ts:%Y-%m-%d}..{rows[-1].ts:%Y-%m-%d})")
+            print(
+                f"{symbol} 1d: {inserted} bars inserted, {updated} updated ({rows[0].ts:%Y-%m-%d}..{rows[-1].ts:%Y-%m-%d})"
+            )
 
 
 def cmd_bars_list(args) -> None:
@@ -158,11 +170,20 @@ def leaderboard(conn: psycopg.Connection, sort: str, limit: int, status: str | N
     with conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(
             db.QUERIES["list_models"],
-            {"status": status, "symbol": None, "algorithm": None, "metric": None if sort == "id" else sort,
-             "direction": -1, "limit": limit, "offset": 0},
+            {
+                "status": status,
+                "symbol": None,
+                "algorithm": None,
+                "metric": None if sort == "id" else sort,
+                "direction": -1,
+                "limit": limit,
+                "offset": 0,
+            },
         ).fetchall()
-    lines = [f"{'id':>5}  {'status':<9} {'symbol':<6} {'algorithm':<20} {'target':<16} "
-             f"{'dir.acc':>7} {'ic':>7} {'r2':>8} {'rmse':>9}  worker"]
+    lines = [
+        f"{'id':>5}  {'status':<9} {'symbol':<6} {'algorithm':<20} {'target':<16} "
+        f"{'dir.acc':>7} {'ic':>7} {'r2':>8} {'rmse':>9}  worker"
+    ]
     for row in rows:
         m = row["metrics"] or {}
 
@@ -203,7 +224,9 @@ def _parser() -> argparse.ArgumentParser:
 
     db_parser = sub.add_parser("db", help="database: upgrade, url, stop (the private cluster)")
     db_sub = db_parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_sub.add_parser("upgrade", help="create or upgrade the schema (no-op when current)").set_defaults(func=cmd_db_upgrade)
+    db_sub.add_parser("upgrade", help="create or upgrade the schema (no-op when current)").set_defaults(
+        func=cmd_db_upgrade
+    )
     db_sub.add_parser("url", help="print the database URL in use").set_defaults(func=cmd_db_url)
     db_sub.add_parser("stop", help="stop sfq's private PostgreSQL cluster").set_defaults(func=cmd_db_stop)
 
@@ -214,23 +237,33 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run worker daemon N (what systemd's worker@N runs)")
     worker.add_argument("instance", type=int)
-    worker.add_argument("--max-jobs-per-child", type=int, default=None,
-                        help="recycle the training process after this many jobs (default 10)")
+    worker.add_argument(
+        "--max-jobs-per-child",
+        type=int,
+        default=None,
+        help="recycle the training process after this many jobs (default 10)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     workers = sub.add_parser("workers", help="run N worker daemons, restarting any that exits")
-    workers.add_argument("--count", type=int, default=os.cpu_count() or 1, help="default: the number of cores")
+    workers.add_argument(
+        "--count", type=int, default=os.cpu_count() or 1, help="default: the number of cores"
+    )
     workers.add_argument("--max-jobs-per-child", type=int, default=None)
     workers.set_defaults(func=cmd_workers)
 
     submit_parser = sub.add_parser("submit", help="submit a training request")
     for field in spec.FIELDS:
         submit_parser.add_argument(
-            f"--{field.name.replace('_', '-')}", dest=field.name, required=field.name == "symbol",
-            type=int if field.json_type == "integer" else str, help=field.help,
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            required=field.name == "symbol",
+            type=int if field.json_type == "integer" else str,
+            help=field.help,
         )
-    submit_parser.add_argument("--param", action="append", metavar="NAME=VALUE",
-                               help="one hyperparameter (JSON value), repeatable")
+    submit_parser.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="one hyperparameter (JSON value), repeatable"
+    )
     submit_parser.add_argument("--wait", action="store_true", help="wait until the model is trained")
     submit_parser.add_argument("--timeout", type=float, default=3600)
     submit_parser.set_defaults(func=cmd_submit)
@@ -242,8 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--symbol", required=True)
     imp.add_argument("--timeframe", default="1d")
     imp.set_defaults(func=cmd_bars_import)
-    bars_sub.add_parser("sample", help="load real daily bars of AAPL, MSFT, IBM, GOOG (offline)").set_defaults(
-        func=cmd_bars_sample)
+    bars_sub.add_parser(
+        "sample", help="load real daily bars of AAPL, MSFT, IBM, GOOG (offline)"
+    ).set_defaults(func=cmd_bars_sample)
     bars_sub.add_parser("list", help="symbols and their bar counts").set_defaults(func=cmd_bars_list)
 
     models = sub.add_parser("models", help="list models (a leaderboard with --sort METRIC)")
@@ -272,7 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     except psycopg.OperationalError as exc:
         sys.exit(f"sfq: cannot reach the database: {str(exc).strip()}")
     except psycopg.errors.UndefinedTable as exc:
-        sys.exit(f"sfq: the database has no sfq schema yet; run `sfq db upgrade` ({exc.diag.message_primary})")
+        sys.exit(
+            f"sfq: the database has no sfq schema yet; run `sfq db upgrade` ({exc.diag.message_primary})"
+        )
+    except psycopg.Error as exc:
+        sys.exit(f"sfq: database error: {exc.diag.message_primary or exc}")
     except KeyboardInterrupt:
         sys.exit(130)
 

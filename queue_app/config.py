@@ -23,6 +23,7 @@ class Settings:
     home: Path  # where the private PostgreSQL cluster lives when POSTGRES_URL is unset
     max_jobs_per_child: int
     pool_size: int
+    poll_interval_s: int  # safety net only: idle workers are woken by LISTEN/NOTIFY
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -31,6 +32,7 @@ class Settings:
             home=Path(os.environ.get("SFQ_HOME", ".sfq")).absolute(),
             max_jobs_per_child=_int("SFQ_MAX_JOBS_PER_CHILD", 10),
             pool_size=_int("SFQ_API_POOL_SIZE", 10),
+            poll_interval_s=_int("SFQ_POLL_INTERVAL_S", 5),
         )
 
 

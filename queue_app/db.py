@@ -48,7 +48,10 @@ def migrations() -> list[Migration]:
     folder = resources.files("sql") / "migrations"
     versioned = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [
-        *(Migration(f"migrations/{name}", (folder / name).read_text(encoding="utf-8"), False) for name in versioned),
+        *(
+            Migration(f"migrations/{name}", (folder / name).read_text(encoding="utf-8"), False)
+            for name in versioned
+        ),
         Migration("registry.sql", _sql_text("registry.sql"), True),
     ]
 

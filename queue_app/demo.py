@@ -13,21 +13,34 @@ import urllib.error
 import urllib.request
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from queue_app import bars, db, embedded
 from queue_app.cli import leaderboard, wait_for
 from queue_app.config import Settings, database_url
 
-DEMO_DATABASE = "sfq_demo"
+DEMO_DATABASE = os.environ.get("SFQ_DEMO_DATABASE", "sfq_demo")
 
 HTTP_REQUESTS = [
-    {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": {"n_estimators": 100, "min_samples_leaf": 20}},
-    {"symbol": "MSFT", "algorithm": "HistGradientBoosting", "hyperparameters": {"max_iter": 100, "learning_rate": 0.05}},
+    {
+        "symbol": "AAPL",
+        "algorithm": "RandomForest",
+        "hyperparameters": {"n_estimators": 100, "min_samples_leaf": 20},
+    },
+    {
+        "symbol": "MSFT",
+        "algorithm": "HistGradientBoosting",
+        "hyperparameters": {"max_iter": 100, "learning_rate": 0.05},
+    },
     {"symbol": "IBM", "algorithm": "ElasticNet", "hyperparameters": {"alpha": 0.0005, "l1_ratio": 0.5}},
     {"symbol": "GOOG", "algorithm": "Ridge", "hyperparameters": {"alpha": 10}, "train_window": 1200},
-    {"symbol": "AAPL", "algorithm": "ExtraTrees", "target_col": "open",
-     "hyperparameters": {"n_estimators": 100, "min_samples_leaf": 20}},
+    {
+        "symbol": "AAPL",
+        "algorithm": "ExtraTrees",
+        "target_col": "open",
+        "hyperparameters": {"n_estimators": 100, "min_samples_leaf": 20},
+    },
 ]
 
 # What another service would run: plain SQL, no Python, no Procrastinate.
@@ -83,8 +96,9 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30) -> None
 def fresh_database(server_url: str) -> str:
     """(Re)create the demo database on the configured server and return its URL."""
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+        name = sql.Identifier(DEMO_DATABASE)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
     return make_conninfo(server_url, dbname=DEMO_DATABASE)
 
 
@@ -115,10 +129,15 @@ def run(settings: Settings, workers: int) -> None:
         port = _free_port()
         api_url = f"http://127.0.0.1:{port}"
         _say(f"starting the API on {api_url} and {workers} worker daemons (one per core)")
-        api = subprocess.Popen([sys.executable, "-m", "queue_app.cli", "api", "--port", str(port)], env=env,
-                               stderr=subprocess.DEVNULL)
+        api = subprocess.Popen(
+            [sys.executable, "-m", "queue_app.cli", "api", "--port", str(port)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         processes.append((api, "api"))
-        fleet = subprocess.Popen([sys.executable, "-m", "queue_app.cli", "workers", "--count", str(workers)], env=env)
+        fleet = subprocess.Popen(
+            [sys.executable, "-m", "queue_app.cli", "workers", "--count", str(workers)], env=env
+        )
         processes.append((fleet, "workers"))
         _wait_http(f"{api_url}/healthz", api)
 
@@ -126,17 +145,24 @@ def run(settings: Settings, workers: int) -> None:
         model_ids: list[int] = []
         for body in HTTP_REQUESTS:
             status, answer = _post(f"{api_url}/train", body)
-            print(f"  {status} {body['symbol']:<5} {body['algorithm']:<20} -> model {answer['model_id']} "
-                  f"fingerprint {answer['fingerprint'][:12]}")
+            print(
+                f"  {status} {body['symbol']:<5} {body['algorithm']:<20} -> model {answer['model_id']} "
+                f"fingerprint {answer['fingerprint'][:12]}"
+            )
             model_ids.append(answer["model_id"])
 
         _say("submitting by plain SQL: INSERT INTO training_requests ... RETURNING model_id")
         with psycopg.connect(url, autocommit=True) as conn:
             for statement in SQL_INSERTS:
                 model_id, deduplicated = conn.execute(statement).fetchone()
-                print(f"  {statement.split('VALUES ')[1].split(') RETURNING')[0]})  -> model {model_id}"
-                      + ("  (deduplicated: same fingerprint as an earlier request, not trained again)"
-                         if deduplicated else ""))
+                print(
+                    f"  {statement.split('VALUES ')[1].split(') RETURNING')[0]})  -> model {model_id}"
+                    + (
+                        "  (deduplicated: same fingerprint as an earlier request, not trained again)"
+                        if deduplicated
+                        else ""
+                    )
+                )
                 if model_id not in model_ids:
                     model_ids.append(model_id)
 
@@ -144,8 +170,10 @@ def run(settings: Settings, workers: int) -> None:
             started = time.monotonic()
             final = wait_for(conn, model_ids, timeout=900)
             done = sum(m["status"] == "completed" for m in final.values())
-            print(f"  {done}/{len(final)} completed in {time.monotonic() - started:.1f} s, "
-                  f"on {len({m['worker_pid'] for m in final.values()})} worker processes")
+            print(
+                f"  {done}/{len(final)} completed in {time.monotonic() - started:.1f} s, "
+                f"on {len({m['worker_pid'] for m in final.values()})} worker processes"
+            )
 
             _say("leaderboard (held-out test window, sorted by directional accuracy)")
             print(leaderboard(conn, "directional_accuracy", len(model_ids)))

@@ -34,8 +34,12 @@ class EmbeddedError(RuntimeError):
 def find_bindir() -> Path:
     candidates = [os.environ.get("SFQ_PG_BINDIR", "")]
     if shutil.which("pg_config"):
-        candidates.append(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip())
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+        candidates.append(
+            subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        )
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    )
     candidates += [str(Path(p).parent) for p in filter(None, [shutil.which("initdb")])]
     for candidate in filter(None, candidates):
         if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
@@ -56,7 +60,9 @@ def _owner() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam("postgres")
     except KeyError:
-        raise EmbeddedError("sfq: running as root, but there is no `postgres` user to run PostgreSQL as") from None
+        raise EmbeddedError(
+            "sfq: running as root, but there is no `postgres` user to run PostgreSQL as"
+        ) from None
 
 
 def _run(args: list[str], owner: pwd.struct_passwd | None, **kwargs) -> subprocess.CompletedProcess:
@@ -92,8 +98,20 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
         if owner:
             for path in (data.parent, data):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
-        result = _run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                       "--no-sync"], owner)
+        result = _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            owner,
+        )
         if result.returncode != 0:
             raise EmbeddedError(
                 f"sfq: initdb failed in {data}:\n{result.stderr.strip()}\n"
@@ -107,7 +125,9 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
             log.touch()
             os.chown(log, owner.pw_uid, owner.pw_gid)
         options = f"-c listen_addresses='' -k {sockets} -p {PORT} -c max_connections=200 -c fsync=on"
-        result = _run([str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-o", options], owner)
+        result = _run(
+            [str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-o", options], owner
+        )
         if result.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise EmbeddedError(f"sfq: could not start the private cluster:\n{result.stderr.strip()}\n{tail}")
@@ -117,7 +137,18 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
 
 
 def _ensure_database(bindir: Path, owner: pwd.struct_passwd | None, sockets: Path) -> None:
-    psql = [str(bindir / "psql"), "-h", str(sockets), "-p", str(PORT), "-U", "postgres", "-d", "postgres", "-tAc"]
+    psql = [
+        str(bindir / "psql"),
+        "-h",
+        str(sockets),
+        "-p",
+        str(PORT),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-tAc",
+    ]
     exists = _run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"], owner).stdout.strip()
     if exists != "1":
         _run([*psql, f"CREATE DATABASE {DATABASE}"], owner, check=True)

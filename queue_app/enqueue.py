@@ -35,7 +35,9 @@ def rejection(error: psycopg.Error) -> RequestRejected | None:
     sqlstate = error.sqlstate or ""
     if not (sqlstate.startswith("22") or sqlstate in ("0A000", "23502", "23514")):
         return None
-    return RequestRejected(error.diag.column_name, error.diag.message_primary or str(error), sqlstate == "0A000")
+    return RequestRejected(
+        error.diag.column_name, error.diag.message_primary or str(error), sqlstate == "0A000"
+    )
 
 
 def _params(request: dict[str, Any], via: str) -> dict[str, Any]:

@@ -23,8 +23,12 @@ FIELDS: tuple[Field, ...] = (
     Field("target_col", "string", "open, high, low or close (default close)"),
     Field("target_transform", "string", "log_return (default), pct_change, diff or raw"),
     Field("horizon", "integer", "bars ahead the target looks (default 1)"),
-    Field("algorithm", "string", "RandomForest (default), ExtraTrees, GradientBoosting, HistGradientBoosting, "
-          "ElasticNet, Ridge, Lasso or LinearRegression"),
+    Field(
+        "algorithm",
+        "string",
+        "RandomForest (default), ExtraTrees, GradientBoosting, HistGradientBoosting, "
+        "ElasticNet, Ridge, Lasso or LinearRegression",
+    ),
     Field("hyperparameters", "object", "estimator parameters, checked against the estimator's constraints"),
     Field("features", "string-array", "feature names (default: the default feature set)"),
     Field("train_window", "integer", "bars in the training window (default 1000)"),

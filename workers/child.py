@@ -15,8 +15,14 @@ from typing import Any
 
 THREAD_LIMIT_ENV = {
     name: "1"
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+    for name in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "BLIS_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+    )
 }
 
 
@@ -55,10 +61,16 @@ def _child_main(conn: Connection, url: str) -> None:
                 db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
             rows = db.execute(
                 QUERIES["load_bars"],
-                {"symbol": spec["symbol"], "timeframe": spec["timeframe"], "data_end": spec["data_end"],
-                 "limit": bars_needed(spec)},
+                {
+                    "symbol": spec["symbol"],
+                    "timeframe": spec["timeframe"],
+                    "data_end": spec["data_end"],
+                    "limit": bars_needed(spec),
+                },
             ).fetchall()
-            bars = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"]).set_index("ts")
+            bars = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"]).set_index(
+                "ts"
+            )
             conn.send(("ok", train(spec, bars)))
         except TrainingError as error:
             conn.send(("failed", str(error)))

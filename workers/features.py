@@ -68,11 +68,17 @@ def _registry(*features: Feature) -> dict[str, Feature]:
 
 
 FEATURES: dict[str, Feature] = _registry(
-    *(Feature(f"ret_{k}", f"log return of close over {k} bars", _log_return(k), True) for k in (1, 2, 5, 10, 20)),
+    *(
+        Feature(f"ret_{k}", f"log return of close over {k} bars", _log_return(k), True)
+        for k in (1, 2, 5, 10, 20)
+    ),
     Feature("ret_60", "log return of close over 60 bars", _log_return(60), False),
     *(Feature(f"vol_{w}", f"std of 1-bar log returns over {w} bars", _volatility(w), True) for w in (5, 20)),
     Feature("vol_60", "std of 1-bar log returns over 60 bars", _volatility(60), False),
-    *(Feature(f"ma_ratio_{w}", f"close / {w}-bar moving average - 1", _ma_ratio(w), True) for w in (5, 20, 50)),
+    *(
+        Feature(f"ma_ratio_{w}", f"close / {w}-bar moving average - 1", _ma_ratio(w), True)
+        for w in (5, 20, 50)
+    ),
     Feature("ma_ratio_200", "close / 200-bar moving average - 1", _ma_ratio(200), False),
     Feature("rsi_14", "Wilder's relative strength index over 14 bars", _rsi(14), True),
     Feature("hl_range", "(high - low) / close of the bar", _high_low_range, True),

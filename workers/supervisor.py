@@ -23,7 +23,9 @@ def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
 
 
 def run(count: int, url: str, extra: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s workers [%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s workers [%(process)d] %(levelname)s %(message)s"
+    )
     os.environ["POSTGRES_URL"] = url  # every worker uses the database this supervisor resolved
     stopping = False
 
@@ -38,7 +40,9 @@ def run(count: int, url: str, extra: list[str]) -> int:
     restarts = {instance: 0.0 for instance in children}
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("started %d workers: %s", count, ", ".join(f"worker {i} (pid {c.pid})" for i, c in children.items()))
+    log.info(
+        "started %d workers: %s", count, ", ".join(f"worker {i} (pid {c.pid})" for i, c in children.items())
+    )
     while not stopping:
         time.sleep(0.5)
         for instance, child in list(children.items()):
@@ -46,8 +50,13 @@ def run(count: int, url: str, extra: list[str]) -> int:
                 continue
             # Back off when a worker keeps dying (a bad database URL, say) instead of spinning.
             delay = 1.0 if time.monotonic() - restarts[instance] > 60 else 10.0
-            log.warning("worker %d (pid %d) exited with %s; restarting in %.0f s",
-                        instance, child.pid, child.returncode, delay)
+            log.warning(
+                "worker %d (pid %d) exited with %s; restarting in %.0f s",
+                instance,
+                child.pid,
+                child.returncode,
+                delay,
+            )
             time.sleep(delay)
             restarts[instance] = time.monotonic()
             if not stopping:

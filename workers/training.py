@@ -33,21 +33,22 @@ class TrainingError(Exception):
 
 @dataclass(frozen=True)
 class Transform:
-    """The target: `apply(future, now)`; `change` says which way it moved, for directional accuracy."""
+    """The target: `apply(future, reference)`, where reference is the close at prediction time (the last
+    price known then); `change` says which way the target moved from it, for directional accuracy."""
 
     apply: Callable[[pd.Series, pd.Series], pd.Series]
     change: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _relative(values: np.ndarray, _now: np.ndarray) -> np.ndarray:
+def _relative(values: np.ndarray, _reference: np.ndarray) -> np.ndarray:
     return values
 
 
 TRANSFORMS: dict[str, Transform] = {
-    "log_return": Transform(lambda future, now: np.log(future / now), _relative),
-    "pct_change": Transform(lambda future, now: future / now - 1.0, _relative),
-    "diff": Transform(lambda future, now: future - now, _relative),
-    "raw": Transform(lambda future, _now: future, lambda values, now: values - now),
+    "log_return": Transform(lambda future, reference: np.log(future / reference), _relative),
+    "pct_change": Transform(lambda future, reference: future / reference - 1.0, _relative),
+    "diff": Transform(lambda future, reference: future - reference, _relative),
+    "raw": Transform(lambda future, _reference: future, lambda values, reference: values - reference),
 }
 
 
@@ -57,7 +58,7 @@ class Dataset:
     y_train: pd.Series
     X_test: pd.DataFrame
     y_test: pd.Series
-    now_test: pd.Series  # target column at prediction time, to read direction off a raw level
+    reference_test: pd.Series  # close at prediction time, to read direction off a raw level
 
 
 @dataclass
@@ -77,7 +78,9 @@ def bars_needed(spec: dict[str, Any]) -> int:
 
 
 def build_dataset(bars: pd.DataFrame, spec: dict[str, Any]) -> Dataset:
-    """Features at t from bars <= t; target at t from bar t + horizon; the last test_window rows held out.
+    """Features at t from bars <= t; target at t: target_col at t + horizon against the close at t (the
+    price known when predicting, so open/high/low targets cannot borrow the rest of bar t); the last
+    test_window rows held out.
 
     A gap of `horizon` rows separates training from test, so no training target overlaps the test period.
     """
@@ -88,10 +91,10 @@ def build_dataset(bars: pd.DataFrame, spec: dict[str, Any]) -> Dataset:
         )
     horizon = spec["horizon"]
     features = compute_features(bars, spec["features"])
-    now = bars[spec["target_col"]]
-    target = TRANSFORMS[spec["target_transform"]].apply(now.shift(-horizon), now)
+    reference = bars["close"]
+    target = TRANSFORMS[spec["target_transform"]].apply(bars[spec["target_col"]].shift(-horizon), reference)
     usable = features.notna().all(axis=1) & target.notna()
-    X, y, now = features[usable], target[usable], now[usable]
+    X, y, reference = features[usable], target[usable], reference[usable]
 
     needed = spec["train_window"] + horizon + spec["test_window"]
     if len(X) < needed:
@@ -102,7 +105,9 @@ def build_dataset(bars: pd.DataFrame, spec: dict[str, Any]) -> Dataset:
     test_start = len(X) - spec["test_window"]
     train_end = test_start - horizon
     train = slice(train_end - spec["train_window"], train_end)
-    return Dataset(X.iloc[train], y.iloc[train], X.iloc[test_start:], y.iloc[test_start:], now.iloc[test_start:])
+    return Dataset(
+        X.iloc[train], y.iloc[train], X.iloc[test_start:], y.iloc[test_start:], reference.iloc[test_start:]
+    )
 
 
 def _finite(value: float) -> float | None:
@@ -123,7 +128,9 @@ def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, 
         "mae": _finite(mean_absolute_error(actual, predicted)),
         "r2": _finite(r2_score(actual, predicted)),
         "directional_accuracy": _finite(
-            np.mean(np.sign(predicted_change[moved]) == np.sign(actual_change[moved])) if moved.any() else np.nan
+            np.mean(np.sign(predicted_change[moved]) == np.sign(actual_change[moved]))
+            if moved.any()
+            else np.nan
         ),
         "ic": _finite(ic),
         "n": len(actual),
@@ -137,7 +144,12 @@ def _importances(pipeline, dataset: Dataset) -> tuple[np.ndarray, str]:
     if hasattr(estimator, "coef_"):
         return np.abs(np.ravel(estimator.coef_)), "abs_coefficient"
     result = permutation_importance(
-        pipeline, dataset.X_test, dataset.y_test, n_repeats=5, random_state=SEED, scoring="neg_mean_squared_error"
+        pipeline,
+        dataset.X_test,
+        dataset.y_test,
+        n_repeats=5,
+        random_state=SEED,
+        scoring="neg_mean_squared_error",
     )
     return result.importances_mean, "permutation"
 
@@ -162,17 +174,22 @@ def train(spec: dict[str, Any], bars: pd.DataFrame, progress: Callable[[str], No
     folds = []
     splitter = TimeSeriesSplit(n_splits=spec["cv_folds"], gap=spec["horizon"])
     X, y = dataset.X_train, dataset.y_train
-    now_train = bars[spec["target_col"]].reindex(X.index).to_numpy()
+    reference_train = bars["close"].reindex(X.index).to_numpy()
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
         model = algorithm.build(spec["hyperparameters"]).fit(X.iloc[fit_rows], y.iloc[fit_rows])
         predicted = model.predict(X.iloc[score_rows])
         actual = y.iloc[score_rows].to_numpy()
-        now = now_train[score_rows]
+        reference = reference_train[score_rows]
         folds.append(
             {
                 "fold": fold,
                 "train_size": len(fit_rows),
-                **score(actual, predicted, transform.change(actual, now), transform.change(predicted, now)),
+                **score(
+                    actual,
+                    predicted,
+                    transform.change(actual, reference),
+                    transform.change(predicted, reference),
+                ),
             }
         )
     phase_done("cv")
@@ -182,13 +199,18 @@ def train(spec: dict[str, Any], bars: pd.DataFrame, progress: Callable[[str], No
 
     predicted = model.predict(dataset.X_test)
     actual = dataset.y_test.to_numpy()
-    now = dataset.now_test.to_numpy()
-    held_out = score(actual, predicted, transform.change(actual, now), transform.change(predicted, now))
-    naive = transform.apply(dataset.now_test, dataset.now_test).to_numpy()  # "no change" forecast
+    reference = dataset.reference_test.to_numpy()
+    held_out = score(
+        actual, predicted, transform.change(actual, reference), transform.change(predicted, reference)
+    )
+    naive = transform.apply(dataset.reference_test, dataset.reference_test).to_numpy()  # "no change" forecast
     metrics = {
         **held_out,
         "naive_rmse": _finite(math.sqrt(mean_squared_error(actual, naive))),
-        **{f"cv_{name}_mean": _mean(fold[name] for fold in folds) for name in ("rmse", "r2", "directional_accuracy", "ic")},
+        **{
+            f"cv_{name}_mean": _mean(fold[name] for fold in folds)
+            for name in ("rmse", "r2", "directional_accuracy", "ic")
+        },
         "n_train": len(X),
         "n_test": len(actual),
         "train_start": X.index[0].isoformat(),

@@ -58,7 +58,12 @@ class Runtime:
         child_pid = self.trainer.ensure_started()
         log.info(
             "job %s model %s starting in process %s on %s (attempt %s, training process %s)",
-            job_id, model_id, self.pid, self.host, attempt, child_pid,
+            job_id,
+            model_id,
+            self.pid,
+            self.host,
+            attempt,
+            child_pid,
         )
         started = time.perf_counter()
         try:
@@ -75,8 +80,12 @@ class Runtime:
         if written:
             log.info("job %s model %s completed in process %s in %.2f s", job_id, model_id, self.pid, elapsed)
         else:
-            log.warning("job %s model %s finished but was no longer running (attempt %s): result dropped",
-                        job_id, model_id, attempt)
+            log.warning(
+                "job %s model %s finished but was no longer running (attempt %s): result dropped",
+                job_id,
+                model_id,
+                attempt,
+            )
 
     async def _complete(self, model_id: int, attempt: int, result) -> bool:
         """Write every result in one transaction, only if this attempt still holds the model."""
@@ -98,15 +107,22 @@ class Runtime:
                 return False
             async with db.cursor() as cursor:
                 await cursor.executemany(
-                    QUERIES["insert_feature_importance"], [{"model_id": model_id, **row} for row in result.importances]
+                    QUERIES["insert_feature_importance"],
+                    [{"model_id": model_id, **row} for row in result.importances],
                 )
                 await cursor.executemany(
-                    QUERIES["insert_prediction"], [{"model_id": model_id, **row} for row in result.predictions]
+                    QUERIES["insert_prediction"],
+                    [{"model_id": model_id, **row} for row in result.predictions],
                 )
                 await cursor.execute(
                     QUERIES["insert_artifact"],
-                    {"model_id": model_id, "format": "skops", "sha256": result.artifact_sha256,
-                     "size": len(result.artifact), "bytes": result.artifact},
+                    {
+                        "model_id": model_id,
+                        "format": "skops",
+                        "sha256": result.artifact_sha256,
+                        "size": len(result.artifact),
+                        "bytes": result.artifact,
+                    },
                 )
         return True
 
@@ -129,18 +145,20 @@ def limit_threads() -> None:
         os.environ.setdefault(name, value)
 
 
-def run(instance: int, url: str, max_jobs_per_child: int) -> None:
+def run(instance: int, url: str, max_jobs_per_child: int, poll_interval_s: float) -> None:
     limit_threads()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker-{instance} [%(process)d] %(levelname)s %(message)s"
     )
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
-    asyncio.run(_serve(instance, url, max_jobs_per_child))
+    asyncio.run(_serve(instance, url, max_jobs_per_child, poll_interval_s))
 
 
-async def _serve(instance: int, url: str, max_jobs_per_child: int) -> None:
+async def _serve(instance: int, url: str, max_jobs_per_child: int, poll_interval_s: float) -> None:
     runtime = Runtime(url, instance, max_jobs_per_child)
-    log.info("worker %s ready in process %s on %s (queue %s)", instance, runtime.pid, runtime.host, TRAINING_QUEUE)
+    log.info(
+        "worker %s ready in process %s on %s (queue %s)", instance, runtime.pid, runtime.host, TRAINING_QUEUE
+    )
     try:
         with app.replace_connector(connector(url)):
             async with app.open_async():
@@ -150,6 +168,7 @@ async def _serve(instance: int, url: str, max_jobs_per_child: int) -> None:
                     name=f"worker-{instance}@{runtime.host}",
                     additional_context={"runtime": runtime},
                     listen_notify=True,
+                    fetch_job_polling_interval=poll_interval_s,
                     wait=True,
                 )
     finally:

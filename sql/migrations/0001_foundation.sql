@@ -138,7 +138,7 @@ COMMENT ON COLUMN training_requests.symbol IS 'Ticker whose bars the model train
 COMMENT ON COLUMN training_requests.timeframe IS 'Bar timeframe, e.g. 1d, 1h, 5m.';
 COMMENT ON COLUMN training_requests.target_col IS 'Price predicted: open, high, low or close.';
 COMMENT ON COLUMN training_requests.target_transform IS
-    'log_return, pct_change, diff (target at t+horizon against t) or raw (the level at t+horizon).';
+    'log_return, pct_change, diff (target_col at t+horizon against the close at t) or raw (the level).';
 COMMENT ON COLUMN training_requests.horizon IS 'Bars ahead the target looks.';
 COMMENT ON COLUMN training_requests.algorithm IS 'Estimator from the algorithm registry (sfq_algorithms).';
 COMMENT ON COLUMN training_requests.hyperparameters IS
@@ -262,11 +262,12 @@ BEGIN
             );
         END IF;
     END LOOP;
+    -- Defaults are taken as scikit-learn states them (already canonical: 1.0 for a float, 1 for an int).
     FOR param IN SELECT jsonb_object_keys(contracts) LOOP
         canonical := canonical || jsonb_build_object(
             param,
-            sfq_canonical_value(algorithm, param,
-                                coalesce(given->param, contracts->param->'default'), contracts->param)
+            CASE WHEN given ? param THEN sfq_canonical_value(algorithm, param, given->param, contracts->param)
+                 ELSE contracts->param->'default' END
         );
     END LOOP;
     RETURN canonical;

@@ -1,0 +1,217 @@
+"""Fixtures: a throwaway database per test run on a real PostgreSQL, real worker and API processes.
+
+The server is POSTGRES_URL's, or sfq's private cluster when it is unset. Each run creates its own
+database (sfq_test_<random>), upgrades it, loads the sample bars, and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from queue_app import bars, db
+from queue_app.config import Settings, database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+# Workers in tests poll rarely, so a job that starts at once was woken by LISTEN/NOTIFY.
+TEST_ENV = {"SFQ_POLL_INTERVAL_S": "300", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    return database_url(Settings.from_env(), quiet=True)
+
+
+def _create_database(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(server_url, dbname=name)
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url):
+    """Factory for extra throwaway databases (dropped at the end of the run)."""
+    created: list[str] = []
+
+    def make(prefix: str = "sfq_test") -> str:
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        created.append(name)
+        return _create_database(server_url, name)
+
+    yield make
+    for name in created:
+        _drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def database(make_database) -> str:
+    """The run's database: schema upgraded, sample bars (AAPL, MSFT, IBM, GOOG daily) loaded."""
+    url = make_database()
+    db.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for symbol, rows in bars.sample_bars():
+            bars.load(conn, symbol, "1d", rows)
+    return url
+
+
+@pytest.fixture
+def conn(database) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def clean(conn) -> psycopg.Connection:
+    """An empty queue: no models, requests or jobs (bars stay)."""
+    conn.execute(
+        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts,"
+        " procrastinate_jobs, procrastinate_events, procrastinate_workers RESTART IDENTITY CASCADE"
+    )
+    return conn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A real `sfq ...` process whose output is collected, for assertions on its log."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "queue_app.cli", *args],
+            env={**os.environ, **TEST_ENV, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := regex.search(line):
+                    return match
+            if self.popen.poll() is not None:
+                self._reader.join(timeout=2)
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                raise AssertionError(
+                    f"process exited ({self.popen.returncode}) before {pattern!r}:\n{self.output}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.output}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._reader.join(timeout=5)
+        return self.popen.returncode
+
+
+@pytest.fixture
+def start_worker(database):
+    """Start real `sfq worker N` daemons on the run's database; all are stopped after the test."""
+    started: list[Process] = []
+
+    def start(instance: int = 1, url: str | None = None, **env: str) -> Process:
+        worker = Process(["worker", str(instance)], {"POSTGRES_URL": url or database, **env})
+        started.append(worker)
+        worker.wait_for_line(r"worker \d+ ready")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def start_api(database):
+    started: list[Process] = []
+
+    def start(url: str | None = None) -> str:
+        port = free_port()
+        api = Process(["api", "--port", str(port)], {"POSTGRES_URL": url or database})
+        started.append(api)
+        api.wait_for_line(r"Uvicorn running on")
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for api in started:
+        api.stop()
+
+
+@pytest.fixture
+def api(start_api) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=start_api(), timeout=30) as client:
+        yield client
+
+
+def wait_for_models(conn: psycopg.Connection, model_ids: list[int], timeout: float = 120) -> dict[int, dict]:
+    """Block until every model is completed, failed or cancelled; returns id -> row."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = conn.execute(
+            "SELECT id, status::text, error, metrics, worker_pid, attempts FROM models WHERE id = ANY(%s)",
+            (model_ids,),
+        ).fetchall()
+        if len(rows) == len(model_ids) and all(r[1] in ("completed", "failed", "cancelled") for r in rows):
+            keys = ("id", "status", "error", "metrics", "worker_pid", "attempts")
+            return {r[0]: dict(zip(keys, r, strict=True)) for r in rows}
+        time.sleep(0.1)
+    raise AssertionError(f"models {model_ids} not finished within {timeout} s: {rows}")
+
+
+def insert_request(conn: psycopg.Connection, columns: dict) -> tuple[int, str, bool]:
+    """A plain SQL INSERT INTO training_requests, as another service would write it."""
+    query = sql.SQL(
+        "INSERT INTO training_requests ({}) VALUES ({}) RETURNING model_id, fingerprint, deduplicated"
+    ).format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(sql.Placeholder() * len(columns))
+    )
+    return conn.execute(query, list(columns.values())).fetchone()
