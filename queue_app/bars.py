@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import math
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,15 +117,20 @@ def load(conn: psycopg.Connection, symbol: str, timeframe: str, bars: list[Bar])
 
 def import_file(conn: psycopg.Connection, path: Path, symbol: str, timeframe: str) -> tuple[int, int]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        bars = parse_csv(handle)
+    try:
+        # utf-8-sig: spreadsheets write a byte order mark that would otherwise hide the first column's name.
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            bars = parse_csv(handle)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        kind = "gzip-compressed UTF-8 CSV" if opener is gzip.open else "UTF-8 CSV"
+        raise BadBars([f"cannot read the file as {kind} text: {exc}"]) from None
     return load(conn, symbol.upper(), timeframe, bars)
 
 
 def sample_bars() -> Iterator[tuple[str, list[Bar]]]:
     """Daily bars of AAPL, MSFT, IBM and GOOG from bokeh-sampledata (Quandl WIKI, public domain), 2000-2013.
 
-    The source's prices are unadjusted; they are scaled by adj_close / close so splits do not look like crashes.
+    The source's prices are unadjusted; they are scaled by adj_close / close so that splits aren't crashes.
     """
     import bokeh_sampledata
 

@@ -155,9 +155,8 @@ def cmd_bars_sample(args) -> None:
     with _connect(args) as conn:
         for symbol, rows in bars.sample_bars():
             inserted, updated = bars.load(conn, symbol, "1d", rows)
-            print(
-                f"{symbol} 1d: {inserted} bars inserted, {updated} updated ({rows[0].ts:%Y-%m-%d}..{rows[-1].ts:%Y-%m-%d})"
-            )
+            span = f"{rows[0].ts:%Y-%m-%d}..{rows[-1].ts:%Y-%m-%d}"
+            print(f"{symbol} 1d: {inserted} bars inserted, {updated} updated ({span})")
 
 
 def cmd_bars_list(args) -> None:
@@ -194,7 +193,8 @@ def leaderboard(conn: psycopg.Connection, sort: str, limit: int, status: str | N
         worker = f"{row['worker_host']}:{row['worker_pid']}" if row["worker_pid"] else ""
         lines.append(
             f"{row['id']:>5}  {row['status']:<9} {row['symbol']:<6} {row['algorithm']:<20} {target:<16} "
-            f"{fmt('directional_accuracy', 7, 3)} {fmt('ic', 7, 3)} {fmt('r2', 8, 4)} {fmt('rmse', 9, 5)}  {worker}"
+            f"{fmt('directional_accuracy', 7, 3)} {fmt('ic', 7, 3)} {fmt('r2', 8, 4)} {fmt('rmse', 9, 5)}"
+            f"  {worker}"
         )
     return "\n".join(lines)
 

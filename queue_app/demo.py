@@ -46,7 +46,8 @@ HTTP_REQUESTS = [
 # What another service would run: plain SQL, no Python, no Procrastinate.
 SQL_INSERTS = [
     "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "
-    "VALUES ('MSFT', 'GradientBoosting', '{\"n_estimators\": 100, \"max_depth\": 3}') RETURNING model_id, deduplicated",
+    "VALUES ('MSFT', 'GradientBoosting', '{\"n_estimators\": 100, \"max_depth\": 3}') "
+    "RETURNING model_id, deduplicated",
     "INSERT INTO training_requests (symbol, algorithm, hyperparameters, horizon) "
     "VALUES ('AAPL', 'Lasso', '{\"alpha\": 0.0001}', 5) RETURNING model_id, deduplicated",
     "INSERT INTO training_requests (symbol, algorithm, target_col, target_transform) "
@@ -132,6 +133,7 @@ def run(settings: Settings, workers: int) -> None:
         api = subprocess.Popen(
             [sys.executable, "-m", "queue_app.cli", "api", "--port", str(port)],
             env=env,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         processes.append((api, "api"))

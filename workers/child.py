@@ -8,6 +8,7 @@ and the work can be killed. The child is recycled after `max_jobs` jobs to keep 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import signal
 from multiprocessing.connection import Connection, wait
@@ -154,9 +155,7 @@ class TrainingProcess:
         """Ask the child to exit after its current job; kill it if it does not."""
         if self._process is None:
             return
-        try:
+        with contextlib.suppress(OSError):  # already gone
             self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
         self._process.join(timeout=10)
         self.kill()

@@ -1,0 +1,277 @@
+"""The one way in: INSERT INTO training_requests. Validation, defaults, fingerprint, dedup, jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from queue_app.enqueue import RequestRejected, submit
+from tests.conftest import ROOT, insert_request
+
+FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
+
+
+def jobs(conn) -> list[tuple]:
+    return conn.execute(
+        "SELECT task_name, queue_name, args, status::text FROM procrastinate_jobs ORDER BY id"
+    ).fetchall()
+
+
+def test_plain_insert_returns_model_and_defers_one_job(clean):
+    model_id, fingerprint, deduplicated = insert_request(clean, {"symbol": "AAPL"})
+    assert not deduplicated and len(fingerprint) == 64
+    model = clean.execute(
+        "SELECT status::text, symbol, timeframe, target_col, target_transform, horizon, algorithm,"
+        " train_window, test_window, cv_folds, cv_strategy, data_end, job_id FROM models WHERE id = %s",
+        (model_id,),
+    ).fetchone()
+    latest_bar = clean.execute(
+        "SELECT max(ts) FROM bars WHERE symbol = 'AAPL' AND timeframe = '1d'"
+    ).fetchone()[0]
+    assert model[:11] == (
+        "queued",
+        "AAPL",
+        "1d",
+        "close",
+        "log_return",
+        1,
+        "RandomForest",
+        1000,
+        250,
+        5,
+        "expanding",
+    )
+    assert model[11] == latest_bar  # data_end defaults to the latest bar and is pinned on the row
+    assert jobs(clean) == [("train_model", "training", {"model_id": model_id}, "todo")]
+    assert clean.execute("SELECT job_id FROM models WHERE id = %s", (model_id,)).fetchone()[0] is not None
+
+
+def test_duplicate_insert_gets_existing_model_and_no_new_job(clean):
+    first = insert_request(clean, {"symbol": "MSFT", **FAST})
+    second = insert_request(clean, {"symbol": "msft ", **FAST})  # normalised symbol: same request
+    assert second == (first[0], first[1], True)
+    assert len(jobs(clean)) == 1
+    assert (
+        clean.execute("SELECT count(*) FROM training_requests").fetchone()[0] == 2
+    )  # both requests recorded
+
+
+def test_rolled_back_insert_leaves_no_model_and_no_job(clean, database):
+    with psycopg.connect(database) as conn:  # a transaction, as another service would hold it
+        model_id, _, _ = insert_request(conn, {"symbol": "IBM", **FAST})
+        assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 1
+        conn.rollback()
+    assert clean.execute("SELECT count(*) FROM models").fetchone()[0] == 0
+    assert jobs(clean) == []
+
+
+@pytest.mark.parametrize(
+    ("columns", "field", "words"),
+    [
+        ({"symbol": None}, "symbol", "must not be null"),
+        ({"symbol": "AAPL", "horizon": 0}, "horizon", "between 1 and 1000"),
+        (
+            {"symbol": "AAPL", "target_col": "vwap"},
+            "target_col",
+            "'vwap' is not one of open, high, low, close",
+        ),
+        ({"symbol": "AAPL", "target_transform": "log"}, "target_transform", "is not one of"),
+        ({"symbol": "AAPL", "algorithm": "SVM"}, "algorithm", "'SVM' is not one of"),
+        (
+            {"symbol": "AAPL", "hyperparameters": json.dumps({"max_depht": 3})},
+            "hyperparameters.max_depht",
+            "unknown parameter for RandomForest",
+        ),
+        (
+            {"symbol": "AAPL", "hyperparameters": json.dumps({"max_depth": -3})},
+            "hyperparameters.max_depth",
+            "expected integer >= 1 or null",
+        ),
+        (
+            {"symbol": "AAPL", "hyperparameters": json.dumps({"criterion": "gini"})},
+            "hyperparameters.criterion",
+            "expected one of",
+        ),
+        ({"symbol": "AAPL", "features": ["ret_1", "moon_phase"]}, "features", "unknown moon_phase"),
+        ({"symbol": "AAPL", "features": []}, "features", "at least one feature"),
+        ({"symbol": "AAPL", "train_window": 60, "cv_folds": 10}, "train_window", "at least"),
+        ({"symbol": "AAPL", "parent_model_id": 999999}, "parent_model_id", "no model with id 999999"),
+        ({"symbol": "AAPL", "timeframe": "daily"}, "timeframe", "is not a timeframe"),
+    ],
+)
+def test_bad_insert_fails_naming_the_field_and_changes_nothing(clean, columns, field, words):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
+        insert_request(clean, columns)
+    assert raised.value.diag.column_name == field
+    assert f"invalid training request: {field}: " in raised.value.diag.message_primary
+    assert words in raised.value.diag.message_primary
+    assert (
+        clean.execute(
+            "SELECT (SELECT count(*) FROM models) + (SELECT count(*) FROM procrastinate_jobs)"
+        ).fetchone()[0]
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("columns", "field"),
+    [
+        ({"context_symbols": ["SPY"]}, "context_symbols"),
+        ({"alpha_grid": [0.1, 1.0]}, "alpha_grid"),
+        ({"l1_ratio_grid": [0.5]}, "l1_ratio_grid"),
+        ({"regime_configs": json.dumps([{"name": "high_vol"}])}, "regime_configs"),
+        ({"cv_strategy": "rolling"}, "cv_strategy"),
+    ],
+)
+def test_fields_not_trained_yet_are_refused_not_ignored(clean, columns, field):
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as raised:
+        insert_request(clean, {"symbol": "AAPL", **columns})
+    assert raised.value.diag.column_name == field
+    assert "not supported yet" in raised.value.diag.message_primary
+
+
+def test_fingerprint_is_canonical(clean):
+    base = {
+        "symbol": "AAPL",
+        "algorithm": "RandomForest",
+        **{k: v for k, v in FAST.items() if k != "algorithm"},
+    }
+    _, explicit, _ = insert_request(
+        clean,
+        {
+            **base,
+            "hyperparameters": json.dumps(
+                {"n_estimators": 100.0, "max_depth": None}
+            ),  # defaults, written oddly
+            "features": [
+                "volume_z_20",
+                "ret_1",
+                "ret_2",
+                "ret_5",
+                "ret_10",
+                "ret_20",
+                "vol_5",
+                "vol_20",
+                "ma_ratio_5",
+                "ma_ratio_20",
+                "ma_ratio_50",
+                "rsi_14",
+                "hl_range",
+                "ret_1",
+            ],
+            "timeframe": "1d",
+            "horizon": 1,
+        },
+    )
+    _, implicit, deduplicated = insert_request(clean, base)
+    assert implicit == explicit and deduplicated
+    _, other, _ = insert_request(clean, {**base, "hyperparameters": json.dumps({"n_estimators": 101})})
+    assert other != explicit
+
+
+def test_fingerprint_ignores_client_time_zone(clean, database):
+    request = {"symbol": "AAPL", **FAST, "data_end": "2012-06-01T00:00:00+00:00"}
+    _, utc, _ = insert_request(clean, request)
+    with psycopg.connect(database, autocommit=True) as tokyo:
+        tokyo.execute("SET TimeZone = 'Asia/Tokyo'")
+        _, same, deduplicated = insert_request(tokyo, request)
+    assert same == utc and deduplicated
+
+
+def test_data_end_is_pinned_to_a_bar_and_new_bars_make_a_new_model(clean):
+    request = {"symbol": "IBM", **FAST, "data_end": "2012-06-02T12:00:00+00:00"}  # a Saturday
+    model_id, fingerprint, _ = insert_request(clean, request)
+    data_end = clean.execute("SELECT data_end::date::text FROM models WHERE id = %s", (model_id,)).fetchone()[
+        0
+    ]
+    assert data_end == "2012-06-01"  # snapped to the last bar at or before the requested end
+    _, friday, deduplicated = insert_request(clean, {**request, "data_end": "2012-06-01T00:00:00+00:00"})
+    assert friday == fingerprint and deduplicated
+
+    latest_id, latest, _ = insert_request(clean, {"symbol": "IBM", **FAST})
+    clean.execute(
+        "INSERT INTO bars SELECT symbol, timeframe, ts + interval '3 days', open, high, low, close, volume"
+        " FROM bars WHERE symbol = 'IBM' AND ts = (SELECT max(ts) FROM bars WHERE symbol = 'IBM')"
+    )
+    try:
+        newer_id, newer, deduplicated = insert_request(clean, {"symbol": "IBM", **FAST})
+        assert (newer != latest, newer_id != latest_id, deduplicated) == (True, True, False)
+    finally:
+        clean.execute("DELETE FROM bars WHERE symbol = 'IBM' AND ts > '2013-03-01T12:00:00Z'")
+
+
+def test_failed_model_may_be_submitted_again(clean):
+    model_id, fingerprint, _ = insert_request(clean, {"symbol": "GOOG", **FAST})
+    clean.execute("UPDATE models SET status = 'failed', error = 'boom' WHERE id = %s", (model_id,))
+    again_id, again, deduplicated = insert_request(clean, {"symbol": "GOOG", **FAST})
+    assert (again, deduplicated) == (fingerprint, False)
+    assert again_id != model_id
+    assert len(jobs(clean)) == 2
+
+
+def test_symbol_without_bars_is_accepted_with_no_data_end(clean):
+    model_id, _, _ = insert_request(clean, {"symbol": "NOBARS", **FAST})
+    assert clean.execute("SELECT data_end FROM models WHERE id = %s", (model_id,)).fetchone()[0] is None
+
+
+def test_json_submit_reports_wrong_types_by_field(clean):
+    for request, field in [
+        ({"symbol": "AAPL", "horizon": "x"}, "horizon"),
+        ({"symbol": "AAPL", "horizon": 1.5}, "horizon"),
+        ({"symbol": 5}, "symbol"),
+        ({"symbol": "AAPL", "features": "ret_1"}, "features"),
+        ({"symbol": "AAPL", "features": [1]}, "features"),
+        ({"symbol": "AAPL", "data_end": "yesterday-ish"}, "data_end"),
+        ({"symbol": "AAPL", "colour": "red"}, "colour"),
+    ]:
+        with pytest.raises(RequestRejected) as raised:
+            submit(clean, request, "http")
+        assert raised.value.field == field, request
+    assert clean.execute("SELECT count(*) FROM training_requests").fetchone()[0] == 0
+
+
+def test_same_request_over_http_cli_and_sql_has_one_fingerprint_and_trains_once(clean, api, database):
+    request = {"symbol": "AAPL", **FAST, "hyperparameters": {"alpha": 2}}
+    response = api.post("/train", json=request)
+    assert response.status_code == 201, response.text
+    http = response.json()
+
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "queue_app.cli",
+            "submit",
+            "--symbol",
+            "AAPL",
+            "--algorithm",
+            "Ridge",
+            "--train-window",
+            "300",
+            "--test-window",
+            "60",
+            "--param",
+            "alpha=2.0",
+        ],
+        env={"POSTGRES_URL": database, "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert f"model {http['model_id']} fingerprint {http['fingerprint']} (deduplicated" in cli.stdout
+
+    model_id, fingerprint, deduplicated = insert_request(
+        clean, {"symbol": "AAPL", **FAST, "hyperparameters": json.dumps({"alpha": 2.0})}
+    )
+    assert (model_id, fingerprint, deduplicated) == (http["model_id"], http["fingerprint"], True)
+    assert clean.execute("SELECT via, deduplicated FROM training_requests ORDER BY id").fetchall() == [
+        ("http", False),
+        ("cli", True),
+        ("sql", True),
+    ]
+    assert len(jobs(clean)) == 1

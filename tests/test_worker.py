@@ -1,0 +1,177 @@
+"""Real worker daemons: results written, failures contained, one process per worker, NOTIFY pickup."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+
+from tests.conftest import insert_request, wait_for_models
+from workers import artifacts
+
+FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
+
+
+def test_worker_trains_and_writes_every_result(clean, start_worker):
+    worker = start_worker(1)
+    model_id, _, _ = insert_request(
+        clean,
+        {
+            "symbol": "AAPL",
+            "algorithm": "RandomForest",
+            "train_window": 400,
+            "test_window": 100,
+            "hyperparameters": '{"n_estimators": 20}',
+        },
+    )
+    model = wait_for_models(clean, [model_id])[model_id]
+    assert model["status"] == "completed", model["error"]
+    metrics = model["metrics"]
+    assert {"rmse", "mae", "r2", "directional_accuracy", "ic", "naive_rmse"} <= metrics.keys()
+    assert metrics["n_train"] == 400 and metrics["n_test"] == 100
+    assert metrics["train_end"] < metrics["test_start"]
+
+    row = clean.execute(
+        "SELECT worker_host, worker_pid, attempts, started_at <= finished_at,"
+        " jsonb_array_length(fold_metrics), timings ? 'cv' FROM models WHERE id = %s",
+        (model_id,),
+    ).fetchone()
+    assert row[1:] == (worker.pid, 1, True, 5, True) and row[0]
+
+    features = clean.execute(
+        "SELECT feature, importance, rank, method FROM features_log WHERE model_id = %s ORDER BY rank",
+        (model_id,),
+    ).fetchall()
+    assert len(features) == 13 and [f[2] for f in features] == list(range(1, 14))
+    assert {f[3] for f in features} == {"impurity"} and features[0][1] >= features[-1][1]
+
+    predictions = clean.execute(
+        "SELECT count(*), min(ts), max(ts) FROM model_predictions WHERE model_id = %s", (model_id,)
+    ).fetchone()
+    assert predictions[0] == 100 and predictions[2].isoformat().startswith(metrics["test_end"][:10])
+
+    blob, sha, size, fmt = clean.execute(
+        "SELECT bytes, sha256, size, format FROM model_artifacts WHERE model_id = %s", (model_id,)
+    ).fetchone()
+    assert (hashlib.sha256(blob).hexdigest(), len(blob), fmt) == (sha, size, "skops")
+    stored = artifacts.load(bytes(blob), sha)
+    first_prediction = clean.execute(
+        "SELECT predicted FROM model_predictions WHERE model_id = %s ORDER BY ts LIMIT 1", (model_id,)
+    ).fetchone()[0]
+    assert stored.predict(pd.DataFrame(np.zeros((1, 13)), columns=stored.feature_names_in_)).shape == (1,)
+    assert stored.n_features_in_ == 13 and first_prediction is not None
+
+    assert f"model {model_id} starting in process {worker.pid}" in worker.output
+    assert f"model {model_id} completed in process {worker.pid}" in worker.output
+
+
+def test_idle_worker_is_woken_by_notify(clean, start_worker):
+    """Test workers poll every 300 s (see conftest), so a prompt start can only come from LISTEN/NOTIFY."""
+    start_worker(1)
+    time.sleep(1)  # the worker is idle and listening
+    model_id, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+    assert wait_for_models(clean, [model_id], timeout=60)[model_id]["status"] == "completed"
+
+
+def test_symbol_without_bars_fails_saying_so_and_worker_goes_on(clean, start_worker):
+    worker = start_worker(1)
+    missing, _, _ = insert_request(clean, {"symbol": "NOSUCH", **FAST})
+    good, _, _ = insert_request(clean, {"symbol": "IBM", **FAST})
+    finished = wait_for_models(clean, [missing, good])
+    assert finished[missing]["status"] == "failed"
+    assert "no bars for NOSUCH (1d)" in finished[missing]["error"]
+    assert finished[good]["status"] == "completed"
+    assert worker.popen.poll() is None
+    job_states = dict(
+        clean.execute("SELECT (args->>'model_id')::int, status::text FROM procrastinate_jobs").fetchall()
+    )
+    assert job_states == {missing: "failed", good: "succeeded"}
+
+
+def test_estimator_error_fails_only_that_model(clean, start_worker):
+    start_worker(1)
+    # Valid for the contract, refused by scikit-learn at fit time: poisson needs non-negative targets.
+    bad, _, _ = insert_request(
+        clean,
+        {
+            "symbol": "AAPL",
+            "algorithm": "RandomForest",
+            "train_window": 300,
+            "test_window": 60,
+            "hyperparameters": '{"criterion": "poisson"}',
+        },
+    )
+    good, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    finished = wait_for_models(clean, [bad, good])
+    assert finished[bad]["status"] == "failed" and "ValueError" in finished[bad]["error"]
+    assert finished[good]["status"] == "completed"
+
+
+def test_killed_training_process_fails_the_job_and_worker_survives(clean, start_worker):
+    worker = start_worker(1)
+    slow, _, _ = insert_request(
+        clean,
+        {
+            "symbol": "AAPL",
+            "algorithm": "RandomForest",
+            "train_window": 1500,
+            "test_window": 250,
+            "hyperparameters": '{"n_estimators": 2000}',
+        },
+    )
+    child_pid = int(worker.wait_for_line(rf"model {slow} starting .* training process (\d+)").group(1))
+    os.kill(child_pid, signal.SIGKILL)
+    assert wait_for_models(clean, [slow])[slow] | {"metrics": None} == {
+        "id": slow,
+        "status": "failed",
+        "error": "training process died (signal 9, SIGKILL)",
+        "metrics": None,
+        "worker_pid": worker.pid,
+        "attempts": 1,
+    }
+    after, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+    assert wait_for_models(clean, [after])[after]["status"] == "completed"
+    assert worker.popen.poll() is None
+    new_child = int(worker.wait_for_line(rf"model {after} starting .* training process (\d+)").group(1))
+    assert new_child != child_pid
+
+
+def test_one_worker_per_core_spreads_jobs(clean, start_worker):
+    workers = [start_worker(1), start_worker(2)]
+    ids = [
+        insert_request(
+            clean,
+            {
+                "symbol": s,
+                "algorithm": "RandomForest",
+                "train_window": 400 + i,
+                "test_window": 60,
+                "hyperparameters": '{"n_estimators": 50}',
+            },
+        )[0]
+        for i in range(3)
+        for s in ("AAPL", "MSFT")
+    ]
+    finished = wait_for_models(clean, ids, timeout=180)
+    assert {m["status"] for m in finished.values()} == {"completed"}
+    assert {m["worker_pid"] for m in finished.values()} == {w.pid for w in workers}
+
+
+def test_training_process_is_recycled_after_max_jobs(clean, start_worker):
+    worker = start_worker(1, SFQ_MAX_JOBS_PER_CHILD="2")
+    ids = [insert_request(clean, {"symbol": "GOOG", **FAST, "train_window": 300 + i})[0] for i in range(3)]
+    wait_for_models(clean, ids)
+    children = [
+        int(worker.wait_for_line(rf"model {i} starting .* training process (\d+)").group(1)) for i in ids
+    ]
+    assert children[0] == children[1] != children[2]
+
+
+def test_sigterm_stops_an_idle_worker_cleanly(start_worker):
+    worker = start_worker(1)
+    assert worker.stop() == 0
+    assert "worker 1 stopped" in worker.output
