@@ -76,6 +76,13 @@ def _json_arg(name: str, text: str) -> Any:
         raise CommandError(f"--{name.replace('_', '-')}: not valid JSON ({exc})") from None
 
 
+def _number(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise CommandError(f"--{name.replace('_', '-')}: {text!r} is not a number") from None
+
+
 def _request_from(args) -> dict[str, Any]:
     request: dict[str, Any] = {}
     for field in spec.FIELDS:
@@ -86,8 +93,10 @@ def _request_from(args) -> dict[str, Any]:
             value = _json_arg(field.name, value)
         elif field.json_type in ("string-array", "number-array"):
             items = [item.strip() for item in value.split(",") if item.strip()]
-            value = [float(i) for i in items] if field.json_type == "number-array" else items
+            value = [_number(field.name, i) for i in items] if field.json_type == "number-array" else items
         request[field.name] = value
+    if args.param and not isinstance(request.setdefault("hyperparameters", {}), dict):
+        raise CommandError("--hyperparameters must be a JSON object when --param is given")
     for assignment in args.param or []:
         name, _, raw = assignment.partition("=")
         try:
@@ -146,6 +155,8 @@ def cmd_bars_import(args) -> None:
             inserted, updated = bars.import_file(conn, Path(args.file), args.symbol, args.timeframe)
         except FileNotFoundError:
             raise CommandError(f"no such file: {args.file}") from None
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from None
         except bars.BadBars as bad:
             raise CommandError(f"{args.file}: {bad}") from None
     print(f"{args.symbol.upper()} {args.timeframe}: {inserted} bars inserted, {updated} updated")

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -37,9 +38,8 @@ def find_bindir() -> Path:
         candidates.append(
             subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
         )
-    candidates += sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
-    )
+    installed = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted(installed, key=lambda p: [int(n) for n in re.findall(r"\d+", p)], reverse=True)
     candidates += [str(Path(p).parent) for p in filter(None, [shutil.which("initdb")])]
     for candidate in filter(None, candidates):
         if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():

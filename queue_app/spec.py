@@ -1,7 +1,7 @@
 """The training request's shape: field names, JSON types and help, for the CLI and the OpenAPI schema.
 
 Validation, defaults and the fingerprint live in one place, the database (sql/migrations), so that a
-plain SQL INSERT gets exactly what HTTP and the CLI get. `tests/test_spec.py` checks that these fields
+plain SQL INSERT gets exactly what HTTP and the CLI get. `tests/test_contract.py` checks that these fields
 are the columns of training_requests.
 """
 

@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from queue_app import bars, db
+from queue_app import bars, db, embedded
 from queue_app.config import Settings, database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +33,13 @@ TEST_ENV = {"SFQ_POLL_INTERVAL_S": "300", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")
-def server_url() -> str:
-    return database_url(Settings.from_env(), quiet=True)
+def server_url() -> Iterator[str]:
+    """POSTGRES_URL's server, or the private cluster (stopped again if this run started it)."""
+    settings = Settings.from_env()
+    started_here = settings.postgres_url is None and not embedded.is_running(settings.home)
+    yield database_url(settings, quiet=True)
+    if started_here:
+        embedded.stop(settings.home)
 
 
 def _create_database(server_url: str, name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 import skops.io as sio
+from skops.io.exceptions import UntrustedTypesFoundException
 
 FORMAT = "skops"
 
@@ -32,4 +33,9 @@ def load(blob: bytes, sha256: str):
     actual = hashlib.sha256(blob).hexdigest()
     if actual != sha256:
         raise ArtifactError(f"model file corrupted: sha256 {actual} does not match the recorded {sha256}")
-    return sio.loads(blob, trusted=TRUSTED_TYPES)
+    try:
+        return sio.loads(blob, trusted=TRUSTED_TYPES)
+    except UntrustedTypesFoundException as error:
+        raise ArtifactError(
+            f"model file refused: it contains types outside the allow-list: {error}"
+        ) from None

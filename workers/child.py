@@ -133,7 +133,7 @@ class TrainingProcess:
         if conn in ready:
             try:
                 return conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # the child died mid-answer
                 pass
         process.join(timeout=5)
         code = process.exitcode

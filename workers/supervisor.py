@@ -6,6 +6,7 @@ share nothing but the database.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -16,10 +17,22 @@ import time
 log = logging.getLogger("sfq.workers")
 
 STOP_TIMEOUT_S = 60.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the supervisor dies, so no worker is orphaned."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "queue_app.cli", "worker", str(instance), *extra])
+    # Own process group: a Ctrl-C at the terminal reaches the supervisor only, which forwards it once
+    # (a second signal would interrupt the running job).
+    return subprocess.Popen(
+        [sys.executable, "-m", "queue_app.cli", "worker", str(instance), *extra],
+        process_group=0,
+        preexec_fn=_die_with_parent,
+    )
 
 
 def run(count: int, url: str, extra: list[str]) -> int:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 
 import psycopg
+from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
 from queue_app.app import TRAINING_QUEUE, app, connector
@@ -156,21 +158,58 @@ def run(instance: int, url: str, max_jobs_per_child: int, poll_interval_s: float
 
 async def _serve(instance: int, url: str, max_jobs_per_child: int, poll_interval_s: float) -> None:
     runtime = Runtime(url, instance, max_jobs_per_child)
+    app.perform_import_paths()  # registers workers.tasks
+    with app.replace_connector(connector(url)):
+        async with app.open_async():
+            worker = Worker(
+                app,
+                queues=[TRAINING_QUEUE],
+                name=f"worker-{instance}@{runtime.host}",
+                concurrency=1,
+                wait=True,
+                listen_notify=True,
+                fetch_job_polling_interval=poll_interval_s,
+                additional_context={"runtime": runtime},
+                install_signal_handlers=False,
+            )
+            try:
+                await _run_until_signalled(worker, instance, runtime)
+            finally:
+                await runtime.close()
+    log.info("worker %s stopped", instance)
+
+
+async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) -> None:
+    """First SIGTERM/SIGINT: take no new job and finish the running one. Second: interrupt it."""
+    loop = asyncio.get_running_loop()
+    signals_received = 0
+    task = asyncio.create_task(worker.run())
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_received
+        signals_received += 1
+        if signals_received == 1:
+            log.info(
+                "worker %s: %s received, stopping after the running job",
+                instance,
+                signal.Signals(signum).name,
+            )
+            worker.stop()
+        else:
+            log.warning("worker %s: second signal, interrupting the running job", instance)
+            task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    # worker.run() clears any stale stop request on its first step: re-issue one that came before.
+    await asyncio.sleep(0)
+    if signals_received:
+        worker.stop()
     log.info(
         "worker %s ready in process %s on %s (queue %s)", instance, runtime.pid, runtime.host, TRAINING_QUEUE
     )
     try:
-        with app.replace_connector(connector(url)):
-            async with app.open_async():
-                await app.run_worker_async(
-                    queues=[TRAINING_QUEUE],
-                    concurrency=1,
-                    name=f"worker-{instance}@{runtime.host}",
-                    additional_context={"runtime": runtime},
-                    listen_notify=True,
-                    fetch_job_polling_interval=poll_interval_s,
-                    wait=True,
-                )
-    finally:
-        await runtime.close()
-        log.info("worker %s stopped", instance)
+        await task
+    except asyncio.CancelledError:
+        if signals_received < 2:
+            raise

@@ -1,0 +1,316 @@
+"""Bars in: CSV parsing and checking, `sfq bars import` (all or nothing, upsert) and the sample data.
+
+The CLI runs as a real subprocess against the run's database; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from itertools import pairwise
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from queue_app import bars, db
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = "date,open,high,low,close,volume\n"
+
+
+def sfq(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "queue_app.cli", *args],
+        env={**os.environ, "POSTGRES_URL": url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def bar_rows(conn: psycopg.Connection, symbol: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = %s ORDER BY ts", (symbol,)
+    ).fetchall()
+
+
+# A file whose bad rows are all reported, each with its line number (the header is line 1).
+# Line 7 is blank: it is skipped, but still counts as a line.
+BAD_FILE = (
+    HEADER  # line 1
+    + "2020-01-02,10,11,9,10.5,100\n"  # line 2: good
+    + "2020-01-03,abc,11,9,10.5,100\n"  # line 3: non-numeric price
+    + "2020-01-06,10,10.2,9,10.5,100\n"  # line 4: high below close
+    + "2020-01-07,10,11,9,10.5,-5\n"  # line 5: negative volume
+    + "2020-01-08,10,11,9,10.5,100\n"  # line 6: good
+    + "\n"  # line 7: blank
+    + "2020-01-09,0,11,9,10.5,100\n"  # line 8: zero price
+    + "2020-01-02T00:00:00+00:00,10,11,9,10.5,100\n"  # line 9: same instant as line 2
+    + "not-a-date,10,11,9,10.5,100\n"  # line 10: unparsable date
+    + "2020-01-13,10,11\n"  # line 11: too few columns
+    + "2020-01-14,10,11,9,10.5,100\n"  # line 12: good
+)
+BAD_LINES = {
+    3: "abc",
+    4: "bracket",
+    5: "volume",
+    8: "positive",
+    9: "duplicate timestamp",
+    10: "not-a-date",
+    11: "too few columns",
+}
+
+
+def test_parse_csv_accepts_a_good_file_in_order():
+    by_date = bars.parse_csv(
+        io.StringIO(
+            " Date , Open,High,LOW,close,Volume\n"
+            "2020-01-02,10,11,9,10.5,100\n"
+            "\n"
+            "2020-01-03,10.5,12.25,10,12,0\n"
+            "2020-01-06,12,12.5,11.5,11.75,2500.5\n"
+        )
+    )
+    assert [b.ts for b in by_date] == [
+        datetime(2020, 1, 2, tzinfo=UTC),
+        datetime(2020, 1, 3, tzinfo=UTC),
+        datetime(2020, 1, 6, tzinfo=UTC),
+    ]
+    assert (by_date[1].open, by_date[1].high, by_date[1].low, by_date[1].close, by_date[1].volume) == (
+        10.5,
+        12.25,
+        10.0,
+        12.0,
+        0.0,
+    )
+    assert by_date[2].volume == 2500.5
+
+    by_ts = bars.parse_csv(
+        [
+            "ts,open,high,low,close,volume\n",
+            "2020-01-02T15:30:00,1,2,0.5,1.5,10\n",  # no timezone: taken as UTC
+            "2020-01-02 16:30:00+02:00,1,2,0.5,1.5,10\n",  # explicit offset: kept
+            "2020-01-02T17:30:00Z,1,2,0.5,1.5,10\n",
+            "2020-01-03T09:00:00.250000-05:00,1,2,0.5,1.5,10\n",
+        ]
+    )
+    assert [b.ts for b in by_ts] == [
+        datetime(2020, 1, 2, 15, 30, tzinfo=UTC),
+        datetime(2020, 1, 2, 16, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2020, 1, 2, 17, 30, tzinfo=UTC),
+        datetime(2020, 1, 3, 9, 0, 0, 250000, tzinfo=timezone(timedelta(hours=-5))),
+    ]
+    assert all(b.ts.tzinfo is not None for b in by_ts)
+    assert by_ts[1].ts.astimezone(UTC) == datetime(2020, 1, 2, 14, 30, tzinfo=UTC)
+
+
+def test_parse_csv_reports_every_bad_row_with_its_line_number():
+    with pytest.raises(bars.BadBars) as raised:
+        bars.parse_csv(io.StringIO(BAD_FILE))
+    problems = raised.value.problems
+    assert [int(p.split(":")[0].removeprefix("line ")) for p in problems] == sorted(BAD_LINES)
+    for problem, (line, keyword) in zip(problems, sorted(BAD_LINES.items()), strict=True):
+        assert problem.startswith(f"line {line}: "), problem
+        assert keyword in problem, (line, problem)
+    assert "also line 2" in problems[sorted(BAD_LINES).index(9)]
+    message = str(raised.value)
+    assert message.startswith(f"{len(BAD_LINES)} bad row(s), nothing imported")
+    for line in BAD_LINES:
+        assert f"line {line}:" in message
+    for good in (2, 6, 7, 12):
+        assert f"line {good}:" not in message
+
+
+@pytest.mark.parametrize(
+    ("header", "missing"),
+    [
+        ("date,open,close\n", ["high", "low", "volume"]),
+        ("day,open,high,low,close,volume\n", ["ts"]),
+        ("", ["open", "high", "low", "close", "volume", "ts"]),  # an empty file
+    ],
+)
+def test_parse_csv_names_missing_columns(header, missing):
+    with pytest.raises(bars.BadBars) as raised:
+        bars.parse_csv(io.StringIO(header + ("2020-01-02,10,11,9,10.5,100\n" if header else "")))
+    [problem] = raised.value.problems
+    assert problem.startswith("line 1: ")
+    named = problem.split("lacks column(s):")[1]
+    for column in missing:
+        assert column in named, problem
+    for present in {"open", "high", "low", "close", "volume"} - set(missing):
+        assert present not in named, problem
+
+
+def test_cli_import_of_a_bad_file_imports_nothing(tmp_path, database, conn):
+    path = tmp_path / "bad.csv"
+    path.write_text(BAD_FILE)
+    result = sfq("bars", "import", str(path), "--symbol", "TST1", url=database)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("sfq:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for line, keyword in BAD_LINES.items():
+        assert f"line {line}:" in result.stderr
+        assert keyword in result.stderr
+    assert result.stdout == ""
+    assert bar_rows(conn, "TST1") == []
+
+
+def test_cli_import_inserts_then_upserts(tmp_path, database, conn):
+    path = tmp_path / "good.csv"
+    rows = [
+        "2021-03-01,10,11,9,10.5,100",
+        "2021-03-02,10.5,12,10,11.5,200",
+        "2021-03-03,11.5,12,11,11.25,300",
+    ]
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    first = sfq("bars", "import", str(path), "--symbol", "tst2", url=database)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "TST2 1d: 3 bars inserted, 0 updated"
+    stored = bar_rows(conn, "TST2")
+    assert [r[4] for r in stored] == [10.5, 11.5, 11.25]
+    assert stored[0][0] == datetime(2021, 3, 1, tzinfo=UTC)
+
+    rows[1] = "2021-03-02,10.5,12,10,11.75,200"  # one close changed
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    second = sfq("bars", "import", str(path), "--symbol", "TST2", url=database)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "TST2 1d: 0 bars inserted, 3 updated"
+    stored = bar_rows(conn, "TST2")
+    assert len(stored) == 3
+    assert [r[4] for r in stored] == [10.5, 11.75, 11.25]
+
+
+def test_cli_import_gzip_and_timeframe(tmp_path, database, conn):
+    path = tmp_path / "bars.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("ts,open,high,low,close,volume\n2021-03-01T14:30:00Z,10,11,9,10.5,100\n")
+    result = sfq("bars", "import", str(path), "--symbol", "TST3", "--timeframe", "1h", url=database)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "TST3 1h: 1 bars inserted, 0 updated"
+    assert conn.execute("SELECT timeframe, ts FROM bars WHERE symbol = 'TST3'").fetchall() == [
+        ("1h", datetime(2021, 3, 1, 14, 30, tzinfo=UTC))
+    ]
+
+
+def test_cli_import_of_a_file_with_a_byte_order_mark(tmp_path, database, conn):
+    # Spreadsheets save "CSV UTF-8" with a BOM; it must not hide the first column's name.
+    path = tmp_path / "excel.csv"
+    path.write_bytes(("\ufeff" + HEADER + "2021-03-01,10,11,9,10.5,100\n").encode("utf-8"))
+    result = sfq("bars", "import", str(path), "--symbol", "TST4", url=database)
+    assert result.returncode == 0, result.stderr
+    assert "1 bars inserted" in result.stdout
+    assert len(bar_rows(conn, "TST4")) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("binary.csv", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00"),
+        ("latin1.csv", (HEADER + "2021-03-01,10,11,9,10.5,100 # caf\xe9\n").encode("latin-1")),
+        ("not-gzip.csv.gz", HEADER.encode()),
+        ("truncated.csv.gz", gzip.compress((HEADER + "2021-03-01,10,11,9,10.5,100\n" * 50).encode())[:-12]),
+    ],
+    ids=["binary", "latin-1", "not-gzip", "truncated-gzip"],
+)
+def test_cli_import_of_an_unreadable_file_is_a_clean_error(tmp_path, database, conn, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = sfq("bars", "import", str(path), "--symbol", "TST5", url=database)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith(f"sfq: {path}: "), result.stderr
+    assert "cannot read the file as" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert bar_rows(conn, "TST5") == []
+
+
+def test_cli_import_of_a_missing_file(tmp_path, database):
+    result = sfq("bars", "import", str(tmp_path / "nope.csv"), "--symbol", "TST6", url=database)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"sfq: no such file: {tmp_path / 'nope.csv'}"
+
+
+def test_cli_import_of_a_directory_is_a_clean_error(tmp_path, database):
+    result = sfq("bars", "import", str(tmp_path), "--symbol", "TST7", url=database)
+    assert result.returncode == 1
+    assert result.stderr.startswith("sfq:"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bars_sample_loads_the_four_symbols(make_database):
+    url = make_database()
+    db.upgrade(url)
+    result = sfq("bars", "sample", url=url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["AAPL", "MSFT", "IBM", "GOOG"]
+    assert lines[0].startswith("AAPL 1d: 3270 bars inserted, 0 updated (2000-03-01..2013-03-01)")
+    assert lines[3].startswith("GOOG 1d: 2148 bars inserted, 0 updated")
+    with psycopg.connect(url) as conn:
+        counts = dict(conn.execute("SELECT symbol, count(*) FROM bars GROUP BY symbol").fetchall())
+    assert counts == {"AAPL": 3270, "MSFT": 3270, "IBM": 3270, "GOOG": 2148}
+    again = sfq("bars", "sample", url=url)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("AAPL 1d: 0 bars inserted, 3270 updated")
+
+
+def test_sample_bars_counts_and_price_sanity(conn):
+    counts = dict(
+        conn.execute(
+            "SELECT symbol, count(*) FROM bars WHERE timeframe = '1d' AND symbol = ANY(%s) GROUP BY symbol",
+            (list(bars.SAMPLE_SYMBOLS),),
+        ).fetchall()
+    )
+    assert counts == {"AAPL": 3270, "MSFT": 3270, "IBM": 3270, "GOOG": 2148}
+    bad = conn.execute(
+        "SELECT symbol, ts, open, high, low, close FROM bars WHERE symbol = ANY(%s)"
+        " AND NOT (high >= greatest(open, close) AND low <= least(open, close) AND low > 0 AND volume >= 0)",
+        (list(bars.SAMPLE_SYMBOLS),),
+    ).fetchall()
+    assert bad == []
+
+
+def _big_drops(conn: psycopg.Connection, threshold: float) -> set[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT symbol, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD'), change FROM ("
+        "  SELECT symbol, ts, close / lag(close) OVER (PARTITION BY symbol ORDER BY ts) - 1 AS change"
+        "  FROM bars WHERE timeframe = '1d' AND symbol = ANY(%s)) AS changes"
+        " WHERE change < %s",
+        (list(bars.SAMPLE_SYMBOLS), threshold),
+    ).fetchall()
+    return {(symbol, day) for symbol, day, _ in rows}
+
+
+def test_sample_bars_are_split_adjusted(conn):
+    # The source's unadjusted closes show AAPL's 2:1 splits (2000-06-21, 2005-02-28) and MSFT's
+    # (2003-02-18) as drops of 45-50%; the one real crash is AAPL's -52% of 2000-09-29.
+    import bokeh_sampledata
+
+    raw = gzip.decompress(Path(bokeh_sampledata.package_path("stocks.csv.gz")).read_bytes()).decode()
+    closes: dict[str, list[tuple[str, float]]] = {}
+    for row in csv.DictReader(io.StringIO(raw)):
+        closes.setdefault(row["Ticker"], []).append((row["Date"], float(row["Close"])))
+    raw_drops = {
+        (symbol, day)
+        for symbol in bars.SAMPLE_SYMBOLS
+        for (_, before), (day, after) in pairwise(closes[symbol])
+        if after / before - 1 < -0.4
+    }
+    assert {("AAPL", "2000-06-21"), ("AAPL", "2005-02-28"), ("MSFT", "2003-02-18")} <= raw_drops
+
+    assert _big_drops(conn, -0.6) == set()
+    assert _big_drops(conn, -0.4) == {("AAPL", "2000-09-29")}
+    aapl = dict(
+        conn.execute(
+            "SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD'), close FROM bars"
+            " WHERE symbol = 'AAPL' AND timeframe = '1d'"
+        ).fetchall()
+    )
+    assert abs(aapl["2005-02-28"] / aapl["2005-02-25"] - 1) < 0.1
+    assert abs(aapl["2000-06-21"] / aapl["2000-06-20"] - 1) < 0.15

@@ -1,0 +1,104 @@
+"""The contract between the workers' registries and the database that validates requests against it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from queue_app.spec import FIELDS
+from tests.conftest import ROOT
+from workers import contract
+from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS
+from workers.features import DEFAULT_FEATURES, FEATURES
+
+NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated")
+
+
+def canonical(conn, algorithm: str, given: str) -> str:
+    """The canonical hyperparameters as the database stores them (its text form is what is hashed)."""
+    return conn.execute("SELECT sfq_canonical_hyperparameters(%s, %s)::text", (algorithm, given)).fetchone()[
+        0
+    ]
+
+
+def test_registry_sql_is_up_to_date():
+    on_disk = (ROOT / "sql" / "registry.sql").read_text()
+    assert on_disk == contract.render(), (
+        "sql/registry.sql is stale: regenerate it with `python -m workers.contract > sql/registry.sql`"
+    )
+
+
+def typed(params: dict) -> dict:
+    """Parameters with their types, so that 1 and 1.0 (or 0 and False) do not compare equal."""
+    return {name: (type(value), value) for name, value in params.items()}
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_database_defaults_build_the_estimators_defaults(conn, name):
+    algorithm = ALGORITHMS[name]
+    defaults = conn.execute("SELECT sfq_canonical_hyperparameters(%s, '{}')", (name,)).fetchone()[0]
+    assert defaults, f"no hyperparameters for {name} in sfq_algorithms"
+    assert not set(defaults) & set(CONTROLLED_PARAMS)
+    built = algorithm.build(defaults)[-1]
+    assert type(built) is algorithm.estimator
+    plain = algorithm.estimator().get_params()
+    uncontrolled = {key: value for key, value in built.get_params().items() if key not in CONTROLLED_PARAMS}
+    assert typed(uncontrolled) == typed({k: v for k, v in plain.items() if k not in CONTROLLED_PARAMS})
+    # The controlled ones are sfq's, whatever the spec says.
+    for key, value in CONTROLLED_PARAMS.items():
+        if key in plain:
+            assert built.get_params()[key] == value
+
+
+def test_integer_written_as_float_is_the_same_integer(conn):
+    assert canonical(conn, "RandomForest", '{"n_estimators": 100.0}') == canonical(
+        conn, "RandomForest", '{"n_estimators": 100}'
+    )
+    value = conn.execute(
+        """SELECT (sfq_canonical_hyperparameters('RandomForest', '{"n_estimators": 100.0}')
+                   ->'n_estimators')::text"""
+    ).fetchone()[0]
+    assert value == "100" and type(json.loads(value)) is int
+
+
+def test_max_features_one_and_one_point_zero_stay_different(conn):
+    as_int = canonical(conn, "RandomForest", '{"max_features": 1}')
+    as_float = canonical(conn, "RandomForest", '{"max_features": 1.0}')
+    assert as_int != as_float  # one feature per split vs 100% of the features: different models
+    one, all_ = json.loads(as_int)["max_features"], json.loads(as_float)["max_features"]
+    assert (type(one), one) == (int, 1)
+    assert (type(all_), all_) == (float, 1.0)
+    # The worker's estimators read them the way scikit-learn means them.
+    features = 5
+    narrow = ALGORITHMS["RandomForest"].build({"max_features": one, "n_estimators": 1})
+    wide = ALGORITHMS["RandomForest"].build({"max_features": all_, "n_estimators": 1})
+    X = [[float(i * j % 7) for j in range(features)] for i in range(20)]
+    y = [float(i) for i in range(20)]
+    assert narrow.fit(X, y)[-1].estimators_[0].max_features_ == 1
+    assert wide.fit(X, y)[-1].estimators_[0].max_features_ == features
+
+
+def test_float_parameter_written_as_integer_is_the_same_float(conn):
+    assert canonical(conn, "ElasticNet", '{"alpha": 1}') == canonical(conn, "ElasticNet", '{"alpha": 1.0}')
+    alpha = json.loads(canonical(conn, "ElasticNet", '{"alpha": 1}'))["alpha"]
+    assert (type(alpha), alpha) == (float, 1.0)
+
+
+def test_spec_fields_are_the_request_columns(conn):
+    columns = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'training_requests'"
+            " ORDER BY ordinal_position"
+        )
+    ]
+    assert columns, "no training_requests table"
+    assert [field.name for field in FIELDS] == [c for c in columns if c not in NOT_SPEC_COLUMNS]
+
+
+def test_default_features_are_the_databases(conn):
+    rows = conn.execute("SELECT name, description, is_default FROM sfq_features ORDER BY position").fetchall()
+    assert tuple(name for name, _, is_default in rows if is_default) == DEFAULT_FEATURES
+    assert rows == [(f.name, f.description, f.default) for f in FEATURES.values()]
