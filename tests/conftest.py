@@ -212,6 +212,19 @@ def wait_for_models(conn: psycopg.Connection, model_ids: list[int], timeout: flo
     raise AssertionError(f"models {model_ids} not finished within {timeout} s: {rows}")
 
 
+def wait_for_jobs(conn: psycopg.Connection, timeout: float = 30) -> dict[int, str]:
+    """Block until no job is todo or doing (a job ends just after its model); returns model id -> status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = conn.execute(
+            "SELECT (args->>'model_id')::int, status::text FROM procrastinate_jobs"
+        ).fetchall()
+        if all(status not in ("todo", "doing") for _, status in rows):
+            return dict(rows)
+        time.sleep(0.05)
+    raise AssertionError(f"jobs still running after {timeout} s: {rows}")
+
+
 def insert_request(conn: psycopg.Connection, columns: dict) -> tuple[int, str, bool]:
     """A plain SQL INSERT INTO training_requests, as another service would write it."""
     query = sql.SQL(

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from tests.conftest import insert_request, wait_for_models
+from tests.conftest import insert_request, wait_for_jobs, wait_for_models
 from workers import artifacts
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
@@ -86,10 +86,7 @@ def test_symbol_without_bars_fails_saying_so_and_worker_goes_on(clean, start_wor
     assert "no bars for NOSUCH (1d)" in finished[missing]["error"]
     assert finished[good]["status"] == "completed"
     assert worker.popen.poll() is None
-    job_states = dict(
-        clean.execute("SELECT (args->>'model_id')::int, status::text FROM procrastinate_jobs").fetchall()
-    )
-    assert job_states == {missing: "failed", good: "succeeded"}
+    assert wait_for_jobs(clean) == {missing: "failed", good: "succeeded"}
 
 
 def test_estimator_error_fails_only_that_model(clean, start_worker):
