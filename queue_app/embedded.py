@@ -70,9 +70,24 @@ def _run(args: list[str], owner: pwd.struct_passwd | None, **kwargs) -> subproce
     return subprocess.run(command, capture_output=True, text=True, **kwargs)
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Can a user other than the owner (PostgreSQL's, when we are root) traverse to `path`?"""
+    existing = [p for p in (path, *path.parents) if p.exists()]
+    return all(p.stat().st_mode & 0o001 for p in existing)
+
+
+def _cluster_dir(home: Path) -> Path:
+    """`$SFQ_HOME/pg`, unless we are root and the postgres user cannot reach it (a checkout under /root,
+    say): then a folder under /var/tmp named after the home, so the same home finds the same cluster."""
+    if os.geteuid() != 0 or _reachable_by_others(home):
+        return home / "pg"
+    return Path("/var/tmp") / f"sfq-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}" / "pg"
+
+
 def _paths(home: Path) -> tuple[Path, Path, Path]:
-    data = home / "pg" / "data"
-    return data, _socket_dir(data), home / "pg" / "postgres.log"
+    cluster = _cluster_dir(home)
+    data = cluster / "data"
+    return data, _socket_dir(data), cluster / "postgres.log"
 
 
 def url(home: Path) -> str:
@@ -98,6 +113,7 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
         if owner:
             for path in (data.parent, data):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
+            data.parent.parent.chmod(0o755)
         result = _run(
             [
                 str(bindir / "initdb"),
