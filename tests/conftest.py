@@ -212,6 +212,18 @@ def wait_for_models(conn: psycopg.Connection, model_ids: list[int], timeout: flo
     raise AssertionError(f"models {model_ids} not finished within {timeout} s: {rows}")
 
 
+def run_sfq(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real CLI against the database at `url`."""
+    return subprocess.run(
+        [sys.executable, "-m", "queue_app.cli", *args],
+        env={**os.environ, "POSTGRES_URL": url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_for_jobs(conn: psycopg.Connection, timeout: float = 30) -> dict[int, str]:
     """Block until no job is todo or doing (a job ends just after its model); returns model id -> status."""
     deadline = time.monotonic() + timeout

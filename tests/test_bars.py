@@ -8,9 +8,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
@@ -19,20 +16,9 @@ import psycopg
 import pytest
 
 from queue_app import bars, db
+from tests.conftest import run_sfq
 
-ROOT = Path(__file__).resolve().parent.parent
 HEADER = "date,open,high,low,close,volume\n"
-
-
-def sfq(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "queue_app.cli", *args],
-        env={**os.environ, "POSTGRES_URL": url},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def bar_rows(conn: psycopg.Connection, symbol: str) -> list[tuple]:
@@ -151,7 +137,7 @@ def test_parse_csv_names_missing_columns(header, missing):
 def test_cli_import_of_a_bad_file_imports_nothing(tmp_path, database, conn):
     path = tmp_path / "bad.csv"
     path.write_text(BAD_FILE)
-    result = sfq("bars", "import", str(path), "--symbol", "TST1", url=database)
+    result = run_sfq("bars", "import", str(path), "--symbol", "TST1", url=database)
     assert result.returncode == 1, result
     assert result.stderr.startswith("sfq:"), result.stderr
     assert "Traceback" not in result.stderr
@@ -170,7 +156,7 @@ def test_cli_import_inserts_then_upserts(tmp_path, database, conn):
         "2021-03-03,11.5,12,11,11.25,300",
     ]
     path.write_text(HEADER + "\n".join(rows) + "\n")
-    first = sfq("bars", "import", str(path), "--symbol", "tst2", url=database)
+    first = run_sfq("bars", "import", str(path), "--symbol", "tst2", url=database)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "TST2 1d: 3 bars inserted, 0 updated"
     stored = bar_rows(conn, "TST2")
@@ -179,7 +165,7 @@ def test_cli_import_inserts_then_upserts(tmp_path, database, conn):
 
     rows[1] = "2021-03-02,10.5,12,10,11.75,200"  # one close changed
     path.write_text(HEADER + "\n".join(rows) + "\n")
-    second = sfq("bars", "import", str(path), "--symbol", "TST2", url=database)
+    second = run_sfq("bars", "import", str(path), "--symbol", "TST2", url=database)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "TST2 1d: 0 bars inserted, 3 updated"
     stored = bar_rows(conn, "TST2")
@@ -191,7 +177,7 @@ def test_cli_import_gzip_and_timeframe(tmp_path, database, conn):
     path = tmp_path / "bars.csv.gz"
     with gzip.open(path, "wt") as handle:
         handle.write("ts,open,high,low,close,volume\n2021-03-01T14:30:00Z,10,11,9,10.5,100\n")
-    result = sfq("bars", "import", str(path), "--symbol", "TST3", "--timeframe", "1h", url=database)
+    result = run_sfq("bars", "import", str(path), "--symbol", "TST3", "--timeframe", "1h", url=database)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "TST3 1h: 1 bars inserted, 0 updated"
     assert conn.execute("SELECT timeframe, ts FROM bars WHERE symbol = 'TST3'").fetchall() == [
@@ -203,7 +189,7 @@ def test_cli_import_of_a_file_with_a_byte_order_mark(tmp_path, database, conn):
     # Spreadsheets save "CSV UTF-8" with a BOM; it must not hide the first column's name.
     path = tmp_path / "excel.csv"
     path.write_bytes(("\ufeff" + HEADER + "2021-03-01,10,11,9,10.5,100\n").encode("utf-8"))
-    result = sfq("bars", "import", str(path), "--symbol", "TST4", url=database)
+    result = run_sfq("bars", "import", str(path), "--symbol", "TST4", url=database)
     assert result.returncode == 0, result.stderr
     assert "1 bars inserted" in result.stdout
     assert len(bar_rows(conn, "TST4")) == 1
@@ -222,7 +208,7 @@ def test_cli_import_of_a_file_with_a_byte_order_mark(tmp_path, database, conn):
 def test_cli_import_of_an_unreadable_file_is_a_clean_error(tmp_path, database, conn, name, content):
     path = tmp_path / name
     path.write_bytes(content)
-    result = sfq("bars", "import", str(path), "--symbol", "TST5", url=database)
+    result = run_sfq("bars", "import", str(path), "--symbol", "TST5", url=database)
     assert result.returncode == 1, result
     assert result.stderr.startswith(f"sfq: {path}: "), result.stderr
     assert "cannot read the file as" in result.stderr
@@ -231,13 +217,13 @@ def test_cli_import_of_an_unreadable_file_is_a_clean_error(tmp_path, database, c
 
 
 def test_cli_import_of_a_missing_file(tmp_path, database):
-    result = sfq("bars", "import", str(tmp_path / "nope.csv"), "--symbol", "TST6", url=database)
+    result = run_sfq("bars", "import", str(tmp_path / "nope.csv"), "--symbol", "TST6", url=database)
     assert result.returncode == 1
     assert result.stderr.strip() == f"sfq: no such file: {tmp_path / 'nope.csv'}"
 
 
 def test_cli_import_of_a_directory_is_a_clean_error(tmp_path, database):
-    result = sfq("bars", "import", str(tmp_path), "--symbol", "TST7", url=database)
+    result = run_sfq("bars", "import", str(tmp_path), "--symbol", "TST7", url=database)
     assert result.returncode == 1
     assert result.stderr.startswith("sfq:"), result.stderr
     assert "Traceback" not in result.stderr
@@ -246,7 +232,7 @@ def test_cli_import_of_a_directory_is_a_clean_error(tmp_path, database):
 def test_cli_bars_sample_loads_the_four_symbols(make_database):
     url = make_database()
     db.upgrade(url)
-    result = sfq("bars", "sample", url=url)
+    result = run_sfq("bars", "sample", url=url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["AAPL", "MSFT", "IBM", "GOOG"]
@@ -255,7 +241,7 @@ def test_cli_bars_sample_loads_the_four_symbols(make_database):
     with psycopg.connect(url) as conn:
         counts = dict(conn.execute("SELECT symbol, count(*) FROM bars GROUP BY symbol").fetchall())
     assert counts == {"AAPL": 3270, "MSFT": 3270, "IBM": 3270, "GOOG": 2148}
-    again = sfq("bars", "sample", url=url)
+    again = run_sfq("bars", "sample", url=url)
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("AAPL 1d: 0 bars inserted, 3270 updated")
 

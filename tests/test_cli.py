@@ -5,31 +5,17 @@ the one-line errors. The CLI runs as a real subprocess against the run's databas
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_sfq
+
 # Fast to train: a linear model on a short window.
 SPEC = ["--symbol", "AAPL", "--algorithm", "Ridge", "--train-window", "300", "--test-window", "60"]
 SUBMITTED = re.compile(r"^model (\d+) fingerprint ([0-9a-f]{64})$")
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
-
-
-def sfq(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "queue_app.cli", *args],
-        env={**os.environ, "POSTGRES_URL": url},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def counts(conn: psycopg.Connection) -> tuple[int, int, int]:
@@ -40,7 +26,7 @@ def counts(conn: psycopg.Connection) -> tuple[int, int, int]:
 
 
 def submit_ok(database: str, *extra: str) -> tuple[int, str]:
-    result = sfq("submit", *SPEC, "--param", "alpha=2", *extra, url=database)
+    result = run_sfq("submit", *SPEC, "--param", "alpha=2", *extra, url=database)
     assert result.returncode == 0, result.stderr
     match = SUBMITTED.match(result.stdout.strip())
     assert match, result.stdout
@@ -48,7 +34,7 @@ def submit_ok(database: str, *extra: str) -> tuple[int, str]:
 
 
 def test_submit_prints_the_model_and_records_the_request(clean, database):
-    result = sfq("submit", *SPEC, "--param", "alpha=2", url=database)
+    result = run_sfq("submit", *SPEC, "--param", "alpha=2", url=database)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     match = SUBMITTED.match(result.stdout.strip())
@@ -71,13 +57,13 @@ def test_submit_prints_the_model_and_records_the_request(clean, database):
 
 def test_same_submit_is_deduplicated(clean, database):
     model_id, fingerprint = submit_ok(database)
-    again = sfq("submit", *SPEC, "--param", "alpha=2", url=database)
+    again = run_sfq("submit", *SPEC, "--param", "alpha=2", url=database)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == (
         f"model {model_id} fingerprint {fingerprint} (deduplicated: an identical model exists)"
     )
     # 2.0 is the same alpha as 2 (canonical hyperparameters): the same model again.
-    third = sfq("submit", *SPEC, "--param", "alpha=2.0", url=database)
+    third = run_sfq("submit", *SPEC, "--param", "alpha=2.0", url=database)
     assert third.returncode == 0, third.stderr
     assert third.stdout.strip().startswith(f"model {model_id} fingerprint {fingerprint} (deduplicated")
 
@@ -113,7 +99,7 @@ def test_same_submit_is_deduplicated(clean, database):
 )
 def test_bad_request_is_one_line_naming_the_field(conn, database, args, field):
     before = counts(conn)
-    result = sfq("submit", *args, url=database)
+    result = run_sfq("submit", *args, url=database)
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -126,7 +112,7 @@ def test_bad_request_is_one_line_naming_the_field(conn, database, args, field):
 
 def test_submit_wait_prints_completed_and_metrics(clean, database, start_worker):
     worker = start_worker()
-    result = sfq(
+    result = run_sfq(
         "submit", *SPEC, "--param", "alpha=2", "--wait", "--timeout", "120", url=database, timeout=180
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -143,7 +129,7 @@ def test_submit_wait_prints_completed_and_metrics(clean, database, start_worker)
     assert stored["rmse"] == metrics["rmse"]
     assert worker_pid == worker.pid
 
-    board = sfq("models", "--sort", "r2", url=database)
+    board = run_sfq("models", "--sort", "r2", url=database)
     assert board.returncode == 0, board.stderr
     row = next(line for line in board.stdout.splitlines() if line.split()[0] == str(model_id))
     assert row.split()[1] == "completed"
@@ -152,7 +138,7 @@ def test_submit_wait_prints_completed_and_metrics(clean, database, start_worker)
 
 def test_submit_wait_without_bars_fails_with_the_reason(clean, database, start_worker):
     start_worker()
-    result = sfq("submit", "--symbol", "NOPE", "--wait", "--timeout", "120", url=database, timeout=180)
+    result = run_sfq("submit", "--symbol", "NOPE", "--wait", "--timeout", "120", url=database, timeout=180)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     model_id = int(SUBMITTED.match(result.stdout.splitlines()[0])[1])
@@ -169,7 +155,7 @@ def test_submit_wait_without_bars_fails_with_the_reason(clean, database, start_w
 
 def test_models_and_model(clean, database):
     model_id, fingerprint = submit_ok(database)
-    board = sfq("models", url=database)
+    board = run_sfq("models", url=database)
     assert board.returncode == 0, board.stderr
     header, *rows = board.stdout.strip().splitlines()
     assert header.split() == [
@@ -187,7 +173,7 @@ def test_models_and_model(clean, database):
     assert len(rows) == 1
     assert rows[0].split()[:5] == [str(model_id), "queued", "AAPL", "Ridge", "close/log_return"]
 
-    shown = sfq("model", str(model_id), url=database)
+    shown = run_sfq("model", str(model_id), url=database)
     assert shown.returncode == 0, shown.stderr
     model = json.loads(shown.stdout)
     assert model["id"] == model_id
@@ -195,7 +181,7 @@ def test_models_and_model(clean, database):
     assert model["fingerprint"] == fingerprint
     assert (model["symbol"], model["algorithm"], model["hyperparameters"]["alpha"]) == ("AAPL", "Ridge", 2.0)
 
-    missing = sfq("model", "999999", url=database)
+    missing = run_sfq("model", "999999", url=database)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "sfq: no model with id 999999"
     assert missing.stdout == ""
@@ -207,7 +193,7 @@ def test_models_and_model(clean, database):
     ids=" ".join,
 )
 def test_unreachable_database_is_a_clean_error(command):
-    result = sfq(*command, url=UNREACHABLE, timeout=60)
+    result = run_sfq(*command, url=UNREACHABLE, timeout=60)
     assert result.returncode == 1, result
     assert result.stderr.startswith("sfq: cannot reach the database"), result.stderr
     assert "Traceback" not in result.stderr
@@ -216,7 +202,7 @@ def test_unreachable_database_is_a_clean_error(command):
 
 def test_database_without_schema_says_to_upgrade(make_database):
     url = make_database("sfq_test_empty")
-    result = sfq("models", url=url)
+    result = run_sfq("models", url=url)
     assert result.returncode == 1, result
     assert result.stderr.startswith("sfq: the database has no sfq schema yet; run `sfq db upgrade`")
     assert "Traceback" not in result.stderr
