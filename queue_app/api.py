@@ -47,8 +47,8 @@ def _model_url(request: Request, model_id: int) -> str:
 
 async def train(request: Request) -> JSON:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(await request.body(), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         return error(400, "request body is not valid JSON", str(exc))
     if not isinstance(body, dict):
         return error(422, "request body must be a JSON object", {"field": None})
@@ -83,13 +83,32 @@ async def get_model(request: Request) -> JSON:
     return JSON(model)
 
 
+class BadQuery(Exception):
+    """A query parameter is invalid: answered 422 naming it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise HTTPException(422, f"{name} must be an integer between {low} and {high}, got {raw!r}")
+    if not re.fullmatch(r"[0-9]{1,12}", raw) or not low <= int(raw) <= high:
+        raise BadQuery(name, f"{name} must be an integer between {low} and {high}, got {raw!r}")
     return int(raw)
+
+
+def _query_text(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is not None and (len(raw) > 200 or not raw.isprintable()):
+        raise BadQuery(name, f"{name} must be printable text of at most 200 characters")
+    return raw
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 async def list_models(request: Request) -> JSON:
@@ -107,8 +126,8 @@ async def list_models(request: Request) -> JSON:
     offset = _query_int(request, "offset", 0, 0, 10**9)
     query = {
         "status": status,
-        "symbol": params.get("symbol"),
-        "algorithm": params.get("algorithm"),
+        "symbol": _query_text(request, "symbol"),
+        "algorithm": _query_text(request, "algorithm"),
         "metric": None if sort == "id" else sort,
         "direction": 1 if order == "asc" else -1,
         "limit": limit,
@@ -117,9 +136,8 @@ async def list_models(request: Request) -> JSON:
     async with request.app.state.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(QUERIES["list_models"], query)
         rows = await cursor.fetchall()
-    total = rows[0].pop("total") if rows else 0
-    for row in rows[1:]:
-        row.pop("total")
+        await cursor.execute(QUERIES["count_models"], query)
+        total = (await cursor.fetchone())["total"]
     for row in rows:
         row["url"] = _model_url(request, row["id"])
     return JSON({"models": rows, "total": total, "limit": limit, "offset": offset})
@@ -218,6 +236,18 @@ async def _http_error(request: Request, exc: HTTPException) -> JSON:
     return error(exc.status_code, exc.detail)
 
 
+async def _bad_query(request: Request, exc: BadQuery) -> JSON:
+    return error(422, str(exc), {"field": exc.field})
+
+
+async def _no_schema(request: Request, exc: psycopg.Error) -> JSON:
+    return error(503, "database has no sfq schema; run `sfq db upgrade`", exc.diag.message_primary)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSON:
+    return error(500, "internal error", type(exc).__name__)
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSON:
     return error(503, "database unavailable", str(exc) or type(exc).__name__)
 
@@ -253,6 +283,10 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
         ],
         exception_handlers={
             HTTPException: _http_error,
+            BadQuery: _bad_query,
+            psycopg.errors.UndefinedTable: _no_schema,
+            psycopg.errors.UndefinedFunction: _no_schema,
+            Exception: _unexpected,
             psycopg.OperationalError: _database_unavailable,
             psycopg_pool.PoolTimeout: _database_unavailable,
         },

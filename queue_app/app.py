@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import procrastinate
 
 TRAINING_QUEUE = "training"
@@ -11,6 +13,20 @@ TRAIN_TASK = "train_model"  # the name sql/migrations/0001_foundation.sql defers
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.tasks"])
 
+_WAKE_UP = json.dumps({"type": "job_inserted", "job_id": None})
+
+
+class CatchUpConnector(procrastinate.PsycopgConnector):
+    """Wakes the worker once each time its LISTEN starts (at start-up and after a reconnect).
+
+    A job deferred after the worker's first fetch but before its LISTEN took effect, or while the
+    listening connection was down, would otherwise wait for the next poll.
+    """
+
+    async def _loop_notify(self, on_notification, connection, *args, **kwargs) -> None:
+        await on_notification(channel="procrastinate_any_queue_v1", payload=_WAKE_UP)
+        await super()._loop_notify(on_notification, connection, *args, **kwargs)
+
 
 def connector(url: str) -> procrastinate.PsycopgConnector:
-    return procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=3)
+    return CatchUpConnector(conninfo=url, min_size=1, max_size=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -54,12 +55,10 @@ def cmd_api(args) -> None:
 def cmd_worker(args) -> None:
     from workers import worker
 
-    worker.run(
-        args.instance,
-        database_url(args.settings),
-        max_jobs_per_child=args.max_jobs_per_child or args.settings.max_jobs_per_child,
-        poll_interval_s=args.settings.poll_interval_s,
-    )
+    settings = args.settings
+    if args.max_jobs_per_child:
+        settings = dataclasses.replace(settings, max_jobs_per_child=args.max_jobs_per_child)
+    worker.run(args.instance, database_url(settings), settings)
 
 
 def cmd_workers(args) -> None:
@@ -176,7 +175,9 @@ def cmd_bars_list(args) -> None:
             print(f"{row[0]:<8} {row[1]:<4} {row[2]:>7} bars  {row[3]:%Y-%m-%d} .. {row[4]:%Y-%m-%d}")
 
 
-def leaderboard(conn: psycopg.Connection, sort: str, limit: int, status: str | None = None) -> str:
+def leaderboard(
+    conn: psycopg.Connection, sort: str, limit: int, status: str | None = None, order: str = "desc"
+) -> str:
     with conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(
             db.QUERIES["list_models"],
@@ -185,7 +186,7 @@ def leaderboard(conn: psycopg.Connection, sort: str, limit: int, status: str | N
                 "symbol": None,
                 "algorithm": None,
                 "metric": None if sort == "id" else sort,
-                "direction": -1,
+                "direction": 1 if order == "asc" else -1,
                 "limit": limit,
                 "offset": 0,
             },
@@ -212,7 +213,7 @@ def leaderboard(conn: psycopg.Connection, sort: str, limit: int, status: str | N
 
 def cmd_models(args) -> None:
     with _connect(args) as conn:
-        print(leaderboard(conn, args.sort, args.limit, args.status))
+        print(leaderboard(conn, args.sort, args.limit, args.status, args.order))
 
 
 def cmd_model(args) -> None:
@@ -227,6 +228,12 @@ def cmd_demo(args) -> None:
     from queue_app import demo
 
     demo.run(args.settings, workers=args.workers)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -258,7 +265,7 @@ def _parser() -> argparse.ArgumentParser:
 
     workers = sub.add_parser("workers", help="run N worker daemons, restarting any that exits")
     workers.add_argument(
-        "--count", type=int, default=os.cpu_count() or 1, help="default: the number of cores"
+        "--count", type=_positive, default=os.cpu_count() or 1, help="default: the number of cores"
     )
     workers.add_argument("--max-jobs-per-child", type=int, default=None)
     workers.set_defaults(func=cmd_workers)
@@ -292,7 +299,10 @@ def _parser() -> argparse.ArgumentParser:
     bars_sub.add_parser("list", help="symbols and their bar counts").set_defaults(func=cmd_bars_list)
 
     models = sub.add_parser("models", help="list models (a leaderboard with --sort METRIC)")
-    models.add_argument("--sort", default="id")
+    models.add_argument(
+        "--sort", default="id", help="id or a metric, e.g. directional_accuracy, ic, r2, rmse"
+    )
+    models.add_argument("--order", choices=["asc", "desc"], default="desc")
     models.add_argument("--status", choices=["queued", "running", "completed", "failed", "cancelled"])
     models.add_argument("--limit", type=int, default=20)
     models.set_defaults(func=cmd_models)

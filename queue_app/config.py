@@ -24,6 +24,13 @@ class Settings:
     max_jobs_per_child: int
     pool_size: int
     poll_interval_s: int  # safety net only: idle workers are woken by LISTEN/NOTIFY
+    timeout_s: int  # default training deadline when a request sets no timeout_s
+    memory_limit_mb: int  # per training process (resident memory); 0 = no limit
+    grace_s: int  # on SIGTERM, how long the running job may finish before it is put back
+    heartbeat_s: int  # how often a worker proves it is alive
+    rescue_after_s: int  # a running job whose worker has been silent this long goes to another worker
+    max_attempts: int  # a model whose worker was lost this many times fails instead of running again
+    job_retention_days: int  # finished queue jobs older than this are pruned (models are kept)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,6 +40,13 @@ class Settings:
             max_jobs_per_child=_int("SFQ_MAX_JOBS_PER_CHILD", 10),
             pool_size=_int("SFQ_API_POOL_SIZE", 10),
             poll_interval_s=_int("SFQ_POLL_INTERVAL_S", 5),
+            timeout_s=_int("SFQ_TIMEOUT_S", 3600),
+            memory_limit_mb=_int("SFQ_MEMORY_LIMIT_MB", 4096),
+            grace_s=_int("SFQ_GRACE_S", 30),
+            heartbeat_s=_int("SFQ_HEARTBEAT_S", 5),
+            rescue_after_s=_int("SFQ_RESCUE_AFTER_S", 20),
+            max_attempts=_int("SFQ_MAX_ATTEMPTS", 3),
+            job_retention_days=_int("SFQ_JOB_RETENTION_DAYS", 7),
         )
 
 

@@ -70,11 +70,18 @@ def upgrade(url: str) -> list[str]:
             " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = dict(conn.execute("SELECT name, checksum FROM sfq_migrations").fetchall())
-        procrastinate_name = f"procrastinate/{procrastinate.__version__}"
+        # Procrastinate ships schema migrations with minor versions; its schema is recorded by minor version.
+        procrastinate_name = "procrastinate/" + ".".join(procrastinate.__version__.split(".")[:2])
         has_procrastinate = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]
         if not has_procrastinate:
             conn.execute(SchemaManager.get_schema())
             applied.append(procrastinate_name)
+        recorded = [name for name in done if name.startswith("procrastinate/")]
+        if has_procrastinate and recorded and procrastinate_name not in recorded:
+            raise MigrationError(
+                f"the database has the schema of {recorded[-1]}, this sfq uses {procrastinate_name}: "
+                "apply Procrastinate's migrations between them first (see its docs, `procrastinate schema`)"
+            )
         if procrastinate_name not in done:
             conn.execute(
                 "INSERT INTO sfq_migrations (name, checksum) VALUES (%s, 'procrastinate')"

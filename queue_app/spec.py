@@ -41,6 +41,7 @@ FIELDS: tuple[Field, ...] = (
     Field("l1_ratio_grid", "number-array", "l1_ratio values to search (not supported yet)"),
     Field("regime_configs", "array", "regime configurations (not supported yet)"),
     Field("parent_model_id", "integer", "model this one evolves from"),
+    Field("timeout_s", "integer", "seconds before training is killed (default: SFQ_TIMEOUT_S, 3600)"),
 )
 
 _JSON_SCHEMA = {

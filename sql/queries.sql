@@ -11,7 +11,7 @@ UPDATE models
    SET status = 'running', started_at = now(), finished_at = NULL, error = NULL, attempts = attempts + 1,
        worker_host = %(host)s, worker_pid = %(pid)s, job_id = %(job_id)s
  WHERE id = %(model_id)s AND status IN ('queued', 'running')
-RETURNING attempts, spec
+RETURNING attempts, spec, timeout_s
 
 -- load_bars --
 -- The last bars up to the model's pinned data end, oldest first, in one query.
@@ -44,10 +44,31 @@ INSERT INTO model_artifacts (model_id, format, sha256, size, bytes)
 VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(bytes)s)
 
 -- fail_model --
+-- Fenced like complete_model: a worker whose attempt was handed on cannot fail the model either.
 UPDATE models
    SET status = 'failed', finished_at = now(), error = %(error)s
- WHERE id = %(model_id)s AND status IN ('queued', 'running')
+ WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
 RETURNING id
+
+-- requeue_model --
+-- The attempt was interrupted (shutdown) or hit a transient error: the model waits for its job again.
+UPDATE models
+   SET status = 'queued', error = %(reason)s
+ WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
+RETURNING id
+
+-- give_up_model --
+-- The job ran out of tries; only the model's current job may fail it.
+UPDATE models
+   SET status = 'failed', finished_at = now(), error = %(error)s
+ WHERE id = %(model_id)s AND job_id = %(job_id)s AND status IN ('queued', 'running')
+
+-- rescue_stalled_jobs --
+SELECT model_id, old_job_id, new_job_id, outcome
+  FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s)
+
+-- prune_finished_jobs --
+SELECT sfq_prune_finished_jobs(%(older_than_days)s)
 
 -- get_model --
 SELECT m.*, a.sha256 AS artifact_sha256, a.size AS artifact_size
@@ -65,11 +86,19 @@ SELECT count(*) AS bars, min(ts) AS first, max(ts) AS last
 SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last
   FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe
 
+-- count_models --
+-- The total behind a page of list_models (same filters).
+SELECT count(*) AS total
+  FROM models
+ WHERE (%(status)s::text IS NULL OR status::text = %(status)s)
+   AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+   AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+
 -- list_models --
 -- Filter, sort by id or by any numeric held-out metric (a leaderboard), paginate.
 SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
        data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
-       parent_model_id, count(*) OVER () AS total
+       parent_model_id
   FROM models
  WHERE (%(status)s::text IS NULL OR status::text = %(status)s)
    AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing
+import os
 import signal
+import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -35,6 +38,23 @@ class TrainingProcessDied(TrainingFailed):
     """The training process ended without answering (a signal, an abort, an out-of-memory kill)."""
 
 
+class TrainingInterrupted(Exception):
+    """The worker stopped the training on purpose (shutdown): the job goes back to the queue."""
+
+
+PR_SET_PDEATHSIG = 1
+CHECK_EVERY_S = 0.25  # how often the deadline and the memory limit are checked
+
+
+def resident_mb(pid: int) -> float:
+    """Resident set size of a process, from /proc (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -45,8 +65,14 @@ def describe_exit(code: int | None) -> str:
     return f"training process died (exit code {code})"
 
 
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `signum` to this process when its parent dies, so nothing is orphaned."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
 def _child_main(conn: Connection, url: str) -> None:
     """Loop: receive a spec, answer ("ok", TrainingResult) or ("failed", reason); None ends the loop."""
+    die_with_parent()  # a worker killed with SIGKILL takes its training with it
     import pandas as pd
     import psycopg
     from threadpoolctl import threadpool_limits
@@ -92,6 +118,7 @@ class TrainingProcess:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._jobs = 0
+        self._interrupted: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -114,12 +141,22 @@ class TrainingProcess:
             self._start()
         return self._process.pid
 
-    async def train(self, spec: dict[str, Any]):
+    async def train(self, spec: dict[str, Any], timeout_s: float, memory_limit_mb: int):
+        """Train in the child; kill it at the deadline, above the memory limit, or on `interrupt()`."""
         self.ensure_started()
         self._jobs += 1
-        self._conn.send(spec)
+        self._interrupted = None
         try:
-            status, payload = await asyncio.get_running_loop().run_in_executor(None, self._wait_for_answer)
+            self._conn.send(spec)
+        except OSError:  # the child died between jobs: start a fresh one
+            self.kill()
+            self.ensure_started()
+            self._conn.send(spec)
+        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb)
+        try:
+            status, payload = await asyncio.get_running_loop().run_in_executor(
+                None, self._wait_for_answer, *limits
+            )
         except asyncio.CancelledError:
             self.kill()
             raise
@@ -127,9 +164,24 @@ class TrainingProcess:
             raise TrainingFailed(payload)
         return payload
 
-    def _wait_for_answer(self) -> tuple[str, Any]:
+    def interrupt(self, reason: str) -> None:
+        """Stop the running training (from the event loop thread); `train` raises TrainingInterrupted."""
+        self._interrupted = reason
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+
+    def _wait_for_answer(self, deadline: float, timeout_s: float, memory_limit_mb: int) -> tuple[str, Any]:
         process, conn = self._process, self._conn
-        ready = wait([conn, process.sentinel])
+        while not (ready := wait([conn, process.sentinel], timeout=CHECK_EVERY_S)):
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TrainingFailed(f"timed out after {timeout_s:g} s")
+            if memory_limit_mb and (used := resident_mb(process.pid)) > memory_limit_mb:
+                self.kill()
+                raise TrainingFailed(
+                    f"training process killed: resident memory {used:.0f} MB "
+                    f"over the limit of {memory_limit_mb} MB"
+                )
         if conn in ready:
             try:
                 return conn.recv()
@@ -138,6 +190,8 @@ class TrainingProcess:
         process.join(timeout=5)
         code = process.exitcode
         self._discard()
+        if self._interrupted:
+            raise TrainingInterrupted(self._interrupted)
         raise TrainingProcessDied(describe_exit(code))
 
     def kill(self) -> None:

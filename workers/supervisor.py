@@ -6,7 +6,6 @@ share nothing but the database.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -14,15 +13,11 @@ import subprocess
 import sys
 import time
 
+from workers.child import die_with_parent
+
 log = logging.getLogger("sfq.workers")
 
 STOP_TIMEOUT_S = 60.0
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the supervisor dies, so no worker is orphaned."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
@@ -31,7 +26,7 @@ def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "queue_app.cli", "worker", str(instance), *extra],
         process_group=0,
-        preexec_fn=_die_with_parent,
+        preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # no worker outlives its supervisor
     )
 
 

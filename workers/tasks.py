@@ -3,11 +3,27 @@ runs them with its `Runtime` in the job context."""
 
 from __future__ import annotations
 
-from procrastinate import JobContext
+from procrastinate import JobContext, RetryStrategy
 
 from queue_app.app import TRAIN_TASK, TRAINING_QUEUE, app
+from workers.worker import ModelFailed, Requeue
+
+TRIES = 8  # a job put back (shutdown, database away) runs again after 2, 4, 8, ... seconds, this many times
 
 
-@app.task(name=TRAIN_TASK, queue=TRAINING_QUEUE, pass_context=True)
+@app.task(
+    name=TRAIN_TASK,
+    queue=TRAINING_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(max_attempts=TRIES - 1, exponential_wait=2, retry_exceptions={Requeue}),
+)
 async def train_model(context: JobContext, model_id: int) -> None:
-    await context.additional_context["runtime"].train(model_id, job_id=context.job.id)
+    runtime = context.additional_context["runtime"]
+    try:
+        await runtime.train(model_id, job_id=context.job.id)
+    except Requeue as requeue:
+        if context.job.attempts + 1 >= TRIES:
+            reason = f"gave up after {TRIES} tries: {requeue}"
+            await runtime.give_up(model_id, context.job.id, reason)
+            raise ModelFailed(reason) from None
+        raise

@@ -120,13 +120,15 @@ def _mean(values) -> float | None:
 
 
 def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, predicted_change: np.ndarray):
+    """Errors on the target; R2 and IC on the change from the close at t, so that a `raw` level target is
+    not credited for the level's own persistence (any price "predicts" tomorrow's price)."""
     moved = actual_change != 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        ic = spearmanr(predicted, actual).statistic if np.ptp(predicted) > 0 else float("nan")
+        ic = spearmanr(predicted_change, actual_change).statistic if np.ptp(predicted_change) > 0 else np.nan
     return {
         "rmse": _finite(math.sqrt(mean_squared_error(actual, predicted))),
         "mae": _finite(mean_absolute_error(actual, predicted)),
-        "r2": _finite(r2_score(actual, predicted)),
+        "r2": _finite(r2_score(actual_change, predicted_change)),
         "directional_accuracy": _finite(
             np.mean(np.sign(predicted_change[moved]) == np.sign(actual_change[moved]))
             if moved.any()

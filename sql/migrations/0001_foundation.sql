@@ -68,6 +68,7 @@ CREATE TABLE models (
     metrics jsonb,       -- held-out test window: rmse, mae, r2, directional_accuracy, ic, ...
     fold_metrics jsonb,  -- one object per CV fold
     timings jsonb,       -- seconds per phase of the last attempt
+    timeout_s integer,   -- training deadline; NULL = the worker's default (not part of the fingerprint)
     job_id bigint
 );
 
@@ -129,6 +130,7 @@ CREATE TABLE training_requests (
     l1_ratio_grid double precision[] DEFAULT '{}',
     regime_configs jsonb DEFAULT '[]',
     parent_model_id bigint,
+    timeout_s integer,
     model_id bigint,
     fingerprint text,
     deduplicated boolean
@@ -155,6 +157,8 @@ COMMENT ON COLUMN training_requests.alpha_grid IS 'Alpha values to search (later
 COMMENT ON COLUMN training_requests.l1_ratio_grid IS 'l1_ratio values to search (later).';
 COMMENT ON COLUMN training_requests.regime_configs IS 'JSON array of regime configurations (later).';
 COMMENT ON COLUMN training_requests.parent_model_id IS 'Model this one evolves from (not part of the fingerprint).';
+COMMENT ON COLUMN training_requests.timeout_s IS
+    'Seconds before training is killed and the model fails; NULL = the workers'' default (not fingerprinted).';
 
 -- Raise a request error that names its field, both in the message and in the error's COLUMN field.
 CREATE FUNCTION sfq_reject(field text, problem text, code text DEFAULT '22023') RETURNS void
@@ -190,6 +194,8 @@ BEGIN
             IF kind <> 'number' THEN RETURN false; END IF;
             number := value::numeric;
             IF rule->>'type' = 'integer' AND number <> trunc(number) THEN RETURN false; END IF;
+            -- scikit-learn's RealNotInt: 1 and 1.0 mean different things there, so only 1.0 is a float.
+            IF (rule->>'not_integer')::boolean AND scale(number) = 0 THEN RETURN false; END IF;
             IF rule ? 'min' AND (number < (rule->>'min')::numeric
                 OR ((rule->>'min_open')::boolean AND number = (rule->>'min')::numeric)) THEN
                 RETURN false;
@@ -381,6 +387,9 @@ BEGIN
     IF jsonb_array_length(NEW.regime_configs) > 0 THEN
         PERFORM sfq_not_supported_yet('regime_configs', 'training per regime');
     END IF;
+    IF NEW.timeout_s IS NOT NULL THEN
+        PERFORM sfq_check_range('timeout_s', NEW.timeout_s, 1, 604800);
+    END IF;
     IF NEW.parent_model_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM models WHERE id = NEW.parent_model_id) THEN
         PERFORM sfq_reject('parent_model_id', format('no model with id %s', NEW.parent_model_id));
     END IF;
@@ -410,12 +419,12 @@ BEGIN
         INSERT INTO models (
             fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
             hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-            context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id)
+            context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, timeout_s)
         VALUES (
             NEW.fingerprint, spec, NEW.symbol, NEW.timeframe, NEW.target_col, NEW.target_transform,
             NEW.horizon, NEW.algorithm, NEW.hyperparameters, NEW.features, NEW.train_window,
             NEW.test_window, NEW.data_end, NEW.cv_folds, NEW.cv_strategy, NEW.context_symbols,
-            NEW.alpha_grid, NEW.l1_ratio_grid, NEW.regime_configs, NEW.parent_model_id)
+            NEW.alpha_grid, NEW.l1_ratio_grid, NEW.regime_configs, NEW.parent_model_id, NEW.timeout_s)
         ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
         RETURNING id INTO NEW.model_id;
 
@@ -443,6 +452,14 @@ $$;
 CREATE TRIGGER training_requests_accept BEFORE INSERT ON training_requests
     FOR EACH ROW EXECUTE FUNCTION sfq_accept_training_request();
 
+-- The columns of training_requests a request may set (the others are filled in by the trigger).
+CREATE FUNCTION sfq_request_fields() RETURNS SETOF pg_attribute
+    LANGUAGE sql STABLE AS $$
+    SELECT * FROM pg_attribute
+     WHERE attrelid = 'training_requests'::regclass AND attnum > 0 AND NOT attisdropped
+       AND attname NOT IN ('id', 'received_at', 'via', 'model_id', 'fingerprint', 'deduplicated')
+$$;
+
 -- The JSON way in, used by the HTTP API and the CLI: the same INSERT, after checking each field's
 -- JSON type so that a wrong type is reported with its field's name. JSON null means "the default".
 CREATE FUNCTION sfq_submit(request jsonb, via text DEFAULT 'sql') RETURNS training_requests
@@ -459,18 +476,15 @@ BEGIN
     IF jsonb_typeof(request) IS DISTINCT FROM 'object' THEN
         PERFORM sfq_reject('request', 'must be a JSON object');
     END IF;
-    request := jsonb_strip_nulls(request);
+    -- Top-level nulls only: a null inside hyperparameters is a value (max_depth: null = unlimited).
+    request := coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(request) AS e(k, v)
+                          WHERE v <> 'null'::jsonb), '{}');
     FOR field, value IN SELECT * FROM jsonb_each(request) LOOP
         SELECT format_type(atttypid, atttypmod) INTO column_type
-          FROM pg_attribute
-         WHERE attrelid = 'training_requests'::regclass AND attname = field AND attnum > 0
-           AND NOT attisdropped
-           AND attname NOT IN ('id', 'received_at', 'via', 'model_id', 'fingerprint', 'deduplicated');
+          FROM sfq_request_fields() WHERE attname = field;
         IF column_type IS NULL THEN
-            PERFORM sfq_reject(field, format('unknown field; valid fields: %s', (
-                SELECT string_agg(attname, ', ' ORDER BY attnum) FROM pg_attribute
-                 WHERE attrelid = 'training_requests'::regclass AND attnum > 0 AND NOT attisdropped
-                   AND attname NOT IN ('id', 'received_at', 'via', 'model_id', 'fingerprint', 'deduplicated'))));
+            PERFORM sfq_reject(field, format('unknown field; valid fields: %s',
+                               (SELECT string_agg(attname, ', ' ORDER BY attnum) FROM sfq_request_fields())));
         END IF;
         wrong := false;
         expected := CASE column_type
