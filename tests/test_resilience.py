@@ -1,0 +1,183 @@
+"""Nothing lost, nothing twice: dead and stalled workers, timeouts, memory, crashes, shutdown, pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import insert_request, wait_for_jobs, wait_for_models
+
+FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
+# About 5-10 s of training on one core: long enough to interrupt.
+SLOW = {
+    "algorithm": "RandomForest",
+    "train_window": 1500,
+    "test_window": 250,
+    "cv_folds": 2,
+    "hyperparameters": json.dumps({"n_estimators": 150}),
+}
+# Rescue quickly in tests: heartbeats every second, a worker silent for 3 s is presumed dead.
+QUICK_RESCUE = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def training_pid(worker, model_id: int) -> int:
+    return int(worker.wait_for_line(rf"model {model_id} starting .* training process (\d+)").group(1))
+
+
+def test_timeout_kills_training_and_worker_goes_on(clean, start_worker):
+    worker = start_worker(1)
+    slow, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW, "timeout_s": 1})
+    fast, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+    finished = wait_for_models(clean, [slow, fast])
+    assert (finished[slow]["status"], finished[slow]["error"]) == ("failed", "timed out after 1 s")
+    assert finished[fast]["status"] == "completed"
+    assert worker.popen.poll() is None
+
+
+def test_timeout_is_not_part_of_the_fingerprint(clean):
+    first = insert_request(clean, {"symbol": "AAPL", **FAST, "timeout_s": 10})
+    second = insert_request(clean, {"symbol": "AAPL", **FAST, "timeout_s": 20})
+    assert second == (first[0], first[1], True)
+
+
+def test_memory_limit_kills_training_with_a_message(clean, start_worker):
+    worker = start_worker(1, SFQ_MEMORY_LIMIT_MB="40")  # less than numpy + scikit-learn need
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    model = wait_for_models(clean, [model_id])[model_id]
+    assert model["status"] == "failed"
+    assert "resident memory" in model["error"] and "over the limit of 40 MB" in model["error"]
+    assert worker.popen.poll() is None
+
+
+@pytest.mark.parametrize(("signum", "name"), [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGABRT, "SIGABRT")])
+def test_crashing_training_process_fails_only_its_job(clean, start_worker, signum, name):
+    """A segfault or an abort() in native code, as the worker sees it: the training process dies of it."""
+    worker = start_worker(1)
+    crashing, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    os.kill(training_pid(worker, crashing), signum)
+    after, _, _ = insert_request(clean, {"symbol": "IBM", **FAST})
+    finished = wait_for_models(clean, [crashing, after])
+    assert finished[crashing]["error"] == f"training process died (signal {int(signum)}, {name})"
+    assert finished[after]["status"] == "completed" and worker.popen.poll() is None
+
+
+def test_job_of_a_killed_worker_is_rescued_by_another(clean, start_worker):
+    doomed = start_worker(1, **QUICK_RESCUE)
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    child = training_pid(doomed, model_id)
+    survivor = start_worker(2, **QUICK_RESCUE)
+    doomed.popen.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    survivor.wait_for_line(rf"rescue: model {model_id} job \d+ lost its worker: rescued", timeout=60)
+    rescue_delay = time.monotonic() - killed_at
+    model = wait_for_models(clean, [model_id], timeout=180)[model_id]
+    assert (model["status"], model["attempts"], model["worker_pid"]) == ("completed", 2, survivor.pid)
+    wait_for_jobs(clean)
+    jobs = clean.execute("SELECT array_agg(status::text ORDER BY id) FROM procrastinate_jobs").fetchone()[0]
+    assert jobs == ["failed", "succeeded"]  # the dead worker's job closed, the rescue job done
+    assert not alive(child)  # the training process died with its worker
+    print(f"rescued {rescue_delay:.1f} s after the kill (heartbeat 1 s, rescue after 3 s)")
+
+
+def test_stalled_worker_that_comes_back_cannot_write_its_result(clean, start_worker):
+    """Fencing: a worker frozen past the rescue (SIGSTOP) finishes later; its late result is refused."""
+    stalled = start_worker(1, **QUICK_RESCUE)
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    training_pid(stalled, model_id)
+    stalled.popen.send_signal(signal.SIGSTOP)  # its training process goes on; its heartbeats stop
+    try:
+        rescuer = start_worker(2, **QUICK_RESCUE)
+        model = wait_for_models(clean, [model_id], timeout=180)[model_id]
+        assert (model["status"], model["attempts"], model["worker_pid"]) == ("completed", 2, rescuer.pid)
+    finally:
+        stalled.popen.send_signal(signal.SIGCONT)
+    stalled.wait_for_line(rf"model {model_id}: attempt 1 was handed on .* result is dropped", timeout=120)
+    counts = clean.execute(
+        "SELECT (SELECT count(*) FROM features_log WHERE model_id = %(m)s),"
+        " (SELECT count(*) FROM model_predictions WHERE model_id = %(m)s),"
+        " (SELECT count(*) FROM model_artifacts WHERE model_id = %(m)s),"
+        " (SELECT status::text FROM models WHERE id = %(m)s)",
+        {"m": model_id},
+    ).fetchone()
+    assert counts == (13, 250, 1, "completed")  # written once, by attempt 2
+    assert stalled.popen.poll() is None  # the stale worker survives its refused write
+
+
+def test_sigterm_lets_the_running_job_finish(clean, start_worker):
+    worker = start_worker(1, SFQ_GRACE_S="120")
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    training_pid(worker, model_id)
+    assert worker.stop(timeout=180) == 0
+    model = wait_for_models(clean, [model_id], timeout=5)[model_id]
+    assert (model["status"], model["attempts"]) == ("completed", 1)
+    assert "stopping (running job has 120 s to finish)" in worker.output
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["grace-period-ends", "second-sigterm"])
+def test_interrupted_job_goes_back_to_the_queue(clean, start_worker, second_signal):
+    worker = start_worker(1, SFQ_GRACE_S="1" if not second_signal else "600")
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    training_pid(worker, model_id)
+    worker.popen.send_signal(signal.SIGTERM)
+    if second_signal:
+        worker.wait_for_line("stopping")
+        worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=60) == 0
+    row = clean.execute(
+        "SELECT m.status::text, m.error, j.status::text"
+        " FROM models m JOIN procrastinate_jobs j ON j.id = m.job_id WHERE m.id = %s",
+        (model_id,),
+    ).fetchone()
+    assert row == ("queued", "interrupted: worker 1 shut down", "todo")
+
+    start_worker(2)
+    model = wait_for_models(clean, [model_id], timeout=180)[model_id]
+    assert (model["status"], model["attempts"]) == ("completed", 2)
+
+
+def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):
+    lost, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    done, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+    clean.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL")  # workers gone
+    clean.execute("UPDATE models SET status = 'running', attempts = 3 WHERE id = %s", (lost,))
+    clean.execute("UPDATE models SET status = 'completed', attempts = 1 WHERE id = %s", (done,))
+    outcomes = {
+        row[0]: row[3] for row in clean.execute("SELECT * FROM sfq_rescue_stalled_jobs(0, 3)").fetchall()
+    }
+    assert outcomes == {lost: "failed: too many attempts", done: "model already finished"}
+    assert clean.execute("SELECT status::text, error FROM models WHERE id = %s", (lost,)).fetchone() == (
+        "failed",
+        "worker lost 3 times (last: job 1); not retried",
+    )
+    assert clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
+
+
+def test_pruning_removes_old_finished_jobs_only(clean):
+    old, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    recent, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+    waiting, _, _ = insert_request(clean, {"symbol": "IBM", **FAST})
+    clean.execute(
+        "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE (args->>'model_id')::int IN (%s, %s)",
+        (old, recent),
+    )
+    clean.execute(
+        "UPDATE procrastinate_events SET at = now() - interval '30 days'"
+        " WHERE job_id = (SELECT job_id FROM models WHERE id = %s)",
+        (old,),
+    )
+    assert clean.execute("SELECT sfq_prune_finished_jobs(7)").fetchone()[0] == 1
+    remaining = {r[0] for r in clean.execute("SELECT (args->>'model_id')::int FROM procrastinate_jobs")}
+    assert remaining == {recent, waiting}
+    assert clean.execute("SELECT count(*) FROM models").fetchone()[0] == 3
