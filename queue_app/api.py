@@ -24,6 +24,7 @@ from queue_app.enqueue import RequestRejected, submit_async
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 MAX_PAGE = 500
+MAX_BODY_BYTES = 1 << 20  # a training request is a few hundred bytes; a larger body is refused with 413
 
 
 def _json_default(value: Any) -> Any:
@@ -45,10 +46,27 @@ def _model_url(request: Request, model_id: int) -> str:
     return str(request.url_for("get_model", model_id=model_id))
 
 
+async def _limited_body(request: Request) -> bytes | None:
+    """The request's body, or None when it is over MAX_BODY_BYTES (as declared or as actually sent)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():  # chunked bodies have no Content-Length: count what arrives
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
 async def train(request: Request) -> JSON:
+    raw = await _limited_body(request)
+    if raw is None:
+        return error(413, f"request body is larger than {MAX_BODY_BYTES} bytes", {"limit": MAX_BODY_BYTES})
     try:
-        body = json.loads(await request.body(), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        body = json.loads(raw, parse_constant=_reject_constant)
+    # JSONDecodeError is a ValueError; RecursionError is a body nested deeper than Python's recursion limit.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return error(400, "request body is not valid JSON", str(exc))
     if not isinstance(body, dict):
         return error(422, "request body must be a JSON object", {"field": None})
@@ -59,6 +77,8 @@ async def train(request: Request) -> JSON:
             return error(
                 422, rejected.message, {"field": rejected.field, "not_supported": rejected.not_supported}
             )
+        except RecursionError:  # parsed, but nested too deeply to be encoded again for the database
+            return error(400, "request body is nested too deeply", None)
     return JSON(
         {
             "model_id": submission.model_id,
@@ -181,6 +201,7 @@ OPENAPI = {
                         "An existing model serves this request (deduplicated)", {"type": "object"}
                     ),
                     "400": _response("Body is not JSON"),
+                    "413": _response("Body larger than 1 MiB"),
                     "422": _response("Invalid request; detail.field names the field"),
                     "503": _response("Database unreachable"),
                 },

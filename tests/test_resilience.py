@@ -32,6 +32,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def attempt_log(conn, model_id: int) -> list[tuple[int, str]]:
+    return conn.execute(
+        "SELECT attempt, outcome FROM model_attempts WHERE model_id = %s ORDER BY attempt", (model_id,)
+    ).fetchall()
+
+
 def training_pid(worker, model_id: int) -> int:
     return int(worker.wait_for_line(rf"model {model_id} starting .* training process (\d+)").group(1))
 
@@ -88,6 +94,7 @@ def test_job_of_a_killed_worker_is_rescued_by_another(clean, start_worker):
     jobs = clean.execute("SELECT array_agg(status::text ORDER BY id) FROM procrastinate_jobs").fetchone()[0]
     assert jobs == ["failed", "succeeded"]  # the dead worker's job closed, the rescue job done
     assert not alive(child)  # the training process died with its worker
+    assert attempt_log(clean, model_id) == [(1, "lost"), (2, "completed")]
     print(f"rescued {rescue_delay:.1f} s after the kill (heartbeat 1 s, rescue after 3 s)")
 
 
@@ -112,6 +119,7 @@ def test_stalled_worker_that_comes_back_cannot_write_its_result(clean, start_wor
         {"m": model_id},
     ).fetchone()
     assert counts == (13, 250, 1, "completed")  # written once, by attempt 2
+    assert attempt_log(clean, model_id) == [(1, "lost"), (2, "completed")]
     assert stalled.popen.poll() is None  # the stale worker survives its refused write
 
 
@@ -145,6 +153,7 @@ def test_interrupted_job_goes_back_to_the_queue(clean, start_worker, second_sign
     start_worker(2)
     model = wait_for_models(clean, [model_id], timeout=180)[model_id]
     assert (model["status"], model["attempts"]) == ("completed", 2)
+    assert attempt_log(clean, model_id) == [(1, "requeued"), (2, "completed")]
 
 
 def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):

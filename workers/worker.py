@@ -223,7 +223,7 @@ class Runtime:
                     )
                     last_prune = time.monotonic()
             except psycopg.Error as error:
-                log.warning("rescue: database unavailable (%s); will try again", error)
+                log.warning("rescue failed (%s); will try again", error)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
