@@ -315,18 +315,6 @@ SELECT key, value FROM jsonb_each($json$
     }
    ]
   },
-  "criterion": {
-   "default": "deprecated",
-   "expects": "one of \"squared_error\"",
-   "rules": [
-    {
-     "enum": [
-      "squared_error"
-     ],
-     "type": "string"
-    }
-   ]
-  },
   "init": {
    "default": null,
    "expects": "one of \"zero\" or null",

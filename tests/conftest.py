@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +79,25 @@ def database(make_database) -> str:
         for symbol, rows in bars.sample_bars():
             bars.load(conn, symbol, "1d", rows)
     return url
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL of this test's own (sfq's private cluster in a temporary home), so that it can be
+    stopped and restarted; schema upgraded, AAPL and MSFT daily bars loaded. Yields (home, url)."""
+    home = Path(tempfile.mkdtemp(prefix="sfq-home-", dir="/tmp"))
+    home.chmod(0o755)  # reachable by the postgres user when we are root
+    try:
+        url = embedded.ensure_running(home, quiet=True)
+        db.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as connection:
+            for symbol, rows in bars.sample_bars():
+                if symbol in ("AAPL", "MSFT"):
+                    bars.load(connection, symbol, "1d", rows)
+        yield home, url
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -38,8 +38,12 @@ class TrainingProcessDied(TrainingFailed):
     """The training process ended without answering (a signal, an abort, an out-of-memory kill)."""
 
 
-class TrainingInterrupted(Exception):
-    """The worker stopped the training on purpose (shutdown): the job goes back to the queue."""
+class TrainingRetry(Exception):
+    """Not the model's fault (the database went away, the worker is shutting down): run the job again."""
+
+
+class TrainingInterrupted(TrainingRetry):
+    """The worker stopped the training on purpose (shutdown)."""
 
 
 PR_SET_PDEATHSIG = 1
@@ -103,7 +107,7 @@ def _child_main(conn: Connection, url: str) -> None:
             conn.send(("failed", str(error)))
         except psycopg.OperationalError as error:
             db = None
-            conn.send(("failed", f"database error while loading bars: {error}"))
+            conn.send(("retry", f"database unavailable while loading bars: {error}"))
         except Exception as error:  # an estimator's error is the job's failure, not the process's
             conn.send(("failed", f"{type(error).__name__}: {error}"))
 
@@ -160,6 +164,8 @@ class TrainingProcess:
         except asyncio.CancelledError:
             self.kill()
             raise
+        if status == "retry":
+            raise TrainingRetry(payload)
         if status != "ok":
             raise TrainingFailed(payload)
         return payload
@@ -191,7 +197,7 @@ class TrainingProcess:
         code = process.exitcode
         self._discard()
         if self._interrupted:
-            raise TrainingInterrupted(self._interrupted)
+            raise TrainingInterrupted(f"interrupted: {self._interrupted}")
         raise TrainingProcessDied(describe_exit(code))
 
     def kill(self) -> None:

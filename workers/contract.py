@@ -77,8 +77,12 @@ def hyperparameter_contract(algorithm: Algorithm) -> dict[str, Any]:
         rules = [rule for rule in map(_constraint_rule, constraints) if rule is not None]
         if all(rule["type"] == "null" for rule in rules):
             continue  # only expressible as its default: nothing a spec could set
+        default = _json_default(defaults[name])
+        enums = [option for rule in rules for option in rule.get("enum", [])]
+        if isinstance(default, str) and enums and default not in enums:
+            continue  # a deprecation sentinel (GradientBoosting's criterion="deprecated"): not settable
         contract[name] = {
-            "default": _json_default(defaults[name]),
+            "default": default,
             "rules": rules,
             "expects": " or ".join(_describe(rule) for rule in rules),
         }

@@ -18,6 +18,8 @@ from workers.child import die_with_parent
 log = logging.getLogger("sfq.workers")
 
 STOP_TIMEOUT_S = 60.0
+RESTART_DELAY_S = 1.0
+QUICK_DEATH_DELAY_S = 5.0  # for a worker that died within a minute of its start
 
 
 def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
@@ -45,19 +47,21 @@ def run(count: int, url: str, extra: list[str]) -> int:
                 child.send_signal(signum)
 
     children = {instance: _spawn(instance, extra) for instance in range(1, count + 1)}
-    restarts = {instance: 0.0 for instance in children}
+    last_start = {instance: time.monotonic() for instance in children}
+    restart_at: dict[int, float] = {}  # instance -> when to start it again
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info(
         "started %d workers: %s", count, ", ".join(f"worker {i} (pid {c.pid})" for i, c in children.items())
     )
     while not stopping:
-        time.sleep(0.5)
-        for instance, child in list(children.items()):
-            if stopping or child.poll() is None:
+        time.sleep(0.2)
+        now = time.monotonic()
+        for instance, child in children.items():
+            if instance in restart_at or child.poll() is None:
                 continue
-            # Back off when a worker keeps dying (a bad database URL, say) instead of spinning.
-            delay = 1.0 if time.monotonic() - restarts[instance] > 60 else 10.0
+            # Back off when a worker keeps dying young (a bad database URL, say) instead of spinning.
+            delay = RESTART_DELAY_S if now - last_start[instance] > 60 else QUICK_DEATH_DELAY_S
             log.warning(
                 "worker %d (pid %d) exited with %s; restarting in %.0f s",
                 instance,
@@ -65,10 +69,11 @@ def run(count: int, url: str, extra: list[str]) -> int:
                 child.returncode,
                 delay,
             )
-            time.sleep(delay)
-            restarts[instance] = time.monotonic()
-            if not stopping:
-                children[instance] = _spawn(instance, extra)
+            restart_at[instance] = now + delay
+        for instance, when in list(restart_at.items()):
+            if when <= now and not stopping:
+                del restart_at[instance]
+                children[instance], last_start[instance] = _spawn(instance, extra), now
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for instance, child in children.items():
         try:

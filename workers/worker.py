@@ -23,7 +23,7 @@ from queue_app.app import TRAINING_QUEUE, app, connector
 from queue_app.config import Settings
 from queue_app.db import QUERIES
 from workers import artifacts
-from workers.child import THREAD_LIMIT_ENV, TrainingFailed, TrainingInterrupted, TrainingProcess
+from workers.child import THREAD_LIMIT_ENV, TrainingFailed, TrainingProcess, TrainingRetry
 
 log = logging.getLogger("sfq.worker")
 
@@ -106,10 +106,10 @@ class Runtime:
             result = await self.trainer.train(
                 spec, timeout_s or self.settings.timeout_s, self.settings.memory_limit_mb
             )
-        except TrainingInterrupted as interrupted:
-            await self._settle("requeue_model", model_id, attempt, reason=f"interrupted: {interrupted}")
-            log.warning("job %s model %s interrupted (%s): back to the queue", job_id, model_id, interrupted)
-            raise Requeue(str(interrupted)) from None
+        except TrainingRetry as again:
+            await self._settle("requeue_model", model_id, attempt, reason=str(again))
+            log.warning("job %s model %s: %s; back to the queue", job_id, model_id, again)
+            raise Requeue(str(again)) from None
         except TrainingFailed as error:
             await self._settle("fail_model", model_id, attempt, error=str(error))
             log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, error)

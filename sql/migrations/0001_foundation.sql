@@ -193,6 +193,7 @@ BEGIN
         WHEN 'integer', 'number' THEN
             IF kind <> 'number' THEN RETURN false; END IF;
             number := value::numeric;
+            IF abs(number) > 1e15 THEN RETURN false; END IF;  -- beyond what a float64 holds exactly
             IF rule->>'type' = 'integer' AND number <> trunc(number) THEN RETURN false; END IF;
             -- scikit-learn's RealNotInt: 1 and 1.0 mean different things there, so only 1.0 is a float.
             IF (rule->>'not_integer')::boolean AND scale(number) = 0 THEN RETURN false; END IF;
@@ -394,6 +395,9 @@ BEGIN
         PERFORM sfq_reject('parent_model_id', format('no model with id %s', NEW.parent_model_id));
     END IF;
 
+    IF NEW.data_end IS NOT NULL AND NOT NEW.data_end BETWEEN '1800-01-01Z' AND '2200-01-01Z' THEN
+        PERFORM sfq_reject('data_end', format('%s is not a date between 1800 and 2200', NEW.data_end));
+    END IF;
     -- Pin the data: the last bar at or before the requested end (the latest bar by default).
     NEW.data_end := coalesce(
         (SELECT max(ts) FROM bars
