@@ -647,8 +647,9 @@ def test_sql_insert_refuses_missing_mistyped_out_of_range_and_unknown_values_nam
     assert clean.execute("SELECT id FROM models").fetchall() == [(good[0],)]
 
 
-def hostile_sql_cases() -> list[tuple[str, dict, str | None]]:
-    """(label, columns, field named by the refusal or None when the value is stored)."""
+def hostile_requests(wrap=lambda hyperparameters: hyperparameters) -> list[tuple[str, dict, str | None]]:
+    """(label, request, field named by the refusal or None when the value is stored). `wrap` turns a
+    hyperparameters dict into what the way in takes (Jsonb for a plain SQL INSERT, the dict for HTTP)."""
     cases = []
     for name, text in HOSTILE_TEXT.items():
         for field in ("symbol", "timeframe", "target_col", "target_transform", "algorithm", "cv_strategy"):
@@ -657,25 +658,30 @@ def hostile_sql_cases() -> list[tuple[str, dict, str | None]]:
             (f"features {name}", {"symbol": "AAPL", "features": ["ret_1", text]}, "features"),
             (f"context_symbols {name}", {"symbol": "AAPL", "context_symbols": [text]}, "context_symbols"),
             (
-                f"hyperparameter value {name}",
-                {"symbol": "AAPL", "hyperparameters": Jsonb({"criterion": text})},
+                f"criterion {name}",
+                {"symbol": "AAPL", "hyperparameters": wrap({"criterion": text})},
                 "hyperparameters.criterion",
             ),
             (
-                f"hyperparameter name {name}",
-                {"symbol": "AAPL", "hyperparameters": Jsonb({text: 1})},
-                f"hyperparameters.{text}",
+                f"selection {name}",
+                {"symbol": "AAPL", "algorithm": "ElasticNet", "hyperparameters": wrap({"selection": text})},
+                "hyperparameters.selection",
             ),
             (
-                f"free-text hyperparameter {name}",
+                f"hyperparameter name {name}",
+                {"symbol": "AAPL", "hyperparameters": wrap({text: 1})},
+                f"hyperparameters.{text}",
+            ),
+            (f"data_end {name}", {"symbol": "AAPL", "data_end": text}, "data_end"),
+            (
+                f"scoring {name}",
                 {
                     "symbol": "AAPL",
                     "algorithm": "HistGradientBoosting",
-                    "hyperparameters": Jsonb({"scoring": text}),
+                    "hyperparameters": wrap({"scoring": text}),
                 },
                 None,
             ),
-            (f"data_end {name}", {"symbol": "AAPL", "data_end": text}, "data_end"),
         ]
     return cases
 
@@ -684,7 +690,7 @@ def test_sql_insert_stores_or_refuses_hostile_text_cleanly(clean):
     insert_request(clean, {"symbol": "MSFT"})
     before = table_rows(clean)
     stored = 0
-    for label, columns, field in hostile_sql_cases():
+    for label, columns, field in hostile_requests(Jsonb):
         if field is None:
             model_id, fingerprint, _ = insert_request(clean, columns)
             value = columns["hyperparameters"].obj["scoring"]
@@ -714,38 +720,9 @@ def test_sql_insert_stores_or_refuses_hostile_text_cleanly(clean):
 
 
 def hostile_bodies() -> list[tuple[str, dict, str | None]]:
-    """(label, JSON body, field named by the 422 or None when the value is stored)."""
-    cases = []
-    for name, text in HOSTILE_TEXT.items():
-        for field in ("symbol", "timeframe", "target_col", "target_transform", "algorithm", "cv_strategy"):
-            cases.append((f"{field} {name}", {"symbol": "AAPL", field: text}, field))
-        cases += [
-            (f"features {name}", {"symbol": "AAPL", "features": ["ret_1", text]}, "features"),
-            (f"context_symbols {name}", {"symbol": "AAPL", "context_symbols": [text]}, "context_symbols"),
-            (
-                f"criterion {name}",
-                {"symbol": "AAPL", "hyperparameters": {"criterion": text}},
-                "hyperparameters.criterion",
-            ),
-            (
-                f"selection {name}",
-                {"symbol": "AAPL", "algorithm": "ElasticNet", "hyperparameters": {"selection": text}},
-                "hyperparameters.selection",
-            ),
-            (
-                f"hyperparameter name {name}",
-                {"symbol": "AAPL", "hyperparameters": {text: 1}},
-                f"hyperparameters.{text}",
-            ),
-            (f"field name {name}", {"symbol": "AAPL", text: 1}, text),
-            (f"data_end {name}", {"symbol": "AAPL", "data_end": text}, "data_end"),
-            (
-                f"scoring {name}",
-                {"symbol": "AAPL", "algorithm": "HistGradientBoosting", "hyperparameters": {"scoring": text}},
-                None,
-            ),
-        ]
-    return cases
+    """The hostile requests as HTTP bodies, plus hostile field names (a SQL INSERT cannot name them)."""
+    names = [(f"field name {name}", {"symbol": "AAPL", text: 1}, text) for name, text in HOSTILE_TEXT.items()]
+    return hostile_requests() + names
 
 
 def assert_json_error(response: httpx.Response, label: str) -> dict:
