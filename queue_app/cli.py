@@ -65,7 +65,9 @@ def cmd_workers(args) -> None:
     from workers import supervisor
 
     extra = ["--max-jobs-per-child", str(args.max_jobs_per_child)] if args.max_jobs_per_child else []
-    sys.exit(supervisor.run(args.count, database_url(args.settings), extra))
+    # Long enough for a worker's grace period and its result-write retries (workers/worker.py).
+    stop_timeout_s = args.settings.grace_s + 90
+    sys.exit(supervisor.run(args.count, database_url(args.settings), extra, stop_timeout_s))
 
 
 def _json_arg(name: str, text: str) -> Any:

@@ -32,6 +32,26 @@ class Settings:
     max_attempts: int  # a model whose worker was lost this many times fails instead of running again
     job_retention_days: int  # finished queue jobs older than this are pruned (models are kept)
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be at least {low}, got {value}"
+            for name, value, low in (
+                ("SFQ_MAX_JOBS_PER_CHILD", self.max_jobs_per_child, 1),
+                ("SFQ_API_POOL_SIZE", self.pool_size, 1),
+                ("SFQ_POLL_INTERVAL_S", self.poll_interval_s, 1),
+                ("SFQ_TIMEOUT_S", self.timeout_s, 1),
+                ("SFQ_MEMORY_LIMIT_MB", self.memory_limit_mb, 0),
+                ("SFQ_GRACE_S", self.grace_s, 0),
+                ("SFQ_HEARTBEAT_S", self.heartbeat_s, 1),
+                ("SFQ_RESCUE_AFTER_S", self.rescue_after_s, 2 * self.heartbeat_s + 1),
+                ("SFQ_MAX_ATTEMPTS", self.max_attempts, 1),
+                ("SFQ_JOB_RETENTION_DAYS", self.job_retention_days, 1),
+            )
+            if value < low
+        ]
+        if problems:
+            raise SystemExit("sfq: " + "; ".join(problems))
+
     @classmethod
     def from_env(cls) -> Settings:
         return cls(

@@ -6,11 +6,12 @@ SELECT model_id, fingerprint, deduplicated, id AS request_id
   FROM sfq_submit(%(request)s::jsonb, %(via)s)
 
 -- start_model --
--- Claim the model for this attempt; no row when it is no longer queued or running (cancelled, done).
+-- Claim the model for this attempt; no row when it is no longer queued or running (cancelled, done) or
+-- when this job is not the model's current job (an old job that came back after a rescue).
 UPDATE models
    SET status = 'running', started_at = now(), finished_at = NULL, error = NULL, attempts = attempts + 1,
-       worker_host = %(host)s, worker_pid = %(pid)s, job_id = %(job_id)s
- WHERE id = %(model_id)s AND status IN ('queued', 'running')
+       worker_host = %(host)s, worker_pid = %(pid)s
+ WHERE id = %(model_id)s AND status IN ('queued', 'running') AND job_id = %(job_id)s
 RETURNING attempts, spec, timeout_s
 
 -- load_bars --
@@ -65,7 +66,11 @@ UPDATE models
 
 -- rescue_stalled_jobs --
 SELECT model_id, old_job_id, new_job_id, outcome
-  FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s)
+  FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s, %(own_worker)s)
+
+-- heartbeat --
+-- The worker's own heartbeat, kept up while a job finishes after Procrastinate's has stopped (shutdown).
+SELECT procrastinate_update_heartbeat_v1(%(worker_id)s)
 
 -- prune_finished_jobs --
 SELECT sfq_prune_finished_jobs(%(older_than_days)s)

@@ -123,14 +123,19 @@ def test_stalled_worker_that_comes_back_cannot_write_its_result(clean, start_wor
     assert stalled.popen.poll() is None  # the stale worker survives its refused write
 
 
-def test_sigterm_lets_the_running_job_finish(clean, start_worker):
-    worker = start_worker(1, SFQ_GRACE_S="120")
+def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, start_worker):
+    """The stopping worker keeps its heartbeat while its job finishes, though the job outlasts the
+    rescue threshold and another worker is watching."""
+    worker = start_worker(1, SFQ_GRACE_S="120", **QUICK_RESCUE)
     model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
     training_pid(worker, model_id)
+    watcher = start_worker(2, **QUICK_RESCUE)
     assert worker.stop(timeout=180) == 0
     model = wait_for_models(clean, [model_id], timeout=5)[model_id]
     assert (model["status"], model["attempts"]) == ("completed", 1)
+    assert attempt_log(clean, model_id) == [(1, "completed")]
     assert "stopping (running job has 120 s to finish)" in worker.output
+    assert "rescue:" not in worker.output + watcher.output
 
 
 @pytest.mark.parametrize("second_signal", [False, True], ids=["grace-period-ends", "second-sigterm"])
@@ -160,12 +165,17 @@ def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):
     lost, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
     done, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
     clean.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL")  # workers gone
-    clean.execute("UPDATE models SET status = 'running', attempts = 3 WHERE id = %s", (lost,))
+    clean.execute(
+        "INSERT INTO model_attempts (model_id, attempt, started_at, ended_at, outcome)"
+        " VALUES (%(m)s, 1, now(), now(), 'lost'), (%(m)s, 2, now(), now(), 'lost')",
+        {"m": lost},
+    )
+    clean.execute("UPDATE models SET status = 'running', attempts = 3 WHERE id = %s", (lost,))  # attempt 3
     clean.execute("UPDATE models SET status = 'completed', attempts = 1 WHERE id = %s", (done,))
     outcomes = {
         row[0]: row[3] for row in clean.execute("SELECT * FROM sfq_rescue_stalled_jobs(0, 3)").fetchall()
     }
-    assert outcomes == {lost: "failed: too many attempts", done: "model already finished"}
+    assert outcomes == {lost: "failed: too many lost attempts", done: "model already finished or handed on"}
     assert clean.execute("SELECT status::text, error FROM models WHERE id = %s", (lost,)).fetchone() == (
         "failed",
         "worker lost 3 times (last: job 1); not retried",

@@ -88,17 +88,19 @@ def _child_main(conn: Connection, url: str) -> None:
     db: psycopg.Connection | None = None
     while (spec := conn.recv()) is not None:
         try:
-            if db is None or db.closed:
+            params = {
+                "symbol": spec["symbol"],
+                "timeframe": spec["timeframe"],
+                "data_end": spec["data_end"],
+                "limit": bars_needed(spec),
+            }
+            try:
+                if db is None or db.closed:
+                    db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+                rows = db.execute(QUERIES["load_bars"], params).fetchall()
+            except psycopg.OperationalError:  # a connection left over from before a database restart
                 db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
-            rows = db.execute(
-                QUERIES["load_bars"],
-                {
-                    "symbol": spec["symbol"],
-                    "timeframe": spec["timeframe"],
-                    "data_end": spec["data_end"],
-                    "limit": bars_needed(spec),
-                },
-            ).fetchall()
+                rows = db.execute(QUERIES["load_bars"], params).fetchall()
             bars = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"]).set_index(
                 "ts"
             )
@@ -124,10 +126,6 @@ class TrainingProcess:
         self._jobs = 0
         self._interrupted: str | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     def _start(self) -> None:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
@@ -147,9 +145,10 @@ class TrainingProcess:
 
     async def train(self, spec: dict[str, Any], timeout_s: float, memory_limit_mb: int):
         """Train in the child; kill it at the deadline, above the memory limit, or on `interrupt()`."""
+        if self._interrupted:  # shutting down: do not start another training
+            raise TrainingInterrupted(f"interrupted: {self._interrupted}")
         self.ensure_started()
         self._jobs += 1
-        self._interrupted = None
         try:
             self._conn.send(spec)
         except OSError:  # the child died between jobs: start a fresh one
@@ -171,19 +170,20 @@ class TrainingProcess:
         return payload
 
     def interrupt(self, reason: str) -> None:
-        """Stop the running training (from the event loop thread); `train` raises TrainingInterrupted."""
+        """Stop the running training and any later one (shutdown); `train` raises TrainingInterrupted."""
         self._interrupted = reason
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
+        process = self._process  # the waiting thread may discard it meanwhile
+        if process is not None and process.is_alive():
+            process.kill()
 
     def _wait_for_answer(self, deadline: float, timeout_s: float, memory_limit_mb: int) -> tuple[str, Any]:
         process, conn = self._process, self._conn
         while not (ready := wait([conn, process.sentinel], timeout=CHECK_EVERY_S)):
             if time.monotonic() > deadline:
-                self.kill()
+                self._kill(process, conn)
                 raise TrainingFailed(f"timed out after {timeout_s:g} s")
             if memory_limit_mb and (used := resident_mb(process.pid)) > memory_limit_mb:
-                self.kill()
+                self._kill(process, conn)
                 raise TrainingFailed(
                     f"training process killed: resident memory {used:.0f} MB "
                     f"over the limit of {memory_limit_mb} MB"
@@ -195,21 +195,23 @@ class TrainingProcess:
                 pass
         process.join(timeout=5)
         code = process.exitcode
-        self._discard()
+        self._kill(process, conn)
         if self._interrupted:
             raise TrainingInterrupted(f"interrupted: {self._interrupted}")
         raise TrainingProcessDied(describe_exit(code))
 
     def kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
-            self._process.join(timeout=5)
-        self._discard()
+        if self._process is not None:
+            self._kill(self._process, self._conn)
 
-    def _discard(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._process, self._conn = None, None
+    def _kill(self, process, conn: Connection) -> None:
+        """Kill `process` and forget it, unless a newer child has replaced it meanwhile."""
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        conn.close()
+        if self._process is process:
+            self._process, self._conn = None, None
 
     def close(self) -> None:
         """Ask the child to exit after its current job; kill it if it does not."""

@@ -17,7 +17,6 @@ from workers.child import die_with_parent
 
 log = logging.getLogger("sfq.workers")
 
-STOP_TIMEOUT_S = 60.0
 RESTART_DELAY_S = 1.0
 QUICK_DEATH_DELAY_S = 5.0  # for a worker that died within a minute of its start
 
@@ -32,7 +31,7 @@ def _spawn(instance: int, extra: list[str]) -> subprocess.Popen:
     )
 
 
-def run(count: int, url: str, extra: list[str]) -> int:
+def run(count: int, url: str, extra: list[str], stop_timeout_s: float) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s workers [%(process)d] %(levelname)s %(message)s"
     )
@@ -74,12 +73,12 @@ def run(count: int, url: str, extra: list[str]) -> int:
             if when <= now and not stopping:
                 del restart_at[instance]
                 children[instance], last_start[instance] = _spawn(instance, extra), now
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + stop_timeout_s
     for instance, child in children.items():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("worker %d did not stop within %.0f s; killing it", instance, STOP_TIMEOUT_S)
+            log.warning("worker %d did not stop within %.0f s; killing it", instance, stop_timeout_s)
             child.kill()
             child.wait()
     log.info("all workers stopped")

@@ -8,7 +8,9 @@ and prunes finished queue jobs, so there is no cron to install.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -63,58 +65,104 @@ class Runtime:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.trainer = TrainingProcess(url, settings.max_jobs_per_child)
-        self._conn: psycopg.AsyncConnection | None = None
+        self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
+        self._conns: dict[str, psycopg.AsyncConnection] = {}
 
-    async def _db(self) -> psycopg.AsyncConnection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name=f"sfq-worker-{self.instance}"
+    async def _db(self, purpose: str = "jobs") -> psycopg.AsyncConnection:
+        """One connection per purpose: the rescue loop must never run inside a job's transaction."""
+        conn = self._conns.get(purpose)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conns[purpose] = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, application_name=f"sfq-worker-{self.instance}-{purpose}"
             )
-        return self._conn
+        return conn
 
-    async def _execute(self, query: str, params: dict[str, Any]) -> tuple | None:
-        db = await self._db()
-        return await (await db.execute(QUERIES[query], params)).fetchone()
+    async def _execute(self, query: str, params: dict[str, Any], purpose: str = "jobs") -> list[tuple]:
+        """Run a named query; a connection killed by a database restart is replaced once, transparently."""
+        for fresh in (False, True):
+            db = await self._db(purpose)
+            try:
+                cursor = await db.execute(QUERIES[query], params)
+                return await cursor.fetchall() if cursor.description else []
+            except psycopg.OperationalError:
+                if fresh or not db.broken:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _with_retries(self, what: str, write):
+        """A write that must survive a database restart: retried with backoff, then the job is requeued."""
+        for delay in (*WRITE_RETRIES_S, None):
+            try:
+                return await write()
+            except TRANSIENT_ERRORS as error:
+                if delay is None:
+                    raise Requeue(f"could not {what}: {error}") from None
+                log.warning("could not %s (%s); retrying in %s s", what, error, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _record(self, query: str, model_id: int, attempt: int, **params: str) -> bool:
+        """Record this attempt's end (failed or requeued); False when the attempt was handed on."""
+        rows = await self._with_retries(
+            f"record {query} for model {model_id}",
+            lambda: self._execute(query, {"model_id": model_id, "attempt": attempt, **params}),
+        )
+        return bool(rows)
 
     async def train(self, model_id: int, job_id: int) -> None:
         try:
-            row = await self._execute(
+            rows = await self._execute(
                 "start_model", {"model_id": model_id, "host": self.host, "pid": self.pid, "job_id": job_id}
             )
         except TRANSIENT_ERRORS as error:
             raise Requeue(f"database unavailable at start: {error}") from None
-        if row is None:
-            log.info("job %s model %s is no longer queued (cancelled or finished): skipped", job_id, model_id)
+        if not rows:
+            log.info(
+                "job %s model %s: not the model's current job, or the model is finished: skipped",
+                job_id,
+                model_id,
+            )
             return
-        attempt, spec, timeout_s = row
-        try:
-            child_pid = self.trainer.ensure_started()
-        except OSError as error:  # cannot fork now (memory, process limit): another try later
-            await self._settle("requeue_model", model_id, attempt, reason=f"no training process: {error}")
-            raise Requeue(f"cannot start a training process: {error}") from None
-        log.info(
-            "job %s model %s starting in process %s on %s (attempt %s, training process %s)",
-            job_id,
-            model_id,
-            self.pid,
-            self.host,
-            attempt,
-            child_pid,
-        )
+        attempt, spec, timeout_s = rows[0]
         started = time.perf_counter()
         try:
+            # Recycling the training process waits for it: not on the event loop, heartbeats go on.
+            child_pid = await asyncio.get_running_loop().run_in_executor(None, self.trainer.ensure_started)
+            log.info(
+                "job %s model %s starting in process %s on %s (attempt %s, training process %s)",
+                job_id,
+                model_id,
+                self.pid,
+                self.host,
+                attempt,
+                child_pid,
+            )
             result = await self.trainer.train(
                 spec, timeout_s or self.settings.timeout_s, self.settings.memory_limit_mb
             )
-        except TrainingRetry as again:
-            await self._settle("requeue_model", model_id, attempt, reason=str(again))
+        except (TrainingRetry, OSError) as again:  # shutdown, database away, cannot fork now
+            if not await self._record("requeue_model", model_id, attempt, reason=str(again)):
+                log.warning(
+                    "job %s model %s: attempt %s was handed on; not requeued", job_id, model_id, attempt
+                )
+                return
             log.warning("job %s model %s: %s; back to the queue", job_id, model_id, again)
             raise Requeue(str(again)) from None
         except TrainingFailed as error:
-            await self._settle("fail_model", model_id, attempt, error=str(error))
+            await self._record("fail_model", model_id, attempt, error=str(error))
             log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, error)
             raise ModelFailed(str(error)) from None
-        if await self._complete_with_retries(model_id, attempt, result):
+        except BaseException as error:  # cancelled by Procrastinate, or a bug: never leave it running
+            with contextlib.suppress(Exception):
+                await self._execute(
+                    "fail_model",
+                    {"model_id": model_id, "attempt": attempt, "error": f"{type(error).__name__}: {error}"},
+                )
+            raise
+        written = await self._with_retries(
+            f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
+        )
+        if written:
             log.info(
                 "job %s model %s completed in process %s in %.2f s",
                 job_id,
@@ -129,20 +177,6 @@ class Runtime:
                 model_id,
                 attempt,
             )
-
-    async def _complete_with_retries(self, model_id: int, attempt: int, result) -> bool:
-        """A finished result survives a database restart: retried with backoff before giving up."""
-        for delay in (*WRITE_RETRIES_S, None):
-            try:
-                return await self._complete(model_id, attempt, result)
-            except TRANSIENT_ERRORS as error:
-                if delay is None:
-                    raise Requeue(f"could not write the result: {error}") from None
-                log.warning(
-                    "model %s: writing the result failed (%s); retrying in %s s", model_id, error, delay
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def _complete(self, model_id: int, attempt: int, result) -> bool:
         """Write every result in one transaction, only if this attempt still holds the model (fencing)."""
@@ -183,32 +217,31 @@ class Runtime:
                 )
         return True
 
-    async def _settle(self, query: str, model_id: int, attempt: int, **params: str) -> None:
-        """Record a failure or a requeue; if the database is away, the rescue will find the job later."""
-        try:
-            await self._execute(query, {"model_id": model_id, "attempt": attempt, **params})
-        except psycopg.Error as error:
-            log.error("model %s: could not record %s (%s): %s", model_id, query, params, error)
-
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
         await self._execute("give_up_model", {"model_id": model_id, "job_id": job_id, "error": reason})
 
     async def rescue_forever(self) -> None:
-        """Hand the jobs of dead workers to the queue again, and prune old finished jobs."""
-        last_prune = 0.0
+        """Keep our heartbeat, hand the jobs of dead workers on, and prune old finished jobs.
+
+        Our own heartbeat goes on here because Procrastinate stops its heartbeat at the start of a
+        shutdown, while the running job may still need the grace period to finish.
+        """
+        last_prune = -math.inf
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
+            own = self.worker.worker_id if self.worker else None
             try:
-                db = await self._db()
-                rows = await (
-                    await db.execute(
-                        QUERIES["rescue_stalled_jobs"],
-                        {
-                            "stale_after_s": self.settings.rescue_after_s,
-                            "max_attempts": self.settings.max_attempts,
-                        },
-                    )
-                ).fetchall()
+                if own is not None:
+                    await self._execute("heartbeat", {"worker_id": own}, purpose="rescue")
+                rows = await self._execute(
+                    "rescue_stalled_jobs",
+                    {
+                        "stale_after_s": self.settings.rescue_after_s,
+                        "max_attempts": self.settings.max_attempts,
+                        "own_worker": own,
+                    },
+                    purpose="rescue",
+                )
                 for model_id, old_job, new_job, outcome in rows:
                     log.warning(
                         "rescue: model %s job %s lost its worker: %s (new job %s)",
@@ -218,8 +251,10 @@ class Runtime:
                         new_job,
                     )
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await db.execute(
-                        QUERIES["prune_finished_jobs"], {"older_than_days": self.settings.job_retention_days}
+                    await self._execute(
+                        "prune_finished_jobs",
+                        {"older_than_days": self.settings.job_retention_days},
+                        purpose="rescue",
                     )
                     last_prune = time.monotonic()
             except psycopg.Error as error:
@@ -227,8 +262,8 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
-        if self._conn is not None:
-            await self._conn.close()
+        for conn in self._conns.values():
+            await conn.close()
 
 
 def limit_threads() -> None:
@@ -243,10 +278,14 @@ def run(instance: int, url: str, settings: Settings) -> None:
         level=logging.INFO, format=f"%(asctime)s worker-{instance} [%(process)d] %(levelname)s %(message)s"
     )
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
-    asyncio.run(_serve(instance, url, settings))
+    if not asyncio.run(_serve(instance, url, settings)):
+        # Stopped without being asked (its heartbeat or listener lost the database): exit non-zero so
+        # that systemd (Restart=on-failure) or `sfq workers` starts it again.
+        raise SystemExit(1)
 
 
-async def _serve(instance: int, url: str, settings: Settings) -> None:
+async def _serve(instance: int, url: str, settings: Settings) -> bool:
+    """Run until stopped; True when a signal asked for it."""
     runtime = Runtime(url, instance, settings)
     app.perform_import_paths()  # registers workers.tasks
     with app.replace_connector(connector(url)):
@@ -264,16 +303,18 @@ async def _serve(instance: int, url: str, settings: Settings) -> None:
                 additional_context={"runtime": runtime},
                 install_signal_handlers=False,
             )
+            runtime.worker = worker
             rescuer = asyncio.create_task(runtime.rescue_forever())
             try:
-                await _run_until_signalled(worker, instance, runtime)
+                asked = await _run_until_signalled(worker, instance, runtime)
             finally:
                 rescuer.cancel()
                 await runtime.close()
-    log.info("worker %s stopped", instance)
+    log.info("worker %s stopped%s", instance, "" if asked else " on its own (database lost?)")
+    return asked
 
 
-async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) -> None:
+async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) -> bool:
     """First SIGTERM/SIGINT: take no new job and let the running one finish within the grace period;
     then, or at a second signal, stop it and put its job back in the queue."""
     loop = asyncio.get_running_loop()
@@ -310,3 +351,4 @@ async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) 
         "worker %s ready in process %s on %s (queue %s)", instance, runtime.pid, runtime.host, TRAINING_QUEUE
     )
     await task
+    return signals_received > 0

@@ -315,12 +315,25 @@ CREATE FUNCTION sfq_utc_text(ts timestamptz) RETURNS text
     SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
+-- A model's training job. Only the job recorded in models.job_id may run the model (start_model checks).
+CREATE FUNCTION sfq_defer_training(model bigint) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    job_ids bigint[];
+BEGIN
+    job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
+        'training', 'train_model', 0, 'model:' || model, NULL, jsonb_build_object('model_id', model), NULL
+    )::procrastinate_job_to_defer_v1]);
+    UPDATE models SET job_id = job_ids[1] WHERE id = model;
+    RETURN job_ids[1];
+END;
+$$;
+
 CREATE FUNCTION sfq_accept_training_request() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
     unknown text[];
     spec jsonb;
-    job_ids bigint[];
 BEGIN
     NEW.symbol := upper(btrim(sfq_require('symbol', NEW.symbol)));
     IF NEW.symbol !~ '^[A-Z0-9][A-Z0-9._:^=-]{0,31}$' THEN
@@ -434,11 +447,7 @@ BEGIN
 
         IF NEW.model_id IS NOT NULL THEN
             NEW.deduplicated := false;
-            job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
-                'training', 'train_model', 0, 'model:' || NEW.model_id, NULL,
-                jsonb_build_object('model_id', NEW.model_id), NULL
-            )::procrastinate_job_to_defer_v1]);
-            UPDATE models SET job_id = job_ids[1] WHERE id = NEW.model_id;
+            PERFORM sfq_defer_training(NEW.model_id);
             RETURN NEW;
         END IF;
 
