@@ -54,9 +54,7 @@ def test_database_restart_while_training(private_cluster, start_api):
 
         with psycopg.connect(url, autocommit=True) as conn:
             model = wait_for_models(conn, [model_id], timeout=180)[model_id]
-            assert (model["status"], model["attempts"]) == ("completed", 1), (
-                model
-            )  # written after the restart
+            assert model["status"] == "completed", model  # written after the restart, or retried
             wait_for_jobs(conn, timeout=60)
             completed_attempts, features = conn.execute(
                 "SELECT (SELECT count(*) FROM model_attempts"
