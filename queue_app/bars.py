@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 
+from queue_app.db import QUERIES
+
 SAMPLE_SYMBOLS = ("AAPL", "MSFT", "IBM", "GOOG")
 TIME_COLUMNS = ("ts", "timestamp", "datetime", "date", "time")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -69,7 +71,8 @@ def parse_csv(lines: Iterable[str]) -> list[Bar]:
         raise BadBars([f"line 1: header {','.join(header) or '(empty)'} lacks column(s): {wanted}"])
     positions = [header.index(name) for name in (time_column, *PRICE_COLUMNS)]
     bars, problems, seen = [], [], {}
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # the physical line (a quoted field may span several)
         if not row or all(not cell.strip() for cell in row):
             continue
         try:
@@ -97,20 +100,13 @@ def parse_csv(lines: Iterable[str]) -> list[Bar]:
 def load(conn: psycopg.Connection, symbol: str, timeframe: str, bars: list[Bar]) -> tuple[int, int]:
     """Upsert bars with COPY in one transaction; returns (inserted, updated)."""
     with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute("CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP")
-        with cursor.copy(
-            "COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN"
-        ) as copy:
+        cursor.execute(QUERIES["create_incoming_bars"])
+        with cursor.copy(QUERIES["copy_incoming_bars"]) as copy:
             for bar in bars:
                 copy.write_row(
                     (symbol, timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
                 )
-        cursor.execute(
-            "INSERT INTO bars SELECT * FROM incoming_bars"
-            " ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET open = excluded.open, high = excluded.high,"
-            " low = excluded.low, close = excluded.close, volume = excluded.volume"
-            " RETURNING (xmax = 0)"
-        )
+        cursor.execute(QUERIES["upsert_incoming_bars"])
         flags = [row[0] for row in cursor.fetchall()]
     return sum(flags), len(flags) - sum(flags)
 

@@ -134,10 +134,7 @@ def wait_for(conn: psycopg.Connection, model_ids: list[int], timeout: float, sho
     deadline, seen = time.monotonic() + timeout, {}
     while True:
         with conn.cursor(row_factory=dict_row) as cursor:
-            rows = cursor.execute(
-                "SELECT id, status::text, error, metrics, worker_pid FROM models WHERE id = ANY(%s)",
-                (model_ids,),
-            ).fetchall()
+            rows = cursor.execute(db.QUERIES["models_progress"], {"model_ids": model_ids}).fetchall()
         for row in rows:
             if seen.get(row["id"]) != row["status"]:
                 seen[row["id"]] = row["status"]

@@ -64,15 +64,12 @@ def upgrade(url: str) -> list[str]:
     """Bring the database to the current schema in one transaction; returns what was applied."""
     applied: list[str] = []
     with connect(url) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('sfq migrations'))")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS sfq_migrations ("
-            " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = dict(conn.execute("SELECT name, checksum FROM sfq_migrations").fetchall())
+        conn.execute(QUERIES["lock_migrations"])
+        conn.execute(QUERIES["create_migrations_table"])
+        done = dict(conn.execute(QUERIES["applied_migrations"]).fetchall())
         # Procrastinate ships schema migrations with minor versions; its schema is recorded by minor version.
         procrastinate_name = "procrastinate/" + ".".join(procrastinate.__version__.split(".")[:2])
-        has_procrastinate = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]
+        has_procrastinate = conn.execute(QUERIES["has_procrastinate_schema"]).fetchone()[0]
         if not has_procrastinate:
             conn.execute(SchemaManager.get_schema())
             applied.append(procrastinate_name)
@@ -84,9 +81,7 @@ def upgrade(url: str) -> list[str]:
             )
         if procrastinate_name not in done:
             conn.execute(
-                "INSERT INTO sfq_migrations (name, checksum) VALUES (%s, 'procrastinate')"
-                " ON CONFLICT (name) DO NOTHING",
-                (procrastinate_name,),
+                QUERIES["record_migration"], {"name": procrastinate_name, "checksum": "procrastinate"}
             )
         for migration in migrations():
             previous = done.get(migration.name)
@@ -98,9 +93,7 @@ def upgrade(url: str) -> list[str]:
                 )
             conn.execute(migration.sql)
             conn.execute(
-                "INSERT INTO sfq_migrations (name, checksum) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
-                (migration.name, migration.checksum),
+                QUERIES["record_migration"], {"name": migration.name, "checksum": migration.checksum}
             )
             applied.append(migration.name)
     return applied

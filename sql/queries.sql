@@ -112,3 +112,42 @@ SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, h
                THEN (metrics ->> %(metric)s::text)::double precision * %(direction)s END NULLS LAST,
           id * %(direction)s
  LIMIT %(limit)s OFFSET %(offset)s
+
+-- models_progress --
+-- What `sfq submit --wait` and the demo poll.
+SELECT id, status::text, error, metrics, worker_pid FROM models WHERE id = ANY(%(model_ids)s)
+
+-- create_incoming_bars --
+CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP
+
+-- copy_incoming_bars --
+COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN
+
+-- upsert_incoming_bars --
+-- One row per bar: true when inserted, false when an existing bar was updated.
+INSERT INTO bars SELECT * FROM incoming_bars
+    ON CONFLICT (symbol, timeframe, ts) DO UPDATE
+   SET open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+       volume = excluded.volume
+RETURNING (xmax = 0)
+
+-- lock_migrations --
+-- One `sfq db upgrade` at a time, until its transaction ends.
+SELECT pg_advisory_xact_lock(hashtext('sfq migrations'))
+
+-- create_migrations_table --
+CREATE TABLE IF NOT EXISTS sfq_migrations (
+    name text PRIMARY KEY,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- applied_migrations --
+SELECT name, checksum FROM sfq_migrations
+
+-- has_procrastinate_schema --
+SELECT to_regclass('procrastinate_jobs') IS NOT NULL
+
+-- record_migration --
+INSERT INTO sfq_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
+    ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
