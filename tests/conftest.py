@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from queue_app import bars, db, embedded
 from queue_app.config import Settings, database_url
+from workers.child import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 # Workers in tests poll rarely, so a job that starts at once was woken by LISTEN/NOTIFY.
@@ -133,6 +134,7 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # a killed test run leaves no worker behind
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
