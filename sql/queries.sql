@@ -83,10 +83,6 @@ SELECT m.*, a.sha256 AS artifact_sha256, a.size AS artifact_size
 -- model_features --
 SELECT feature, importance, rank, method FROM features_log WHERE model_id = %(model_id)s ORDER BY rank
 
--- count_bars --
-SELECT count(*) AS bars, min(ts) AS first, max(ts) AS last
-  FROM bars WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s
-
 -- symbols --
 SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last
   FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe
