@@ -1246,3 +1246,110 @@ FROM jsonb_array_elements($json$
  }
 ]
 $json$::jsonb) WITH ORDINALITY AS t(f, ordinality);
+DELETE FROM sfq_regimes;
+INSERT INTO sfq_regimes (name, description, parameters)
+SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$
+{
+ "trend": {
+  "description": "1 when the `window`-bar moving average of close rose over the last `lookback` bars, else 0",
+  "parameters": {
+   "lookback": {
+    "default": 5,
+    "expects": "integer in [1, 250]",
+    "rules": [
+     {
+      "max": 250,
+      "max_open": false,
+      "min": 1,
+      "min_open": false,
+      "type": "integer"
+     }
+    ]
+   },
+   "mode": {
+    "default": "feature",
+    "expects": "one of \"feature\", \"split\"",
+    "rules": [
+     {
+      "enum": [
+       "feature",
+       "split"
+      ],
+      "type": "string"
+     }
+    ]
+   },
+   "window": {
+    "default": 50,
+    "expects": "integer in [2, 1000]",
+    "rules": [
+     {
+      "max": 1000,
+      "max_open": false,
+      "min": 2,
+      "min_open": false,
+      "type": "integer"
+     }
+    ]
+   }
+  }
+ },
+ "volatility": {
+  "description": "std of 1-bar log returns over `window` bars, bucketed by its percentile rank against its own past (at least `min_history` values) into `buckets` regimes; 0 is the calmest",
+  "parameters": {
+   "buckets": {
+    "default": 3,
+    "expects": "integer in [2, 5]",
+    "rules": [
+     {
+      "max": 5,
+      "max_open": false,
+      "min": 2,
+      "min_open": false,
+      "type": "integer"
+     }
+    ]
+   },
+   "min_history": {
+    "default": 250,
+    "expects": "integer in [20, 5000]",
+    "rules": [
+     {
+      "max": 5000,
+      "max_open": false,
+      "min": 20,
+      "min_open": false,
+      "type": "integer"
+     }
+    ]
+   },
+   "mode": {
+    "default": "feature",
+    "expects": "one of \"feature\", \"split\"",
+    "rules": [
+     {
+      "enum": [
+       "feature",
+       "split"
+      ],
+      "type": "string"
+     }
+    ]
+   },
+   "window": {
+    "default": 20,
+    "expects": "integer in [2, 1000]",
+    "rules": [
+     {
+      "max": 1000,
+      "max_open": false,
+      "min": 2,
+      "min_open": false,
+      "type": "integer"
+     }
+    ]
+   }
+  }
+ }
+}
+$json$::jsonb);

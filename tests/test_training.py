@@ -1,5 +1,7 @@
 """The trainer as pure computation on synthetic bars: no leakage, no lookahead, a real gap, skill when
-there is some, determinism, artifacts that round-trip safely, exact targets, and clear errors.
+there is some, determinism, artifacts that round-trip safely, exact targets, and clear errors; and every
+field of a spec changing training the way it says (CV strategy, grids, context symbols, regimes), and
+the live forecast.
 
 No database: every test builds its bars with numpy.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import math
 import os
 from typing import Any, ClassVar
@@ -16,15 +19,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import make_pipeline
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from workers import artifacts, training
+from workers import artifacts, contract, training
 from workers.algorithms import ALGORITHMS, Algorithm
 from workers.features import DEFAULT_FEATURES, FEATURES, compute_features
-from workers.training import TRANSFORMS, TrainingError, bars_needed, build_dataset, score, train
+from workers.regimes import REGIMES, PerRegime, RegimeConfig
+from workers.splits import SPLITTERS, PurgedKFold
+from workers.training import (
+    TRANSFORMS,
+    TrainingError,
+    bars_needed,
+    build_dataset,
+    build_features,
+    forecast,
+    score,
+    train,
+)
 
 # Small but real: enough test rows for the statistical bands below, few trees so the file stays fast.
 TRAIN_WINDOW = 600
@@ -96,6 +111,11 @@ def make_spec(**overrides: Any) -> dict[str, Any]:
         "test_window": TEST_WINDOW,
         "data_end": None,
         "cv_folds": 3,
+        "cv_strategy": "expanding",
+        "context_symbols": [],
+        "alpha_grid": [],
+        "l1_ratio_grid": [],
+        "regime_configs": [],
     }
     spec.update(overrides)
     if "hyperparameters" not in overrides:
@@ -356,6 +376,7 @@ def test_trusted_types_are_exactly_those_the_algorithms_need():
     needed = set()
     for algorithm in ALGORITHMS:
         needed.update(sio.get_untrusted_types(data=trained(algorithm).artifact))
+    needed.update(sio.get_untrusted_types(data=trained_per_regime().artifact))
     assert needed == set(artifacts.TRUSTED_TYPES)
 
 
@@ -488,3 +509,479 @@ def test_bars_needed_cover_the_longest_warm_up():
     dataset = build_dataset(bars, spec)
     assert len(dataset.X_train) == 300 and len(dataset.X_test) == 100
     assert dataset.X_train.notna().all().all()
+
+
+@pytest.mark.parametrize(
+    ("config", "warmup"),
+    [
+        ({"kind": "volatility", "window": 30}, 30 + 250 - 1),  # min_history 250 by default
+        ({"kind": "trend", "window": 300, "lookback": 20}, 300 + 20 - 1),
+    ],
+)
+def test_bars_needed_cover_the_regimes_and_context_warm_up(config, warmup):
+    spec = make_spec(
+        features=list(FEATURES),
+        horizon=5,
+        train_window=300,
+        test_window=100,
+        context_symbols=["CTX"],
+        regime_configs=[config],
+    )
+    assert bars_needed(spec) == warmup + 300 + 2 * 5 + 100
+    # Each symbol's latest bars_needed bars, as the training process loads them.
+    bars = random_walk(n=2000).iloc[-bars_needed(spec) :]
+    context = {"CTX": random_walk(n=2000, seed=5).iloc[-bars_needed(spec) :]}
+    dataset = build_dataset(bars, spec, context)
+    assert len(dataset.X_train) == 300 and len(dataset.X_test) == 100
+    assert dataset.X_train.notna().all().all()
+    with pytest.raises(TrainingError, match="not enough bars"):  # exactly enough: one bar fewer fails
+        build_dataset(bars.iloc[1:], spec, context)
+
+
+# --- cv_strategy ------------------------------------------------------------------------------------
+
+STRATEGIES = list(SPLITTERS)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_every_splitter_keeps_a_gap_of_the_horizon(strategy, horizon):
+    n_rows, folds = 600, 5
+    splitter = SPLITTERS[strategy](folds, horizon, n_rows)
+    splits = list(splitter.split(np.empty((n_rows, 1))))
+    assert len(splits) == splitter.get_n_splits() == folds
+    for fit, scored in splits:
+        assert (np.diff(scored) == 1).all()  # one contiguous block of scored rows
+        # At least `horizon` rows between any fitted row and any scored row, on either side: no training
+        # target [t, t + horizon] reaches a scored row, nor a scored target a training row.
+        assert np.abs(fit[:, None] - scored[None, :]).min() > horizon
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 10])
+def test_purged_folds_drop_the_horizon_before_and_an_embargo_after(horizon):
+    n_rows, folds = 600, 5
+    embargo = max(horizon, math.ceil(0.01 * n_rows))  # 6 rows when the horizon is shorter
+    scored_rows = []
+    for fit, scored in SPLITTERS["purged"](folds, horizon, n_rows).split(np.empty((n_rows, 1))):
+        start, stop = scored[0], scored[-1] + 1
+        assert list(fit) == [row for row in range(n_rows) if row < start - horizon or row >= stop + embargo]
+        scored_rows.extend(scored)
+    # k-fold without shuffling: every row scored once, in order, middle folds trained on both sides.
+    assert scored_rows == list(range(n_rows))
+
+
+def test_purged_splitter_works_inside_grid_search():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3))
+    y = X @ [1.0, -1.0, 0.5] + rng.normal(size=300)
+    search = GridSearchCV(Ridge(), {"alpha": [0.1, 1000.0]}, cv=PurgedKFold(4, horizon=2)).fit(X, y)
+    assert search.n_splits_ == 4 and search.best_params_ == {"alpha": 0.1}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_training_fits_and_scores_the_splitters_rows(monkeypatch, strategy):
+    monkeypatch.setitem(
+        training.ALGORITHMS, "Recording", Algorithm("Recording", RecordingRidge, scaled=False)
+    )
+    monkeypatch.setattr(RecordingRidge, "calls", [])
+    bars = random_walk(n=1200)
+    spec = make_spec(algorithm="Recording", hyperparameters={}, horizon=3, cv_folds=4, cv_strategy=strategy)
+    X = build_dataset(bars, spec).X_train
+    result = train(spec, bars)
+
+    calls = RecordingRidge.calls
+    splits = list(SPLITTERS[strategy](4, 3, len(X)).split(X))
+    assert [kind for kind, _ in calls] == ["fit", "predict"] * 5
+    for fold, (fit_rows, scored_rows) in enumerate(splits):
+        assert calls[2 * fold][1].equals(X.index[fit_rows])
+        assert calls[2 * fold + 1][1].equals(X.index[scored_rows])
+        metrics = result.fold_metrics[fold]
+        assert metrics["train_size"] == len(fit_rows) and metrics["n"] == len(scored_rows)
+        assert (metrics["train_start"], metrics["train_end"]) == (
+            X.index[fit_rows[0]].isoformat(),
+            X.index[fit_rows[-1]].isoformat(),
+        )
+        assert (metrics["scored_start"], metrics["scored_end"]) == (
+            X.index[scored_rows[0]].isoformat(),
+            X.index[scored_rows[-1]].isoformat(),
+        )
+
+
+@functools.cache
+def trained_with_strategy(strategy: str):
+    return train(make_spec(cv_strategy=strategy, cv_folds=4), ar1(phi=0.6))
+
+
+def test_expanding_folds_grow_and_sliding_folds_keep_the_first_ones_size():
+    expanding = trained_with_strategy("expanding").fold_metrics
+    sliding = trained_with_strategy("sliding").fold_metrics
+    sizes = [fold["train_size"] for fold in expanding]
+    assert all(later > earlier for earlier, later in zip(sizes, sizes[1:], strict=False))
+    assert [fold["train_size"] for fold in sliding] == [sizes[0]] * 4
+    # The same scored rows; sliding windows move forward instead of starting at the window's start.
+    assert [(f["scored_start"], f["scored_end"]) for f in sliding] == [
+        (f["scored_start"], f["scored_end"]) for f in expanding
+    ]
+    assert len({f["train_start"] for f in expanding}) == 1
+    assert sorted({f["train_start"] for f in sliding}) == [f["train_start"] for f in sliding]
+    assert len({f["train_start"] for f in sliding}) == 4
+
+
+def test_cv_strategies_give_different_fold_metrics():
+    rmse = {
+        strategy: [fold["rmse"] for fold in trained_with_strategy(strategy).fold_metrics]
+        for strategy in STRATEGIES
+    }
+    assert rmse["expanding"] != rmse["sliding"] and rmse["sliding"] != rmse["purged"]
+    assert rmse["purged"] != rmse["expanding"]
+    purged = trained_with_strategy("purged").fold_metrics
+    assert purged[0]["scored_start"] < purged[0]["train_start"]  # scored before the rows it is fitted on
+    assert purged[1]["train_start"] < purged[1]["scored_start"] < purged[1]["train_end"]  # in the middle
+    # The final model is fitted on the same rows whatever the strategy: same held-out scores.
+    assert (
+        trained_with_strategy("purged").metrics["rmse"] == trained_with_strategy("expanding").metrics["rmse"]
+    )
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_too_many_folds_for_the_window_is_a_training_error(strategy):
+    spec = make_spec(cv_strategy=strategy, cv_folds=20, train_window=150, test_window=100, horizon=5)
+    with pytest.raises(TrainingError, match=f"cross-validation: .*{strategy} CV with 20 folds") as error:
+        train(spec, random_walk(n=600))
+    assert "use fewer cv_folds or a longer train_window" in str(error.value)
+
+
+# --- alpha_grid, l1_ratio_grid ----------------------------------------------------------------------
+
+ALPHAS = [0.01, 10.0, 10000.0]
+
+
+@functools.cache
+def tuned(data: str):
+    """Ridge with an alpha grid, on a pure-noise target or on an AR(1) signal."""
+    return train(make_spec(hyperparameters={}, alpha_grid=ALPHAS), walk() if data == "noise" else ar1(0.6))
+
+
+def test_alpha_grid_chooses_a_strong_penalty_on_noise_and_a_weak_one_on_a_signal():
+    noise, signal = tuned("noise"), tuned("signal")
+    assert noise.metrics["chosen_hyperparameters"] == {"alpha": max(ALPHAS)}
+    assert signal.metrics["chosen_hyperparameters"]["alpha"] < max(ALPHAS)
+    assert [fold["chosen_hyperparameters"] for fold in noise.fold_metrics] == [{"alpha": max(ALPHAS)}] * 3
+    for fold in signal.fold_metrics:
+        assert fold["chosen_hyperparameters"]["alpha"] in ALPHAS
+    assert signal.metrics["directional_accuracy"] > 0.6  # the chosen penalty kept the signal
+    # The stored model is the refitted pipeline with the chosen value, not the search.
+    for result in (noise, signal):
+        model = artifacts.load(result.artifact, result.artifact_sha256)
+        assert type(model) is Pipeline and type(model[-1]) is Ridge
+        assert model[-1].alpha == result.metrics["chosen_hyperparameters"]["alpha"]
+    assert "chosen_hyperparameters" not in trained_with_strategy("expanding").metrics  # no grid, no search
+
+
+def test_elastic_net_tunes_alpha_and_l1_ratio_together():
+    spec = make_spec(
+        algorithm="ElasticNet", hyperparameters={}, alpha_grid=[1e-3, 1.0], l1_ratio_grid=[0.2, 0.8]
+    )
+    result = train(spec, ar1(0.6))
+    chosen = result.metrics["chosen_hyperparameters"]
+    assert (
+        set(chosen) == {"alpha", "l1_ratio"} and chosen["alpha"] == 1e-3
+    )  # alpha 1.0 zeroes every coefficient
+    assert all(set(fold["chosen_hyperparameters"]) == {"alpha", "l1_ratio"} for fold in result.fold_metrics)
+    model = artifacts.load(result.artifact, result.artifact_sha256)
+    assert (model[-1].alpha, model[-1].l1_ratio) == (chosen["alpha"], chosen["l1_ratio"])
+
+
+def test_grid_search_is_nested_inside_each_fold(monkeypatch):
+    monkeypatch.setitem(
+        training.ALGORITHMS, "Recording", Algorithm("Recording", RecordingRidge, scaled=False)
+    )
+    monkeypatch.setattr(RecordingRidge, "calls", [])
+    bars = random_walk(n=1200)
+    horizon = 2
+    spec = make_spec(algorithm="Recording", hyperparameters={}, horizon=horizon, alpha_grid=[0.1, 100.0])
+    X = build_dataset(bars, spec).X_train
+    result = train(spec, bars)
+
+    calls = iter(RecordingRidge.calls)
+    for fit_rows, scored_rows in SPLITTERS["expanding"](3, horizon, len(X)).split(X):
+        fold_calls = []
+        for call in calls:  # this fold's calls end with the prediction of its scored rows
+            fold_calls.append(call)
+            if call[0] == "predict" and call[1].equals(X.index[scored_rows]):
+                break
+        *inner, refit, _ = fold_calls
+        assert len(inner) == 2 * 3 * 2  # 2 candidates x 3 inner splits, each fitted then scored
+        assert refit[0] == "fit" and refit[1].equals(X.index[fit_rows])  # the best, on all the fold's rows
+        fitted = set(X.index[fit_rows])
+        for (fit_kind, fit_index), (score_kind, score_index) in zip(inner[::2], inner[1::2], strict=True):
+            assert (fit_kind, score_kind) == ("fit", "predict")
+            # The inner CV sees only the rows the fold fits on, never its scored rows, with its own gap.
+            assert set(fit_index) | set(score_index) <= fitted
+            assert positions(bars, fit_index)[-1] + horizon < positions(bars, score_index)[0]
+    assert len(result.fold_metrics) == 3
+
+
+# --- context_symbols --------------------------------------------------------------------------------
+
+
+@functools.cache
+def leader_and_follower(n: int = 1600, seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The follower's return r[t + 1] = 0.5 * the leader's r[t] + noise: only the leader's past predicts."""
+    rng = np.random.default_rng(seed)
+    lead = rng.normal(0.0, 0.01, n)
+    follow = np.concatenate([[0.0], 0.5 * lead[:-1] + rng.normal(0.0, 0.005, n - 1)])
+    return make_bars(follow, seed + 1), make_bars(lead, seed + 2)
+
+
+def test_a_leading_context_symbol_gives_skill_that_disappears_without_it():
+    follower, leader = leader_and_follower()
+    context = {"LEAD": leader}
+    with_context = train(make_spec(context_symbols=["LEAD"]), follower, context)
+    without = train(make_spec(), follower, context)
+    band = 4 * 0.5 / math.sqrt(TEST_WINDOW)
+    assert with_context.metrics["directional_accuracy"] > 0.5 + band, with_context.metrics
+    assert abs(without.metrics["directional_accuracy"] - 0.5) <= band, without.metrics
+    features = [importance["feature"] for importance in with_context.importances]
+    assert features[0] == "LEAD/ret_1"
+    assert sorted(features) == sorted([*DEFAULT_FEATURES, *(f"LEAD/{name}" for name in DEFAULT_FEATURES)])
+
+
+def test_missing_context_symbol_is_a_training_error_naming_it():
+    follower, leader = leader_and_follower()
+    spec = make_spec(context_symbols=["LEAD", "SPY"])
+    for context in ({"LEAD": leader}, {"LEAD": leader, "SPY": leader.iloc[:0]}):
+        with pytest.raises(TrainingError, match="context symbol SPY has no 1d bars up to 2015-02-19"):
+            train(spec, follower, context)
+    # Bars that start after the first row the symbol's own features are complete (ma_ratio_50: row 49).
+    with pytest.raises(TrainingError, match="context symbol LEAD has no 1d bars up to 2015-02-19"):
+        train(make_spec(context_symbols=["LEAD"]), follower, {"LEAD": leader.iloc[50:]})
+    with pytest.raises(TrainingError, match="context symbol LEAD"):
+        train(make_spec(context_symbols=["LEAD"]), follower)
+
+
+def test_context_features_come_from_the_last_context_bar_at_or_before_t():
+    follower, leader = leader_and_follower(n=400)
+    spec = make_spec(context_symbols=["LEAD"])
+    day, before, after = follower.index[200], follower.index[199], follower.index[201]
+    gappy = leader.drop(index=[day])  # the leader did not trade that day
+    own = compute_features(gappy, spec["features"])
+    X = build_features(follower, spec, {"LEAD": gappy})
+    assert X.loc[day, "LEAD/ret_1"] == own.loc[before, "ret_1"]
+    assert X.loc[day, "LEAD/ret_1"] != own.loc[after, "ret_1"]
+    np.testing.assert_array_equal(X["LEAD/vol_20"].drop(index=[day]), own["vol_20"])
+
+    # Bars stamped an hour later than the symbol's (another close time) are only used the next day.
+    late = leader.set_axis(leader.index + pd.Timedelta(hours=1))
+    shifted = build_features(follower, spec, {"LEAD": late})["LEAD/ret_1"]
+    expected = compute_features(leader, ["ret_1"])["ret_1"].shift(1)
+    np.testing.assert_array_equal(shifted.iloc[1:], expected.iloc[1:])
+
+    # Changing the leader's bars after t changes no context feature at or before t.
+    changed = gappy.copy()
+    changed.loc[changed.index > day, ["open", "high", "low", "close"]] *= 3.0
+    perturbed = build_features(follower, spec, {"LEAD": changed})
+    assert perturbed.loc[:day].equals(X.loc[:day])
+    assert not perturbed.loc[after:].equals(X.loc[after:])
+
+
+# --- regime_configs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(REGIMES))
+def test_regime_parameters_are_declared_once(kind):
+    regime = REGIMES[kind]
+    assert list(inspect.signature(regime.label).parameters)[1:] == list(regime.parameters)
+    assert list(inspect.signature(regime.warmup).parameters) == list(regime.parameters)
+    assert regime.declarations["mode"] == {
+        "default": "feature",
+        "rules": [{"type": "string", "enum": ["feature", "split"]}],
+    }
+    exported = contract.regime_contract(regime)["parameters"]
+    assert set(exported) == {*regime.parameters, "mode"}
+    assert RegimeConfig.of({"kind": kind}).settings == {
+        name: declared["default"] for name, declared in regime.parameters.items()
+    }
+
+
+@pytest.mark.parametrize("kind", list(REGIMES))
+@pytest.mark.parametrize("t", [300, 420])
+def test_regime_labels_use_no_bar_after_their_row(kind, t):
+    bars = random_walk(n=500, seed=3)
+    changed = bars.copy()
+    other = random_walk(n=500, seed=4)
+    later = changed.index > changed.index[t]
+    for column in ("open", "high", "low", "close"):
+        changed.loc[later, column] = other.loc[later, column] * 3.0
+    regime = RegimeConfig.of({"kind": kind})
+    original, perturbed = regime.labels(bars), regime.labels(changed)
+    truncated = regime.labels(bars.iloc[: t + 1])
+    np.testing.assert_array_equal(perturbed.iloc[: t + 1], original.iloc[: t + 1])
+    np.testing.assert_array_equal(truncated, original.iloc[: t + 1])
+    assert not np.array_equal(perturbed.iloc[t + 1 :], original.iloc[t + 1 :])
+
+
+def test_regime_labels_and_their_warm_up():
+    bars = random_walk(n=800)
+    volatility = RegimeConfig.of({"kind": "volatility", "buckets": 4})
+    labels = volatility.labels(bars)
+    warmup = volatility.warmup()
+    assert warmup == 20 + 250 - 1 and labels.name == "regime:volatility_20"
+    assert labels.iloc[:warmup].isna().all() and labels.iloc[warmup:].notna().all()
+    assert set(labels.dropna()) == {0, 1, 2, 3}
+    std = np.log(bars["close"]).diff().rolling(20).std()
+    assert std[labels == 0].mean() < std[labels == 3].mean()  # 0 is the calmest
+
+    # Up for 60 bars, then down for 20: the trend regime reads the close only.
+    close = np.concatenate([np.linspace(100, 150, 60), np.linspace(150, 120, 20)])
+    rising = pd.DataFrame({"close": close}, index=pd.date_range("2024-01-01", periods=80, tz="UTC"))
+    trend = RegimeConfig.of({"kind": "trend", "window": 10, "lookback": 3}).labels(rising)
+    assert trend.iloc[:12].isna().all()
+    assert (trend.iloc[12:60] == 1).all() and (trend.iloc[-5:] == 0).all()
+
+
+@functools.cache
+def regime_bars(seed: int = 9, block: int = 200, n: int = 1800) -> pd.DataFrame:
+    """Returns whose AR(1) coefficient flips with volatility: +0.7 in calm blocks, -0.7 in wild ones."""
+    rng = np.random.default_rng(seed)
+    wild = (np.arange(n) // block) % 2 == 1
+    phi = np.where(wild, -0.7, 0.7)
+    noise = rng.normal(0.0, 1.0, n) * np.where(wild, 0.015, 0.006)
+    returns = np.empty(n)
+    returns[0] = noise[0]
+    for t in range(1, n):
+        returns[t] = phi[t] * returns[t - 1] + noise[t]
+    return make_bars(returns, seed + 1)
+
+
+def regime_spec(mode: str) -> dict[str, Any]:
+    return make_spec(regime_configs=[{"kind": "volatility", "mode": mode, "buckets": 2, "min_history": 100}])
+
+
+@functools.cache
+def trained_per_regime(mode: str = "split"):
+    return train(regime_spec(mode), regime_bars())
+
+
+def test_feature_mode_adds_the_regime_column_and_scores_per_regime():
+    spec = make_spec(
+        regime_configs=[
+            {"kind": "volatility", "mode": "feature", "buckets": 2, "min_history": 100},
+            {"kind": "trend", "mode": "feature"},
+        ]
+    )
+    bars = regime_bars()
+    result = train(spec, bars)
+    dataset = build_dataset(bars, spec)
+    assert list(dataset.X_test.columns) == [*DEFAULT_FEATURES, "regime:volatility_20", "regime:trend_50"]
+    assert {"regime:volatility_20", "regime:trend_50"} <= {i["feature"] for i in result.importances}
+    per_regime = result.metrics["per_regime"]
+    assert set(per_regime) == {"volatility_20", "trend_50"} and set(per_regime["volatility_20"]) == {"0", "1"}
+    for scores in per_regime.values():
+        assert sum(label["n"] for label in scores.values()) == TEST_WINDOW
+    calm = dataset.X_test["regime:volatility_20"].to_numpy() == 0
+    predicted = np.array([p["predicted"] for p in result.predictions])
+    actual = dataset.y_test.to_numpy()
+    assert per_regime["volatility_20"]["0"] == score(
+        actual[calm], predicted[calm], actual[calm], predicted[calm]
+    )
+
+
+def test_split_mode_trains_one_model_per_regime_and_beats_the_pooled_model():
+    split, pooled = trained_per_regime("split"), trained_per_regime("feature")
+    assert split.metrics["directional_accuracy"] > pooled.metrics["directional_accuracy"] + 0.1
+    # The pooled linear model follows the wild regime's sign and gets the calm one backwards.
+    calm_split = split.metrics["per_regime"]["volatility_20"]["0"]["directional_accuracy"]
+    calm_pooled = pooled.metrics["per_regime"]["volatility_20"]["0"]["directional_accuracy"]
+    assert calm_split > 0.6 > 0.5 > calm_pooled
+    assert split.importances[0]["method"] == "permutation"
+
+    model = artifacts.load(split.artifact, split.artifact_sha256)
+    assert type(model) is PerRegime and model.column == "regime:volatility_20"
+    assert list(model.labels_) == [0.0, 1.0]
+    slope = list(DEFAULT_FEATURES).index("ret_1")
+    calm, wild = (regime_model[-1].coef_[slope] for regime_model in model.models_)
+    assert calm > 0 > wild
+    X_test = build_dataset(regime_bars(), regime_spec("split")).X_test
+    np.testing.assert_array_equal(model.predict(X_test), [p["predicted"] for p in split.predictions])
+
+
+def test_split_mode_with_a_grid_tunes_the_per_regime_model():
+    spec = {**regime_spec("split"), "hyperparameters": {}, "alpha_grid": [0.01, 10000.0]}
+    result = train(spec, regime_bars())
+    model = artifacts.load(result.artifact, result.artifact_sha256)
+    assert type(model) is PerRegime
+    chosen = result.metrics["chosen_hyperparameters"]["alpha"]
+    assert chosen == 0.01 and all(m[-1].alpha == chosen for m in [*model.models_, model.fallback_])
+
+
+def test_per_regime_falls_back_to_the_pooled_model_for_rare_or_unseen_regimes():
+    rng = np.random.default_rng(2)
+    regime = np.repeat([0, 1, 2], [100, 100, 10])
+    X = pd.DataFrame({"x": rng.normal(size=len(regime)), "regime": regime})
+    y = X["x"] * np.array([2.0, -2.0, 5.0])[regime]
+    model = PerRegime(LinearRegression(), "regime").fit(X, y)
+    assert list(model.labels_) == [0, 1]  # regime 2 has fewer than 50 rows
+    new = pd.DataFrame({"x": [1.0, 1.0, 1.0, 1.0], "regime": [0, 1, 2, 3]})
+    predicted = model.predict(new)
+    assert predicted[:2] == pytest.approx([2.0, -2.0])
+    np.testing.assert_array_equal(predicted[2:], LinearRegression().fit(X, y).predict(new.iloc[2:]))
+
+
+# --- forecast ---------------------------------------------------------------------------------------
+
+FORECAST_SPECS = {
+    "plain": {},
+    "context": {"context_symbols": ["LEAD"]},
+    "regimes": {
+        "regime_configs": [
+            {"kind": "volatility", "mode": "split", "buckets": 2, "min_history": 100},
+            {"kind": "trend", "mode": "feature"},
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(FORECAST_SPECS))
+def test_forecast_is_the_trained_models_prediction_from_the_last_bar(case):
+    follower, leader = leader_and_follower()
+    spec = make_spec(**FORECAST_SPECS[case])
+    result = train(spec, follower, {"LEAD": leader})
+    model = artifacts.load(result.artifact, result.artifact_sha256)
+    for prediction in (result.predictions[0], result.predictions[-1]):
+        t = follower.index.get_loc(prediction["ts"])
+        # Only the bars a live call at t would have: the symbol's and the context's up to t.
+        answer = forecast(spec, model, follower.iloc[: t + 1], {"LEAD": leader.loc[: follower.index[t]]})
+        close = follower["close"].iloc[t]
+        assert answer["as_of"] == prediction["ts"] and answer["reference_close"] == close
+        assert answer["prediction"] == pytest.approx(prediction["predicted"], rel=1e-9, abs=1e-15)
+        assert answer["predicted_price"] == pytest.approx(close * math.exp(answer["prediction"]), rel=1e-12)
+    # From the latest bar, whose target nobody knows yet.
+    latest = forecast(spec, model, follower, {"LEAD": leader})
+    row = build_features(follower, spec, {"LEAD": leader}).iloc[[-1]]
+    assert latest["as_of"] == follower.index[-1].to_pydatetime()
+    assert latest["prediction"] == model.predict(row)[0]
+
+
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+def test_forecast_price_is_the_target_price_the_prediction_implies(transform):
+    bars = random_walk(n=900)
+    spec = make_spec(target_transform=transform, train_window=400, test_window=200)
+    result = train(spec, bars)
+    answer = forecast(spec, artifacts.load(result.artifact, result.artifact_sha256), bars)
+    if transform == "raw":  # the prediction is the price itself
+        assert answer["predicted_price"] is None
+    else:
+        price, reference = pd.Series([answer["predicted_price"]]), pd.Series([answer["reference_close"]])
+        assert TRANSFORMS[transform].apply(price, reference)[0] == pytest.approx(answer["prediction"])
+
+
+def test_forecast_needs_complete_features_for_the_last_bar():
+    model = artifacts.load(trained("Ridge").artifact, trained("Ridge").artifact_sha256)
+    spec = make_spec(algorithm="Ridge", **SMALL)
+    with pytest.raises(
+        TrainingError, match=r"features of the last bar \(2015-01-30.*incomplete: .*ma_ratio_50"
+    ):
+        forecast(spec, model, small_bars().iloc[:30])
+    with pytest.raises(TrainingError, match="no bars for SYN"):
+        forecast(spec, model, small_bars().iloc[:0])

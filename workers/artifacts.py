@@ -13,11 +13,12 @@ from skops.io.exceptions import UntrustedTypesFoundException
 
 FORMAT = "skops"
 
-# Types our pipelines contain that skops does not trust by default (found with skops.io.get_untrusted_types
-# on every registered algorithm; tests/test_training.py round-trips each one).
+# Types our models contain that skops does not trust by default (found with skops.io.get_untrusted_types
+# on every registered algorithm, and on one model per regime; tests/test_training.py round-trips each one).
 TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
+    "workers.regimes.PerRegime",
 ]
 
 

@@ -1,8 +1,9 @@
 """Export the registries as the database's contract: `python -m workers.contract > sql/registry.sql`.
 
 The database refuses a request before any job exists, so it needs to know which algorithms,
-hyperparameters (names, defaults, allowed values) and features there are. They come from here, from
-scikit-learn's own parameter constraints, and `tests/test_contract.py` fails when the file is stale.
+hyperparameters (names, defaults, allowed values), features and regime kinds (and their parameters)
+there are. They come from here, from scikit-learn's own parameter constraints and the regimes' own
+declarations, and `tests/test_contract.py` fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
 from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS, Algorithm
 from workers.features import FEATURES
+from workers.regimes import REGIMES, Regime
 
 
 def _interval_rule(interval: Interval) -> dict[str, Any]:
@@ -89,8 +91,20 @@ def hyperparameter_contract(algorithm: Algorithm) -> dict[str, Any]:
     return contract
 
 
+def regime_contract(regime: Regime) -> dict[str, Any]:
+    """A regime kind's description and parameters, in the hyperparameters' format."""
+    return {
+        "description": regime.description,
+        "parameters": {
+            name: {**declared, "expects": " or ".join(_describe(rule) for rule in declared["rules"])}
+            for name, declared in sorted(regime.declarations.items())
+        },
+    }
+
+
 def render() -> str:
     algorithms = {name: hyperparameter_contract(algorithm) for name, algorithm in ALGORITHMS.items()}
+    regimes = {name: regime_contract(regime) for name, regime in REGIMES.items()}
     features = [
         {"name": f.name, "description": f.description, "is_default": f.default} for f in FEATURES.values()
     ]
@@ -108,6 +122,11 @@ def render() -> str:
         "FROM jsonb_array_elements($json$",
         json.dumps(features, indent=1),
         "$json$::jsonb) WITH ORDINALITY AS t(f, ordinality);",
+        "DELETE FROM sfq_regimes;",
+        "INSERT INTO sfq_regimes (name, description, parameters)",
+        "SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$",
+        json.dumps(regimes, indent=1, sort_keys=True),
+        "$json$::jsonb);",
     ]
     return "\n".join(lines) + "\n"
 

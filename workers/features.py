@@ -94,3 +94,9 @@ def compute_features(bars: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame({name: FEATURES[name].compute(bars) for name in names}, index=bars.index).replace(
         [np.inf, -np.inf], np.nan
     )
+
+
+def aligned_features(bars: pd.DataFrame, names: list[str], index: pd.Index, prefix: str) -> pd.DataFrame:
+    """Features of another symbol's `bars` placed on `index` (the traded symbol's timestamps): at t, the
+    values of that symbol's last bar at or before t, never a later one; columns named prefix + name."""
+    return compute_features(bars, names).add_prefix(prefix).reindex(index, method="ffill")

@@ -1,6 +1,7 @@
-"""Training one spec: dataset without leakage, expanding time-series CV with a gap, held-out scoring.
+"""Training one spec: dataset without leakage, time-series CV with a gap, nested grid search, one model
+per regime if asked, held-out scoring; and the live forecast of a trained model.
 
-Pure computation on a DataFrame of bars: no database here, so it is the same code in the worker's
+Pure computation on DataFrames of bars: no database here, so it is the same code in the worker's
 training process, in tests and in benchmarks.
 """
 
@@ -16,15 +17,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
+from sklearn.base import BaseEstimator, clone
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from sklearn.model_selection import TimeSeriesSplit
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
 
 from workers import artifacts
 from workers.algorithms import ALGORITHMS, SEED
-from workers.features import compute_features
+from workers.features import aligned_features, compute_features
+from workers.regimes import PerRegime, RegimeConfig
+from workers.splits import SPLITTERS, Splitter, TooFewRows
 
 WARMUP_BARS = 250  # enough history for the longest feature window (ma_ratio_200)
+GRIDS = {"alpha_grid": "alpha", "l1_ratio_grid": "l1_ratio"}  # spec field: the estimator parameter it tunes
+INNER_FOLDS = 3  # the grid search's time-series CV, inside the rows being fitted
 
 
 class TrainingError(Exception):
@@ -34,10 +41,12 @@ class TrainingError(Exception):
 @dataclass(frozen=True)
 class Transform:
     """The target: `apply(future, reference)`, where reference is the close at prediction time (the last
-    price known then); `change` says which way the target moved from it, for directional accuracy."""
+    price known then); `change` says which way the target moved from it, for directional accuracy;
+    `price(prediction, reference)` is the price a prediction implies (None: the prediction is a price)."""
 
     apply: Callable[[pd.Series, pd.Series], pd.Series]
     change: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    price: Callable[[float, float], float] | None
 
 
 def _relative(values: np.ndarray, _reference: np.ndarray) -> np.ndarray:
@@ -45,10 +54,22 @@ def _relative(values: np.ndarray, _reference: np.ndarray) -> np.ndarray:
 
 
 TRANSFORMS: dict[str, Transform] = {
-    "log_return": Transform(lambda future, reference: np.log(future / reference), _relative),
-    "pct_change": Transform(lambda future, reference: future / reference - 1.0, _relative),
-    "diff": Transform(lambda future, reference: future - reference, _relative),
-    "raw": Transform(lambda future, _reference: future, lambda values, reference: values - reference),
+    "log_return": Transform(
+        lambda future, reference: np.log(future / reference),
+        _relative,
+        lambda prediction, reference: reference * math.exp(prediction),
+    ),
+    "pct_change": Transform(
+        lambda future, reference: future / reference - 1.0,
+        _relative,
+        lambda prediction, reference: reference * (1.0 + prediction),
+    ),
+    "diff": Transform(
+        lambda future, reference: future - reference,
+        _relative,
+        lambda prediction, reference: reference + prediction,
+    ),
+    "raw": Transform(lambda future, _reference: future, lambda values, reference: values - reference, None),
 }
 
 
@@ -72,25 +93,68 @@ class TrainingResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _regimes(spec: dict[str, Any]) -> list[RegimeConfig]:
+    return [RegimeConfig.of(config) for config in spec["regime_configs"]]
+
+
 def bars_needed(spec: dict[str, Any]) -> int:
-    """How many of the latest bars a spec can use: warm-up, training, gap, test and the target's horizon."""
-    return WARMUP_BARS + spec["train_window"] + 2 * spec["horizon"] + spec["test_window"]
+    """How many of the latest bars a spec can use (of its symbol and of each context symbol): warm-up of
+    the features and regimes, training, gap, test and the target's horizon."""
+    warmup = max([WARMUP_BARS, *(regime.warmup() for regime in _regimes(spec))])
+    return warmup + spec["train_window"] + 2 * spec["horizon"] + spec["test_window"]
 
 
-def build_dataset(bars: pd.DataFrame, spec: dict[str, Any]) -> Dataset:
-    """Features at t from bars <= t; target at t: target_col at t + horizon against the close at t (the
-    price known when predicting, so open/high/low targets cannot borrow the rest of bar t); the last
-    test_window rows held out.
+def _no_bars(spec: dict[str, Any], until: Any) -> TrainingError:
+    return TrainingError(
+        f"no bars for {spec['symbol']} ({spec['timeframe']}) up to {until or 'now'}; "
+        f"import some with `sfq bars import FILE.csv --symbol {spec['symbol']}`"
+    )
+
+
+def build_features(
+    bars: pd.DataFrame, spec: dict[str, Any], context: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
+    """Every column a model of `spec` sees, indexed like `bars`, in training's order: the spec's features
+    on the symbol's own bars; the same features on each context symbol's bars ("SPY/ret_1"), taken at t
+    from the context's last bar at or before t, never a later one; then the regime labels
+    ("regime:volatility_20"). Row t uses bars <= t only; warm-up rows hold NaN."""
+    own = compute_features(bars, spec["features"])
+    regimes = _regimes(spec)
+    labels = [regime.labels(bars) for regime in regimes]
+    if len({regime.column for regime in regimes}) < len(regimes):
+        raise TrainingError(
+            "two regime configs give the same column ("
+            + ", ".join(regime.column for regime in regimes)
+            + "): give them different windows"
+        )
+    complete = pd.concat([own, *labels], axis=1).notna().all(axis=1)
+    first = bars.index[complete.to_numpy().argmax()] if complete.any() else bars.index[-1]
+    others = []
+    for symbol in spec["context_symbols"]:
+        other = (context or {}).get(symbol)
+        if other is None or other.empty or other.index[0] > first:
+            raise TrainingError(
+                f"context symbol {symbol} has no {spec['timeframe']} bars up to {first.isoformat()} "
+                f"(where {spec['symbol']}'s own features are first complete); "
+                f"import some with `sfq bars import FILE.csv --symbol {symbol}`"
+            )
+        others.append(aligned_features(other, spec["features"], bars.index, prefix=f"{symbol}/"))
+    return pd.concat([own, *others, *labels], axis=1)
+
+
+def build_dataset(
+    bars: pd.DataFrame, spec: dict[str, Any], context: dict[str, pd.DataFrame] | None = None
+) -> Dataset:
+    """Features at t from bars <= t (`build_features`); target at t: target_col at t + horizon against
+    the close at t (the price known when predicting, so open/high/low targets cannot borrow the rest of
+    bar t); the last test_window rows held out.
 
     A gap of `horizon` rows separates training from test, so no training target overlaps the test period.
     """
     if bars.empty:
-        raise TrainingError(
-            f"no bars for {spec['symbol']} ({spec['timeframe']}) up to {spec['data_end'] or 'now'}; "
-            f"import some with `sfq bars import FILE.csv --symbol {spec['symbol']}`"
-        )
+        raise _no_bars(spec, spec["data_end"])
     horizon = spec["horizon"]
-    features = compute_features(bars, spec["features"])
+    features = build_features(bars, spec, context)
     reference = bars["close"]
     target = TRANSFORMS[spec["target_transform"]].apply(bars[spec["target_col"]].shift(-horizon), reference)
     usable = features.notna().all(axis=1) & target.notna()
@@ -139,14 +203,16 @@ def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, 
     }
 
 
-def _importances(pipeline, dataset: Dataset) -> tuple[np.ndarray, str]:
-    estimator = pipeline[-1]
+def _importances(model: BaseEstimator, dataset: Dataset) -> tuple[np.ndarray, str]:
+    """Impurity for trees, |coefficient| for linear models; permutation importance on the test window for
+    the rest (HistGradientBoosting, and one model per regime, whose regimes' models differ)."""
+    estimator = model[-1] if isinstance(model, Pipeline) else model
     if hasattr(estimator, "feature_importances_"):
         return np.asarray(estimator.feature_importances_), "impurity"
     if hasattr(estimator, "coef_"):
         return np.abs(np.ravel(estimator.coef_)), "abs_coefficient"
     result = permutation_importance(
-        pipeline,
+        model,
         dataset.X_test,
         dataset.y_test,
         n_repeats=5,
@@ -156,8 +222,66 @@ def _importances(pipeline, dataset: Dataset) -> tuple[np.ndarray, str]:
     return result.importances_mean, "permutation"
 
 
-def train(spec: dict[str, Any], bars: pd.DataFrame, progress: Callable[[str], None] = lambda phase: None):
-    """Train and score one spec on its bars. Deterministic: same spec and bars, same metrics."""
+def _splitter(strategy: str, n_splits: int, horizon: int, n_rows: int, what: str) -> Splitter:
+    """The strategy's splitter for `n_rows` rows; a window too short for it is the spec's fault."""
+    try:
+        return SPLITTERS[strategy](n_splits, horizon, n_rows)
+    except TooFewRows as error:
+        raise TrainingError(f"{what}: {error}") from None
+
+
+def _model(spec: dict[str, Any]) -> tuple[BaseEstimator, dict[str, list[float]]]:
+    """The spec's unfitted model (its pipeline, wrapped in one model per regime for a "split" regime)
+    and the grid to tune it over, by parameter path ({} when the spec has no grid)."""
+    pipeline = ALGORITHMS[spec["algorithm"]].build(spec["hyperparameters"])
+    model, path = pipeline, f"{pipeline.steps[-1][0]}__"
+    for regime in _regimes(spec):
+        if regime.mode == "split":
+            model, path = PerRegime(pipeline, regime.column), f"estimator__{path}"
+    return model, {path + param: spec[field] for field, param in GRIDS.items() if spec[field]}
+
+
+def _fit(
+    model: BaseEstimator, grid: dict[str, list[float]], X: pd.DataFrame, y: pd.Series, horizon: int
+) -> tuple[BaseEstimator, dict[str, float]]:
+    """Fit a fresh copy of `model`; with a grid, choose its values by an inner time-series CV on these rows
+    alone (nested inside the outer folds, so no fold's score saw the rows it scores) and refit on all of
+    them. Returns the fitted model (never the search) and the chosen values by parameter name."""
+    if not grid:
+        return clone(model).fit(X, y), {}
+    inner = _splitter("expanding", INNER_FOLDS, horizon, len(X), "the grid search's inner CV")
+    search = GridSearchCV(
+        model, grid, scoring="neg_mean_squared_error", cv=inner, refit=True, error_score="raise"
+    ).fit(X, y)
+    chosen = {path.rsplit("__", 1)[1]: float(value) for path, value in search.best_params_.items()}
+    return search.best_estimator_, chosen
+
+
+def _scores(transform: Transform, actual: np.ndarray, predicted: np.ndarray, reference: np.ndarray):
+    return score(
+        actual, predicted, transform.change(actual, reference), transform.change(predicted, reference)
+    )
+
+
+def _per_regime(
+    transform: Transform, labels: np.ndarray, actual: np.ndarray, predicted: np.ndarray, reference: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """Held-out scores by regime label, so a model that only works in one regime shows it."""
+    scores = {}
+    for label in np.unique(labels):
+        rows = labels == label
+        scores[str(int(label))] = _scores(transform, actual[rows], predicted[rows], reference[rows])
+    return scores
+
+
+def train(
+    spec: dict[str, Any],
+    bars: pd.DataFrame,
+    context: dict[str, pd.DataFrame] | None = None,
+    progress: Callable[[str], None] = lambda phase: None,
+):
+    """Train and score one spec on its bars (and its context symbols' bars, by symbol). Deterministic:
+    same spec and bars, same metrics."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -168,46 +292,46 @@ def train(spec: dict[str, Any], bars: pd.DataFrame, progress: Callable[[str], No
         clock = now
         progress(name)
 
-    algorithm = ALGORITHMS[spec["algorithm"]]
     transform = TRANSFORMS[spec["target_transform"]]
-    dataset = build_dataset(bars, spec)
+    horizon = spec["horizon"]
+    dataset = build_dataset(bars, spec, context)
+    model, grid = _model(spec)
     phase_done("features")
 
     folds = []
-    splitter = TimeSeriesSplit(n_splits=spec["cv_folds"], gap=spec["horizon"])
     X, y = dataset.X_train, dataset.y_train
+    splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], horizon, len(X), "cross-validation")
     reference_train = bars["close"].reindex(X.index).to_numpy()
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
-        model = algorithm.build(spec["hyperparameters"]).fit(X.iloc[fit_rows], y.iloc[fit_rows])
-        predicted = model.predict(X.iloc[score_rows])
-        actual = y.iloc[score_rows].to_numpy()
-        reference = reference_train[score_rows]
+        fitted, chosen = _fit(model, grid, X.iloc[fit_rows], y.iloc[fit_rows], horizon)
         folds.append(
             {
                 "fold": fold,
                 "train_size": len(fit_rows),
-                **score(
-                    actual,
-                    predicted,
-                    transform.change(actual, reference),
-                    transform.change(predicted, reference),
+                "train_start": X.index[fit_rows[0]].isoformat(),
+                "train_end": X.index[fit_rows[-1]].isoformat(),
+                "scored_start": X.index[score_rows[0]].isoformat(),
+                "scored_end": X.index[score_rows[-1]].isoformat(),
+                **({"chosen_hyperparameters": chosen} if grid else {}),
+                **_scores(
+                    transform,
+                    y.iloc[score_rows].to_numpy(),
+                    fitted.predict(X.iloc[score_rows]),
+                    reference_train[score_rows],
                 ),
             }
         )
     phase_done("cv")
 
-    model = algorithm.build(spec["hyperparameters"]).fit(X, y)
+    model, chosen = _fit(model, grid, X, y, horizon)
     phase_done("fit")
 
     predicted = model.predict(dataset.X_test)
     actual = dataset.y_test.to_numpy()
     reference = dataset.reference_test.to_numpy()
-    held_out = score(
-        actual, predicted, transform.change(actual, reference), transform.change(predicted, reference)
-    )
     naive = transform.apply(dataset.reference_test, dataset.reference_test).to_numpy()  # "no change" forecast
     metrics = {
-        **held_out,
+        **_scores(transform, actual, predicted, reference),
         "naive_rmse": _finite(math.sqrt(mean_squared_error(actual, naive))),
         **{
             f"cv_{name}_mean": _mean(fold[name] for fold in folds)
@@ -220,6 +344,15 @@ def train(spec: dict[str, Any], bars: pd.DataFrame, progress: Callable[[str], No
         "test_start": dataset.X_test.index[0].isoformat(),
         "test_end": dataset.X_test.index[-1].isoformat(),
     }
+    if grid:
+        metrics["chosen_hyperparameters"] = chosen
+    if regimes := _regimes(spec):
+        metrics["per_regime"] = {
+            regime.name: _per_regime(
+                transform, dataset.X_test[regime.column].to_numpy(), actual, predicted, reference
+            )
+            for regime in regimes
+        }
     phase_done("evaluate")
 
     values, method = _importances(model, dataset)
@@ -245,3 +378,33 @@ def train(spec: dict[str, Any], bars: pd.DataFrame, progress: Callable[[str], No
         artifact_sha256=hashlib.sha256(blob).hexdigest(),
         timings=timings,
     )
+
+
+def forecast(
+    spec: dict[str, Any],
+    model: BaseEstimator,
+    bars: pd.DataFrame,
+    context: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """The trained model's prediction from the last bar of `bars`, for the live call: that bar's feature
+    row built exactly as in training (`build_features`), its target being unknown yet. `prediction` is
+    in the target's units; `predicted_price` is the target_col price it implies at t + horizon (None for
+    a `raw` target, whose prediction is that price)."""
+    if bars.empty:
+        raise _no_bars(spec, None)
+    row = build_features(bars, spec, context).iloc[[-1]]
+    as_of = row.index[0]
+    if missing := [column for column in row.columns if pd.isna(row[column].iloc[0])]:
+        raise TrainingError(
+            f"the features of the last bar ({as_of.isoformat()}) are incomplete: {', '.join(missing)} "
+            f"need more history than the {len(bars)} bars given"
+        )
+    prediction = float(model.predict(row)[0])
+    reference = float(bars["close"].iloc[-1])
+    price = TRANSFORMS[spec["target_transform"]].price
+    return {
+        "as_of": as_of.to_pydatetime(),
+        "prediction": prediction,
+        "reference_close": reference,
+        "predicted_price": price(prediction, reference) if price else None,
+    }
