@@ -1,10 +1,16 @@
-"""The HTTP API (Starlette), served by `sfq api`. Thin: every request is one named query."""
+"""The HTTP API (Starlette), served by `sfq api`. Thin: every request is one named query.
+
+Paths are the old training service's, so its clients keep working: POST /train, /train/batch,
+/retrain/{id}, /api/train_with_parent, and the /models/{id}/... family.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
+import time
 from datetime import date, datetime
 from typing import Any
 
@@ -14,17 +20,20 @@ from psycopg.rows import dict_row
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from queue_app import spec
+from queue_app import lineage
 from queue_app.config import Settings, database_url
 from queue_app.db import QUERIES
-from queue_app.enqueue import RequestRejected, submit_async
+from queue_app.enqueue import Conflict, NotFound, RequestRejected, request_params, run_async
+from queue_app.openapi import OPENAPI
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 MAX_PAGE = 500
 MAX_BODY_BYTES = 1 << 20  # a training request is a few hundred bytes; a larger body is refused with 413
+FORECAST_WAIT_S = 30  # how long POST /models/{id}/predict waits for a worker before answering 202
+FORECAST_POLL_S = 0.05
 
 
 def _json_default(value: Any) -> Any:
@@ -42,65 +51,217 @@ def error(status: int, message: str, detail: Any = None) -> JSON:
     return JSON({"error": message, "detail": detail}, status_code=status)
 
 
+class BadRequest(Exception):
+    """Answered with `status` (400, 413, 422) and a message; `field` names the culprit when there is one."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, detail: Any = None):
+        super().__init__(message)
+        self.status, self.field, self.detail = status, field, detail
+
+
 def _model_url(request: Request, model_id: int) -> str:
     return str(request.url_for("get_model", model_id=model_id))
 
 
-async def _limited_body(request: Request) -> bytes | None:
-    """The request's body, or None when it is over MAX_BODY_BYTES (as declared or as actually sent)."""
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _json_body(request: Request, required: bool = True) -> dict[str, Any]:
+    """The body as a JSON object: 413 over MAX_BODY_BYTES (declared or as sent), 400 when not JSON,
+    422 when not an object. An optional body may be empty (then it is {})."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
-    body = bytearray()
+        raise BadRequest(
+            413, f"request body is larger than {MAX_BODY_BYTES} bytes", detail={"limit": MAX_BODY_BYTES}
+        )
+    raw = bytearray()
     async for chunk in request.stream():  # chunked bodies have no Content-Length: count what arrives
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return None
-    return bytes(body)
-
-
-async def train(request: Request) -> JSON:
-    raw = await _limited_body(request)
-    if raw is None:
-        return error(413, f"request body is larger than {MAX_BODY_BYTES} bytes", {"limit": MAX_BODY_BYTES})
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise BadRequest(
+                413, f"request body is larger than {MAX_BODY_BYTES} bytes", detail={"limit": MAX_BODY_BYTES}
+            )
+    if not raw.strip() and not required:
+        return {}
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     # JSONDecodeError is a ValueError; RecursionError is a body nested deeper than Python's recursion limit.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        return error(400, "request body is not valid JSON", str(exc))
+        raise BadRequest(400, "request body is not valid JSON", detail=str(exc)) from None
     if not isinstance(body, dict):
-        return error(422, "request body must be a JSON object", {"field": None})
+        raise BadRequest(422, "request body must be a JSON object")
+    return body
+
+
+async def _call(request: Request, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     async with request.app.state.pool.connection() as conn:
         try:
-            submission = await submit_async(conn, body, "http")
-        except RequestRejected as rejected:
-            return error(
-                422, rejected.message, {"field": rejected.field, "not_supported": rejected.not_supported}
-            )
+            return await run_async(conn, query, params)
         except RecursionError:  # parsed, but nested too deeply to be encoded again for the database
-            return error(400, "request body is nested too deeply", None)
+            raise BadRequest(400, "request body is nested too deeply") from None
+
+
+def _submission(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model_id": row["model_id"],
+        "url": _model_url(request, row["model_id"]),
+        "fingerprint": row["fingerprint"],
+        "deduplicated": row["deduplicated"],
+    }
+
+
+def _created(request: Request, rows: list[dict[str, Any]]) -> JSON:
+    """201 when a model was created, 200 when an existing model serves the request."""
+    (row,) = rows
+    return JSON(_submission(request, row), status_code=200 if row["deduplicated"] else 201)
+
+
+async def train(request: Request) -> JSON:
+    body = await _json_body(request)
+    return _created(request, await _call(request, "submit", request_params(body, "http")))
+
+
+async def train_batch(request: Request) -> JSON:
+    """One spec, four models (open, close, high, low), enqueued in one transaction."""
+    body = await _json_body(request)
+    rows = await _call(request, "submit_batch", request_params(body, "http"))
+    models = [{"target_col": row["target_col"], **_submission(request, row)} for row in rows]
+    created = any(not row["deduplicated"] for row in rows)
     return JSON(
-        {
-            "model_id": submission.model_id,
-            "url": _model_url(request, submission.model_id),
-            "fingerprint": submission.fingerprint,
-            "deduplicated": submission.deduplicated,
-        },
-        status_code=200 if submission.deduplicated else 201,
+        {"model_ids": [row["model_id"] for row in rows], "models": models},
+        status_code=201 if created else 200,
     )
+
+
+async def retrain(request: Request) -> JSON:
+    body = await _json_body(request, required=False)
+    unknown = sorted(body.keys() - {"force"})
+    if unknown:
+        raise BadRequest(422, f"unknown field {unknown[0]!r}; the only field is 'force'", unknown[0])
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest(422, f"force must be true or false, got {force!r}", "force")
+    params = {"model_id": request.path_params["model_id"], "force": force, "via": "http"}
+    return _created(request, await _call(request, "retrain", params))
+
+
+async def train_with_parent(request: Request) -> JSON:
+    body = await _json_body(request)
+    unknown = sorted(body.keys() - {"parent_model_id", "overrides"})
+    if unknown:
+        raise BadRequest(
+            422, f"unknown field {unknown[0]!r}; expected parent_model_id and overrides", unknown[0]
+        )
+    parent = body.get("parent_model_id")
+    if not isinstance(parent, int) or isinstance(parent, bool) or not 0 < parent < 2**63:
+        raise BadRequest(422, f"parent_model_id must be a model id, got {parent!r}", "parent_model_id")
+    params = {"parent_model_id": parent, "overrides": json.dumps(body.get("overrides", {})), "via": "http"}
+    return _created(request, await _call(request, "evolve", params))
+
+
+async def cancel(request: Request) -> JSON:
+    (row,) = await _call(request, "cancel_model", {"model_id": request.path_params["model_id"]})
+    return JSON({**row, "url": _model_url(request, row["id"])})
+
+
+async def _fetch(request: Request, query: str, **params: Any) -> list[dict[str, Any]]:
+    async with request.app.state.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(QUERIES[query], params)
+        return await cursor.fetchall()
+
+
+async def _model_status(request: Request) -> tuple[int, str]:
+    model_id = request.path_params["model_id"]
+    rows = await _fetch(request, "model_status", model_id=model_id)
+    if not rows:
+        raise NotFound(f"no model with id {model_id}")
+    return model_id, rows[0]["status"]
 
 
 async def get_model(request: Request) -> JSON:
     model_id = request.path_params["model_id"]
-    async with request.app.state.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(QUERIES["get_model"], {"model_id": model_id})
-        model = await cursor.fetchone()
-        if model is None:
-            return error(404, f"no model with id {model_id}")
-        await cursor.execute(QUERIES["model_features"], {"model_id": model_id})
-        model["feature_importances"] = await cursor.fetchall()
+    rows = await _fetch(request, "get_model", model_id=model_id)
+    if not rows:
+        raise NotFound(f"no model with id {model_id}")
+    model = rows[0]
+    model["feature_importances"] = await _fetch(request, "model_features", model_id=model_id)
     model["url"] = _model_url(request, model_id)
     return JSON(model)
+
+
+async def model_features(request: Request) -> JSON:
+    """Feature importances, ranked (1 = most important)."""
+    model_id, status = await _model_status(request)
+    features = await _fetch(request, "model_features", model_id=model_id)
+    return JSON({"model_id": model_id, "status": status, "features": features})
+
+
+async def model_predictions(request: Request) -> JSON:
+    """The held-out test window: each bar's prediction next to the actual value."""
+    model_id, status = await _model_status(request)
+    predictions = await _fetch(request, "model_predictions", model_id=model_id)
+    return JSON({"model_id": model_id, "status": status, "predictions": predictions})
+
+
+async def model_artifact(request: Request) -> Response:
+    """The model file (skops), with its SHA-256 in X-Content-SHA256 (and as the ETag)."""
+    model_id, status = await _model_status(request)
+    rows = await _fetch(request, "model_artifact", model_id=model_id)
+    if not rows:
+        raise Conflict(f"model {model_id} is {status}: it has no model file (only a completed model has one)")
+    artifact = rows[0]
+    return Response(
+        bytes(artifact["bytes"]),
+        media_type="application/octet-stream",
+        headers={
+            "X-Content-SHA256": artifact["sha256"],
+            "ETag": f'"{artifact["sha256"]}"',
+            "Content-Disposition": f'attachment; filename="model-{model_id}.{artifact["format"]}"',
+        },
+    )
+
+
+async def model_lineage(request: Request) -> JSON:
+    model_id = request.path_params["model_id"]
+    rows = await _fetch(request, "lineage", model_id=model_id)
+    if not rows:
+        raise NotFound(f"no model with id {model_id}")
+    chain = lineage.build(model_id, rows)
+    for model in chain["models"]:
+        model["url"] = _model_url(request, model["id"])
+    return JSON(chain)
+
+
+def _forecast_body(request: Request, forecast: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **forecast,
+        "url": str(request.url_for("get_forecast", forecast_id=forecast["id"])),
+        "model_url": _model_url(request, forecast["model_id"]),
+    }
+
+
+async def predict(request: Request) -> JSON:
+    """Ask a worker to load the stored model and predict from the latest bar; wait up to `wait` seconds
+    (default 30), then answer 200 with the forecast, or 202 with its URL to poll."""
+    wait_s = _query_int(request, "wait", FORECAST_WAIT_S, 0, 300)
+    (queued,) = await _call(request, "request_forecast", {"model_id": request.path_params["model_id"]})
+    deadline = time.monotonic() + wait_s
+    while True:
+        (forecast,) = await _fetch(request, "get_forecast", forecast_id=queued["id"])
+        if forecast["status"] != "queued" or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(FORECAST_POLL_S)
+    status = {"completed": 200, "failed": 422, "queued": 202}[forecast["status"]]
+    return JSON(_forecast_body(request, forecast), status_code=status)
+
+
+async def get_forecast(request: Request) -> JSON:
+    forecast_id = request.path_params["forecast_id"]
+    rows = await _fetch(request, "get_forecast", forecast_id=forecast_id)
+    if not rows:
+        raise NotFound(f"no forecast with id {forecast_id}")
+    return JSON(_forecast_body(request, rows[0]))
 
 
 class BadQuery(Exception):
@@ -127,21 +288,18 @@ def _query_text(request: Request, name: str) -> str | None:
     return raw
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 async def list_models(request: Request) -> JSON:
+    """Filter, paginate, and sort by id or by any stored metric (a leaderboard)."""
     params = request.query_params
     status = params.get("status")
     if status is not None and status not in STATUSES:
-        return error(422, f"status must be one of {', '.join(STATUSES)}, got {status!r}", {"field": "status"})
+        raise BadQuery("status", f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     sort = params.get("sort", "id")
     if not re.fullmatch(r"[a-z0-9_]{1,64}", sort):
-        return error(422, f"sort must be 'id' or a metric name, got {sort!r}", {"field": "sort"})
+        raise BadQuery("sort", f"sort must be 'id' or a metric name, got {sort!r}")
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
-        return error(422, f"order must be asc or desc, got {order!r}", {"field": "order"})
+        raise BadQuery("order", f"order must be asc or desc, got {order!r}")
     limit = _query_int(request, "limit", 50, 1, MAX_PAGE)
     offset = _query_int(request, "offset", 0, 0, 10**9)
     query = {
@@ -153,14 +311,11 @@ async def list_models(request: Request) -> JSON:
         "limit": limit,
         "offset": offset,
     }
-    async with request.app.state.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(QUERIES["list_models"], query)
-        rows = await cursor.fetchall()
-        await cursor.execute(QUERIES["count_models"], query)
-        total = (await cursor.fetchone())["total"]
+    rows = await _fetch(request, "list_models", **query)
+    (total,) = await _fetch(request, "count_models", **query)
     for row in rows:
         row["url"] = _model_url(request, row["id"])
-    return JSON({"models": rows, "total": total, "limit": limit, "offset": offset})
+    return JSON({"models": rows, "total": total["total"], "limit": limit, "offset": offset})
 
 
 async def healthz(request: Request) -> JSON:
@@ -173,92 +328,29 @@ async def openapi(request: Request) -> JSON:
     return JSON(OPENAPI)
 
 
-def _error_schema() -> dict:
-    return {"type": "object", "properties": {"error": {"type": "string"}, "detail": {}}}
-
-
-def _response(description: str, schema: dict | None = None) -> dict:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": schema or _error_schema()}},
-    }
-
-
-OPENAPI = {
-    "openapi": "3.1.0",
-    "info": {"title": "sfq: strategy-factory training queue", "version": "1"},
-    "paths": {
-        "/train": {
-            "post": {
-                "summary": "Submit a training request (deduplicated by fingerprint)",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": spec.request_schema()}},
-                },
-                "responses": {
-                    "201": _response("Model created and queued", {"type": "object"}),
-                    "200": _response(
-                        "An existing model serves this request (deduplicated)", {"type": "object"}
-                    ),
-                    "400": _response("Body is not JSON"),
-                    "413": _response("Body larger than 1 MiB"),
-                    "422": _response("Invalid request; detail.field names the field"),
-                    "503": _response("Database unreachable"),
-                },
-            }
-        },
-        "/models": {
-            "get": {
-                "summary": "List models: filter by status, symbol, algorithm; sort by id or a metric",
-                "parameters": [
-                    {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-                    for name, kind in (
-                        ("status", "string"),
-                        ("symbol", "string"),
-                        ("algorithm", "string"),
-                        ("sort", "string"),
-                        ("order", "string"),
-                        ("limit", "integer"),
-                        ("offset", "integer"),
-                    )
-                ],
-                "responses": {
-                    "200": _response("A page of models", {"type": "object"}),
-                    "422": _response("Bad query parameter"),
-                },
-            }
-        },
-        "/models/{model_id}": {
-            "get": {
-                "summary": "A model: status, spec, metrics, timings, error, feature importances",
-                "parameters": [
-                    {"name": "model_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-                ],
-                "responses": {
-                    "200": _response("The model", {"type": "object"}),
-                    "404": _response("Unknown id"),
-                },
-            }
-        },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness, including the database",
-                "responses": {
-                    "200": _response("Healthy", {"type": "object"}),
-                    "503": _response("Database unreachable"),
-                },
-            }
-        },
-    },
-}
-
-
 async def _http_error(request: Request, exc: HTTPException) -> JSON:
     return error(exc.status_code, exc.detail)
 
 
+async def _bad_request(request: Request, exc: BadRequest) -> JSON:
+    detail = exc.detail if exc.detail is not None else {"field": exc.field}
+    return error(exc.status, str(exc), detail)
+
+
 async def _bad_query(request: Request, exc: BadQuery) -> JSON:
     return error(422, str(exc), {"field": exc.field})
+
+
+async def _rejected(request: Request, exc: RequestRejected) -> JSON:
+    return error(422, exc.message, {"field": exc.field})
+
+
+async def _not_found(request: Request, exc: NotFound) -> JSON:
+    return error(404, str(exc))
+
+
+async def _conflict(request: Request, exc: Conflict) -> JSON:
+    return error(409, str(exc))
 
 
 async def _no_schema(request: Request, exc: psycopg.Error) -> JSON:
@@ -294,17 +386,32 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
         finally:
             await pool.close()
 
+    model = "/models/{model_id:int}"
     return Starlette(
         routes=[
             Route("/train", train, methods=["POST"]),
+            Route("/train/batch", train_batch, methods=["POST"]),
+            Route("/retrain/{model_id:int}", retrain, methods=["POST"]),
+            Route("/api/train_with_parent", train_with_parent, methods=["POST"]),
             Route("/models", list_models, methods=["GET"]),
-            Route("/models/{model_id:int}", get_model, methods=["GET"], name="get_model"),
+            Route(model, get_model, methods=["GET"], name="get_model"),
+            Route(f"{model}/cancel", cancel, methods=["POST"]),
+            Route(f"{model}/lineage", model_lineage, methods=["GET"]),
+            Route(f"{model}/features", model_features, methods=["GET"]),
+            Route(f"{model}/predictions", model_predictions, methods=["GET"]),
+            Route(f"{model}/artifact", model_artifact, methods=["GET"]),
+            Route(f"{model}/predict", predict, methods=["POST"]),
+            Route("/forecasts/{forecast_id:int}", get_forecast, methods=["GET"], name="get_forecast"),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={
             HTTPException: _http_error,
+            BadRequest: _bad_request,
             BadQuery: _bad_query,
+            RequestRejected: _rejected,
+            NotFound: _not_found,
+            Conflict: _conflict,
             psycopg.errors.UndefinedTable: _no_schema,
             psycopg.errors.UndefinedFunction: _no_schema,
             Exception: _unexpected,

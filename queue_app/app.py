@@ -10,6 +10,8 @@ import procrastinate
 
 TRAINING_QUEUE = "training"
 TRAIN_TASK = "train_model"  # the name sql/migrations/0001_foundation.sql defers
+PREDICTION_QUEUE = "prediction"
+PREDICT_TASK = "predict_model"  # deferred by sfq_request_forecast (sql/migrations/0003_full_service.sql)
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.tasks"])
 
@@ -29,4 +31,4 @@ class CatchUpConnector(procrastinate.PsycopgConnector):
 
 
 def connector(url: str) -> procrastinate.PsycopgConnector:
-    return CatchUpConnector(conninfo=url, min_size=1, max_size=3)
+    return CatchUpConnector(conninfo=url, min_size=1, max_size=4)

@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from queue_app import bars, db, embedded, spec
+from queue_app import bars, db, embedded, lineage, spec
 from queue_app.config import Settings, database_url
-from queue_app.enqueue import RequestRejected, submit
+from queue_app.enqueue import Conflict, NotFound, RequestRejected, request_params, run
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -87,7 +87,7 @@ def _number(name: str, text: str) -> float:
 def _request_from(args) -> dict[str, Any]:
     request: dict[str, Any] = {}
     for field in spec.FIELDS:
-        value = getattr(args, field.name)
+        value = getattr(args, field.name, None)
         if value is None:
             continue
         if field.json_type in ("object", "array"):
@@ -108,16 +108,21 @@ def _request_from(args) -> dict[str, Any]:
     return request
 
 
-def cmd_submit(args) -> None:
+def _enqueue(args, query: str, params: dict[str, Any]) -> None:
+    """Run one enqueueing query, print each model it answers with, and with --wait follow them to the end."""
     with _connect(args) as conn:
         try:
-            submission = submit(conn, _request_from(args), "cli")
+            rows = run(conn, query, params)
         except RequestRejected as rejected:
             raise CommandError(rejected.message) from None
-        note = " (deduplicated: an identical model exists)" if submission.deduplicated else ""
-        print(f"model {submission.model_id} fingerprint {submission.fingerprint}{note}")
-        if args.wait:
-            model = wait_for(conn, [submission.model_id], args.timeout)[submission.model_id]
+        for row in rows:
+            note = " (deduplicated: an identical model exists)" if row["deduplicated"] else ""
+            target = f" {row['target_col']:<5}" if query == "submit_batch" else ""
+            print(f"model {row['model_id']}{target} fingerprint {row['fingerprint']}{note}")
+        if not args.wait:
+            return
+        finished = wait_for(conn, [row["model_id"] for row in rows], args.timeout)
+        for model in finished.values():
             print(
                 f"model {model['id']} {model['status']}" + (f": {model['error']}" if model["error"] else "")
             )
@@ -125,8 +130,116 @@ def cmd_submit(args) -> None:
                 print(
                     json.dumps({k: model["metrics"][k] for k in ("rmse", "r2", "directional_accuracy", "ic")})
                 )
-            else:
-                sys.exit(1)
+        if any(model["status"] != "completed" for model in finished.values()):
+            sys.exit(1)
+
+
+def cmd_submit(args) -> None:
+    _enqueue(args, "submit", request_params(_request_from(args), "cli"))
+
+
+def cmd_batch(args) -> None:
+    _enqueue(args, "submit_batch", request_params(_request_from(args), "cli"))
+
+
+def cmd_retrain(args) -> None:
+    _enqueue(args, "retrain", {"model_id": args.model_id, "force": args.force, "via": "cli"})
+
+
+def cmd_evolve(args) -> None:
+    overrides = _request_from(args)
+    for field in args.reset or []:
+        overrides[field] = None  # back to the default
+    params = {"parent_model_id": args.parent, "overrides": json.dumps(overrides), "via": "cli"}
+    _enqueue(args, "evolve", params)
+
+
+def cmd_cancel(args) -> None:
+    with _connect(args) as conn:
+        (row,) = run(conn, "cancel_model", {"model_id": args.model_id})
+    print(f"model {row['id']} {row['status']}")
+
+
+def _rows(args, query: str, **params: Any) -> list[dict[str, Any]]:
+    with _connect(args) as conn, conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(db.QUERIES[query], params).fetchall()
+
+
+def _require_model(args) -> str:
+    rows = _rows(args, "model_status", model_id=args.model_id)
+    if not rows:
+        raise NotFound(f"no model with id {args.model_id}")
+    return rows[0]["status"]
+
+
+def cmd_lineage(args) -> None:
+    rows = _rows(args, "lineage", model_id=args.model_id)
+    if not rows:
+        raise NotFound(f"no model with id {args.model_id}")
+    chain = lineage.build(args.model_id, rows)
+    print(json.dumps(chain, indent=2, default=str) if args.json else lineage.render(chain))
+
+
+def cmd_features(args) -> None:
+    status = _require_model(args)
+    rows = _rows(args, "model_features", model_id=args.model_id)
+    if not rows:
+        print(f"model {args.model_id} is {status}: no feature importances yet")
+    for row in rows:
+        print(f"{row['rank']:>3}  {row['feature']:<24} {row['importance']:.6f}  ({row['method']})")
+
+
+def cmd_predictions(args) -> None:
+    status = _require_model(args)
+    rows = _rows(args, "model_predictions", model_id=args.model_id)
+    if not rows:
+        print(f"model {args.model_id} is {status}: no predictions yet", file=sys.stderr)
+        return
+    print("ts,predicted,actual")
+    for row in rows:
+        print(f"{row['ts'].isoformat()},{row['predicted']!r},{row['actual']!r}")
+
+
+def cmd_artifact(args) -> None:
+    status = _require_model(args)
+    rows = _rows(args, "model_artifact", model_id=args.model_id)
+    if not rows:
+        raise Conflict(
+            f"model {args.model_id} is {status}: it has no model file (only a completed model has one)"
+        )
+    output = Path(args.output or f"model-{args.model_id}.{rows[0]['format']}")
+    output.write_bytes(rows[0]["bytes"])
+    print(f"{output}: {rows[0]['size']} bytes, sha256 {rows[0]['sha256']}")
+
+
+def cmd_predict(args) -> None:
+    """Like POST /models/{id}/predict: a worker loads the stored model and predicts from the latest bar."""
+    with _connect(args) as conn:
+        (forecast,) = run(conn, "request_forecast", {"model_id": args.model_id})
+        deadline = time.monotonic() + args.timeout
+        while forecast["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            with conn.cursor(row_factory=dict_row) as cursor:
+                forecast = cursor.execute(
+                    db.QUERIES["get_forecast"], {"forecast_id": forecast["id"]}
+                ).fetchone()
+    if forecast["status"] == "queued":
+        raise CommandError(
+            f"forecast {forecast['id']} still queued after {args.timeout:.0f} s (are workers running?)"
+        )
+    if forecast["status"] == "failed":
+        raise CommandError(f"forecast {forecast['id']} failed: {forecast['error']}")
+    print(json.dumps(forecast, indent=2, default=str))
+
+
+def cmd_migrate_duckdb(args) -> None:
+    from queue_app import legacy
+
+    try:
+        report = legacy.migrate(database_url(args.settings), Path(args.path), args.dry_run)
+    except legacy.LegacyError as exc:
+        raise CommandError(str(exc)) from None
+    print(report.render())
 
 
 def wait_for(conn: psycopg.Connection, model_ids: list[int], timeout: float, show=print) -> dict[int, dict]:
@@ -235,6 +348,29 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _spec_options(
+    parser: argparse.ArgumentParser, required: tuple[str, ...] = (), skip: tuple[str, ...] = ()
+):
+    for field in spec.FIELDS:
+        if field.name in skip:
+            continue
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            required=field.name in required,
+            type=int if field.json_type == "integer" else str,
+            help=field.help,
+        )
+    parser.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="one hyperparameter (JSON value), repeatable"
+    )
+
+
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true", help="wait until the models are trained")
+    parser.add_argument("--timeout", type=float, default=3600)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfq", description="Strategy-factory training queue on PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -270,20 +406,55 @@ def _parser() -> argparse.ArgumentParser:
     workers.set_defaults(func=cmd_workers)
 
     submit_parser = sub.add_parser("submit", help="submit a training request")
-    for field in spec.FIELDS:
-        submit_parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            dest=field.name,
-            required=field.name == "symbol",
-            type=int if field.json_type == "integer" else str,
-            help=field.help,
-        )
-    submit_parser.add_argument(
-        "--param", action="append", metavar="NAME=VALUE", help="one hyperparameter (JSON value), repeatable"
-    )
-    submit_parser.add_argument("--wait", action="store_true", help="wait until the model is trained")
-    submit_parser.add_argument("--timeout", type=float, default=3600)
+    _spec_options(submit_parser, required=("symbol",))
+    _wait_options(submit_parser)
     submit_parser.set_defaults(func=cmd_submit)
+
+    batch = sub.add_parser("batch", help="one spec, four models: one per target (open, close, high, low)")
+    _spec_options(batch, required=("symbol",), skip=("target_col",))
+    _wait_options(batch)
+    batch.set_defaults(func=cmd_batch)
+
+    retrain = sub.add_parser("retrain", help="train a model's spec again on the bars there are now")
+    retrain.add_argument("model_id", type=int)
+    retrain.add_argument("--force", action="store_true", help="a fresh run even without new bars")
+    _wait_options(retrain)
+    retrain.set_defaults(func=cmd_retrain)
+
+    evolve = sub.add_parser("evolve", help="a child model: the parent's spec with the options given changed")
+    evolve.add_argument("parent", type=int, metavar="PARENT_MODEL_ID")
+    _spec_options(evolve, skip=("parent_model_id", "retrain_of", "run"))
+    evolve.add_argument("--reset", action="append", metavar="FIELD", help="set FIELD back to its default")
+    _wait_options(evolve)
+    evolve.set_defaults(func=cmd_evolve)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running model")
+    cancel.add_argument("model_id", type=int)
+    cancel.set_defaults(func=cmd_cancel)
+
+    lineage_parser = sub.add_parser("lineage", help="a model's ancestors and descendants, with what changed")
+    lineage_parser.add_argument("model_id", type=int)
+    lineage_parser.add_argument("--json", action="store_true")
+    lineage_parser.set_defaults(func=cmd_lineage)
+
+    for name, func, what in (
+        ("features", cmd_features, "a model's feature importances, ranked"),
+        ("predictions", cmd_predictions, "a model's held-out predictions next to the actual values (CSV)"),
+        ("predict", cmd_predict, "predict from the latest bar with a trained model (run by a worker)"),
+        ("artifact", cmd_artifact, "save a model's file (skops) and print its SHA-256"),
+    ):
+        command = sub.add_parser(name, help=what)
+        command.add_argument("model_id", type=int)
+        command.set_defaults(func=func)
+        if name == "artifact":
+            command.add_argument("-o", "--output", help="file to write (default model-ID.skops)")
+        if name == "predict":
+            command.add_argument("--timeout", type=float, default=60)
+
+    migrate = sub.add_parser("migrate-duckdb", help="import the old service's DuckDB database")
+    migrate.add_argument("path")
+    migrate.add_argument("--dry-run", action="store_true", help="do everything, report, then roll back")
+    migrate.set_defaults(func=cmd_migrate_duckdb)
 
     bars_parser = sub.add_parser("bars", help="price bars: import, sample, list")
     bars_sub = bars_parser.add_subparsers(dest="bars_command", required=True, metavar="ACTION")
@@ -321,8 +492,10 @@ def main(argv: list[str] | None = None) -> None:
     args.settings = Settings.from_env()
     try:
         args.func(args)
-    except (CommandError, embedded.EmbeddedError, db.MigrationError) as exc:
+    except (CommandError, embedded.EmbeddedError, db.MigrationError, NotFound, Conflict) as exc:
         sys.exit(f"sfq: {exc}".replace("sfq: sfq: ", "sfq: "))
+    except RequestRejected as exc:
+        sys.exit(f"sfq: {exc.message}")
     except psycopg.OperationalError as exc:
         sys.exit(f"sfq: cannot reach the database: {str(exc).strip()}")
     except psycopg.errors.UndefinedTable as exc:

@@ -35,13 +35,15 @@ FIELDS: tuple[Field, ...] = (
     Field("test_window", "integer", "last bars held out for scoring (default 250)"),
     Field("data_end", "timestamp", "last bar the model may see (default: the latest bar at enqueue time)"),
     Field("cv_folds", "integer", "time-series CV folds (default 5)"),
-    Field("cv_strategy", "string", "expanding (default)"),
-    Field("context_symbols", "string-array", "other symbols feeding features (not supported yet)"),
-    Field("alpha_grid", "number-array", "alpha values to search (not supported yet)"),
-    Field("l1_ratio_grid", "number-array", "l1_ratio values to search (not supported yet)"),
-    Field("regime_configs", "array", "regime configurations (not supported yet)"),
+    Field("cv_strategy", "string", "expanding (default), sliding or purged"),
+    Field("context_symbols", "string-array", "other symbols whose bars feed features (at most 10)"),
+    Field("alpha_grid", "number-array", "alpha values tuned by inner time-series CV"),
+    Field("l1_ratio_grid", "number-array", "l1_ratio values tuned by inner time-series CV (ElasticNet)"),
+    Field("regime_configs", "array", 'regimes, e.g. [{"kind": "volatility", "mode": "split"}]'),
     Field("parent_model_id", "integer", "model this one evolves from"),
     Field("timeout_s", "integer", "seconds before training is killed (default: SFQ_TIMEOUT_S, 3600)"),
+    Field("run", "integer", "run number of an otherwise identical spec (default 1)"),
+    Field("retrain_of", "integer", "model this one retrains"),
 )
 
 _JSON_SCHEMA = {
@@ -55,10 +57,15 @@ _JSON_SCHEMA = {
 }
 
 
-def request_schema() -> dict:
+def request_schema(batch: bool = False) -> dict:
+    """A request's JSON schema; a batch sets target_col itself (one model per target)."""
     return {
         "type": "object",
         "required": ["symbol"],
         "additionalProperties": False,
-        "properties": {f.name: {**_JSON_SCHEMA[f.json_type], "description": f.help} for f in FIELDS},
+        "properties": {
+            f.name: {**_JSON_SCHEMA[f.json_type], "description": f.help}
+            for f in FIELDS
+            if not (batch and f.name == "target_col")
+        },
     }

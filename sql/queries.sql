@@ -2,8 +2,61 @@
 
 -- submit --
 -- Every way in (HTTP, CLI) goes through the same INSERT INTO training_requests as a plain SQL client.
-SELECT model_id, fingerprint, deduplicated, id AS request_id
+SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
   FROM sfq_submit(%(request)s::jsonb, %(via)s)
+
+-- submit_batch --
+-- One model per target column, in one transaction.
+SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
+  FROM sfq_submit_batch(%(request)s::jsonb, %(via)s)
+
+-- retrain --
+SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
+  FROM sfq_retrain(%(model_id)s, %(force)s, %(via)s)
+
+-- evolve --
+SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
+  FROM sfq_evolve(%(parent_model_id)s, %(overrides)s::jsonb, %(via)s)
+
+-- cancel_model --
+SELECT id, status::text, finished_at FROM sfq_cancel_model(%(model_id)s)
+
+-- request_forecast --
+SELECT * FROM sfq_request_forecast(%(model_id)s)
+
+-- get_forecast --
+SELECT f.id, f.model_id, f.status, f.as_of, m.symbol, m.timeframe, m.horizon, m.target_col,
+       m.target_transform, f.prediction, f.reference_close, f.predicted_price, f.error, f.requested_at,
+       f.finished_at
+  FROM model_forecasts f JOIN models m ON m.id = f.model_id
+ WHERE f.id = %(forecast_id)s
+
+-- model_status --
+SELECT id, status::text FROM models WHERE id = %(model_id)s
+
+-- model_predictions --
+SELECT ts, predicted, actual FROM model_predictions WHERE model_id = %(model_id)s ORDER BY ts
+
+-- model_artifact --
+SELECT format, sha256, size, bytes FROM model_artifacts WHERE model_id = %(model_id)s
+
+-- lineage --
+-- The model's ancestors (parent_model_id upwards) and descendants, with their specs and metrics.
+WITH RECURSIVE ancestors AS (
+    SELECT id, parent_model_id, 0 AS depth FROM models WHERE id = %(model_id)s
+    UNION ALL
+    SELECT m.id, m.parent_model_id, a.depth - 1
+      FROM models m JOIN ancestors a ON m.id = a.parent_model_id
+), descendants AS (
+    SELECT id, parent_model_id, 0 AS depth FROM models WHERE id = %(model_id)s
+    UNION ALL
+    SELECT m.id, m.parent_model_id, d.depth + 1
+      FROM models m JOIN descendants d ON m.parent_model_id = d.id
+)
+SELECT m.id, m.parent_model_id, m.retrain_of, c.depth, m.status::text, m.symbol, m.algorithm,
+       m.target_col, m.fingerprint, m.spec, m.metrics, m.submitted_at
+  FROM (SELECT id, depth FROM ancestors UNION SELECT id, depth FROM descendants) c JOIN models m USING (id)
+ ORDER BY c.depth, m.id
 
 -- start_model --
 -- Claim the model for this attempt; no row when it is no longer queued or running (cancelled, done) or
@@ -22,6 +75,17 @@ SELECT ts, open, high, low, close, volume
          WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts <= %(data_end)s
          ORDER BY ts DESC
          LIMIT %(limit)s) AS recent
+ ORDER BY ts
+
+-- load_context_bars --
+-- A context symbol's bars from `since` (the first main bar) up to the end, and `limit` bars before it.
+SELECT ts, open, high, low, close, volume
+  FROM bars
+ WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts <= %(data_end)s
+   AND ts >= coalesce((SELECT min(ts)
+                         FROM (SELECT ts FROM bars
+                                WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts < %(since)s
+                                ORDER BY ts DESC LIMIT %(limit)s) AS warmup), %(since)s)
  ORDER BY ts
 
 -- complete_model --
@@ -147,3 +211,19 @@ SELECT to_regclass('procrastinate_jobs') IS NOT NULL
 -- record_migration --
 INSERT INTO sfq_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
     ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
+
+-- forecast_inputs --
+-- What a live forecast needs: the model's spec and file, and the bar it forecasts from.
+SELECT f.model_id, f.as_of, m.spec, a.bytes AS artifact, a.sha256
+  FROM model_forecasts f JOIN models m ON m.id = f.model_id JOIN model_artifacts a ON a.model_id = m.id
+ WHERE f.id = %(forecast_id)s AND f.status = 'queued'
+
+-- complete_forecast --
+UPDATE model_forecasts
+   SET status = 'completed', finished_at = now(), prediction = %(prediction)s,
+       reference_close = %(reference_close)s, predicted_price = %(predicted_price)s, error = NULL
+ WHERE id = %(forecast_id)s AND status = 'queued'
+
+-- fail_forecast --
+UPDATE model_forecasts SET status = 'failed', finished_at = now(), error = %(error)s
+ WHERE id = %(forecast_id)s AND status = 'queued'

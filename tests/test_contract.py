@@ -12,7 +12,7 @@ from workers import contract
 from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS
 from workers.features import DEFAULT_FEATURES, FEATURES
 
-NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated")
+NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated", "spec")
 
 
 def canonical(conn, algorithm: str, given: str) -> str:

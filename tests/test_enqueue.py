@@ -117,23 +117,6 @@ def test_bad_insert_fails_naming_the_field_and_changes_nothing(clean, columns, f
     )
 
 
-@pytest.mark.parametrize(
-    ("columns", "field"),
-    [
-        ({"context_symbols": ["SPY"]}, "context_symbols"),
-        ({"alpha_grid": [0.1, 1.0]}, "alpha_grid"),
-        ({"l1_ratio_grid": [0.5]}, "l1_ratio_grid"),
-        ({"regime_configs": json.dumps([{"name": "high_vol"}])}, "regime_configs"),
-        ({"cv_strategy": "rolling"}, "cv_strategy"),
-    ],
-)
-def test_fields_not_trained_yet_are_refused_not_ignored(clean, columns, field):
-    with pytest.raises(psycopg.errors.FeatureNotSupported) as raised:
-        insert_request(clean, {"symbol": "AAPL", **columns})
-    assert raised.value.diag.column_name == field
-    assert "not supported yet" in raised.value.diag.message_primary
-
-
 def test_fingerprint_is_canonical(clean):
     base = {
         "symbol": "AAPL",

@@ -77,34 +77,24 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
 def _child_main(conn: Connection, url: str) -> None:
     """Loop: receive a spec, answer ("ok", TrainingResult) or ("failed", reason); None ends the loop."""
     die_with_parent()  # a worker killed with SIGKILL takes its training with it
-    import pandas as pd
     import psycopg
     from threadpoolctl import threadpool_limits
 
-    from queue_app.db import QUERIES
-    from workers.training import TrainingError, bars_needed, train
+    from workers.data import load_bars
+    from workers.training import TrainingError, train
 
     threadpool_limits(1)
     db: psycopg.Connection | None = None
     while (spec := conn.recv()) is not None:
         try:
-            params = {
-                "symbol": spec["symbol"],
-                "timeframe": spec["timeframe"],
-                "data_end": spec["data_end"],
-                "limit": bars_needed(spec),
-            }
             try:
                 if db is None or db.closed:
                     db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
-                rows = db.execute(QUERIES["load_bars"], params).fetchall()
+                bars, context = load_bars(db, spec, spec["data_end"])
             except psycopg.OperationalError:  # a connection left over from before a database restart
                 db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
-                rows = db.execute(QUERIES["load_bars"], params).fetchall()
-            bars = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"]).set_index(
-                "ts"
-            )
-            conn.send(("ok", train(spec, bars)))
+                bars, context = load_bars(db, spec, spec["data_end"])
+            conn.send(("ok", train(spec, bars, context=context)))
         except TrainingError as error:
             conn.send(("failed", str(error)))
         except psycopg.OperationalError as error:

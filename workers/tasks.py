@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from procrastinate import JobContext, RetryStrategy
 
-from queue_app.app import TRAIN_TASK, TRAINING_QUEUE, app
+from queue_app.app import PREDICT_TASK, PREDICTION_QUEUE, TRAIN_TASK, TRAINING_QUEUE, app
 from workers.worker import ModelFailed, Requeue
 
 TRIES = 8  # a job put back (shutdown, database away) runs again after 2, 4, 8, ... seconds, this many times
@@ -27,3 +27,8 @@ async def train_model(context: JobContext, model_id: int) -> None:
             await runtime.give_up(model_id, context.job.id, reason)
             raise ModelFailed(reason) from None
         raise
+
+
+@app.task(name=PREDICT_TASK, queue=PREDICTION_QUEUE, pass_context=True)
+async def predict_model(context: JobContext, forecast_id: int) -> None:
+    await context.additional_context["runtime"].forecast(forecast_id)

@@ -21,10 +21,10 @@ import psycopg
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
-from queue_app.app import TRAINING_QUEUE, app, connector
+from queue_app.app import PREDICTION_QUEUE, TRAINING_QUEUE, app, connector
 from queue_app.config import Settings
 from queue_app.db import QUERIES
-from workers import artifacts
+from workers import artifacts, forecasts
 from workers.child import THREAD_LIMIT_ENV, TrainingFailed, TrainingProcess, TrainingRetry
 
 log = logging.getLogger("sfq.worker")
@@ -152,8 +152,10 @@ class Runtime:
             await self._record("fail_model", model_id, attempt, error=str(error))
             log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, error)
             raise ModelFailed(str(error)) from None
-        except BaseException as error:  # cancelled by Procrastinate, or a bug: never leave it running
-            with contextlib.suppress(Exception):
+        except BaseException as error:  # cancelled (sfq_cancel_model aborts the job), or a bug
+            if isinstance(error, asyncio.CancelledError):
+                log.info("job %s model %s: cancelled; training process killed", job_id, model_id)
+            with contextlib.suppress(Exception):  # fenced: a model cancelled on request stays cancelled
                 await self._execute(
                     "fail_model",
                     {"model_id": model_id, "attempt": attempt, "error": f"{type(error).__name__}: {error}"},
@@ -216,6 +218,10 @@ class Runtime:
                     },
                 )
         return True
+
+    async def forecast(self, forecast_id: int) -> None:
+        """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
+        await asyncio.to_thread(forecasts.run, self.url, forecast_id)
 
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
         await self._execute("give_up_model", {"model_id": model_id, "job_id": job_id, "error": reason})
@@ -290,23 +296,35 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
     app.perform_import_paths()  # registers workers.tasks
     with app.replace_connector(connector(url)):
         async with app.open_async():
-            worker = Worker(
+            common = {
+                "wait": True,
+                "listen_notify": True,
+                "fetch_job_polling_interval": settings.poll_interval_s,
+                "update_heartbeat_interval": settings.heartbeat_s,
+                "stalled_worker_timeout": settings.rescue_after_s,
+                "additional_context": {"runtime": runtime},
+                "install_signal_handlers": False,
+            }
+            # Training: one job at a time (one core). Forecasts: beside it, so that a strategy asking for
+            # a prediction does not wait for a training to end.
+            trainer = Worker(
                 app,
                 queues=[TRAINING_QUEUE],
                 name=f"worker-{instance}@{runtime.host}",
                 concurrency=1,
-                wait=True,
-                listen_notify=True,
-                fetch_job_polling_interval=settings.poll_interval_s,
-                update_heartbeat_interval=settings.heartbeat_s,
-                stalled_worker_timeout=settings.rescue_after_s,
-                additional_context={"runtime": runtime},
-                install_signal_handlers=False,
+                **common,
             )
-            runtime.worker = worker
+            predictor = Worker(
+                app,
+                queues=[PREDICTION_QUEUE],
+                name=f"predictor-{instance}@{runtime.host}",
+                concurrency=1,
+                **common,
+            )
+            runtime.worker = trainer
             rescuer = asyncio.create_task(runtime.rescue_forever())
             try:
-                asked = await _run_until_signalled(worker, instance, runtime)
+                asked = await _run_until_signalled([trainer, predictor], instance, runtime)
             finally:
                 rescuer.cancel()
                 await runtime.close()
@@ -314,12 +332,17 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
     return asked
 
 
-async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) -> bool:
+async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Runtime) -> bool:
     """First SIGTERM/SIGINT: take no new job and let the running one finish within the grace period;
-    then, or at a second signal, stop it and put its job back in the queue."""
+    then, or at a second signal, stop it and put its job back in the queue. When one worker stops on
+    its own (database lost), the others stop too, and the daemon exits for its supervisor to restart."""
     loop = asyncio.get_running_loop()
     signals_received = 0
-    task = asyncio.create_task(worker.run())
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+
+    def stop_all() -> None:
+        for worker in workers:
+            worker.stop()
 
     def interrupt() -> None:
         runtime.trainer.interrupt(f"worker {instance} shut down")
@@ -335,7 +358,7 @@ async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) 
                 signal.Signals(signum).name,
                 grace,
             )
-            worker.stop()
+            stop_all()
             loop.call_later(grace, interrupt)
         else:
             log.warning("worker %s: second signal, putting the running job back in the queue", instance)
@@ -346,9 +369,16 @@ async def _run_until_signalled(worker: Worker, instance: int, runtime: Runtime) 
     # worker.run() clears any stale stop request on its first step: re-issue one that came before.
     await asyncio.sleep(0)
     if signals_received:
-        worker.stop()
+        stop_all()
     log.info(
-        "worker %s ready in process %s on %s (queue %s)", instance, runtime.pid, runtime.host, TRAINING_QUEUE
+        "worker %s ready in process %s on %s (queues %s, %s)",
+        instance,
+        runtime.pid,
+        runtime.host,
+        TRAINING_QUEUE,
+        PREDICTION_QUEUE,
     )
-    await task
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop_all()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return signals_received > 0

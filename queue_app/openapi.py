@@ -1,0 +1,206 @@
+"""The OpenAPI description of the HTTP API (GET /openapi.json). The request schema comes from
+`queue_app.spec`; validation itself is the database's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from queue_app import spec
+
+OBJECT = {"type": "object"}
+
+
+def _error_schema() -> dict:
+    return {"type": "object", "properties": {"error": {"type": "string"}, "detail": {}}}
+
+
+def _response(description: str, schema: dict | None = None) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or _error_schema()}},
+    }
+
+
+def _id(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+
+
+def _json_body(schema: dict, required: bool = True) -> dict:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+BODY_ERRORS = {
+    "400": _response("Body is not JSON"),
+    "413": _response("Body larger than 1 MiB"),
+    "422": _response("Invalid request; detail.field names the field"),
+    "503": _response("Database unreachable"),
+}
+SUBMITTED = {
+    "201": _response("Model created and queued", OBJECT),
+    "200": _response("An existing model serves this request (deduplicated)", OBJECT),
+}
+
+
+def _operation(summary: str, responses: dict, **extra: Any) -> dict:
+    return {"summary": summary, "responses": responses, **extra}
+
+
+def _model_get(summary: str, ok: str, more: dict | None = None) -> dict:
+    return {
+        "get": _operation(
+            summary,
+            {"200": _response(ok, OBJECT), "404": _response("Unknown id"), **(more or {})},
+            parameters=[_id("model_id")],
+        )
+    }
+
+
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {"title": "sfq: strategy-factory training queue", "version": "2"},
+    "paths": {
+        "/train": {
+            "post": _operation(
+                "Submit a training request (deduplicated by fingerprint)",
+                {**SUBMITTED, **BODY_ERRORS},
+                requestBody=_json_body(spec.request_schema()),
+            )
+        },
+        "/train/batch": {
+            "post": _operation(
+                "One spec, four models: one per target_col (open, close, high, low), in one transaction",
+                {
+                    "201": _response("At least one model created", OBJECT),
+                    "200": _response("All four existed (deduplicated)", OBJECT),
+                    **BODY_ERRORS,
+                },
+                requestBody=_json_body(spec.request_schema(batch=True)),
+            )
+        },
+        "/retrain/{model_id}": {
+            "post": _operation(
+                "Train the model's spec again on the bars there are now (retrain_of links the two)",
+                {**SUBMITTED, **BODY_ERRORS, "404": _response("Unknown id")},
+                parameters=[_id("model_id")],
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "force": {
+                                "type": "boolean",
+                                "description": "a fresh run even without new bars (the next run number)",
+                            }
+                        },
+                    },
+                    required=False,
+                ),
+            )
+        },
+        "/api/train_with_parent": {
+            "post": _operation(
+                "A child model: the parent's spec with overrides (hyperparameters merged key by key)",
+                {**SUBMITTED, **BODY_ERRORS},
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["parent_model_id"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "parent_model_id": {"type": "integer"},
+                            "overrides": {"type": "object", "description": "request fields to change"},
+                        },
+                    }
+                ),
+            )
+        },
+        "/models": {
+            "get": _operation(
+                "List models: filter by status, symbol, algorithm; sort by id or any stored metric",
+                {"200": _response("A page of models", OBJECT), "422": _response("Bad query parameter")},
+                parameters=[
+                    {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+                    for name, kind in (
+                        ("status", "string"),
+                        ("symbol", "string"),
+                        ("algorithm", "string"),
+                        ("sort", "string"),
+                        ("order", "string"),
+                        ("limit", "integer"),
+                        ("offset", "integer"),
+                    )
+                ],
+            )
+        },
+        "/models/{model_id}": _model_get(
+            "A model: status, spec, metrics, timings, error, feature importances", "The model"
+        ),
+        "/models/{model_id}/cancel": {
+            "post": _operation(
+                "Cancel a queued model (it never runs) or a running one (its training is killed)",
+                {
+                    "200": _response("Cancelled", OBJECT),
+                    "404": _response("Unknown id"),
+                    "409": _response("The model is already finished"),
+                },
+                parameters=[_id("model_id")],
+            )
+        },
+        "/models/{model_id}/lineage": _model_get(
+            "Ancestors and descendants, each with its changes against its parent and metric moves",
+            "The chain",
+        ),
+        "/models/{model_id}/features": _model_get("Feature importances, ranked", "The importances"),
+        "/models/{model_id}/predictions": _model_get(
+            "Held-out predictions next to the actual values", "The predictions"
+        ),
+        "/models/{model_id}/artifact": {
+            "get": _operation(
+                "The model file (skops); its SHA-256 in the X-Content-SHA256 header",
+                {
+                    "200": {
+                        "description": "The file",
+                        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+                    },
+                    "404": _response("Unknown id"),
+                    "409": _response("The model has no file (not completed)"),
+                },
+                parameters=[_id("model_id")],
+            )
+        },
+        "/models/{model_id}/predict": {
+            "post": _operation(
+                "Predict from the latest bar with the stored model (run by a worker)",
+                {
+                    "200": _response("The forecast", OBJECT),
+                    "202": _response("Still queued after `wait` seconds: poll its url", OBJECT),
+                    "404": _response("Unknown id"),
+                    "409": _response("The model is not completed, or there are no bars"),
+                    "422": _response("The forecast failed (detail says why), or a bad `wait`"),
+                },
+                parameters=[
+                    _id("model_id"),
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 300},
+                    },
+                ],
+            )
+        },
+        "/forecasts/{forecast_id}": {
+            "get": _operation(
+                "A forecast",
+                {"200": _response("The forecast", OBJECT), "404": _response("Unknown id")},
+                parameters=[_id("forecast_id")],
+            )
+        },
+        "/healthz": {
+            "get": _operation(
+                "Liveness, including the database",
+                {"200": _response("Healthy", OBJECT), "503": _response("Database unreachable")},
+            )
+        },
+    },
+}
