@@ -18,6 +18,7 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 from starlette.applications import Starlette
+from starlette.convertors import IntegerConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +35,15 @@ MAX_PAGE = 500
 MAX_BODY_BYTES = 1 << 20  # a training request is a few hundred bytes; a larger body is refused with 413
 FORECAST_WAIT_S = 30  # how long POST /models/{id}/predict waits for a worker before answering 202
 FORECAST_POLL_S = 0.05
+
+
+class IdConvertor(IntegerConvertor):
+    """Ids are bigints: a path with more digits names nothing (404) rather than reaching the database."""
+
+    regex = "[0-9]{1,18}"
+
+
+register_url_convertor("id", IdConvertor())
 
 
 def _json_default(value: Any) -> Any:
@@ -386,12 +396,12 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
         finally:
             await pool.close()
 
-    model = "/models/{model_id:int}"
+    model = "/models/{model_id:id}"
     return Starlette(
         routes=[
             Route("/train", train, methods=["POST"]),
             Route("/train/batch", train_batch, methods=["POST"]),
-            Route("/retrain/{model_id:int}", retrain, methods=["POST"]),
+            Route("/retrain/{model_id:id}", retrain, methods=["POST"]),
             Route("/api/train_with_parent", train_with_parent, methods=["POST"]),
             Route("/models", list_models, methods=["GET"]),
             Route(model, get_model, methods=["GET"], name="get_model"),
@@ -401,7 +411,7 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
             Route(f"{model}/predictions", model_predictions, methods=["GET"]),
             Route(f"{model}/artifact", model_artifact, methods=["GET"]),
             Route(f"{model}/predict", predict, methods=["POST"]),
-            Route("/forecasts/{forecast_id:int}", get_forecast, methods=["GET"], name="get_forecast"),
+            Route("/forecasts/{forecast_id:id}", get_forecast, methods=["GET"], name="get_forecast"),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],

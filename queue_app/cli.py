@@ -342,6 +342,12 @@ def cmd_demo(args) -> None:
     demo.run(args.settings, workers=args.workers)
 
 
+def _model_id(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"not a model id: {text!r}")
+    return int(text)
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
@@ -416,24 +422,24 @@ def _parser() -> argparse.ArgumentParser:
     batch.set_defaults(func=cmd_batch)
 
     retrain = sub.add_parser("retrain", help="train a model's spec again on the bars there are now")
-    retrain.add_argument("model_id", type=int)
+    retrain.add_argument("model_id", type=_model_id)
     retrain.add_argument("--force", action="store_true", help="a fresh run even without new bars")
     _wait_options(retrain)
     retrain.set_defaults(func=cmd_retrain)
 
     evolve = sub.add_parser("evolve", help="a child model: the parent's spec with the options given changed")
-    evolve.add_argument("parent", type=int, metavar="PARENT_MODEL_ID")
+    evolve.add_argument("parent", type=_model_id, metavar="PARENT_MODEL_ID")
     _spec_options(evolve, skip=("parent_model_id", "retrain_of", "run"))
     evolve.add_argument("--reset", action="append", metavar="FIELD", help="set FIELD back to its default")
     _wait_options(evolve)
     evolve.set_defaults(func=cmd_evolve)
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running model")
-    cancel.add_argument("model_id", type=int)
+    cancel.add_argument("model_id", type=_model_id)
     cancel.set_defaults(func=cmd_cancel)
 
     lineage_parser = sub.add_parser("lineage", help="a model's ancestors and descendants, with what changed")
-    lineage_parser.add_argument("model_id", type=int)
+    lineage_parser.add_argument("model_id", type=_model_id)
     lineage_parser.add_argument("--json", action="store_true")
     lineage_parser.set_defaults(func=cmd_lineage)
 
@@ -444,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
         ("artifact", cmd_artifact, "save a model's file (skops) and print its SHA-256"),
     ):
         command = sub.add_parser(name, help=what)
-        command.add_argument("model_id", type=int)
+        command.add_argument("model_id", type=_model_id)
         command.set_defaults(func=func)
         if name == "artifact":
             command.add_argument("-o", "--output", help="file to write (default model-ID.skops)")
@@ -478,7 +484,7 @@ def _parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     model = sub.add_parser("model", help="show one model")
-    model.add_argument("model_id", type=int)
+    model.add_argument("model_id", type=_model_id)
     model.set_defaults(func=cmd_model)
 
     demo = sub.add_parser("demo", help="the end-to-end demo: real bars, real workers, results")

@@ -240,7 +240,7 @@ def submit_sql(conn: psycopg.Connection, request: dict) -> Submission:
         if value is not None
     }
     model_id, fingerprint, deduplicated = insert_request(conn, columns)
-    return Submission(model_id, fingerprint, deduplicated, 0)
+    return Submission(model_id, fingerprint, deduplicated, 0, request.get("target_col") or "close")
 
 
 def kind(value: Any) -> str:
@@ -512,6 +512,22 @@ SCHEMATHESIS_BUDGET = {
     ("GET /models/{model_id}", GenerationMode.POSITIVE): 110,
     ("GET /models/{model_id}", GenerationMode.NEGATIVE): 110,
     ("GET /healthz", GenerationMode.POSITIVE): 5,  # no parameters: one distinct request
+    **{
+        (label, mode): examples
+        for label, examples in (
+            ("POST /train/batch", 60),
+            ("POST /retrain/{model_id}", 40),
+            ("POST /api/train_with_parent", 60),
+            ("POST /models/{model_id}/cancel", 25),
+            ("GET /models/{model_id}/lineage", 25),
+            ("GET /models/{model_id}/features", 15),
+            ("GET /models/{model_id}/predictions", 15),
+            ("GET /models/{model_id}/artifact", 15),
+            ("POST /models/{model_id}/predict", 25),
+            ("GET /forecasts/{forecast_id}", 15),
+        )
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    },
 }
 
 

@@ -551,6 +551,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = format('model %s is %s: only a completed model can predict', model, m.status);
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM model_artifacts a WHERE a.model_id = model) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('model %s has no stored model file to predict with', model);
+    END IF;
     SELECT max(ts) INTO latest FROM bars WHERE symbol = m.symbol AND timeframe = m.timeframe;
     IF latest IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
