@@ -8,7 +8,9 @@ through a real worker, in test_fields_reach_the_trainer below.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -167,3 +169,79 @@ def test_fields_reach_the_trainer(clean, start_worker):
     assert any(name.startswith("regime:volatility") for name in features(ids["regime_feature"]))
     for key in ("regime_feature", "regime_split"):
         assert models[ids[key]]["metrics"]["per_regime"], key
+
+
+def insert_weekly_bars(conn, symbol: str) -> None:
+    """The symbol's daily bars resampled to weeks (first open, max high, min low, last close, volume)."""
+    conn.execute(
+        """
+        INSERT INTO bars (symbol, timeframe, ts, open, high, low, close, volume)
+        SELECT symbol, '1w', week, (array_agg(open ORDER BY ts))[1], max(high), min(low),
+               (array_agg(close ORDER BY ts DESC))[1], sum(volume)
+          FROM (SELECT *, date_trunc('week', ts) AS week FROM bars WHERE symbol = %s AND timeframe = '1d') d
+         GROUP BY symbol, week
+        ON CONFLICT DO NOTHING
+        """,
+        (symbol,),
+    )
+
+
+def test_classic_fields_change_training_as_they_say(clean, start_worker):
+    """One real worker, one model per changed field: each result differs from the base the way the
+    field says (windows, folds, features, horizon, target, data end, timeframe, algorithm)."""
+    insert_weekly_bars(clean, "AAPL")
+    start_worker(1)
+    base = {"algorithm": "Ridge"}
+    variants = {
+        "base": {},
+        "train_window": {"train_window": 400},
+        "test_window": {"test_window": 90},
+        "cv_folds": {"cv_folds": 3},
+        "features": {"features": ["ret_1", "ret_5", "vol_20"]},
+        "horizon": {"horizon": 5},
+        "target_col": {"target_col": "high"},
+        "target_transform": {"target_transform": "raw"},
+        "data_end": {"data_end": "2010-06-30T00:00:00Z"},
+        "timeframe": {"timeframe": "1w"},
+        "hyperparameters": {"hyperparameters": {"alpha": 1e6}},
+        "algorithm": {"algorithm": "RandomForest", "hyperparameters": {"n_estimators": 10}},
+        "symbol": {"symbol": "MSFT"},
+    }
+    ids = {name: submit(clean, **{**base, **fields})["model_id"] for name, fields in variants.items()}
+    models = wait_for_models(clean, list(ids.values()), timeout=240)
+    assert all(m["status"] == "completed" for m in models.values()), models
+    metrics = {name: models[model_id]["metrics"] for name, model_id in ids.items()}
+    rows = {
+        name: clean.execute(
+            "SELECT fold_metrics,"
+            " (SELECT array_agg(feature ORDER BY feature) FROM features_log WHERE model_id = m.id),"
+            " (SELECT min(method) FROM features_log WHERE model_id = m.id),"
+            " (SELECT array_agg(actual ORDER BY ts) FROM model_predictions WHERE model_id = m.id),"
+            " (SELECT array_agg(predicted ORDER BY ts) FROM model_predictions WHERE model_id = m.id)"
+            " FROM models m WHERE id = %s",
+            (model_id,),
+        ).fetchone()
+        for name, model_id in ids.items()
+    }
+    b = metrics["base"]
+    assert (b["n_train"], b["n_test"]) == (300, 60)
+    assert metrics["train_window"]["n_train"] == 400
+    assert metrics["test_window"]["n_test"] == 90
+    assert len(rows["cv_folds"][0]) == 3 and len(rows["base"][0]) == 5
+    assert rows["features"][1] == ["ret_1", "ret_5", "vol_20"] and len(rows["base"][1]) == 13
+    # The last test target looks `horizon` bars past the last test row: it ends earlier for horizon 5.
+    assert metrics["horizon"]["test_end"] < b["test_end"]
+    assert rows["target_col"][3] != rows["base"][3]  # high vs close at t + 1
+    assert (
+        min(rows["target_transform"][3]) > 1.0 > max(abs(v) for v in rows["base"][3])
+    )  # prices, not returns
+    assert metrics["data_end"]["test_end"] < "2010-07-01"
+
+    def test_days(m: dict) -> int:
+        return (datetime.fromisoformat(m["test_end"]) - datetime.fromisoformat(m["test_start"])).days
+
+    assert test_days(metrics["timeframe"]) > 300 > 100 > test_days(b)  # 60 weekly bars against 60 daily
+    # A huge ridge penalty shrinks every prediction to the training mean.
+    assert np.std(rows["hyperparameters"][4]) < 0.01 * np.std(rows["base"][4])
+    assert (rows["algorithm"][2], rows["base"][2]) == ("impurity", "abs_coefficient")
+    assert rows["symbol"][3] != rows["base"][3]

@@ -4,18 +4,30 @@ runs them with its `Runtime` in the job context."""
 from __future__ import annotations
 
 from procrastinate import JobContext, RetryStrategy
+from procrastinate.retry import RetryDecision
 
 from queue_app.app import PREDICT_TASK, PREDICTION_QUEUE, TRAIN_TASK, TRAINING_QUEUE, app
 from workers.worker import ModelFailed, Requeue
 
-TRIES = 8  # a job put back (shutdown, database away) runs again after 2, 4, 8, ... seconds, this many times
+TRIES = 8  # a job put back (shutdown, database away) runs again, this many times
+
+
+class RequeueStrategy(RetryStrategy):
+    """Exponential backoff (2, 4, 8, ... s) while the database is away; none after a shutdown, where the
+    job is due at once for the next worker (which would otherwise sleep until its next poll)."""
+
+    def get_retry_decision(self, *, exception: BaseException, job) -> RetryDecision | None:
+        decision = super().get_retry_decision(exception=exception, job=job)
+        if decision is not None and isinstance(exception, Requeue) and exception.at_once:
+            return RetryDecision(retry_in={"seconds": 0})
+        return decision
 
 
 @app.task(
     name=TRAIN_TASK,
     queue=TRAINING_QUEUE,
     pass_context=True,
-    retry=RetryStrategy(max_attempts=TRIES - 1, exponential_wait=2, retry_exceptions={Requeue}),
+    retry=RequeueStrategy(max_attempts=TRIES - 1, exponential_wait=2, retry_exceptions={Requeue}),
 )
 async def train_model(context: JobContext, model_id: int) -> None:
     runtime = context.additional_context["runtime"]

@@ -25,7 +25,13 @@ from queue_app.app import PREDICTION_QUEUE, TRAINING_QUEUE, app, connector
 from queue_app.config import Settings
 from queue_app.db import QUERIES
 from workers import artifacts, forecasts
-from workers.child import THREAD_LIMIT_ENV, TrainingFailed, TrainingProcess, TrainingRetry
+from workers.child import (
+    THREAD_LIMIT_ENV,
+    TrainingFailed,
+    TrainingInterrupted,
+    TrainingProcess,
+    TrainingRetry,
+)
 
 log = logging.getLogger("sfq.worker")
 
@@ -52,7 +58,12 @@ class ModelFailed(Exception):
 
 
 class Requeue(Exception):
-    """The job goes back to the queue (shutdown, or a transient database error); the task retries it."""
+    """The job goes back to the queue (shutdown, or a transient database error); the task retries it,
+    at once after a shutdown (another worker may take it now), later after a database error."""
+
+    def __init__(self, reason: str, at_once: bool = False):
+        super().__init__(reason)
+        self.at_once = at_once
 
 
 class Runtime:
@@ -147,7 +158,7 @@ class Runtime:
                 )
                 return
             log.warning("job %s model %s: %s; back to the queue", job_id, model_id, again)
-            raise Requeue(str(again)) from None
+            raise Requeue(str(again), at_once=isinstance(again, TrainingInterrupted)) from None
         except TrainingFailed as error:
             await self._record("fail_model", model_id, attempt, error=str(error))
             log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, error)
