@@ -305,7 +305,7 @@ def leaderboard(
         ).fetchall()
     lines = [
         f"{'id':>5}  {'status':<9} {'symbol':<6} {'algorithm':<20} {'target':<16} "
-        f"{'dir.acc':>7} {'ic':>7} {'r2':>8} {'rmse':>9}  worker"
+        f"{'dir.acc':>7} {'base':>5} {'ic':>7} {'r2':>8} {'rmse':>9}  worker"
     ]
     for row in rows:
         m = row["metrics"] or {}
@@ -317,7 +317,8 @@ def leaderboard(
         worker = f"{row['worker_host']}:{row['worker_pid']}" if row["worker_pid"] else ""
         lines.append(
             f"{row['id']:>5}  {row['status']:<9} {row['symbol']:<6} {row['algorithm']:<20} {target:<16} "
-            f"{fmt('directional_accuracy', 7, 3)} {fmt('ic', 7, 3)} {fmt('r2', 8, 4)} {fmt('rmse', 9, 5)}"
+            f"{fmt('directional_accuracy', 7, 3)} {fmt('directional_base_rate', 5, 2)} {fmt('ic', 7, 3)} "
+            f"{fmt('r2', 8, 4)} {fmt('rmse', 9, 5)}"
             f"  {worker}"
         )
     return "\n".join(lines)

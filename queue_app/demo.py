@@ -15,8 +15,9 @@ import urllib.request
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 
-from queue_app import bars, db, embedded
+from queue_app import bars, db, embedded, lineage
 from queue_app.cli import leaderboard, wait_for
 from queue_app.config import Settings, database_url
 
@@ -114,6 +115,45 @@ def _stop(process: subprocess.Popen, name: str, timeout: float = 60) -> None:
             process.wait()
 
 
+def _best_model(conn: psycopg.Connection) -> int:
+    rows = conn.execute(
+        db.QUERIES["list_models"],
+        {
+            "status": "completed",
+            "symbol": None,
+            "algorithm": None,
+            "metric": "directional_accuracy",
+            "direction": -1,
+            "limit": 1,
+            "offset": 0,
+        },
+    ).fetchall()
+    return rows[0][0]
+
+
+def _evolve_and_predict(conn: psycopg.Connection, api_url: str, best: int) -> None:
+    """The research loop on the best model: a child with a longer horizon, its lineage, and the call a
+    strategy makes (a forecast from the latest bar with the stored model)."""
+    _say(f"evolving model {best}: POST /api/train_with_parent with a 5-bar horizon")
+    status, answer = _post(
+        f"{api_url}/api/train_with_parent", {"parent_model_id": best, "overrides": {"horizon": 5}}
+    )
+    print(f"  {status} -> model {answer['model_id']}")
+    wait_for(conn, [answer["model_id"]], timeout=900)
+    with conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(db.QUERIES["lineage"], {"model_id": answer["model_id"]}).fetchall()
+    print(lineage.render(lineage.build(answer["model_id"], rows)))
+
+    _say(f"live forecast from model {best}: POST /models/{best}/predict")
+    status, forecast = _post(f"{api_url}/models/{best}/predict", {})
+    print(
+        f"  {status} {forecast.get('symbol')} as of {forecast.get('as_of')}: predicted "
+        f"{forecast.get('target_col')} in {forecast.get('horizon')} bar(s) {forecast.get('predicted_price')} "
+        f"(close {forecast.get('reference_close')}, {forecast.get('target_transform')} "
+        f"{forecast.get('prediction')})"
+    )
+
+
 def run(settings: Settings, workers: int) -> None:
     started_cluster = not settings.postgres_url and not embedded.is_running(settings.home)
     url = fresh_database(database_url(settings))
@@ -179,6 +219,8 @@ def run(settings: Settings, workers: int) -> None:
 
             _say("leaderboard (held-out test window, sorted by directional accuracy)")
             print(leaderboard(conn, "directional_accuracy", len(model_ids)))
+            best = _best_model(conn)
+            _evolve_and_predict(conn, api_url, best)
             _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
     finally:
         _say("stopping workers and API")

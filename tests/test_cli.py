@@ -165,6 +165,7 @@ def test_models_and_model(clean, database):
         "algorithm",
         "target",
         "dir.acc",
+        "base",
         "ic",
         "r2",
         "rmse",

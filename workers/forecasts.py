@@ -34,4 +34,10 @@ def run(url: str, forecast_id: int) -> None:
             log.warning("forecast %s for model %s failed: %s", forecast_id, job["model_id"], error)
             return
         db.execute(QUERIES["complete_forecast"], {"forecast_id": forecast_id, **result})
-        log.info("forecast %s for model %s as of %s: %s", forecast_id, job["model_id"], job["as_of"], result)
+        log.info(
+            "forecast %s for model %s as of %s: %.6g",
+            forecast_id,
+            job["model_id"],
+            job["as_of"],
+            result["prediction"],
+        )

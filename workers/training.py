@@ -198,6 +198,13 @@ def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, 
             if moved.any()
             else np.nan
         ),
+        # What always guessing the more common direction scores: a high or low target moves one way on
+        # most bars (tomorrow's high is usually above today's close), so accuracy means little without it.
+        "directional_base_rate": _finite(
+            max(np.mean(actual_change[moved] > 0), np.mean(actual_change[moved] < 0))
+            if moved.any()
+            else np.nan
+        ),
         "ic": _finite(ic),
         "n": len(actual),
     }
