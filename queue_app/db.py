@@ -26,7 +26,12 @@ def _parse_queries(text: str) -> dict[str, str]:
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-QUERIES: dict[str, str] = _parse_queries(_sql_text("queries.sql"))
+def load_queries(name: str) -> dict[str, str]:
+    """The named queries of one file in `sql/`."""
+    return _parse_queries(_sql_text(name))
+
+
+QUERIES: dict[str, str] = load_queries("queries.sql")
 
 
 def connect(url: str, **kwargs) -> psycopg.Connection:

@@ -102,3 +102,10 @@ def test_default_features_are_the_databases(conn):
     rows = conn.execute("SELECT name, description, is_default FROM sfq_features ORDER BY position").fetchall()
     assert tuple(name for name, _, is_default in rows if is_default) == DEFAULT_FEATURES
     assert rows == [(f.name, f.description, f.default) for f in FEATURES.values()]
+
+
+def test_the_duckdb_import_drops_exactly_the_parameters_sfq_controls():
+    from queue_app.legacy import RUNTIME_PARAMS
+    from workers.algorithms import CONTROLLED_PARAMS
+
+    assert set(RUNTIME_PARAMS) == set(CONTROLLED_PARAMS)

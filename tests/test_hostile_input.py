@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
@@ -473,7 +474,7 @@ def test_anything_else_is_refused_with_a_validation_error_naming_its_field(clean
         except RequestRejected as rejected:
             assert rejected.message.startswith("invalid training request: "), rejected.message
             assert rejected.field is not None, rejected.message
-            head = rejected.field.split(".")[0]
+            head = re.split(r"[.\[]", rejected.field)[0]  # hyperparameters.alpha, regime_configs[0].kind
             assert rejected.field in request or head in FIELD_NAMES or head == "request", rejected.field
             assert counts(clean) == before, "a refused request left rows behind"
             ran["refused"] += 1
