@@ -1353,3 +1353,141 @@ SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$
  }
 }
 $json$::jsonb);
+DELETE FROM sfq_strategies;
+INSERT INTO sfq_strategies (name, description, parameters)
+SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$
+{
+ "long_only": {
+  "description": "long when the predicted change from the close exceeds `threshold`, else flat; `cap` (fixed) or change / `scale` up to `cap` (proportional); entered at the next bar's close, held one bar",
+  "parameters": {
+   "cap": {
+    "default": 1.0,
+    "expects": "number in (0, 1]",
+    "rules": [
+     {
+      "max": 1,
+      "max_open": false,
+      "min": 0,
+      "min_open": true,
+      "type": "number"
+     }
+    ]
+   },
+   "cost_bps": {
+    "default": 5.0,
+    "expects": "number in [0, 1000]",
+    "rules": [
+     {
+      "max": 1000,
+      "max_open": false,
+      "min": 0,
+      "min_open": false,
+      "type": "number"
+     }
+    ]
+   },
+   "scale": {
+    "default": 0.01,
+    "expects": "number > 0",
+    "rules": [
+     {
+      "min": 0,
+      "min_open": true,
+      "type": "number"
+     }
+    ]
+   },
+   "sizing": {
+    "default": "fixed",
+    "expects": "one of \"fixed\", \"proportional\"",
+    "rules": [
+     {
+      "enum": [
+       "fixed",
+       "proportional"
+      ],
+      "type": "string"
+     }
+    ]
+   },
+   "threshold": {
+    "default": 0.0,
+    "expects": "number >= 0",
+    "rules": [
+     {
+      "min": 0,
+      "min_open": false,
+      "type": "number"
+     }
+    ]
+   }
+  }
+ },
+ "long_short": {
+  "description": "long or short on the sign of the predicted change from the close when |change| exceeds `threshold`, else flat; position in [-cap, cap]; entered at the next bar's close, held one bar",
+  "parameters": {
+   "cap": {
+    "default": 1.0,
+    "expects": "number in (0, 1]",
+    "rules": [
+     {
+      "max": 1,
+      "max_open": false,
+      "min": 0,
+      "min_open": true,
+      "type": "number"
+     }
+    ]
+   },
+   "cost_bps": {
+    "default": 5.0,
+    "expects": "number in [0, 1000]",
+    "rules": [
+     {
+      "max": 1000,
+      "max_open": false,
+      "min": 0,
+      "min_open": false,
+      "type": "number"
+     }
+    ]
+   },
+   "scale": {
+    "default": 0.01,
+    "expects": "number > 0",
+    "rules": [
+     {
+      "min": 0,
+      "min_open": true,
+      "type": "number"
+     }
+    ]
+   },
+   "sizing": {
+    "default": "fixed",
+    "expects": "one of \"fixed\", \"proportional\"",
+    "rules": [
+     {
+      "enum": [
+       "fixed",
+       "proportional"
+      ],
+      "type": "string"
+     }
+    ]
+   },
+   "threshold": {
+    "default": 0.0,
+    "expects": "number >= 0",
+    "rules": [
+     {
+      "min": 0,
+      "min_open": false,
+      "type": "number"
+     }
+    ]
+   }
+  }
+ }
+}
+$json$::jsonb);

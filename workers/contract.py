@@ -1,9 +1,9 @@
 """Export the registries as the database's contract: `python -m workers.contract > sql/registry.sql`.
 
 The database refuses a request before any job exists, so it needs to know which algorithms,
-hyperparameters (names, defaults, allowed values), features and regime kinds (and their parameters)
-there are. They come from here, from scikit-learn's own parameter constraints and the regimes' own
-declarations, and `tests/test_contract.py` fails when the file is stale.
+hyperparameters (names, defaults, allowed values), features, regime kinds and backtest strategies (and
+their parameters) there are. They come from here, from scikit-learn's own parameter constraints and the
+regimes' and strategies' own declarations, and `tests/test_contract.py` fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS, Algorithm
 from workers.features import FEATURES
 from workers.regimes import REGIMES, Regime
+from workers.simulation import STRATEGIES, Strategy
 
 
 def _interval_rule(interval: Interval) -> dict[str, Any]:
@@ -91,20 +92,30 @@ def hyperparameter_contract(algorithm: Algorithm) -> dict[str, Any]:
     return contract
 
 
-def regime_contract(regime: Regime) -> dict[str, Any]:
-    """A regime kind's description and parameters, in the hyperparameters' format."""
+def _declared_contract(entry: Regime | Strategy) -> dict[str, Any]:
     return {
-        "description": regime.description,
+        "description": entry.description,
         "parameters": {
             name: {**declared, "expects": " or ".join(_describe(rule) for rule in declared["rules"])}
-            for name, declared in sorted(regime.declarations.items())
+            for name, declared in sorted(entry.declarations.items())
         },
     }
+
+
+def regime_contract(regime: Regime) -> dict[str, Any]:
+    """A regime kind's description and parameters, in the hyperparameters' format."""
+    return _declared_contract(regime)
+
+
+def strategy_contract(strategy: Strategy) -> dict[str, Any]:
+    """A backtest strategy's description and parameters (the same for every strategy), in that format."""
+    return _declared_contract(strategy)
 
 
 def render() -> str:
     algorithms = {name: hyperparameter_contract(algorithm) for name, algorithm in ALGORITHMS.items()}
     regimes = {name: regime_contract(regime) for name, regime in REGIMES.items()}
+    strategies = {name: strategy_contract(strategy) for name, strategy in STRATEGIES.items()}
     features = [
         {"name": f.name, "description": f.description, "is_default": f.default} for f in FEATURES.values()
     ]
@@ -126,6 +137,11 @@ def render() -> str:
         "INSERT INTO sfq_regimes (name, description, parameters)",
         "SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$",
         json.dumps(regimes, indent=1, sort_keys=True),
+        "$json$::jsonb);",
+        "DELETE FROM sfq_strategies;",
+        "INSERT INTO sfq_strategies (name, description, parameters)",
+        "SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$",
+        json.dumps(strategies, indent=1, sort_keys=True),
         "$json$::jsonb);",
     ]
     return "\n".join(lines) + "\n"
