@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from queue_app import lineage
+from queue_app import lineage, sweeps
 from queue_app.config import Settings, database_url
 from queue_app.db import QUERIES
 from queue_app.enqueue import Conflict, NotFound, RequestRejected, request_params, run_async
@@ -34,7 +34,8 @@ STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 MAX_PAGE = 500
 MAX_BODY_BYTES = 1 << 20  # a training request is a few hundred bytes; a larger body is refused with 413
 FORECAST_WAIT_S = 30  # how long POST /models/{id}/predict waits for a worker before answering 202
-FORECAST_POLL_S = 0.05
+SIMULATION_WAIT_S = 10
+ANSWER_POLL_S = 0.05
 
 
 class IdConvertor(IntegerConvertor):
@@ -251,19 +252,26 @@ def _forecast_body(request: Request, forecast: dict[str, Any]) -> dict[str, Any]
     }
 
 
+async def _until_answered(request: Request, query: str, wait_s: float, **key: Any) -> dict[str, Any]:
+    """Poll a forecast or a simulation until a worker has answered, or `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        (row,) = await _fetch(request, query, **key)
+        if row["status"] != "queued" or time.monotonic() >= deadline:
+            return row
+        await asyncio.sleep(ANSWER_POLL_S)
+
+
+ANSWERED = {"completed": 200, "failed": 422, "queued": 202}
+
+
 async def predict(request: Request) -> JSON:
     """Ask a worker to load the stored model and predict from the latest bar; wait up to `wait` seconds
     (default 30), then answer 200 with the forecast, or 202 with its URL to poll."""
     wait_s = _query_int(request, "wait", FORECAST_WAIT_S, 0, 300)
     (queued,) = await _call(request, "request_forecast", {"model_id": request.path_params["model_id"]})
-    deadline = time.monotonic() + wait_s
-    while True:
-        (forecast,) = await _fetch(request, "get_forecast", forecast_id=queued["id"])
-        if forecast["status"] != "queued" or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(FORECAST_POLL_S)
-    status = {"completed": 200, "failed": 422, "queued": 202}[forecast["status"]]
-    return JSON(_forecast_body(request, forecast), status_code=status)
+    forecast = await _until_answered(request, "get_forecast", wait_s, forecast_id=queued["id"])
+    return JSON(_forecast_body(request, forecast), status_code=ANSWERED[forecast["status"]])
 
 
 async def get_forecast(request: Request) -> JSON:
@@ -272,6 +280,128 @@ async def get_forecast(request: Request) -> JSON:
     if not rows:
         raise NotFound(f"no forecast with id {forecast_id}")
     return JSON(_forecast_body(request, rows[0]))
+
+
+def _priority(body: dict[str, Any], default: int) -> int:
+    priority = body.get("priority", default)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
+        raise BadRequest(
+            422, f"priority must be an integer between -100 and 100, got {priority!r}", "priority"
+        )
+    return priority
+
+
+def _simulation_body(request: Request, simulation: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **simulation,
+        "url": str(request.url_for("get_simulation", simulation_id=simulation["id"])),
+        "model_url": _model_url(request, simulation["model_id"]),
+    }
+
+
+async def simulate(request: Request) -> JSON:
+    """A backtest of a completed model: `{"model_id", "strategy", "params"}`; waits like predict."""
+    body = await _json_body(request)
+    unknown = sorted(body.keys() - {"model_id", "strategy", "params", "priority"})
+    if unknown:
+        raise BadRequest(
+            422, f"unknown field {unknown[0]!r}; expected model_id, strategy, params", unknown[0]
+        )
+    model_id = body.get("model_id")
+    if not isinstance(model_id, int) or isinstance(model_id, bool) or not 0 < model_id < 2**63:
+        raise BadRequest(422, f"model_id must be a model id, got {model_id!r}", "model_id")
+    strategy = body.get("strategy", "long_short")
+    if not isinstance(strategy, str):
+        raise BadRequest(422, f"strategy must be a string, got {strategy!r}", "strategy")
+    priority = _priority(body, 0)
+    params = {
+        "model_id": model_id,
+        "strategy": strategy,
+        "params": json.dumps(body.get("params", {})),
+        "priority": priority,
+    }
+    wait_s = _query_int(request, "wait", SIMULATION_WAIT_S, 0, 300)
+    (queued,) = await _call(request, "request_simulation", params)
+    simulation = await _until_answered(request, "get_simulation", wait_s, simulation_id=queued["id"])
+    return JSON(_simulation_body(request, simulation), status_code=ANSWERED[simulation["status"]])
+
+
+async def get_simulation(request: Request) -> JSON:
+    simulation_id = request.path_params["simulation_id"]
+    rows = await _fetch(request, "get_simulation", simulation_id=simulation_id)
+    if not rows:
+        raise NotFound(f"no simulation with id {simulation_id}")
+    return JSON(_simulation_body(request, rows[0]))
+
+
+async def model_simulations(request: Request) -> JSON:
+    model_id, status = await _model_status(request)
+    rows = await _fetch(request, "model_simulations", model_id=model_id)
+    return JSON(
+        {"model_id": model_id, "status": status, "simulations": [_simulation_body(request, r) for r in rows]}
+    )
+
+
+async def submit_sweep(request: Request) -> JSON:
+    """`{"base": {spec}, "grid": {"field": [values], "hyperparameters.name": [values]}, "priority": -10}`:
+    one model per combination, all enqueued in one transaction."""
+    body = await _json_body(request)
+    unknown = sorted(body.keys() - {"base", "grid", "priority"})
+    if unknown:
+        raise BadRequest(422, f"unknown field {unknown[0]!r}; expected base, grid, priority", unknown[0])
+    priority = _priority(body, sweeps.DEFAULT_PRIORITY)
+    params = {
+        "base": json.dumps(body.get("base", {})),
+        "grid": json.dumps(body.get("grid")),
+        "priority": priority,
+        "via": "http",
+    }
+    (sweep,) = await _call(request, "submit_sweep", params)
+    return JSON(_sweep_summary(request, sweep), status_code=201)
+
+
+def _sweep_summary(request: Request, sweep: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sweep_id": sweep["id"],
+        "url": str(request.url_for("get_sweep", sweep_id=sweep["id"])),
+        "combinations": sweep["combinations"],
+        "created": sweep["created"],
+        "reused": sweep["combinations"] - sweep["created"],
+        "priority": sweep["priority"],
+        "enqueue_ms": round(sweep["elapsed_ms"], 1),
+    }
+
+
+async def get_sweep(request: Request) -> JSON:
+    """Progress and a leaderboard by any metric (`sort=ic`, `sort=backtest.sharpe`), with the PSR of
+    each row and the deflated Sharpe ratio of the top one."""
+    sweep_id = request.path_params["sweep_id"]
+    rows = await _fetch(request, "get_sweep", sweep_id=sweep_id)
+    if not rows:
+        raise NotFound(f"no sweep with id {sweep_id}")
+    sort = request.query_params.get("sort", sweeps.DEFAULT_SORT)
+    if not re.fullmatch(r"(backtest\.)?[a-z0-9_]{1,64}", sort):
+        raise BadQuery("sort", f"sort must be a metric name or backtest.<metric>, got {sort!r}")
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadQuery("order", f"order must be asc or desc, got {order!r}")
+    limit = _query_int(request, "limit", 20, 1, MAX_PAGE)
+    progress = {
+        row["status"]: row["models"] for row in await _fetch(request, "sweep_progress", sweep_id=sweep_id)
+    }
+    models = await _fetch(request, "sweep_models", sweep_id=sweep_id)
+    board = sweeps.leaderboard(models, sort, order == "desc", limit)
+    for row in board["rows"]:
+        row["url"] = _model_url(request, row["model_id"])
+    return JSON(
+        {
+            **_sweep_summary(request, rows[0]),
+            "base": rows[0]["base"],
+            "grid": rows[0]["grid"],
+            "progress": progress,
+            **board,
+        }
+    )
 
 
 class BadQuery(Exception):
@@ -367,6 +497,11 @@ async def _no_schema(request: Request, exc: psycopg.Error) -> JSON:
     return error(503, "database has no sfq schema; run `sfq db upgrade`", exc.diag.message_primary)
 
 
+async def _retry(request: Request, exc: psycopg.Error) -> JSON:
+    """A deadlock or serialization failure with a concurrent change: nothing was done; try again."""
+    return error(503, "conflicting concurrent change; nothing was done, try again", exc.diag.message_primary)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSON:
     return error(500, "internal error", type(exc).__name__)
 
@@ -412,6 +547,11 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
             Route(f"{model}/artifact", model_artifact, methods=["GET"]),
             Route(f"{model}/predict", predict, methods=["POST"]),
             Route("/forecasts/{forecast_id:id}", get_forecast, methods=["GET"], name="get_forecast"),
+            Route(f"{model}/simulations", model_simulations, methods=["GET"]),
+            Route("/simulate", simulate, methods=["POST"]),
+            Route("/simulations/{simulation_id:id}", get_simulation, methods=["GET"], name="get_simulation"),
+            Route("/sweeps", submit_sweep, methods=["POST"]),
+            Route("/sweeps/{sweep_id:id}", get_sweep, methods=["GET"], name="get_sweep"),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
@@ -424,6 +564,8 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
             Conflict: _conflict,
             psycopg.errors.UndefinedTable: _no_schema,
             psycopg.errors.UndefinedFunction: _no_schema,
+            psycopg.errors.DeadlockDetected: _retry,
+            psycopg.errors.SerializationFailure: _retry,
             Exception: _unexpected,
             psycopg.OperationalError: _database_unavailable,
             psycopg_pool.PoolTimeout: _database_unavailable,

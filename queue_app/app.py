@@ -12,6 +12,8 @@ TRAINING_QUEUE = "training"
 TRAIN_TASK = "train_model"  # the name sql/migrations/0001_foundation.sql defers
 PREDICTION_QUEUE = "prediction"
 PREDICT_TASK = "predict_model"  # deferred by sfq_request_forecast (sql/migrations/0003_full_service.sql)
+SIMULATION_QUEUE = "simulation"
+SIMULATE_TASK = "simulate_model"  # deferred by sfq_request_simulation (sql/migrations/0005_...)
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.tasks"])
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from queue_app import bars, db, embedded, lineage, spec
+from queue_app import bars, db, embedded, lineage, spec, sweeps
 from queue_app.config import Settings, database_url
 from queue_app.enqueue import Conflict, NotFound, RequestRejected, request_params, run
 
@@ -230,6 +230,100 @@ def cmd_predict(args) -> None:
     if forecast["status"] == "failed":
         raise CommandError(f"forecast {forecast['id']} failed: {forecast['error']}")
     print(json.dumps(forecast, indent=2, default=str))
+
+
+def cmd_simulate(args) -> None:
+    """Like POST /simulate: a backtest of a completed model, run by a worker."""
+    params: dict[str, Any] = {}
+    for assignment in args.param or []:
+        name, _, raw = assignment.partition("=")
+        try:
+            params[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name.strip()] = raw
+    query = {
+        "model_id": args.model_id,
+        "strategy": args.strategy,
+        "params": json.dumps(params),
+        "priority": 0,
+    }
+    with _connect(args) as conn:
+        (simulation,) = run(conn, "request_simulation", query)
+        deadline = time.monotonic() + args.timeout
+        while simulation["status"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            simulation = _rows(args, "get_simulation", simulation_id=simulation["id"])[0]
+    if simulation["status"] == "queued":
+        raise CommandError(
+            f"simulation {simulation['id']} still queued after {args.timeout:.0f} s (workers running?)"
+        )
+    if simulation["status"] == "failed":
+        raise CommandError(f"simulation {simulation['id']} failed: {simulation['error']}")
+    simulation.pop("equity_curve", None)
+    print(json.dumps(simulation, indent=2, default=str))
+
+
+def cmd_simulations(args) -> None:
+    _require_model(args)
+    for row in _rows(args, "model_simulations", model_id=args.model_id):
+        m = row["metrics"] or {}
+        print(
+            f"simulation {row['id']:>5} {row['status']:<9} {row['strategy']:<10} sharpe {m.get('sharpe')} "
+            f"return {m.get('total_return')} max drawdown {m.get('max_drawdown')}  "
+            f"{json.dumps(row['params'])}"
+        )
+
+
+def cmd_sweep(args) -> None:
+    """Like POST /sweeps, from a JSON file: {"base": {...}, "grid": {...}, "priority": -10}."""
+    try:
+        body = json.loads(Path(args.file).read_text())
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{args.file}: not valid JSON ({exc})") from None
+    if not isinstance(body, dict) or not body.keys() <= {"base", "grid", "priority"}:
+        raise CommandError(f"{args.file}: expected a JSON object with base, grid and optionally priority")
+    params = {
+        "base": json.dumps(body.get("base", {})),
+        "grid": json.dumps(body.get("grid")),
+        "priority": body.get("priority", sweeps.DEFAULT_PRIORITY),
+        "via": "cli",
+    }
+    with _connect(args) as conn:
+        (sweep,) = run(conn, "submit_sweep", params)
+        print(
+            f"sweep {sweep['id']}: {sweep['combinations']} combinations, {sweep['created']} new models, "
+            f"{sweep['combinations'] - sweep['created']} reused; enqueued in {sweep['elapsed_ms']:.0f} ms"
+        )
+        if args.wait:
+            model_ids = [row["model_id"] for row in _rows(args, "sweep_models", sweep_id=sweep["id"])]
+            wait_for(conn, model_ids, args.timeout, show=lambda line: None)
+            _wait_for_backtests(args, sweep["id"])
+    if args.wait:
+        args.sweep_id, args.sort, args.order, args.limit = sweep["id"], sweeps.DEFAULT_SORT, "desc", 20
+        cmd_sweep_show(args)
+
+
+def _wait_for_backtests(args, sweep_id: int, timeout: float = 60) -> None:
+    """Completed models get their default backtest just after: wait for those to be written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _rows(args, "sweep_models", sweep_id=sweep_id)
+        if all(row["backtest"] is not None for row in rows if row["status"] == "completed"):
+            return
+        time.sleep(0.2)
+
+
+def cmd_sweep_show(args) -> None:
+    sweep = _rows(args, "get_sweep", sweep_id=args.sweep_id)
+    if not sweep:
+        raise NotFound(f"no sweep with id {args.sweep_id}")
+    progress = {row["status"]: row["models"] for row in _rows(args, "sweep_progress", sweep_id=args.sweep_id)}
+    board = sweeps.leaderboard(
+        _rows(args, "sweep_models", sweep_id=args.sweep_id), args.sort, args.order == "desc", args.limit
+    )
+    print(sweeps.render(sweep[0], progress, board))
 
 
 def cmd_migrate_duckdb(args) -> None:
@@ -457,6 +551,31 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("-o", "--output", help="file to write (default model-ID.skops)")
         if name == "predict":
             command.add_argument("--timeout", type=float, default=60)
+
+    simulate = sub.add_parser("simulate", help="backtest a completed model (run by a worker)")
+    simulate.add_argument("model_id", type=_model_id)
+    simulate.add_argument("--strategy", default="long_short", help="long_short (default) or long_only")
+    simulate.add_argument("--param", action="append", metavar="NAME=VALUE", help="a strategy parameter")
+    simulate.add_argument("--timeout", type=float, default=60)
+    simulate.set_defaults(func=cmd_simulate)
+
+    simulations = sub.add_parser("simulations", help="a model's backtests")
+    simulations.add_argument("model_id", type=_model_id)
+    simulations.set_defaults(func=cmd_simulations)
+
+    sweep = sub.add_parser("sweep", help="one model per combination of a grid, from a JSON file")
+    sweep.add_argument(
+        "file", help='{"base": {spec}, "grid": {"field": [values], "hyperparameters.x": [...]}}'
+    )
+    _wait_options(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    sweep_show = sub.add_parser("sweep-show", help="a sweep's progress and leaderboard (PSR, DSR)")
+    sweep_show.add_argument("sweep_id", type=_model_id)
+    sweep_show.add_argument("--sort", default=sweeps.DEFAULT_SORT, help="a metric, or backtest.<metric>")
+    sweep_show.add_argument("--order", choices=["asc", "desc"], default="desc")
+    sweep_show.add_argument("--limit", type=int, default=20)
+    sweep_show.set_defaults(func=cmd_sweep_show)
 
     migrate = sub.add_parser("migrate-duckdb", help="import the old service's DuckDB database")
     migrate.add_argument("path")

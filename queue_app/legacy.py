@@ -210,6 +210,11 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
                 raise _Unmappable(_reason(rejected)) from None
             if model_id is None:  # a live model with its fingerprint appeared while this statement ran
                 raise _Unmappable("the same spec was submitted during the import; run it again")
+            if outcome == "conflict":
+                raise _Unmappable(
+                    f"model {model_id} was imported from another {report.file} with a different spec for "
+                    "this legacy id; rename one of the files"
+                )
         except _Unmappable as unmappable:
             refused[legacy_id] = str(unmappable)
             table.unmappable.append((f"id {legacy_id}", str(unmappable)))
@@ -244,6 +249,14 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
         table.notes.append(
             f"id {first_legacy[child]} (model {child}) imported without its parent: legacy id {parent} {why}"
         )
+    for child in list(links):  # two specs mapped onto one model can close a loop: keep the chain a tree
+        ancestor, seen = links.get(child), set()
+        while ancestor is not None and ancestor != child and ancestor not in seen:
+            seen.add(ancestor)
+            ancestor = links.get(ancestor)
+        if ancestor == child:
+            table.notes.append(f"model {child} imported without its parent: the link would make a loop")
+            del links[child]
     conn.execute(QUERIES["link_parents"], {"children": list(links), "parents": list(links.values())})
     return mapping
 

@@ -23,11 +23,16 @@ def spec_changes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, dic
     return changes
 
 
+def _number(value: Any) -> float | None:
+    """A metric as a number, or None (metrics imported from the old service may hold anything)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def metric_changes(parent: dict[str, Any] | None, child: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     parent, child = parent or {}, child or {}
     moved = {}
     for name in MAIN_METRICS:
-        before, after = parent.get(name), child.get(name)
+        before, after = _number(parent.get(name)), _number(child.get(name))
         if before is None and after is None:
             continue
         change = after - before if before is not None and after is not None else None
@@ -53,7 +58,7 @@ def build(model_id: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "target_col": row["target_col"],
                 "fingerprint": row["fingerprint"],
                 "submitted_at": row["submitted_at"],
-                "metrics": {name: (row["metrics"] or {}).get(name) for name in MAIN_METRICS},
+                "metrics": {name: _number((row["metrics"] or {}).get(name)) for name in MAIN_METRICS},
                 "changes": spec_changes(parent["spec"], row["spec"]) if parent else None,
                 "metric_changes": metric_changes(parent["metrics"], row["metrics"]) if parent else None,
             }

@@ -196,6 +196,97 @@ OPENAPI = {
                 parameters=[_id("forecast_id")],
             )
         },
+        "/models/{model_id}/simulations": _model_get("The model's backtests", "The backtests"),
+        "/simulate": {
+            "post": _operation(
+                "Backtest a completed model with a strategy (run by a worker)",
+                {
+                    "200": _response("The finished backtest", OBJECT),
+                    "202": _response("Still queued after `wait` seconds: poll its url", OBJECT),
+                    **BODY_ERRORS,
+                    "404": _response("Unknown model"),
+                    "409": _response("The model is not completed"),
+                },
+                parameters=[
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 300},
+                    }
+                ],
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["model_id"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "model_id": {"type": "integer"},
+                            "strategy": {
+                                "type": "string",
+                                "description": "long_short (default) or long_only",
+                            },
+                            "params": {
+                                "type": "object",
+                                "description": "threshold, sizing, scale, cap, cost_bps",
+                            },
+                            "priority": {"type": "integer"},
+                        },
+                    }
+                ),
+            )
+        },
+        "/simulations/{simulation_id}": {
+            "get": _operation(
+                "A backtest: parameters, period, metrics, equity curve",
+                {"200": _response("The backtest", OBJECT), "404": _response("Unknown id")},
+                parameters=[_id("simulation_id")],
+            )
+        },
+        "/sweeps": {
+            "post": _operation(
+                "One model per combination of a grid, all enqueued in one transaction",
+                {"201": _response("The sweep", OBJECT), **BODY_ERRORS},
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["grid"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "base": {
+                                "type": "object",
+                                "description": "the spec every combination starts from",
+                            },
+                            "grid": {
+                                "type": "object",
+                                "description": '{"field": [values], "hyperparameters.x": [...]}',
+                            },
+                            "priority": {
+                                "type": "integer",
+                                "description": "default -10 (below single requests)",
+                            },
+                        },
+                    }
+                ),
+            )
+        },
+        "/sweeps/{sweep_id}": {
+            "get": _operation(
+                "Progress and a leaderboard by any metric, with PSR per row and the top entry's DSR",
+                {
+                    "200": _response("The sweep", OBJECT),
+                    "404": _response("Unknown id"),
+                    "422": _response("Bad query parameter"),
+                },
+                parameters=[
+                    _id("sweep_id"),
+                    *(
+                        {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+                        for name, kind in (("sort", "string"), ("order", "string"), ("limit", "integer"))
+                    ),
+                ],
+            )
+        },
         "/healthz": {
             "get": _operation(
                 "Liveness, including the database",

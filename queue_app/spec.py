@@ -44,6 +44,7 @@ FIELDS: tuple[Field, ...] = (
     Field("timeout_s", "integer", "seconds before training is killed (default: SFQ_TIMEOUT_S, 3600)"),
     Field("run", "integer", "run number of an otherwise identical spec (default 1)"),
     Field("retrain_of", "integer", "model this one retrains"),
+    Field("priority", "integer", "queue priority, -100..100, higher first (default 0; not fingerprinted)"),
 )
 
 _JSON_SCHEMA = {

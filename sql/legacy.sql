@@ -54,14 +54,15 @@ SELECT jsonb_object_agg(field.key, field.value)
 -- import_model --
 -- One legacy model, validated and fingerprinted by sfq_canonical_request (its data_end kept, not pinned to
 -- the bars there are now), inserted with its legacy outcome and no job. `outcome` is inserted, present
--- (imported before) or duplicate (a live model has its fingerprint); `model_id` is the model it maps to.
+-- (imported before), conflict (imported before from another file of the same name, with another spec)
+-- or duplicate (a live model has its fingerprint); `model_id` is the model it maps to.
 WITH request AS (
     SELECT r.*
       FROM sfq_canonical_request(
                jsonb_populate_record(NULL::training_requests, %(defaults)s::jsonb || %(request)s::jsonb),
                pin_data_end => false) AS r
 ), present AS (
-    SELECT id FROM models WHERE imported_from = %(imported_from)s
+    SELECT id, fingerprint FROM models WHERE imported_from = %(imported_from)s
 ), inserted AS (
     INSERT INTO models (
         fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
@@ -79,6 +80,8 @@ WITH request AS (
     RETURNING id
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN 'inserted'
+            -- Same file name and legacy id, another spec: another file of the same name.
+            WHEN EXISTS (SELECT 1 FROM present WHERE present.fingerprint <> request.fingerprint) THEN 'conflict'
             WHEN EXISTS (SELECT 1 FROM present) THEN 'present'
             ELSE 'duplicate' END AS outcome,
        coalesce((SELECT id FROM inserted), (SELECT id FROM present), live.id) AS model_id,

@@ -42,20 +42,24 @@ SELECT format, sha256, size, bytes FROM model_artifacts WHERE model_id = %(model
 
 -- lineage --
 -- The model's ancestors (parent_model_id upwards) and descendants, with their specs and metrics.
+-- (A parent link cannot loop when made by sfq; CYCLE stops the walk anyway if one ever does.)
 WITH RECURSIVE ancestors AS (
     SELECT id, parent_model_id, 0 AS depth FROM models WHERE id = %(model_id)s
     UNION ALL
     SELECT m.id, m.parent_model_id, a.depth - 1
       FROM models m JOIN ancestors a ON m.id = a.parent_model_id
-), descendants AS (
+) CYCLE id SET looped USING path, descendants AS (
     SELECT id, parent_model_id, 0 AS depth FROM models WHERE id = %(model_id)s
     UNION ALL
     SELECT m.id, m.parent_model_id, d.depth + 1
       FROM models m JOIN descendants d ON m.parent_model_id = d.id
-)
+) CYCLE id SET looped USING path
 SELECT m.id, m.parent_model_id, m.retrain_of, c.depth, m.status::text, m.symbol, m.algorithm,
        m.target_col, m.fingerprint, m.spec, m.metrics, m.submitted_at
-  FROM (SELECT id, depth FROM ancestors UNION SELECT id, depth FROM descendants) c JOIN models m USING (id)
+  FROM (SELECT DISTINCT ON (id) id, depth
+          FROM (SELECT id, depth FROM ancestors WHERE NOT looped
+                UNION SELECT id, depth FROM descendants WHERE NOT looped) AS walked
+         ORDER BY id, abs(depth)) c JOIN models m USING (id)
  ORDER BY c.depth, m.id
 
 -- start_model --
@@ -227,3 +231,75 @@ UPDATE model_forecasts
 -- fail_forecast --
 UPDATE model_forecasts SET status = 'failed', finished_at = now(), error = %(error)s
  WHERE id = %(forecast_id)s AND status = 'queued'
+
+-- request_simulation --
+SELECT * FROM sfq_request_simulation(%(model_id)s, %(strategy)s, %(params)s::jsonb, %(priority)s)
+
+-- request_default_simulation --
+-- In a training's result transaction: its default backtest (long_short, default parameters).
+SELECT id FROM sfq_request_simulation(%(model_id)s)
+
+-- simulation_inputs --
+SELECT s.model_id, s.strategy, s.params, m.spec, m.data_end
+  FROM simulation_history s JOIN models m ON m.id = s.model_id
+ WHERE s.id = %(simulation_id)s AND s.status = 'queued'
+
+-- simulation_predictions --
+SELECT ts, predicted FROM model_predictions WHERE model_id = %(model_id)s ORDER BY ts
+
+-- simulation_bars --
+-- The bars of the held-out window, up to the model's data end (never later bars: the backtest of a
+-- model does not change when new bars arrive).
+SELECT ts, open, high, low, close, volume
+  FROM bars
+ WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts >= %(start)s AND ts <= %(data_end)s
+ ORDER BY ts
+
+-- complete_simulation --
+UPDATE simulation_history
+   SET status = 'completed', finished_at = now(), error = NULL, metrics = %(metrics)s,
+       equity_curve = %(equity_curve)s, period_start = %(period_start)s, period_end = %(period_end)s
+ WHERE id = %(simulation_id)s AND status = 'queued'
+
+-- fail_simulation --
+UPDATE simulation_history SET status = 'failed', finished_at = now(), error = %(error)s
+ WHERE id = %(simulation_id)s AND status = 'queued'
+
+-- get_simulation --
+SELECT s.id, s.model_id, s.strategy, s.params, s.status, s.error, s.period_start, s.period_end, s.metrics,
+       s.equity_curve, s.imported_from, s.created_at, s.finished_at, m.symbol, m.timeframe
+  FROM simulation_history s JOIN models m ON m.id = s.model_id
+ WHERE s.id = %(simulation_id)s
+
+-- model_simulations --
+SELECT id, model_id, strategy, params, status, error, period_start, period_end, metrics, imported_from,
+       created_at, finished_at
+  FROM simulation_history WHERE model_id = %(model_id)s ORDER BY id
+
+-- submit_sweep --
+SELECT * FROM sfq_submit_sweep(%(base)s::jsonb, %(grid)s::jsonb, %(priority)s, %(via)s)
+
+-- get_sweep --
+SELECT * FROM sweeps WHERE id = %(sweep_id)s
+
+-- sweep_progress --
+SELECT m.status::text, count(DISTINCT m.id) AS models
+  FROM sweep_models sm JOIN models m ON m.id = sm.model_id
+ WHERE sm.sweep_id = %(sweep_id)s
+ GROUP BY m.status
+
+-- sweep_models --
+-- Every model of a sweep with its held-out metrics and its default backtest's metrics.
+SELECT DISTINCT ON (m.id) m.id AS model_id, sm.position, sm.combination, m.status::text, m.symbol,
+       m.algorithm, m.metrics, s.metrics AS backtest
+  FROM sweep_models sm
+  JOIN models m ON m.id = sm.model_id
+  LEFT JOIN simulation_history s
+    ON s.model_id = m.id AND s.status = 'completed' AND s.imported_from IS NULL AND s.strategy = 'long_short'
+   AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
+                                       (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
+ WHERE sm.sweep_id = %(sweep_id)s
+ ORDER BY m.id, sm.position
+
+-- rescue_stalled_side_jobs --
+SELECT task, object_id, old_job_id, new_job_id FROM sfq_rescue_stalled_side_jobs(%(stale_after_s)s, %(own_worker)s)

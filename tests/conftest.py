@@ -111,7 +111,7 @@ def conn(database) -> Iterator[psycopg.Connection]:
 def clean(conn) -> psycopg.Connection:
     """An empty queue: no models, requests or jobs (bars stay)."""
     conn.execute(
-        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts,"
+        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, sweeps,"
         " procrastinate_jobs, procrastinate_events, procrastinate_workers RESTART IDENTITY CASCADE"
     )
     return conn
@@ -248,14 +248,15 @@ def run_sfq(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedP
 
 
 def wait_for_jobs(conn: psycopg.Connection, timeout: float = 30) -> dict[int, str]:
-    """Block until no job is todo or doing (a job ends just after its model); returns model id -> status."""
+    """Block until no job is todo or doing (a job ends just after its model, a backtest just after its
+    training); returns the training jobs' model id -> status."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = conn.execute(
-            "SELECT (args->>'model_id')::int, status::text FROM procrastinate_jobs"
+            "SELECT task_name, (args->>'model_id')::int, status::text FROM procrastinate_jobs"
         ).fetchall()
-        if all(status not in ("todo", "doing") for _, status in rows):
-            return dict(rows)
+        if all(status not in ("todo", "doing") for _, _, status in rows):
+            return {model_id: status for task, model_id, status in rows if task == "train_model"}
         time.sleep(0.05)
     raise AssertionError(f"jobs still running after {timeout} s: {rows}")
 

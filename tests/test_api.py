@@ -118,4 +118,7 @@ async def test_fifty_concurrent_posts_all_2xx_and_each_model_trained_once(clean,
     assert {m["attempts"] for m in finished.values()} == {1}
     jobs = wait_for_jobs(clean)  # one job per model, each succeeded once
     assert sorted(jobs) == model_ids and set(jobs.values()) == {"succeeded"}
-    assert clean.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 25
+    assert (
+        clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'train_model'").fetchone()[0]
+        == 25
+    )

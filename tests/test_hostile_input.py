@@ -526,6 +526,11 @@ SCHEMATHESIS_BUDGET = {
             ("GET /models/{model_id}/artifact", 15),
             ("POST /models/{model_id}/predict", 25),
             ("GET /forecasts/{forecast_id}", 15),
+            ("GET /models/{model_id}/simulations", 15),
+            ("POST /simulate", 40),
+            ("GET /simulations/{simulation_id}", 15),
+            ("POST /sweeps", 60),
+            ("GET /sweeps/{sweep_id}", 25),
         )
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     },

@@ -418,3 +418,26 @@ def test_cli_not_a_legacy_layout(target, tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == "sfq: other.duckdb is not the old service's layout: no table features_log\n"
+
+
+def test_specs_merged_by_the_import_never_make_a_parent_loop(tmp_path, target):
+    """Legacy 1 (spec X, parent 2), 2 (spec Y, parent 3), 3 (spec X): 1 and 3 are one model, whose
+    parent would be 2, whose parent would be that same model. The loop is cut and lineage answers."""
+    path = tmp_path / "loop.duckdb"
+    with duckdb.connect(str(path)) as duck:
+        duck.execute(LEGACY_TABLES)
+        for row in (
+            model(1, parent_model_id=2),
+            model(2, algorithm="Ridge", hyperparameters="{}", parent_model_id=3),
+            model(3),
+        ):
+            duck.execute(
+                f"INSERT INTO models ({', '.join(row)}) VALUES ({', '.join(['?'] * len(row))})",
+                list(row.values()),
+            )
+    report = legacy.migrate(target, path, dry_run=False)
+    assert any("would make a loop" in note for note in report.models.notes), report.render()
+    with psycopg.connect(target) as conn:
+        (x,) = conn.execute("SELECT id FROM models WHERE algorithm = 'RandomForest'").fetchone()
+        rows = conn.execute(db.QUERIES["lineage"], {"model_id": x}).fetchall()
+    assert len(rows) == 2  # the two models, each once

@@ -91,7 +91,9 @@ def test_job_of_a_killed_worker_is_rescued_by_another(clean, start_worker):
     model = wait_for_models(clean, [model_id], timeout=180)[model_id]
     assert (model["status"], model["attempts"], model["worker_pid"]) == ("completed", 2, survivor.pid)
     wait_for_jobs(clean)
-    jobs = clean.execute("SELECT array_agg(status::text ORDER BY id) FROM procrastinate_jobs").fetchone()[0]
+    jobs = clean.execute(
+        "SELECT array_agg(status::text ORDER BY id) FROM procrastinate_jobs WHERE task_name = 'train_model'"
+    ).fetchone()[0]
     assert jobs == ["failed", "succeeded"]  # the dead worker's job closed, the rescue job done
     assert not alive(child)  # the training process died with its worker
     assert attempt_log(clean, model_id) == [(1, "lost"), (2, "completed")]
@@ -197,6 +199,11 @@ def test_pruning_removes_old_finished_jobs_only(clean):
         (old,),
     )
     assert clean.execute("SELECT sfq_prune_finished_jobs(7)").fetchone()[0] == 1
-    remaining = {r[0] for r in clean.execute("SELECT (args->>'model_id')::int FROM procrastinate_jobs")}
+    remaining = {
+        r[0]
+        for r in clean.execute(
+            "SELECT (args->>'model_id')::int FROM procrastinate_jobs WHERE task_name = 'train_model'"
+        )
+    }
     assert remaining == {recent, waiting}
     assert clean.execute("SELECT count(*) FROM models").fetchone()[0] == 3

@@ -96,7 +96,12 @@ def compute_features(bars: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     )
 
 
+STALE_BARS = 5  # a context bar is carried forward over at most this many of the symbol's bars (holidays)
+
+
 def aligned_features(bars: pd.DataFrame, names: list[str], index: pd.Index, prefix: str) -> pd.DataFrame:
     """Features of another symbol's `bars` placed on `index` (the traded symbol's timestamps): at t, the
-    values of that symbol's last bar at or before t, never a later one; columns named prefix + name."""
-    return compute_features(bars, names).add_prefix(prefix).reindex(index, method="ffill")
+    values of that symbol's last bar at or before t, never a later one, and no older than STALE_BARS of
+    the symbol's bars (a context that stopped trading leaves its columns empty rather than frozen);
+    columns named prefix + name."""
+    return compute_features(bars, names).add_prefix(prefix).reindex(index, method="ffill", limit=STALE_BARS)

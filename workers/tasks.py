@@ -6,7 +6,15 @@ from __future__ import annotations
 from procrastinate import JobContext, RetryStrategy
 from procrastinate.retry import RetryDecision
 
-from queue_app.app import PREDICT_TASK, PREDICTION_QUEUE, TRAIN_TASK, TRAINING_QUEUE, app
+from queue_app.app import (
+    PREDICT_TASK,
+    PREDICTION_QUEUE,
+    SIMULATE_TASK,
+    SIMULATION_QUEUE,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    app,
+)
 from workers.worker import ModelFailed, Requeue
 
 TRIES = 8  # a job put back (shutdown, database away) runs again, this many times
@@ -44,3 +52,8 @@ async def train_model(context: JobContext, model_id: int) -> None:
 @app.task(name=PREDICT_TASK, queue=PREDICTION_QUEUE, pass_context=True)
 async def predict_model(context: JobContext, forecast_id: int) -> None:
     await context.additional_context["runtime"].forecast(forecast_id)
+
+
+@app.task(name=SIMULATE_TASK, queue=SIMULATION_QUEUE, pass_context=True)
+async def simulate_model(context: JobContext, simulation_id: int) -> None:
+    await context.additional_context["runtime"].simulate(simulation_id)

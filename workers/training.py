@@ -162,9 +162,14 @@ def build_dataset(
 
     needed = spec["train_window"] + horizon + spec["test_window"]
     if len(X) < needed:
+        # Name the columns that are missing most in the rows the model would need (a context symbol
+        # without volume, or whose bars stop early, empties its own columns, not the symbol's).
+        missing = features.iloc[-(needed + horizon) :].isna().sum()
+        worst = missing[missing > 0].sort_values(ascending=False).head(3)
+        why = "; most missing: " + ", ".join(f"{name} ({count} rows)" for name, count in worst.items())
         raise TrainingError(
             f"not enough bars for {spec['symbol']} ({spec['timeframe']}): {len(X)} usable rows after feature "
-            f"warm-up, but train_window + horizon + test_window = {needed}"
+            f"warm-up, but train_window + horizon + test_window = {needed}" + (why if len(worst) else "")
         )
     test_start = len(X) - spec["test_window"]
     train_end = test_start - horizon

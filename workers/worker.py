@@ -21,10 +21,10 @@ import psycopg
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
-from queue_app.app import PREDICTION_QUEUE, TRAINING_QUEUE, app, connector
+from queue_app.app import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE, app, connector
 from queue_app.config import Settings
 from queue_app.db import QUERIES
-from workers import artifacts, forecasts
+from workers import artifacts, backtests, forecasts
 from workers.child import (
     THREAD_LIMIT_ENV,
     TrainingFailed,
@@ -172,9 +172,17 @@ class Runtime:
                     {"model_id": model_id, "attempt": attempt, "error": f"{type(error).__name__}: {error}"},
                 )
             raise
-        written = await self._with_retries(
-            f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
-        )
+        try:
+            written = await self._with_retries(
+                f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
+            )
+        except psycopg.Error as error:  # not transient (a constraint, a bug): fail the model, say why
+            reason = (
+                f"could not write the result: {type(error).__name__}: {error.diag.message_primary or error}"
+            )
+            await self._record("fail_model", model_id, attempt, error=reason)
+            log.error("job %s model %s: %s", job_id, model_id, reason)
+            raise ModelFailed(reason) from None
         if written:
             log.info(
                 "job %s model %s completed in process %s in %.2f s",
@@ -218,6 +226,7 @@ class Runtime:
                     QUERIES["insert_prediction"],
                     [{"model_id": model_id, **row} for row in result.predictions],
                 )
+                await cursor.execute(QUERIES["request_default_simulation"], {"model_id": model_id})
                 await cursor.execute(
                     QUERIES["insert_artifact"],
                     {
@@ -233,6 +242,10 @@ class Runtime:
     async def forecast(self, forecast_id: int) -> None:
         """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
         await asyncio.to_thread(forecasts.run, self.url, forecast_id)
+
+    async def simulate(self, simulation_id: int) -> None:
+        """A backtest, in a thread: vectorised over a few hundred bars, it takes milliseconds."""
+        await asyncio.to_thread(backtests.run, self.url, simulation_id)
 
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
         await self._execute("give_up_model", {"model_id": model_id, "job_id": job_id, "error": reason})
@@ -266,6 +279,15 @@ class Runtime:
                         old_job,
                         outcome,
                         new_job,
+                    )
+                side = await self._execute(
+                    "rescue_stalled_side_jobs",
+                    {"stale_after_s": self.settings.rescue_after_s, "own_worker": own},
+                    purpose="rescue",
+                )
+                for task, object_id, old_job, new_job in side:
+                    log.warning(
+                        "rescue: %s %s job %s lost its worker (new job %s)", task, object_id, old_job, new_job
                     )
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self._execute(
@@ -316,8 +338,8 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
                 "additional_context": {"runtime": runtime},
                 "install_signal_handlers": False,
             }
-            # Training: one job at a time (one core). Forecasts: beside it, so that a strategy asking for
-            # a prediction does not wait for a training to end.
+            # Training: one job at a time (one core). Forecasts and backtests: beside it (milliseconds
+            # each), so that a strategy asking for a prediction does not wait for a training to end.
             trainer = Worker(
                 app,
                 queues=[TRAINING_QUEUE],
@@ -327,7 +349,7 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
             )
             predictor = Worker(
                 app,
-                queues=[PREDICTION_QUEUE],
+                queues=[PREDICTION_QUEUE, SIMULATION_QUEUE],
                 name=f"predictor-{instance}@{runtime.host}",
                 concurrency=1,
                 **common,
@@ -382,12 +404,13 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
     if signals_received:
         stop_all()
     log.info(
-        "worker %s ready in process %s on %s (queues %s, %s)",
+        "worker %s ready in process %s on %s (queues %s, %s, %s)",
         instance,
         runtime.pid,
         runtime.host,
         TRAINING_QUEUE,
         PREDICTION_QUEUE,
+        SIMULATION_QUEUE,
     )
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop_all()

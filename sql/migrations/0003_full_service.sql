@@ -196,8 +196,10 @@ $$;
 
 -- Validate a request, fill in defaults, canonicalise, and compute its spec and fingerprint, without
 -- enqueueing anything. `pin_data_end` pins data_end to the latest bar at or before it (the default
--- way in); the DuckDB import keeps the legacy data_end as it was.
-CREATE FUNCTION sfq_canonical_request(r training_requests, pin_data_end boolean DEFAULT true)
+-- way in); the DuckDB import keeps the legacy data_end as it was. `known_hyperparameters`: the
+-- canonical form of r.hyperparameters when the caller computed it already (a sweep, once per set).
+CREATE FUNCTION sfq_canonical_request(r training_requests, pin_data_end boolean DEFAULT true,
+                                      known_hyperparameters jsonb DEFAULT NULL)
     RETURNS training_requests
     LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -232,7 +234,8 @@ BEGIN
                            (SELECT string_agg(name, ', ' ORDER BY name) FROM sfq_algorithms)));
     END IF;
     given_hyperparameters := coalesce(r.hyperparameters, '{}');
-    r.hyperparameters := sfq_canonical_hyperparameters(r.algorithm, given_hyperparameters);
+    r.hyperparameters := coalesce(known_hyperparameters,
+                                  sfq_canonical_hyperparameters(r.algorithm, given_hyperparameters));
     -- A grid owns its parameter: the value the inner CV picks is stored with the model's metrics.
     r.alpha_grid := sfq_canonical_grid('alpha_grid', 'alpha', r.alpha_grid, r.algorithm, given_hyperparameters);
     r.l1_ratio_grid := sfq_canonical_grid('l1_ratio_grid', 'l1_ratio', r.l1_ratio_grid, r.algorithm,
@@ -465,6 +468,10 @@ BEGIN
         base := base - 'hyperparameters' - 'alpha_grid' - 'l1_ratio_grid';
     END IF;
     params := coalesce(base->'hyperparameters', '{}');
+    IF overrides->'hyperparameters' = 'null' THEN  -- back to the algorithm's defaults
+        params := '{}';
+        base := base - 'alpha_grid' - 'l1_ratio_grid';
+    END IF;
     IF jsonb_typeof(overrides->'hyperparameters') = 'object' THEN
         FOR param IN SELECT jsonb_object_keys(overrides->'hyperparameters') LOOP
             IF param IN ('alpha', 'l1_ratio') AND NOT overrides ? (param || '_grid') THEN
@@ -474,7 +481,8 @@ BEGIN
         params := params || (overrides->'hyperparameters');
     END IF;
     FOREACH param IN ARRAY ARRAY['alpha', 'l1_ratio'] LOOP
-        IF jsonb_array_length(coalesce(overrides->(param || '_grid'), '[]')) > 0
+        IF jsonb_typeof(overrides->(param || '_grid')) = 'array'
+           AND jsonb_array_length(overrides->(param || '_grid')) > 0
            AND NOT coalesce(overrides->'hyperparameters', '{}') ? param THEN
             params := params - param;
         END IF;

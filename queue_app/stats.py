@@ -1,0 +1,50 @@
+"""Sharpe ratios that do not flatter luck (Bailey and Lopez de Prado): the probabilistic Sharpe ratio
+(PSR) of one backtest, and the deflated Sharpe ratio (DSR) of the best of many. Standard library only:
+the API computes them at query time from each backtest's stored moments."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist, fmean
+
+EULER_GAMMA = 0.5772156649015329
+NORMAL = NormalDist()
+
+
+def probabilistic_sharpe(
+    sharpe: float, benchmark: float, n: int, skewness: float, kurtosis: float
+) -> float | None:
+    """P(true Sharpe > benchmark) given the estimate from `n` returns with their skewness and (non-excess)
+    kurtosis; per-period Sharpe ratios, not annualised (Bailey and Lopez de Prado 2012, eq. 4)."""
+    if n < 2:
+        return None
+    spread = 1 - skewness * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    if spread <= 0:
+        return None
+    return NORMAL.cdf((sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(spread))
+
+
+def expected_max_sharpe(sharpes: list[float]) -> float:
+    """The Sharpe ratio the best of these trials would reach by luck alone, if every true Sharpe were 0
+    (the False Strategy Theorem: Bailey, Borwein, Lopez de Prado and Zhu 2014)."""
+    trials = len(sharpes)
+    if trials < 2:
+        return 0.0
+    mean = fmean(sharpes)
+    spread = math.sqrt(sum((s - mean) ** 2 for s in sharpes) / (trials - 1))
+    return spread * (
+        (1 - EULER_GAMMA) * NORMAL.inv_cdf(1 - 1 / trials)
+        + EULER_GAMMA * NORMAL.inv_cdf(1 - 1 / (trials * math.e))
+    )
+
+
+def deflated_sharpe(best: dict, sharpes: list[float]) -> dict:
+    """DSR of the best trial: its PSR against the luck benchmark of all `sharpes` (per period)."""
+    benchmark = expected_max_sharpe(sharpes)
+    return {
+        "trials": len(sharpes),
+        "expected_max_sharpe_per_period": benchmark,
+        "deflated_sharpe_ratio": probabilistic_sharpe(
+            best["sharpe_per_period"], benchmark, best["n"], best["skewness"], best["kurtosis"]
+        ),
+    }
