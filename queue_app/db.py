@@ -102,3 +102,10 @@ def upgrade(url: str) -> list[str]:
             )
             applied.append(migration.name)
     return applied
+
+
+def apply_roles(url: str) -> None:
+    """Create or update sfq's database roles and their privileges (sql/roles.sql), in one transaction.
+    Run by the owner of sfq's objects: privileges on them are the owner's to grant."""
+    with connect(url) as conn:
+        conn.execute(_sql_text("roles.sql"))

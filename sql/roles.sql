@@ -1,0 +1,101 @@
+-- sfq's database roles (`sfq db roles`, docs/security.md): run by the owner of sfq's objects with
+-- CREATEROLE, or by a superuser, in one transaction. Idempotent.
+--
+-- Three NOLOGIN group roles; a service logs in as a role of its own that is a member of one of them:
+--     CREATE ROLE billing LOGIN PASSWORD '...' IN ROLE sfq_submitter;
+--   sfq_submitter  other services: submit training requests, read the models' status
+--   sfq_worker     the worker daemons: their jobs, results, rescue and pruning
+--   sfq_api        the HTTP API: what its read endpoints show, and every change through the operations'
+--                  functions (SECURITY DEFINER, sql/migrations/0006_least_privilege.sql)
+-- None of them may DELETE from, TRUNCATE, ALTER or DROP an sfq table, or create one.
+-- Everything the three held in sfq's schema is revoked first, so that this file is the whole truth. The
+-- grants name tables, columns and functions: run `sfq db roles` again after every `sfq db upgrade`.
+
+SELECT pg_advisory_xact_lock(hashtext('sfq roles'));
+
+DO $$
+DECLARE
+    sfq_schema text;
+    group_role text;
+    fn regprocedure;
+BEGIN
+    IF to_regclass('training_requests') IS NULL OR to_regclass('procrastinate_jobs') IS NULL THEN
+        RAISE EXCEPTION 'the database has no sfq schema yet: run `sfq db upgrade` first';
+    END IF;
+    SELECT n.nspname INTO sfq_schema
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'training_requests'::regclass;
+    FOREACH group_role IN ARRAY ARRAY['sfq_submitter', 'sfq_worker', 'sfq_api'] LOOP
+        -- Roles belong to the cluster, privileges to each database: another sfq database may have made it.
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = group_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', group_role);
+            EXCEPTION WHEN duplicate_object THEN  -- just now, from another database
+            END;
+        ELSIF (SELECT rolcanlogin FROM pg_roles WHERE rolname = group_role) THEN
+            EXECUTE format('ALTER ROLE %I NOLOGIN', group_role);
+        END IF;
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', sfq_schema, group_role);
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM %I', sfq_schema, group_role);
+        EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', sfq_schema, group_role);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', sfq_schema, group_role);
+    END LOOP;
+    -- Functions added since sql/migrations/0006_least_privilege.sql are executable by PUBLIC until now.
+    FOR fn IN
+        SELECT p.oid FROM pg_proc p
+         WHERE p.pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'training_requests'::regclass)
+           AND p.proname ~ '^(sfq|procrastinate)_'
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+    END LOOP;
+    -- A submitter sets the request's fields; not its id (OVERRIDING SYSTEM VALUE could take the ids of
+    -- requests to come), received_at or via, nor what the trigger fills in.
+    EXECUTE format('GRANT INSERT (%s) ON training_requests TO sfq_submitter',
+                   (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM sfq_request_fields()));
+END;
+$$;
+
+-- The registries: which algorithms, features, regimes and strategies a request may name.
+GRANT SELECT ON sfq_algorithms, sfq_features, sfq_regimes, sfq_strategies TO sfq_submitter, sfq_api;
+
+-- sfq_submitter: INSERT INTO training_requests ... RETURNING model_id, fingerprint, deduplicated, id (or the
+-- same from JSON with sfq_submit), then the status of a model, without its spec, file or results rows.
+GRANT SELECT (id, model_id, fingerprint, deduplicated) ON training_requests TO sfq_submitter;
+GRANT SELECT (id, status, fingerprint, error, metrics, submitted_at, started_at, finished_at)
+    ON models TO sfq_submitter;
+GRANT EXECUTE ON FUNCTION sfq_submit TO sfq_submitter;
+
+-- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
+-- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
+-- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
+GRANT SELECT ON models, bars, features_log, model_predictions, model_artifacts, model_attempts,
+                model_forecasts, simulation_history, sfq_workers TO sfq_worker;
+GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
+              timings, progress, job_id) ON models TO sfq_worker;
+GRANT INSERT ON features_log, model_predictions, model_artifacts TO sfq_worker;
+GRANT INSERT, UPDATE ON model_attempts TO sfq_worker;  -- the attempt log (trigger on models, rescue)
+GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price, error, job_id)
+    ON model_forecasts TO sfq_worker;
+GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)
+    ON simulation_history TO sfq_worker;
+GRANT INSERT, UPDATE, DELETE ON sfq_workers TO sfq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON procrastinate_jobs, procrastinate_workers TO sfq_worker;
+GRANT SELECT, INSERT ON procrastinate_events TO sfq_worker;
+GRANT SELECT, UPDATE ON procrastinate_periodic_defers TO sfq_worker;  -- a pruned job is unlinked from it
+GRANT USAGE ON SEQUENCE procrastinate_jobs_id_seq, procrastinate_events_id_seq TO sfq_worker;
+GRANT EXECUTE ON FUNCTION
+    procrastinate_fetch_job_v2, procrastinate_finish_job_v1, procrastinate_retry_job_v2,
+    procrastinate_register_worker_v1, procrastinate_unregister_worker_v1, procrastinate_update_heartbeat_v1,
+    procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
+    sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training,
+    sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
+    sfq_request_simulation  -- a completed model's default backtest
+    TO sfq_worker;
+
+-- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.
+GRANT SELECT ON models, features_log, model_predictions, model_artifacts, model_forecasts, simulation_history,
+                sweeps, sweep_models, sfq_workers, procrastinate_jobs, procrastinate_workers TO sfq_api;
+GRANT EXECUTE ON FUNCTION
+    sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
+    sfq_request_simulation, sfq_submit_sweep,
+    sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard
+    TO sfq_api;

@@ -1,0 +1,313 @@
+"""Database roles (`sfq db roles`, sql/roles.sql, sql/migrations/0006_least_privilege.sql,
+docs/security.md) on a throwaway database of their own: a login role in each group connects and does
+what the group is for, with a real worker and a real API where that is what it is, and is refused the
+rest."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+import pytest
+from psycopg import errors, sql
+from psycopg.conninfo import make_conninfo
+
+from queue_app import bars, db
+from tests.conftest import run_sfq, wait_for_jobs, wait_for_models
+
+GROUPS = ("sfq_submitter", "sfq_worker", "sfq_api")
+FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
+DEFINERS = (
+    "sfq_accept_training_request",
+    "sfq_submit",
+    "sfq_submit_batch",
+    "sfq_retrain",
+    "sfq_evolve",
+    "sfq_cancel_model",
+    "sfq_request_forecast",
+    "sfq_request_simulation",
+    "sfq_submit_sweep",
+)
+
+
+@dataclass
+class Roles:
+    owner: str  # the database as its owner (the superuser that ran `sfq db upgrade` and `sfq db roles`)
+    login: dict[str, str]  # group (or "nobody": in no group) -> the URL of a login role in it
+    name: dict[str, str]  # group -> that login role's name
+
+
+@pytest.fixture(scope="module")
+def roles(make_database, server_url) -> Iterator[Roles]:
+    """The database, upgraded, with AAPL and MSFT bars and `sfq db roles` run twice (idempotent); one
+    login role per group, named for this run (roles belong to the whole cluster) and dropped at the end."""
+    url = make_database("sfq_roles")
+    db.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for symbol, rows in bars.sample_bars():
+            if symbol in ("AAPL", "MSFT"):
+                bars.load(conn, symbol, "1d", rows)
+    for _ in range(2):
+        result = run_sfq("db", "roles", url=url)
+        assert result.returncode == 0, result.stderr
+    suffix = secrets.token_hex(4)
+    names = {group: f"sfq_test_{suffix}_{group.removeprefix('sfq_')}" for group in (*GROUPS, "nobody")}
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for group, name in names.items():
+            member = sql.SQL(" IN ROLE {}").format(sql.Identifier(group)) if group in GROUPS else sql.SQL("")
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)) + member)
+    try:
+        yield Roles(url, {group: make_conninfo(url, user=name) for group, name in names.items()}, names)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def refused(url: str, *statements: str) -> None:
+    """Each statement, on its own, fails for lack of privilege."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
+                pytest.fail(f"allowed: {statement}")
+
+
+def test_roles_before_upgrade_say_to_upgrade_first(make_database):
+    empty = make_database("sfq_roles_empty")
+    result = run_sfq("db", "roles", url=empty)
+    assert result.returncode == 1
+    assert "the database has no sfq schema yet: run `sfq db upgrade` first" in result.stderr
+
+
+def test_groups_cannot_log_in_and_only_granted_roles_execute_functions(roles):
+    with psycopg.connect(roles.owner, autocommit=True) as conn:
+        groups = conn.execute(
+            "SELECT rolname, rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
+            " WHERE rolname = ANY(%s) ORDER BY rolname",
+            (list(GROUPS),),
+        ).fetchall()
+        assert groups == [(name, False, False, False, False) for name in sorted(GROUPS)]
+
+        definers = conn.execute(
+            "SELECT proname, proconfig FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace"
+            " ORDER BY proname"
+        ).fetchall()
+        assert definers == [(name, ["search_path=public, pg_temp"]) for name in sorted(DEFINERS)]
+
+        # No sfq or Procrastinate function is executable by a role outside the groups (PUBLIC's default).
+        executable = conn.execute(
+            "SELECT proname FROM pg_proc WHERE proname ~ '^(sfq|procrastinate)_'"
+            " AND has_function_privilege(%s, oid, 'EXECUTE')",
+            (roles.name["nobody"],),
+        ).fetchall()
+        assert executable == []
+
+        # The file is the whole truth: a privilege granted by hand is gone after `sfq db roles`.
+        conn.execute("GRANT DELETE ON models TO sfq_api")
+    assert run_sfq("db", "roles", url=roles.owner).returncode == 0
+    refused(roles.login["sfq_api"], "DELETE FROM models")
+    refused(
+        roles.login["nobody"],
+        "INSERT INTO training_requests (symbol) VALUES ('AAPL')",
+        'SELECT * FROM sfq_submit(\'{"symbol": "AAPL"}\')',
+        "SELECT id FROM models",
+    )
+
+
+def test_submitter_submits_and_reads_status_and_nothing_else(roles):
+    submitter = roles.login["sfq_submitter"]
+    with psycopg.connect(submitter, autocommit=True) as conn:
+        model_id, fingerprint, deduplicated, request_id = conn.execute(
+            "INSERT INTO training_requests (symbol, algorithm, train_window, test_window, hyperparameters)"
+            " VALUES ('AAPL', 'Ridge', 300, 60, '{\"alpha\": 3.0}')"
+            " RETURNING model_id, fingerprint, deduplicated, id"
+        ).fetchone()
+        assert not deduplicated and len(fingerprint) == 64 and request_id > 0
+        again = conn.execute(
+            "INSERT INTO training_requests (symbol, algorithm, train_window, test_window, hyperparameters)"
+            " VALUES ('aapl', 'Ridge', 300, 60, '{\"alpha\": 3}') RETURNING model_id, deduplicated"
+        ).fetchone()
+        assert again == (model_id, True)
+        status = conn.execute(
+            "SELECT id, status::text, fingerprint, error, metrics, submitted_at IS NOT NULL, started_at,"
+            " finished_at FROM models WHERE id = %s",
+            (model_id,),
+        ).fetchone()
+        assert status == (model_id, "queued", fingerprint, None, None, True, None, None)
+        # The JSON way in (sfq_submit) does the same.
+        json_model, json_dedup = conn.execute(
+            "SELECT model_id, deduplicated FROM sfq_submit(%s::jsonb)",
+            ('{"symbol": "MSFT", "algorithm": "Ridge", "hyperparameters": {"alpha": 3.0}}',),
+        ).fetchone()
+        assert not json_dedup and json_model != model_id
+        # The trigger still validates, as the owner, and names the field.
+        with pytest.raises(errors.InvalidParameterValue, match="invalid training request: horizon"):
+            conn.execute("INSERT INTO training_requests (symbol, horizon) VALUES ('AAPL', 0)")
+        assert conn.execute("SELECT name FROM sfq_algorithms WHERE name = 'Ridge'").fetchone() == ("Ridge",)
+
+    with psycopg.connect(roles.owner, autocommit=True) as conn:
+        jobs = conn.execute(
+            "SELECT (args->>'model_id')::bigint, status::text, task_name FROM procrastinate_jobs"
+            " WHERE (args->>'model_id')::bigint = ANY(%s) ORDER BY 1",
+            ([model_id, json_model],),
+        ).fetchall()
+        assert jobs == sorted([(model_id, "todo", "train_model"), (json_model, "todo", "train_model")])
+        job_id = conn.execute("SELECT job_id FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+
+    refused(
+        submitter,
+        "SELECT spec FROM models",
+        "SELECT * FROM models",
+        "SELECT * FROM model_artifacts",
+        "SELECT * FROM features_log",
+        "SELECT * FROM training_requests",
+        f"UPDATE models SET status = 'failed' WHERE id = {model_id}",
+        f"DELETE FROM models WHERE id = {model_id}",
+        "DELETE FROM training_requests",
+        "TRUNCATE models",
+        "INSERT INTO models (fingerprint, spec) VALUES ('x', '{}')",
+        "INSERT INTO procrastinate_jobs (queue_name, task_name) VALUES ('training', 'train_model')",
+        "SELECT * FROM procrastinate_jobs",
+        # Not its id (OVERRIDING SYSTEM VALUE could take the ids of requests to come), nor `via`.
+        "INSERT INTO training_requests (id, symbol) OVERRIDING SYSTEM VALUE VALUES (10000000, 'AAPL')",
+        "INSERT INTO training_requests (symbol, via) VALUES ('AAPL', 'http')",
+        f"SELECT sfq_cancel_model({model_id})",
+        f"SELECT sfq_retrain({model_id})",
+        'SELECT sfq_submit_batch(\'{"symbol": "AAPL"}\')',
+        f"SELECT procrastinate_cancel_job_v1({job_id}, true, false)",
+        "SELECT procrastinate_fetch_job_v2(ARRAY['training']::varchar[], NULL)",
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[]::procrastinate_job_to_defer_v1[])",
+        "SELECT sfq_defer_training(1)",
+        "CREATE TABLE submitter_table (x int)",
+    )
+
+
+def test_worker_role_trains_rescues_forecasts_and_cannot_change_the_schema(roles, start_worker):
+    with psycopg.connect(roles.owner, autocommit=True) as conn:
+        trained = conn.execute(
+            "SELECT model_id FROM sfq_submit(%s::jsonb)",
+            ('{"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}',),
+        ).fetchone()[0]
+        # A job whose worker vanished while it was `doing`: the rescue (run by the worker) hands it on.
+        stalled = conn.execute(
+            "SELECT model_id FROM sfq_submit(%s::jsonb)",
+            ('{"symbol": "MSFT", "algorithm": "Ridge", "train_window": 300, "test_window": 60}',),
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing'"
+            " WHERE id = (SELECT job_id FROM models WHERE id = %s)",
+            (stalled,),
+        )
+        worker = start_worker(1, url=roles.login["sfq_worker"], SFQ_HEARTBEAT_S="1", SFQ_RESCUE_AFTER_S="3")
+        finished = wait_for_models(conn, [trained, stalled], timeout=120)
+        assert {m["status"] for m in finished.values()} == {"completed"}, finished
+        worker.wait_for_line(rf"rescue: model {stalled} job \d+ lost its worker: rescued")
+        wait_for_jobs(conn)  # the default backtests, run by the worker too
+        backtests = conn.execute(
+            "SELECT model_id, status FROM simulation_history WHERE model_id = ANY(%s) ORDER BY 1",
+            ([trained, stalled],),
+        ).fetchall()
+        assert backtests == sorted([(trained, "completed"), (stalled, "completed")])
+        forecast = conn.execute("SELECT id FROM sfq_request_forecast(%s)", (trained,)).fetchone()[0]
+        answer = "SELECT status, error FROM model_forecasts WHERE id = %s"
+        deadline = time.monotonic() + 30
+        while conn.execute(answer, (forecast,)).fetchone()[0] == "queued":
+            assert time.monotonic() < deadline, worker.output
+            time.sleep(0.1)
+        assert conn.execute(answer, (forecast,)).fetchone() == ("completed", None)
+        assert conn.execute("SELECT count(*) FROM sfq_workers").fetchone()[0] >= 1  # its heartbeat
+    time.sleep(1.5)  # another rescue round and heartbeat, after everything
+    assert "permission denied" not in worker.output and "rescue failed" not in worker.output, worker.output
+
+    refused(
+        roles.login["sfq_worker"],
+        "DROP TABLE models",
+        "ALTER TABLE models ADD COLUMN extra int",
+        f"DELETE FROM models WHERE id = {trained}",
+        f"DELETE FROM model_artifacts WHERE model_id = {trained}",
+        "TRUNCATE models",
+        f"UPDATE models SET spec = '{{}}' WHERE id = {trained}",
+        f"UPDATE models SET fingerprint = 'x' WHERE id = {trained}",
+        "INSERT INTO training_requests (symbol) VALUES ('AAPL')",
+        "INSERT INTO models (fingerprint, spec) VALUES ('x', '{}')",
+        f"SELECT sfq_cancel_model({trained})",
+        'SELECT sfq_submit(\'{"symbol": "AAPL"}\')',
+        "CREATE TABLE worker_table (x int)",
+    )
+
+
+def test_api_role_serves_every_endpoint_and_cannot_write_tables(roles, start_api, start_worker):
+    spec = {"symbol": "MSFT", **FAST, "hyperparameters": {"alpha": 2.0}}
+    with httpx.Client(base_url=start_api(url=roles.login["sfq_api"]), timeout=60) as api:
+        created = api.post("/train", json=spec)
+        assert created.status_code == 201, created.text
+        model_id = created.json()["model_id"]
+        assert api.post("/train", json=spec).json() == {**created.json(), "deduplicated": True}
+
+        # Every operation, while no worker runs; then the queued models they made are cancelled.
+        made = [r["model_id"] for r in api.post("/train/batch", json=spec).json()["models"]]
+        made.append(api.post(f"/retrain/{model_id}", json={"force": True}).json()["model_id"])
+        child = api.post(
+            "/api/train_with_parent", json={"parent_model_id": model_id, "overrides": {"horizon": 2}}
+        )
+        assert child.status_code == 201, child.text
+        made.append(child.json()["model_id"])
+        sweep = api.post("/sweeps", json={"base": spec, "grid": {"horizon": [3, 4]}})
+        assert sweep.status_code == 201, sweep.text
+        shown = api.get(f"/sweeps/{sweep.json()['sweep_id']}")
+        assert shown.status_code == 200 and len(shown.json()["rows"]) == 2, shown.text
+        made += [row["model_id"] for row in shown.json()["rows"]]
+        for other in set(made) - {model_id}:  # the batch's close model is the first one, deduplicated
+            cancelled = api.post(f"/models/{other}/cancel")
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+
+        worker = start_worker(1, url=roles.login["sfq_worker"])
+        with psycopg.connect(roles.owner, autocommit=True) as conn:
+            assert wait_for_models(conn, [model_id])[model_id]["status"] == "completed"
+            wait_for_jobs(conn)
+        model = api.get(f"/models/{model_id}")
+        assert model.status_code == 200 and model.json()["status"] == "completed", model.text
+        for path in ("features", "predictions", "lineage", "simulations", "artifact"):
+            assert api.get(f"/models/{model_id}/{path}").status_code == 200, path
+        assert api.get("/models", params={"sort": "ic"}).json()["total"] >= 1
+        assert api.get("/metrics").status_code == 200
+        forecast = api.post(f"/models/{model_id}/predict")
+        assert forecast.status_code == 200 and forecast.json()["status"] == "completed", forecast.text
+        assert api.get(f"/forecasts/{forecast.json()['id']}").status_code == 200
+        simulation = api.post("/simulate", json={"model_id": model_id, "strategy": "long_only"})
+        assert simulation.status_code == 200 and simulation.json()["status"] == "completed", simulation.text
+        assert api.get(f"/simulations/{simulation.json()['id']}").status_code == 200
+        assert api.post(f"/models/{model_id}/cancel").status_code == 409
+
+        # Cancelling a running model: the worker (its role) aborts the job and records the end.
+        slow = {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": {"n_estimators": 3000}}
+        running = api.post("/train", json=slow).json()["model_id"]
+        deadline = time.monotonic() + 60
+        while api.get(f"/models/{running}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # well into training, as in test_operations.py
+        assert api.post(f"/models/{running}/cancel").json()["status"] == "cancelled"
+        with psycopg.connect(roles.owner, autocommit=True) as conn:
+            assert wait_for_jobs(conn, timeout=15)[running] == "aborted", worker.output
+
+    refused(
+        roles.login["sfq_api"],
+        f"UPDATE models SET status = 'failed' WHERE id = {model_id}",
+        f"DELETE FROM models WHERE id = {model_id}",
+        "TRUNCATE models",
+        "DROP TABLE models",
+        "INSERT INTO models (fingerprint, spec) VALUES ('x', '{}')",
+        "INSERT INTO training_requests (symbol) VALUES ('AAPL')",
+        "INSERT INTO procrastinate_jobs (queue_name, task_name) VALUES ('training', 'train_model')",
+        "UPDATE procrastinate_jobs SET status = 'failed'",
+        f"SELECT sfq_model({model_id}, true)",
+        "SELECT procrastinate_cancel_job_v1(1, true, false)",
+        "SELECT sfq_rescue_stalled_jobs(1, 3)",
+        "CREATE TABLE api_table (x int)",
+    )
