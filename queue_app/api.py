@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from queue_app import lineage, sweeps
+from queue_app import lineage, monitor, sweeps
+from queue_app.auth import middleware as token_middleware
 from queue_app.config import Settings, database_url
 from queue_app.db import QUERIES
 from queue_app.enqueue import Conflict, NotFound, RequestRejected, request_params, run_async
@@ -458,6 +459,14 @@ async def list_models(request: Request) -> JSON:
     return JSON({"models": rows, "total": total["total"], "limit": limit, "offset": offset})
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format: jobs by queue and status, workers and their heartbeats, throughput,
+    training durations by algorithm, and this API's database pool."""
+    rows = {query: await _fetch(request, query, **params) for query, params in monitor.QUERY_PARAMS.items()}
+    text = monitor.prometheus_text(rows, request.app.state.pool.get_stats(), request.app.state.rescue_after_s)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 async def healthz(request: Request) -> JSON:
     async with request.app.state.pool.connection(timeout=2) as conn:
         await conn.execute("SELECT 1")
@@ -526,6 +535,7 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
         )
         await pool.open(wait=False)
         app.state.pool = pool
+        app.state.rescue_after_s = settings.rescue_after_s
         try:
             yield
         finally:
@@ -552,6 +562,7 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
             Route("/simulations/{simulation_id:id}", get_simulation, methods=["GET"], name="get_simulation"),
             Route("/sweeps", submit_sweep, methods=["POST"]),
             Route("/sweeps/{sweep_id:id}", get_sweep, methods=["GET"], name="get_sweep"),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
@@ -571,4 +582,5 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
             psycopg_pool.PoolTimeout: _database_unavailable,
         },
         lifespan=lifespan,
+        middleware=token_middleware(settings),  # API tokens (docs/security.md)
     )

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from queue_app import bars, db, embedded, lineage, spec, sweeps
+from queue_app import bars, db, embedded, lineage, monitor, progress, spec, sweeps
 from queue_app.config import Settings, database_url
 from queue_app.enqueue import Conflict, NotFound, RequestRejected, request_params, run
 
@@ -32,6 +32,11 @@ def _connect(args) -> psycopg.Connection:
 def cmd_db_upgrade(args) -> None:
     applied = db.upgrade(database_url(args.settings))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+def cmd_db_roles(args) -> None:
+    db.apply_roles(database_url(args.settings))
+    print("roles sfq_submitter, sfq_worker, sfq_api: privileges granted (run again after `sfq db upgrade`)")
 
 
 def cmd_db_stop(args) -> None:
@@ -336,22 +341,45 @@ def cmd_migrate_duckdb(args) -> None:
     print(report.render())
 
 
-def wait_for(conn: psycopg.Connection, model_ids: list[int], timeout: float, show=print) -> dict[int, dict]:
-    """Poll until every model is finished, printing each status change; returns the final rows."""
-    deadline, seen = time.monotonic() + timeout, {}
+def wait_for(conn: psycopg.Connection, model_ids: list[int], timeout: float, show=None) -> dict[int, dict]:
+    """Poll until every model is finished, showing live progress (`show(rows)`, a progress.View by
+    default); returns the final rows."""
+    show = show or progress.View().show
+    deadline = time.monotonic() + timeout
     while True:
         with conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(db.QUERIES["models_progress"], {"model_ids": model_ids}).fetchall()
-        for row in rows:
-            if seen.get(row["id"]) != row["status"]:
-                seen[row["id"]] = row["status"]
-                where = f" (worker pid {row['worker_pid']})" if row["worker_pid"] else ""
-                show(f"  model {row['id']}: {row['status']}{where}")
+        show(rows)
         if all(row["status"] in TERMINAL for row in rows):
             return {row["id"]: row for row in rows}
         if time.monotonic() > deadline:
             raise CommandError(f"timed out after {timeout:.0f} s waiting for models {model_ids}")
-        time.sleep(0.5)
+        time.sleep(0.25)
+
+
+def cmd_watch(args) -> None:
+    """Live progress of the given models, or of every queued and running one, until they are done."""
+    view = progress.View()
+    with _connect(args) as conn:
+        watched = list(args.model_ids)
+        while True:
+            if not args.model_ids:  # everything unfinished now, and what was watched before
+                rows = conn.execute(db.QUERIES["unfinished_models"]).fetchall()
+                watched = sorted(set(watched) | {row[0] for row in rows})
+            if not watched:
+                print("nothing queued or running")
+                return
+            with conn.cursor(row_factory=dict_row) as cursor:
+                rows = cursor.execute(db.QUERIES["models_progress"], {"model_ids": watched}).fetchall()
+            view.show(rows)
+            if all(row["status"] in TERMINAL for row in rows):
+                return
+            time.sleep(args.interval)
+
+
+def cmd_status(args) -> None:
+    with _connect(args) as conn:
+        print(monitor.status_text(conn, args.settings.rescue_after_s))
 
 
 def cmd_bars_import(args) -> None:
@@ -476,11 +504,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfq", description="Strategy-factory training queue on PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db_parser = sub.add_parser("db", help="database: upgrade, url, stop (the private cluster)")
+    db_parser = sub.add_parser("db", help="database: upgrade, roles, url, stop (the private cluster)")
     db_sub = db_parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="create or upgrade the schema (no-op when current)").set_defaults(
         func=cmd_db_upgrade
     )
+    db_sub.add_parser(
+        "roles", help="create or update the roles sfq_submitter, sfq_worker, sfq_api (docs/security.md)"
+    ).set_defaults(func=cmd_db_roles)
     db_sub.add_parser("url", help="print the database URL in use").set_defaults(func=cmd_db_url)
     db_sub.add_parser("stop", help="stop sfq's private PostgreSQL cluster").set_defaults(func=cmd_db_stop)
 
@@ -528,6 +559,15 @@ def _parser() -> argparse.ArgumentParser:
     evolve.add_argument("--reset", action="append", metavar="FIELD", help="set FIELD back to its default")
     _wait_options(evolve)
     evolve.set_defaults(func=cmd_evolve)
+
+    watch = sub.add_parser("watch", help="live progress bars of models (default: all queued and running)")
+    watch.add_argument("model_ids", nargs="*", type=_model_id)
+    watch.add_argument("--interval", type=float, default=0.5)
+    watch.set_defaults(func=cmd_watch)
+
+    sub.add_parser("status", help="workers, queue depth, throughput and recent failures").set_defaults(
+        func=cmd_status
+    )
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running model")
     cancel.add_argument("model_id", type=_model_id)

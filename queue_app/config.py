@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -15,6 +17,55 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"sfq: {name} must be an integer, got {raw!r}") from None
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"sfq: {name} must be true or false, got {raw!r}")
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")  # RFC 6750's b64token, at least 16 characters
+
+
+def _api_tokens() -> tuple[str, ...]:
+    """SFQ_API_TOKENS (comma-separated) and SFQ_API_TOKENS_FILE (one per line, # starts a comment line).
+    A variable that is set but holds no token is refused: it would leave the API open. Errors say where
+    the bad token is, never what it is."""
+    found: list[tuple[str, str]] = []  # (where, token)
+    listed = os.environ.get("SFQ_API_TOKENS", "")
+    if listed.strip():
+        found = [
+            (f"SFQ_API_TOKENS item {n}", t.strip()) for n, t in enumerate(listed.split(","), 1) if t.strip()
+        ]
+        if not found:
+            raise SystemExit("sfq: SFQ_API_TOKENS is set but holds no token")
+    path = os.environ.get("SFQ_API_TOKENS_FILE", "")
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"sfq: cannot read SFQ_API_TOKENS_FILE: {exc}") from None
+        in_file = [
+            (f"SFQ_API_TOKENS_FILE {path} line {n}", line.strip())
+            for n, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        if not in_file:
+            raise SystemExit(f"sfq: SFQ_API_TOKENS_FILE {path} holds no token")
+        found += in_file
+    for where, token in found:
+        if not _TOKEN.fullmatch(token):
+            raise SystemExit(
+                f"sfq: {where}: a token is at least 16 letters, digits or -._~+/ (then = padding), "
+                "without spaces; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+    return tuple(dict.fromkeys(token for _, token in found))
 
 
 @dataclass(frozen=True)
@@ -31,6 +82,10 @@ class Settings:
     rescue_after_s: int  # a running job whose worker has been silent this long goes to another worker
     max_attempts: int  # a model whose worker was lost this many times fails instead of running again
     job_retention_days: int  # finished queue jobs older than this are pruned (models are kept)
+    hostname: str  # recorded with every result; SFQ_HOSTNAME overrides the machine's name
+    api_tokens: tuple[str, ...] = field(repr=False)  # none: the API is open (docs/security.md); never shown
+    api_open_reads: bool  # with tokens: GET and HEAD need none
+    log_json: bool  # SFQ_LOG_FORMAT=json: worker logs as one JSON object per line
 
     def __post_init__(self) -> None:
         problems = [
@@ -67,7 +122,18 @@ class Settings:
             rescue_after_s=_int("SFQ_RESCUE_AFTER_S", 20),
             max_attempts=_int("SFQ_MAX_ATTEMPTS", 3),
             job_retention_days=_int("SFQ_JOB_RETENTION_DAYS", 7),
+            hostname=os.environ.get("SFQ_HOSTNAME") or socket.gethostname(),
+            api_tokens=_api_tokens(),
+            api_open_reads=_bool("SFQ_API_OPEN_READS", True),
+            log_json=_log_json(),
         )
+
+
+def _log_json() -> bool:
+    raw = os.environ.get("SFQ_LOG_FORMAT") or "text"
+    if raw not in ("text", "json"):
+        raise SystemExit(f"sfq: SFQ_LOG_FORMAT must be text or json, got {raw!r}")
+    return raw == "json"
 
 
 def database_url(settings: Settings | None = None, *, quiet: bool = False) -> str:

@@ -287,6 +287,17 @@ OPENAPI = {
                 ],
             )
         },
+        "/metrics": {
+            "get": _operation(
+                "Prometheus metrics: jobs, workers, throughput, training durations, database pool",
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
         "/healthz": {
             "get": _operation(
                 "Liveness, including the database",

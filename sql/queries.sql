@@ -67,7 +67,8 @@ SELECT m.id, m.parent_model_id, m.retrain_of, c.depth, m.status::text, m.symbol,
 -- when this job is not the model's current job (an old job that came back after a rescue).
 UPDATE models
    SET status = 'running', started_at = now(), finished_at = NULL, error = NULL, attempts = attempts + 1,
-       worker_host = %(host)s, worker_pid = %(pid)s
+       worker_host = %(host)s, worker_pid = %(pid)s,
+       progress = jsonb_build_object('phase', 'starting', 'fraction', 0, 'at', now())
  WHERE id = %(model_id)s AND status IN ('queued', 'running') AND job_id = %(job_id)s
 RETURNING attempts, spec, timeout_s
 
@@ -92,11 +93,17 @@ SELECT ts, open, high, low, close, volume
                                 ORDER BY ts DESC LIMIT %(limit)s) AS warmup), %(since)s)
  ORDER BY ts
 
+-- report_progress --
+-- From the training process; only while this attempt holds the model.
+UPDATE models
+   SET progress = jsonb_build_object('phase', %(phase)s::text, 'fraction', %(fraction)s::float8, 'at', now())
+ WHERE id = %(model_id)s AND attempts = %(attempt)s AND status = 'running'
+
 -- complete_model --
 -- Only the attempt that holds the model may complete it.
 UPDATE models
    SET status = 'completed', finished_at = now(), metrics = %(metrics)s, fold_metrics = %(fold_metrics)s,
-       timings = %(timings)s
+       timings = %(timings)s, progress = jsonb_build_object('phase', 'done', 'fraction', 1, 'at', now())
  WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
 RETURNING id
 
@@ -137,8 +144,13 @@ SELECT model_id, old_job_id, new_job_id, outcome
   FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s, %(own_worker)s)
 
 -- heartbeat --
--- The worker's own heartbeat, kept up while a job finishes after Procrastinate's has stopped (shutdown).
-SELECT procrastinate_update_heartbeat_v1(%(worker_id)s)
+-- The worker's own heartbeat, kept up while a job finishes after Procrastinate's has stopped (shutdown),
+-- and who it is (host, pid) for `sfq status`; workers gone for a day are forgotten.
+WITH beat AS (SELECT procrastinate_update_heartbeat_v1(%(worker_id)s)),
+forget AS (DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day')
+INSERT INTO sfq_workers (worker_id, host, pid, instance)
+SELECT %(worker_id)s, %(host)s, %(pid)s, %(instance)s FROM beat
+    ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid
 
 -- prune_finished_jobs --
 SELECT sfq_prune_finished_jobs(%(older_than_days)s)
@@ -167,7 +179,7 @@ SELECT count(*) AS total
 -- Filter, sort by id or by any numeric held-out metric (a leaderboard), paginate.
 SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
        data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
-       parent_model_id
+       parent_model_id, progress
   FROM models
  WHERE (%(status)s::text IS NULL OR status::text = %(status)s)
    AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
@@ -178,8 +190,9 @@ SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, h
  LIMIT %(limit)s OFFSET %(offset)s
 
 -- models_progress --
--- What `sfq submit --wait` and the demo poll.
-SELECT id, status::text, error, metrics, worker_pid FROM models WHERE id = ANY(%(model_ids)s)
+-- What `sfq submit --wait`, `sfq watch` and the demo poll.
+SELECT id, status::text, error, metrics, worker_host, worker_pid, progress, symbol, algorithm
+  FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
 -- create_incoming_bars --
 CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP
@@ -303,3 +316,56 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, sm.position, sm.combination, m.statu
 
 -- rescue_stalled_side_jobs --
 SELECT task, object_id, old_job_id, new_job_id FROM sfq_rescue_stalled_side_jobs(%(stale_after_s)s, %(own_worker)s)
+
+-- unfinished_models --
+SELECT id FROM models WHERE status IN ('queued', 'running') ORDER BY id
+
+-- status_workers --
+-- Training workers seen in the last hour: who, how fresh, and what each is training.
+SELECT w.id AS worker_id, sw.host, sw.pid, sw.instance, sw.started_at,
+       extract(epoch FROM now() - coalesce(w.last_heartbeat, sw.last_seen)) AS silent_s,
+       w.id IS NOT NULL AS registered, m.id AS model_id, m.started_at AS since, m.progress
+  FROM sfq_workers sw
+  LEFT JOIN procrastinate_workers w ON w.id = sw.worker_id
+  LEFT JOIN procrastinate_jobs j ON j.worker_id = sw.worker_id AND j.status = 'doing' AND j.task_name = 'train_model'
+  LEFT JOIN models m ON m.id = (j.args->>'model_id')::bigint AND m.status = 'running'
+ WHERE sw.last_seen > now() - interval '1 hour'
+ ORDER BY sw.host, sw.instance, sw.worker_id
+
+-- queue_depth --
+SELECT queue_name AS queue, status::text, count(*) AS jobs
+  FROM procrastinate_jobs GROUP BY queue_name, status ORDER BY queue_name, status
+
+-- throughput --
+-- Models finished per minute over the last `minutes` minutes.
+SELECT minute, count(m.id) FILTER (WHERE m.status = 'completed') AS completed,
+       count(m.id) FILTER (WHERE m.status = 'failed') AS failed
+  FROM generate_series(date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1),
+                       date_trunc('minute', now()), interval '1 minute') AS minute
+  LEFT JOIN models m ON date_trunc('minute', m.finished_at) = minute
+ GROUP BY minute ORDER BY minute
+
+-- recent_failures --
+SELECT id, symbol, algorithm, finished_at, error
+  FROM models WHERE status = 'failed' ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s
+
+-- duration_histogram --
+-- Cumulative counts of training durations (last attempt) per algorithm, for a Prometheus histogram.
+WITH durations AS (
+    SELECT algorithm, extract(epoch FROM finished_at - started_at)::float8 AS seconds
+      FROM models WHERE status = 'completed' AND started_at IS NOT NULL AND finished_at IS NOT NULL
+), totals AS (
+    SELECT algorithm, count(*) AS count, sum(seconds) AS sum FROM durations GROUP BY algorithm
+), cumulative AS (
+    SELECT d.algorithm, b.le, count(*) FILTER (WHERE d.seconds <= b.le) AS n
+      FROM durations d CROSS JOIN unnest(%(bounds)s::float8[]) AS b(le)
+     GROUP BY d.algorithm, b.le
+)
+SELECT t.algorithm, t.count, t.sum, array_agg(c.n ORDER BY c.le) AS buckets
+  FROM totals t JOIN cumulative c USING (algorithm)
+ GROUP BY t.algorithm, t.count, t.sum
+ ORDER BY t.algorithm
+
+-- finished_recently --
+SELECT count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTER (WHERE status = 'failed') AS failed
+  FROM models WHERE finished_at > now() - make_interval(mins => %(minutes)s)

@@ -513,6 +513,7 @@ SCHEMATHESIS_BUDGET = {
     ("GET /models/{model_id}", GenerationMode.POSITIVE): 110,
     ("GET /models/{model_id}", GenerationMode.NEGATIVE): 110,
     ("GET /healthz", GenerationMode.POSITIVE): 5,  # no parameters: one distinct request
+    ("GET /metrics", GenerationMode.POSITIVE): 5,
     **{
         (label, mode): examples
         for label, examples in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -75,26 +76,32 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
 
 
 def _child_main(conn: Connection, url: str) -> None:
-    """Loop: receive a spec, answer ("ok", TrainingResult) or ("failed", reason); None ends the loop."""
+    """Loop: receive (spec, model id, attempt), answer ("ok", TrainingResult) or ("failed", reason);
+    None ends the loop. Progress goes straight to the model's row (phase and fraction, a few small
+    UPDATEs per training, only while this attempt holds the model)."""
     die_with_parent()  # a worker killed with SIGKILL takes its training with it
     import psycopg
     from threadpoolctl import threadpool_limits
 
     from workers.data import load_bars
-    from workers.training import TrainingError, train
+    from workers.training import LOADED, TrainingError, train
 
     threadpool_limits(1)
     db: psycopg.Connection | None = None
-    while (spec := conn.recv()) is not None:
+    while (job := conn.recv()) is not None:
+        spec, model_id, attempt = job
         try:
             try:
                 if db is None or db.closed:
                     db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+                _report(db, model_id, attempt, "loading", 0.0)
                 bars, context = load_bars(db, spec, spec["data_end"])
             except psycopg.OperationalError:  # a connection left over from before a database restart
                 db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
                 bars, context = load_bars(db, spec, spec["data_end"])
-            conn.send(("ok", train(spec, bars, context=context)))
+            progress = functools.partial(_report, db, model_id, attempt)
+            progress("features", LOADED)
+            conn.send(("ok", train(spec, bars, context=context, progress=progress)))
         except TrainingError as error:
             conn.send(("failed", str(error)))
         except psycopg.OperationalError as error:
@@ -102,6 +109,17 @@ def _child_main(conn: Connection, url: str) -> None:
             conn.send(("retry", f"database unavailable while loading bars: {error}"))
         except Exception as error:  # an estimator's error is the job's failure, not the process's
             conn.send(("failed", f"{type(error).__name__}: {error}"))
+
+
+def _report(db, model_id: int, attempt: int, phase: str, fraction: float) -> None:
+    """Progress on the model's row; a nicety that never fails or stalls a training."""
+    from queue_app.db import QUERIES
+
+    with contextlib.suppress(Exception):
+        db.execute(
+            QUERIES["report_progress"],
+            {"model_id": model_id, "attempt": attempt, "phase": phase, "fraction": round(fraction, 3)},
+        )
 
 
 class TrainingProcess:
@@ -133,18 +151,22 @@ class TrainingProcess:
             self._start()
         return self._process.pid
 
-    async def train(self, spec: dict[str, Any], timeout_s: float, memory_limit_mb: int):
-        """Train in the child; kill it at the deadline, above the memory limit, or on `interrupt()`."""
+    async def train(
+        self, spec: dict[str, Any], timeout_s: float, memory_limit_mb: int, model_id: int, attempt: int
+    ):
+        """Train in the child; kill it at the deadline, above the memory limit, or on `interrupt()`.
+        The model id and attempt let the child report progress on the model's row."""
         if self._interrupted:  # shutting down: do not start another training
             raise TrainingInterrupted(f"interrupted: {self._interrupted}")
         self.ensure_started()
         self._jobs += 1
+        job = (spec, model_id, attempt)
         try:
-            self._conn.send(spec)
+            self._conn.send(job)
         except OSError:  # the child died between jobs: start a fresh one
             self.kill()
             self.ensure_started()
-            self._conn.send(spec)
+            self._conn.send(job)
         limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb)
         try:
             status, payload = await asyncio.get_running_loop().run_in_executor(

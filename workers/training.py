@@ -34,6 +34,11 @@ GRIDS = {"alpha_grid": "alpha", "l1_ratio_grid": "l1_ratio"}  # spec field: the 
 INNER_FOLDS = 3  # the grid search's time-series CV, inside the rows being fitted
 
 
+# Where each phase starts, as a share of a training's work (for progress bars; measured roughly on the
+# demo's models: cross-validation dominates).
+LOADED, CV_START, FINAL_FIT, EVALUATION, IMPORTANCE, SAVING = 0.05, 0.1, 0.7, 0.85, 0.9, 0.95
+
+
 class TrainingError(Exception):
     """A deterministic failure (no data, too little data): the model fails at once with this message."""
 
@@ -290,10 +295,11 @@ def train(
     spec: dict[str, Any],
     bars: pd.DataFrame,
     context: dict[str, pd.DataFrame] | None = None,
-    progress: Callable[[str], None] = lambda phase: None,
+    progress: Callable[[str, float], None] = lambda phase, fraction: None,
 ):
     """Train and score one spec on its bars (and its context symbols' bars, by symbol). Deterministic:
-    same spec and bars, same metrics."""
+    same spec and bars, same metrics. `progress(phase, fraction)` is told each phase as it starts, with
+    the share of the work done so far (cross-validation is most of it, one step per fold)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -302,7 +308,6 @@ def train(
         now = time.perf_counter()
         timings[name] = round(now - clock, 4)
         clock = now
-        progress(name)
 
     transform = TRANSFORMS[spec["target_transform"]]
     horizon = spec["horizon"]
@@ -314,7 +319,9 @@ def train(
     X, y = dataset.X_train, dataset.y_train
     splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], horizon, len(X), "cross-validation")
     reference_train = bars["close"].reindex(X.index).to_numpy()
+    n_folds = splitter.get_n_splits(X)
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
+        progress(f"fold {fold} of {n_folds}", CV_START + (FINAL_FIT - CV_START) * (fold - 1) / n_folds)
         fitted, chosen = _fit(model, grid, X.iloc[fit_rows], y.iloc[fit_rows], horizon)
         folds.append(
             {
@@ -334,9 +341,11 @@ def train(
             }
         )
     phase_done("cv")
+    progress("final fit", FINAL_FIT)
 
     model, chosen = _fit(model, grid, X, y, horizon)
     phase_done("fit")
+    progress("evaluation", EVALUATION)
 
     predicted = model.predict(dataset.X_test)
     actual = dataset.y_test.to_numpy()
@@ -366,6 +375,7 @@ def train(
             for regime in regimes
         }
     phase_done("evaluate")
+    progress("importance", IMPORTANCE)
 
     values, method = _importances(model, dataset)
     order = np.argsort(-values, kind="stable")
@@ -374,6 +384,7 @@ def train(
         for rank, i in enumerate(order, start=1)
     ]
     phase_done("importance")
+    progress("saving", SAVING)
 
     blob = artifacts.dump(model)
     phase_done("serialize")

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from psycopg.types.json import Jsonb
 from queue_app.app import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE, app, connector
 from queue_app.config import Settings
 from queue_app.db import QUERIES
-from workers import artifacts, backtests, forecasts
+from workers import artifacts, backtests, forecasts, logs, notify
 from workers.child import (
     THREAD_LIMIT_ENV,
     TrainingFailed,
@@ -73,10 +72,11 @@ class Runtime:
         self.url = url
         self.instance = instance
         self.settings = settings
-        self.host = socket.gethostname()
+        self.host = settings.hostname
         self.pid = os.getpid()
         self.trainer = TrainingProcess(url, settings.max_jobs_per_child)
         self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
+        self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")
         self._conns: dict[str, psycopg.AsyncConnection] = {}
 
     async def _db(self, purpose: str = "jobs") -> psycopg.AsyncConnection:
@@ -121,6 +121,15 @@ class Runtime:
         return bool(rows)
 
     async def train(self, model_id: int, job_id: int) -> None:
+        logs.JOB.set(job_id)  # this job's task only: every line it logs names the job and the model
+        logs.MODEL.set(model_id)
+        try:
+            await self._train(model_id, job_id)
+        finally:
+            if not self.stopping:
+                notify.status("idle")
+
+    async def _train(self, model_id: int, job_id: int) -> None:
         try:
             rows = await self._execute(
                 "start_model", {"model_id": model_id, "host": self.host, "pid": self.pid, "job_id": job_id}
@@ -148,8 +157,9 @@ class Runtime:
                 attempt,
                 child_pid,
             )
+            notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
             result = await self.trainer.train(
-                spec, timeout_s or self.settings.timeout_s, self.settings.memory_limit_mb
+                spec, timeout_s or self.settings.timeout_s, self.settings.memory_limit_mb, model_id, attempt
             )
         except (TrainingRetry, OSError) as again:  # shutdown, database away, cannot fork now
             if not await self._record("requeue_model", model_id, attempt, reason=str(again)):
@@ -257,12 +267,17 @@ class Runtime:
         shutdown, while the running job may still need the grace period to finish.
         """
         last_prune = -math.inf
+        while self.worker is None or self.worker.worker_id is None:  # registered within moments of start
+            await asyncio.sleep(0.1)
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
             own = self.worker.worker_id if self.worker else None
             try:
                 if own is not None:
-                    await self._execute("heartbeat", {"worker_id": own}, purpose="rescue")
+                    await self._execute(
+                        "heartbeat",
+                        {"worker_id": own, "host": self.host, "pid": self.pid, "instance": self.instance},
+                        purpose="rescue",
+                    )
                 rows = await self._execute(
                     "rescue_stalled_jobs",
                     {
@@ -298,6 +313,7 @@ class Runtime:
                     last_prune = time.monotonic()
             except psycopg.Error as error:
                 log.warning("rescue failed (%s); will try again", error)
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
@@ -313,10 +329,7 @@ def limit_threads() -> None:
 
 def run(instance: int, url: str, settings: Settings) -> None:
     limit_threads()
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s worker-{instance} [%(process)d] %(levelname)s %(message)s"
-    )
-    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    logs.configure(settings.hostname, instance, settings.log_json)
     if not asyncio.run(_serve(instance, url, settings)):
         # Stopped without being asked (its heartbeat or listener lost the database): exit non-zero so
         # that systemd (Restart=on-failure) or `sfq workers` starts it again.
@@ -327,7 +340,7 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
     """Run until stopped; True when a signal asked for it."""
     runtime = Runtime(url, instance, settings)
     app.perform_import_paths()  # registers workers.tasks
-    with app.replace_connector(connector(url)):
+    with app.replace_connector(connector(url, f"sfq-worker-{instance}-queue")):
         async with app.open_async():
             common = {
                 "wait": True,
@@ -356,11 +369,13 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
             )
             runtime.worker = trainer
             rescuer = asyncio.create_task(runtime.rescue_forever())
+            watchdog = asyncio.create_task(notify.watchdog_forever())  # systemd's WatchdogSec=
             try:
                 asked = await _run_until_signalled([trainer, predictor], instance, runtime)
             finally:
                 rescuer.cancel()
                 await runtime.close()
+                watchdog.cancel()
     log.info("worker %s stopped%s", instance, "" if asked else " on its own (database lost?)")
     return asked
 
@@ -385,6 +400,8 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
         signals_received += 1
         if signals_received == 1:
             grace = runtime.settings.grace_s
+            runtime.stopping = True
+            notify.notify("STOPPING=1", f"STATUS=stopping: the running job has {grace} s to finish")
             log.info(
                 "worker %s: %s received; stopping (running job has %s s to finish)",
                 instance,
@@ -412,6 +429,7 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
         PREDICTION_QUEUE,
         SIMULATION_QUEUE,
     )
+    notify.notify("READY=1", "STATUS=idle")  # systemd's Type=notify: worker@N is started
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     stop_all()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,159 @@
+"""What operators look at: `sfq status` (a terminal view) and GET /metrics (Prometheus' text format),
+both read from the database, so any host sees every host's workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from queue_app.db import QUERIES
+
+DURATION_BOUNDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)  # seconds
+RATE_MINUTES = 5  # "per minute" rates are averaged over this many minutes
+
+
+def _rows(conn: psycopg.Connection, query: str, **params: Any) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(QUERIES[query], params).fetchall()
+
+
+def status_text(conn: psycopg.Connection, stale_after_s: float, minutes: int = 10) -> str:
+    workers = _rows(conn, "status_workers")
+    lines = [f"workers ({sum(_alive(w, stale_after_s) for w in workers)} alive)"]
+    lines.append(f"  {'host':<16} {'pid':>7} {'n':>3} {'heartbeat':>9}  {'training':<40}")
+    for w in workers:
+        state = f"{w['silent_s']:.0f}s ago" if w["registered"] else "stopped"
+        job = "idle"
+        if w["model_id"]:
+            phase = (w["progress"] or {}).get("phase", "")
+            job = f"model {w['model_id']} since {w['since']:%H:%M:%S} ({phase})"
+        lines.append(f"  {w['host']:<16} {w['pid']:>7} {w['instance']:>3} {state:>9}  {job:<40}")
+    depth = _rows(conn, "queue_depth")
+    lines.append("queues")
+    for row in depth:
+        lines.append(f"  {row['queue']:<12} {row['status']:<10} {row['jobs']:>7}")
+    if not depth:
+        lines.append("  (no jobs)")
+    rates = _rows(conn, "throughput", minutes=minutes)
+    lines.append(f"models finished per minute (last {minutes} minutes, oldest first)")
+    lines.append("  completed " + " ".join(f"{r['completed']:>3}" for r in rates))
+    lines.append("  failed    " + " ".join(f"{r['failed']:>3}" for r in rates))
+    failures = _rows(conn, "recent_failures", limit=5)
+    lines.append("recent failures")
+    for f in failures:
+        when = f"{f['finished_at']:%Y-%m-%d %H:%M:%S}" if f["finished_at"] else "-"
+        lines.append(
+            f"  model {f['id']} {f['symbol']} {f['algorithm']} at {when}: {(f['error'] or '')[:100]}"
+        )
+    if not failures:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+def _alive(worker: dict[str, Any], stale_after_s: float) -> bool:
+    return bool(worker["registered"]) and worker["silent_s"] <= stale_after_s
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _metric(lines: list[str], name: str, kind: str, help_: str, samples: list[tuple[dict, float]]) -> None:
+    lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        inside = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
+        lines.append(f"{name}{{{inside}}} {value}" if inside else f"{name} {value}")
+
+
+def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int], stale_after_s: float) -> str:
+    """The exposition text from the rows of the monitoring queries (see `collect`)."""
+    lines: list[str] = []
+    jobs = rows["queue_depth"]
+    _metric(
+        lines,
+        "sfq_jobs",
+        "gauge",
+        "Queue jobs by queue and status.",
+        [({"queue": r["queue"], "status": r["status"]}, r["jobs"]) for r in jobs],
+    )
+    queues = sorted({r["queue"] for r in jobs})
+    _metric(
+        lines,
+        "sfq_running_jobs",
+        "gauge",
+        "Jobs being worked on, by queue.",
+        [
+            ({"queue": q}, sum(r["jobs"] for r in jobs if r["queue"] == q and r["status"] == "doing"))
+            for q in queues
+        ],
+    )
+    workers = rows["status_workers"]
+    _metric(
+        lines,
+        "sfq_workers",
+        "gauge",
+        "Training workers alive (heartbeat within SFQ_RESCUE_AFTER_S).",
+        [({}, sum(_alive(w, stale_after_s) for w in workers))],
+    )
+    _metric(
+        lines,
+        "sfq_worker_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since each worker's last heartbeat.",
+        [
+            ({"host": w["host"], "pid": w["pid"], "instance": w["instance"]}, round(w["silent_s"], 3))
+            for w in workers
+            if w["registered"]
+        ],
+    )
+    (recent,) = rows["finished_recently"]
+    _metric(
+        lines,
+        "sfq_models_finished_per_minute",
+        "gauge",
+        f"Models finished per minute, averaged over the last {RATE_MINUTES} minutes.",
+        [({"status": s}, round(recent[s] / RATE_MINUTES, 3)) for s in ("completed", "failed")],
+    )
+    lines += [
+        "# HELP sfq_training_duration_seconds Training time of completed models (last attempt).",
+        "# TYPE sfq_training_duration_seconds histogram",
+    ]
+    for h in rows["duration_histogram"]:
+        algorithm = _label(h["algorithm"])
+        for bound, count in zip(DURATION_BOUNDS, h["buckets"], strict=True):
+            lines.append(
+                f'sfq_training_duration_seconds_bucket{{algorithm="{algorithm}",le="{bound}"}} {count}'
+            )
+        lines.append(
+            f'sfq_training_duration_seconds_bucket{{algorithm="{algorithm}",le="+Inf"}} {h["count"]}'
+        )
+        lines.append(f'sfq_training_duration_seconds_sum{{algorithm="{algorithm}"}} {round(h["sum"], 3)}')
+        lines.append(f'sfq_training_duration_seconds_count{{algorithm="{algorithm}"}} {h["count"]}')
+    _metric(
+        lines,
+        "sfq_api_pool_connections",
+        "gauge",
+        "The API's database connections by state.",
+        [
+            ({"state": state}, pool.get(key, 0))
+            for state, key in (("open", "pool_size"), ("idle", "pool_available"), ("max", "pool_max"))
+        ],
+    )
+    _metric(
+        lines,
+        "sfq_api_pool_waiting",
+        "gauge",
+        "Requests waiting for a database connection.",
+        [({}, pool.get("requests_waiting", 0))],
+    )
+    return "\n".join(lines) + "\n"
+
+
+QUERY_PARAMS = {
+    "queue_depth": {},
+    "status_workers": {},
+    "finished_recently": {"minutes": RATE_MINUTES},
+    "duration_histogram": {"bounds": list(DURATION_BOUNDS)},
+}
