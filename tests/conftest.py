@@ -111,8 +111,9 @@ def conn(database) -> Iterator[psycopg.Connection]:
 def clean(conn) -> psycopg.Connection:
     """An empty queue: no models, requests or jobs (bars stay)."""
     conn.execute(
-        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, sweeps, sfq_workers,"
-        " procrastinate_jobs, procrastinate_events, procrastinate_workers RESTART IDENTITY CASCADE"
+        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, sweeps,"
+        " sfq_workers, procrastinate_jobs, procrastinate_events, procrastinate_workers"
+        " RESTART IDENTITY CASCADE"
     )
     return conn
 
