@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from queue_app import lineage, monitor, sweeps
+from queue_app import lineage, monitor, sweeps, ui
 from queue_app.auth import middleware as token_middleware
 from queue_app.config import Settings, database_url
 from queue_app.db import QUERIES
@@ -565,6 +565,7 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *ui.routes(settings),  # the dashboard (docs/dashboard.md); not part of the OpenAPI schema
         ],
         exception_handlers={
             HTTPException: _http_error,

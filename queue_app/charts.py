@@ -1,0 +1,117 @@
+"""Charts for the dashboard (/ui), drawn on the server with matplotlib as inline SVG, so a page needs no
+script or asset from anywhere. matplotlib is imported on first use only: the API starts without it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+WIDTH_IN, HEIGHT_IN = 8.0, 3.2  # the SVG scales to the page's width (see ui/html.py's CSS)
+COLOURS = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df")
+
+
+def _new_figure(height: float, width: float = WIDTH_IN) -> Any:
+    """A figure without pyplot (no global figure registry: safe in the API's worker threads)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # Text stays text (smaller, selectable, readable by tests); fixed ids make the same chart the same SVG.
+    matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "sfq", "font.size": 9})
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _figure(
+    rows: int = 1, height: float = HEIGHT_IN, ratios: Sequence[float] | None = None, width: float = WIDTH_IN
+) -> Any:
+    figure = _new_figure(height, width)
+    axes = figure.subplots(
+        rows, 1, sharex=rows > 1, gridspec_kw={"height_ratios": ratios} if ratios else None
+    )
+    for ax in axes if rows > 1 else [axes]:
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    return figure, axes
+
+
+def _svg(figure: Any) -> str:
+    """The figure as an <svg> element (text kept as text, no XML prologue) to inline in HTML."""
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def throughput(minutes: Sequence[Any], completed: Sequence[int], failed: Sequence[int]) -> str:
+    """Models finished per minute (stacked bars: completed, then failed on top)."""
+    figure, ax = _figure(height=2.6)
+    ax.bar(minutes, completed, width=1 / 1440 * 0.9, color=COLOURS[2], label="completed")
+    ax.bar(minutes, failed, bottom=completed, width=1 / 1440 * 0.9, color=COLOURS[1], label="failed")
+    ax.set_ylabel("models / minute")
+    ax.legend(loc="upper left", frameon=False)
+    figure.autofmt_xdate()
+    return _svg(figure)
+
+
+def importances(features: Sequence[str], values: Sequence[float], method: str) -> str:
+    """Horizontal bars, most important on top (half the page's width: beside the metrics)."""
+    figure, ax = _figure(height=max(2.0, 0.22 * len(features) + 0.8), width=5.0)
+    ax.barh(list(features)[::-1], list(values)[::-1], color=COLOURS[0])
+    ax.set_xlabel(f"importance ({method})")
+    return _svg(figure)
+
+
+def predictions(stamps: Sequence[Any], predicted: Sequence[float], actual: Sequence[float], unit: str) -> str:
+    figure, ax = _figure()
+    ax.plot(stamps, actual, color="#57606a", linewidth=1, label="actual")
+    ax.plot(stamps, predicted, color=COLOURS[0], linewidth=1.2, label="predicted")
+    ax.set_ylabel(unit)
+    ax.legend(loc="upper left", frameon=False)
+    figure.autofmt_xdate()
+    return _svg(figure)
+
+
+def equity(
+    stamps: Sequence[Any], strategy: Sequence[float], hold_stamps: Sequence[Any], hold: Sequence[float]
+) -> str:
+    """The strategy's equity against buy-and-hold, and the strategy's drawdown below it."""
+    figure, (top, bottom) = _figure(rows=2, height=3.8, ratios=(3, 1))
+    top.plot(stamps, strategy, color=COLOURS[0], linewidth=1.3, label="strategy")
+    if hold:
+        top.plot(hold_stamps, hold, color="#57606a", linewidth=1, label="buy and hold")
+    top.axhline(1.0, color="black", linewidth=0.5)
+    top.set_ylabel("equity")
+    top.legend(loc="upper left", frameon=False)
+    peak, drawdown = 0.0, []
+    for value in strategy:
+        peak = max(peak, value)
+        drawdown.append(value / peak - 1.0)
+    bottom.fill_between(stamps, drawdown, 0, color=COLOURS[1], alpha=0.4, linewidth=0)
+    bottom.set_ylabel("drawdown")
+    figure.autofmt_xdate()
+    return _svg(figure)
+
+
+def metric_by_parameter(metric: str, parameters: dict[str, list[tuple[Any, float]]]) -> str:
+    """One panel per swept parameter: the metric of each model against the value it was given
+    (values that are not numbers, such as symbols, are placed as categories)."""
+    names = sorted(parameters)
+    figure = _new_figure(2.8)
+    axes = figure.subplots(1, max(1, len(names)), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=False):
+        points = parameters[name]
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
+        if numeric:
+            xs = [x for x, _ in points]
+        else:
+            labels = sorted({str(x) for x, _ in points})
+            xs = [labels.index(str(x)) for x, _ in points]
+            ax.set_xticks(range(len(labels)), labels)
+        ax.scatter(xs, [y for _, y in points], color=COLOURS[0], s=24)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel(metric)
+    return _svg(figure)
