@@ -1,0 +1,63 @@
+"""`python -m bench --short` (every scenario, tiny sizes) against the test run's server: every row of the
+table has a number, and docs/BENCHMARKS.md is not touched (the report goes to a temporary file).
+Goals are measured, not asserted."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.conftest import ROOT
+
+EXPECTED = {
+    "scale-out": [
+        "wall time (a)",
+        "wall time (b)",
+        "wall time (c)",
+        "wall time (d)",
+        "wall time (e)",
+        "efficiency",
+    ],
+    "no-op": ["throughput", "pickup p50 / p99", "ratio throughput sfq / bare"],
+    "enqueue": ["HTTP POST /train,", "latency p50 / p99", "one per transaction", "one statement", "sweep of"],
+    "per-job cost": ["model ", "whole mix, sfq 1 worker"],
+    "memory": ["recycling every", "recycling off"],
+}
+
+
+def test_bench_short(database, tmp_path):
+    docs = ROOT / "docs" / "BENCHMARKS.md"
+    before = docs.read_bytes() if docs.exists() else None
+    server = make_conninfo(**{**conninfo_to_dict(database), "dbname": "postgres"})
+    output = tmp_path / "bench.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--short", "--output", str(output)],
+        env={**os.environ, "POSTGRES_URL": server},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang, not a speed check: speed is the benchmark's business, not the tests'
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [
+        line.split(" | ")
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
+    rows = [(cells[0][2:], cells[1], cells[2].rstrip(" |")) for cells in rows[1:]]
+    for scenario, measures in EXPECTED.items():
+        for measure in measures:
+            found = [value for s, m, value in rows if s == scenario and measure in m]
+            assert found, f"no row {scenario} / {measure} in:\n{result.stdout}"
+    for scenario, measure, value in rows:
+        assert re.search(r"\d", value) or value == "skipped: no Redis", (scenario, measure, value)
+        assert scenario != "error" and measure != "error", value
+    text = output.read_text()
+    assert "| scale-out |" in text and "## Goals" in text and "cores:" in text
+    assert (docs.read_bytes() if docs.exists() else None) == before, (
+        "short mode must not write docs/BENCHMARKS.md"
+    )
