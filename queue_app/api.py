@@ -106,6 +106,20 @@ async def _json_body(request: Request, required: bool = True) -> dict[str, Any]:
     return body
 
 
+def _only(body: dict[str, Any], *fields: str) -> None:
+    """A 422 naming the first field of the body that is not one of `fields`."""
+    unknown = sorted(body.keys() - set(fields))
+    if unknown:
+        raise BadRequest(422, f"unknown field {unknown[0]!r}; expected {', '.join(fields)}", unknown[0])
+
+
+def _model_id(body: dict[str, Any], field: str) -> int:
+    value = body.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise BadRequest(422, f"{field} must be a model id, got {value!r}", field)
+    return value
+
+
 async def _call(request: Request, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     async with request.app.state.pool.connection() as conn:
         try:
@@ -148,9 +162,7 @@ async def train_batch(request: Request) -> JSON:
 
 async def retrain(request: Request) -> JSON:
     body = await _json_body(request, required=False)
-    unknown = sorted(body.keys() - {"force"})
-    if unknown:
-        raise BadRequest(422, f"unknown field {unknown[0]!r}; the only field is 'force'", unknown[0])
+    _only(body, "force")
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest(422, f"force must be true or false, got {force!r}", "force")
@@ -160,14 +172,8 @@ async def retrain(request: Request) -> JSON:
 
 async def train_with_parent(request: Request) -> JSON:
     body = await _json_body(request)
-    unknown = sorted(body.keys() - {"parent_model_id", "overrides"})
-    if unknown:
-        raise BadRequest(
-            422, f"unknown field {unknown[0]!r}; expected parent_model_id and overrides", unknown[0]
-        )
-    parent = body.get("parent_model_id")
-    if not isinstance(parent, int) or isinstance(parent, bool) or not 0 < parent < 2**63:
-        raise BadRequest(422, f"parent_model_id must be a model id, got {parent!r}", "parent_model_id")
+    _only(body, "parent_model_id", "overrides")
+    parent = _model_id(body, "parent_model_id")
     params = {"parent_model_id": parent, "overrides": json.dumps(body.get("overrides", {})), "via": "http"}
     return _created(request, await _call(request, "evolve", params))
 
@@ -303,14 +309,8 @@ def _simulation_body(request: Request, simulation: dict[str, Any]) -> dict[str, 
 async def simulate(request: Request) -> JSON:
     """A backtest of a completed model: `{"model_id", "strategy", "params"}`; waits like predict."""
     body = await _json_body(request)
-    unknown = sorted(body.keys() - {"model_id", "strategy", "params", "priority"})
-    if unknown:
-        raise BadRequest(
-            422, f"unknown field {unknown[0]!r}; expected model_id, strategy, params", unknown[0]
-        )
-    model_id = body.get("model_id")
-    if not isinstance(model_id, int) or isinstance(model_id, bool) or not 0 < model_id < 2**63:
-        raise BadRequest(422, f"model_id must be a model id, got {model_id!r}", "model_id")
+    _only(body, "model_id", "strategy", "params", "priority")
+    model_id = _model_id(body, "model_id")
     strategy = body.get("strategy", "long_short")
     if not isinstance(strategy, str):
         raise BadRequest(422, f"strategy must be a string, got {strategy!r}", "strategy")
@@ -347,9 +347,7 @@ async def submit_sweep(request: Request) -> JSON:
     """`{"base": {spec}, "grid": {"field": [values], "hyperparameters.name": [values]}, "priority": -10}`:
     one model per combination, all enqueued in one transaction."""
     body = await _json_body(request)
-    unknown = sorted(body.keys() - {"base", "grid", "priority"})
-    if unknown:
-        raise BadRequest(422, f"unknown field {unknown[0]!r}; expected base, grid, priority", unknown[0])
+    _only(body, "base", "grid", "priority")
     priority = _priority(body, sweeps.DEFAULT_PRIORITY)
     params = {
         "base": json.dumps(body.get("base", {})),

@@ -103,14 +103,36 @@ def _request_from(args) -> dict[str, Any]:
         request[field.name] = value
     if args.param and not isinstance(request.setdefault("hyperparameters", {}), dict):
         raise CommandError("--hyperparameters must be a JSON object when --param is given")
-    for assignment in args.param or []:
-        name, _, raw = assignment.partition("=")
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError:
-            parsed = raw
-        request.setdefault("hyperparameters", {})[name.strip()] = parsed
+    if args.param:
+        request["hyperparameters"].update(_assignments(args.param))
     return request
+
+
+def _assignments(pairs: list[str]) -> dict[str, Any]:
+    """NAME=VALUE options: the value as JSON when it parses, else as text (`--param sizing=fixed`)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, _, raw = pair.partition("=")
+        try:
+            values[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name.strip()] = raw
+    return values
+
+
+def _until_answered(args, queued: dict[str, Any], query: str, key: str, what: str) -> dict[str, Any]:
+    """Poll a forecast or a backtest until a worker answers (or --timeout); a failure is the command's."""
+    row, deadline = queued, time.monotonic() + args.timeout
+    while row["status"] == "queued" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        row = _rows(args, query, **{key: row["id"]})[0]
+    if row["status"] == "queued":
+        raise CommandError(
+            f"{what} {row['id']} still queued after {args.timeout:.0f} s (are workers running?)"
+        )
+    if row["status"] == "failed":
+        raise CommandError(f"{what} {row['id']} failed: {row['error']}")
+    return row
 
 
 def _enqueue(args, query: str, params: dict[str, Any]) -> None:
@@ -220,50 +242,22 @@ def cmd_artifact(args) -> None:
 def cmd_predict(args) -> None:
     """Like POST /models/{id}/predict: a worker loads the stored model and predicts from the latest bar."""
     with _connect(args) as conn:
-        (forecast,) = run(conn, "request_forecast", {"model_id": args.model_id})
-        deadline = time.monotonic() + args.timeout
-        while forecast["status"] == "queued" and time.monotonic() < deadline:
-            time.sleep(0.1)
-            with conn.cursor(row_factory=dict_row) as cursor:
-                forecast = cursor.execute(
-                    db.QUERIES["get_forecast"], {"forecast_id": forecast["id"]}
-                ).fetchone()
-    if forecast["status"] == "queued":
-        raise CommandError(
-            f"forecast {forecast['id']} still queued after {args.timeout:.0f} s (are workers running?)"
-        )
-    if forecast["status"] == "failed":
-        raise CommandError(f"forecast {forecast['id']} failed: {forecast['error']}")
+        (queued,) = run(conn, "request_forecast", {"model_id": args.model_id})
+    forecast = _until_answered(args, queued, "get_forecast", "forecast_id", "forecast")
     print(json.dumps(forecast, indent=2, default=str))
 
 
 def cmd_simulate(args) -> None:
     """Like POST /simulate: a backtest of a completed model, run by a worker."""
-    params: dict[str, Any] = {}
-    for assignment in args.param or []:
-        name, _, raw = assignment.partition("=")
-        try:
-            params[name.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[name.strip()] = raw
     query = {
         "model_id": args.model_id,
         "strategy": args.strategy,
-        "params": json.dumps(params),
+        "params": json.dumps(_assignments(args.param or [])),
         "priority": 0,
     }
     with _connect(args) as conn:
-        (simulation,) = run(conn, "request_simulation", query)
-        deadline = time.monotonic() + args.timeout
-        while simulation["status"] == "queued" and time.monotonic() < deadline:
-            time.sleep(0.1)
-            simulation = _rows(args, "get_simulation", simulation_id=simulation["id"])[0]
-    if simulation["status"] == "queued":
-        raise CommandError(
-            f"simulation {simulation['id']} still queued after {args.timeout:.0f} s (workers running?)"
-        )
-    if simulation["status"] == "failed":
-        raise CommandError(f"simulation {simulation['id']} failed: {simulation['error']}")
+        (queued,) = run(conn, "request_simulation", query)
+    simulation = _until_answered(args, queued, "get_simulation", "simulation_id", "simulation")
     simulation.pop("equity_curve", None)
     print(json.dumps(simulation, indent=2, default=str))
 

@@ -5,7 +5,8 @@
 -- - context_symbols, alpha_grid / l1_ratio_grid, regime_configs and the sliding and purged CV strategies
 --   are accepted (their "not supported yet" refusals are gone).
 -- - Retraining (retrain_of, run), evolution (sfq_evolve), batches, cancellation, live forecasts, and the
---   simulation_history table the DuckDB import fills (its simulations come with issue 4).
+--   simulation_history table the DuckDB import fills (its simulations come with issue 4), and
+--   priorities (not part of the fingerprint).
 
 -- Regime kinds and their parameters, written by sql/registry.sql from workers/regimes.py.
 CREATE TABLE sfq_regimes (
@@ -24,6 +25,27 @@ ALTER TABLE training_requests
     ADD COLUMN run integer DEFAULT 1,
     ADD COLUMN retrain_of bigint,
     ADD COLUMN spec jsonb;  -- the canonical spec that was hashed (filled in, like fingerprint)
+
+-- Priorities: Procrastinate fetches higher priorities first. Not part of the fingerprint: a duplicate
+-- keeps the priority it was queued with.
+ALTER TABLE training_requests ADD COLUMN priority integer DEFAULT 0;
+COMMENT ON COLUMN training_requests.priority IS
+    'Queue priority, -100..100 (higher first); single requests 0, sweeps -10 by default. Not fingerprinted.';
+ALTER TABLE models ADD COLUMN priority integer NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE FUNCTION sfq_defer_training(model bigint) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    job_ids bigint[];
+BEGIN
+    job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
+        'training', 'train_model', (SELECT priority FROM models WHERE id = model), 'model:' || model, NULL,
+        jsonb_build_object('model_id', model), NULL
+    )::procrastinate_job_to_defer_v1]);
+    UPDATE models SET job_id = job_ids[1] WHERE id = model;
+    RETURN job_ids[1];
+END;
+$$;
 
 COMMENT ON COLUMN training_requests.run IS
     'Run number of an otherwise identical spec: 1 by default; a forced retrain takes the next free one.';
@@ -329,18 +351,19 @@ CREATE OR REPLACE FUNCTION sfq_accept_training_request() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
     NEW := sfq_canonical_request(NEW);
+    PERFORM sfq_check_range('priority', NEW.priority, -100, 100);
     LOOP
         INSERT INTO models (
             fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
             hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
             context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, timeout_s,
-            retrain_of, run)
+            retrain_of, run, priority)
         VALUES (
             NEW.fingerprint, NEW.spec, NEW.symbol, NEW.timeframe, NEW.target_col, NEW.target_transform,
             NEW.horizon, NEW.algorithm, NEW.hyperparameters, NEW.features, NEW.train_window,
             NEW.test_window, NEW.data_end, NEW.cv_folds, NEW.cv_strategy, NEW.context_symbols,
             NEW.alpha_grid, NEW.l1_ratio_grid, NEW.regime_configs, NEW.parent_model_id, NEW.timeout_s,
-            NEW.retrain_of, NEW.run)
+            NEW.retrain_of, NEW.run, NEW.priority)
         ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
         RETURNING id INTO NEW.model_id;
 

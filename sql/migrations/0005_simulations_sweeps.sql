@@ -1,5 +1,5 @@
--- sfq 0005: backtests of every trained model (simulation_history, the `simulation` queue), sweeps of
--- many configurations enqueued in one set-based transaction, and priorities.
+-- sfq 0005: backtests of every trained model (simulation_history, the `simulation` queue), and sweeps of
+-- many configurations enqueued in one set-based transaction.
 
 -- Backtest strategies and their parameters, written by sql/registry.sql from workers/simulation.py.
 CREATE TABLE sfq_strategies (
@@ -7,27 +7,6 @@ CREATE TABLE sfq_strategies (
     description text NOT NULL,
     parameters jsonb NOT NULL  -- {param: {default, rules: [...], expects}}, as sfq_algorithms
 );
-
--- Priorities: Procrastinate fetches higher priorities first. Not part of the fingerprint: a duplicate
--- keeps the priority it was queued with.
-ALTER TABLE training_requests ADD COLUMN priority integer DEFAULT 0;
-COMMENT ON COLUMN training_requests.priority IS
-    'Queue priority, -100..100 (higher first); single requests 0, sweeps -10 by default. Not fingerprinted.';
-ALTER TABLE models ADD COLUMN priority integer NOT NULL DEFAULT 0;
-
-CREATE OR REPLACE FUNCTION sfq_defer_training(model bigint) RETURNS bigint
-    LANGUAGE plpgsql AS $$
-DECLARE
-    job_ids bigint[];
-BEGIN
-    job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
-        'training', 'train_model', (SELECT priority FROM models WHERE id = model), 'model:' || model, NULL,
-        jsonb_build_object('model_id', model), NULL
-    )::procrastinate_job_to_defer_v1]);
-    UPDATE models SET job_id = job_ids[1] WHERE id = model;
-    RETURN job_ids[1];
-END;
-$$;
 
 -- The JSON way in, split so that a sweep can check its base and each grid value once, not once per
 -- combination: each field's JSON type checked by name, top-level nulls dropped (null = the default),
@@ -110,13 +89,6 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION sfq_request_fields() RETURNS SETOF pg_attribute
-    LANGUAGE sql STABLE AS $$
-    SELECT * FROM pg_attribute
-     WHERE attrelid = 'training_requests'::regclass AND attnum > 0 AND NOT attisdropped
-       AND attname NOT IN ('id', 'received_at', 'via', 'model_id', 'fingerprint', 'deduplicated', 'spec')
-$$;
-
 -- Every request column's default, as JSON (jsonb_populate_record leaves an absent column NULL).
 CREATE FUNCTION sfq_request_defaults() RETURNS jsonb
     LANGUAGE plpgsql STABLE AS $$
@@ -134,43 +106,6 @@ BEGIN
         defaults := defaults || jsonb_build_object(name, value);
     END LOOP;
     RETURN defaults;
-END;
-$$;
-
--- The trigger records the priority on the model it creates.
-CREATE OR REPLACE FUNCTION sfq_accept_training_request() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-BEGIN
-    NEW := sfq_canonical_request(NEW);
-    PERFORM sfq_check_range('priority', NEW.priority, -100, 100);
-    LOOP
-        INSERT INTO models (
-            fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
-            hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-            context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, timeout_s,
-            retrain_of, run, priority)
-        VALUES (
-            NEW.fingerprint, NEW.spec, NEW.symbol, NEW.timeframe, NEW.target_col, NEW.target_transform,
-            NEW.horizon, NEW.algorithm, NEW.hyperparameters, NEW.features, NEW.train_window,
-            NEW.test_window, NEW.data_end, NEW.cv_folds, NEW.cv_strategy, NEW.context_symbols,
-            NEW.alpha_grid, NEW.l1_ratio_grid, NEW.regime_configs, NEW.parent_model_id, NEW.timeout_s,
-            NEW.retrain_of, NEW.run, NEW.priority)
-        ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
-        RETURNING id INTO NEW.model_id;
-
-        IF NEW.model_id IS NOT NULL THEN
-            NEW.deduplicated := false;
-            PERFORM sfq_defer_training(NEW.model_id);
-            RETURN NEW;
-        END IF;
-
-        SELECT id INTO NEW.model_id FROM models
-         WHERE fingerprint = NEW.fingerprint AND status NOT IN ('failed', 'cancelled');
-        IF NEW.model_id IS NOT NULL THEN
-            NEW.deduplicated := true;
-            RETURN NEW;
-        END IF;
-    END LOOP;
 END;
 $$;
 
