@@ -118,6 +118,7 @@ def test_every_log_line_names_host_pid_job_and_model_and_json_on_request(clean, 
     text.wait_for_line(rf"job=\d+ model={model_id} INFO job \d+ model {model_id} completed")
     assert re.search(rf"log-host worker-1 \[{text.pid}\] job=\d+ model={model_id} INFO", text.output)
 
+    text.stop()  # the next model must be trained by the JSON-logging worker
     as_json = start_worker(2, SFQ_HOSTNAME="json-host", SFQ_LOG_FORMAT="json")
     other, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
     wait_for_models(clean, [other])
