@@ -60,7 +60,8 @@ def test_timeout_is_not_part_of_the_fingerprint(clean):
 
 def test_memory_limit_kills_training_with_a_message(clean, start_worker):
     worker = start_worker(1, SFQ_MEMORY_LIMIT_MB="40")  # less than numpy + scikit-learn need
-    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    # Memory is checked every 0.25 s: a job that lasts longer (the training process starts loaded).
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
     model = wait_for_models(clean, [model_id])[model_id]
     assert model["status"] == "failed"
     assert "resident memory" in model["error"] and "over the limit of 40 MB" in model["error"]

@@ -339,6 +339,10 @@ def run(instance: int, url: str, settings: Settings) -> None:
 async def _serve(instance: int, url: str, settings: Settings) -> bool:
     """Run until stopped; True when a signal asked for it."""
     runtime = Runtime(url, instance, settings)
+    # Before READY: the fork server imports scikit-learn once and the first training process is forked,
+    # so the first job does not wait for either.
+    child_pid = await asyncio.get_running_loop().run_in_executor(None, runtime.trainer.ensure_started)
+    log.info("worker %s: training process %s started", instance, child_pid)
     app.perform_import_paths()  # registers workers.tasks
     with app.replace_connector(connector(url, f"sfq-worker-{instance}-queue")):
         async with app.open_async():
