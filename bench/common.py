@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -30,6 +31,30 @@ CORES = os.cpu_count() or 1
 # Every process that trains (sfq's training processes, the pools, Celery's children) gets the same
 # one-thread BLAS/OpenMP limit sfq's workers set, so the comparison is of architectures, not of threading.
 BENCH_ENV = {**THREAD_LIMIT_ENV, "PYTHONUNBUFFERED": "1"}
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime + reaped children's cutime + cstime of a process, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Children started by any of the process's threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ...: a worker daemon's fork server and the training processes it forks."""
+    found = children(pid)
+    return found + [d for child in found for d in descendants(child)]
 
 
 def loadavg() -> str:

@@ -1,5 +1,6 @@
-"""Scenario 5: resident memory (from /proc, every 0.2 s) of one `sfq worker` daemon and of its training
-process across a run of jobs, with recycling on (SFQ_MAX_JOBS_PER_CHILD's default) and off."""
+"""Scenario 5: resident memory (from /proc, every 0.2 s) of one `sfq worker` daemon, its fork server and
+its training process across a run of jobs, with recycling on (SFQ_MAX_JOBS_PER_CHILD's default) and off.
+A training process is forked from the fork server: its RSS counts the pages it still shares with it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import time
 from typing import Any
 
 from bench import jobs
-from bench.common import processes, start_sfq_workers, wait_for_models
-from bench.scaleout import _children
+from bench.common import children, processes, start_sfq_workers, wait_for_models
 from queue_app.config import Settings
 from workers.child import resident_mb
 
@@ -19,17 +19,17 @@ OFF = 100_000
 def _sample(pid: int, stop: threading.Event, out: dict[str, Any]) -> None:
     while not stop.is_set():
         out["daemon"].append(resident_mb(pid))
-        for child in _children(pid):
-            rss = resident_mb(child)
-            if rss > 50:  # the training process (the spawn machinery's helpers stay small)
-                out["children"].setdefault(child, []).append(rss)
+        for server in children(pid):  # the fork server (and multiprocessing's small helpers)
+            out["server"].append(resident_mb(server))
+            for child in children(server):
+                out["children"].setdefault(child, []).append(resident_mb(child))
         stop.wait(0.2)
 
 
 def _run(url: str, count: int, max_jobs: int, run_offset: int, short: bool) -> dict[str, Any]:
     mix = jobs.standard_mix(short)
     requests = [{**mix[k % len(mix)], "run": run_offset + k // len(mix)} for k in range(count)]
-    samples: dict[str, Any] = {"daemon": [], "children": {}}
+    samples: dict[str, Any] = {"daemon": [], "server": [], "children": {}}
     with processes() as started:
         (daemon,) = start_sfq_workers(started, url, 1, SFQ_MAX_JOBS_PER_CHILD=str(max_jobs))
         idle = resident_mb(daemon.pid)
@@ -49,6 +49,7 @@ def _run(url: str, count: int, max_jobs: int, run_offset: int, short: bool) -> d
         "daemon_idle": idle,
         "daemon_end": end,
         "daemon_max": max(samples["daemon"]),
+        "server_max": max(samples["server"], default=0.0),
         "child_max": max((max(v) for v in children.values()), default=0.0),
         "child_last": list(children.values())[-1][-1] if children else 0.0,
         "processes": len(children),
@@ -69,6 +70,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
                 f"{r['daemon_idle']:.0f} / {r['daemon_max']:.0f} / {r['daemon_end']:.0f} MB",
             )
         )
+        rows.append(("memory", f"{count} jobs, {name}: fork server RSS max", f"{r['server_max']:.0f} MB"))
         rows.append(
             (
                 "memory",

@@ -4,12 +4,10 @@ and by Celery (prefork, Redis broker). Same training function, same database."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,31 +16,14 @@ from bench import jobs
 from bench.common import (
     CORES,
     Process,
+    descendants,
+    process_cpu_s,
     processes,
     redis_reachable,
     redis_url,
     start_sfq_workers,
     wait_for_models,
 )
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime + reaped children's cutime + cstime of a process, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    """Children started by any of the process's threads (the training process is started from one)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
 
 WARM_UP = {"symbol": "MSFT", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 2}
 _warm_up_runs = iter(range(1000, 100_000))
@@ -65,7 +46,9 @@ def warm_sfq(url: str, daemons: list[Process]) -> None:
 
 
 def _tree_cpu_s(daemons: list[Process]) -> float:
-    return sum(_proc_cpu_s(d.pid) + sum(map(_proc_cpu_s, _children(d.pid))) for d in daemons)
+    """Daemons, their fork servers and training processes (live ones, and recycled ones reaped into the
+    fork server's cutime)."""
+    return sum(process_cpu_s(pid) for d in daemons for pid in (d.pid, *descendants(d.pid)))
 
 
 def measure_sfq(
@@ -77,7 +60,6 @@ def measure_sfq(
     t0 = time.perf_counter()
     ids = jobs.submit(url, mix, run)
     wall = wait_for_models(url, ids, timeout) - t0
-    # Daemons and their training processes (live ones, and recycled ones reaped into cutime).
     cpu_after = _tree_cpu_s(daemons)
     with psycopg.connect(url) as conn:
         rows = conn.execute(

@@ -985,3 +985,21 @@ def test_forecast_needs_complete_features_for_the_last_bar():
         forecast(spec, model, small_bars().iloc[:30])
     with pytest.raises(TrainingError, match="no bars for SYN"):
         forecast(spec, model, small_bars().iloc[:0])
+
+
+def test_permutation_importance_matches_sklearns_on_a_known_model():
+    """One predict over all shuffled copies measures what sklearn's loop measures: on a linear model
+    with known weights, the importance of column j is 2 * w_j**2 * var(x_j) in expectation."""
+    from sklearn.inspection import permutation_importance as sklearn_permutation_importance
+
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.normal(size=(2000, 4)), columns=["strong", "weak", "noise", "noise2"])
+    y = 3 * X["strong"] + 1 * X["weak"] + rng.normal(scale=0.5, size=2000)
+    model = LinearRegression().fit(X, y)
+    ours = training.permutation_importance(model, X, y, n_repeats=20)
+    theirs = sklearn_permutation_importance(
+        model, X, y, n_repeats=20, random_state=0, scoring="neg_mean_squared_error"
+    ).importances_mean
+    np.testing.assert_allclose(ours, theirs, rtol=0.1, atol=0.02)
+    np.testing.assert_allclose(ours[:2], [2 * 9, 2 * 1], rtol=0.1)
+    assert abs(ours[2]) < 0.02 and abs(ours[3]) < 0.02
