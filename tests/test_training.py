@@ -372,6 +372,29 @@ def test_artifact_round_trips_for_every_algorithm(algorithm):
     assert type(model[-1]) is ALGORITHMS[algorithm].estimator
 
 
+@pytest.mark.parametrize("algorithm", ["RandomForest", "HistGradientBoosting"])
+def test_artifact_is_the_skops_file_skops_would_write(algorithm):
+    """artifacts.dump writes skops' own schema and arrays, only without the JSON indentation."""
+    import io
+    import json
+    import re
+    from zipfile import ZipFile
+
+    def contents(blob: bytes) -> tuple[str, list[bytes], int]:
+        """The schema with object ids (they name the array files too, and change on each save)
+        blanked, the arrays, and the schema's size."""
+        with ZipFile(io.BytesIO(blob)) as archive:
+            schema = archive.read("schema.json")
+            arrays = sorted(archive.read(name) for name in archive.namelist() if name != "schema.json")
+        canonical = json.dumps(json.loads(schema), sort_keys=True)
+        return re.sub(r'"__id__": \d+|\d+\.npy', "#", canonical), arrays, len(schema)
+
+    model = artifacts.load(trained(algorithm).artifact, trained(algorithm).artifact_sha256)
+    ours, theirs = contents(artifacts.dump(model)), contents(sio.dumps(model))
+    assert ours[:2] == theirs[:2]
+    assert ours[2] < theirs[2] / 2
+
+
 def test_trusted_types_are_exactly_those_the_algorithms_need():
     needed = set()
     for algorithm in ALGORITHMS:

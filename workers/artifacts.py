@@ -7,8 +7,13 @@ a file; the SHA-256 recorded at save time is checked before a byte is parsed.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+from zipfile import ZIP_STORED, ZipFile
 
+import skops
 import skops.io as sio
+from skops.io._utils import SaveContext, get_state
 from skops.io.exceptions import UntrustedTypesFoundException
 
 FORMAT = "skops"
@@ -27,7 +32,18 @@ class ArtifactError(Exception):
 
 
 def dump(model) -> bytes:
-    return sio.dumps(model)
+    """skops.io.dumps, with its schema written as compact JSON: skops indents it, which turns off the C
+    JSON encoder and took two thirds of a RandomForest's save (and 40 % of its size). The file is the
+    same skops format (`sio.loads` reads either); pyproject pins the skops versions this is checked on."""
+    buffer = io.BytesIO()
+    with ZipFile(buffer, "w", compression=ZIP_STORED) as zip_file:
+        context = SaveContext(zip_file=zip_file)
+        state = get_state(model, context)
+        context.clear_memo()
+        state["protocol"] = context.protocol
+        state["_skops_version"] = skops.__version__
+        zip_file.writestr("schema.json", json.dumps(state, separators=(",", ":")))
+    return buffer.getvalue()
 
 
 def load(blob: bytes, sha256: str):
