@@ -223,8 +223,9 @@ def start_sfq_workers(started: list[Process], url: str, count: int, **env: str) 
 
 
 def wait_for_models(url: str, model_ids: list[int], timeout: float, runner: Process | None = None) -> float:
-    """Poll (every 20 ms) until every model is finished; returns time.perf_counter() at that moment.
-    Gives up when `runner` (the process running them) has exited."""
+    """Poll (every 20 ms) until every model is finished, and the default backtest each completed model
+    gets (in its result transaction) too; returns time.perf_counter() at that moment. Gives up when
+    `runner` (the process running them) has exited."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
@@ -236,8 +237,11 @@ def wait_for_models(url: str, model_ids: list[int], timeout: float, runner: Proc
             ):
                 raise RuntimeError("runner exited:\n" + "\n".join(runner.lines[-20:]))
             (left,) = conn.execute(
-                "SELECT count(*) FROM models WHERE id = ANY(%s) AND status IN ('queued', 'running')",
-                (model_ids,),
+                "SELECT (SELECT count(*) FROM models"
+                "         WHERE id = ANY(%(ids)s) AND status IN ('queued', 'running'))"
+                "     + (SELECT count(*) FROM simulation_history"
+                "         WHERE model_id = ANY(%(ids)s) AND status = 'queued')",
+                {"ids": model_ids},
             ).fetchone()
             if left == 0:
                 done = time.perf_counter()

@@ -1,6 +1,6 @@
 """The standard mix of training jobs, and the job function every baseline calls: the same work as sfq's
 worker (claim the model, load its bars from PostgreSQL, `workers.training.train`, write every result in
-one transaction with sfq's own queries), timed phase by phase."""
+one transaction with sfq's own queries, run the model's default backtest), timed phase by phase."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from queue_app.db import QUERIES
-from workers import artifacts
+from workers import artifacts, backtests
 from workers.data import load_bars
 from workers.training import train
 
@@ -88,8 +88,8 @@ def _db(url: str) -> psycopg.Connection:
 
 
 def run_job(url: str, model_id: int) -> dict[str, float]:
-    """Claim, load, train, write: what an sfq worker does for one model, minus the process isolation,
-    progress updates and the default backtest. Returns seconds per phase (load, train, write)."""
+    """Claim, load, train, write, backtest: what an sfq worker does for one model, minus the process
+    isolation and progress updates. Returns seconds per phase (load, train, write, backtest)."""
     times: dict[str, float] = {}
     clock = time.perf_counter()
     db = _db(url)
@@ -115,6 +115,7 @@ def run_job(url: str, model_id: int) -> dict[str, float]:
                 "timings": Jsonb(result.timings),
             },
         )
+        ((simulation_id,),) = db.execute(QUERIES["request_default_simulation"], {"model_id": model_id})
         with db.cursor() as cursor:
             cursor.executemany(
                 QUERIES["insert_feature_importance"],
@@ -133,7 +134,10 @@ def run_job(url: str, model_id: int) -> dict[str, float]:
                     "bytes": result.artifact,
                 },
             )
-    times["write"] = time.perf_counter() - clock
+    now = time.perf_counter()
+    times["write"], clock = now - clock, now
+    backtests.run(url, simulation_id)  # as sfq's simulate_model task does (its job stays idle here)
+    times["backtest"] = time.perf_counter() - clock
     times.update({f"phase_{name}": value for name, value in result.timings.items()})
     return times
 
