@@ -225,6 +225,10 @@ SELECT name, checksum FROM sfq_migrations
 -- has_procrastinate_schema --
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL
 
+-- has_sfq_schema --
+-- What a worker checks at start-up (needs no privilege): sfq's tables and Procrastinate's exist.
+SELECT to_regclass('procrastinate_jobs') IS NOT NULL AND to_regclass('models') IS NOT NULL
+
 -- record_migration --
 INSERT INTO sfq_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
     ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()

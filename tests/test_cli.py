@@ -207,3 +207,14 @@ def test_database_without_schema_says_to_upgrade(make_database):
     assert result.returncode == 1, result
     assert result.stderr.startswith("sfq: the database has no sfq schema yet; run `sfq db upgrade`")
     assert "Traceback" not in result.stderr
+
+
+def test_worker_on_a_database_without_schema_says_to_upgrade(make_database):
+    url = make_database("sfq_test_empty_worker")
+    result = run_sfq("worker", "1", url=url, timeout=60)
+    assert result.returncode == 1, result
+    assert (
+        "cannot start: database 'sfq_test_empty_worker_" in result.stderr
+        and "has no sfq schema" in result.stderr
+    )
+    assert "run `sfq db upgrade`" in result.stderr and "Traceback" not in result.stderr

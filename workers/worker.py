@@ -327,9 +327,28 @@ def limit_threads() -> None:
         os.environ.setdefault(name, value)
 
 
+class NotMigrated(RuntimeError):
+    pass
+
+
+def check_schema(url: str) -> None:
+    """Refuse to start on a database `sfq db upgrade` has not prepared, saying so (rather than failing on
+    the first query with a missing table)."""
+    with psycopg.connect(url, application_name="sfq-worker-start") as conn:
+        (ready,) = conn.execute(QUERIES["has_sfq_schema"]).fetchone()
+        database = conn.info.dbname
+    if not ready:
+        raise NotMigrated(f"database {database!r} has no sfq schema: run `sfq db upgrade` on it first")
+
+
 def run(instance: int, url: str, settings: Settings) -> None:
     limit_threads()
     logs.configure(settings.hostname, instance, settings.log_json)
+    try:
+        check_schema(url)
+    except (NotMigrated, psycopg.OperationalError) as error:
+        log.error("worker %s cannot start: %s", instance, error)
+        raise SystemExit(1) from None
     if not asyncio.run(_serve(instance, url, settings)):
         # Stopped without being asked (its heartbeat or listener lost the database): exit non-zero so
         # that systemd (Restart=on-failure) or `sfq workers` starts it again.
@@ -434,7 +453,10 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
         SIMULATION_QUEUE,
     )
     notify.notify("READY=1", "STATUS=idle")  # systemd's Type=notify: worker@N is started
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for worker, task in zip(workers, tasks, strict=True):
+        if task in done and not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s stopped: %s: %s", worker.worker_name, type(error).__name__, error)
     stop_all()
     await asyncio.gather(*tasks, return_exceptions=True)
     return signals_received > 0
