@@ -136,7 +136,7 @@ def run_job(url: str, model_id: int) -> dict[str, float]:
             )
     now = time.perf_counter()
     times["write"], clock = now - clock, now
-    backtests.run(url, simulation_id)  # as sfq's simulate_model task does (its job stays idle here)
+    backtests.run(db, simulation_id)  # as sfq's simulate_model task does (its job stays idle here)
     times["backtest"] = time.perf_counter() - clock
     times.update({f"phase_{name}": value for name, value in result.timings.items()})
     return times

@@ -172,3 +172,24 @@ def test_sigterm_stops_an_idle_worker_cleanly(start_worker):
     worker = start_worker(1)
     assert worker.stop() == 0
     assert "worker 1 stopped" in worker.output
+
+
+def test_a_worker_daemon_holds_the_connections_the_readme_sizes_for(clean, start_worker):
+    """README, "More machines": at most 10 per daemon, the forecast/backtest one kept open."""
+    start_worker(1)
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    assert wait_for_models(clean, [model_id])[model_id]["status"] == "completed"
+    wait_for_jobs(clean)  # the default backtest too
+    assert clean.execute(
+        "SELECT status FROM simulation_history WHERE model_id = %s", (model_id,)
+    ).fetchall() == [("completed",)]
+    names = [
+        name
+        for (name,) in clean.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+            " AND (application_name LIKE 'sfq-worker-1-%%' OR application_name = 'sfq-training')"
+        )
+    ]
+    assert "sfq-worker-1-side" in names and "sfq-training" in names, names
+    print(f"\nconnections of worker 1 after a training and its backtest: {sorted(names)}")
+    assert len(names) <= 10, names

@@ -17,8 +17,9 @@ from workers.simulation import SimulationError, periods_per_year, simulate
 log = logging.getLogger("sfq.backtest")
 
 
-def run(url: str, simulation_id: int) -> None:
-    with psycopg.connect(url, autocommit=True, application_name="sfq-backtest", row_factory=dict_row) as db:
+def run(conn: psycopg.Connection, simulation_id: int) -> None:
+    """Backtest one queued simulation on `conn` (autocommit)."""
+    with conn.cursor(row_factory=dict_row) as db:
         job = db.execute(QUERIES["simulation_inputs"], {"simulation_id": simulation_id}).fetchone()
         if job is None:  # already done, or its model was deleted
             return

@@ -17,14 +17,15 @@ from workers.training import TrainingError, forecast
 log = logging.getLogger("sfq.forecast")
 
 
-def run(url: str, forecast_id: int) -> None:
-    with psycopg.connect(url, autocommit=True, application_name="sfq-forecast", row_factory=dict_row) as db:
+def run(conn: psycopg.Connection, forecast_id: int) -> None:
+    """Answer one queued forecast on `conn` (autocommit)."""
+    with conn.cursor(row_factory=dict_row) as db:
         job = db.execute(QUERIES["forecast_inputs"], {"forecast_id": forecast_id}).fetchone()
         if job is None:  # already answered, or its model was deleted
             return
         try:
             model = artifacts.load(job["artifact"], job["sha256"])
-            bars, context = load_bars(db, job["spec"], job["as_of"])
+            bars, context = load_bars(conn, job["spec"], job["as_of"])
             result = forecast(job["spec"], model, bars, context)
         except psycopg.Error:
             raise  # the database, not the forecast: the job fails and asking again re-queues it

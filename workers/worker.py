@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -78,6 +79,8 @@ class Runtime:
         self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
         self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")
         self._conns: dict[str, psycopg.AsyncConnection] = {}
+        self._side: psycopg.Connection | None = None  # forecasts and backtests, in threads
+        self._side_lock = threading.Lock()
 
     async def _db(self, purpose: str = "jobs") -> psycopg.AsyncConnection:
         """One connection per purpose: the rescue loop must never run inside a job's transaction."""
@@ -251,11 +254,22 @@ class Runtime:
 
     async def forecast(self, forecast_id: int) -> None:
         """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
-        await asyncio.to_thread(forecasts.run, self.url, forecast_id)
+        await asyncio.to_thread(self._on_side_connection, forecasts.run, forecast_id)
 
     async def simulate(self, simulation_id: int) -> None:
         """A backtest, in a thread: vectorised over a few hundred bars, it takes milliseconds."""
-        await asyncio.to_thread(backtests.run, self.url, simulation_id)
+        await asyncio.to_thread(self._on_side_connection, backtests.run, simulation_id)
+
+    def _on_side_connection(self, run, object_id: int) -> None:
+        """Forecasts and backtests run one at a time (the predictor's concurrency is 1) on one connection
+        kept open: connecting anew cost about as much as the backtest itself. A connection a database
+        restart broke fails its job (asking again re-queues it) and is replaced on the next one."""
+        with self._side_lock:
+            if self._side is None or self._side.closed or self._side.broken:
+                self._side = psycopg.connect(
+                    self.url, autocommit=True, application_name=f"sfq-worker-{self.instance}-side"
+                )
+            run(self._side, object_id)
 
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
         await self._execute("give_up_model", {"model_id": model_id, "job_id": job_id, "error": reason})
@@ -319,6 +333,8 @@ class Runtime:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
         for conn in self._conns.values():
             await conn.close()
+        if self._side is not None:
+            self._side.close()
 
 
 def limit_threads() -> None:
