@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from queue_app.ui.pages import REFRESH_S
 from tests.conftest import ROOT, wait_for_jobs, wait_for_models
 
 selenium = pytest.importorskip("selenium")
@@ -128,7 +129,7 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
 
     # Overview (it refreshes itself, so an element may go stale: read it again then).
     browser.get(f"{base}/ui")
-    assert browser.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]')
+    assert browser.find_element(By.CSS_SELECTOR, "script[data-refresh]")
 
     def overview() -> None:
         assert [row[2] for row in _cells(browser, "workers")] == ["1", "2"]
@@ -205,6 +206,15 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
         3,
         "queued",
     )
+
+    # Its page reloads itself while the model is queued, but not under a half-typed evolve form.
+    browser.execute_script("window.sfqMarker = 1")
+    WebDriverWait(browser, 15).until(lambda driver: driver.execute_script("return window.sfqMarker") is None)
+    browser.find_element(By.CSS_SELECTOR, "form#evolve input[name=horizon]").send_keys("7")
+    browser.execute_script("window.sfqMarker = 1")
+    time.sleep(REFRESH_S + 2)
+    assert browser.execute_script("return window.sfqMarker") == 1
+    assert browser.find_element(By.CSS_SELECTOR, "form#evolve input[name=horizon]").get_attribute("value")
 
     # Cancel it with its button: the page comes back showing it cancelled.
     _post(browser, "cancel")

@@ -119,8 +119,18 @@ def chart(svg: str | None, id_: str, empty: str) -> str:
     return f'<div class="chart" id="{esc(id_)}">{svg}</div>'
 
 
+# Reload every `data-refresh` seconds, unless something was typed into a form on the page (a reload
+# would throw it away); without JavaScript, a plain meta refresh.
+RELOAD_SCRIPT = (
+    "<script data-refresh={seconds}>(() => {{ let typed = false;"
+    ' document.addEventListener("input", () => {{ typed = true; }});'
+    " setInterval(() => {{ if (!typed) location.reload(); }}, {seconds} * 1000); }})();</script>"
+    '<noscript><meta http-equiv="refresh" content="{seconds}"></noscript>'
+)
+
+
 def page(title: str, body: str, refresh_s: int | None = None, status_code: int = 200) -> HTMLResponse:
-    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
+    refresh = RELOAD_SCRIPT.format(seconds=int(refresh_s)) if refresh_s else ""
     nav = "".join(
         link(href, text)
         for href, text in (("/ui", "sfq"), ("/ui/models", "Models"), ("/ui/submit", "Submit"))
