@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from psycopg.types.json import Jsonb
 
 from tests.conftest import insert_request, wait_for_jobs, wait_for_models
 from workers import artifacts
@@ -193,3 +194,42 @@ def test_a_worker_daemon_holds_the_connections_the_readme_sizes_for(clean, start
     assert "sfq-worker-1-side" in names and "sfq-training" in names, names
     print(f"\nconnections of worker 1 after a training and its backtest: {sorted(names)}")
     assert len(names) <= 10, names
+
+
+def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean, database):
+    """Procrastinate aborts a job by cancelling its task: the training process dies and the task sees
+    CancelledError, never an error of the waiting thread and the event loop closing the pipe together
+    (that race once turned a cancel into a requeue)."""
+    import asyncio
+
+    import pytest
+
+    from workers.child import TrainingProcess
+
+    model_id, _, _ = insert_request(
+        clean,
+        {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": Jsonb({"n_estimators": 3000})},
+    )
+    (spec,) = clean.execute("SELECT spec FROM models WHERE id = %s", (model_id,)).fetchone()
+    trainer = TrainingProcess(database, max_jobs=10)
+
+    async def cancel_while_training(delay: float) -> int:
+        pid = trainer.ensure_started()
+        training = asyncio.ensure_future(trainer.train(spec, 60, 0, model_id, 1))
+        await asyncio.sleep(delay)
+        training.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await training
+        return pid
+
+    def gone(pid: int) -> bool:
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.01)  # killed; its fork server reaps it
+        return not os.path.exists(f"/proc/{pid}")
+
+    try:
+        for attempt in range(12):
+            assert gone(asyncio.run(cancel_while_training(0.05 + 0.02 * attempt)))
+    finally:
+        trainer.close()

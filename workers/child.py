@@ -20,6 +20,7 @@ import functools
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -142,6 +143,7 @@ class TrainingProcess:
         self._conn: Connection | None = None
         self._jobs = 0
         self._interrupted: str | None = None
+        self._killing = threading.Lock()
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
@@ -226,13 +228,17 @@ class TrainingProcess:
             self._kill(self._process, self._conn)
 
     def _kill(self, process, conn: Connection) -> None:
-        """Kill `process` and forget it, unless a newer child has replaced it meanwhile."""
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=5)
-        conn.close()
-        if self._process is process:
-            self._process, self._conn = None, None
+        """Kill `process` and forget it, unless a newer child has replaced it meanwhile. The waiting
+        thread and the event loop (a cancelled job) may both get here: closing the pipe twice at once
+        failed one of them with EBADF (a cancellation then ended as an OSError)."""
+        with self._killing:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+            if not conn.closed:
+                conn.close()
+            if self._process is process:
+                self._process, self._conn = None, None
 
     def close(self) -> None:
         """Ask the child to exit after its current job; kill it if it does not."""
