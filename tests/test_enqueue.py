@@ -69,6 +69,56 @@ def test_rolled_back_insert_leaves_no_model_and_no_job(clean, database):
     assert jobs(clean) == []
 
 
+def test_multi_row_insert_returns_each_model_and_defers_one_job_per_new_model(clean):
+    existing = insert_request(clean, {"symbol": "AAPL", **FAST})
+    rows = clean.execute(
+        "INSERT INTO training_requests"
+        " (symbol, algorithm, train_window, test_window, hyperparameters, priority)"
+        " VALUES ('MSFT', 'Ridge', 300, 60, '{\"alpha\": 1}', 5), ('aapl', 'Ridge', 300, 60, '{}', 0),"
+        " ('MSFT', 'Ridge', 300, 60, '{\"alpha\": 1.0}', 7), ('IBM', 'Ridge', 300, 60, '{}', -3)"
+        " RETURNING model_id, fingerprint, deduplicated"
+    ).fetchall()
+    msft, aapl, msft_again, ibm = rows
+    assert aapl == (existing[0], existing[1], True)  # an earlier statement's model
+    assert msft_again == (msft[0], msft[1], True)  # a model of this very statement
+    assert not msft[2] and not ibm[2] and len({existing[0], msft[0], ibm[0]}) == 3
+    # One job per new model, in the order of the requests, with the priority of the request that created it.
+    assert clean.execute(
+        "SELECT (j.args->>'model_id')::bigint, j.priority"
+        " FROM models m JOIN procrastinate_jobs j ON j.id = m.job_id ORDER BY j.id"
+    ).fetchall() == [(existing[0], 0), (msft[0], 5), (ibm[0], -3)]
+    assert len(jobs(clean)) == 3
+
+
+def test_insert_select_enqueues_every_row_in_one_statement(clean):
+    rows = clean.execute(
+        "INSERT INTO training_requests (symbol, algorithm, train_window, test_window, hyperparameters)"
+        " SELECT 'GOOG', 'Ridge', 300, 60, jsonb_build_object('alpha', 1 + i % 100)"
+        "   FROM generate_series(0, 249) i"
+        " RETURNING model_id, deduplicated"
+    ).fetchall()
+    assert [deduplicated for _, deduplicated in rows] == [False] * 100 + [True] * 150
+    ids = [model_id for model_id, _ in rows]
+    assert ids[100:] == ids[:100] + ids[:50]  # duplicates within the statement get the first row's model
+    assert clean.execute(
+        "SELECT count(*), count(DISTINCT m.job_id) FROM models m JOIN procrastinate_jobs j ON j.id = m.job_id"
+        " WHERE j.args = jsonb_build_object('model_id', m.id)"
+    ).fetchone() == (100, 100)
+
+
+def test_multi_row_insert_with_one_bad_row_changes_nothing(clean):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
+        clean.execute(
+            "INSERT INTO training_requests (symbol, algorithm, horizon)"
+            " VALUES ('MSFT', 'Ridge', 1), ('IBM', 'Ridge', 2), ('GOOG', 'Ridge', 0)"
+        )
+    assert raised.value.diag.column_name == "horizon"
+    assert clean.execute(
+        "SELECT (SELECT count(*) FROM models) + (SELECT count(*) FROM procrastinate_jobs)"
+        " + (SELECT count(*) FROM training_requests)"
+    ).fetchone() == (0,)
+
+
 @pytest.mark.parametrize(
     ("columns", "field", "words"),
     [

@@ -23,6 +23,7 @@ GROUPS = ("sfq_submitter", "sfq_worker", "sfq_api")
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 DEFINERS = (
     "sfq_accept_training_request",
+    "sfq_defer_training_requests",
     "sfq_submit",
     "sfq_submit_batch",
     "sfq_retrain",
