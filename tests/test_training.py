@@ -11,14 +11,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import io
+import json
 import math
 import os
+import re
 from typing import Any, ClassVar
+from zipfile import ZipFile
 
 import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from sklearn.inspection import permutation_importance as sklearn_permutation_importance
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -375,10 +380,6 @@ def test_artifact_round_trips_for_every_algorithm(algorithm):
 @pytest.mark.parametrize("algorithm", ["RandomForest", "HistGradientBoosting"])
 def test_artifact_is_the_skops_file_skops_would_write(algorithm):
     """artifacts.dump writes skops' own schema and arrays, only without the JSON indentation."""
-    import io
-    import json
-    import re
-    from zipfile import ZipFile
 
     def contents(blob: bytes) -> tuple[str, list[bytes], int]:
         """The schema with object ids (they name the array files too, and change on each save)
@@ -1013,8 +1014,6 @@ def test_forecast_needs_complete_features_for_the_last_bar():
 def test_permutation_importance_matches_sklearns_on_a_known_model():
     """One predict over all shuffled copies measures what sklearn's loop measures: on a linear model
     with known weights, the importance of column j is 2 * w_j**2 * var(x_j) in expectation."""
-    from sklearn.inspection import permutation_importance as sklearn_permutation_importance
-
     rng = np.random.default_rng(1)
     X = pd.DataFrame(rng.normal(size=(2000, 4)), columns=["strong", "weak", "noise", "noise2"])
     y = 3 * X["strong"] + 1 * X["weak"] + rng.normal(scale=0.5, size=2000)

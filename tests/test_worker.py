@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -9,10 +10,12 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 from psycopg.types.json import Jsonb
 
 from tests.conftest import insert_request, wait_for_jobs, wait_for_models
 from workers import artifacts
+from workers.child import TrainingProcess
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 
@@ -200,12 +203,6 @@ def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean, database
     """Procrastinate aborts a job by cancelling its task: the training process dies and the task sees
     CancelledError, never an error of the waiting thread and the event loop closing the pipe together
     (that race once turned a cancel into a requeue)."""
-    import asyncio
-
-    import pytest
-
-    from workers.child import TrainingProcess
-
     model_id, _, _ = insert_request(
         clean,
         {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": Jsonb({"n_estimators": 3000})},
