@@ -22,7 +22,8 @@ import procrastinate
 import psycopg
 
 from bench.common import CORES, Process, percentile, processes
-from queue_app.app import TRAINING_QUEUE, app
+from queue_app.vocabulary import TRAINING_QUEUE
+from workers.app import app
 
 SFQ_TASK, BARE_TASK, BARE_QUEUE = "bench_noop", "bench_bare_noop", "bench_bare"
 _log = None

@@ -1,6 +1,6 @@
 """OHLCV bars in: CSV files checked row by row and loaded with COPY, and the offline sample data.
 
-A file with any bad row changes nothing: every bad row is reported with its line number.
+A file with any bad row changes nothing: every bad row is reported with its line number (BadRows).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import psycopg
 
-from queue_app.db import QUERIES
+from queue_app import gateway
+from queue_app.errors import BadRows, Rejected
 
 SAMPLE_SYMBOLS = ("AAPL", "MSFT", "IBM", "GOOG")
 TIME_COLUMNS = ("ts", "timestamp", "datetime", "date", "time")
@@ -32,14 +33,6 @@ class Bar:
     low: float
     close: float
     volume: float
-
-
-class BadBars(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} bad row(s), nothing imported:\n  {shown}{more}")
 
 
 def _timestamp(text: str) -> datetime:
@@ -61,14 +54,14 @@ def _check(bar: Bar) -> str | None:
 
 
 def parse_csv(lines: Iterable[str]) -> list[Bar]:
-    """Parse and check every row; raise BadBars listing each bad line (header is line 1)."""
+    """Parse and check every row; raise BadRows listing each bad line (header is line 1)."""
     reader = csv.reader(lines)
     header = [name.strip().lower() for name in next(reader, [])]
     time_column = next((name for name in TIME_COLUMNS if name in header), None)
     missing = [name for name in PRICE_COLUMNS if name not in header]
     if time_column is None or missing:
         wanted = ", ".join(missing + ([] if time_column else ["ts (or date)"]))
-        raise BadBars([f"line 1: header {','.join(header) or '(empty)'} lacks column(s): {wanted}"])
+        raise BadRows([f"line 1: header {','.join(header) or '(empty)'} lacks column(s): {wanted}"])
     positions = [header.index(name) for name in (time_column, *PRICE_COLUMNS)]
     bars, problems, seen = [], [], {}
     for row in reader:
@@ -93,33 +86,31 @@ def parse_csv(lines: Iterable[str]) -> list[Bar]:
             seen[bar.ts] = line
             bars.append(bar)
     if problems:
-        raise BadBars(problems)
+        raise BadRows(problems)
     return bars
 
 
 def load(conn: psycopg.Connection, symbol: str, timeframe: str, bars: list[Bar]) -> tuple[int, int]:
     """Upsert bars with COPY in one transaction; returns (inserted, updated)."""
-    with conn.transaction(), conn.cursor() as cursor:
-        cursor.execute(QUERIES["create_incoming_bars"])
-        with cursor.copy(QUERIES["copy_incoming_bars"]) as copy:
-            for bar in bars:
-                copy.write_row(
-                    (symbol, timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
-                )
-        cursor.execute(QUERIES["upsert_incoming_bars"])
-        flags = [row[0] for row in cursor.fetchall()]
-    return sum(flags), len(flags) - sum(flags)
+    return gateway.upsert_bars(conn, symbol, timeframe, bars)
 
 
 def import_file(conn: psycopg.Connection, path: Path, symbol: str, timeframe: str) -> tuple[int, int]:
+    """A CSV file (gzip-compressed when it ends in .gz), checked whole, then loaded; errors name the file."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         # utf-8-sig: spreadsheets write a byte order mark that would otherwise hide the first column's name.
         with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
             bars = parse_csv(handle)
+    except FileNotFoundError:
+        raise Rejected(f"no such file: {path}") from None
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
         kind = "gzip-compressed UTF-8 CSV" if opener is gzip.open else "UTF-8 CSV"
-        raise BadBars([f"cannot read the file as {kind} text: {exc}"]) from None
+        raise BadRows([f"cannot read the file as {kind} text: {exc}"], str(path)) from None
+    except OSError as exc:
+        raise Rejected(f"cannot read {path}: {exc.strerror or exc}") from None
+    except BadRows as bad:
+        raise BadRows(bad.problems, str(path)) from None
     return load(conn, symbol.upper(), timeframe, bars)
 
 

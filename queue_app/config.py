@@ -1,4 +1,5 @@
-"""Configuration from the environment, read once: where the database is and how workers behave."""
+"""Configuration from the environment, read once: where the database is and how workers behave. A bad
+value raises ConfigError naming the variable."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from queue_app.errors import ConfigError
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -16,7 +19,7 @@ def _int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise SystemExit(f"sfq: {name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -27,7 +30,7 @@ def _bool(name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise SystemExit(f"sfq: {name} must be true or false, got {raw!r}")
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")  # RFC 6750's b64token, at least 16 characters
@@ -44,25 +47,25 @@ def _api_tokens() -> tuple[str, ...]:
             (f"SFQ_API_TOKENS item {n}", t.strip()) for n, t in enumerate(listed.split(","), 1) if t.strip()
         ]
         if not found:
-            raise SystemExit("sfq: SFQ_API_TOKENS is set but holds no token")
+            raise ConfigError("SFQ_API_TOKENS is set but holds no token")
     path = os.environ.get("SFQ_API_TOKENS_FILE", "")
     if path:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(f"sfq: cannot read SFQ_API_TOKENS_FILE: {exc}") from None
+            raise ConfigError(f"cannot read SFQ_API_TOKENS_FILE: {exc}") from None
         in_file = [
             (f"SFQ_API_TOKENS_FILE {path} line {n}", line.strip())
             for n, line in enumerate(lines, 1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
         if not in_file:
-            raise SystemExit(f"sfq: SFQ_API_TOKENS_FILE {path} holds no token")
+            raise ConfigError(f"SFQ_API_TOKENS_FILE {path} holds no token")
         found += in_file
     for where, token in found:
         if not _TOKEN.fullmatch(token):
-            raise SystemExit(
-                f"sfq: {where}: a token is at least 16 letters, digits or -._~+/ (then = padding), "
+            raise ConfigError(
+                f"{where}: a token is at least 16 letters, digits or -._~+/ (then = padding), "
                 "without spaces; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
     return tuple(dict.fromkeys(token for _, token in found))
@@ -105,7 +108,7 @@ class Settings:
             if value < low
         ]
         if problems:
-            raise SystemExit("sfq: " + "; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -132,7 +135,7 @@ class Settings:
 def _log_json() -> bool:
     raw = os.environ.get("SFQ_LOG_FORMAT") or "text"
     if raw not in ("text", "json"):
-        raise SystemExit(f"sfq: SFQ_LOG_FORMAT must be text or json, got {raw!r}")
+        raise ConfigError(f"SFQ_LOG_FORMAT must be text or json, got {raw!r}")
     return raw == "json"
 
 

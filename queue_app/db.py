@@ -14,6 +14,9 @@ import procrastinate
 import psycopg
 from procrastinate.schema import SchemaManager
 
+from queue_app import gateway
+from queue_app.errors import Conflict
+
 _HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
 
 
@@ -35,7 +38,7 @@ QUERIES: dict[str, str] = load_queries("queries.sql")
 
 
 def connect(url: str, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(url, application_name="sfq", **kwargs)
+    return gateway.connect(url, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ def migrations() -> list[Migration]:
     ]
 
 
-class MigrationError(RuntimeError):
-    pass
+class MigrationError(Conflict):
+    """The database's schema cannot be brought to this sfq's: the message says why."""
 
 
 def upgrade(url: str) -> list[str]:

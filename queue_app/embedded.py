@@ -18,17 +18,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+from queue_app.errors import Unavailable
+
 DATABASE = "sfq"
 PORT = 5432  # only names the socket file: the cluster listens on no TCP port
 
 INSTALL_HINT = (
-    "sfq: no PostgreSQL server binaries found (initdb, pg_ctl).\n"
+    "no PostgreSQL server binaries found (initdb, pg_ctl).\n"
     "  Install them (Debian/Ubuntu: apt-get install postgresql) or point sfq at a server:\n"
     "  export POSTGRES_URL=postgresql://USER@HOST:5432/DBNAME"
 )
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(Unavailable):
     """The private cluster could not be created or started; the message says what to do."""
 
 
@@ -60,9 +62,7 @@ def _owner() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam("postgres")
     except KeyError:
-        raise EmbeddedError(
-            "sfq: running as root, but there is no `postgres` user to run PostgreSQL as"
-        ) from None
+        raise EmbeddedError("running as root, but there is no `postgres` user to run PostgreSQL as") from None
 
 
 def _run(args: list[str], owner: pwd.struct_passwd | None, **kwargs) -> subprocess.CompletedProcess:
@@ -130,7 +130,7 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
         )
         if result.returncode != 0:
             raise EmbeddedError(
-                f"sfq: initdb failed in {data}:\n{result.stderr.strip()}\n"
+                f"initdb failed in {data}:\n{result.stderr.strip()}\n"
                 "  (when running as root, the postgres user must be able to reach that folder; "
                 "set SFQ_HOME to one it can, or set POSTGRES_URL)"
             )
@@ -146,7 +146,7 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
         )
         if result.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise EmbeddedError(f"sfq: could not start the private cluster:\n{result.stderr.strip()}\n{tail}")
+            raise EmbeddedError(f"could not start the private cluster:\n{result.stderr.strip()}\n{tail}")
         say(f"sfq: started sfq's private PostgreSQL cluster ({data}); `sfq db stop` stops it")
         _ensure_database(bindir, owner, sockets)
     return url(home)

@@ -26,7 +26,6 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,8 @@ from typing import Any
 import duckdb
 import psycopg
 
-from queue_app import db
-from queue_app.enqueue import RequestRejected, translate
-
-QUERIES = db.load_queries("legacy.sql")
+from queue_app import gateway
+from queue_app.errors import Rejected
 
 # DuckDB column types each kind of legacy column may have.
 KINDS = {
@@ -77,10 +74,6 @@ SIMULATION_METRICS = ("total_return", "sharpe", "max_drawdown", "n_trades")
 # Parameters sfq sets itself (workers/algorithms.py CONTROLLED_PARAMS; tests/test_contract.py keeps the
 # two equal). The old service stored them with the others; they are dropped, not refused.
 RUNTIME_PARAMS = ("random_state", "n_jobs", "verbose", "warm_start", "copy_X")
-
-
-class LegacyError(Exception):
-    """The file cannot be read, or is not the old service's layout: nothing was imported."""
 
 
 class _Unmappable(Exception):
@@ -123,16 +116,17 @@ class Report:
 
 
 def migrate(url: str, path: Path, dry_run: bool) -> Report:
-    """Import the file in one transaction (rolled back when `dry_run`); raise LegacyError if unreadable."""
+    """Import the file in one transaction (rolled back when `dry_run`); Rejected if the file is unreadable
+    or not the old service's layout (nothing imported)."""
     if not path.is_file():
-        raise LegacyError(f"no such file: {path}")
+        raise Rejected(f"no such file: {path}")
     try:
         with duckdb.connect(str(path), read_only=True) as duck:
             _check_layout(duck, path.name)
             report = Report(path.name, dry_run)
-            with db.connect(url) as conn, conn.transaction() as tx:
-                conn.execute(QUERIES["begin_import"])
-                conn.execute(QUERIES["create_import_tables"])
+            with gateway.connect(url) as conn, conn.transaction() as tx:
+                gateway.run(conn, gateway.begin_import())
+                gateway.run(conn, gateway.create_import_tables())
                 mapping = _import_models(conn, duck, report)
                 _import_features(conn, duck, mapping, report)
                 _import_simulations(conn, duck, mapping, report)
@@ -140,13 +134,13 @@ def migrate(url: str, path: Path, dry_run: bool) -> Report:
                     raise psycopg.Rollback(tx)
             return report
     except duckdb.Error as exc:
-        raise LegacyError(f"cannot read {path} as a DuckDB database: {exc}") from None
+        raise Rejected(f"cannot read {path} as a DuckDB database: {exc}") from None
 
 
 def _check_layout(duck: duckdb.DuckDBPyConnection, name: str) -> None:
     found: dict[str, dict[str, str]] = {}
-    for table, column, kind in duck.execute(QUERIES["duckdb_columns"]).fetchall():
-        found.setdefault(table, {})[column] = kind
+    for row in gateway.duckdb_rows(duck, "duckdb_columns"):
+        found.setdefault(row["table_name"], {})[row["column_name"]] = row["data_type"]
     problems = []
     for table, columns in LAYOUT.items():
         if table not in found:
@@ -159,14 +153,7 @@ def _check_layout(duck: duckdb.DuckDBPyConnection, name: str) -> None:
             elif not re.fullmatch(KINDS[kind], actual.upper()):
                 problems.append(f"{table}.{column} is {actual}, expected {kind}")
     if problems:
-        raise LegacyError(f"{name} is not the old service's layout: {'; '.join(problems)}")
-
-
-def _rows(duck: duckdb.DuckDBPyConnection, query: str) -> Iterator[dict[str, Any]]:
-    cursor = duck.execute(QUERIES[query])
-    names = [column[0].lower() for column in cursor.description]
-    while batch := cursor.fetchmany(1000):
-        yield from (dict(zip(names, values, strict=True)) for values in batch)
+        raise Rejected(f"{name} is not the old service's layout: {'; '.join(problems)}")
 
 
 @dataclass
@@ -188,12 +175,12 @@ class _Mapping:
 def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, report: Report) -> _Mapping:
     """Each legacy model in a savepoint of its own: a refused row is reported, the others stay."""
     table = report.models
-    defaults = json.dumps(conn.execute(QUERIES["request_defaults"]).fetchone()[0])
+    defaults = json.dumps(gateway.run(conn, gateway.request_defaults()))
     mapping = _Mapping()
     mapped, refused = mapping.models, mapping.refused
     first_legacy: dict[int, int] = {}  # model id -> the first legacy id mapped to it
     parents: dict[int, int] = {}  # inserted model id -> its legacy parent id
-    for row in _rows(duck, "duckdb_models"):
+    for row in gateway.duckdb_rows(duck, "duckdb_models"):
         table.read += 1
         legacy_id = row["id"]
         try:
@@ -202,12 +189,14 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
             params = _model_params(row, report.file) | {"defaults": defaults}
             try:
                 with conn.transaction():
-                    outcome, model_id, duplicate_of = conn.execute(QUERIES["import_model"], params).fetchone()
-            except psycopg.Error as error:
-                rejected = translate(error)
-                if not isinstance(rejected, RequestRejected):
-                    raise
+                    imported = gateway.run(conn, gateway.import_model(params))
+            except Rejected as rejected:
                 raise _Unmappable(_reason(rejected)) from None
+            outcome, model_id, duplicate_of = (
+                imported["outcome"],
+                imported["model_id"],
+                imported["duplicate_of"],
+            )
             if model_id is None:  # a live model with its fingerprint appeared while this statement ran
                 raise _Unmappable("the same spec was submitted during the import; run it again")
             if outcome == "conflict":
@@ -257,7 +246,7 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
         if ancestor == child:
             table.notes.append(f"model {child} imported without its parent: the link would make a loop")
             del links[child]
-    conn.execute(QUERIES["link_parents"], {"children": list(links), "parents": list(links.values())})
+    gateway.run(conn, gateway.link_parents(links))
     return mapping
 
 
@@ -295,7 +284,7 @@ def _model_params(row: dict[str, Any], file: str) -> dict[str, Any]:
     }
 
 
-def _reason(rejected: RequestRejected) -> str:
+def _reason(rejected: Rejected) -> str:
     message = rejected.message.removeprefix("invalid training request: ")
     return (
         message
@@ -355,8 +344,8 @@ def _import_features(
     """Only a model's own legacy rows: a duplicate's model has its features (or, queued in sfq, will have)."""
     table = report.features_log
     copied, left_out = 0, Counter()
-    with conn.cursor() as cursor, cursor.copy(QUERIES["copy_features"]) as copy:
-        for row in _rows(duck, "duckdb_features_log"):
+    with gateway.copy_rows(conn, "copy_features") as copy:
+        for row in gateway.duckdb_rows(duck, "duckdb_features_log"):
             table.read += 1
             try:
                 model_id = mapping.model_of(row["model_id"])
@@ -373,7 +362,7 @@ def _import_features(
                 continue
             copy.write_row((row["model_id"], model_id, row["feature_name"], importance, row["logged_at"]))
             copied += 1
-    table.inserted = conn.execute(QUERIES["import_features"]).rowcount
+    table.inserted = gateway.run(conn, gateway.import_features())
     table.skipped = copied - table.inserted + left_out.total()
     table.notes += [
         f"{count} row(s) of duplicate id {legacy_id} left out: "
@@ -390,8 +379,8 @@ def _import_simulations(
 ) -> None:
     table = report.simulation_history
     copied = 0
-    with conn.cursor() as cursor, cursor.copy(QUERIES["copy_simulations"]) as copy:
-        for row in _rows(duck, "duckdb_simulation_history"):
+    with gateway.copy_rows(conn, "copy_simulations") as copy:
+        for row in gateway.duckdb_rows(duck, "duckdb_simulation_history"):
             table.read += 1
             try:
                 model_id = mapping.model_of(row["model_id"])
@@ -410,5 +399,5 @@ def _import_simulations(
                 )
             )  # fmt: skip
             copied += 1
-    table.inserted = conn.execute(QUERIES["import_simulations"], {"file": report.file}).rowcount
+    table.inserted = gateway.run(conn, gateway.import_simulations(report.file))
     table.skipped = copied - table.inserted

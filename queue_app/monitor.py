@@ -6,22 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from queue_app.db import QUERIES
+from queue_app import gateway
+from queue_app.gateway import Call
 
 DURATION_BOUNDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)  # seconds
 RATE_MINUTES = 5  # "per minute" rates are averaged over this many minutes
 
 
-def _rows(conn: psycopg.Connection, query: str, **params: Any) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(QUERIES[query], params).fetchall()
-
-
 def status_text(conn: psycopg.Connection, stale_after_s: float, minutes: int = 10) -> str:
-    workers = _rows(conn, "status_workers")
-    lines = [f"workers ({sum(_alive(w, stale_after_s) for w in workers)} alive)"]
+    workers = gateway.run(conn, gateway.status_workers())
+    lines = [f"workers ({sum(alive(w, stale_after_s) for w in workers)} alive)"]
     lines.append(f"  {'host':<16} {'pid':>7} {'n':>3} {'heartbeat':>9}  {'training':<40}")
     for w in workers:
         state = f"{w['silent_s']:.0f}s ago" if w["registered"] else "stopped"
@@ -30,17 +25,17 @@ def status_text(conn: psycopg.Connection, stale_after_s: float, minutes: int = 1
             phase = (w["progress"] or {}).get("phase", "")
             job = f"model {w['model_id']} since {w['since']:%H:%M:%S} ({phase})"
         lines.append(f"  {w['host']:<16} {w['pid']:>7} {w['instance']:>3} {state:>9}  {job:<40}")
-    depth = _rows(conn, "queue_depth")
+    depth = gateway.run(conn, gateway.queue_depth())
     lines.append("queues")
     for row in depth:
         lines.append(f"  {row['queue']:<12} {row['status']:<10} {row['jobs']:>7}")
     if not depth:
         lines.append("  (no jobs)")
-    rates = _rows(conn, "throughput", minutes=minutes)
+    rates = gateway.run(conn, gateway.throughput(minutes))
     lines.append(f"models finished per minute (last {minutes} minutes, oldest first)")
     lines.append("  completed " + " ".join(f"{r['completed']:>3}" for r in rates))
     lines.append("  failed    " + " ".join(f"{r['failed']:>3}" for r in rates))
-    failures = _rows(conn, "recent_failures", limit=5)
+    failures = gateway.run(conn, gateway.recent_failures(5))
     lines.append("recent failures")
     for f in failures:
         when = f"{f['finished_at']:%Y-%m-%d %H:%M:%S}" if f["finished_at"] else "-"
@@ -52,7 +47,8 @@ def status_text(conn: psycopg.Connection, stale_after_s: float, minutes: int = 1
     return "\n".join(lines)
 
 
-def _alive(worker: dict[str, Any], stale_after_s: float) -> bool:
+def alive(worker: dict[str, Any], stale_after_s: float) -> bool:
+    """A worker whose heartbeat is recent enough that its jobs are not handed on."""
     return bool(worker["registered"]) and worker["silent_s"] <= stale_after_s
 
 
@@ -68,7 +64,7 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: list[tu
 
 
 def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int], stale_after_s: float) -> str:
-    """The exposition text from the rows of the monitoring queries (see `collect`)."""
+    """The exposition text from the rows of `metric_calls()`, by name."""
     lines: list[str] = []
     jobs = rows["queue_depth"]
     _metric(
@@ -95,7 +91,7 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
         "sfq_workers",
         "gauge",
         "Training workers alive (heartbeat within SFQ_RESCUE_AFTER_S).",
-        [({}, sum(_alive(w, stale_after_s) for w in workers))],
+        [({}, sum(alive(w, stale_after_s) for w in workers))],
     )
     _metric(
         lines,
@@ -108,7 +104,7 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
             if w["registered"]
         ],
     )
-    (recent,) = rows["finished_recently"]
+    recent = rows["finished_recently"]
     _metric(
         lines,
         "sfq_models_finished_per_minute",
@@ -151,9 +147,11 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
     return "\n".join(lines) + "\n"
 
 
-QUERY_PARAMS = {
-    "queue_depth": {},
-    "status_workers": {},
-    "finished_recently": {"minutes": RATE_MINUTES},
-    "duration_histogram": {"bounds": list(DURATION_BOUNDS)},
-}
+def metric_calls() -> dict[str, Call[Any]]:
+    """What GET /metrics reads, by name."""
+    return {
+        "queue_depth": gateway.queue_depth(),
+        "status_workers": gateway.status_workers(),
+        "finished_recently": gateway.finished_recently(RATE_MINUTES),
+        "duration_histogram": gateway.duration_histogram(DURATION_BOUNDS),
+    }

@@ -1,14 +1,25 @@
-"""Sharpe ratios that do not flatter luck (Bailey and Lopez de Prado): the probabilistic Sharpe ratio
-(PSR) of one backtest, and the deflated Sharpe ratio (DSR) of the best of many. Standard library only:
-the API computes them at query time from each backtest's stored moments."""
+"""Statistics shared by the backtest engine and the leaderboards: the probabilistic Sharpe ratio (PSR)
+of one backtest and the deflated Sharpe ratio (DSR) of the best of many (Bailey and Lopez de Prado),
+and `finite`, what a stored metric may be. Standard library only: the API computes the DSR at query time
+from each backtest's stored moments, the workers the PSR when they backtest."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from statistics import NormalDist, fmean
+from typing import Any
 
 EULER_GAMMA = 0.5772156649015329
 NORMAL = NormalDist()
+
+
+def finite(value: Any) -> float | None:
+    """A number as a float when it is one and finite; None otherwise (NaN, infinities, None, text, a bool:
+    JSON has no NaN, and metrics imported from the old service may hold anything)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def probabilistic_sharpe(

@@ -1,6 +1,6 @@
 """A sweep's leaderboard: its models ranked by a held-out metric (`ic`) or a backtest metric
 (`backtest.sharpe`), each with its probabilistic Sharpe ratio, and the top one's deflated Sharpe ratio
-given how many configurations were tried. Shared by GET /sweeps/{id} and `sfq sweep show`."""
+given how many configurations were tried. Shared by GET /sweeps/{id}, /ui/sweeps/{id} and `sfq sweep-show`."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import math
 from typing import Any
 
 from queue_app import stats
+from queue_app.params import SweepQuery
 
 DEFAULT_PRIORITY = -10  # below single requests (0): one interactive request is not stuck behind a sweep
-DEFAULT_SORT = "backtest.sharpe"
 HELD_OUT = ("directional_accuracy", "directional_base_rate", "ic", "r2", "rmse")
 BACKTEST = ("sharpe", "psr", "total_return", "cagr", "max_drawdown", "n_trades")
 
 
-def _value(row: dict[str, Any], sort: str) -> float | None:
+def metric(row: dict[str, Any], sort: str) -> float | None:
+    """A sweep model's held-out metric (`ic`) or its default backtest's (`backtest.sharpe`), when finite."""
     source, _, name = sort.rpartition(".")
     metrics = (row["backtest"] if source == "backtest" else row["metrics"]) or {}
-    value = metrics.get(name)
-    return value if isinstance(value, int | float) and math.isfinite(value) else None
+    return stats.finite(metrics.get(name))
 
 
 def _per_period(backtest: dict[str, Any]) -> dict[str, Any] | None:
@@ -35,12 +35,13 @@ def _per_period(backtest: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def leaderboard(models: list[dict[str, Any]], sort: str, descending: bool, limit: int) -> dict[str, Any]:
+def leaderboard(models: list[dict[str, Any]], query: SweepQuery) -> dict[str, Any]:
+    descending = query.order == "desc"
     ranked = sorted(
         models,
         key=lambda row: (
-            _value(row, sort) is None,
-            -(_value(row, sort) or 0) if descending else (_value(row, sort) or 0),
+            metric(row, query.sort) is None,
+            -(metric(row, query.sort) or 0) if descending else (metric(row, query.sort) or 0),
             row["position"],
         ),
     )
@@ -57,7 +58,7 @@ def leaderboard(models: list[dict[str, Any]], sort: str, descending: bool, limit
             if row["backtest"]
             else None,
         }
-        for rank, row in enumerate(ranked[:limit], start=1)
+        for rank, row in enumerate(ranked[: query.limit], start=1)
     ]
     trials = [moments for row in models if (moments := _per_period(row["backtest"])) is not None]
     top = _per_period(ranked[0]["backtest"]) if ranked else None
@@ -68,8 +69,8 @@ def leaderboard(models: list[dict[str, Any]], sort: str, descending: bool, limit
             **stats.deflated_sharpe(top, [t["sharpe_per_period"] for t in trials]),
         }
     return {
-        "sort": sort,
-        "order": "desc" if descending else "asc",
+        "sort": query.sort,
+        "order": query.order,
         "rows": rows,
         "top_deflated_sharpe": deflated,
     }

@@ -2,17 +2,21 @@
 -- read the old service's DuckDB file; the others write PostgreSQL, all in one transaction.
 
 -- duckdb_columns --
-SELECT lower(table_name), lower(column_name), data_type
+-- (DuckDB) every column of the legacy file's tables, with its type.
+SELECT lower(table_name) AS table_name, lower(column_name) AS column_name, data_type
   FROM information_schema.columns
  WHERE table_schema = 'main'
 
 -- duckdb_models --
+-- (DuckDB) the legacy models.
 SELECT * FROM models ORDER BY id
 
 -- duckdb_features_log --
+-- (DuckDB) the legacy feature importances.
 SELECT * FROM features_log ORDER BY model_id
 
 -- duckdb_simulation_history --
+-- (DuckDB) the legacy backtests.
 SELECT * FROM simulation_history ORDER BY id
 
 -- begin_import --
@@ -20,6 +24,7 @@ SELECT * FROM simulation_history ORDER BY id
 SELECT pg_advisory_xact_lock(hashtext('sfq migrate-duckdb')), set_config('TimeZone', 'UTC', true)
 
 -- create_import_tables --
+-- Temporary tables for the import's COPY steps (dropped at commit).
 CREATE TEMP TABLE legacy_request_defaults (LIKE training_requests INCLUDING DEFAULTS INCLUDING IDENTITY)
     ON COMMIT DROP;
 CREATE TEMP TABLE legacy_features (
@@ -97,6 +102,7 @@ UPDATE models m
  WHERE m.id = link.child
 
 -- copy_features --
+-- COPY legacy feature importances into their temporary table.
 COPY legacy_features (legacy_model_id, model_id, feature, importance, logged_at) FROM STDIN
 
 -- import_features --
@@ -111,6 +117,7 @@ SELECT model_id, feature, importance,
 ON CONFLICT (model_id, feature) DO NOTHING
 
 -- copy_simulations --
+-- COPY legacy backtests into their temporary table.
 COPY legacy_simulations (legacy_id, model_id, strategy, params, start_date, end_date, total_return, sharpe,
                          max_drawdown, n_trades, equity_curve, created_at) FROM STDIN
 

@@ -1,4 +1,5 @@
--- Named queries: a query's name is its `-- name --` header. Loaded by queue_app/db.py.
+-- Named queries: a `-- name --` header, a one-line description, then the SQL. Each has one typed function
+-- in queue_app/gateway.py, the only code that runs them.
 
 -- submit --
 -- Every way in (HTTP, CLI) goes through the same INSERT INTO training_requests as a plain SQL client.
@@ -11,20 +12,25 @@ SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
   FROM sfq_submit_batch(%(request)s::jsonb, %(via)s)
 
 -- retrain --
+-- A model's spec again on the bars there are now (sfq_retrain): the same model, or a new one.
 SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
   FROM sfq_retrain(%(model_id)s, %(force)s, %(via)s)
 
 -- evolve --
+-- A child of a model: its spec with overrides applied field by field (sfq_evolve).
 SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
   FROM sfq_evolve(%(parent_model_id)s, %(overrides)s::jsonb, %(via)s)
 
 -- cancel_model --
+-- Cancel a queued or running model (sfq_cancel_model); 409 when it is finished.
 SELECT id, status::text, finished_at FROM sfq_cancel_model(%(model_id)s)
 
 -- request_forecast --
+-- Ask for a forecast from the latest bar with the stored model (one per model and bar).
 SELECT * FROM sfq_request_forecast(%(model_id)s)
 
 -- get_forecast --
+-- A forecast with what it forecasts (the model's symbol, horizon and target).
 SELECT f.id, f.model_id, f.status, f.as_of, m.symbol, m.timeframe, m.horizon, m.target_col,
        m.target_transform, f.prediction, f.reference_close, f.predicted_price, f.error, f.requested_at,
        f.finished_at
@@ -32,12 +38,15 @@ SELECT f.id, f.model_id, f.status, f.as_of, m.symbol, m.timeframe, m.horizon, m.
  WHERE f.id = %(forecast_id)s
 
 -- model_status --
+-- Whether a model exists, and its status.
 SELECT id, status::text FROM models WHERE id = %(model_id)s
 
 -- model_predictions --
+-- A model's held-out window: each bar's prediction next to the actual value.
 SELECT ts, predicted, actual FROM model_predictions WHERE model_id = %(model_id)s ORDER BY ts
 
 -- model_artifact --
+-- A model's file (skops) with its format, size and SHA-256.
 SELECT format, sha256, size, bytes FROM model_artifacts WHERE model_id = %(model_id)s
 
 -- lineage --
@@ -108,14 +117,17 @@ UPDATE models
 RETURNING id
 
 -- insert_feature_importance --
+-- One feature's importance in a training's result.
 INSERT INTO features_log (model_id, feature, importance, rank, method)
 VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
 
 -- insert_prediction --
+-- One held-out bar's prediction in a training's result.
 INSERT INTO model_predictions (model_id, ts, predicted, actual)
 VALUES (%(model_id)s, %(ts)s, %(predicted)s, %(actual)s)
 
 -- insert_artifact --
+-- The model file of a training's result.
 INSERT INTO model_artifacts (model_id, format, sha256, size, bytes)
 VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(bytes)s)
 
@@ -140,6 +152,7 @@ UPDATE models
  WHERE id = %(model_id)s AND job_id = %(job_id)s AND status IN ('queued', 'running')
 
 -- rescue_stalled_jobs --
+-- Hand the training jobs of dead workers on (sfq_rescue_stalled_jobs); one row per job.
 SELECT model_id, old_job_id, new_job_id, outcome
   FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s, %(own_worker)s)
 
@@ -153,17 +166,21 @@ SELECT %(worker_id)s, %(host)s, %(pid)s, %(instance)s FROM beat
     ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid
 
 -- prune_finished_jobs --
+-- Delete finished queue jobs older than the retention; how many went.
 SELECT sfq_prune_finished_jobs(%(older_than_days)s)
 
 -- get_model --
+-- Everything stored about one model, with its file's SHA-256 and size.
 SELECT m.*, a.sha256 AS artifact_sha256, a.size AS artifact_size
   FROM models m LEFT JOIN model_artifacts a ON a.model_id = m.id
  WHERE m.id = %(model_id)s
 
 -- model_features --
+-- A model's feature importances, ranked (1 = most important).
 SELECT feature, importance, rank, method FROM features_log WHERE model_id = %(model_id)s ORDER BY rank
 
 -- symbols --
+-- Each symbol and timeframe with its bar count and time span.
 SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last
   FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe
 
@@ -195,9 +212,11 @@ SELECT id, status::text, error, metrics, worker_host, worker_pid, progress, symb
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
 -- create_incoming_bars --
+-- A temporary table for a bars import (dropped at commit).
 CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP
 
 -- copy_incoming_bars --
+-- COPY the import's bars into the temporary table.
 COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN
 
 -- upsert_incoming_bars --
@@ -213,6 +232,7 @@ RETURNING (xmax = 0)
 SELECT pg_advisory_xact_lock(hashtext('sfq migrations'))
 
 -- create_migrations_table --
+-- The record of applied migrations, created on first use.
 CREATE TABLE IF NOT EXISTS sfq_migrations (
     name text PRIMARY KEY,
     checksum text NOT NULL,
@@ -220,16 +240,23 @@ CREATE TABLE IF NOT EXISTS sfq_migrations (
 )
 
 -- applied_migrations --
+-- Each applied migration with the checksum it had.
 SELECT name, checksum FROM sfq_migrations
 
 -- has_procrastinate_schema --
+-- Whether Procrastinate's tables exist.
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL
+
+-- ping --
+-- The database answers (GET /healthz).
+SELECT 1
 
 -- has_sfq_schema --
 -- What a worker checks at start-up (needs no privilege): sfq's tables and Procrastinate's exist.
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AND to_regclass('models') IS NOT NULL
 
 -- record_migration --
+-- Record a migration (or a repeatable file's new checksum) as applied.
 INSERT INTO sfq_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
     ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
 
@@ -240,16 +267,19 @@ SELECT f.model_id, f.as_of, m.spec, a.bytes AS artifact, a.sha256
  WHERE f.id = %(forecast_id)s AND f.status = 'queued'
 
 -- complete_forecast --
+-- A forecast's answer, written once (only while it is queued).
 UPDATE model_forecasts
    SET status = 'completed', finished_at = now(), prediction = %(prediction)s,
        reference_close = %(reference_close)s, predicted_price = %(predicted_price)s, error = NULL
  WHERE id = %(forecast_id)s AND status = 'queued'
 
 -- fail_forecast --
+-- A forecast that could not be made, with why (only while it is queued).
 UPDATE model_forecasts SET status = 'failed', finished_at = now(), error = %(error)s
  WHERE id = %(forecast_id)s AND status = 'queued'
 
 -- request_simulation --
+-- Ask for a backtest of a completed model with a strategy and its parameters.
 SELECT * FROM sfq_request_simulation(%(model_id)s, %(strategy)s, %(params)s::jsonb, %(priority)s)
 
 -- request_default_simulation --
@@ -257,12 +287,10 @@ SELECT * FROM sfq_request_simulation(%(model_id)s, %(strategy)s, %(params)s::jso
 SELECT id FROM sfq_request_simulation(%(model_id)s)
 
 -- simulation_inputs --
+-- What a queued backtest needs: the model's spec and data end, the strategy.
 SELECT s.model_id, s.strategy, s.params, m.spec, m.data_end
   FROM simulation_history s JOIN models m ON m.id = s.model_id
  WHERE s.id = %(simulation_id)s AND s.status = 'queued'
-
--- simulation_predictions --
-SELECT ts, predicted FROM model_predictions WHERE model_id = %(model_id)s ORDER BY ts
 
 -- simulation_bars --
 -- The bars of the held-out window, up to the model's data end (never later bars: the backtest of a
@@ -273,33 +301,40 @@ SELECT ts, open, high, low, close, volume
  ORDER BY ts
 
 -- complete_simulation --
+-- A backtest's metrics and equity curve, written once (only while it is queued).
 UPDATE simulation_history
    SET status = 'completed', finished_at = now(), error = NULL, metrics = %(metrics)s,
        equity_curve = %(equity_curve)s, period_start = %(period_start)s, period_end = %(period_end)s
  WHERE id = %(simulation_id)s AND status = 'queued'
 
 -- fail_simulation --
+-- A backtest that could not run, with why (only while it is queued).
 UPDATE simulation_history SET status = 'failed', finished_at = now(), error = %(error)s
  WHERE id = %(simulation_id)s AND status = 'queued'
 
 -- get_simulation --
+-- One backtest with its equity curve and the model's symbol and timeframe.
 SELECT s.id, s.model_id, s.strategy, s.params, s.status, s.error, s.period_start, s.period_end, s.metrics,
        s.equity_curve, s.imported_from, s.created_at, s.finished_at, m.symbol, m.timeframe
   FROM simulation_history s JOIN models m ON m.id = s.model_id
  WHERE s.id = %(simulation_id)s
 
 -- model_simulations --
+-- A model's backtests, without their equity curves.
 SELECT id, model_id, strategy, params, status, error, period_start, period_end, metrics, imported_from,
        created_at, finished_at
   FROM simulation_history WHERE model_id = %(model_id)s ORDER BY id
 
 -- submit_sweep --
+-- A sweep: one model per grid combination, enqueued in one statement (sfq_submit_sweep).
 SELECT * FROM sfq_submit_sweep(%(base)s::jsonb, %(grid)s::jsonb, %(priority)s, %(via)s)
 
 -- get_sweep --
+-- A sweep's request and enqueue figures.
 SELECT * FROM sweeps WHERE id = %(sweep_id)s
 
 -- sweep_progress --
+-- A sweep's models counted by status.
 SELECT m.status::text, count(DISTINCT m.id) AS models
   FROM sweep_models sm JOIN models m ON m.id = sm.model_id
  WHERE sm.sweep_id = %(sweep_id)s
@@ -319,9 +354,11 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, sm.position, sm.combination, m.statu
  ORDER BY m.id, sm.position
 
 -- rescue_stalled_side_jobs --
+-- Hand the forecast and backtest jobs of dead workers on; one row per job.
 SELECT task, object_id, old_job_id, new_job_id FROM sfq_rescue_stalled_side_jobs(%(stale_after_s)s, %(own_worker)s)
 
 -- unfinished_models --
+-- The ids of every queued and running model.
 SELECT id FROM models WHERE status IN ('queued', 'running') ORDER BY id
 
 -- status_workers --
@@ -337,6 +374,7 @@ SELECT w.id AS worker_id, sw.host, sw.pid, sw.instance, sw.started_at,
  ORDER BY sw.host, sw.instance, sw.worker_id
 
 -- queue_depth --
+-- Queue jobs counted by queue and status.
 SELECT queue_name AS queue, status::text, count(*) AS jobs
   FROM procrastinate_jobs GROUP BY queue_name, status ORDER BY queue_name, status
 
@@ -350,6 +388,7 @@ SELECT minute, count(m.id) FILTER (WHERE m.status = 'completed') AS completed,
  GROUP BY minute ORDER BY minute
 
 -- recent_failures --
+-- The last failed models with their reasons.
 SELECT id, symbol, algorithm, finished_at, error
   FROM models WHERE status = 'failed' ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s
 
@@ -371,5 +410,30 @@ SELECT t.algorithm, t.count, t.sum, array_agg(c.n ORDER BY c.le) AS buckets
  ORDER BY t.algorithm
 
 -- finished_recently --
+-- Models completed and failed over the last `minutes` minutes.
 SELECT count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTER (WHERE status = 'failed') AS failed
   FROM models WHERE finished_at > now() - make_interval(mins => %(minutes)s)
+
+-- default_backtest --
+-- The backtest every trained model gets (long_short, default parameters), as sweep_models finds it.
+SELECT s.id, s.status, s.error, s.metrics, s.equity_curve, s.period_start, s.period_end
+  FROM simulation_history s
+ WHERE s.model_id = %(model_id)s AND s.imported_from IS NULL AND s.strategy = 'long_short'
+   AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
+                                       (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
+
+-- buy_and_hold --
+-- Buy-and-hold's equity over a backtest's period (1.0 at its first close), from the same bars.
+SELECT ts, close / first_value(close) OVER (ORDER BY ts) AS equity
+  FROM bars
+ WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts BETWEEN %(start)s AND %(end)s
+ ORDER BY ts
+
+-- recent_sweeps --
+-- The last sweeps with how many of their models have finished.
+SELECT s.id, s.created_at, s.combinations, s.created,
+       count(m.id) FILTER (WHERE m.status IN ('completed', 'failed', 'cancelled')) AS finished
+  FROM sweeps s
+  LEFT JOIN sweep_models sm ON sm.sweep_id = s.id
+  LEFT JOIN models m ON m.id = sm.model_id
+ GROUP BY s.id ORDER BY s.id DESC LIMIT %(limit)s

@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from queue_app.api import MAX_HEAD_BYTES
+from queue_app.api.http import MAX_HEAD_BYTES
 from tests.conftest import Process, free_port
 
 

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from queue_app import bars, db
+from queue_app.errors import BadRows
 from tests.conftest import run_sfq
 
 HEADER = "date,open,high,low,close,volume\n"
@@ -98,7 +99,7 @@ def test_parse_csv_accepts_a_good_file_in_order():
 
 
 def test_parse_csv_reports_every_bad_row_with_its_line_number():
-    with pytest.raises(bars.BadBars) as raised:
+    with pytest.raises(BadRows) as raised:
         bars.parse_csv(io.StringIO(BAD_FILE))
     problems = raised.value.problems
     assert [int(p.split(":")[0].removeprefix("line ")) for p in problems] == sorted(BAD_LINES)
@@ -123,7 +124,7 @@ def test_parse_csv_reports_every_bad_row_with_its_line_number():
     ],
 )
 def test_parse_csv_names_missing_columns(header, missing):
-    with pytest.raises(bars.BadBars) as raised:
+    with pytest.raises(BadRows) as raised:
         bars.parse_csv(io.StringIO(header + ("2020-01-02,10,11,9,10.5,100\n" if header else "")))
     [problem] = raised.value.problems
     assert problem.startswith("line 1: ")

@@ -254,7 +254,7 @@ def test_cli_without_binaries_says_how_to_install(tmp_path, command):
         )
         assert result.returncode == 1, result
         assert "Traceback" not in result.stderr
-        assert result.stderr.strip() == embedded.INSTALL_HINT
+        assert result.stderr.strip() == f"sfq: {embedded.INSTALL_HINT}"
         assert "apt-get install postgresql" in result.stderr and "export POSTGRES_URL=" in result.stderr
         assert result.stdout == ""
         assert not (home / "pg").exists()

@@ -9,7 +9,8 @@ import sys
 import psycopg
 import pytest
 
-from queue_app.enqueue import RequestRejected, submit
+from queue_app import gateway
+from queue_app.errors import Rejected
 from tests.conftest import ROOT, insert_request
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
@@ -261,8 +262,8 @@ def test_json_submit_reports_wrong_types_by_field(clean):
         ({"symbol": "AAPL", "data_end": "yesterday-ish"}, "data_end"),
         ({"symbol": "AAPL", "colour": "red"}, "colour"),
     ]:
-        with pytest.raises(RequestRejected) as raised:
-            submit(clean, request, "http")
+        with pytest.raises(Rejected) as raised:
+            gateway.run(clean, gateway.submit(request, "http"))
         assert raised.value.field == field, request
     assert clean.execute("SELECT count(*) FROM training_requests").fetchone()[0] == 0
 

@@ -33,8 +33,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from queue_app.api import MAX_BODY_BYTES
-from queue_app.enqueue import RequestRejected, Submission, submit
+from queue_app import gateway
+from queue_app.api.http import MAX_BODY_BYTES
+from queue_app.errors import Rejected
+from queue_app.gateway import Submission
 from queue_app.spec import FIELDS
 from tests.conftest import insert_request
 
@@ -233,6 +235,11 @@ def counts(conn: psycopg.Connection) -> tuple[int, int, int]:
     ).fetchone()
 
 
+def _submit(conn: psycopg.Connection, request: dict, via: str) -> Submission:
+    """The request the way the API and the CLI send it (sfq_submit, through the gateway)."""
+    return gateway.run(conn, gateway.submit(request, via))
+
+
 def submit_sql(conn: psycopg.Connection, request: dict) -> Submission:
     """The same request as a plain INSERT (NULL would be NULL there, not the default: nulls are left out)."""
     columns = {
@@ -271,10 +278,10 @@ def test_equivalent_specs_hash_alike(clean, registry, features, invalid_defaults
     @given(data=st.data())
     def check(data):
         base = data.draw(specs(registry, features), label="base")
-        first = submit(clean, base, "http")
+        first = _submit(clean, base, "http")
         variant = equivalent_variant(data, base, first.model_id, registry, features, invalid_defaults)
         via_sql = data.draw(st.booleans(), label="via plain SQL INSERT")
-        second = submit_sql(clean, variant) if via_sql else submit(clean, variant, "http")
+        second = submit_sql(clean, variant) if via_sql else _submit(clean, variant, "http")
         assert second.fingerprint == first.fingerprint, (base, variant)
         assert second.model_id == first.model_id and second.deduplicated is True
         ran["sql" if via_sql else "json"] += 1
@@ -369,7 +376,7 @@ def test_different_specs_hash_apart(clean, registry, features):
     @given(data=st.data())
     def check(data):
         base = data.draw(specs(registry, features), label="base")
-        first = submit(clean, base, "http")
+        first = _submit(clean, base, "http")
         for field in CHANGES:  # each field changed on its own
             different_spec(clean, registry, features, data, base, first, field)
         ran["bases"] += 1
@@ -416,7 +423,7 @@ def different_spec(conn: psycopg.Connection, registry, features, data, base, fir
         changed["timeout_s"] = draw(st.integers(1, 604800))
     else:
         changed["parent_model_id"] = first.model_id
-    second = submit(conn, changed, "http")
+    second = _submit(conn, changed, "http")
     if field in NOT_FINGERPRINTED:
         assert second.fingerprint == first.fingerprint and second.deduplicated, (field, base, changed)
     else:
@@ -427,15 +434,16 @@ def different_spec(conn: psycopg.Connection, registry, features, data, base, fir
 def test_one_and_one_point_zero_stay_apart_where_scikit_learn_tells_them_apart(clean):
     """max_features 1 is one feature, 1.0 all of them; n_estimators 100 and 100.0 are the same."""
     one, one_point_zero = (
-        submit(clean, {"symbol": "IBM", "hyperparameters": {"max_features": value}}, "http").fingerprint
+        _submit(clean, {"symbol": "IBM", "hyperparameters": {"max_features": value}}, "http").fingerprint
         for value in (1, 1.0)
     )
     assert one != one_point_zero
     same = {
-        submit(clean, {"symbol": "IBM", "hyperparameters": {"n_estimators": v}}, "http") for v in (100, 100.0)
+        _submit(clean, {"symbol": "IBM", "hyperparameters": {"n_estimators": v}}, "http")
+        for v in (100, 100.0)
     }
     assert len({s.fingerprint for s in same}) == 1
-    assert submit(clean, {"symbol": "IBM"}, "http").fingerprint == one_point_zero  # 1.0 is the default
+    assert _submit(clean, {"symbol": "IBM"}, "http").fingerprint == one_point_zero  # 1.0 is the default
 
 
 def test_every_default_satisfies_its_own_rules(invalid_defaults, registry):
@@ -470,8 +478,8 @@ def test_anything_else_is_refused_with_a_validation_error_naming_its_field(clean
     def check(request):
         before = counts(clean)
         try:
-            accepted = submit(clean, request, "http")
-        except RequestRejected as rejected:
+            accepted = _submit(clean, request, "http")
+        except Rejected as rejected:
             assert rejected.message.startswith("invalid training request: "), rejected.message
             assert rejected.field is not None, rejected.message
             head = re.split(r"[.\[]", rejected.field)[0]  # hyperparameters.alpha, regime_configs[0].kind
@@ -497,8 +505,8 @@ def test_json_the_database_cannot_hold_is_refused(clean):
         {"symbol": "AAPL", "features": ["ret_1\x00"]},
         {"symbol": "\ud800"},
     ):
-        with pytest.raises(RequestRejected) as refused:
-            submit(clean, request, "http")
+        with pytest.raises(Rejected) as refused:
+            _submit(clean, request, "http")
         assert refused.value.message, request
     assert counts(clean) == before
 
@@ -542,7 +550,7 @@ def test_schemathesis_finds_no_server_error(clean, start_api):
     url = start_api()
     for symbol in SYMBOLS:  # models to find, list and sort (ids 1..8, small ids are generated often)
         for algorithm in ("Ridge", "RandomForest"):
-            submit(clean, {"symbol": symbol, "algorithm": algorithm}, "http")
+            _submit(clean, {"symbol": symbol, "algorithm": algorithm}, "http")
     clean.execute(
         "UPDATE models SET status = 'completed', metrics = '{\"rmse\": 0.01, \"directional_accuracy\": 0.52}'"
         " WHERE id % 2 = 0"

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from queue_app import bars, db, legacy
+from queue_app import bars, db, gateway, legacy
+from queue_app.errors import Rejected
 from tests.conftest import run_sfq
 
 LEGACY_TABLES = """
@@ -372,7 +373,7 @@ def test_duckdb_column_types(target, tmp_path):
 )
 def test_not_a_legacy_layout(target, tmp_path, drop, problem):
     path = make_legacy_file(tmp_path / "other.duckdb", drop)
-    with pytest.raises(legacy.LegacyError, match=f"other.duckdb is not the old service's layout: {problem}"):
+    with pytest.raises(Rejected, match=f"other.duckdb is not the old service's layout: {problem}"):
         legacy.migrate(target, path, dry_run=False)
     assert table_sizes(target)["models"] == 0
 
@@ -380,9 +381,9 @@ def test_not_a_legacy_layout(target, tmp_path, drop, problem):
 def test_unreadable_file(target, tmp_path):
     text = tmp_path / "notes.duckdb"
     text.write_text("not a database\n")
-    with pytest.raises(legacy.LegacyError, match="cannot read .*notes.duckdb as a DuckDB database"):
+    with pytest.raises(Rejected, match="cannot read .*notes.duckdb as a DuckDB database"):
         legacy.migrate(target, text, dry_run=False)
-    with pytest.raises(legacy.LegacyError, match="no such file: .*missing.duckdb"):
+    with pytest.raises(Rejected, match="no such file: .*missing.duckdb"):
         legacy.migrate(target, tmp_path / "missing.duckdb", dry_run=False)
 
 
@@ -439,5 +440,5 @@ def test_specs_merged_by_the_import_never_make_a_parent_loop(tmp_path, target):
     assert any("would make a loop" in note for note in report.models.notes), report.render()
     with psycopg.connect(target) as conn:
         (x,) = conn.execute("SELECT id FROM models WHERE algorithm = 'RandomForest'").fetchone()
-        rows = conn.execute(db.QUERIES["lineage"], {"model_id": x}).fetchall()
+        rows = gateway.run(conn, gateway.lineage(x))
     assert len(rows) == 2  # the two models, each once

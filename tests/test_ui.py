@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from queue_app.ui.pages import REFRESH_S
+from queue_app.ui.html import REFRESH_S
 from tests.conftest import ROOT, wait_for_jobs, wait_for_models
 
 selenium = pytest.importorskip("selenium")

@@ -25,9 +25,9 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
             return
         spec = job["spec"]
         predictions = pd.DataFrame(
-            db.execute(QUERIES["simulation_predictions"], {"model_id": job["model_id"]}).fetchall(),
-            columns=["ts", "predicted"],
-        ).set_index("ts")
+            db.execute(QUERIES["model_predictions"], {"model_id": job["model_id"]}).fetchall(),
+            columns=["ts", "predicted", "actual"],
+        ).set_index("ts")[["predicted"]]
         try:
             if predictions.empty:
                 raise SimulationError(f"model {job['model_id']} has no held-out predictions")

@@ -6,15 +6,15 @@ from __future__ import annotations
 from procrastinate import JobContext, RetryStrategy
 from procrastinate.retry import RetryDecision
 
-from queue_app.app import (
+from queue_app.vocabulary import (
     PREDICT_TASK,
     PREDICTION_QUEUE,
     SIMULATE_TASK,
     SIMULATION_QUEUE,
     TRAIN_TASK,
     TRAINING_QUEUE,
-    app,
 )
+from workers.app import app
 from workers.worker import ModelFailed, Requeue
 
 TRIES = 8  # a job put back (shutdown, database away) runs again, this many times

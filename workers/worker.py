@@ -21,10 +21,11 @@ import psycopg
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
-from queue_app.app import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE, app, connector
 from queue_app.config import Settings
 from queue_app.db import QUERIES
+from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
 from workers import artifacts, backtests, forecasts, logs, notify
+from workers.app import app, connector
 from workers.child import (
     THREAD_LIMIT_ENV,
     TrainingFailed,
@@ -357,18 +358,18 @@ def check_schema(url: str) -> None:
         raise NotMigrated(f"database {database!r} has no sfq schema: run `sfq db upgrade` on it first")
 
 
-def run(instance: int, url: str, settings: Settings) -> None:
+def run(instance: int, url: str, settings: Settings) -> int:
+    """Serve until stopped; the exit status: 0 when a signal asked, 1 when the worker could not start or
+    stopped on its own (its heartbeat or listener lost the database), so that systemd
+    (Restart=on-failure) or `sfq workers` starts it again."""
     limit_threads()
     logs.configure(settings.hostname, instance, settings.log_json)
     try:
         check_schema(url)
     except (NotMigrated, psycopg.OperationalError) as error:
         log.error("worker %s cannot start: %s", instance, error)
-        raise SystemExit(1) from None
-    if not asyncio.run(_serve(instance, url, settings)):
-        # Stopped without being asked (its heartbeat or listener lost the database): exit non-zero so
-        # that systemd (Restart=on-failure) or `sfq workers` starts it again.
-        raise SystemExit(1)
+        return 1
+    return 0 if asyncio.run(_serve(instance, url, settings)) else 1
 
 
 async def _serve(instance: int, url: str, settings: Settings) -> bool:

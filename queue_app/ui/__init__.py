@@ -1,6 +1,9 @@
 """The web dashboard under /ui (docs/dashboard.md): server-rendered pages of the API's own app, not in
-its OpenAPI schema. With API tokens configured its forms are shown disabled: the token middleware
-(queue_app.auth) refuses a POST without the Authorization header, which a browser form cannot send."""
+its OpenAPI schema. Pages: `overview`, `leaderboard`, `model`, `sweep`; `actions` (its forms' posts),
+`forms`, `html` (layout and escaping), `charts` (matplotlib SVG). It uses the core (queue_app.gateway,
+params, lineage, sweeps, monitor), never the API's modules. With API tokens configured its forms are
+shown disabled: the token middleware (queue_app.api.auth) refuses a POST without the Authorization
+header, which a browser form cannot send."""
 
 from __future__ import annotations
 
@@ -9,23 +12,23 @@ from functools import partial
 from starlette.routing import Mount, Route
 
 from queue_app.config import Settings
-from queue_app.ui import actions, pages
+from queue_app.ui import actions, leaderboard, model, overview, sweep
 
 
 def routes(settings: Settings) -> list[Mount]:
     locked = bool(settings.api_tokens)
-    model = "/models/{model_id:id}"
+    one = "/models/{model_id:id}"
     return [
         Mount(
             "/ui",
             routes=[
-                Route("/", pages.overview, methods=["GET"]),
-                Route("/models", pages.models, methods=["GET"]),
-                Route(model, partial(pages.model, locked=locked), methods=["GET"]),
-                Route(f"{model}/retrain", partial(actions.retrain, locked=locked), methods=["POST"]),
-                Route(f"{model}/evolve", partial(actions.evolve, locked=locked), methods=["POST"]),
-                Route(f"{model}/cancel", partial(actions.cancel, locked=locked), methods=["POST"]),
-                Route("/sweeps/{sweep_id:id}", pages.sweep, methods=["GET"]),
+                Route("/", overview.overview, methods=["GET"]),
+                Route("/models", leaderboard.models, methods=["GET"]),
+                Route(one, partial(model.model, locked=locked), methods=["GET"]),
+                Route(f"{one}/retrain", partial(actions.retrain, locked=locked), methods=["POST"]),
+                Route(f"{one}/evolve", partial(actions.evolve, locked=locked), methods=["POST"]),
+                Route(f"{one}/cancel", partial(actions.cancel, locked=locked), methods=["POST"]),
+                Route("/sweeps/{sweep_id:id}", sweep.sweep, methods=["GET"]),
                 Route("/submit", partial(actions.submit_form, locked=locked), methods=["GET"]),
                 Route("/submit", partial(actions.submit, locked=locked), methods=["POST"]),
             ],

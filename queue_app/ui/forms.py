@@ -1,6 +1,7 @@
 """HTML forms of the dashboard: a training request's fields (queue_app.spec.FIELDS) as inputs, and back
 from a posted form to the JSON the API would have received. Validation stays the database's: a value that
-does not parse is passed on as text, so the message is the one the API gives for it."""
+does not parse is passed on as text, so the message is the one the API gives for it. A form the dashboard
+refuses itself (too large, cross-site, a JSON field that is not JSON) raises Rejected."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 
+from queue_app.errors import Rejected
 from queue_app.spec import FIELDS, Field
 from queue_app.ui.html import esc
 
 MAX_FORM_BYTES = 1 << 20  # as the API's bodies
 TEXTAREAS = ("object", "array")  # JSON typed into a textarea
 LISTS = ("string-array", "number-array")  # comma- or space-separated
-
-
-class FormRejected(Exception):
-    """A form the UI refuses before the database sees it (too large, cross-site, not JSON)."""
+# What a child may change of its parent (the evolve form): not its symbol, lineage, run or queue settings.
+EVOLVE_FIELDS = tuple(
+    f
+    for f in FIELDS
+    if f.name not in ("symbol", "parent_model_id", "retrain_of", "run", "priority", "timeout_s")
+)
 
 
 async def read(request: Request) -> dict[str, str]:
@@ -28,16 +32,16 @@ async def read(request: Request) -> dict[str, str]:
     site is refused: without tokens the API is open, so a page elsewhere must not drive it."""
     origin = request.headers.get("origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise FormRejected("cross-site form posts are refused")
+        raise Rejected("cross-site form posts are refused")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            raise FormRejected(f"form larger than {MAX_FORM_BYTES} bytes")
+            raise Rejected(f"form larger than {MAX_FORM_BYTES} bytes")
     try:
         return dict(parse_qsl(body.decode(), keep_blank_values=True))
     except UnicodeDecodeError:
-        raise FormRejected("form is not UTF-8") from None
+        raise Rejected("form is not UTF-8") from None
 
 
 def _scalar(text: str) -> Any:
@@ -57,7 +61,7 @@ def value(field: Field, text: str) -> Any:
         try:
             return json.loads(text)
         except ValueError:
-            raise FormRejected(f"{field.name}: must be JSON, got {text!r}") from None
+            raise Rejected(f"{field.name}: must be JSON, got {text!r}") from None
     if field.json_type in LISTS:
         items = [item for item in re.split(r"[,\s]+", text) if item]
         return [_scalar(item) for item in items] if field.json_type == "number-array" else items

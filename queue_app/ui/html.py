@@ -13,6 +13,8 @@ from urllib.parse import urlencode
 
 from starlette.responses import HTMLResponse
 
+REFRESH_S = 5  # how often a page of work in progress reloads (the overview, an unfinished model or sweep)
+
 STYLE = """
 * { box-sizing: border-box; }
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1f2328; background: #f6f8fa; }
@@ -113,7 +115,7 @@ def section(title: str, body: str, id_: str = "") -> str:
 
 
 def chart(svg: str | None, id_: str, empty: str) -> str:
-    """An inline SVG drawn by queue_app.charts (its own markup, from numbers only), or a note."""
+    """An inline SVG drawn by queue_app.ui.charts (its own markup, from numbers only), or a note."""
     if svg is None:
         return f'<p class="muted" id="{esc(id_)}">{esc(empty)}</p>'
     return f'<div class="chart" id="{esc(id_)}">{svg}</div>'
@@ -146,3 +148,26 @@ def page(title: str, body: str, refresh_s: int | None = None, status_code: int =
 
 def not_found(message: str) -> HTMLResponse:
     return page("Not found", f'<p class="error">{esc(message)}</p>', status_code=404)
+
+
+def progress(value: dict[str, Any] | None) -> str:
+    """A training's live progress: a bar and its phase."""
+    if not value:
+        return "-"
+    fraction = value.get("fraction")
+    bar = (
+        f'<progress max="1" value="{esc(fraction)}"></progress> ' if isinstance(fraction, int | float) else ""
+    )
+    return f"{bar}{esc(value.get('phase', ''))}"
+
+
+def message(text: str) -> str:
+    """Why an action was refused, at the top of the page it re-renders."""
+    return f'<p class="error" id="message">{esc(text)}</p>' if text else ""
+
+
+TOKENS_NOTE = (
+    '<p class="notice">This API has tokens configured: a browser form cannot send the '
+    "<code>Authorization: Bearer</code> header, so these actions are refused here. Use the HTTP API or "
+    "<code>sfq</code> (docs/dashboard.md).</p>"
+)

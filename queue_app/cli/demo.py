@@ -13,12 +13,10 @@ import urllib.error
 import urllib.request
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
 
-from queue_app import bars, db, embedded, lineage
-from queue_app.cli import leaderboard, wait_for
+from queue_app import bars, db, embedded, gateway, lineage, params
+from queue_app.cli.common import wait_for
+from queue_app.cli.render import leaderboard
 from queue_app.config import Settings, database_url
 
 DEMO_DATABASE = os.environ.get("SFQ_DEMO_DATABASE", "sfq_demo")
@@ -95,15 +93,6 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30) -> None
     raise RuntimeError(f"the API did not answer {url} within {timeout:.0f} s")
 
 
-def fresh_database(server_url: str) -> str:
-    """(Re)create the demo database on the configured server and return its URL."""
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        name = sql.Identifier(DEMO_DATABASE)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
-    return make_conninfo(server_url, dbname=DEMO_DATABASE)
-
-
 def _stop(process: subprocess.Popen, name: str, timeout: float = 60) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -115,20 +104,7 @@ def _stop(process: subprocess.Popen, name: str, timeout: float = 60) -> None:
             process.wait()
 
 
-def _best_model(conn: psycopg.Connection) -> int:
-    rows = conn.execute(
-        db.QUERIES["list_models"],
-        {
-            "status": "completed",
-            "symbol": None,
-            "algorithm": None,
-            "metric": "directional_accuracy",
-            "direction": -1,
-            "limit": 1,
-            "offset": 0,
-        },
-    ).fetchall()
-    return rows[0][0]
+BEST = params.ModelQuery(status="completed", sort="directional_accuracy", limit=1)  # what the demo evolves
 
 
 def _evolve_and_predict(conn: psycopg.Connection, api_url: str, best: int) -> None:
@@ -140,8 +116,7 @@ def _evolve_and_predict(conn: psycopg.Connection, api_url: str, best: int) -> No
     )
     print(f"  {status} -> model {answer['model_id']}")
     wait_for(conn, [answer["model_id"]], timeout=900)
-    with conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(db.QUERIES["lineage"], {"model_id": answer["model_id"]}).fetchall()
+    rows = gateway.run(conn, gateway.lineage(answer["model_id"]))
     print(lineage.render(lineage.build(answer["model_id"], rows)))
 
     _say(f"live forecast from model {best}: POST /models/{best}/predict")
@@ -156,12 +131,12 @@ def _evolve_and_predict(conn: psycopg.Connection, api_url: str, best: int) -> No
 
 def run(settings: Settings, workers: int) -> None:
     started_cluster = not settings.postgres_url and not embedded.is_running(settings.home)
-    url = fresh_database(database_url(settings))
+    url = gateway.recreate_database(database_url(settings), DEMO_DATABASE)
     processes: list[tuple[subprocess.Popen, str]] = []
     try:
         _say(f"database {DEMO_DATABASE}: schema, then real daily bars (bokeh-sampledata)")
         print("applied:", ", ".join(db.upgrade(url)))
-        with psycopg.connect(url, autocommit=True) as conn:
+        with gateway.connect(url, autocommit=True) as conn:
             for symbol, rows in bars.sample_bars():
                 inserted, _ = bars.load(conn, symbol, "1d", rows)
                 print(f"  {symbol}: {inserted} daily bars {rows[0].ts:%Y-%m-%d} .. {rows[-1].ts:%Y-%m-%d}")
@@ -194,9 +169,9 @@ def run(settings: Settings, workers: int) -> None:
             model_ids.append(answer["model_id"])
 
         _say("submitting by plain SQL: INSERT INTO training_requests ... RETURNING model_id")
-        with psycopg.connect(url, autocommit=True) as conn:
+        with gateway.connect(url, autocommit=True) as conn:
             for statement in SQL_INSERTS:
-                model_id, deduplicated = conn.execute(statement).fetchone()
+                model_id, deduplicated = gateway.client_statement(conn, statement)
                 print(
                     f"  {statement.split('VALUES ')[1].split(') RETURNING')[0]})  -> model {model_id}"
                     + (
@@ -218,8 +193,9 @@ def run(settings: Settings, workers: int) -> None:
             )
 
             _say("leaderboard (held-out test window, sorted by directional accuracy)")
-            print(leaderboard(conn, "directional_accuracy", len(model_ids)))
-            best = _best_model(conn)
+            ranked = params.ModelQuery(sort="directional_accuracy", limit=len(model_ids))
+            print(leaderboard(gateway.run(conn, gateway.list_models(ranked))))
+            best = gateway.run(conn, gateway.list_models(BEST))[0]["id"]
             _evolve_and_predict(conn, api_url, best)
             _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
     finally:

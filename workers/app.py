@@ -1,5 +1,7 @@
-"""The Procrastinate app. Its tasks live in `workers.tasks`; jobs are deferred by the database itself
-(the training_requests trigger), so the API and CLI never defer through Python.
+"""The Procrastinate app of the worker daemons. Its tasks live in `workers.tasks`; jobs are deferred by
+the database itself (sfq_defer_training, sfq_defer_forecast, sfq_defer_simulation: sql/schema), so the API
+and the CLI never defer through Python and never need this app. Queue and task names:
+queue_app.vocabulary, shared with the database.
 """
 
 from __future__ import annotations
@@ -8,13 +10,6 @@ import asyncio
 import json
 
 import procrastinate
-
-TRAINING_QUEUE = "training"
-TRAIN_TASK = "train_model"  # the name sql/migrations/0001_foundation.sql defers
-PREDICTION_QUEUE = "prediction"
-PREDICT_TASK = "predict_model"  # deferred by sfq_request_forecast (sql/migrations/0003_full_service.sql)
-SIMULATION_QUEUE = "simulation"
-SIMULATE_TASK = "simulate_model"  # deferred by sfq_request_simulation (sql/migrations/0005_...)
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.tasks"])
 

@@ -1,0 +1,297 @@
+"""The API's endpoints. Thin: each reads its request, runs the gateway's calls and shapes the answer;
+every refusal is an sfq error that the handler table (queue_app.api.app) answers.
+
+Paths are the old training service's, so its clients keep working: POST /train, /train/batch,
+/retrain/{id}, /api/train_with_parent, and the /models/{id}/... family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queue_app import gateway, lineage, monitor, params, sweeps
+from queue_app.api import http
+from queue_app.api.http import JSON
+from queue_app.api.openapi import OPENAPI
+from queue_app.errors import Conflict, NotFound, Rejected
+from queue_app.gateway import Call, Submission
+
+T = TypeVar("T")
+
+FORECAST_WAIT_S = 30  # how long POST /models/{id}/predict waits for a worker before answering 202
+SIMULATION_WAIT_S = 10
+ANSWER_POLL_S = 0.05
+ANSWERED = {"completed": 200, "failed": 422, "queued": 202}  # a forecast's or a backtest's state
+
+
+async def call(request: Request, one: Call[T]) -> T:
+    async with gateway.pooled(request.app.state.pool) as conn:
+        return await gateway.run_async(conn, one)
+
+
+def _url(request: Request, name: str, **path: int) -> str:
+    return str(request.url_for(name, **path))
+
+
+def _model_url(request: Request, model_id: int) -> str:
+    return _url(request, "get_model", model_id=model_id)
+
+
+def _submission(request: Request, submission: Submission) -> dict[str, Any]:
+    return {
+        "model_id": submission.model_id,
+        "url": _model_url(request, submission.model_id),
+        "fingerprint": submission.fingerprint,
+        "deduplicated": submission.deduplicated,
+    }
+
+
+def _created(request: Request, submission: Submission) -> JSON:
+    """201 when a model was created, 200 when an existing model serves the request."""
+    return JSON(_submission(request, submission), status_code=200 if submission.deduplicated else 201)
+
+
+async def train(request: Request) -> JSON:
+    body = await http.json_body(request)
+    return _created(request, await call(request, gateway.submit(body, "http")))
+
+
+async def train_batch(request: Request) -> JSON:
+    """One spec, four models (open, close, high, low), enqueued in one transaction."""
+    body = await http.json_body(request)
+    submissions = await call(request, gateway.submit_batch(body, "http"))
+    return JSON(
+        {
+            "model_ids": [s.model_id for s in submissions],
+            "models": [{"target_col": s.target_col, **_submission(request, s)} for s in submissions],
+        },
+        status_code=201 if any(not s.deduplicated for s in submissions) else 200,
+    )
+
+
+async def retrain(request: Request) -> JSON:
+    body = await http.json_body(request, required=False)
+    http.only(body, "force")
+    retrained = gateway.retrain(request.path_params["model_id"], http.boolean(body, "force"), "http")
+    return _created(request, await call(request, retrained))
+
+
+async def train_with_parent(request: Request) -> JSON:
+    body = await http.json_body(request)
+    http.only(body, "parent_model_id", "overrides")
+    parent = http.model_id(body, "parent_model_id")
+    return _created(request, await call(request, gateway.evolve(parent, body.get("overrides", {}), "http")))
+
+
+async def cancel(request: Request) -> JSON:
+    row = await call(request, gateway.cancel_model(request.path_params["model_id"]))
+    return JSON({**row, "url": _model_url(request, row["id"])})
+
+
+async def _model_status(request: Request) -> tuple[int, str]:
+    model_id = request.path_params["model_id"]
+    status = await call(request, gateway.model_status(model_id))
+    if status is None:
+        raise NotFound(f"no model with id {model_id}")
+    return model_id, status
+
+
+async def get_model(request: Request) -> JSON:
+    model_id = request.path_params["model_id"]
+    model = await call(request, gateway.get_model(model_id))
+    if model is None:
+        raise NotFound(f"no model with id {model_id}")
+    model["feature_importances"] = await call(request, gateway.model_features(model_id))
+    model["url"] = _model_url(request, model_id)
+    return JSON(model)
+
+
+async def model_features(request: Request) -> JSON:
+    """Feature importances, ranked (1 = most important)."""
+    model_id, status = await _model_status(request)
+    features = await call(request, gateway.model_features(model_id))
+    return JSON({"model_id": model_id, "status": status, "features": features})
+
+
+async def model_predictions(request: Request) -> JSON:
+    """The held-out test window: each bar's prediction next to the actual value."""
+    model_id, status = await _model_status(request)
+    predictions = await call(request, gateway.model_predictions(model_id))
+    return JSON({"model_id": model_id, "status": status, "predictions": predictions})
+
+
+async def model_artifact(request: Request) -> Response:
+    """The model file (skops), with its SHA-256 in X-Content-SHA256 (and as the ETag)."""
+    model_id, status = await _model_status(request)
+    artifact = await call(request, gateway.model_artifact(model_id))
+    if artifact is None:
+        raise Conflict(f"model {model_id} is {status}: it has no model file (only a completed model has one)")
+    return Response(
+        bytes(artifact["bytes"]),
+        media_type="application/octet-stream",
+        headers={
+            "X-Content-SHA256": artifact["sha256"],
+            "ETag": f'"{artifact["sha256"]}"',
+            "Content-Disposition": f'attachment; filename="model-{model_id}.{artifact["format"]}"',
+        },
+    )
+
+
+async def model_lineage(request: Request) -> JSON:
+    model_id = request.path_params["model_id"]
+    rows = await call(request, gateway.lineage(model_id))
+    if not rows:
+        raise NotFound(f"no model with id {model_id}")
+    chain = lineage.build(model_id, rows)
+    for model in chain["models"]:
+        model["url"] = _model_url(request, model["id"])
+    return JSON(chain)
+
+
+async def list_models(request: Request) -> JSON:
+    """Filter, paginate, and sort by id or by any stored metric (a leaderboard)."""
+    query = params.ModelQuery.parse(request.query_params)
+    rows = await call(request, gateway.list_models(query))
+    total = await call(request, gateway.count_models(query))
+    for row in rows:
+        row["url"] = _model_url(request, row["id"])
+    return JSON({"models": rows, "total": total, "limit": query.limit, "offset": query.offset})
+
+
+async def _until_answered(
+    request: Request, poll: Call[dict[str, Any] | None], wait_s: float
+) -> dict[str, Any]:
+    """Poll a forecast or a backtest until a worker has answered, or `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = await call(request, poll)
+        if row["status"] != "queued" or time.monotonic() >= deadline:
+            return row
+        await asyncio.sleep(ANSWER_POLL_S)
+
+
+def _forecast_body(request: Request, forecast: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **forecast,
+        "url": _url(request, "get_forecast", forecast_id=forecast["id"]),
+        "model_url": _model_url(request, forecast["model_id"]),
+    }
+
+
+async def predict(request: Request) -> JSON:
+    """Ask a worker to load the stored model and predict from the latest bar; wait up to `wait` seconds
+    (default 30), then answer 200 with the forecast, or 202 with its URL to poll."""
+    wait_s = params.integer(request.query_params, "wait", FORECAST_WAIT_S, 0, 300)
+    queued = await call(request, gateway.request_forecast(request.path_params["model_id"]))
+    forecast = await _until_answered(request, gateway.get_forecast(queued["id"]), wait_s)
+    return JSON(_forecast_body(request, forecast), status_code=ANSWERED[forecast["status"]])
+
+
+async def get_forecast(request: Request) -> JSON:
+    forecast_id = request.path_params["forecast_id"]
+    forecast = await call(request, gateway.get_forecast(forecast_id))
+    if forecast is None:
+        raise NotFound(f"no forecast with id {forecast_id}")
+    return JSON(_forecast_body(request, forecast))
+
+
+def _simulation_body(request: Request, simulation: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **simulation,
+        "url": _url(request, "get_simulation", simulation_id=simulation["id"]),
+        "model_url": _model_url(request, simulation["model_id"]),
+    }
+
+
+async def simulate(request: Request) -> JSON:
+    """A backtest of a completed model: `{"model_id", "strategy", "params"}`; waits like predict."""
+    body = await http.json_body(request)
+    http.only(body, "model_id", "strategy", "params", "priority")
+    model_id = http.model_id(body, "model_id")
+    strategy = body.get("strategy", "long_short")
+    if not isinstance(strategy, str):
+        raise Rejected(f"strategy must be a string, got {strategy!r}", "strategy")
+    asked = gateway.request_simulation(model_id, strategy, body.get("params", {}), http.priority(body, 0))
+    wait_s = params.integer(request.query_params, "wait", SIMULATION_WAIT_S, 0, 300)
+    queued = await call(request, asked)
+    simulation = await _until_answered(request, gateway.get_simulation(queued["id"]), wait_s)
+    return JSON(_simulation_body(request, simulation), status_code=ANSWERED[simulation["status"]])
+
+
+async def get_simulation(request: Request) -> JSON:
+    simulation_id = request.path_params["simulation_id"]
+    simulation = await call(request, gateway.get_simulation(simulation_id))
+    if simulation is None:
+        raise NotFound(f"no simulation with id {simulation_id}")
+    return JSON(_simulation_body(request, simulation))
+
+
+async def model_simulations(request: Request) -> JSON:
+    model_id, status = await _model_status(request)
+    rows = await call(request, gateway.model_simulations(model_id))
+    return JSON(
+        {"model_id": model_id, "status": status, "simulations": [_simulation_body(request, r) for r in rows]}
+    )
+
+
+async def submit_sweep(request: Request) -> JSON:
+    """`{"base": {spec}, "grid": {"field": [values], "hyperparameters.name": [values]}, "priority": -10}`:
+    one model per combination, all enqueued in one transaction."""
+    body = await http.json_body(request)
+    http.only(body, "base", "grid", "priority")
+    priority = http.priority(body, sweeps.DEFAULT_PRIORITY)
+    sweep = await call(
+        request, gateway.submit_sweep(body.get("base", {}), body.get("grid"), priority, "http")
+    )
+    return JSON(_sweep_summary(request, sweep), status_code=201)
+
+
+def _sweep_summary(request: Request, sweep: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sweep_id": sweep["id"],
+        "url": _url(request, "get_sweep", sweep_id=sweep["id"]),
+        "combinations": sweep["combinations"],
+        "created": sweep["created"],
+        "reused": sweep["combinations"] - sweep["created"],
+        "priority": sweep["priority"],
+        "enqueue_ms": round(sweep["elapsed_ms"], 1),
+    }
+
+
+async def get_sweep(request: Request) -> JSON:
+    """Progress and a leaderboard by any metric (`sort=ic`, `sort=backtest.sharpe`), with the PSR of
+    each row and the deflated Sharpe ratio of the top one."""
+    sweep_id = request.path_params["sweep_id"]
+    sweep = await call(request, gateway.get_sweep(sweep_id))
+    if sweep is None:
+        raise NotFound(f"no sweep with id {sweep_id}")
+    query = params.SweepQuery.parse(request.query_params)
+    progress = await call(request, gateway.sweep_progress(sweep_id))
+    board = sweeps.leaderboard(await call(request, gateway.sweep_models(sweep_id)), query)
+    for row in board["rows"]:
+        row["url"] = _model_url(request, row["model_id"])
+    summary = _sweep_summary(request, sweep)
+    return JSON({**summary, "base": sweep["base"], "grid": sweep["grid"], "progress": progress, **board})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format: jobs by queue and status, workers and their heartbeats, throughput,
+    training durations by algorithm, and this API's database pool."""
+    rows = {name: await call(request, one) for name, one in monitor.metric_calls().items()}
+    text = monitor.prometheus_text(rows, request.app.state.pool.get_stats(), request.app.state.rescue_after_s)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def healthz(request: Request) -> JSON:
+    async with gateway.pooled(request.app.state.pool, timeout=2) as conn:
+        await gateway.run_async(conn, gateway.ping())
+    return JSON({"status": "ok", "database": "ok"})
+
+
+async def openapi(request: Request) -> JSON:
+    return JSON(OPENAPI)

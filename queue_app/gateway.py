@@ -1,0 +1,659 @@
+"""The one gateway to the database. Every query sfq runs is a named query in `sql/queries.sql` or
+`sql/legacy.sql` (a `-- name --` header, then a one-line description), and has one typed function here
+that says what it takes and what it returns. A function builds a `Call`; `run` (sync) or `run_async`
+executes it, and database errors become sfq's errors (queue_app.errors) here, once, from their SQLSTATE.
+
+    model = gateway.run(conn, gateway.get_model(12))          # the CLI
+    model = await gateway.run_async(conn, gateway.get_model(12))   # the API
+
+The few operations of several statements (a training's result, a bars import, COPY) are functions that
+take the connection. The schema itself (migrations, sql/schema) is applied by `queue_app.db`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
+
+from queue_app.errors import Conflict, Malformed, NoSchema, NotFound, Rejected, Retry, Unavailable
+from queue_app.params import ModelQuery
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+_HEADER = re.compile(r"^-- ([a-z_0-9]+) --$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    sql: str
+
+
+def parse_queries(text: str) -> dict[str, Query]:
+    """The named queries of a .sql file: each a `-- name --` header, a `-- description` line, the SQL."""
+    parts = _HEADER.split(text)
+    queries = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = body.strip().splitlines()
+        comments = [line for line in lines if line.startswith("--")]
+        description = comments[0].removeprefix("--").strip() if comments else ""
+        queries[name] = Query(name, description, body.strip())
+    return queries
+
+
+def sql_text(name: str) -> str:
+    return (resources.files("sql") / name).read_text(encoding="utf-8")
+
+
+QUERIES: dict[str, Query] = {
+    **parse_queries(sql_text("queries.sql")),
+    **parse_queries(sql_text("legacy.sql")),
+}
+
+
+def connect(url: str, application_name: str = "sfq", **kwargs: Any) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, application_name=application_name, **kwargs)
+    except psycopg.OperationalError as error:
+        raise Unavailable("cannot reach the database", str(error).strip()) from None
+
+
+async def connect_async(url: str, application_name: str, **kwargs: Any) -> psycopg.AsyncConnection:
+    try:
+        return await psycopg.AsyncConnection.connect(url, application_name=application_name, **kwargs)
+    except psycopg.OperationalError as error:
+        raise Unavailable("cannot reach the database", str(error).strip()) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running a call, and what database errors mean.
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One named query with its parameters, and how its rows become the result."""
+
+    query: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    shape: Callable[[list[Any]], T] = list  # type: ignore[assignment]
+    tuples: bool = False  # rows as tuples (bars for a DataFrame) rather than dicts
+    rowcount: bool = False  # the result is shape(the number of rows changed): a statement without RETURNING
+
+
+def translate(error: psycopg.Error) -> Exception:
+    """The sfq error a database error means, or the error itself when it means nothing to a user."""
+    sqlstate = error.sqlstate or ""
+    message = error.diag.message_primary or str(error).strip()
+    if sqlstate.startswith("22") or sqlstate in ("23502", "23514"):
+        return Rejected(message, error.diag.column_name)
+    if sqlstate == "P0002":
+        return NotFound(message)
+    if sqlstate == "55000":
+        return Conflict(message)
+    if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock
+        return Retry("conflicting concurrent change; nothing was done, try again", message)
+    if sqlstate in ("42P01", "42883"):  # undefined table or function
+        return NoSchema("the database has no sfq schema yet; run `sfq db upgrade`", message)
+    if isinstance(error, psycopg.OperationalError):
+        return Unavailable("database unavailable", message)
+    return error
+
+
+def _result(call: Call[T], cursor: psycopg.Cursor | psycopg.AsyncCursor, rows: list[Any]) -> T:
+    return call.shape(cursor.rowcount if call.rowcount else rows)
+
+
+def run(conn: psycopg.Connection, call: Call[T]) -> T:
+    try:
+        with conn.cursor(row_factory=tuple_row if call.tuples else dict_row) as cursor:
+            cursor.execute(QUERIES[call.query].sql, call.params)
+            return _result(call, cursor, cursor.fetchall() if cursor.description else [])
+    except psycopg.Error as error:
+        raise translate(error) from None
+
+
+async def run_async(conn: psycopg.AsyncConnection, call: Call[T]) -> T:
+    try:
+        async with conn.cursor(row_factory=tuple_row if call.tuples else dict_row) as cursor:
+            await cursor.execute(QUERIES[call.query].sql, call.params)
+            return _result(call, cursor, await cursor.fetchall() if cursor.description else [])
+    except psycopg.Error as error:
+        raise translate(error) from None
+
+
+@contextlib.asynccontextmanager
+async def pooled(pool: psycopg_pool.AsyncConnectionPool, timeout: float | None = None) -> AsyncIterator:
+    """A connection of the API's pool; a pool that cannot connect is the database being unavailable."""
+    try:
+        async with pool.connection(timeout=timeout) as conn:
+            yield conn
+    except psycopg_pool.PoolTimeout as error:
+        raise Unavailable("database unavailable", str(error)) from None
+    except psycopg.OperationalError as error:
+        raise translate(error) from None
+
+
+def open_pool(url: str, size: int, application_name: str) -> psycopg_pool.AsyncConnectionPool:
+    return psycopg_pool.AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        open=False,
+        timeout=5,
+        kwargs={"autocommit": True, "application_name": application_name},
+    )
+
+
+def _json(value: Any) -> str:
+    """A request as JSON text; a body nested too deeply to encode again is the client's fault."""
+    try:
+        return json.dumps(value)
+    except RecursionError:
+        raise Malformed("request body is nested too deeply") from None
+
+
+def _one(rows: list[Row]) -> Row:
+    (row,) = rows
+    return row
+
+
+def _first(rows: list[Row]) -> Row | None:
+    return rows[0] if rows else None
+
+
+def _value(rows: list[Row]) -> Any:
+    (row,) = rows
+    return next(iter(row.values()))
+
+
+def _found(rows: list[Row]) -> bool:
+    return bool(rows)
+
+
+def _nothing(rows: list[Row]) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Requests: every way in runs the SQL a plain SQL client would.
+
+
+@dataclass(frozen=True)
+class Submission:
+    model_id: int
+    fingerprint: str
+    deduplicated: bool
+    request_id: int
+    target_col: str
+
+
+def _submissions(rows: list[Row]) -> list[Submission]:
+    return [Submission(**row) for row in rows]
+
+
+def _submission(rows: list[Row]) -> Submission:
+    (row,) = rows
+    return Submission(**row)
+
+
+def submit(request: Mapping[str, Any], via: str) -> Call[Submission]:
+    return Call("submit", {"request": _json(request), "via": via}, _submission)
+
+
+def submit_batch(request: Mapping[str, Any], via: str) -> Call[list[Submission]]:
+    return Call("submit_batch", {"request": _json(request), "via": via}, _submissions)
+
+
+def retrain(model_id: int, force: bool, via: str) -> Call[Submission]:
+    return Call("retrain", {"model_id": model_id, "force": force, "via": via}, _submission)
+
+
+def evolve(parent_model_id: int, overrides: Any, via: str) -> Call[Submission]:
+    params = {"parent_model_id": parent_model_id, "overrides": _json(overrides), "via": via}
+    return Call("evolve", params, _submission)
+
+
+def cancel_model(model_id: int) -> Call[Row]:
+    return Call("cancel_model", {"model_id": model_id}, _one)
+
+
+def request_forecast(model_id: int) -> Call[Row]:
+    return Call("request_forecast", {"model_id": model_id}, _one)
+
+
+def request_simulation(model_id: int, strategy: Any, params: Any, priority: int) -> Call[Row]:
+    query = {"model_id": model_id, "strategy": strategy, "params": _json(params), "priority": priority}
+    return Call("request_simulation", query, _one)
+
+
+def submit_sweep(base: Any, grid: Any, priority: int, via: str) -> Call[Row]:
+    params = {"base": _json(base), "grid": _json(grid), "priority": priority, "via": via}
+    return Call("submit_sweep", params, _one)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading models and their results.
+
+
+def get_model(model_id: int) -> Call[Row | None]:
+    return Call("get_model", {"model_id": model_id}, _first)
+
+
+def model_status(model_id: int) -> Call[str | None]:
+    return Call("model_status", {"model_id": model_id}, lambda rows: rows[0]["status"] if rows else None)
+
+
+def model_features(model_id: int) -> Call[list[Row]]:
+    return Call("model_features", {"model_id": model_id})
+
+
+def model_predictions(model_id: int) -> Call[list[Row]]:
+    return Call("model_predictions", {"model_id": model_id})
+
+
+def model_artifact(model_id: int) -> Call[Row | None]:
+    return Call("model_artifact", {"model_id": model_id}, _first)
+
+
+def lineage(model_id: int) -> Call[list[Row]]:
+    return Call("lineage", {"model_id": model_id})
+
+
+def list_models(query: ModelQuery) -> Call[list[Row]]:
+    return Call("list_models", query.sql_params())
+
+
+def count_models(query: ModelQuery) -> Call[int]:
+    return Call("count_models", query.sql_params(), _value)
+
+
+def models_progress(model_ids: Sequence[int]) -> Call[list[Row]]:
+    return Call("models_progress", {"model_ids": list(model_ids)})
+
+
+def unfinished_models() -> Call[list[int]]:
+    return Call("unfinished_models", {}, lambda rows: [row["id"] for row in rows])
+
+
+def get_forecast(forecast_id: int) -> Call[Row | None]:
+    return Call("get_forecast", {"forecast_id": forecast_id}, _first)
+
+
+def get_simulation(simulation_id: int) -> Call[Row | None]:
+    return Call("get_simulation", {"simulation_id": simulation_id}, _first)
+
+
+def model_simulations(model_id: int) -> Call[list[Row]]:
+    return Call("model_simulations", {"model_id": model_id})
+
+
+def default_backtest(model_id: int) -> Call[Row | None]:
+    return Call("default_backtest", {"model_id": model_id}, _first)
+
+
+def buy_and_hold(symbol: str, timeframe: str, start: datetime, end: datetime) -> Call[list[Row]]:
+    params = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end}
+    return Call("buy_and_hold", params)
+
+
+def get_sweep(sweep_id: int) -> Call[Row | None]:
+    return Call("get_sweep", {"sweep_id": sweep_id}, _first)
+
+
+def sweep_progress(sweep_id: int) -> Call[dict[str, int]]:
+    return Call(
+        "sweep_progress", {"sweep_id": sweep_id}, lambda rows: {r["status"]: r["models"] for r in rows}
+    )
+
+
+def sweep_models(sweep_id: int) -> Call[list[Row]]:
+    return Call("sweep_models", {"sweep_id": sweep_id})
+
+
+def recent_sweeps(limit: int) -> Call[list[Row]]:
+    return Call("recent_sweeps", {"limit": limit})
+
+
+def symbols() -> Call[list[Row]]:
+    return Call("symbols")
+
+
+# ---------------------------------------------------------------------------------------------------
+# What operators watch (`sfq status`, GET /metrics, the dashboard's overview).
+
+
+def status_workers() -> Call[list[Row]]:
+    return Call("status_workers")
+
+
+def queue_depth() -> Call[list[Row]]:
+    return Call("queue_depth")
+
+
+def throughput(minutes: int) -> Call[list[Row]]:
+    return Call("throughput", {"minutes": minutes})
+
+
+def recent_failures(limit: int) -> Call[list[Row]]:
+    return Call("recent_failures", {"limit": limit})
+
+
+def duration_histogram(bounds: Sequence[float]) -> Call[list[Row]]:
+    return Call("duration_histogram", {"bounds": list(bounds)})
+
+
+def finished_recently(minutes: int) -> Call[Row]:
+    return Call("finished_recently", {"minutes": minutes}, _one)
+
+
+def ping() -> Call[Any]:
+    return Call("ping", {}, _value)
+
+
+def has_sfq_schema() -> Call[bool]:
+    return Call("has_sfq_schema", {}, _value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The worker daemon: an attempt's lifecycle, fenced by the model's attempt number.
+
+
+def start_model(model_id: int, job_id: int, host: str, pid: int) -> Call[Row | None]:
+    params = {"model_id": model_id, "job_id": job_id, "host": host, "pid": pid}
+    return Call("start_model", params, _first)
+
+
+def report_progress(model_id: int, attempt: int, phase: str, fraction: float) -> Call[None]:
+    params = {"model_id": model_id, "attempt": attempt, "phase": phase, "fraction": fraction}
+    return Call("report_progress", params, _nothing)
+
+
+def fail_model(model_id: int, attempt: int, error: str) -> Call[bool]:
+    return Call("fail_model", {"model_id": model_id, "attempt": attempt, "error": error}, _found)
+
+
+def requeue_model(model_id: int, attempt: int, reason: str) -> Call[bool]:
+    return Call("requeue_model", {"model_id": model_id, "attempt": attempt, "reason": reason}, _found)
+
+
+def give_up_model(model_id: int, job_id: int, error: str) -> Call[None]:
+    params = {"model_id": model_id, "job_id": job_id, "error": error}
+    return Call("give_up_model", params, _nothing)
+
+
+def heartbeat(worker_id: int, host: str, pid: int, instance: int) -> Call[None]:
+    params = {"worker_id": worker_id, "host": host, "pid": pid, "instance": instance}
+    return Call("heartbeat", params, _nothing)
+
+
+def rescue_stalled_jobs(stale_after_s: float, max_attempts: int, own_worker: int | None) -> Call[list[Row]]:
+    params = {"stale_after_s": stale_after_s, "max_attempts": max_attempts, "own_worker": own_worker}
+    return Call("rescue_stalled_jobs", params)
+
+
+def rescue_stalled_side_jobs(stale_after_s: float, own_worker: int | None) -> Call[list[Row]]:
+    return Call("rescue_stalled_side_jobs", {"stale_after_s": stale_after_s, "own_worker": own_worker})
+
+
+def prune_finished_jobs(older_than_days: int) -> Call[int]:
+    return Call("prune_finished_jobs", {"older_than_days": older_than_days}, _value)
+
+
+def load_bars(symbol: str, timeframe: str, data_end: Any, limit: int) -> Call[list[tuple]]:
+    params = {"symbol": symbol, "timeframe": timeframe, "data_end": data_end, "limit": limit}
+    return Call("load_bars", params, tuples=True)
+
+
+def load_context_bars(
+    symbol: str, timeframe: str, data_end: Any, since: Any, limit: int
+) -> Call[list[tuple]]:
+    params = {"symbol": symbol, "timeframe": timeframe, "data_end": data_end, "since": since, "limit": limit}
+    return Call("load_context_bars", params, tuples=True)
+
+
+def _result_writes(
+    model_id: int, result: Any, artifact_format: str
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What a training's result writes after complete_model, by named query (each with its rows)."""
+    return [
+        ("insert_feature_importance", [{"model_id": model_id, **row} for row in result.importances]),
+        ("insert_prediction", [{"model_id": model_id, **row} for row in result.predictions]),
+        ("request_default_simulation", [{"model_id": model_id}]),
+        (
+            "insert_artifact",
+            [
+                {
+                    "model_id": model_id,
+                    "format": artifact_format,
+                    "sha256": result.artifact_sha256,
+                    "size": len(result.artifact),
+                    "bytes": result.artifact,
+                }
+            ],
+        ),
+    ]
+
+
+def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "attempt": attempt,
+        "metrics": Jsonb(result.metrics),
+        "fold_metrics": Jsonb(result.fold_metrics),
+        "timings": Jsonb(result.timings),
+    }
+
+
+async def write_result(
+    conn: psycopg.AsyncConnection, model_id: int, attempt: int, result: Any, artifact_format: str
+) -> bool:
+    """A training's results in one transaction (metrics, importances, predictions, file, its default
+    backtest deferred), only while this attempt holds the model (fencing): False when it does not.
+    `result` has metrics, fold_metrics, timings, importances, predictions, artifact, artifact_sha256."""
+    try:
+        async with conn.transaction(), conn.cursor() as cursor:
+            await cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
+            if await cursor.fetchone() is None:
+                return False
+            for query, rows in _result_writes(model_id, result, artifact_format):
+                await cursor.executemany(QUERIES[query].sql, rows)
+        return True
+    except psycopg.Error as error:
+        raise translate(error) from None
+
+
+def write_result_sync(
+    conn: psycopg.Connection, model_id: int, attempt: int, result: Any, artifact_format: str
+) -> bool:
+    """`write_result` on a synchronous connection (the benchmark's baselines write what a worker writes)."""
+    try:
+        with conn.transaction(), conn.cursor() as cursor:
+            cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
+            if cursor.fetchone() is None:
+                return False
+            for query, rows in _result_writes(model_id, result, artifact_format):
+                cursor.executemany(QUERIES[query].sql, rows)
+        return True
+    except psycopg.Error as error:
+        raise translate(error) from None
+
+
+def forecast_inputs(forecast_id: int) -> Call[Row | None]:
+    return Call("forecast_inputs", {"forecast_id": forecast_id}, _first)
+
+
+def complete_forecast(forecast_id: int, answer: Mapping[str, Any]) -> Call[None]:
+    return Call("complete_forecast", {"forecast_id": forecast_id, **answer}, _nothing)
+
+
+def fail_forecast(forecast_id: int, error: str) -> Call[None]:
+    return Call("fail_forecast", {"forecast_id": forecast_id, "error": error}, _nothing)
+
+
+def simulation_inputs(simulation_id: int) -> Call[Row | None]:
+    return Call("simulation_inputs", {"simulation_id": simulation_id}, _first)
+
+
+def simulation_bars(symbol: str, timeframe: str, start: Any, data_end: Any) -> Call[list[tuple]]:
+    params = {"symbol": symbol, "timeframe": timeframe, "start": start, "data_end": data_end}
+    return Call("simulation_bars", params, tuples=True)
+
+
+def complete_simulation(
+    simulation_id: int, metrics: Any, equity_curve: Any, period_start: Any, period_end: Any
+) -> Call[None]:
+    params = {
+        "simulation_id": simulation_id,
+        "metrics": Jsonb(metrics),
+        "equity_curve": Jsonb(equity_curve),
+        "period_start": period_start,
+        "period_end": period_end,
+    }
+    return Call("complete_simulation", params, _nothing)
+
+
+def fail_simulation(simulation_id: int, error: str) -> Call[None]:
+    return Call("fail_simulation", {"simulation_id": simulation_id, "error": error}, _nothing)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bars in: checked rows upserted with COPY, in one transaction.
+
+
+def upsert_bars(
+    conn: psycopg.Connection, symbol: str, timeframe: str, bars: Sequence[Any]
+) -> tuple[int, int]:
+    """Upsert (symbol, timeframe, bar.ts, bar.open, ...) rows; returns (inserted, updated)."""
+    try:
+        with conn.transaction(), conn.cursor() as cursor:
+            cursor.execute(QUERIES["create_incoming_bars"].sql)
+            with cursor.copy(QUERIES["copy_incoming_bars"].sql) as copy:
+                for bar in bars:
+                    copy.write_row(
+                        (symbol, timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+                    )
+            cursor.execute(QUERIES["upsert_incoming_bars"].sql)
+            flags = [row[0] for row in cursor.fetchall()]
+    except psycopg.Error as error:
+        raise translate(error) from None
+    return sum(flags), len(flags) - sum(flags)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The DuckDB import (`sfq migrate-duckdb`, sql/legacy.sql): DuckDB reads, then one PostgreSQL transaction.
+
+
+def duckdb_rows(duck: Any, query: str, batch: int = 1000) -> Iterator[Row]:
+    """A duckdb_* query's rows as dicts (lower-case column names), read in batches."""
+    cursor = duck.execute(QUERIES[query].sql)
+    names = [column[0].lower() for column in cursor.description]
+    while rows := cursor.fetchmany(batch):
+        yield from (dict(zip(names, values, strict=True)) for values in rows)
+
+
+def begin_import() -> Call[None]:
+    return Call("begin_import", {}, _nothing)
+
+
+def create_import_tables() -> Call[None]:
+    return Call("create_import_tables", {}, _nothing)
+
+
+def request_defaults() -> Call[Any]:
+    return Call("request_defaults", {}, _value)
+
+
+def import_model(params: Mapping[str, Any]) -> Call[Row]:
+    return Call("import_model", params, _one)
+
+
+def link_parents(links: Mapping[int, int]) -> Call[None]:
+    return Call("link_parents", {"children": list(links), "parents": list(links.values())}, _nothing)
+
+
+@contextlib.contextmanager
+def copy_rows(conn: psycopg.Connection, query: str) -> Iterator[Any]:
+    """A COPY ... FROM STDIN named query; write rows with `.write_row(...)`."""
+    with conn.cursor() as cursor, cursor.copy(QUERIES[query].sql) as copy:
+        yield copy
+
+
+def import_features() -> Call[int]:
+    return Call("import_features", {}, int, rowcount=True)
+
+
+def import_simulations(file: str) -> Call[int]:
+    return Call("import_simulations", {"file": file}, int, rowcount=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The schema's own bookkeeping (queue_app.db applies migrations and sql/schema in one transaction).
+
+
+def lock_migrations() -> Call[None]:
+    return Call("lock_migrations", {}, _nothing)
+
+
+def create_migrations_table() -> Call[None]:
+    return Call("create_migrations_table", {}, _nothing)
+
+
+def applied_migrations() -> Call[dict[str, str]]:
+    return Call("applied_migrations", {}, lambda rows: {row["name"]: row["checksum"] for row in rows})
+
+
+def has_procrastinate_schema() -> Call[bool]:
+    return Call("has_procrastinate_schema", {}, _value)
+
+
+def record_migration(name: str, checksum: str) -> Call[None]:
+    return Call("record_migration", {"name": name, "checksum": checksum}, _nothing)
+
+
+def execute_script(conn: psycopg.Connection, sql: str) -> None:
+    """A migration or a schema file: statements run as they are written (no parameters); an error in one
+    is a defect of sfq, not of the caller's input, so it is not translated."""
+    conn.execute(sql)
+
+
+async def run_pooled(pool: psycopg_pool.AsyncConnectionPool, call: Call[T]) -> T:
+    """One call on a connection of the API's pool (the API's endpoints and the dashboard's pages)."""
+    async with pooled(pool) as conn:
+        return await run_async(conn, call)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole databases (the demo's, and the tests' and benchmarks' throwaway ones), and SQL a client writes.
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop the database `name` on the server (whoever is connected) and create it empty; its URL."""
+    with connect(server_url, autocommit=True) as conn:
+        identifier = pgsql.Identifier(name)
+        conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(identifier))
+    return make_conninfo(server_url, dbname=name)
+
+
+def client_statement(conn: psycopg.Connection, statement: str) -> tuple | None:
+    """A statement written as another service would write it (the demo's plain INSERTs), run as given;
+    its first row, if it returns one."""
+    try:
+        return conn.execute(statement).fetchone()
+    except psycopg.Error as error:
+        raise translate(error) from None

@@ -1,0 +1,120 @@
+"""The dashboard's page of one sweep: progress, the leaderboard with each row's PSR and the top model's
+deflated Sharpe ratio (queue_app.sweeps, as GET /sweeps/{id}), and the metric against each swept parameter."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from queue_app import gateway, params, sweeps
+from queue_app.ui import charts
+from queue_app.ui.html import (
+    REFRESH_S,
+    chart,
+    compact,
+    esc,
+    link,
+    not_found,
+    number,
+    page,
+    section,
+    status,
+    table,
+    url,
+)
+from queue_app.vocabulary import UNFINISHED
+
+HEADERS = [
+    "rank",
+    "model",
+    "status",
+    "combination",
+    "dir. accuracy",
+    "ic",
+    "sharpe",
+    "psr",
+    "return",
+    "max dd",
+]
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    backtest = r["backtest"] or {}
+    return [
+        esc(r["rank"]),
+        link(f"/ui/models/{r['model_id']}", r["model_id"]),
+        status(r["status"]),
+        compact(r["combination"]),
+        number(r["metrics"]["directional_accuracy"]),
+        number(r["metrics"]["ic"]),
+        number(backtest.get("sharpe"), 2),
+        number(backtest.get("psr"), 2),
+        number(backtest.get("total_return")),
+        number(backtest.get("max_drawdown"), 3),
+    ]
+
+
+def _deflated(board: dict[str, Any]) -> str:
+    deflated = board["top_deflated_sharpe"]
+    if not deflated:
+        return '<p class="muted" id="dsr">deflated Sharpe ratio: needs two backtested models</p>'
+    top = link(f"/ui/models/{deflated['model_id']}", deflated["model_id"])
+    return (
+        f'<p id="dsr">Top model {top}: deflated '
+        f"Sharpe ratio {number(deflated['deflated_sharpe_ratio'], 3)} after {esc(deflated['trials'])} "
+        "backtested configurations.</p>"
+    )
+
+
+async def sweep(request: Request) -> HTMLResponse:
+    pool, sweep_id = request.app.state.pool, request.path_params["sweep_id"]
+    found = await gateway.run_pooled(pool, gateway.get_sweep(sweep_id))
+    if found is None:
+        return not_found(f"no sweep with id {sweep_id}")
+    progress = await gateway.run_pooled(pool, gateway.sweep_progress(sweep_id))
+    members = await gateway.run_pooled(pool, gateway.sweep_models(sweep_id))
+    given = {key: value for key, value in request.query_params.items() if key in ("sort", "order")}
+    parsed, _ = params.lenient(params.SweepQuery.parse, given)
+    query = dataclasses.replace(parsed, limit=len(members))  # the whole sweep, for the chart
+    board = sweeps.leaderboard(members, query)
+    points: dict[str, list[tuple[Any, float]]] = {key: [] for key in found["grid"]}
+    for row in board["rows"]:
+        if (value := sweeps.metric(row, query.sort)) is not None:
+            for key in points:
+                points[key].append((row["combination"].get(key), value))
+    drawn = any(points.values())
+    svg = await run_in_threadpool(charts.metric_by_parameter, query.sort, points) if drawn else None
+    done = ", ".join(f"{state} {count}" for state, count in progress.items())
+    sorts = " · ".join(
+        link(url(f"/ui/sweeps/{sweep_id}", sort=key), key)
+        for key in ("backtest.sharpe", "ic", "directional_accuracy")
+    )
+    body = "".join(
+        [
+            section(
+                "Progress",
+                f'<p id="progress">{found["combinations"]} combinations ({found["created"]} new models): '
+                f"{esc(done) or 'no models'}</p><p>grid: <code>{compact(found['grid'])}</code></p>",
+            ),
+            section(
+                f"Leaderboard by {query.sort}",
+                f"<p>sort by: {sorts}</p>"
+                + table(
+                    HEADERS,
+                    map(_row, board["rows"]),
+                    numeric=[0, 1, 4, 5, 6, 7, 8, 9],
+                    id_="sweep-leaderboard",
+                )
+                + _deflated(board),
+            ),
+            section(
+                f"{query.sort} by swept parameter", chart(svg, "sweep-chart", "no model has this metric yet")
+            ),
+        ]
+    )
+    unfinished = any(state in UNFINISHED for state in progress)
+    return page(f"Sweep {sweep_id}", body, refresh_s=REFRESH_S if unfinished else None)

@@ -1,0 +1,17 @@
+"""Words the database, the core and the front ends share: model statuses, queues and tasks.
+
+The model statuses are the database's `sfq_model_status` enum (tests/test_contract.py keeps the two
+equal); the queue and task names are what the database defers (sql/schema) and the workers run.
+The spec's own vocabulary (targets, transforms, CV strategies, timeframes, the window rule) comes from
+the workers' registries and reaches the database through the generated sql/registry.sql.
+"""
+
+from __future__ import annotations
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+UNFINISHED = ("queued", "running")
+FINISHED = ("completed", "failed", "cancelled")
+
+TRAINING_QUEUE, TRAIN_TASK = "training", "train_model"
+PREDICTION_QUEUE, PREDICT_TASK = "prediction", "predict_model"
+SIMULATION_QUEUE, SIMULATE_TASK = "simulation", "simulate_model"

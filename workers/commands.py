@@ -1,0 +1,54 @@
+"""The worker daemon's commands, added to `sfq` through the `sfq.commands` entry point (pyproject.toml):
+`sfq worker N` (one daemon, what systemd's worker@N runs) and `sfq workers --count N` (N daemons, each
+restarted if it exits, where there is no systemd). Each returns the command's exit status."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from queue_app.config import database_url
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers import worker
+
+    settings = args.settings
+    if args.max_jobs_per_child:
+        settings = dataclasses.replace(settings, max_jobs_per_child=args.max_jobs_per_child)
+    return worker.run(args.instance, database_url(settings), settings)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from workers import supervisor
+
+    extra = ["--max-jobs-per-child", str(args.max_jobs_per_child)] if args.max_jobs_per_child else []
+    # Long enough for a worker's grace period and its result-write retries (workers/worker.py).
+    stop_timeout_s = args.settings.grace_s + 90
+    return supervisor.run(args.count, database_url(args.settings), extra, stop_timeout_s)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="run worker daemon N (what systemd's worker@N runs)")
+    worker.add_argument("instance", type=int)
+    worker.add_argument(
+        "--max-jobs-per-child",
+        type=int,
+        default=None,
+        help="recycle the training process after this many jobs (default 10)",
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    workers = sub.add_parser("workers", help="run N worker daemons, restarting any that exits")
+    workers.add_argument(
+        "--count", type=_positive, default=os.cpu_count() or 1, help="default: the number of cores"
+    )
+    workers.add_argument("--max-jobs-per-child", type=int, default=None)
+    workers.set_defaults(func=cmd_workers)
