@@ -558,12 +558,28 @@ def upsert_bars(
 # The DuckDB import (`sfq migrate-duckdb`, sql/legacy.sql): DuckDB reads, then one PostgreSQL transaction.
 
 
-def duckdb_rows(duck: Any, query: str, batch: int = 1000) -> Iterator[Row]:
+def _duckdb_rows(duck: Any, query: str, batch: int = 1000) -> Iterator[Row]:
     """A duckdb_* query's rows as dicts (lower-case column names), read in batches."""
     cursor = duck.execute(QUERIES[query].sql)
     names = [column[0].lower() for column in cursor.description]
     while rows := cursor.fetchmany(batch):
         yield from (dict(zip(names, values, strict=True)) for values in rows)
+
+
+def duckdb_columns(duck: Any) -> Iterator[Row]:
+    return _duckdb_rows(duck, "duckdb_columns")
+
+
+def duckdb_models(duck: Any) -> Iterator[Row]:
+    return _duckdb_rows(duck, "duckdb_models")
+
+
+def duckdb_features_log(duck: Any) -> Iterator[Row]:
+    return _duckdb_rows(duck, "duckdb_features_log")
+
+
+def duckdb_simulation_history(duck: Any) -> Iterator[Row]:
+    return _duckdb_rows(duck, "duckdb_simulation_history")
 
 
 def begin_import() -> Call[None]:
@@ -587,10 +603,19 @@ def link_parents(links: Mapping[int, int]) -> Call[None]:
 
 
 @contextlib.contextmanager
-def copy_rows(conn: psycopg.Connection, query: str) -> Iterator[Any]:
-    """A COPY ... FROM STDIN named query; write rows with `.write_row(...)`."""
+def _copy(conn: psycopg.Connection, query: str) -> Iterator[Any]:
     with conn.cursor() as cursor, cursor.copy(QUERIES[query].sql) as copy:
         yield copy
+
+
+def copy_features(conn: psycopg.Connection) -> contextlib.AbstractContextManager:
+    """COPY legacy feature importances: write (legacy model id, model id, feature, importance, logged at)."""
+    return _copy(conn, "copy_features")
+
+
+def copy_simulations(conn: psycopg.Connection) -> contextlib.AbstractContextManager:
+    """COPY legacy backtests: write their rows in copy_simulations' column order."""
+    return _copy(conn, "copy_simulations")
 
 
 def import_features() -> Call[int]:

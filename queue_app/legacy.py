@@ -139,7 +139,7 @@ def migrate(url: str, path: Path, dry_run: bool) -> Report:
 
 def _check_layout(duck: duckdb.DuckDBPyConnection, name: str) -> None:
     found: dict[str, dict[str, str]] = {}
-    for row in gateway.duckdb_rows(duck, "duckdb_columns"):
+    for row in gateway.duckdb_columns(duck):
         found.setdefault(row["table_name"], {})[row["column_name"]] = row["data_type"]
     problems = []
     for table, columns in LAYOUT.items():
@@ -180,7 +180,7 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
     mapped, refused = mapping.models, mapping.refused
     first_legacy: dict[int, int] = {}  # model id -> the first legacy id mapped to it
     parents: dict[int, int] = {}  # inserted model id -> its legacy parent id
-    for row in gateway.duckdb_rows(duck, "duckdb_models"):
+    for row in gateway.duckdb_models(duck):
         table.read += 1
         legacy_id = row["id"]
         try:
@@ -344,8 +344,8 @@ def _import_features(
     """Only a model's own legacy rows: a duplicate's model has its features (or, queued in sfq, will have)."""
     table = report.features_log
     copied, left_out = 0, Counter()
-    with gateway.copy_rows(conn, "copy_features") as copy:
-        for row in gateway.duckdb_rows(duck, "duckdb_features_log"):
+    with gateway.copy_features(conn) as copy:
+        for row in gateway.duckdb_features_log(duck):
             table.read += 1
             try:
                 model_id = mapping.model_of(row["model_id"])
@@ -379,8 +379,8 @@ def _import_simulations(
 ) -> None:
     table = report.simulation_history
     copied = 0
-    with gateway.copy_rows(conn, "copy_simulations") as copy:
-        for row in gateway.duckdb_rows(duck, "duckdb_simulation_history"):
+    with gateway.copy_simulations(conn) as copy:
+        for row in gateway.duckdb_simulation_history(duck):
             table.read += 1
             try:
                 model_id = mapping.model_of(row["model_id"])

@@ -1,21 +1,15 @@
-"""The HTTP API (Starlette), served by `sfq api`: the route table, and the one table that turns sfq's
-errors into answers. Endpoints are in queue_app.api.endpoints, the dashboard in queue_app.ui."""
+"""The HTTP API's route table, and the one table that turns sfq's errors into answers (ERROR_HANDLERS).
+Endpoints are in queue_app.api.endpoints; queue_app.web serves them with the dashboard."""
 
 from __future__ import annotations
 
-import contextlib
-
-from starlette.applications import Starlette
 from starlette.convertors import IntegerConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 
-from queue_app import gateway, ui
 from queue_app.api import endpoints as e
-from queue_app.api.auth import middleware as token_middleware
 from queue_app.api.http import JSON, error
-from queue_app.config import Settings, database_url
 from queue_app.errors import Conflict, Malformed, NotFound, Rejected, SfqError, TooLarge, Unavailable
 
 
@@ -77,27 +71,4 @@ async def _unexpected(request: Request, exc: Exception) -> JSON:
     return error(500, "internal error", type(exc).__name__)
 
 
-def create_app(url: str | None = None, settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings.from_env()
-    url = url or database_url(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        pool = gateway.open_pool(url, settings.pool_size, "sfq-api")
-        await pool.open(wait=False)
-        app.state.pool = pool
-        app.state.rescue_after_s = settings.rescue_after_s
-        try:
-            yield
-        finally:
-            await pool.close()
-
-    return Starlette(
-        routes=[
-            *ROUTES,
-            *ui.routes(settings),
-        ],  # the dashboard (docs/dashboard.md): not in the OpenAPI schema
-        exception_handlers={HTTPException: _http_error, SfqError: _sfq_error, Exception: _unexpected},
-        lifespan=lifespan,
-        middleware=token_middleware(settings),  # API tokens (docs/security.md)
-    )
+ERROR_HANDLERS = {HTTPException: _http_error, SfqError: _sfq_error, Exception: _unexpected}

@@ -1,5 +1,6 @@
 """The OpenAPI description of the HTTP API (GET /openapi.json). The request schema comes from
-`queue_app.spec`; validation itself is the database's."""
+`queue_app.spec`; validation itself is the database's. Every path and method of the route table
+(queue_app.api.app.ROUTES) has its entry here and nothing else does (tests/test_api_server.py)."""
 
 from __future__ import annotations
 
@@ -304,5 +305,6 @@ OPENAPI = {
                 {"200": _response("Healthy", OBJECT), "503": _response("Database unreachable")},
             )
         },
+        "/openapi.json": {"get": _operation("This document", {"200": _response("OpenAPI 3.1", OBJECT)})},
     },
 }

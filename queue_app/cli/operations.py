@@ -35,17 +35,17 @@ def cmd_db_url(args: argparse.Namespace) -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from queue_app.api.app import create_app
-    from queue_app.api.http import HttpProtocol
-
-    # httptools and uvloop (uvicorn[standard]) rather than h11 and asyncio's loop: about 30% less CPU per
-    # request. The startup lines stay at info ("Uvicorn running on ..."); the access log, a line per request,
-    # only with --access-log. No WebSocket: the API serves none.
+    # The web process (queue_app.web: the API and the dashboard), named rather than imported: the CLI does not
+    # import the other front ends. httptools and uvloop (uvicorn[standard]) rather than h11 and asyncio's
+    # loop: about 30% less CPU per request; the protocol bounds request heads (queue_app.api.http). The
+    # startup lines stay at info ("Uvicorn running on ..."); the access log, a line per request, only with
+    # --access-log. No WebSocket: the API serves none.
     uvicorn.run(
-        create_app(settings=args.settings),
+        "queue_app.web:create_app",
+        factory=True,
         host=args.host,
         port=args.port,
-        http=HttpProtocol,
+        http="queue_app.api.http:HttpProtocol",
         loop="uvloop",
         ws="none",
         log_level="info",
