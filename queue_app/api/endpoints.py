@@ -175,12 +175,17 @@ async def _until_answered(
         await asyncio.sleep(ANSWER_POLL_S)
 
 
-def _forecast_body(request: Request, forecast: dict[str, Any]) -> dict[str, Any]:
+def _answer(request: Request, row: dict[str, Any], route: str, key: str) -> dict[str, Any]:
+    """A forecast or a backtest with its own URL (route `route`, path key `key`) and its model's."""
     return {
-        **forecast,
-        "url": _url(request, "get_forecast", forecast_id=forecast["id"]),
-        "model_url": _model_url(request, forecast["model_id"]),
+        **row,
+        "url": _url(request, route, **{key: row["id"]}),
+        "model_url": _model_url(request, row["model_id"]),
     }
+
+
+def _forecast_body(request: Request, forecast: dict[str, Any]) -> dict[str, Any]:
+    return _answer(request, forecast, "get_forecast", "forecast_id")
 
 
 async def predict(request: Request) -> JSON:
@@ -201,11 +206,7 @@ async def get_forecast(request: Request) -> JSON:
 
 
 def _simulation_body(request: Request, simulation: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **simulation,
-        "url": _url(request, "get_simulation", simulation_id=simulation["id"]),
-        "model_url": _model_url(request, simulation["model_id"]),
-    }
+    return _answer(request, simulation, "get_simulation", "simulation_id")
 
 
 async def simulate(request: Request) -> JSON:
