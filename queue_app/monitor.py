@@ -63,10 +63,7 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: list[tu
         lines.append(f"{name}{{{inside}}} {value}" if inside else f"{name} {value}")
 
 
-def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int], stale_after_s: float) -> str:
-    """The exposition text from the rows of `metric_calls()`, by name."""
-    lines: list[str] = []
-    jobs = rows["queue_depth"]
+def _jobs(lines: list[str], jobs: list[dict[str, Any]]) -> None:
     _metric(
         lines,
         "sfq_jobs",
@@ -74,18 +71,19 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
         "Queue jobs by queue and status.",
         [({"queue": r["queue"], "status": r["status"]}, r["jobs"]) for r in jobs],
     )
-    queues = sorted({r["queue"] for r in jobs})
+    running = {queue: 0 for queue in sorted({r["queue"] for r in jobs})}
+    for r in jobs:
+        running[r["queue"]] += r["jobs"] if r["status"] == "doing" else 0
     _metric(
         lines,
         "sfq_running_jobs",
         "gauge",
         "Jobs being worked on, by queue.",
-        [
-            ({"queue": q}, sum(r["jobs"] for r in jobs if r["queue"] == q and r["status"] == "doing"))
-            for q in queues
-        ],
+        [({"queue": q}, n) for q, n in running.items()],
     )
-    workers = rows["status_workers"]
+
+
+def _workers(lines: list[str], workers: list[dict[str, Any]], stale_after_s: float) -> None:
     _metric(
         lines,
         "sfq_workers",
@@ -104,19 +102,14 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
             if w["registered"]
         ],
     )
-    recent = rows["finished_recently"]
-    _metric(
-        lines,
-        "sfq_models_finished_per_minute",
-        "gauge",
-        f"Models finished per minute, averaged over the last {RATE_MINUTES} minutes.",
-        [({"status": s}, round(recent[s] / RATE_MINUTES, 3)) for s in ("completed", "failed")],
-    )
+
+
+def _durations(lines: list[str], histogram: list[dict[str, Any]]) -> None:
     lines += [
         "# HELP sfq_training_duration_seconds Training time of completed models (last attempt).",
         "# TYPE sfq_training_duration_seconds histogram",
     ]
-    for h in rows["duration_histogram"]:
+    for h in histogram:
         algorithm = _label(h["algorithm"])
         for bound, count in zip(DURATION_BOUNDS, h["buckets"], strict=True):
             lines.append(
@@ -127,6 +120,9 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
         )
         lines.append(f'sfq_training_duration_seconds_sum{{algorithm="{algorithm}"}} {round(h["sum"], 3)}')
         lines.append(f'sfq_training_duration_seconds_count{{algorithm="{algorithm}"}} {h["count"]}')
+
+
+def _pool(lines: list[str], pool: dict[str, int]) -> None:
     _metric(
         lines,
         "sfq_api_pool_connections",
@@ -144,6 +140,23 @@ def prometheus_text(rows: dict[str, list[dict[str, Any]]], pool: dict[str, int],
         "Requests waiting for a database connection.",
         [({}, pool.get("requests_waiting", 0))],
     )
+
+
+def prometheus_text(rows: dict[str, Any], pool: dict[str, int], stale_after_s: float) -> str:
+    """The exposition text from the results of `metric_calls()`, by name, and the API pool's stats."""
+    lines: list[str] = []
+    _jobs(lines, rows["queue_depth"])
+    _workers(lines, rows["status_workers"], stale_after_s)
+    recent = rows["finished_recently"]
+    _metric(
+        lines,
+        "sfq_models_finished_per_minute",
+        "gauge",
+        f"Models finished per minute, averaged over the last {RATE_MINUTES} minutes.",
+        [({"status": s}, round(recent[s] / RATE_MINUTES, 3)) for s in ("completed", "failed")],
+    )
+    _durations(lines, rows["duration_histogram"])
+    _pool(lines, pool)
     return "\n".join(lines) + "\n"
 
 

@@ -129,75 +129,90 @@ def _evolve_and_predict(conn: psycopg.Connection, api_url: str, best: int) -> No
     )
 
 
+def _prepare(url: str) -> None:
+    _say(f"database {DEMO_DATABASE}: schema, then real daily bars (bokeh-sampledata)")
+    print("applied:", ", ".join(db.upgrade(url)))
+    with gateway.connect(url, autocommit=True) as conn:
+        for symbol, rows in bars.sample_bars():
+            inserted, _ = bars.load(conn, symbol, "1d", rows)
+            print(f"  {symbol}: {inserted} daily bars {rows[0].ts:%Y-%m-%d} .. {rows[-1].ts:%Y-%m-%d}")
+
+
+def _start(url: str, workers: int, processes: list[tuple[subprocess.Popen, str]]) -> str:
+    """The API and the worker daemons, as `sfq api` and `sfq workers`; the API's URL once it answers."""
+    env = {**os.environ, "POSTGRES_URL": url}
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    _say(f"starting the API on {api_url} and {workers} worker daemons (one per core)")
+    api = subprocess.Popen(
+        [sys.executable, "-m", "queue_app.cli", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    processes.append((api, "api"))
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "queue_app.cli", "workers", "--count", str(workers)], env=env
+    )
+    processes.append((fleet, "workers"))
+    _wait_http(f"{api_url}/healthz", api)
+    return api_url
+
+
+def _submit_http(api_url: str) -> list[int]:
+    _say("submitting over HTTP: POST /train")
+    model_ids = []
+    for body in HTTP_REQUESTS:
+        status, answer = _post(f"{api_url}/train", body)
+        print(
+            f"  {status} {body['symbol']:<5} {body['algorithm']:<20} -> model {answer['model_id']} "
+            f"fingerprint {answer['fingerprint'][:12]}"
+        )
+        model_ids.append(answer["model_id"])
+    return model_ids
+
+
+def _submit_sql(conn: psycopg.Connection, model_ids: list[int]) -> None:
+    _say("submitting by plain SQL: INSERT INTO training_requests ... RETURNING model_id")
+    for statement in SQL_INSERTS:
+        model_id, deduplicated = gateway.client_statement(conn, statement)
+        note = (
+            "  (deduplicated: same fingerprint as an earlier request, not trained again)"
+            if deduplicated
+            else ""
+        )
+        print(f"  {statement.split('VALUES ')[1].split(') RETURNING')[0]})  -> model {model_id}{note}")
+        if model_id not in model_ids:
+            model_ids.append(model_id)
+
+
+def _train(conn: psycopg.Connection, model_ids: list[int]) -> None:
+    _say(f"training {len(model_ids)} models")
+    started = time.monotonic()
+    final = wait_for(conn, model_ids, timeout=900)
+    done = sum(m["status"] == "completed" for m in final.values())
+    print(
+        f"  {done}/{len(final)} completed in {time.monotonic() - started:.1f} s, "
+        f"on {len({m['worker_pid'] for m in final.values()})} worker processes"
+    )
+    _say("leaderboard (held-out test window, sorted by directional accuracy)")
+    ranked = params.ModelQuery(sort="directional_accuracy", limit=len(model_ids))
+    print(leaderboard(gateway.run(conn, gateway.list_models(ranked))))
+
+
 def run(settings: Settings, workers: int) -> None:
     started_cluster = not settings.postgres_url and not embedded.is_running(settings.home)
     url = gateway.recreate_database(database_url(settings), DEMO_DATABASE)
     processes: list[tuple[subprocess.Popen, str]] = []
     try:
-        _say(f"database {DEMO_DATABASE}: schema, then real daily bars (bokeh-sampledata)")
-        print("applied:", ", ".join(db.upgrade(url)))
+        _prepare(url)
+        api_url = _start(url, workers, processes)
+        model_ids = _submit_http(api_url)
         with gateway.connect(url, autocommit=True) as conn:
-            for symbol, rows in bars.sample_bars():
-                inserted, _ = bars.load(conn, symbol, "1d", rows)
-                print(f"  {symbol}: {inserted} daily bars {rows[0].ts:%Y-%m-%d} .. {rows[-1].ts:%Y-%m-%d}")
-
-        env = {**os.environ, "POSTGRES_URL": url}
-        port = _free_port()
-        api_url = f"http://127.0.0.1:{port}"
-        _say(f"starting the API on {api_url} and {workers} worker daemons (one per core)")
-        api = subprocess.Popen(
-            [sys.executable, "-m", "queue_app.cli", "api", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append((api, "api"))
-        fleet = subprocess.Popen(
-            [sys.executable, "-m", "queue_app.cli", "workers", "--count", str(workers)], env=env
-        )
-        processes.append((fleet, "workers"))
-        _wait_http(f"{api_url}/healthz", api)
-
-        _say("submitting over HTTP: POST /train")
-        model_ids: list[int] = []
-        for body in HTTP_REQUESTS:
-            status, answer = _post(f"{api_url}/train", body)
-            print(
-                f"  {status} {body['symbol']:<5} {body['algorithm']:<20} -> model {answer['model_id']} "
-                f"fingerprint {answer['fingerprint'][:12]}"
-            )
-            model_ids.append(answer["model_id"])
-
-        _say("submitting by plain SQL: INSERT INTO training_requests ... RETURNING model_id")
-        with gateway.connect(url, autocommit=True) as conn:
-            for statement in SQL_INSERTS:
-                model_id, deduplicated = gateway.client_statement(conn, statement)
-                print(
-                    f"  {statement.split('VALUES ')[1].split(') RETURNING')[0]})  -> model {model_id}"
-                    + (
-                        "  (deduplicated: same fingerprint as an earlier request, not trained again)"
-                        if deduplicated
-                        else ""
-                    )
-                )
-                if model_id not in model_ids:
-                    model_ids.append(model_id)
-
-            _say(f"training {len(model_ids)} models")
-            started = time.monotonic()
-            final = wait_for(conn, model_ids, timeout=900)
-            done = sum(m["status"] == "completed" for m in final.values())
-            print(
-                f"  {done}/{len(final)} completed in {time.monotonic() - started:.1f} s, "
-                f"on {len({m['worker_pid'] for m in final.values()})} worker processes"
-            )
-
-            _say("leaderboard (held-out test window, sorted by directional accuracy)")
-            ranked = params.ModelQuery(sort="directional_accuracy", limit=len(model_ids))
-            print(leaderboard(gateway.run(conn, gateway.list_models(ranked))))
-            best = gateway.run(conn, gateway.list_models(BEST))[0]["id"]
-            _evolve_and_predict(conn, api_url, best)
-            _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
+            _submit_sql(conn, model_ids)
+            _train(conn, model_ids)
+            _evolve_and_predict(conn, api_url, gateway.run(conn, gateway.list_models(BEST))[0]["id"])
+        _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
     finally:
         _say("stopping workers and API")
         for process, name in reversed(processes):
