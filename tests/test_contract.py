@@ -11,6 +11,9 @@ from tests.conftest import ROOT
 from workers import contract
 from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS
 from workers.features import DEFAULT_FEATURES, FEATURES
+from workers.simulation import TIMEFRAME
+from workers.splits import MIN_FIT_ROWS, SPLITTERS
+from workers.training import TARGET_COLUMNS, TRANSFORMS
 
 NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated", "spec")
 
@@ -109,3 +112,22 @@ def test_the_duckdb_import_drops_exactly_the_parameters_sfq_controls():
     from workers.algorithms import CONTROLLED_PARAMS
 
     assert set(RUNTIME_PARAMS) == set(CONTROLLED_PARAMS)
+
+
+def test_the_vocabulary_is_the_workers(conn):
+    vocabulary = conn.execute(
+        "SELECT sfq_target_columns(), sfq_target_transforms(), sfq_cv_strategies(), sfq_min_fit_rows(),"
+        " sfq_min_train_window(5, 1)"
+    ).fetchone()
+    assert vocabulary == (list(TARGET_COLUMNS), list(TRANSFORMS), list(SPLITTERS), MIN_FIT_ROWS, 6 * 11)
+
+
+TIMEFRAMES = ["1d", "5m", "15m", "4h", "1w", "1mo", "12mo", "30s", "10d", "0d", "01d", "1", "d", "1y", "1dd",
+              "1mos", " 1d", "1d ", "1d\n", "1D", "1 d", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("timeframe", TIMEFRAMES)
+def test_the_database_reads_timeframes_as_the_workers_do(conn, timeframe):
+    assert TIMEFRAME.pattern == conn.execute("SELECT sfq_timeframe_pattern()").fetchone()[0]
+    in_sql = conn.execute("SELECT %s ~ sfq_timeframe_pattern()", (timeframe,)).fetchone()[0]
+    assert in_sql == (TIMEFRAME.fullmatch(timeframe) is not None)
