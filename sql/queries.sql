@@ -225,6 +225,16 @@ SELECT name, checksum FROM sfq_migrations
 -- has_procrastinate_schema --
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL
 
+-- has_sfq_tables --
+SELECT to_regclass('models') IS NOT NULL
+
+-- set_schema_search_path --
+-- sfq's schema (that of its tables) then pg_temp, until the end of the transaction: where sql/schema/'s
+-- definitions go, and the search_path its SECURITY DEFINER functions keep.
+SELECT set_config('search_path',
+                  (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'models'::regclass)
+                  || ', pg_temp', true)
+
 -- has_sfq_schema --
 -- What a worker checks at start-up (needs no privilege): sfq's tables and Procrastinate's exist.
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AND to_regclass('models') IS NOT NULL

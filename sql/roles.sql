@@ -6,7 +6,7 @@
 --   sfq_submitter  other services: submit training requests, read the models' status
 --   sfq_worker     the worker daemons: their jobs, results, rescue and pruning
 --   sfq_api        the HTTP API: what its read endpoints show, and every change through the operations'
---                  functions (SECURITY DEFINER, sql/migrations/0006_least_privilege.sql)
+--                  functions (SECURITY DEFINER, sql/schema/security.sql)
 -- None of them may DELETE from, TRUNCATE, ALTER or DROP an sfq table, or create one.
 -- Everything the three held in sfq's schema is revoked first, so that this file is the whole truth. The
 -- grants name tables, columns and functions: run `sfq db roles` again after every `sfq db upgrade`.
@@ -39,7 +39,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', sfq_schema, group_role);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', sfq_schema, group_role);
     END LOOP;
-    -- Functions added since sql/migrations/0006_least_privilege.sql are executable by PUBLIC until now.
+    -- As sql/schema/security.sql: no sfq or Procrastinate function is executable by PUBLIC.
     FOR fn IN
         SELECT p.oid FROM pg_proc p
          WHERE p.pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'training_requests'::regclass)

@@ -26,9 +26,10 @@ def canonical(conn, algorithm: str, given: str) -> str:
 
 
 def test_registry_sql_is_up_to_date():
-    on_disk = (ROOT / "sql" / "registry.sql").read_text()
+    on_disk = (ROOT / "sql" / "schema" / "registry.sql").read_text()
     assert on_disk == contract.render(), (
-        "sql/registry.sql is stale: regenerate it with `python -m workers.contract > sql/registry.sql`"
+        "sql/schema/registry.sql is stale: regenerate it with"
+        " `python -m workers.contract > sql/schema/registry.sql`"
     )
 
 

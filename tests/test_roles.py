@@ -1,4 +1,4 @@
-"""Database roles (`sfq db roles`, sql/roles.sql, sql/migrations/0006_least_privilege.sql,
+"""Database roles (`sfq db roles`, sql/roles.sql, sql/schema/security.sql,
 docs/security.md) on a throwaway database of their own: a login role in each group connects and does
 what the group is for, with a real worker and a real API where that is what it is, and is refused the
 rest."""
