@@ -43,7 +43,7 @@ _HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
 SCHEMA_FILES = (
     "registry.sql",  # generated (python -m workers.contract): the registries' rows, the shared vocabulary
     "requests.sql",  # validation, canonical form, fingerprint; the JSON way in; training_requests' triggers
-    "models.sql",  # a model's lifecycle: its attempt log, lookups
+    "models.sql",  # a model's insertion (the one INSERT INTO models) and its attempt log
     "queue.sql",  # Procrastinate: job rows, deferral, rescue, pruning
     "forecasts.sql",
     "simulations.sql",  # backtests

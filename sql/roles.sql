@@ -86,7 +86,7 @@ GRANT EXECUTE ON FUNCTION
     procrastinate_fetch_job_v2, procrastinate_finish_job_v1, procrastinate_retry_job_v2,
     procrastinate_register_worker_v1, procrastinate_unregister_worker_v1, procrastinate_update_heartbeat_v1,
     procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
-    sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training,
+    sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
     sfq_request_simulation  -- a completed model's default backtest
     TO sfq_worker;

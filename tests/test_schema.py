@@ -7,6 +7,7 @@ and settings), triggers, views, sequences, comments and privileges (after `sfq d
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 
 import procrastinate
@@ -356,9 +357,11 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         write_after_the_upgrade(conn)
         unqueued = conn.execute(
             "SELECT m.id FROM models m LEFT JOIN procrastinate_jobs j ON j.id = m.job_id"
-            " WHERE m.status = 'queued' AND (j.id IS NULL OR j.args <> jsonb_build_object('model_id', m.id))"
+            " WHERE m.status = 'queued' AND (j.id IS NULL OR j.status <> 'todo'"
+            "   OR (j.queue_name, j.task_name, j.lock, j.args, j.priority) <> ('training', 'train_model',"
+            "       'model:' || m.id, jsonb_build_object('model_id', m.id), m.priority))"
         )
-        assert unqueued.fetchall() == []  # every queued model has its job, old or new
+        assert unqueued.fetchall() == []  # every queued model has its job, old or new, the same way
 
 
 def test_a_new_database_is_built_from_the_schema_files_and_records_every_migration(databases):
@@ -399,3 +402,48 @@ def test_the_comparison_sees_a_left_over_function_a_missing_index_and_a_changed_
         "+table models: sfq_submitter SELECT (by",
     ):
         assert line in report, f"{line!r} not in the report:\n{report}"
+
+
+def test_sfq_new_model_maps_each_request_column_to_the_model_column_of_the_same_name(conn):
+    request = conn.execute(
+        "SELECT to_jsonb(r), to_jsonb(sfq_new_model(r)) FROM sfq_canonical_request("
+        " jsonb_populate_record(NULL::training_requests, sfq_request_defaults()"
+        "   || %s::jsonb)) r",
+        (json.dumps({"symbol": "AAPL", "timeout_s": 60, "priority": 7, "run": 2, **FAST}),),
+    ).fetchone()
+    as_request, as_model = request
+    shared = set(as_request) & set(as_model) - {"id"}
+    assert {"fingerprint", "spec", "priority", "run", "timeout_s", "data_end"} <= shared
+    assert {k: as_model[k] for k in shared} == {k: as_request[k] for k in shared}
+    assert (as_model["id"], as_model["status"], as_model["attempts"], as_model["job_id"]) == (
+        None,
+        "queued",
+        0,
+        None,
+    )
+
+
+def test_sfq_insert_models_inserts_in_order_skips_live_fingerprints_and_returns_the_new_ids(conn):
+    """The one INSERT INTO models: candidates in the order given; one whose fingerprint is live (before, or
+    by an earlier candidate) is skipped; a failed one is inserted anyway (the DuckDB import's)."""
+    with conn.transaction(force_rollback=True):
+        candidates = [
+            conn.execute(
+                "SELECT sfq_new_model(sfq_canonical_request(jsonb_populate_record(NULL::training_requests,"
+                " sfq_request_defaults() || %s::jsonb)))::text",
+                (json.dumps({"symbol": "AAPL", "horizon": horizon, **FAST}),),
+            ).fetchone()[0]
+            for horizon in (7, 5, 7, 6)
+        ]
+        ids = conn.execute("SELECT sfq_insert_models(%s::models[])", (candidates,)).fetchone()[0]
+        assert len(ids) == 3 and ids == sorted(ids)
+        rows = conn.execute(
+            "SELECT horizon, status::text, job_id FROM models WHERE id = ANY(%s) ORDER BY id", (ids,)
+        ).fetchall()
+        assert rows == [(7, "queued", None), (5, "queued", None), (6, "queued", None)]
+        assert conn.execute("SELECT sfq_insert_models(%s::models[])", (candidates[:1],)).fetchone()[0] == []
+        failed = conn.execute(
+            'SELECT sfq_insert_models(ARRAY[jsonb_populate_record(%s::models, \'{"status": "failed"}\')])',
+            (candidates[0],),
+        ).fetchone()[0]
+        assert len(failed) == 1 and failed[0] > ids[-1]

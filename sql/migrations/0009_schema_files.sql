@@ -8,6 +8,9 @@
 --
 -- This one drops what sql/schema/ no longer defines:
 --   - sfq_canonical_value: unused since 0003 (sfq_canonical_param took its place);
+--   - sfq_defer_training(bigint): one model's job; sfq_defer_training(bigint[], integer[]) defers any number
+--     of models' jobs in one call, for every path (requests, sweeps, rescue).
 -- and forgets sql/registry.sql, which is sql/schema/registry.sql now.
 DROP FUNCTION sfq_canonical_value(text, text, jsonb, jsonb);
+DROP FUNCTION sfq_defer_training(bigint);
 DELETE FROM sfq_migrations WHERE name = 'registry.sql';

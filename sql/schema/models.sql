@@ -1,7 +1,72 @@
--- sfq/models: a model's lifecycle (the attempt log kept by a trigger on models, the lookups the operations
--- share).
+-- sfq/models: a model's row, made in one place (sfq_new_model: a canonical request's model; sfq_insert_models:
+-- the one INSERT INTO models, with deduplication on the live fingerprint), and its lifecycle (the attempt log
+-- kept by a trigger on models, the lookups the operations share).
+--
+-- Every way a model is created goes through sfq_insert_models: a request (the training_requests trigger:
+-- single requests, batches, retrains, evolutions), a sweep (sfq_submit_sweep, all its models in one call) and
+-- the DuckDB import (sql/legacy.sql import_model, with its legacy status, error, metrics and origin).
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
+
+-- A canonical request's model, not inserted yet: the request -> model mapping, written once. Every column
+-- of models in its order (a row type is positional: tables.sql says so); a column a request does not set
+-- takes the table's default. Inlined where it is called.
+CREATE OR REPLACE FUNCTION sfq_new_model(r training_requests) RETURNS models
+    LANGUAGE sql STABLE AS $$
+    SELECT ROW(
+        NULL,                    -- id: the INSERT's
+        r.fingerprint, r.spec, r.symbol, r.timeframe, r.target_col, r.target_transform, r.horizon,
+        r.algorithm, r.hyperparameters, r.features, r.train_window, r.test_window, r.data_end, r.cv_folds,
+        r.cv_strategy, r.context_symbols, r.alpha_grid, r.l1_ratio_grid, r.regime_configs, r.parent_model_id,
+        'queued',                -- status
+        NULL,                    -- error
+        now(),                   -- submitted_at
+        NULL, NULL, NULL, NULL,  -- started_at, finished_at, worker_host, worker_pid
+        0,                       -- attempts
+        NULL, NULL, NULL,        -- metrics, fold_metrics, timings
+        r.timeout_s,
+        NULL,                    -- job_id: sfq_defer_training's
+        r.retrain_of, r.run,
+        NULL,                    -- imported_from
+        r.priority,
+        NULL                     -- progress
+    )::models
+$$;
+
+-- The one INSERT INTO models. Candidates are inserted in the order given, each unless a live model has its
+-- fingerprint, whether it was there before or inserted by an earlier candidate of the same call (then
+-- nothing: the caller finds that model). Returns the inserted models' ids, ascending: in the order of
+-- their candidates. A failed or cancelled candidate (the DuckDB import's) is inserted even when a live
+-- model has its fingerprint: the unique index is on live models only. A skipped candidate uses up an id
+-- (as any INSERT ... ON CONFLICT DO NOTHING), so a caller with many passes distinct fingerprints.
+-- PL/pgSQL, so that the INSERT's plan is cached (a SQL function's is planned again at every call from a
+-- trigger); ids as an array, so that the trigger calls it as a plain expression (no result set to scan).
+CREATE OR REPLACE FUNCTION sfq_insert_models(candidates models[]) RETURNS bigint[]
+    LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    WITH inserted AS (
+        INSERT INTO models (
+            fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
+            hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
+            context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, status, error,
+            submitted_at, started_at, finished_at, worker_host, worker_pid, attempts, metrics, fold_metrics,
+            timings, timeout_s, job_id, retrain_of, run, imported_from, priority, progress)
+        SELECT c.fingerprint, c.spec, c.symbol, c.timeframe, c.target_col, c.target_transform, c.horizon,
+               c.algorithm, c.hyperparameters, c.features, c.train_window, c.test_window, c.data_end, c.cv_folds,
+               c.cv_strategy, c.context_symbols, c.alpha_grid, c.l1_ratio_grid, c.regime_configs,
+               c.parent_model_id, c.status, c.error, c.submitted_at, c.started_at, c.finished_at, c.worker_host,
+               c.worker_pid, c.attempts, c.metrics, c.fold_metrics, c.timings, c.timeout_s, c.job_id,
+               c.retrain_of, c.run, c.imported_from, c.priority, c.progress
+          FROM unnest(candidates) AS c
+        ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
+        RETURNING id
+    )
+    SELECT array_agg(id) INTO ids FROM inserted;  -- RETURNING's order: the INSERT's
+    RETURN coalesce(ids, '{}');
+END;
+$$;
 
 -- A model by id, optionally locked; no model: P0002 (the API's 404).
 CREATE OR REPLACE FUNCTION sfq_model(model bigint, lock boolean DEFAULT false) RETURNS models

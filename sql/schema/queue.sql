@@ -1,6 +1,8 @@
 -- sfq/queue: sfq on Procrastinate. The rows of sfq's jobs (procrastinate_job_to_defer_v1) and their
 -- deferral, the rescue of jobs whose worker died, and the pruning of finished jobs.
 --
+-- A model's training job is built by sfq_training_job only, and deferred by sfq_defer_training only,
+-- whatever made the model: the training_requests statement trigger (every request), a sweep, a rescue.
 -- Only the job recorded in models.job_id may run the model (the worker's start_model checks it), so an old
 -- job that comes back after a rescue is skipped, and a stalled worker's late writes are refused (fencing).
 --
@@ -9,18 +11,36 @@
 -- ---------------------------------------------------------------------------------------------------
 -- Jobs.
 
--- A model's training job, recorded in models.job_id.
-CREATE OR REPLACE FUNCTION sfq_defer_training(model bigint) RETURNS bigint
+-- A model's training job, as Procrastinate defers it (inlined where it is called).
+CREATE OR REPLACE FUNCTION sfq_training_job(model bigint, priority integer) RETURNS procrastinate_job_to_defer_v1
+    LANGUAGE sql STABLE AS $$
+    SELECT ROW('training', 'train_model', priority, 'model:' || model, NULL,
+               jsonb_build_object('model_id', model), NULL)::procrastinate_job_to_defer_v1
+$$;
+
+-- New models' training jobs, in one procrastinate_defer_jobs_v1 call, in the order given, each recorded
+-- in its model's job_id; returns the jobs' ids. Never one UPDATE joined with the arrays through a cached
+-- plan: PL/pgSQL's generic plan of it scanned all of models (planned as if the table were small), on
+-- every statement (0008). Many models (a sweep, a large INSERT ... SELECT): that UPDATE planned for
+-- these arrays (EXECUTE); a few: one UPDATE each, by primary key, with a cached plan (planning the join
+-- costs about as much as a few dozen of those).
+CREATE OR REPLACE FUNCTION sfq_defer_training(model_ids bigint[], priorities integer[]) RETURNS bigint[]
     LANGUAGE plpgsql AS $$
 DECLARE
     job_ids bigint[];
 BEGIN
-    job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
-        'training', 'train_model', (SELECT priority FROM models WHERE id = model), 'model:' || model, NULL,
-        jsonb_build_object('model_id', model), NULL
-    )::procrastinate_job_to_defer_v1]);
-    UPDATE models SET job_id = job_ids[1] WHERE id = model;
-    RETURN job_ids[1];
+    job_ids := procrastinate_defer_jobs_v1(ARRAY(
+        SELECT sfq_training_job(m, p) FROM unnest(model_ids, priorities) WITH ORDINALITY AS u(m, p, i) ORDER BY i));
+    IF cardinality(model_ids) > 32 THEN
+        EXECUTE 'UPDATE models m SET job_id = j.job_id FROM unnest($1, $2) AS j(model_id, job_id)'
+                ' WHERE m.id = j.model_id'
+          USING model_ids, job_ids;
+    ELSE
+        FOR i IN 1 .. cardinality(model_ids) LOOP
+            UPDATE models SET job_id = job_ids[i] WHERE id = model_ids[i];
+        END LOOP;
+    END IF;
+    RETURN job_ids;
 END;
 $$;
 
@@ -75,7 +95,7 @@ BEGIN
          WHERE id = model;
         RETURN 'failed: too many lost attempts';
     END IF;
-    new_job := sfq_defer_training(model);
+    new_job := (sfq_defer_training(ARRAY[model], ARRAY[(SELECT m.priority FROM models m WHERE m.id = model)]))[1];
     UPDATE models SET status = 'queued',
            error = format('job %s lost its worker; handed on to job %s', old_job, new_job)
      WHERE id = model;

@@ -1,6 +1,7 @@
 -- sfq/requests: a training request's validation, canonical form and fingerprint (sfq_canonical_request),
 -- the JSON way in (sfq_submit), and the training_requests triggers that turn each accepted request into
--- its model and the statement's new models into their training jobs.
+-- its model (models.sql: sfq_new_model, sfq_insert_models) and the statement's new models into their
+-- training jobs (queue.sql: sfq_defer_training).
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations, with search_path set to sfq's schema then
 -- pg_temp, which the SECURITY DEFINER functions keep (SET search_path FROM CURRENT).
@@ -549,20 +550,7 @@ BEGIN
         PERFORM sfq_check_range('priority', NEW.priority, -100, 100);
     END IF;
     LOOP
-        INSERT INTO models (
-            fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
-            hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-            context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, timeout_s,
-            retrain_of, run, priority)
-        VALUES (
-            NEW.fingerprint, NEW.spec, NEW.symbol, NEW.timeframe, NEW.target_col, NEW.target_transform,
-            NEW.horizon, NEW.algorithm, NEW.hyperparameters, NEW.features, NEW.train_window,
-            NEW.test_window, NEW.data_end, NEW.cv_folds, NEW.cv_strategy, NEW.context_symbols,
-            NEW.alpha_grid, NEW.l1_ratio_grid, NEW.regime_configs, NEW.parent_model_id, NEW.timeout_s,
-            NEW.retrain_of, NEW.run, NEW.priority)
-        ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
-        RETURNING id INTO NEW.model_id;
-
+        NEW.model_id := (sfq_insert_models(ARRAY[sfq_new_model(NEW)]))[1];
         IF NEW.model_id IS NOT NULL THEN
             NEW.deduplicated := false;
             RETURN NEW;
@@ -582,27 +570,18 @@ $$;
 CREATE OR REPLACE TRIGGER training_requests_accept BEFORE INSERT ON training_requests
     FOR EACH ROW EXECUTE FUNCTION sfq_accept_training_request();
 
--- The statement's new models get their jobs in one call, in the order of their requests.
+-- The statement's new models get their jobs in one call, in the order of their requests, each with the
+-- priority of the request that created it.
 CREATE OR REPLACE FUNCTION sfq_defer_training_requests() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     model_ids bigint[];
-    jobs procrastinate_job_to_defer_v1[];
-    job_ids bigint[];
+    priorities integer[];
 BEGIN
-    SELECT array_agg(model_id ORDER BY id),
-           array_agg(ROW('training', 'train_model', priority, 'model:' || model_id, NULL,
-                         jsonb_build_object('model_id', model_id), NULL)::procrastinate_job_to_defer_v1
-                     ORDER BY id)
-      INTO model_ids, jobs
+    SELECT array_agg(model_id ORDER BY id), array_agg(priority ORDER BY id) INTO model_ids, priorities
       FROM accepted WHERE NOT deduplicated;
     IF model_ids IS NOT NULL THEN
-        job_ids := procrastinate_defer_jobs_v1(jobs);
-        -- One model at a time: the generic plan of a join with the arrays scans all of models (planned
-        -- as if they were few), for every statement.
-        FOR i IN 1 .. cardinality(model_ids) LOOP
-            UPDATE models SET job_id = job_ids[i] WHERE id = model_ids[i];
-        END LOOP;
+        PERFORM sfq_defer_training(model_ids, priorities);
     END IF;
     RETURN NULL;
 END;

@@ -46,8 +46,9 @@ END;
 $$;
 
 -- POST /sweeps. Validation and canonicalisation as for any request (each distinct hyperparameter set
--- canonicalised once), then models inserted, deduplicated and deferred set-based: one INSERT, one
--- batch of Procrastinate jobs. A bad combination refuses the whole sweep, naming the field.
+-- canonicalised once), then models inserted, deduplicated and deferred set-based: one INSERT
+-- (sfq_insert_models), one batch of Procrastinate jobs (sfq_defer_training). A bad combination refuses
+-- the whole sweep, naming the field.
 CREATE OR REPLACE FUNCTION sfq_submit_sweep(base jsonb, grid jsonb, priority integer DEFAULT -10, via text DEFAULT 'sql',
                                             max_combinations integer DEFAULT 10000)
     RETURNS sweeps
@@ -59,7 +60,6 @@ DECLARE
     values_ jsonb;
     defaults jsonb := sfq_request_defaults();
     sweep sweeps;
-    job_ids bigint[];
     new_ids bigint[];
     missing integer;
 BEGIN
@@ -78,7 +78,8 @@ BEGIN
     combos := sfq_expand_grid(grid, max_combinations);
 
     -- Each combination's request: defaults, then the base, then the combination (a null there means
-    -- the default; `hyperparameters.<name>` merged into the hyperparameters, where null is a value).
+    -- the default; `hyperparameters.<name>` merged into the hyperparameters, where null is a value), at
+    -- the sweep's priority.
     CREATE TEMP TABLE sweep_requests ON COMMIT DROP AS
     SELECT position::integer, combination,
            defaults || base
@@ -87,7 +88,8 @@ BEGIN
            || jsonb_build_object('hyperparameters',
                   coalesce(combination->'hyperparameters', base->'hyperparameters', '{}')
                   || coalesce((SELECT jsonb_object_agg(substr(k, 17), v) FROM jsonb_each(combination) e(k, v)
-                                WHERE k ~ '^hyperparameters\.'), '{}')) AS request
+                                WHERE k ~ '^hyperparameters\.'), '{}'))
+           || jsonb_build_object('priority', sfq_submit_sweep.priority) AS request
       FROM jsonb_array_elements(combos) WITH ORDINALITY AS t(combination, position);
 
     -- Each distinct (algorithm, hyperparameters) canonicalised once.
@@ -106,30 +108,12 @@ BEGIN
       LEFT JOIN sweep_hyperparameters h
         ON h.algorithm IS NOT DISTINCT FROM s.request->>'algorithm' AND h.given = s.request->'hyperparameters';
 
-    WITH inserted AS (
-        INSERT INTO models (
-            fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
-            hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-            context_symbols, alpha_grid, l1_ratio_grid, regime_configs, timeout_s, run, priority)
-        SELECT DISTINCT ON ((r).fingerprint)
-               (r).fingerprint, (r).spec, (r).symbol, (r).timeframe, (r).target_col, (r).target_transform,
-               (r).horizon, (r).algorithm, (r).hyperparameters, (r).features, (r).train_window,
-               (r).test_window, (r).data_end, (r).cv_folds, (r).cv_strategy, (r).context_symbols,
-               (r).alpha_grid, (r).l1_ratio_grid, (r).regime_configs, (r).timeout_s, (r).run,
-               sfq_submit_sweep.priority
-          FROM sweep_canonical ORDER BY (r).fingerprint, position
-        ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
-        RETURNING id
-    )
-    SELECT array_agg(id ORDER BY id) INTO new_ids FROM inserted;
-    new_ids := coalesce(new_ids, '{}');
-
-    job_ids := procrastinate_defer_jobs_v1(ARRAY(
-        SELECT ROW('training', 'train_model', sfq_submit_sweep.priority, 'model:' || id, NULL,
-                   jsonb_build_object('model_id', id), NULL)::procrastinate_job_to_defer_v1
-          FROM unnest(new_ids) WITH ORDINALITY AS n(id, i) ORDER BY i));
-    UPDATE models m SET job_id = j.job_id
-      FROM unnest(new_ids, job_ids) AS j(model_id, job_id) WHERE m.id = j.model_id;
+    -- Every combination's model in one INSERT (a live model with its fingerprint is reused; the first
+    -- combination of a fingerprint makes it, models in fingerprint order), and the new ones' jobs in one
+    -- batch, in the order of their ids.
+    new_ids := sfq_insert_models(ARRAY(SELECT DISTINCT ON ((c.r).fingerprint) sfq_new_model(c.r)
+                                         FROM sweep_canonical c ORDER BY (c.r).fingerprint, c.position));
+    PERFORM sfq_defer_training(new_ids, array_fill(sfq_submit_sweep.priority, ARRAY[cardinality(new_ids)]));
 
     INSERT INTO sweeps (via, base, grid, priority, combinations, created, elapsed_ms)
     VALUES (via, base, grid, sfq_submit_sweep.priority, jsonb_array_length(combos), cardinality(new_ids), 0)

@@ -4,8 +4,8 @@
 -- are not here: they are the repeatable files of sql/schema/, applied after this one.
 --
 -- A migration that changes a table changes this file the same way, columns in the order the migration
--- leaves them (ADD COLUMN appends): training_requests and models are also row types, used
--- positionally, and tests/test_schema.py compares a database built from this file with one upgraded
+-- leaves them (ADD COLUMN appends): training_requests and models are also row types used positionally
+-- (sfq_new_model), and tests/test_schema.py compares a database built from this file with one upgraded
 -- through every migration.
 
 -- ---------------------------------------------------------------------------------------------------
