@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 
 from queue_app.spec import FIELDS
@@ -132,3 +133,36 @@ def test_the_database_reads_timeframes_as_the_workers_do(conn, timeframe):
     assert TIMEFRAME.pattern == conn.execute("SELECT sfq_timeframe_pattern()").fetchone()[0]
     in_sql = conn.execute("SELECT %s ~ sfq_timeframe_pattern()", (timeframe,)).fetchone()[0]
     assert in_sql == (TIMEFRAME.fullmatch(timeframe) is not None)
+
+
+@pytest.mark.parametrize(
+    ("call", "column", "message"),
+    [
+        ('{"target_col": "vwap"}', "target_col", "'vwap' is not one of open, high, low, close"),
+        (
+            '{"target_transform": "log"}',
+            "target_transform",
+            "'log' is not one of log_return, pct_change, diff, raw",
+        ),
+        ('{"cv_strategy": "rolling"}', "cv_strategy", "'rolling' is not one of expanding, sliding, purged"),
+        ('{"timeframe": "daily"}', "timeframe", "'daily' is not a timeframe such as 1d, 1h or 5m"),
+        (
+            '{"train_window": 60, "cv_folds": 10}',
+            "train_window",
+            "must hold at least (cv_folds + 1) x (horizon + 10) = 121 bars for 10 folds, got 60",
+        ),
+        (
+            'batch {"target_col": "close"}',
+            "target_col",
+            "is set by the batch: one model per target (open, close, high, low)",
+        ),
+    ],
+)
+def test_the_vocabularys_refusals_read_as_they_always_did(conn, call, column, message):
+    batch = call.startswith("batch ")
+    request = json.loads(call.removeprefix("batch ")) | {"symbol": "AAPL"}
+    query = "SELECT * FROM sfq_submit_batch(%s)" if batch else "SELECT * FROM sfq_submit(%s)"
+    with pytest.raises(psycopg.errors.DatabaseError) as raised:
+        conn.execute(query, (json.dumps(request),))
+    assert raised.value.diag.message_primary == f"invalid training request: {column}: {message}"
+    assert raised.value.diag.column_name == column

@@ -4,16 +4,20 @@
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
 
--- POST /train/batch: one model per target column, in one transaction, each deduplicated on its own.
+-- POST /train/batch: one model per target column (sfq_target_columns()), in one transaction, each
+-- deduplicated on its own. In the old service's order: open and close first, then the others.
 CREATE OR REPLACE FUNCTION sfq_submit_batch(request jsonb, via text DEFAULT 'sql') RETURNS SETOF training_requests
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
+    targets text[] := ARRAY(SELECT t FROM unnest(sfq_target_columns()) WITH ORDINALITY AS u(t, i)
+                             ORDER BY array_position(ARRAY['open', 'close'], t) NULLS LAST, i);
     target text;
 BEGIN
     IF jsonb_typeof(request) = 'object' AND request ? 'target_col' THEN
-        PERFORM sfq_reject('target_col', 'is set by the batch: one model per target (open, close, high, low)');
+        PERFORM sfq_reject('target_col', format('is set by the batch: one model per target (%s)',
+                                                array_to_string(targets, ', ')));
     END IF;
-    FOREACH target IN ARRAY ARRAY['open', 'close', 'high', 'low'] LOOP
+    FOREACH target IN ARRAY targets LOOP
         RETURN NEXT sfq_submit(request || jsonb_build_object('target_col', target), via);
     END LOOP;
 END;

@@ -4,7 +4,9 @@
 -- training jobs (queue.sql: sfq_defer_training).
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations, with search_path set to sfq's schema then
--- pg_temp, which the SECURITY DEFINER functions keep (SET search_path FROM CURRENT).
+-- pg_temp, which the SECURITY DEFINER functions keep (SET search_path FROM CURRENT). The vocabulary the
+-- checks share with the workers (target columns and transforms, CV strategies, timeframe, window rule)
+-- comes from registry.sql, generated from the workers' Python.
 
 -- ---------------------------------------------------------------------------------------------------
 -- Checks and their errors.
@@ -267,14 +269,15 @@ BEGIN
     IF r.timeframe IS NULL THEN
         PERFORM sfq_require('timeframe', r.timeframe);
     END IF;
-    IF r.timeframe !~ '^[1-9][0-9]*(s|m|h|d|w|mo)$' THEN
+    IF r.timeframe !~ sfq_timeframe_pattern() THEN
         PERFORM sfq_reject('timeframe', format('%L is not a timeframe such as 1d, 1h or 5m', r.timeframe));
     END IF;
-    IF r.target_col IS NULL OR r.target_col NOT IN ('open', 'high', 'low', 'close') THEN
-        PERFORM sfq_check_choice('target_col', r.target_col, '{open,high,low,close}');
+    -- The vocabulary's functions are inlined and folded to constants when the check is planned.
+    IF r.target_col IS NULL OR r.target_col <> ALL (sfq_target_columns()) THEN
+        PERFORM sfq_check_choice('target_col', r.target_col, sfq_target_columns());
     END IF;
-    IF r.target_transform IS NULL OR r.target_transform NOT IN ('log_return', 'pct_change', 'diff', 'raw') THEN
-        PERFORM sfq_check_choice('target_transform', r.target_transform, '{log_return,pct_change,diff,raw}');
+    IF r.target_transform IS NULL OR r.target_transform <> ALL (sfq_target_transforms()) THEN
+        PERFORM sfq_check_choice('target_transform', r.target_transform, sfq_target_transforms());
     END IF;
     IF r.horizon IS NULL OR r.horizon NOT BETWEEN 1 AND 1000 THEN
         PERFORM sfq_check_range('horizon', r.horizon, 1, 1000);
@@ -288,13 +291,13 @@ BEGIN
     IF r.test_window IS NULL OR r.test_window NOT BETWEEN 10 AND 1000000 THEN
         PERFORM sfq_check_range('test_window', r.test_window, 10, 1000000);
     END IF;
-    IF r.train_window < (r.cv_folds + 1) * (r.horizon + 10) THEN
+    IF r.train_window < sfq_min_train_window(r.cv_folds, r.horizon) THEN
         PERFORM sfq_reject('train_window', format(
-            'must hold at least (cv_folds + 1) x (horizon + 10) = %s bars for %s folds, got %s',
-            (r.cv_folds + 1) * (r.horizon + 10), r.cv_folds, r.train_window));
+            'must hold at least (cv_folds + 1) x (horizon + %s) = %s bars for %s folds, got %s',
+            sfq_min_fit_rows(), sfq_min_train_window(r.cv_folds, r.horizon), r.cv_folds, r.train_window));
     END IF;
-    IF r.cv_strategy IS NULL OR r.cv_strategy NOT IN ('expanding', 'sliding', 'purged') THEN
-        PERFORM sfq_check_choice('cv_strategy', r.cv_strategy, '{expanding,sliding,purged}');
+    IF r.cv_strategy IS NULL OR r.cv_strategy <> ALL (sfq_cv_strategies()) THEN
+        PERFORM sfq_check_choice('cv_strategy', r.cv_strategy, sfq_cv_strategies());
     END IF;
     IF r.run IS NULL OR r.run NOT BETWEEN 1 AND 1000000 THEN
         PERFORM sfq_check_range('run', r.run, 1, 1000000);
