@@ -5,8 +5,11 @@ As in Procrastinate, SQL lives in .sql files; a query is called by the name in i
 `upgrade()` brings a database to the current schema in one transaction (one upgrade at a time), in three
 steps, each recorded in `sfq_migrations`:
 
-1. **Procrastinate's schema**, from the installed package's `schema.sql` on a database without it; a
-   database with another minor version's is refused. Recorded as `procrastinate/X.Y`.
+1. **Procrastinate's schema.** A database without it gets the installed package's `schema.sql`. A database
+   with an older one gets the package's own migrations (`procrastinate/sql/migrations/`, those whose
+   version is above the recorded one and not above the installed one, `pre` and `post` alike: sfq upgrades
+   offline, in one transaction); one with a newer one is refused. Recorded as `procrastinate/X.Y.Z` (a
+   `procrastinate/X.Y` recorded by an older sfq reads as X.Y.0).
 2. **sfq's tables.** A database without sfq's tables is built from `sql/schema/tables.sql` (the current
    tables, types, indexes and comments) and every file of `sql/migrations/` is recorded as applied. An
    existing database gets its pending migrations, once each, in order; a migration that changed after it
@@ -108,22 +111,58 @@ class MigrationError(RuntimeError):
     pass
 
 
+Version = tuple[int, int, int]
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> Version:
+    """3.10.0 from "3.10.0", "3.10" (as sfq recorded it before) or "03.10.00" (a migration's prefix)."""
+    match = _VERSION.match(text)
+    if not match:
+        raise MigrationError(f"not a version: {text!r}")
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def _dotted(version: Version) -> str:
+    return ".".join(map(str, version))
+
+
+def procrastinate_migrations(after: Version, up_to: Version) -> list[Migration]:
+    """The installed Procrastinate's migrations above `after` and up to `up_to`, in order."""
+    folder = resources.files("procrastinate") / "sql" / "migrations"
+    names = sorted(p.name for p in folder.iterdir() if re.match(r"^\d+\.\d+\.\d+_.*\.sql$", p.name))
+    return [
+        Migration(f"{PROCRASTINATE}migrations/{name}", (folder / name).read_text(encoding="utf-8"), False)
+        for name in names
+        if after < parse_version(name) <= up_to
+    ]
+
+
 def _upgrade_procrastinate(conn: psycopg.Connection, done: dict[str, str]) -> list[str]:
-    """Procrastinate's schema installed; refused when another minor version's is recorded."""
-    # Procrastinate ships schema migrations with minor versions; its schema is recorded by minor version.
-    name = PROCRASTINATE + ".".join(procrastinate.__version__.split(".")[:2])
+    """Procrastinate's schema installed, or migrated from the recorded version to the installed one."""
+    installed = parse_version(procrastinate.__version__)
+    name = PROCRASTINATE + _dotted(installed)
+    recorded = max(
+        (parse_version(n.removeprefix(PROCRASTINATE)) for n in done if n.startswith(PROCRASTINATE)),
+        default=installed,  # a schema without a record is taken as the installed version's, as it always was
+    )
     applied: list[str] = []
-    has_procrastinate = conn.execute(QUERIES["has_procrastinate_schema"]).fetchone()[0]
-    if not has_procrastinate:
+    if not conn.execute(QUERIES["has_procrastinate_schema"]).fetchone()[0]:
         conn.execute(SchemaManager.get_schema())
         applied.append(name)
-    recorded = [n for n in done if n.startswith(PROCRASTINATE)]
-    if has_procrastinate and recorded and name not in recorded:
+    elif recorded > installed:
         raise MigrationError(
-            f"the database has the schema of {recorded[-1]}, this sfq uses {name}: "
-            "apply Procrastinate's migrations between them first (see its docs, `procrastinate schema`)"
+            f"the database has the schema of procrastinate {_dotted(recorded)}, newer than the installed "
+            f"procrastinate {_dotted(installed)}: upgrade sfq (and its procrastinate) instead"
         )
-    if name not in done:
+    elif recorded < installed:
+        for migration in procrastinate_migrations(recorded, installed):
+            conn.execute(migration.sql)
+            applied.append(migration.name)
+        applied.append(name)
+    if name not in done:  # one record, the version the schema is at now
+        conn.execute(QUERIES["forget_procrastinate_versions"])
         conn.execute(QUERIES["record_migration"], {"name": name, "checksum": "procrastinate"})
     return applied
 

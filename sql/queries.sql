@@ -228,6 +228,10 @@ SELECT to_regclass('procrastinate_jobs') IS NOT NULL
 -- has_sfq_tables --
 SELECT to_regclass('models') IS NOT NULL
 
+-- forget_procrastinate_versions --
+-- Before recording the version Procrastinate's schema is at now.
+DELETE FROM sfq_migrations WHERE starts_with(name, 'procrastinate/')
+
 -- set_schema_search_path --
 -- sfq's schema (that of its tables) then pg_temp, until the end of the transaction: where sql/schema/'s
 -- definitions go, and the search_path its SECURITY DEFINER functions keep.

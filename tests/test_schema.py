@@ -1,13 +1,15 @@
 """`sfq db upgrade` builds one schema whichever way a database came: a new database, from
 sql/schema/tables.sql and sql/schema/'s repeatable files, has the catalog of a database upgraded through
-every migration since 0001, one at a time, with rows written between them by the functions of that time.
-Compared: tables and columns, constraints, indexes, types, functions (with their bodies, SECURITY DEFINER
-and settings), triggers, views, sequences, comments and privileges (after `sfq db roles`)."""
+every migration since 0001, one at a time, with rows written between them by the functions of that time,
+and of one made with an older Procrastinate, whose own migrations the upgrade applies. Compared: tables
+and columns, constraints, indexes, types, functions (with their bodies, SECURITY DEFINER and settings),
+triggers, views, sequences, comments and privileges (after `sfq db roles`)."""
 
 from __future__ import annotations
 
 import difflib
 import json
+import zipfile
 from dataclasses import dataclass
 
 import procrastinate
@@ -17,6 +19,7 @@ from procrastinate.schema import SchemaManager
 from psycopg.types.json import Jsonb
 
 from queue_app import bars, db
+from tests.conftest import ROOT
 from workers import contract
 from workers.algorithms import ALGORITHMS
 from workers.features import FEATURES
@@ -353,6 +356,10 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
     with psycopg.connect(databases.upgraded, autocommit=True) as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM sfq_migrations")}
         assert "registry.sql" not in names and "schema/registry.sql" in names
+        # procrastinate/3.10, as an older sfq recorded it, read as 3.10.0 (nothing to migrate) and renamed.
+        assert {n for n in names if n.startswith("procrastinate/")} == {
+            f"procrastinate/{procrastinate.__version__}"
+        }
         assert fingerprints_recomputed(conn) == []  # same fingerprints for the models made before
         write_after_the_upgrade(conn)
         unqueued = conn.execute(
@@ -447,3 +454,94 @@ def test_sfq_insert_models_inserts_in_order_skips_live_fingerprints_and_returns_
             (candidates[0],),
         ).fetchone()[0]
         assert len(failed) == 1 and failed[0] > ids[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Procrastinate's own migrations.
+
+FIXTURES = ROOT / ".venv" / "sfq-fixtures"
+
+
+def procrastinate_schema_of(minor: str) -> tuple[str, str]:
+    """An older Procrastinate's version and schema.sql, from the wheel scripts/setup downloaded."""
+    wheels = sorted(
+        FIXTURES.glob(f"procrastinate-{minor}.*.whl"), key=lambda w: db.parse_version(w.name[14:])
+    )
+    if not wheels:
+        pytest.skip(f"no procrastinate {minor}.* wheel in {FIXTURES}: scripts/setup downloads it (offline?)")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        return wheels[-1].name.split("-")[1], wheel.read("procrastinate/sql/schema.sql").decode()
+
+
+def test_procrastinate_versions_and_the_migrations_between_them():
+    assert (
+        db.parse_version("3.10") == db.parse_version("3.10.0") == db.parse_version("03.10.00") == (3, 10, 0)
+    )
+    assert db.parse_version("3.10.0.dev1") == (3, 10, 0)
+    between = [m.name.rsplit("/", 1)[1] for m in db.procrastinate_migrations((3, 3, 0), (3, 10, 0))]
+    assert between == [
+        "03.04.00_01_pre_add_retry_failed_job_procedure.sql",
+        "03.04.00_50_post_add_retry_failed_job_procedure.sql",
+    ]
+    assert db.procrastinate_migrations((3, 4, 0), (3, 10, 0)) == []  # 3.4's own are in its schema.sql
+    assert [m.name for m in db.procrastinate_migrations((3, 2, 0), (3, 3, 0))] == [
+        "procrastinate/migrations/03.03.00_01_pre_priority_lock_fetch_job.sql"
+    ]
+
+
+RETRY_FAILED_JOB = [
+    "03.04.00_01_pre_add_retry_failed_job_procedure.sql",
+    "03.04.00_50_post_add_retry_failed_job_procedure.sql",
+]
+
+
+@pytest.mark.parametrize(
+    ("minor", "migrations"),
+    [
+        ("3.9", []),
+        ("3.3", RETRY_FAILED_JOB),
+    ],  # the previous minor version (no migration since), and an older one
+)
+def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installed_one(
+    make_database, databases, minor, migrations
+):
+    """sfq's migrations on an older Procrastinate's schema, recorded as sfq recorded it (procrastinate/X.Y);
+    `sfq db upgrade` applies Procrastinate's migrations since, in the same transaction, then sfq's."""
+    version, schema = procrastinate_schema_of(minor)
+    url = make_database("sfq_procrastinate_" + minor.replace(".", "_"))
+    build_through_every_migration(url, schema, f"procrastinate/{minor}")
+    installed = f"procrastinate/{procrastinate.__version__}"
+    applied = db.upgrade(url)
+    assert applied[: len(migrations) + 1] == [
+        *(f"procrastinate/migrations/{m}" for m in migrations),
+        installed,
+    ]
+    assert applied[len(migrations) + 1 :] == [
+        "migrations/0009_schema_files.sql",
+        *(f"schema/{name}" for name in db.SCHEMA_FILES),
+    ]
+    db.apply_roles(url)
+    with psycopg.connect(databases.fresh) as fresh, psycopg.connect(url) as upgraded:
+        report = differences(
+            catalog(fresh), catalog(upgraded), ("new database", f"from procrastinate {version}")
+        )
+        recorded = [
+            r[0] for r in upgraded.execute("SELECT name FROM sfq_migrations WHERE name ~ '^procrastinate/'")
+        ]
+    assert not report, f"a database made with procrastinate {version} differs once upgraded:\n" + report
+    assert recorded == [installed]
+    with psycopg.connect(url, autocommit=True) as conn:
+        write_after_the_upgrade(conn)
+
+
+def test_a_database_with_a_newer_procrastinate_is_refused(make_database):
+    url = make_database("sfq_procrastinate_newer")
+    db.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE sfq_migrations SET name = 'procrastinate/3.11.0' WHERE name ~ '^procrastinate/'")
+    with pytest.raises(db.MigrationError) as refused:
+        db.upgrade(url)
+    assert str(refused.value) == (
+        f"the database has the schema of procrastinate 3.11.0, newer than the installed procrastinate "
+        f"{procrastinate.__version__}: upgrade sfq (and its procrastinate) instead"
+    )
