@@ -646,6 +646,18 @@ def has_procrastinate_schema() -> Call[bool]:
     return Call("has_procrastinate_schema", {}, _value)
 
 
+def has_sfq_tables() -> Call[bool]:
+    return Call("has_sfq_tables", {}, _value)
+
+
+def forget_procrastinate_versions() -> Call[None]:
+    return Call("forget_procrastinate_versions", {}, _nothing)
+
+
+def set_schema_search_path() -> Call[None]:
+    return Call("set_schema_search_path", {}, _nothing)
+
+
 def record_migration(name: str, checksum: str) -> Call[None]:
     return Call("record_migration", {"name": name, "checksum": checksum}, _nothing)
 

@@ -58,41 +58,36 @@ SELECT jsonb_object_agg(field.key, field.value)
 
 -- import_model --
 -- One legacy model, validated and fingerprinted by sfq_canonical_request (its data_end kept, not pinned to
--- the bars there are now), inserted with its legacy outcome and no job. `outcome` is inserted, present
--- (imported before), conflict (imported before from another file of the same name, with another spec)
--- or duplicate (a live model has its fingerprint); `model_id` is the model it maps to.
+-- the bars there are now), inserted by sfq_insert_models with its legacy outcome and no job. `outcome` is
+-- inserted, present (imported before), conflict (imported before from another file of the same name, with
+-- another spec) or duplicate (a live model has its fingerprint); `model_id` is the model it maps to. A
+-- failed or cancelled legacy model is inserted even when a live model has its fingerprint.
 WITH request AS (
-    SELECT r.*
-      FROM sfq_canonical_request(
+    SELECT sfq_canonical_request(
                jsonb_populate_record(NULL::training_requests, %(defaults)s::jsonb || %(request)s::jsonb),
                pin_data_end => false) AS r
 ), present AS (
     SELECT id, fingerprint FROM models WHERE imported_from = %(imported_from)s
 ), inserted AS (
-    INSERT INTO models (
-        fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
-        hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-        context_symbols, alpha_grid, l1_ratio_grid, regime_configs, run,
-        status, error, submitted_at, finished_at, metrics, imported_from)
-    SELECT fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
-           hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-           context_symbols, alpha_grid, l1_ratio_grid, regime_configs, run,
-           %(status)s::sfq_model_status, %(error)s, coalesce(%(created_at)s::timestamptz, now()),
-           %(finished_at)s::timestamptz, %(metrics)s::jsonb, %(imported_from)s
-      FROM request
-     WHERE NOT EXISTS (SELECT 1 FROM present)
-    ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
-    RETURNING id
+    SELECT id
+      FROM unnest(sfq_insert_models(ARRAY(
+               SELECT jsonb_populate_record(sfq_new_model(request.r), jsonb_build_object(
+                          'status', %(status)s::text, 'error', %(error)s::text,
+                          'submitted_at', coalesce(%(created_at)s::timestamptz, now()),
+                          'finished_at', %(finished_at)s::timestamptz, 'metrics', %(metrics)s::jsonb,
+                          'imported_from', %(imported_from)s::text))
+                 FROM request
+                WHERE NOT EXISTS (SELECT 1 FROM present)))) AS id
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN 'inserted'
             -- Same file name and legacy id, another spec: another file of the same name.
-            WHEN EXISTS (SELECT 1 FROM present WHERE present.fingerprint <> request.fingerprint) THEN 'conflict'
+            WHEN EXISTS (SELECT 1 FROM present WHERE present.fingerprint <> (request.r).fingerprint) THEN 'conflict'
             WHEN EXISTS (SELECT 1 FROM present) THEN 'present'
             ELSE 'duplicate' END AS outcome,
        coalesce((SELECT id FROM inserted), (SELECT id FROM present), live.id) AS model_id,
        live.imported_from AS duplicate_of
   FROM request
-  LEFT JOIN models live ON live.fingerprint = request.fingerprint AND live.status NOT IN ('failed', 'cancelled')
+  LEFT JOIN models live ON live.fingerprint = (request.r).fingerprint AND live.status NOT IN ('failed', 'cancelled')
 
 -- link_parents --
 -- Second pass, once every legacy model has its new id (a parent may come after its child in the file).

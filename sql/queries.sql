@@ -251,6 +251,21 @@ SELECT to_regclass('procrastinate_jobs') IS NOT NULL
 -- The database answers (GET /healthz).
 SELECT 1
 
+-- has_sfq_tables --
+-- Whether sfq's tables exist (a fresh database is built from sql/schema, an existing one upgraded).
+SELECT to_regclass('models') IS NOT NULL
+
+-- forget_procrastinate_versions --
+-- Before recording the version Procrastinate's schema is at now.
+DELETE FROM sfq_migrations WHERE starts_with(name, 'procrastinate/')
+
+-- set_schema_search_path --
+-- sfq's schema (that of its tables) then pg_temp, until the end of the transaction: where sql/schema/'s
+-- definitions go, and the search_path its SECURITY DEFINER functions keep.
+SELECT set_config('search_path',
+                  (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'models'::regclass)
+                  || ', pg_temp', true)
+
 -- has_sfq_schema --
 -- What a worker checks at start-up (needs no privilege): sfq's tables and Procrastinate's exist.
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AND to_regclass('models') IS NOT NULL

@@ -6,7 +6,7 @@
 --   sfq_submitter  other services: submit training requests, read the models' status
 --   sfq_worker     the worker daemons: their jobs, results, rescue and pruning
 --   sfq_api        the HTTP API: what its read endpoints show, and every change through the operations'
---                  functions (SECURITY DEFINER, sql/migrations/0006_least_privilege.sql)
+--                  functions (SECURITY DEFINER, sql/schema/security.sql)
 -- None of them may DELETE from, TRUNCATE, ALTER or DROP an sfq table, or create one.
 -- Everything the three held in sfq's schema is revoked first, so that this file is the whole truth. The
 -- grants name tables, columns and functions: run `sfq db roles` again after every `sfq db upgrade`.
@@ -39,7 +39,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', sfq_schema, group_role);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', sfq_schema, group_role);
     END LOOP;
-    -- Functions added since sql/migrations/0006_least_privilege.sql are executable by PUBLIC until now.
+    -- As sql/schema/security.sql: no sfq or Procrastinate function is executable by PUBLIC.
     FOR fn IN
         SELECT p.oid FROM pg_proc p
          WHERE p.pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'training_requests'::regclass)
@@ -86,7 +86,7 @@ GRANT EXECUTE ON FUNCTION
     procrastinate_fetch_job_v2, procrastinate_finish_job_v1, procrastinate_retry_job_v2,
     procrastinate_register_worker_v1, procrastinate_unregister_worker_v1, procrastinate_update_heartbeat_v1,
     procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
-    sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training,
+    sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
     sfq_request_simulation  -- a completed model's default backtest
     TO sfq_worker;

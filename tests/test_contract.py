@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 
 from queue_app.spec import FIELDS
@@ -11,6 +12,9 @@ from tests.conftest import ROOT
 from workers import contract
 from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS
 from workers.features import DEFAULT_FEATURES, FEATURES
+from workers.simulation import TIMEFRAME
+from workers.splits import MIN_FIT_ROWS, SPLITTERS
+from workers.training import TARGET_COLUMNS, TRANSFORMS
 
 NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated", "spec")
 
@@ -23,9 +27,10 @@ def canonical(conn, algorithm: str, given: str) -> str:
 
 
 def test_registry_sql_is_up_to_date():
-    on_disk = (ROOT / "sql" / "registry.sql").read_text()
+    on_disk = (ROOT / "sql" / "schema" / "registry.sql").read_text()
     assert on_disk == contract.render(), (
-        "sql/registry.sql is stale: regenerate it with `python -m workers.contract > sql/registry.sql`"
+        "sql/schema/registry.sql is stale: regenerate it with"
+        " `python -m workers.contract > sql/schema/registry.sql`"
     )
 
 
@@ -109,3 +114,55 @@ def test_the_duckdb_import_drops_exactly_the_parameters_sfq_controls():
     from workers.algorithms import CONTROLLED_PARAMS
 
     assert set(RUNTIME_PARAMS) == set(CONTROLLED_PARAMS)
+
+
+def test_the_vocabulary_is_the_workers(conn):
+    vocabulary = conn.execute(
+        "SELECT sfq_target_columns(), sfq_target_transforms(), sfq_cv_strategies(), sfq_min_fit_rows(),"
+        " sfq_min_train_window(5, 1)"
+    ).fetchone()
+    assert vocabulary == (list(TARGET_COLUMNS), list(TRANSFORMS), list(SPLITTERS), MIN_FIT_ROWS, 6 * 11)
+
+
+TIMEFRAMES = ["1d", "5m", "15m", "4h", "1w", "1mo", "12mo", "30s", "10d", "0d", "01d", "1", "d", "1y", "1dd",
+              "1mos", " 1d", "1d ", "1d\n", "1D", "1 d", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("timeframe", TIMEFRAMES)
+def test_the_database_reads_timeframes_as_the_workers_do(conn, timeframe):
+    assert TIMEFRAME.pattern == conn.execute("SELECT sfq_timeframe_pattern()").fetchone()[0]
+    in_sql = conn.execute("SELECT %s ~ sfq_timeframe_pattern()", (timeframe,)).fetchone()[0]
+    assert in_sql == (TIMEFRAME.fullmatch(timeframe) is not None)
+
+
+@pytest.mark.parametrize(
+    ("call", "column", "message"),
+    [
+        ('{"target_col": "vwap"}', "target_col", "'vwap' is not one of open, high, low, close"),
+        (
+            '{"target_transform": "log"}',
+            "target_transform",
+            "'log' is not one of log_return, pct_change, diff, raw",
+        ),
+        ('{"cv_strategy": "rolling"}', "cv_strategy", "'rolling' is not one of expanding, sliding, purged"),
+        ('{"timeframe": "daily"}', "timeframe", "'daily' is not a timeframe such as 1d, 1h or 5m"),
+        (
+            '{"train_window": 60, "cv_folds": 10}',
+            "train_window",
+            "must hold at least (cv_folds + 1) x (horizon + 10) = 121 bars for 10 folds, got 60",
+        ),
+        (
+            'batch {"target_col": "close"}',
+            "target_col",
+            "is set by the batch: one model per target (open, close, high, low)",
+        ),
+    ],
+)
+def test_the_vocabularys_refusals_read_as_they_always_did(conn, call, column, message):
+    batch = call.startswith("batch ")
+    request = json.loads(call.removeprefix("batch ")) | {"symbol": "AAPL"}
+    query = "SELECT * FROM sfq_submit_batch(%s)" if batch else "SELECT * FROM sfq_submit(%s)"
+    with pytest.raises(psycopg.errors.DatabaseError) as raised:
+        conn.execute(query, (json.dumps(request),))
+    assert raised.value.diag.message_primary == f"invalid training request: {column}: {message}"
+    assert raised.value.diag.column_name == column

@@ -102,7 +102,7 @@ def test_first_upgrade_creates_and_starts_the_cluster_and_applies_the_schema(clu
     assert "started sfq's private PostgreSQL cluster" in first.stderr
     applied = first.stdout.strip()
     assert applied.startswith("applied: procrastinate/"), applied
-    assert "migrations/0001_foundation.sql" in applied and "registry.sql" in applied
+    assert "migrations/0001_foundation.sql" in applied and "schema/registry.sql" in applied
     assert (data / "PG_VERSION").exists()
     owner = embedded._owner()  # `postgres` when we are root
     assert (data / "PG_VERSION").stat().st_uid == (owner.pw_uid if owner else os.geteuid())
@@ -135,7 +135,7 @@ def test_db_url_connects_to_the_private_cluster_with_the_schema(cluster):
         for table in TABLES:
             assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0], table
         migrations = {row[0] for row in conn.execute("SELECT name FROM sfq_migrations")}
-        assert {"migrations/0001_foundation.sql", "registry.sql"} <= migrations
+        assert {"migrations/0001_foundation.sql", "schema/registry.sql"} <= migrations
         assert conn.execute("SELECT count(*) FROM sfq_algorithms").fetchone()[0] > 0
     models = sfq("models", home=home)  # other commands use the private cluster too
     assert models.returncode == 0, models.stderr

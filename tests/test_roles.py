@@ -1,4 +1,4 @@
-"""Database roles (`sfq db roles`, sql/roles.sql, sql/migrations/0006_least_privilege.sql,
+"""Database roles (`sfq db roles`, sql/roles.sql, sql/schema/security.sql,
 docs/security.md) on a throwaway database of their own: a login role in each group connects and does
 what the group is for, with a real worker and a real API where that is what it is, and is refused the
 rest."""
@@ -183,7 +183,8 @@ def test_submitter_submits_and_reads_status_and_nothing_else(roles):
         f"SELECT procrastinate_cancel_job_v1({job_id}, true, false)",
         "SELECT procrastinate_fetch_job_v2(ARRAY['training']::varchar[], NULL)",
         "SELECT procrastinate_defer_jobs_v1(ARRAY[]::procrastinate_job_to_defer_v1[])",
-        "SELECT sfq_defer_training(1)",
+        "SELECT sfq_defer_training(ARRAY[1]::bigint[], ARRAY[0])",
+        "SELECT sfq_insert_models(ARRAY[]::models[])",
         "CREATE TABLE submitter_table (x int)",
     )
 

@@ -154,7 +154,8 @@ PERIODS_PER_YEAR: dict[str, float] = {
     "w": 52,
     "mo": 12,
 }
-TIMEFRAME = re.compile(r"([1-9][0-9]*)(mo|s|m|h|d|w)")  # the database's timeframe syntax
+# The timeframe syntax; the database checks requests with this very regex (sfq_timeframe_pattern()).
+TIMEFRAME = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w|mo)$")
 
 
 def periods_per_year(timeframe: str) -> float:

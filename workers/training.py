@@ -57,6 +57,10 @@ def _relative(values: np.ndarray, _reference: np.ndarray) -> np.ndarray:
     return values
 
 
+# The prices a target may be (a spec's target_col); the database checks requests against them, and against
+# TRANSFORMS' names (sfq_target_columns(), sfq_target_transforms()).
+TARGET_COLUMNS = ("open", "high", "low", "close")
+
 TRANSFORMS: dict[str, Transform] = {
     "log_return": Transform(
         lambda future, reference: np.log(future / reference),
@@ -158,6 +162,8 @@ def build_dataset(
     if bars.empty:
         raise _no_bars(spec, spec["data_end"])
     horizon = spec["horizon"]
+    if spec["target_col"] not in TARGET_COLUMNS:
+        raise TrainingError(f"target_col: {spec['target_col']!r} is not one of {', '.join(TARGET_COLUMNS)}")
     features = build_features(bars, spec, context)
     reference = bars["close"]
     target = TRANSFORMS[spec["target_transform"]].apply(bars[spec["target_col"]].shift(-horizon), reference)

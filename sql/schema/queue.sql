@@ -1,0 +1,207 @@
+-- sfq/queue: sfq on Procrastinate. The rows of sfq's jobs (procrastinate_job_to_defer_v1) and their
+-- deferral, the rescue of jobs whose worker died, and the pruning of finished jobs.
+--
+-- A model's training job is built by sfq_training_job only, and deferred by sfq_defer_training only,
+-- whatever made the model: the training_requests statement trigger (every request), a sweep, a rescue.
+-- Only the job recorded in models.job_id may run the model (the worker's start_model checks it), so an old
+-- job that comes back after a rescue is skipped, and a stalled worker's late writes are refused (fencing).
+--
+-- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
+
+-- ---------------------------------------------------------------------------------------------------
+-- Jobs.
+
+-- A model's training job, as Procrastinate defers it (inlined where it is called).
+CREATE OR REPLACE FUNCTION sfq_training_job(model bigint, priority integer) RETURNS procrastinate_job_to_defer_v1
+    LANGUAGE sql STABLE AS $$
+    SELECT ROW('training', 'train_model', priority, 'model:' || model, NULL,
+               jsonb_build_object('model_id', model), NULL)::procrastinate_job_to_defer_v1
+$$;
+
+-- New models' training jobs, in one procrastinate_defer_jobs_v1 call, in the order given, each recorded
+-- in its model's job_id; returns the jobs' ids. Never one UPDATE joined with the arrays through a cached
+-- plan: PL/pgSQL's generic plan of it scanned all of models (planned as if the table were small), on
+-- every statement (0008). Many models (a sweep, a large INSERT ... SELECT): that UPDATE planned for
+-- these arrays (EXECUTE); a few: one UPDATE each, by primary key, with a cached plan (planning the join
+-- costs about as much as a few dozen of those).
+CREATE OR REPLACE FUNCTION sfq_defer_training(model_ids bigint[], priorities integer[]) RETURNS bigint[]
+    LANGUAGE plpgsql AS $$
+DECLARE
+    job_ids bigint[];
+BEGIN
+    job_ids := procrastinate_defer_jobs_v1(ARRAY(
+        SELECT sfq_training_job(m, p) FROM unnest(model_ids, priorities) WITH ORDINALITY AS u(m, p, i) ORDER BY i));
+    IF cardinality(model_ids) > 32 THEN
+        EXECUTE 'UPDATE models m SET job_id = j.job_id FROM unnest($1, $2) AS j(model_id, job_id)'
+                ' WHERE m.id = j.model_id'
+          USING model_ids, job_ids;
+    ELSE
+        FOR i IN 1 .. cardinality(model_ids) LOOP
+            UPDATE models SET job_id = job_ids[i] WHERE id = model_ids[i];
+        END LOOP;
+    END IF;
+    RETURN job_ids;
+END;
+$$;
+
+-- A live forecast's job (sfq_request_forecast, and its rescue).
+CREATE OR REPLACE FUNCTION sfq_defer_forecast(forecast bigint) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    job_ids bigint[];
+BEGIN
+    job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
+        'prediction', 'predict_model', 0, 'forecast:' || forecast, NULL,
+        jsonb_build_object('forecast_id', forecast), NULL
+    )::procrastinate_job_to_defer_v1]);
+    UPDATE model_forecasts SET job_id = job_ids[1], status = 'queued', error = NULL WHERE id = forecast;
+    RETURN job_ids[1];
+END;
+$$;
+
+-- A backtest's job (sfq_request_simulation, and its rescue).
+CREATE OR REPLACE FUNCTION sfq_defer_simulation(simulation bigint, priority integer DEFAULT 0) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    job_ids bigint[];
+BEGIN
+    job_ids := procrastinate_defer_jobs_v1(ARRAY[ROW(
+        'simulation', 'simulate_model', priority, 'simulation:' || simulation, NULL,
+        jsonb_build_object('simulation_id', simulation), NULL
+    )::procrastinate_job_to_defer_v1]);
+    UPDATE simulation_history SET job_id = job_ids[1], status = 'queued', error = NULL WHERE id = simulation;
+    RETURN job_ids[1];
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Rescue: every worker daemon calls sfq_rescue_stalled_jobs and sfq_rescue_stalled_side_jobs every few
+-- seconds (no cron to install). A job in `doing` whose worker's heartbeat is older than `stale_after_s`
+-- (or whose worker row is gone) is closed as failed and its model (forecast, backtest) gets a new job.
+
+-- Give a model whose job is gone a new one, or fail it when its workers were lost too often., or fail it when its workers were lost too often.
+CREATE OR REPLACE FUNCTION sfq_hand_on(model bigint, old_job bigint, max_attempts integer) RETURNS text
+    LANGUAGE plpgsql AS $$
+DECLARE
+    lost integer;
+    new_job bigint;
+BEGIN
+    UPDATE model_attempts SET ended_at = now(), outcome = 'lost'
+     WHERE model_id = model AND outcome IS NULL;
+    SELECT count(*) INTO lost FROM model_attempts WHERE model_id = model AND outcome = 'lost';
+    IF lost >= max_attempts THEN
+        UPDATE models SET status = 'failed', finished_at = now(),
+               error = format('worker lost %s times (last: job %s); not retried', lost, old_job)
+         WHERE id = model;
+        RETURN 'failed: too many lost attempts';
+    END IF;
+    new_job := (sfq_defer_training(ARRAY[model], ARRAY[(SELECT m.priority FROM models m WHERE m.id = model)]))[1];
+    UPDATE models SET status = 'queued',
+           error = format('job %s lost its worker; handed on to job %s', old_job, new_job)
+     WHERE id = model;
+    RETURN 'rescued';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION sfq_rescue_stalled_jobs(stale_after_s double precision, max_attempts integer,
+                                                   own_worker bigint DEFAULT NULL)
+    RETURNS TABLE (model_id bigint, old_job_id bigint, new_job_id bigint, outcome text)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    stalled record;
+BEGIN
+    -- Jobs in `doing` whose worker stopped sending heartbeats (never the caller's own job).
+    FOR stalled IN
+        SELECT j.id, (j.args->>'model_id')::bigint AS model_id
+          FROM procrastinate_jobs j
+          LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
+         WHERE j.status = 'doing' AND j.task_name = 'train_model'
+           AND (own_worker IS NULL OR j.worker_id IS DISTINCT FROM own_worker)
+           AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => stale_after_s))
+           FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        UPDATE procrastinate_jobs SET status = 'failed' WHERE id = stalled.id;
+        model_id := stalled.model_id;
+        old_job_id := stalled.id;
+        PERFORM 1 FROM models m
+         WHERE m.id = stalled.model_id AND m.status IN ('queued', 'running') AND m.job_id = stalled.id
+           FOR UPDATE;
+        outcome := CASE WHEN FOUND THEN sfq_hand_on(stalled.model_id, stalled.id, max_attempts)
+                        ELSE 'model already finished or handed on' END;
+        new_job_id := (SELECT m.job_id FROM models m WHERE m.id = stalled.model_id AND m.status = 'queued');
+        RETURN NEXT;
+    END LOOP;
+
+    -- Safety net: unfinished models whose current job has ended or vanished (a worker could not record
+    -- the model's end before Procrastinate recorded the job's).
+    FOR stalled IN
+        SELECT m.id AS model_id, m.job_id
+          FROM models m
+          LEFT JOIN procrastinate_jobs j ON j.id = m.job_id
+         WHERE m.status IN ('queued', 'running')
+           AND (j.id IS NULL OR j.status NOT IN ('todo', 'doing'))
+           FOR UPDATE OF m SKIP LOCKED
+    LOOP
+        model_id := stalled.model_id;
+        old_job_id := stalled.job_id;
+        outcome := 'orphan ' || sfq_hand_on(stalled.model_id, stalled.job_id, max_attempts);
+        new_job_id := (SELECT m.job_id FROM models m WHERE m.id = stalled.model_id AND m.status = 'queued');
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+-- Forecasts and backtests whose worker died: their job is closed and a new one deferred. Both are
+-- written once whatever happens (their writes require `status = 'queued'`), so running again is safe.
+CREATE OR REPLACE FUNCTION sfq_rescue_stalled_side_jobs(stale_after_s double precision, own_worker bigint DEFAULT NULL)
+    RETURNS TABLE (task text, object_id bigint, old_job_id bigint, new_job_id bigint)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    stalled record;
+BEGIN
+    FOR stalled IN
+        SELECT j.id, j.task_name, j.args
+          FROM procrastinate_jobs j
+          LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
+         WHERE j.status = 'doing' AND j.task_name IN ('predict_model', 'simulate_model')
+           AND (own_worker IS NULL OR j.worker_id IS DISTINCT FROM own_worker)
+           AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => stale_after_s))
+           FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        UPDATE procrastinate_jobs SET status = 'failed' WHERE id = stalled.id;
+        task := stalled.task_name;
+        old_job_id := stalled.id;
+        new_job_id := NULL;
+        IF stalled.task_name = 'predict_model' THEN
+            object_id := (stalled.args->>'forecast_id')::bigint;
+            IF EXISTS (SELECT 1 FROM model_forecasts f
+                        WHERE f.id = object_id AND f.status = 'queued' AND f.job_id = stalled.id) THEN
+                new_job_id := sfq_defer_forecast(object_id);
+            END IF;
+        ELSE
+            object_id := (stalled.args->>'simulation_id')::bigint;
+            IF EXISTS (SELECT 1 FROM simulation_history s
+                        WHERE s.id = object_id AND s.status = 'queued' AND s.job_id = stalled.id) THEN
+                new_job_id := sfq_defer_simulation(object_id);
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Retention.
+
+-- Finished queue jobs (and their events) older than the retention; models and results are untouched.
+CREATE OR REPLACE FUNCTION sfq_prune_finished_jobs(older_than_days integer) RETURNS integer
+    LANGUAGE sql AS $$
+    WITH pruned AS (
+        DELETE FROM procrastinate_jobs j
+         WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+           AND coalesce((SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = j.id), '-infinity')
+               < now() - make_interval(days => older_than_days)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM pruned
+$$;

@@ -1,0 +1,594 @@
+-- sfq/requests: a training request's validation, canonical form and fingerprint (sfq_canonical_request),
+-- the JSON way in (sfq_submit), and the training_requests triggers that turn each accepted request into
+-- its model (models.sql: sfq_new_model, sfq_insert_models) and the statement's new models into their
+-- training jobs (queue.sql: sfq_defer_training).
+--
+-- Repeatable: applied by `sfq db upgrade` after the migrations, with search_path set to sfq's schema then
+-- pg_temp, which the SECURITY DEFINER functions keep (SET search_path FROM CURRENT). The vocabulary the
+-- checks share with the workers (target columns and transforms, CV strategies, timeframe, window rule)
+-- comes from registry.sql, generated from the workers' Python.
+
+-- ---------------------------------------------------------------------------------------------------
+-- Checks and their errors.
+
+-- Raise a request error that names its field, both in the message and in the error's COLUMN field.
+CREATE OR REPLACE FUNCTION sfq_reject(field text, problem text, code text DEFAULT '22023') RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = code,
+        MESSAGE = format('invalid training request: %s: %s', field, problem),
+        COLUMN = field;
+END;
+$$;
+
+-- A required field.
+CREATE OR REPLACE FUNCTION sfq_require(field text, value anyelement) RETURNS anyelement
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF value IS NULL THEN
+        PERFORM sfq_reject(field, 'must not be null');
+    END IF;
+    RETURN value;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION sfq_check_range(field text, value integer, low integer, high integer) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF sfq_require(field, value) NOT BETWEEN low AND high THEN
+        PERFORM sfq_reject(field, format('must be between %s and %s, got %s', low, high, value));
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION sfq_check_choice(field text, value text, choices text[]) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF NOT sfq_require(field, value) = ANY (choices) THEN
+        PERFORM sfq_reject(field, format('%L is not one of %s', value, array_to_string(choices, ', ')));
+    END IF;
+END;
+$$;
+
+-- Does a JSON value satisfy one rule of the hyperparameter contract?
+CREATE OR REPLACE FUNCTION sfq_rule_matches(value jsonb, rule jsonb) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    kind text := jsonb_typeof(value);
+    number numeric;
+BEGIN
+    CASE rule->>'type'
+        WHEN 'null' THEN RETURN kind = 'null';
+        WHEN 'boolean' THEN RETURN kind = 'boolean';
+        WHEN 'string' THEN
+            RETURN kind = 'string' AND (NOT rule ? 'enum' OR rule->'enum' @> jsonb_build_array(value));
+        WHEN 'integer', 'number' THEN
+            IF kind <> 'number' THEN RETURN false; END IF;
+            number := value::numeric;
+            IF abs(number) > 1e15 THEN RETURN false; END IF;  -- beyond what a float64 holds exactly
+            IF rule->>'type' = 'integer' AND number <> trunc(number) THEN RETURN false; END IF;
+            -- scikit-learn's RealNotInt: 1 and 1.0 mean different things there, so only 1.0 is a float.
+            IF (rule->>'not_integer')::boolean AND scale(number) = 0 THEN RETURN false; END IF;
+            IF rule ? 'min' AND (number < (rule->>'min')::numeric
+                OR ((rule->>'min_open')::boolean AND number = (rule->>'min')::numeric)) THEN
+                RETURN false;
+            END IF;
+            IF rule ? 'max' AND (number > (rule->>'max')::numeric
+                OR ((rule->>'max_open')::boolean AND number = (rule->>'max')::numeric)) THEN
+                RETURN false;
+            END IF;
+            RETURN true;
+        ELSE RETURN false;
+    END CASE;
+END;
+$$;
+
+-- Timestamps enter the fingerprint in UTC, whatever the client's TimeZone setting. STABLE, as to_char is:
+-- declared IMMUTABLE it was never inlined, and each call ran its query on its own.
+CREATE OR REPLACE FUNCTION sfq_utc_text(ts timestamptz) RETURNS text
+    LANGUAGE sql STABLE AS $$
+    SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Canonical form.
+
+-- One parameter value against its contract ({default, rules, expects}); `field` names it in errors.
+-- Integers without a decimal point, floats with one, so that 1 and 1.0 hash alike where they mean the
+-- same and apart where they do not (max_features). A number written with a point tries float rules
+-- first; a contract of one rule (most) has no rules to order.
+CREATE OR REPLACE FUNCTION sfq_canonical_param(field text, owner text, value jsonb, contract jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    rules jsonb[];
+    rule jsonb;
+    number numeric;
+BEGIN
+    IF jsonb_typeof(value) = 'number' THEN
+        number := value::numeric;
+    END IF;
+    IF jsonb_array_length(contract->'rules') = 1 THEN
+        rules := ARRAY[contract->'rules'->0];
+    ELSIF number IS NULL THEN
+        rules := ARRAY(SELECT jsonb_array_elements(contract->'rules'));
+    ELSE
+        -- A number written with a point tries the float rules first.
+        rules := ARRAY(SELECT r FROM jsonb_array_elements(contract->'rules') WITH ORDINALITY AS t(r, i)
+                        ORDER BY (r->>'type' = 'integer') = (scale(number) > 0), i);
+    END IF;
+    FOREACH rule IN ARRAY rules LOOP
+        IF sfq_rule_matches(value, rule) THEN
+            IF number IS NULL THEN
+                RETURN value;
+            ELSIF rule->>'type' = 'integer' THEN
+                RETURN to_jsonb(trunc(number));
+            END IF;
+            RETURN to_jsonb(round(number, greatest(scale(trim_scale(number)), 1)));
+        END IF;
+    END LOOP;
+    PERFORM sfq_reject(field, format('%s is not valid for %s (expected %s)', value, owner, contract->>'expects'));
+    RETURN NULL;
+END;
+$$;
+
+-- A parameter object against its contracts: unknown names refused (the first, in the object's key
+-- order), every parameter present (defaults filled in), each value canonical.
+CREATE OR REPLACE FUNCTION sfq_canonical_params(field text, owner text, given jsonb, contracts jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    unknown text;
+BEGIN
+    SELECT k INTO unknown FROM jsonb_object_keys(given) WITH ORDINALITY AS g(k, i) WHERE NOT contracts ? k
+     ORDER BY i LIMIT 1;
+    IF unknown IS NOT NULL THEN
+        PERFORM sfq_reject(field || '.' || unknown, format('unknown parameter for %s; valid: %s', owner,
+            (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(contracts) AS k)));
+    END IF;
+    RETURN coalesce((
+        SELECT jsonb_object_agg(param,
+                   CASE WHEN given ? param
+                        THEN sfq_canonical_param(field || '.' || param, owner, given->param, contract)
+                        ELSE contract->'default' END)
+          FROM jsonb_each(contracts) AS c(param, contract)), '{}');
+END;
+$$;
+
+-- An algorithm's hyperparameters, canonical (a sweep canonicalises each distinct set once with it).
+CREATE OR REPLACE FUNCTION sfq_canonical_hyperparameters(algorithm text, given jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF jsonb_typeof(given) IS DISTINCT FROM 'object' THEN
+        PERFORM sfq_reject('hyperparameters', format('must be a JSON object, got %s', given));
+    END IF;
+    RETURN sfq_canonical_params('hyperparameters', algorithm, given,
+                                (SELECT a.hyperparameters FROM sfq_algorithms a WHERE a.name = algorithm));
+END;
+$$;
+
+-- A grid of values for one hyperparameter: each value valid for it, finite, sorted, de-duplicated.
+CREATE OR REPLACE FUNCTION sfq_canonical_grid(field text, param text, grid double precision[], algorithm text,
+                                              given_hyperparameters jsonb) RETURNS double precision[]
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    contract jsonb;
+    value double precision;
+BEGIN
+    grid := sfq_require(field, grid);
+    IF cardinality(grid) = 0 THEN
+        RETURN grid;
+    END IF;
+    SELECT a.hyperparameters->param INTO contract FROM sfq_algorithms a WHERE a.name = algorithm;
+    IF contract IS NULL THEN
+        PERFORM sfq_reject(field, format('%s has no %s to search; a %s applies to %s', algorithm, param, field,
+            (SELECT string_agg(a.name, ', ' ORDER BY a.name) FROM sfq_algorithms a
+              WHERE a.hyperparameters ? param)));
+    END IF;
+    IF given_hyperparameters ? param THEN
+        PERFORM sfq_reject(field, format('give either hyperparameters.%s or %s, not both', param, field));
+    END IF;
+    IF cardinality(grid) > 50 THEN
+        PERFORM sfq_reject(field, format('at most 50 values, got %s', cardinality(grid)));
+    END IF;
+    FOREACH value IN ARRAY grid LOOP
+        IF value IS NULL OR value IN ('NaN', 'Infinity', '-Infinity') THEN
+            PERFORM sfq_reject(field, format('values must be finite numbers, got %s', coalesce(value::text, 'NULL')));
+        END IF;
+        PERFORM sfq_canonical_param(field, algorithm, to_jsonb(value), contract);
+    END LOOP;
+    RETURN ARRAY(SELECT DISTINCT v FROM unnest(grid) v ORDER BY 1);
+END;
+$$;
+
+-- Regime configurations: each a known kind with its parameters (defaults filled in), sorted, de-duplicated.
+CREATE OR REPLACE FUNCTION sfq_canonical_regimes(configs jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    config jsonb;
+    position bigint;
+    field text;
+    contracts jsonb;
+    canonical jsonb := '[]';
+BEGIN
+    IF jsonb_typeof(sfq_require('regime_configs', configs)) <> 'array' THEN
+        PERFORM sfq_reject('regime_configs', format('must be a JSON array, got %s', configs));
+    END IF;
+    IF jsonb_array_length(configs) > 5 THEN
+        PERFORM sfq_reject('regime_configs', format('at most 5 regimes, got %s', jsonb_array_length(configs)));
+    END IF;
+    FOR config, position IN SELECT * FROM jsonb_array_elements(configs) WITH ORDINALITY LOOP
+        field := format('regime_configs[%s]', position - 1);
+        IF jsonb_typeof(config) <> 'object' OR jsonb_typeof(config->'kind') IS DISTINCT FROM 'string' THEN
+            PERFORM sfq_reject(field, format('must be an object with a "kind" (one of %s), got %s',
+                (SELECT string_agg(name, ', ' ORDER BY name) FROM sfq_regimes), config));
+        END IF;
+        SELECT r.parameters INTO contracts FROM sfq_regimes r WHERE r.name = config->>'kind';
+        IF contracts IS NULL THEN
+            PERFORM sfq_reject(field || '.kind', format('%L is not one of %s', config->>'kind',
+                (SELECT string_agg(name, ', ' ORDER BY name) FROM sfq_regimes)));
+        END IF;
+        canonical := canonical || jsonb_build_array(jsonb_build_object('kind', config->>'kind')
+            || sfq_canonical_params(field, format('regime %s', config->>'kind'), config - 'kind', contracts));
+    END LOOP;
+    canonical := coalesce((SELECT jsonb_agg(DISTINCT c ORDER BY c) FROM jsonb_array_elements(canonical) c), '[]');
+    IF (SELECT count(DISTINCT (c->>'kind', c->>'window')) FROM jsonb_array_elements(canonical) c)
+       < jsonb_array_length(canonical) THEN
+        PERFORM sfq_reject('regime_configs', 'two regimes of the same kind and window would be one feature');
+    END IF;
+    IF (SELECT count(*) FROM jsonb_array_elements(canonical) c WHERE c->>'mode' = 'split') > 1 THEN
+        PERFORM sfq_reject('regime_configs', 'at most one regime may have "mode": "split" (one model per regime)');
+    END IF;
+    RETURN canonical;
+END;
+$$;
+
+-- Validate a request, fill in defaults, canonicalise, and compute its spec and fingerprint, without
+-- enqueueing anything. `pin_data_end` pins data_end to the latest bar at or before it (the default
+-- way in); the DuckDB import keeps the legacy data_end as it was. `known_hyperparameters`: the
+-- canonical form of r.hyperparameters when the caller computed it already (a sweep, once per set).
+CREATE OR REPLACE FUNCTION sfq_canonical_request(r training_requests, pin_data_end boolean DEFAULT true,
+                                                 known_hyperparameters jsonb DEFAULT NULL)
+    RETURNS training_requests
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    unknown text[];
+    given_hyperparameters jsonb;
+    contracts jsonb;
+    context text;
+BEGIN
+    -- Each check is tested inline and its function (sfq_require, sfq_check_range, ...) called only to raise
+    -- the error: calling them all was ~20 % of this function.
+    IF r.symbol IS NULL THEN
+        PERFORM sfq_require('symbol', r.symbol);
+    END IF;
+    r.symbol := upper(btrim(r.symbol));
+    IF r.symbol !~ '^[A-Z0-9][A-Z0-9._:^=-]{0,31}$' THEN
+        PERFORM sfq_reject('symbol', format('%L is not a ticker (letters, digits and ._:^=-, at most 32)',
+                                            r.symbol));
+    END IF;
+    IF r.timeframe IS NULL THEN
+        PERFORM sfq_require('timeframe', r.timeframe);
+    END IF;
+    IF r.timeframe !~ sfq_timeframe_pattern() THEN
+        PERFORM sfq_reject('timeframe', format('%L is not a timeframe such as 1d, 1h or 5m', r.timeframe));
+    END IF;
+    -- The vocabulary's functions are inlined and folded to constants when the check is planned.
+    IF r.target_col IS NULL OR r.target_col <> ALL (sfq_target_columns()) THEN
+        PERFORM sfq_check_choice('target_col', r.target_col, sfq_target_columns());
+    END IF;
+    IF r.target_transform IS NULL OR r.target_transform <> ALL (sfq_target_transforms()) THEN
+        PERFORM sfq_check_choice('target_transform', r.target_transform, sfq_target_transforms());
+    END IF;
+    IF r.horizon IS NULL OR r.horizon NOT BETWEEN 1 AND 1000 THEN
+        PERFORM sfq_check_range('horizon', r.horizon, 1, 1000);
+    END IF;
+    IF r.cv_folds IS NULL OR r.cv_folds NOT BETWEEN 2 AND 50 THEN
+        PERFORM sfq_check_range('cv_folds', r.cv_folds, 2, 50);
+    END IF;
+    IF r.train_window IS NULL OR r.train_window NOT BETWEEN 50 AND 1000000 THEN
+        PERFORM sfq_check_range('train_window', r.train_window, 50, 1000000);
+    END IF;
+    IF r.test_window IS NULL OR r.test_window NOT BETWEEN 10 AND 1000000 THEN
+        PERFORM sfq_check_range('test_window', r.test_window, 10, 1000000);
+    END IF;
+    IF r.train_window < sfq_min_train_window(r.cv_folds, r.horizon) THEN
+        PERFORM sfq_reject('train_window', format(
+            'must hold at least (cv_folds + 1) x (horizon + %s) = %s bars for %s folds, got %s',
+            sfq_min_fit_rows(), sfq_min_train_window(r.cv_folds, r.horizon), r.cv_folds, r.train_window));
+    END IF;
+    IF r.cv_strategy IS NULL OR r.cv_strategy <> ALL (sfq_cv_strategies()) THEN
+        PERFORM sfq_check_choice('cv_strategy', r.cv_strategy, sfq_cv_strategies());
+    END IF;
+    IF r.run IS NULL OR r.run NOT BETWEEN 1 AND 1000000 THEN
+        PERFORM sfq_check_range('run', r.run, 1, 1000000);
+    END IF;
+
+    IF r.algorithm IS NULL THEN
+        PERFORM sfq_require('algorithm', r.algorithm);
+    END IF;
+    SELECT a.hyperparameters INTO contracts FROM sfq_algorithms a WHERE a.name = r.algorithm;
+    IF NOT FOUND THEN
+        PERFORM sfq_reject('algorithm', format('%L is not one of %s', r.algorithm,
+                           (SELECT string_agg(name, ', ' ORDER BY name) FROM sfq_algorithms)));
+    END IF;
+    given_hyperparameters := coalesce(r.hyperparameters, '{}');
+    IF known_hyperparameters IS NOT NULL THEN
+        r.hyperparameters := known_hyperparameters;
+    ELSE
+        IF jsonb_typeof(given_hyperparameters) <> 'object' THEN
+            PERFORM sfq_reject('hyperparameters', format('must be a JSON object, got %s', given_hyperparameters));
+        END IF;
+        r.hyperparameters := sfq_canonical_params('hyperparameters', r.algorithm, given_hyperparameters, contracts);
+    END IF;
+    -- A grid owns its parameter: the value the inner CV picks is stored with the model's metrics.
+    IF r.alpha_grid IS NULL OR cardinality(r.alpha_grid) > 0 THEN
+        r.alpha_grid := sfq_canonical_grid('alpha_grid', 'alpha', r.alpha_grid, r.algorithm, given_hyperparameters);
+    END IF;
+    IF r.l1_ratio_grid IS NULL OR cardinality(r.l1_ratio_grid) > 0 THEN
+        r.l1_ratio_grid := sfq_canonical_grid('l1_ratio_grid', 'l1_ratio', r.l1_ratio_grid, r.algorithm,
+                                              given_hyperparameters);
+    END IF;
+    IF cardinality(r.alpha_grid) * greatest(cardinality(r.l1_ratio_grid), 1) > 400 THEN
+        PERFORM sfq_reject('l1_ratio_grid', format('alpha_grid x l1_ratio_grid is %s combinations; at most 400',
+                           cardinality(r.alpha_grid) * cardinality(r.l1_ratio_grid)));
+    END IF;
+    IF cardinality(r.alpha_grid) > 0 THEN r.hyperparameters := r.hyperparameters - 'alpha'; END IF;
+    IF cardinality(r.l1_ratio_grid) > 0 THEN r.hyperparameters := r.hyperparameters - 'l1_ratio'; END IF;
+
+    IF r.features IS NULL THEN
+        r.features := ARRAY(SELECT name FROM sfq_features WHERE is_default ORDER BY name);
+    ELSE
+        IF cardinality(r.features) = 0 THEN
+            PERFORM sfq_reject('features', 'must name at least one feature (NULL means the default set)');
+        END IF;
+        unknown := ARRAY(SELECT f FROM unnest(r.features) f WHERE f IS NULL OR f NOT IN (SELECT name FROM sfq_features));
+        IF cardinality(unknown) > 0 THEN
+            PERFORM sfq_reject('features', format('unknown %s; valid: %s', array_to_string(unknown, ', ', 'NULL'),
+                               (SELECT string_agg(name, ', ' ORDER BY position) FROM sfq_features)));
+        END IF;
+        r.features := ARRAY(SELECT DISTINCT f FROM unnest(r.features) f ORDER BY f);
+    END IF;
+
+    IF r.context_symbols IS NULL THEN
+        PERFORM sfq_require('context_symbols', r.context_symbols);
+    END IF;
+    IF cardinality(r.context_symbols) > 0 THEN
+        r.context_symbols := ARRAY(SELECT DISTINCT upper(btrim(s)) FROM unnest(r.context_symbols) s ORDER BY 1);
+        IF cardinality(r.context_symbols) > 10 THEN
+            PERFORM sfq_reject('context_symbols', format('at most 10 symbols, got %s', cardinality(r.context_symbols)));
+        END IF;
+        FOREACH context IN ARRAY r.context_symbols LOOP
+            IF context IS NULL OR context !~ '^[A-Z0-9][A-Z0-9._:^=-]{0,31}$' THEN
+                PERFORM sfq_reject('context_symbols', format('%L is not a ticker', context));
+            END IF;
+            IF context = r.symbol THEN
+                PERFORM sfq_reject('context_symbols', format('%s is the model''s own symbol', context));
+            END IF;
+        END LOOP;
+    END IF;
+    IF r.regime_configs IS DISTINCT FROM '[]' THEN
+        r.regime_configs := sfq_canonical_regimes(r.regime_configs);
+    END IF;
+
+    IF r.timeout_s IS NOT NULL AND r.timeout_s NOT BETWEEN 1 AND 604800 THEN
+        PERFORM sfq_check_range('timeout_s', r.timeout_s, 1, 604800);
+    END IF;
+    IF r.parent_model_id IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM models WHERE id = r.parent_model_id) THEN
+            PERFORM sfq_reject('parent_model_id', format('no model with id %s', r.parent_model_id));
+        END IF;
+    END IF;
+    IF r.retrain_of IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM models WHERE id = r.retrain_of) THEN
+            PERFORM sfq_reject('retrain_of', format('no model with id %s', r.retrain_of));
+        END IF;
+    END IF;
+
+    IF r.data_end IS NOT NULL AND NOT r.data_end BETWEEN '1800-01-01Z' AND '2200-01-01Z' THEN
+        PERFORM sfq_reject('data_end', format('%s is not a date between 1800 and 2200', r.data_end));
+    END IF;
+    IF pin_data_end THEN
+        -- Pin the data: the last bar at or before the requested end (the latest bar by default).
+        -- (As max(ts), the planner may read all of the symbol's bars before the table is analyzed.)
+        r.data_end := coalesce(
+            (SELECT b.ts FROM bars b
+              WHERE b.symbol = r.symbol AND b.timeframe = r.timeframe
+                AND (r.data_end IS NULL OR b.ts <= r.data_end)
+              ORDER BY b.ts DESC LIMIT 1),
+            r.data_end);
+        -- A context symbol must have bars the model may see (the main symbol's absence fails at training,
+        -- with the import command to run; a context symbol is caught here, before anything is queued).
+        FOREACH context IN ARRAY r.context_symbols LOOP
+            IF NOT EXISTS (SELECT 1 FROM bars b WHERE b.symbol = context AND b.timeframe = r.timeframe
+                              AND (r.data_end IS NULL OR b.ts <= r.data_end)) THEN
+                PERFORM sfq_reject('context_symbols', format(
+                    'no %s bars for context symbol %s%s; import some with `sfq bars import FILE.csv --symbol %s`',
+                    r.timeframe, context, coalesce(' up to ' || sfq_utc_text(r.data_end), ''), context));
+            END IF;
+        END LOOP;
+    END IF;
+
+    r.spec := jsonb_build_object(
+        'spec_version', 1,
+        'symbol', r.symbol, 'timeframe', r.timeframe,
+        'target_col', r.target_col, 'target_transform', r.target_transform, 'horizon', r.horizon,
+        'algorithm', r.algorithm, 'hyperparameters', r.hyperparameters, 'features', to_jsonb(r.features),
+        'train_window', r.train_window, 'test_window', r.test_window,
+        'data_end', sfq_utc_text(r.data_end),
+        'cv_folds', r.cv_folds, 'cv_strategy', r.cv_strategy,
+        'context_symbols', to_jsonb(r.context_symbols),
+        'alpha_grid', to_jsonb(r.alpha_grid), 'l1_ratio_grid', to_jsonb(r.l1_ratio_grid),
+        'regime_configs', r.regime_configs
+    ) || CASE WHEN r.run > 1 THEN jsonb_build_object('run', r.run) ELSE '{}' END;  -- run 1 hashes as before
+    r.fingerprint := encode(sha256(convert_to(r.spec::text, 'UTF8')), 'hex');
+    RETURN r;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- The JSON way in (the API, the CLI, and the operations' functions).
+
+-- The columns of training_requests a request may set (the others are filled in by the trigger).
+CREATE OR REPLACE FUNCTION sfq_request_fields() RETURNS SETOF pg_attribute
+    LANGUAGE sql STABLE AS $$
+    SELECT * FROM pg_attribute
+     WHERE attrelid = 'training_requests'::regclass AND attnum > 0 AND NOT attisdropped
+       AND attname NOT IN ('id', 'received_at', 'via', 'model_id', 'fingerprint', 'deduplicated', 'spec')
+$$;
+
+-- The JSON way in, split so that a sweep can check its base and each grid value once, not once per
+-- combination: each field's JSON type checked by name, top-level nulls dropped (null = the default),
+-- integers written as integers.
+CREATE OR REPLACE FUNCTION sfq_check_request_json(request jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    field text;
+    value jsonb;
+    column_type text;
+    expected text;
+    wrong boolean;
+BEGIN
+    IF jsonb_typeof(request) IS DISTINCT FROM 'object' THEN
+        PERFORM sfq_reject('request', 'must be a JSON object');
+    END IF;
+    -- Top-level nulls only: a null inside hyperparameters is a value (max_depth: null = unlimited).
+    request := coalesce((SELECT jsonb_object_agg(k, v) FROM jsonb_each(request) AS e(k, v)
+                          WHERE v <> 'null'::jsonb), '{}');
+    FOR field, value IN SELECT * FROM jsonb_each(request) LOOP
+        SELECT format_type(atttypid, atttypmod) INTO column_type
+          FROM sfq_request_fields() WHERE attname = field;
+        IF column_type IS NULL THEN
+            PERFORM sfq_reject(field, format('unknown field; valid fields: %s',
+                               (SELECT string_agg(attname, ', ' ORDER BY attnum) FROM sfq_request_fields())));
+        END IF;
+        wrong := false;
+        expected := CASE column_type
+            WHEN 'text' THEN 'string'
+            WHEN 'integer' THEN 'number'
+            WHEN 'bigint' THEN 'number'
+            WHEN 'timestamp with time zone' THEN 'string'
+            WHEN 'text[]' THEN 'array'
+            WHEN 'double precision[]' THEN 'array'
+            ELSE jsonb_typeof(value)
+        END;
+        IF jsonb_typeof(value) <> expected THEN
+            wrong := true;
+        ELSIF column_type IN ('integer', 'bigint') THEN
+            wrong := value::numeric <> trunc(value::numeric);
+        ELSIF column_type LIKE '%[]' THEN
+            wrong := EXISTS (SELECT 1 FROM jsonb_array_elements(value) e
+                              WHERE jsonb_typeof(e) <> CASE column_type WHEN 'text[]' THEN 'string' ELSE 'number' END);
+        END IF;
+        IF wrong THEN
+            PERFORM sfq_reject(field, format('expected %s, got %s', CASE column_type
+                WHEN 'text[]' THEN 'an array of strings'
+                WHEN 'double precision[]' THEN 'an array of numbers'
+                WHEN 'integer' THEN 'an integer'
+                WHEN 'bigint' THEN 'an integer'
+                WHEN 'timestamp with time zone' THEN 'a timestamp string'
+                ELSE 'a ' || expected END, value));
+        END IF;
+        IF column_type IN ('integer', 'bigint') THEN
+            request := jsonb_set(request, ARRAY[field], to_jsonb(trunc(value::numeric)));
+        END IF;
+        BEGIN
+            PERFORM jsonb_populate_record(NULL::training_requests, jsonb_build_object(field, request->field));
+        EXCEPTION WHEN data_exception THEN
+            PERFORM sfq_reject(field, format('%s is not a valid %s', value, column_type));
+        END;
+    END LOOP;
+    RETURN request;
+END;
+$$;
+
+-- Every request column's default, as JSON (jsonb_populate_record leaves an absent column NULL).
+CREATE OR REPLACE FUNCTION sfq_request_defaults() RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    defaults jsonb := '{}';
+    name text;
+    expression text;
+    value jsonb;
+BEGIN
+    FOR name, expression IN
+        SELECT a.attname, pg_get_expr(d.adbin, d.adrelid)
+          FROM sfq_request_fields() a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    LOOP
+        EXECUTE format('SELECT to_jsonb(%s)', expression) INTO value;
+        defaults := defaults || jsonb_build_object(name, value);
+    END LOOP;
+    RETURN defaults;
+END;
+$$;
+
+-- The JSON way in, used by the HTTP API and the CLI: the same INSERT, after checking each field's
+-- JSON type so that a wrong type is reported with its field's name. JSON null means "the default".
+CREATE OR REPLACE FUNCTION sfq_submit(request jsonb, via text DEFAULT 'sql') RETURNS training_requests
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    columns text;
+    accepted training_requests;
+BEGIN
+    request := sfq_check_request_json(request);
+    SELECT coalesce(string_agg(', ' || quote_ident(k), ''), '') INTO columns FROM jsonb_object_keys(request) k;
+    EXECUTE format(
+        'INSERT INTO training_requests (via%s) SELECT $2%s FROM jsonb_populate_record(NULL::training_requests, $1) '
+        'RETURNING *', columns, columns)
+        INTO accepted USING request, via;
+    RETURN accepted;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- The way in: INSERT INTO training_requests (HTTP, CLI, batch, retrain, evolve and other services alike).
+-- Both triggers run as the owner (a submitter may not create models or defer jobs).
+
+-- The row trigger: canonical request, then its model (a new one, or the live one with its fingerprint).
+-- The new model's job is deferred by training_requests_defer, at the end of the statement.
+CREATE OR REPLACE FUNCTION sfq_accept_training_request() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    NEW := sfq_canonical_request(NEW);
+    IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -100 AND 100 THEN
+        PERFORM sfq_check_range('priority', NEW.priority, -100, 100);
+    END IF;
+    LOOP
+        NEW.model_id := (sfq_insert_models(ARRAY[sfq_new_model(NEW)]))[1];
+        IF NEW.model_id IS NOT NULL THEN
+            NEW.deduplicated := false;
+            RETURN NEW;
+        END IF;
+
+        -- Same fingerprint already live: that model serves this request. (Loop if it just failed.)
+        SELECT id INTO NEW.model_id FROM models
+         WHERE fingerprint = NEW.fingerprint AND status NOT IN ('failed', 'cancelled');
+        IF NEW.model_id IS NOT NULL THEN
+            NEW.deduplicated := true;
+            RETURN NEW;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER training_requests_accept BEFORE INSERT ON training_requests
+    FOR EACH ROW EXECUTE FUNCTION sfq_accept_training_request();
+
+-- The statement's new models get their jobs in one call, in the order of their requests, each with the
+-- priority of the request that created it.
+CREATE OR REPLACE FUNCTION sfq_defer_training_requests() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    model_ids bigint[];
+    priorities integer[];
+BEGIN
+    SELECT array_agg(model_id ORDER BY id), array_agg(priority ORDER BY id) INTO model_ids, priorities
+      FROM accepted WHERE NOT deduplicated;
+    IF model_ids IS NOT NULL THEN
+        PERFORM sfq_defer_training(model_ids, priorities);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER training_requests_defer AFTER INSERT ON training_requests
+    REFERENCING NEW TABLE AS accepted FOR EACH STATEMENT EXECUTE FUNCTION sfq_defer_training_requests();

@@ -1,0 +1,306 @@
+-- sfq's tables, types, indexes and comments as they are now: what sql/migrations/0001..0009 build, in
+-- one file. `sfq db upgrade` runs it on a database without sfq's tables (and records every migration as
+-- applied); an existing database gets its pending migrations instead. Functions, triggers and privileges
+-- are not here: they are the repeatable files of sql/schema/, applied after this one.
+--
+-- A migration that changes a table changes this file the same way, columns in the order the migration
+-- leaves them (ADD COLUMN appends): training_requests and models are also row types used positionally
+-- (sfq_new_model), and tests/test_schema.py compares a database built from this file with one upgraded
+-- through every migration.
+
+-- ---------------------------------------------------------------------------------------------------
+-- Registries, written by sql/schema/registry.sql (generated from the workers' registries).
+
+CREATE TABLE sfq_algorithms (
+    name text PRIMARY KEY,
+    hyperparameters jsonb NOT NULL  -- {param: {default, rules: [...], expects}}
+);
+
+CREATE TABLE sfq_features (
+    name text PRIMARY KEY,
+    description text NOT NULL,
+    is_default boolean NOT NULL,
+    position integer NOT NULL
+);
+
+-- Regime kinds and their parameters (workers/regimes.py).
+CREATE TABLE sfq_regimes (
+    name text PRIMARY KEY,
+    description text NOT NULL,
+    parameters jsonb NOT NULL  -- {param: {default, rules: [...], expects}}, as sfq_algorithms
+);
+
+-- Backtest strategies and their parameters (workers/simulation.py).
+CREATE TABLE sfq_strategies (
+    name text PRIMARY KEY,
+    description text NOT NULL,
+    parameters jsonb NOT NULL  -- {param: {default, rules: [...], expects}}, as sfq_algorithms
+);
+
+-- ---------------------------------------------------------------------------------------------------
+-- Bars.
+
+CREATE TABLE bars (
+    symbol text NOT NULL,
+    timeframe text NOT NULL,
+    ts timestamptz NOT NULL,
+    open double precision NOT NULL,
+    high double precision NOT NULL,
+    low double precision NOT NULL,
+    close double precision NOT NULL,
+    volume double precision NOT NULL,
+    PRIMARY KEY (symbol, timeframe, ts),
+    CONSTRAINT bars_prices_positive CHECK (open > 0 AND high > 0 AND low > 0 AND close > 0),
+    CONSTRAINT bars_high_low CHECK (high >= greatest(open, close, low) AND low <= least(open, close)),
+    CONSTRAINT bars_volume_non_negative CHECK (volume >= 0)
+);
+
+-- ---------------------------------------------------------------------------------------------------
+-- Models and their results.
+
+CREATE TYPE sfq_model_status AS ENUM ('queued', 'running', 'completed', 'failed', 'cancelled');
+
+CREATE TABLE models (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    fingerprint text NOT NULL,
+    spec jsonb NOT NULL,  -- the canonical spec that was hashed into the fingerprint
+    symbol text NOT NULL,
+    timeframe text NOT NULL,
+    target_col text NOT NULL,
+    target_transform text NOT NULL,
+    horizon integer NOT NULL,
+    algorithm text NOT NULL,
+    hyperparameters jsonb NOT NULL,
+    features text[] NOT NULL,
+    train_window integer NOT NULL,
+    test_window integer NOT NULL,
+    data_end timestamptz,  -- NULL only when the symbol had no bars at enqueue time
+    cv_folds integer NOT NULL,
+    cv_strategy text NOT NULL,
+    context_symbols text[] NOT NULL,
+    alpha_grid double precision[] NOT NULL,
+    l1_ratio_grid double precision[] NOT NULL,
+    regime_configs jsonb NOT NULL,
+    parent_model_id bigint REFERENCES models (id),
+    status sfq_model_status NOT NULL DEFAULT 'queued',
+    error text,
+    submitted_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    worker_host text,
+    worker_pid integer,
+    attempts integer NOT NULL DEFAULT 0,
+    metrics jsonb,       -- held-out test window: rmse, mae, r2, directional_accuracy, ic, ...
+    fold_metrics jsonb,  -- one object per CV fold
+    timings jsonb,       -- seconds per phase of the last attempt
+    timeout_s integer,   -- training deadline; NULL = the worker's default (not part of the fingerprint)
+    job_id bigint,       -- the model's current training job: only this job may run it
+    retrain_of bigint REFERENCES models (id),
+    run integer NOT NULL DEFAULT 1,
+    imported_from text,  -- 'duckdb:<file>#<legacy id>' for models moved from the old service
+    priority integer NOT NULL DEFAULT 0,
+    progress jsonb       -- {"phase", "fraction", "at"} of the training under way
+);
+
+-- One live model per fingerprint; a failed or cancelled model may be submitted again.
+CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
+    WHERE status NOT IN ('failed', 'cancelled');
+CREATE INDEX models_fingerprint ON models (fingerprint);
+CREATE INDEX models_status ON models (status);
+CREATE INDEX models_symbol ON models (symbol);
+CREATE INDEX models_algorithm ON models (algorithm);
+CREATE INDEX models_parent ON models (parent_model_id) WHERE parent_model_id IS NOT NULL;
+CREATE INDEX models_retrain_of ON models (retrain_of) WHERE retrain_of IS NOT NULL;
+-- A legacy model is imported once: the live ones are kept unique by their fingerprint already, and this
+-- index does it for the failed and cancelled ones, which the fingerprint index leaves out.
+CREATE UNIQUE INDEX models_imported_from ON models (imported_from) WHERE imported_from IS NOT NULL;
+
+CREATE TABLE features_log (
+    model_id bigint NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    feature text NOT NULL,
+    importance double precision NOT NULL,
+    rank integer NOT NULL,
+    method text NOT NULL,  -- impurity, abs_coefficient or permutation
+    PRIMARY KEY (model_id, feature)
+);
+
+CREATE TABLE model_predictions (
+    model_id bigint NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    ts timestamptz NOT NULL,
+    predicted double precision NOT NULL,
+    actual double precision NOT NULL,
+    PRIMARY KEY (model_id, ts)
+);
+
+CREATE TABLE model_artifacts (
+    model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
+    format text NOT NULL,
+    sha256 text NOT NULL,
+    size bigint NOT NULL,
+    bytes bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per attempt at training a model: who ran it, when, and how it ended (completed, failed,
+-- requeued, lost, abandoned). Kept by a trigger on models, so every path is logged the same way.
+CREATE TABLE model_attempts (
+    model_id bigint NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    attempt integer NOT NULL,
+    job_id bigint,
+    worker_host text,
+    worker_pid integer,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    outcome text,
+    PRIMARY KEY (model_id, attempt)
+);
+
+-- ---------------------------------------------------------------------------------------------------
+-- The way in. Columns are the spec's fields; unset columns take these defaults.
+
+CREATE TABLE training_requests (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    via text NOT NULL DEFAULT 'sql',
+    symbol text,
+    timeframe text DEFAULT '1d',
+    target_col text DEFAULT 'close',
+    target_transform text DEFAULT 'log_return',
+    horizon integer DEFAULT 1,
+    algorithm text DEFAULT 'RandomForest',
+    hyperparameters jsonb DEFAULT '{}',
+    features text[],
+    train_window integer DEFAULT 1000,
+    test_window integer DEFAULT 250,
+    data_end timestamptz,
+    cv_folds integer DEFAULT 5,
+    cv_strategy text DEFAULT 'expanding',
+    context_symbols text[] DEFAULT '{}',
+    alpha_grid double precision[] DEFAULT '{}',
+    l1_ratio_grid double precision[] DEFAULT '{}',
+    regime_configs jsonb DEFAULT '[]',
+    parent_model_id bigint,
+    timeout_s integer,
+    model_id bigint,
+    fingerprint text,
+    deduplicated boolean,
+    run integer DEFAULT 1,
+    retrain_of bigint,
+    spec jsonb,  -- the canonical spec that was hashed (filled in, like fingerprint)
+    priority integer DEFAULT 0
+);
+
+COMMENT ON COLUMN training_requests.symbol IS 'Ticker whose bars the model trains on (required).';
+COMMENT ON COLUMN training_requests.timeframe IS 'Bar timeframe, e.g. 1d, 1h, 5m.';
+COMMENT ON COLUMN training_requests.target_col IS 'Price predicted: open, high, low or close.';
+COMMENT ON COLUMN training_requests.target_transform IS
+    'log_return, pct_change, diff (target_col at t+horizon against the close at t) or raw (the level).';
+COMMENT ON COLUMN training_requests.horizon IS 'Bars ahead the target looks.';
+COMMENT ON COLUMN training_requests.algorithm IS 'Estimator from the algorithm registry (sfq_algorithms).';
+COMMENT ON COLUMN training_requests.hyperparameters IS
+    'JSON object of estimator parameters, checked against the estimator''s own constraints.';
+COMMENT ON COLUMN training_requests.features IS 'Feature names from sfq_features; NULL means the default set.';
+COMMENT ON COLUMN training_requests.train_window IS 'Bars in the training window (CV runs inside it).';
+COMMENT ON COLUMN training_requests.test_window IS 'Last bars held out for scoring.';
+COMMENT ON COLUMN training_requests.data_end IS
+    'Last bar the model may see; NULL means the latest bar at enqueue time. Part of the fingerprint.';
+COMMENT ON COLUMN training_requests.cv_folds IS 'Number of time-series CV folds.';
+COMMENT ON COLUMN training_requests.cv_strategy IS
+    'expanding (growing window), sliding (fixed-size window) or purged (k-fold with purging and embargo).';
+COMMENT ON COLUMN training_requests.context_symbols IS
+    'Other symbols whose bars feed features (the spec''s features, computed on each, aligned on time).';
+COMMENT ON COLUMN training_requests.alpha_grid IS 'alpha values tuned by an inner time-series CV.';
+COMMENT ON COLUMN training_requests.l1_ratio_grid IS 'l1_ratio values tuned by an inner time-series CV.';
+COMMENT ON COLUMN training_requests.regime_configs IS
+    'JSON array of regimes: {"kind": "volatility"|"trend", "mode": "feature"|"split", ...} (sfq_regimes).';
+COMMENT ON COLUMN training_requests.parent_model_id IS 'Model this one evolves from (not part of the fingerprint).';
+COMMENT ON COLUMN training_requests.timeout_s IS
+    'Seconds before training is killed and the model fails; NULL = the workers'' default (not fingerprinted).';
+COMMENT ON COLUMN training_requests.run IS
+    'Run number of an otherwise identical spec: 1 by default; a forced retrain takes the next free one.';
+COMMENT ON COLUMN training_requests.retrain_of IS 'Model this one retrains (not part of the fingerprint).';
+COMMENT ON COLUMN training_requests.priority IS
+    'Queue priority, -100..100 (higher first); single requests 0, sweeps -10 by default. Not fingerprinted.';
+
+-- ---------------------------------------------------------------------------------------------------
+-- Live forecasts (POST /models/{id}/predict): a worker loads the stored model and predicts from the
+-- latest bar. One forecast per model and bar: asking again before a new bar returns the same one.
+
+CREATE TABLE model_forecasts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model_id bigint NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    as_of timestamptz NOT NULL,  -- the latest bar when asked: the forecast is for as_of + horizon bars
+    status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'completed', 'failed')),
+    prediction double precision,       -- in target_transform units
+    reference_close double precision,  -- the close at as_of
+    predicted_price double precision,  -- the implied target_col price
+    error text,
+    job_id bigint,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    UNIQUE (model_id, as_of)
+);
+
+-- ---------------------------------------------------------------------------------------------------
+-- Backtests of a model (workers/simulation.py): the simulation queue's, and the old service's (imported).
+
+CREATE TABLE simulation_history (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model_id bigint NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    strategy text NOT NULL,
+    params jsonb NOT NULL DEFAULT '{}',
+    period_start timestamptz,
+    period_end timestamptz,
+    metrics jsonb NOT NULL DEFAULT '{}',
+    equity_curve jsonb,  -- [[ts, equity], ...]
+    imported_from text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    status text NOT NULL DEFAULT 'completed' CHECK (status IN ('queued', 'completed', 'failed')),
+    error text,
+    job_id bigint,
+    finished_at timestamptz
+);
+CREATE UNIQUE INDEX simulation_history_run
+    ON simulation_history (model_id, strategy, params, coalesce(period_start, '-infinity'),
+                           coalesce(period_end, '-infinity'));
+-- One simulation per model, strategy and parameters (asking again returns it); imported rows keep theirs.
+CREATE UNIQUE INDEX simulation_history_request ON simulation_history (model_id, strategy, params)
+    WHERE imported_from IS NULL;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Sweeps: a base spec and a grid, one model per combination, all enqueued in one transaction.
+
+CREATE TABLE sweeps (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    via text NOT NULL DEFAULT 'sql',
+    base jsonb NOT NULL,
+    grid jsonb NOT NULL,
+    priority integer NOT NULL,
+    combinations integer NOT NULL,
+    created integer NOT NULL,  -- new models; the others were reused (same fingerprint, live)
+    elapsed_ms double precision NOT NULL
+);
+
+CREATE TABLE sweep_models (
+    sweep_id bigint NOT NULL REFERENCES sweeps (id) ON DELETE CASCADE,
+    position integer NOT NULL,  -- the combination's place in the expansion
+    combination jsonb NOT NULL,
+    model_id bigint NOT NULL REFERENCES models (id),
+    deduplicated boolean NOT NULL,
+    PRIMARY KEY (sweep_id, position)
+);
+CREATE INDEX sweep_models_model ON sweep_models (model_id);
+
+-- ---------------------------------------------------------------------------------------------------
+-- Who each training worker is (Procrastinate's own table has only an id and a heartbeat): written with
+-- the daemon's own heartbeat, for `sfq status` and GET /metrics.
+
+CREATE TABLE sfq_workers (
+    worker_id bigint PRIMARY KEY,  -- procrastinate_workers.id of the daemon's training worker
+    host text NOT NULL,
+    pid integer NOT NULL,
+    instance integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz NOT NULL DEFAULT now()
+);
