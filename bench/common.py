@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from queue_app import bars, db
-from workers.child import THREAD_LIMIT_ENV, die_with_parent
+from workers.daemon.child import THREAD_LIMIT_ENV, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_NAME = "docs/BENCHMARKS.md"

@@ -1,8 +1,8 @@
 """Scenario 4: per-job cost. The standard mix run by sfq with 1 worker (the models' `timings`: features,
 cv, fit, evaluate, importance, serialize; and sfq's started_at -> finished_at), and again by the
 baseline runner with one process, which times the database load, the result write and the default
-backtest around `workers.training.train`. Overhead = everything that is not CV or fitting, as a share
-of the job."""
+backtest around `workers.modelling.training.train`. Overhead = everything that is not CV or fitting, as
+a share of the job."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The standard mix of training jobs, and the job function every baseline calls: the same work as sfq's
-worker (claim the model, load its bars from PostgreSQL, `workers.training.train`, write every result in
-one transaction with sfq's own queries, run the model's default backtest), timed phase by phase."""
+worker (claim the model, load its bars from PostgreSQL, `workers.modelling.training.train`, write every
+result in one transaction with sfq's own queries, run the model's default backtest), timed phase by phase."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from queue_app.db import QUERIES
-from workers import artifacts, backtests
-from workers.data import load_bars
-from workers.training import train
+from workers.daemon import backtests
+from workers.daemon.data import load_bars
+from workers.modelling import artifacts
+from workers.modelling.training import train
 
 SYMBOLS = ("AAPL", "MSFT", "IBM")
 

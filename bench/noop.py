@@ -1,8 +1,9 @@
 """Scenario 2: queue overhead and pickup latency with no-op jobs.
 
 sfq: a no-op task registered on sfq's own Procrastinate app (queue `training`), run by sfq's worker
-daemon code itself (`workers.worker.run`: its connector, two Procrastinate workers, heartbeat and rescue
-loop), started as `python -m bench.noop sfq URL N` because `sfq worker` imports only workers.tasks.
+daemon code itself (`workers.daemon.runtime.run`: its connector, two Procrastinate workers, heartbeat and
+rescue loop), started as `python -m bench.noop sfq URL N` because `sfq worker` imports only
+workers.daemon.tasks.
 Bare: a plain `procrastinate.App(PsycopgConnector)` worker, concurrency 1, LISTEN/NOTIFY on, same
 database. Each job appends its id and time.time() at the start of its code to a file; pickup latency is
 that minus time.time() when the deferring commit returned (same machine, same clock).
@@ -23,7 +24,7 @@ import psycopg
 
 from bench.common import CORES, Process, percentile, processes
 from queue_app.vocabulary import TRAINING_QUEUE
-from workers.app import app
+from workers.daemon.app import app
 
 SFQ_TASK, BARE_TASK, BARE_QUEUE = "bench_noop", "bench_bare_noop", "bench_bare"
 _log = None
@@ -143,6 +144,6 @@ if __name__ == "__main__":
         _run_bare(target)
     else:
         from queue_app.config import Settings
-        from workers import worker
+        from workers.daemon import runtime
 
-        worker.run(instance, target, Settings.from_env())
+        runtime.run(instance, target, Settings.from_env())

@@ -8,9 +8,9 @@ import pytest
 
 from queue_app.spec import FIELDS
 from tests.conftest import ROOT
-from workers import contract
-from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS
-from workers.features import DEFAULT_FEATURES, FEATURES
+from workers.modelling import contract
+from workers.modelling.algorithms import ALGORITHMS, CONTROLLED_PARAMS
+from workers.modelling.features import DEFAULT_FEATURES, FEATURES
 
 NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated", "spec")
 
@@ -25,7 +25,8 @@ def canonical(conn, algorithm: str, given: str) -> str:
 def test_registry_sql_is_up_to_date():
     on_disk = (ROOT / "sql" / "registry.sql").read_text()
     assert on_disk == contract.render(), (
-        "sql/registry.sql is stale: regenerate it with `python -m workers.contract > sql/registry.sql`"
+        "sql/registry.sql is stale: regenerate it with "
+        "`python -m workers.modelling.contract > sql/registry.sql`"
     )
 
 
@@ -106,6 +107,6 @@ def test_default_features_are_the_databases(conn):
 
 def test_the_duckdb_import_drops_exactly_the_parameters_sfq_controls():
     from queue_app.legacy import RUNTIME_PARAMS
-    from workers.algorithms import CONTROLLED_PARAMS
+    from workers.modelling.algorithms import CONTROLLED_PARAMS
 
     assert set(RUNTIME_PARAMS) == set(CONTROLLED_PARAMS)

@@ -2,8 +2,8 @@
 backtest's Sharpe ratio stay where chance puts them; and the same null test fails as soon as a feature
 peeks into the future (the leakage canary), so passing it means something.
 
-No database: bars are generated here, models trained with workers.training.train and backtested with
-workers.simulation.simulate.
+No database: bars are generated here, models trained with workers.modelling.training.train and backtested with
+workers.modelling.simulation.simulate.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from workers import features
-from workers.features import DEFAULT_FEATURES, Feature
-from workers.simulation import periods_per_year, simulate
-from workers.training import train
+from workers.modelling import features
+from workers.modelling.features import DEFAULT_FEATURES, Feature
+from workers.modelling.simulation import periods_per_year, simulate
+from workers.modelling.training import train
 
 SEEDS = range(20)
 ALGORITHMS: dict[str, dict[str, Any]] = {

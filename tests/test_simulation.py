@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from workers import contract
-from workers.simulation import (
+from workers.modelling import contract
+from workers.modelling.simulation import (
     PARAMETERS,
     STRATEGIES,
     SimulationError,

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port, insert_request, wait_for_models
-from workers import notify
-from workers.child import die_with_parent
+from workers.daemon import notify
+from workers.daemon.child import die_with_parent
 
 UNITS = ROOT / "systemd"
 INSTALLED_SFQ = "/opt/sfq/bin/sfq"  # where scripts/install-systemd puts sfq, and the units run it

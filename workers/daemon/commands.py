@@ -12,19 +12,19 @@ from queue_app.config import database_url
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers import worker
+    from workers.daemon import runtime
 
     settings = args.settings
     if args.max_jobs_per_child:
         settings = dataclasses.replace(settings, max_jobs_per_child=args.max_jobs_per_child)
-    return worker.run(args.instance, database_url(settings), settings)
+    return runtime.run(args.instance, database_url(settings), settings)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    from workers import supervisor
+    from workers.daemon import supervisor
 
     extra = ["--max-jobs-per-child", str(args.max_jobs_per_child)] if args.max_jobs_per_child else []
-    # Long enough for a worker's grace period and its result-write retries (workers/worker.py).
+    # Long enough for a worker's grace period and its result-write retries (workers/daemon/runtime.py).
     stop_timeout_s = args.settings.grace_s + 90
     return supervisor.run(args.count, database_url(args.settings), extra, stop_timeout_s)
 

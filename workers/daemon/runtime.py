@@ -24,15 +24,16 @@ from psycopg.types.json import Jsonb
 from queue_app.config import Settings
 from queue_app.db import QUERIES
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
-from workers import artifacts, backtests, forecasts, logs, notify
-from workers.app import app, connector
-from workers.child import (
+from workers.daemon import backtests, forecasts, logs, notify
+from workers.daemon.app import app, connector
+from workers.daemon.child import (
     THREAD_LIMIT_ENV,
     TrainingFailed,
     TrainingInterrupted,
     TrainingProcess,
     TrainingRetry,
 )
+from workers.modelling import artifacts
 
 log = logging.getLogger("sfq.worker")
 
@@ -379,7 +380,7 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
     # so the first job does not wait for either.
     child_pid = await asyncio.get_running_loop().run_in_executor(None, runtime.trainer.ensure_started)
     log.info("worker %s: training process %s started", instance, child_pid)
-    app.perform_import_paths()  # registers workers.tasks
+    app.perform_import_paths()  # registers workers.daemon.tasks
     with app.replace_connector(connector(url, f"sfq-worker-{instance}-queue")):
         async with app.open_async():
             common = {

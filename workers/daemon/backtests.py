@@ -1,5 +1,5 @@
 """Backtests of trained models (the `simulate_model` task): the model's held-out predictions and the
-bars of that window through a strategy (workers/simulation.py), written to simulation_history."""
+bars of that window through a strategy (workers/modelling/simulation.py), written to simulation_history."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from queue_app.db import QUERIES
-from workers.data import COLUMNS
-from workers.simulation import SimulationError, periods_per_year, simulate
+from workers.daemon.data import COLUMNS
+from workers.modelling.simulation import SimulationError, periods_per_year, simulate
 
 log = logging.getLogger("sfq.backtest")
 

@@ -14,8 +14,8 @@ from queue_app.vocabulary import (
     TRAIN_TASK,
     TRAINING_QUEUE,
 )
-from workers.app import app
-from workers.worker import ModelFailed, Requeue
+from workers.daemon.app import app
+from workers.daemon.runtime import ModelFailed, Requeue
 
 TRIES = 8  # a job put back (shutdown, database away) runs again, this many times
 

@@ -2,8 +2,8 @@
 (mode "feature") or to train one model per state (mode "split", `PerRegime`).
 
 Each kind declares its parameters once, in the contract format the database validates hyperparameters
-with; `python -m workers.contract` exports them to `sfq_regimes`, where the database fills a request's
-defaults from them, and the computation reads its parameters through the same declarations.
+with; `python -m workers.modelling.contract` exports them to `sfq_regimes`, where the database fills a
+request's defaults from them, and the computation reads its parameters through the same declarations.
 """
 
 from __future__ import annotations

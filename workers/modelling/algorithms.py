@@ -1,7 +1,7 @@
 """Algorithm registry: one entry per estimator a spec may name, built the same way for every algorithm.
 
 The database validates hyperparameters before a job exists, against a contract exported from here
-(`python -m workers.contract` writes `sql/registry.sql`), so a bad value is refused at enqueue time
+(`python -m workers.modelling.contract` writes `sql/registry.sql`), so a bad value is refused at enqueue time
 with the field named, whichever way the request came in.
 """
 

@@ -57,7 +57,7 @@ class TrainingInterrupted(TrainingRetry):
 PR_SET_PDEATHSIG = 1
 CHECK_EVERY_S = 0.25  # how often the deadline and the memory limit are checked
 # Imported once by the fork server, so that each training process starts with them loaded.
-PRELOAD = ["psycopg", "threadpoolctl", "workers.data", "workers.training"]
+PRELOAD = ["psycopg", "threadpoolctl", "workers.daemon.data", "workers.modelling.training"]
 
 
 def resident_mb(pid: int) -> float:
@@ -92,8 +92,8 @@ def _child_main(conn: Connection, url: str) -> None:
     import psycopg
     from threadpoolctl import threadpool_limits
 
-    from workers.data import load_bars
-    from workers.training import LOADED, TrainingError, train
+    from workers.daemon.data import load_bars
+    from workers.modelling.training import LOADED, TrainingError, train
 
     threadpool_limits(1)
     db: psycopg.Connection | None = None

@@ -10,9 +10,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from queue_app.db import QUERIES
-from workers import artifacts
-from workers.data import load_bars
-from workers.training import TrainingError, forecast
+from workers.daemon.data import load_bars
+from workers.modelling import artifacts
+from workers.modelling.training import TrainingError, forecast
 
 log = logging.getLogger("sfq.forecast")
 

@@ -3,7 +3,7 @@ performance metrics annualised from the bars' timeframe.
 
 Pure computation on DataFrames, no database, like training. The strategies share one parameter
 declaration, in the contract format the database validates hyperparameters and regimes with;
-`python -m workers.contract` exports it to `sfq_strategies`, and `validate_params` checks the same
+`python -m workers.modelling.contract` exports it to `sfq_strategies`, and `validate_params` checks the same
 declaration here, so the engine is safe without the database too.
 
 Timing, without lookahead: the prediction made at the close of bar t is known then; the position it
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workers.training import TRANSFORMS
+from workers.modelling.training import TRANSFORMS
 
 BASIS_POINT = 1e-4
 LARGEST_NUMBER = 1e15  # as the database's rules: beyond it a float64 no longer holds integers exactly

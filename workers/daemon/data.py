@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg
 
 from queue_app.db import QUERIES
-from workers.training import bars_needed
+from workers.modelling.training import bars_needed
 
 COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 

@@ -22,11 +22,11 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from workers import artifacts
-from workers.algorithms import ALGORITHMS, SEED
-from workers.features import aligned_features, compute_features
-from workers.regimes import PerRegime, RegimeConfig
-from workers.splits import SPLITTERS, Splitter, TooFewRows
+from workers.modelling import artifacts
+from workers.modelling.algorithms import ALGORITHMS, SEED
+from workers.modelling.features import aligned_features, compute_features
+from workers.modelling.regimes import PerRegime, RegimeConfig
+from workers.modelling.splits import SPLITTERS, Splitter, TooFewRows
 
 WARMUP_BARS = 250  # enough history for the longest feature window (ma_ratio_200)
 GRIDS = {"alpha_grid": "alpha", "l1_ratio_grid": "l1_ratio"}  # spec field: the estimator parameter it tunes
