@@ -25,6 +25,9 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from queue_app import gateway
+from queue_app.errors import Unavailable
+
 THREAD_LIMIT_ENV = {
     name: "1"
     for name in (
@@ -57,7 +60,7 @@ class TrainingInterrupted(TrainingRetry):
 PR_SET_PDEATHSIG = 1
 CHECK_EVERY_S = 0.25  # how often the deadline and the memory limit are checked
 # Imported once by the fork server, so that each training process starts with them loaded.
-PRELOAD = ["psycopg", "threadpoolctl", "workers.daemon.data", "workers.modelling.training"]
+PRELOAD = ["queue_app.gateway", "threadpoolctl", "workers.daemon.data", "workers.modelling.training"]
 
 
 def resident_mb(pid: int) -> float:
@@ -89,46 +92,40 @@ def _child_main(conn: Connection, url: str) -> None:
     None ends the loop. Progress goes straight to the model's row (phase and fraction, a few small
     UPDATEs per training, only while this attempt holds the model)."""
     die_with_parent()  # a worker killed with SIGKILL takes its training with it
-    import psycopg
     from threadpoolctl import threadpool_limits
 
     from workers.daemon.data import load_bars
     from workers.modelling.training import LOADED, TrainingError, train
 
     threadpool_limits(1)
-    db: psycopg.Connection | None = None
+    db = None
     while (job := conn.recv()) is not None:
         spec, model_id, attempt = job
         try:
             try:
                 if db is None or db.closed:
-                    db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+                    db = gateway.connect(url, "sfq-training", autocommit=True)
                 _report(db, model_id, attempt, "loading", 0.0)
                 bars, context = load_bars(db, spec, spec["data_end"])
-            except psycopg.OperationalError:  # a connection left over from before a database restart
-                db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+            except Unavailable:  # a connection left over from before a database restart
+                db = gateway.connect(url, "sfq-training", autocommit=True)
                 bars, context = load_bars(db, spec, spec["data_end"])
             progress = functools.partial(_report, db, model_id, attempt)
             progress("features", LOADED)
             conn.send(("ok", train(spec, bars, context=context, progress=progress)))
         except TrainingError as error:
             conn.send(("failed", str(error)))
-        except psycopg.OperationalError as error:
+        except Unavailable as error:
             db = None
-            conn.send(("retry", f"database unavailable while loading bars: {error}"))
+            conn.send(("retry", f"while loading bars: {error}"))
         except Exception as error:  # an estimator's error is the job's failure, not the process's
             conn.send(("failed", f"{type(error).__name__}: {error}"))
 
 
 def _report(db, model_id: int, attempt: int, phase: str, fraction: float) -> None:
     """Progress on the model's row; a nicety that never fails or stalls a training."""
-    from queue_app.db import QUERIES
-
     with contextlib.suppress(Exception):
-        db.execute(
-            QUERIES["report_progress"],
-            {"model_id": model_id, "attempt": attempt, "phase": phase, "fraction": round(fraction, 3)},
-        )
+        gateway.run(db, gateway.report_progress(model_id, attempt, phase, round(fraction, 3)))
 
 
 class TrainingProcess:

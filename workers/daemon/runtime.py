@@ -15,14 +15,14 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
-import psycopg
 from procrastinate.worker import Worker
-from psycopg.types.json import Jsonb
 
+from queue_app import gateway
 from queue_app.config import Settings
-from queue_app.db import QUERIES
+from queue_app.errors import NoSchema, Unavailable
+from queue_app.gateway import Call
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
 from workers.daemon import backtests, forecasts, logs, notify
 from workers.daemon.app import app, connector
@@ -35,14 +35,14 @@ from workers.daemon.child import (
 )
 from workers.modelling import artifacts
 
+if TYPE_CHECKING:
+    import psycopg
+
+T = TypeVar("T")
 log = logging.getLogger("sfq.worker")
 
-# Lost connections, serialization failures and deadlocks: retried. Anything else fails the model at once.
-TRANSIENT_ERRORS = (
-    psycopg.OperationalError,
-    psycopg.errors.SerializationFailure,
-    psycopg.errors.DeadlockDetected,
-)
+# The database away (a lost connection, a restart) or a concurrent change in the way (serialization
+# failure, deadlock): the gateway's Unavailable, retried. Anything else fails the model at once.
 WRITE_RETRIES_S = (
     0.5,
     1,
@@ -88,19 +88,18 @@ class Runtime:
         """One connection per purpose: the rescue loop must never run inside a job's transaction."""
         conn = self._conns.get(purpose)
         if conn is None or conn.closed or conn.broken:
-            conn = self._conns[purpose] = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name=f"sfq-worker-{self.instance}-{purpose}"
+            conn = self._conns[purpose] = await gateway.connect_async(
+                self.url, f"sfq-worker-{self.instance}-{purpose}", autocommit=True
             )
         return conn
 
-    async def _execute(self, query: str, params: dict[str, Any], purpose: str = "jobs") -> list[tuple]:
-        """Run a named query; a connection killed by a database restart is replaced once, transparently."""
+    async def _run(self, call: Call[T], purpose: str = "jobs") -> T:
+        """Run a gateway call; a connection killed by a database restart is replaced once, transparently."""
         for fresh in (False, True):
             db = await self._db(purpose)
             try:
-                cursor = await db.execute(QUERIES[query], params)
-                return await cursor.fetchall() if cursor.description else []
-            except psycopg.OperationalError:
+                return await gateway.run_async(db, call)
+            except Unavailable:
                 if fresh or not db.broken:
                     raise
         raise AssertionError("unreachable")
@@ -110,20 +109,16 @@ class Runtime:
         for delay in (*WRITE_RETRIES_S, None):
             try:
                 return await write()
-            except TRANSIENT_ERRORS as error:
+            except Unavailable as error:
                 if delay is None:
                     raise Requeue(f"could not {what}: {error}") from None
                 log.warning("could not %s (%s); retrying in %s s", what, error, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _record(self, query: str, model_id: int, attempt: int, **params: str) -> bool:
+    async def _record(self, what: str, call: Call[bool]) -> bool:
         """Record this attempt's end (failed or requeued); False when the attempt was handed on."""
-        rows = await self._with_retries(
-            f"record {query} for model {model_id}",
-            lambda: self._execute(query, {"model_id": model_id, "attempt": attempt, **params}),
-        )
-        return bool(rows)
+        return await self._with_retries(what, lambda: self._run(call))
 
     async def train(self, model_id: int, job_id: int) -> None:
         logs.JOB.set(job_id)  # this job's task only: every line it logs names the job and the model
@@ -136,19 +131,17 @@ class Runtime:
 
     async def _train(self, model_id: int, job_id: int) -> None:
         try:
-            rows = await self._execute(
-                "start_model", {"model_id": model_id, "host": self.host, "pid": self.pid, "job_id": job_id}
-            )
-        except TRANSIENT_ERRORS as error:
-            raise Requeue(f"database unavailable at start: {error}") from None
-        if not rows:
+            claim = await self._run(gateway.start_model(model_id, job_id, self.host, self.pid))
+        except Unavailable as error:
+            raise Requeue(f"could not start: {error}") from None
+        if claim is None:
             log.info(
                 "job %s model %s: not the model's current job, or the model is finished: skipped",
                 job_id,
                 model_id,
             )
             return
-        attempt, spec, timeout_s = rows[0]
+        attempt, spec, timeout_s = claim["attempts"], claim["spec"], claim["timeout_s"]
         started = time.perf_counter()
         try:
             # Recycling the training process waits for it: not on the event loop, heartbeats go on.
@@ -167,7 +160,8 @@ class Runtime:
                 spec, timeout_s or self.settings.timeout_s, self.settings.memory_limit_mb, model_id, attempt
             )
         except (TrainingRetry, OSError) as again:  # shutdown, database away, cannot fork now
-            if not await self._record("requeue_model", model_id, attempt, reason=str(again)):
+            what = f"requeue model {model_id}"
+            if not await self._record(what, gateway.requeue_model(model_id, attempt, str(again))):
                 log.warning(
                     "job %s model %s: attempt %s was handed on; not requeued", job_id, model_id, attempt
                 )
@@ -175,27 +169,25 @@ class Runtime:
             log.warning("job %s model %s: %s; back to the queue", job_id, model_id, again)
             raise Requeue(str(again), at_once=isinstance(again, TrainingInterrupted)) from None
         except TrainingFailed as error:
-            await self._record("fail_model", model_id, attempt, error=str(error))
+            await self._record(f"fail model {model_id}", gateway.fail_model(model_id, attempt, str(error)))
             log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, error)
             raise ModelFailed(str(error)) from None
         except BaseException as error:  # cancelled (sfq_cancel_model aborts the job), or a bug
             if isinstance(error, asyncio.CancelledError):
                 log.info("job %s model %s: cancelled; training process killed", job_id, model_id)
             with contextlib.suppress(Exception):  # fenced: a model cancelled on request stays cancelled
-                await self._execute(
-                    "fail_model",
-                    {"model_id": model_id, "attempt": attempt, "error": f"{type(error).__name__}: {error}"},
-                )
+                await self._run(gateway.fail_model(model_id, attempt, f"{type(error).__name__}: {error}"))
             raise
         try:
             written = await self._with_retries(
-                f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
+                f"write the result of model {model_id}",
+                lambda: self._complete(model_id, attempt, result),
             )
-        except psycopg.Error as error:  # not transient (a constraint, a bug): fail the model, say why
-            reason = (
-                f"could not write the result: {type(error).__name__}: {error.diag.message_primary or error}"
-            )
-            await self._record("fail_model", model_id, attempt, error=reason)
+        except Requeue:
+            raise
+        except Exception as error:  # not transient (a constraint, a bug): fail the model, say why
+            reason = f"could not write the result: {type(error).__name__}: {error}"
+            await self._record(f"fail model {model_id}", gateway.fail_model(model_id, attempt, reason))
             log.error("job %s model %s: %s", job_id, model_id, reason)
             raise ModelFailed(reason) from None
         if written:
@@ -216,43 +208,7 @@ class Runtime:
 
     async def _complete(self, model_id: int, attempt: int, result) -> bool:
         """Write every result in one transaction, only if this attempt still holds the model (fencing)."""
-        db = await self._db()
-        async with db.transaction():
-            completed = await (
-                await db.execute(
-                    QUERIES["complete_model"],
-                    {
-                        "model_id": model_id,
-                        "attempt": attempt,
-                        "metrics": Jsonb(result.metrics),
-                        "fold_metrics": Jsonb(result.fold_metrics),
-                        "timings": Jsonb(result.timings),
-                    },
-                )
-            ).fetchone()
-            if completed is None:
-                return False
-            async with db.cursor() as cursor:
-                await cursor.executemany(
-                    QUERIES["insert_feature_importance"],
-                    [{"model_id": model_id, **row} for row in result.importances],
-                )
-                await cursor.executemany(
-                    QUERIES["insert_prediction"],
-                    [{"model_id": model_id, **row} for row in result.predictions],
-                )
-                await cursor.execute(QUERIES["request_default_simulation"], {"model_id": model_id})
-                await cursor.execute(
-                    QUERIES["insert_artifact"],
-                    {
-                        "model_id": model_id,
-                        "format": artifacts.FORMAT,
-                        "sha256": result.artifact_sha256,
-                        "size": len(result.artifact),
-                        "bytes": result.artifact,
-                    },
-                )
-        return True
+        return await gateway.write_result(await self._db(), model_id, attempt, result, artifacts.FORMAT)
 
     async def forecast(self, forecast_id: int) -> None:
         """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
@@ -268,13 +224,11 @@ class Runtime:
         restart broke fails its job (asking again re-queues it) and is replaced on the next one."""
         with self._side_lock:
             if self._side is None or self._side.closed or self._side.broken:
-                self._side = psycopg.connect(
-                    self.url, autocommit=True, application_name=f"sfq-worker-{self.instance}-side"
-                )
+                self._side = gateway.connect(self.url, f"sfq-worker-{self.instance}-side", autocommit=True)
             run(self._side, object_id)
 
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
-        await self._execute("give_up_model", {"model_id": model_id, "job_id": job_id, "error": reason})
+        await self._run(gateway.give_up_model(model_id, job_id, reason))
 
     async def rescue_forever(self) -> None:
         """Keep our heartbeat, hand the jobs of dead workers on, and prune old finished jobs.
@@ -286,50 +240,37 @@ class Runtime:
         while self.worker is None or self.worker.worker_id is None:  # registered within moments of start
             await asyncio.sleep(0.1)
         while True:
-            own = self.worker.worker_id if self.worker else None
             try:
-                if own is not None:
-                    await self._execute(
-                        "heartbeat",
-                        {"worker_id": own, "host": self.host, "pid": self.pid, "instance": self.instance},
-                        purpose="rescue",
-                    )
-                rows = await self._execute(
-                    "rescue_stalled_jobs",
-                    {
-                        "stale_after_s": self.settings.rescue_after_s,
-                        "max_attempts": self.settings.max_attempts,
-                        "own_worker": own,
-                    },
-                    purpose="rescue",
-                )
-                for model_id, old_job, new_job, outcome in rows:
-                    log.warning(
-                        "rescue: model %s job %s lost its worker: %s (new job %s)",
-                        model_id,
-                        old_job,
-                        outcome,
-                        new_job,
-                    )
-                side = await self._execute(
-                    "rescue_stalled_side_jobs",
-                    {"stale_after_s": self.settings.rescue_after_s, "own_worker": own},
-                    purpose="rescue",
-                )
-                for task, object_id, old_job, new_job in side:
-                    log.warning(
-                        "rescue: %s %s job %s lost its worker (new job %s)", task, object_id, old_job, new_job
-                    )
+                await self._rescue_once(self.worker.worker_id if self.worker else None)
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await self._execute(
-                        "prune_finished_jobs",
-                        {"older_than_days": self.settings.job_retention_days},
-                        purpose="rescue",
-                    )
+                    await self._run(gateway.prune_finished_jobs(self.settings.job_retention_days), "rescue")
                     last_prune = time.monotonic()
-            except psycopg.Error as error:
+            except Exception as error:  # the database away, or a query refused: try again next beat
                 log.warning("rescue failed (%s); will try again", error)
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _rescue_once(self, own: int | None) -> None:
+        """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""
+        if own is not None:
+            await self._run(gateway.heartbeat(own, self.host, self.pid, self.instance), "rescue")
+        stale_after_s = self.settings.rescue_after_s
+        rescued = gateway.rescue_stalled_jobs(stale_after_s, self.settings.max_attempts, own)
+        for row in await self._run(rescued, "rescue"):
+            log.warning(
+                "rescue: model %s job %s lost its worker: %s (new job %s)",
+                row["model_id"],
+                row["old_job_id"],
+                row["outcome"],
+                row["new_job_id"],
+            )
+        for row in await self._run(gateway.rescue_stalled_side_jobs(stale_after_s, own), "rescue"):
+            log.warning(
+                "rescue: %s %s job %s lost its worker (new job %s)",
+                row["task"],
+                row["object_id"],
+                row["old_job_id"],
+                row["new_job_id"],
+            )
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
@@ -345,18 +286,14 @@ def limit_threads() -> None:
         os.environ.setdefault(name, value)
 
 
-class NotMigrated(RuntimeError):
-    pass
-
-
 def check_schema(url: str) -> None:
     """Refuse to start on a database `sfq db upgrade` has not prepared, saying so (rather than failing on
     the first query with a missing table)."""
-    with psycopg.connect(url, application_name="sfq-worker-start") as conn:
-        (ready,) = conn.execute(QUERIES["has_sfq_schema"]).fetchone()
+    with gateway.connect(url, "sfq-worker-start") as conn:
+        ready = gateway.run(conn, gateway.has_sfq_schema())
         database = conn.info.dbname
     if not ready:
-        raise NotMigrated(f"database {database!r} has no sfq schema: run `sfq db upgrade` on it first")
+        raise NoSchema(f"database {database!r} has no sfq schema: run `sfq db upgrade` on it first")
 
 
 def run(instance: int, url: str, settings: Settings) -> int:
@@ -367,7 +304,7 @@ def run(instance: int, url: str, settings: Settings) -> int:
     logs.configure(settings.hostname, instance, settings.log_json)
     try:
         check_schema(url)
-    except (NotMigrated, psycopg.OperationalError) as error:
+    except Unavailable as error:  # unreachable, or no sfq schema (NoSchema)
         log.error("worker %s cannot start: %s", instance, error)
         return 1
     return 0 if asyncio.run(_serve(instance, url, settings)) else 1
