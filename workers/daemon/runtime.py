@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from procrastinate.worker import Worker
 
@@ -26,17 +26,14 @@ from queue_app.gateway import Call
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
 from workers.daemon import backtests, forecasts, logs, notify
 from workers.daemon.app import app, connector
-from workers.daemon.child import (
-    THREAD_LIMIT_ENV,
-    TrainingFailed,
-    TrainingInterrupted,
-    TrainingProcess,
-    TrainingRetry,
-)
+from workers.daemon.child import THREAD_LIMIT_ENV, TrainingProcess
+from workers.daemon.outcome import Completed, Failed, Outcome, Retry
 from workers.modelling import artifacts
 
 if TYPE_CHECKING:
     import psycopg
+
+    from workers.modelling.training import TrainingResult
 
 T = TypeVar("T")
 log = logging.getLogger("sfq.worker")
@@ -141,55 +138,83 @@ class Runtime:
                 model_id,
             )
             return
-        attempt, spec, timeout_s = claim["attempts"], claim["spec"], claim["timeout_s"]
+        attempt = claim["attempts"]
         started = time.perf_counter()
         try:
-            # Recycling the training process waits for it: not on the event loop, heartbeats go on.
-            child_pid = await asyncio.get_running_loop().run_in_executor(None, self.trainer.ensure_started)
-            log.info(
-                "job %s model %s starting in process %s on %s (attempt %s, training process %s)",
-                job_id,
-                model_id,
-                self.pid,
-                self.host,
-                attempt,
-                child_pid,
-            )
-            notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
-            result = await self.trainer.train(
-                spec, timeout_s or self.settings.timeout_s, self.settings.memory_limit_mb, model_id, attempt
-            )
-        except (TrainingRetry, OSError) as again:  # shutdown, database away, cannot fork now
-            what = f"requeue model {model_id}"
-            if not await self._record(what, gateway.requeue_model(model_id, attempt, str(again))):
-                log.warning(
-                    "job %s model %s: attempt %s was handed on; not requeued", job_id, model_id, attempt
-                )
-                return
-            log.warning("job %s model %s: %s; back to the queue", job_id, model_id, again)
-            raise Requeue(str(again), at_once=isinstance(again, TrainingInterrupted)) from None
-        except TrainingFailed as error:
-            await self._record(f"fail model {model_id}", gateway.fail_model(model_id, attempt, str(error)))
-            log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, error)
-            raise ModelFailed(str(error)) from None
+            outcome = await self._attempt(model_id, job_id, attempt, claim["spec"], claim["timeout_s"])
         except BaseException as error:  # cancelled (sfq_cancel_model aborts the job), or a bug
             if isinstance(error, asyncio.CancelledError):
                 log.info("job %s model %s: cancelled; training process killed", job_id, model_id)
             with contextlib.suppress(Exception):  # fenced: a model cancelled on request stays cancelled
                 await self._run(gateway.fail_model(model_id, attempt, f"{type(error).__name__}: {error}"))
             raise
+        await self._settle(model_id, job_id, attempt, outcome, started)
+
+    async def _attempt(
+        self, model_id: int, job_id: int, attempt: int, spec: dict[str, Any], timeout_s: float | None
+    ) -> Outcome:
+        """The training process's outcome for this attempt (no process to train in is a Retry)."""
+        try:
+            # Recycling the training process waits for it: not on the event loop, heartbeats go on.
+            child_pid = await asyncio.get_running_loop().run_in_executor(None, self.trainer.ensure_started)
+        except OSError as error:  # cannot fork now
+            return Retry(str(error))
+        log.info(
+            "job %s model %s starting in process %s on %s (attempt %s, training process %s)",
+            job_id,
+            model_id,
+            self.pid,
+            self.host,
+            attempt,
+            child_pid,
+        )
+        notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
+        timeout_s = timeout_s or self.settings.timeout_s
+        return await self.trainer.train(spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt)
+
+    async def _settle(
+        self, model_id: int, job_id: int, attempt: int, outcome: Outcome, started: float
+    ) -> None:
+        """The one place an attempt's outcome becomes the model's state, every write fenced by the attempt
+        number (an attempt handed on to another worker changes nothing):
+
+        - Completed: `completed` with every result, in one transaction (a result that cannot be written
+          is Failed);
+        - Failed: `failed` with the reason, and the job fails too (ModelFailed);
+        - Retry: `queued` again, and the job goes back to the queue (Requeue).
+
+        A write that the database's absence outlasts (retried with backoff) requeues the job as it is."""
+        if isinstance(outcome, Completed):
+            unwritten = await self._write_result(model_id, job_id, attempt, outcome.result, started)
+            if unwritten is None:
+                return
+            outcome = unwritten
+        if isinstance(outcome, Retry):
+            requeue = gateway.requeue_model(model_id, attempt, outcome.reason)
+            if not await self._record(f"requeue model {model_id}", requeue):
+                log.warning(
+                    "job %s model %s: attempt %s was handed on; not requeued", job_id, model_id, attempt
+                )
+                return
+            log.warning("job %s model %s: %s; back to the queue", job_id, model_id, outcome.reason)
+            raise Requeue(outcome.reason, at_once=outcome.at_once)
+        await self._record(f"fail model {model_id}", gateway.fail_model(model_id, attempt, outcome.reason))
+        log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, outcome.reason)
+        raise ModelFailed(outcome.reason)
+
+    async def _write_result(
+        self, model_id: int, job_id: int, attempt: int, result: TrainingResult, started: float
+    ) -> Failed | None:
+        """Every result written (retried while the database is away), or dropped when the attempt was
+        handed on: None; Failed when the result cannot be written (a constraint, a bug)."""
         try:
             written = await self._with_retries(
-                f"write the result of model {model_id}",
-                lambda: self._complete(model_id, attempt, result),
+                f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
             )
         except Requeue:
             raise
-        except Exception as error:  # not transient (a constraint, a bug): fail the model, say why
-            reason = f"could not write the result: {type(error).__name__}: {error}"
-            await self._record(f"fail model {model_id}", gateway.fail_model(model_id, attempt, reason))
-            log.error("job %s model %s: %s", job_id, model_id, reason)
-            raise ModelFailed(reason) from None
+        except Exception as error:  # not transient: the model fails, saying why
+            return Failed(f"could not write the result: {type(error).__name__}: {error}")
         if written:
             log.info(
                 "job %s model %s completed in process %s in %.2f s",
@@ -205,8 +230,9 @@ class Runtime:
                 model_id,
                 attempt,
             )
+        return None
 
-    async def _complete(self, model_id: int, attempt: int, result) -> bool:
+    async def _complete(self, model_id: int, attempt: int, result: TrainingResult) -> bool:
         """Write every result in one transaction, only if this attempt still holds the model (fencing)."""
         return await gateway.write_result(await self._db(), model_id, attempt, result, artifacts.FORMAT)
 
