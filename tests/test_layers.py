@@ -5,11 +5,14 @@ inside a function counts as much as one at the top."""
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from queue_app.errors import SfqError
 from tests.conftest import ROOT
 
 # The database's clients and sfq's own ways to it: none of them in pure computation. The daemon is the
@@ -48,6 +51,10 @@ def imported(path: Path) -> Iterator[tuple[int, str]]:
             yield node.lineno, node.args[0].value
 
 
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
 def offences(package: str, forbidden: tuple[str, ...]) -> list[str]:
     found = []
     for path in sorted((ROOT / package).rglob("*.py")):
@@ -67,10 +74,7 @@ def test_the_core_never_imports_the_workers():
 
 def test_importing_all_of_modelling_loads_no_database_client():
     """The same, transitively: what modelling's own imports import."""
-    modules = sorted(
-        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for path in (ROOT / "workers" / "modelling").rglob("*.py")
-    )
+    modules = sorted(module_name(path) for path in (ROOT / "workers" / "modelling").rglob("*.py"))
     program = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
@@ -81,6 +85,22 @@ def test_importing_all_of_modelling_loads_no_database_client():
         [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_every_exception_of_the_workers_is_an_sfq_error():
+    """One error tree: what the workers raise derives from queue_app.errors' root."""
+    own = []
+    for path in sorted((ROOT / "workers").rglob("*.py")):
+        module = importlib.import_module(module_name(path))
+        own += [
+            value
+            for value in vars(module).values()
+            if inspect.isclass(value)
+            and issubclass(value, BaseException)
+            and value.__module__ == module.__name__
+        ]
+    assert len(own) >= 6  # TrainingError, TooFewRows, the backtest's, ArtifactError, ModelFailed, Requeue
+    assert [error.__qualname__ for error in own if not issubclass(error, SfqError)] == []
 
 
 def test_the_checks_see_an_import_inside_a_function(tmp_path):

@@ -9,8 +9,9 @@ import pandas as pd
 import psycopg
 
 from queue_app import gateway
+from queue_app.errors import SfqError
 from workers.daemon.data import frame
-from workers.modelling.simulation import SimulationError, periods_per_year, simulate
+from workers.modelling.simulation import periods_per_year, simulate
 
 log = logging.getLogger("sfq.backtest")
 
@@ -33,7 +34,7 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
     try:
         result = simulate(predictions, bars, spec, job["strategy"], job["params"])
     except Exception as error:  # SimulationError (too few bars, ...) or a bug: recorded, not lost
-        reason = str(error) if isinstance(error, SimulationError) else repr(error)
+        reason = str(error) if isinstance(error, SfqError) else repr(error)  # sfq's own say what is wrong
         _fail(conn, simulation_id, model_id, reason)
         return
     # With its annualisation factor: the deflated Sharpe ratio needs per-bar Sharpe ratios.

@@ -9,9 +9,10 @@ import logging
 import psycopg
 
 from queue_app import gateway
+from queue_app.errors import SfqError
 from workers.daemon.data import load_bars
 from workers.modelling import artifacts
-from workers.modelling.training import TrainingError, forecast
+from workers.modelling.training import forecast
 
 log = logging.getLogger("sfq.forecast")
 
@@ -27,7 +28,7 @@ def run(conn: psycopg.Connection, forecast_id: int) -> None:
         model = artifacts.load(job["artifact"], job["sha256"])
         result = forecast(job["spec"], model, bars, context)
     except Exception as error:  # TrainingError, ArtifactError, an estimator's error: the answer
-        reason = str(error) if isinstance(error, TrainingError | artifacts.ArtifactError) else repr(error)
+        reason = str(error) if isinstance(error, SfqError) else repr(error)  # sfq's own say what is wrong
         gateway.run(conn, gateway.fail_forecast(forecast_id, reason))
         log.warning("forecast %s for model %s failed: %s", forecast_id, job["model_id"], error)
         return

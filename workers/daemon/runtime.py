@@ -21,7 +21,7 @@ from procrastinate.worker import Worker
 
 from queue_app import gateway
 from queue_app.config import Settings
-from queue_app.errors import NoSchema, Unavailable
+from queue_app.errors import NoSchema, SfqError, Unavailable
 from queue_app.gateway import Call
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
 from workers.daemon import backtests, forecasts, logs, notify
@@ -39,26 +39,20 @@ T = TypeVar("T")
 log = logging.getLogger("sfq.worker")
 
 # The database away (a lost connection, a restart) or a concurrent change in the way (serialization
-# failure, deadlock): the gateway's Unavailable, retried. Anything else fails the model at once.
-WRITE_RETRIES_S = (
-    0.5,
-    1,
-    2,
-    4,
-    8,
-    16,
-    32,
-)  # backoff for writing a finished result while the database is away
+# failure, deadlock) is the gateway's Unavailable: retried. Anything else fails the model at once.
+# Backoff, in seconds, for writing a finished result (or an attempt's end) while the database is away:
+WRITE_RETRIES_S = (0.5, 1, 2, 4, 8, 16, 32)
 PRUNE_EVERY_S = 3600
 
 
-class ModelFailed(Exception):
+class ModelFailed(SfqError):
     """Raised after the model is marked failed, so that Procrastinate records the job as failed too."""
 
 
-class Requeue(Exception):
-    """The job goes back to the queue (shutdown, or a transient database error); the task retries it,
-    at once after a shutdown (another worker may take it now), later after a database error."""
+class Requeue(SfqError):
+    """The job goes back to the queue (shutdown, or the database away): the exception Procrastinate
+    retries a job on (tasks.RequeueStrategy), at once after a shutdown (another worker may take it now),
+    later after a database error."""
 
     def __init__(self, reason: str, at_once: bool = False):
         super().__init__(reason)

@@ -18,6 +18,8 @@ import skops.io as sio
 from skops.io._utils import SaveContext, get_state
 from skops.io.exceptions import UntrustedTypesFoundException
 
+from queue_app.errors import SfqError
+
 FORMAT = "skops"
 
 # Types our models contain that skops does not trust by default (found with skops.io.get_untrusted_types
@@ -32,8 +34,9 @@ TRUSTED_TYPES = [
 MOVED_TYPES = {"workers.regimes.PerRegime": "workers.modelling.regimes.PerRegime"}
 
 
-class ArtifactError(Exception):
-    pass
+class ArtifactError(SfqError):
+    """A model file that is not the one recorded (its SHA-256 differs) or holds types outside the
+    allow-list: refused before or while parsing, never run."""
 
 
 def dump(model) -> bytes:

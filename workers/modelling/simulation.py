@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from queue_app.errors import Rejected
 from workers.modelling.training import TRANSFORMS
 
 BASIS_POINT = 1e-4
 LARGEST_NUMBER = 1e15  # as the database's rules: beyond it a float64 no longer holds integers exactly
 
 
-class SimulationError(ValueError):
+class SimulationError(Rejected):
     """A backtest that cannot run as asked (unknown strategy, bad parameter, no bar to trade on); the
     message names the culprit."""
 

@@ -22,6 +22,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
+from queue_app.errors import SfqError
 from workers.modelling import artifacts
 from workers.modelling.algorithms import ALGORITHMS, SEED
 from workers.modelling.features import aligned_features, compute_features
@@ -38,7 +39,7 @@ INNER_FOLDS = 3  # the grid search's time-series CV, inside the rows being fitte
 LOADED, CV_START, FINAL_FIT, EVALUATION, IMPORTANCE, SAVING = 0.05, 0.1, 0.7, 0.85, 0.9, 0.95
 
 
-class TrainingError(Exception):
+class TrainingError(SfqError):
     """A deterministic failure (no data, too little data): the model fails at once with this message."""
 
 
