@@ -18,13 +18,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from queue_app.errors import Rejected
+from queue_app.stats import finite, probabilistic_sharpe
 from workers.modelling.training import TRANSFORMS
 
 BASIS_POINT = 1e-4
@@ -166,11 +166,6 @@ def periods_per_year(timeframe: str) -> float:
     return PERIODS_PER_YEAR[unit] / int(count)
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON-safe: NaN and infinities become None."""
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
 def performance(
     returns: np.ndarray, periods_per_year: float, held: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -182,8 +177,9 @@ def performance(
     Max drawdown is the largest fall of the compounded equity from its running peak, as a positive
     fraction of the peak. Skewness and kurtosis use the population moments (scipy's bias=True); the
     kurtosis is the plain (Pearson, non-excess) one, 3 for a normal distribution. `psr` is the
-    probabilistic Sharpe ratio (Bailey & Lopez de Prado 2012): the probability that the true per-period
-    Sharpe exceeds 0, given n, skewness and kurtosis. `win_rate` counts positive returns among the
+    probabilistic Sharpe ratio (Bailey & Lopez de Prado 2012, `queue_app.stats.probabilistic_sharpe`, the
+    one the leaderboards deflate): the probability that the true per-period Sharpe exceeds 0, given n,
+    skewness and kurtosis. `win_rate` counts positive returns among the
     `held` bars (those with a position; default all).
     """
     returns = np.asarray(returns, dtype=float)
@@ -205,26 +201,24 @@ def performance(
         centred = returns - mean
         m2 = np.mean(centred**2)
         skewness, kurtosis = np.mean(centred**3) / m2**1.5, np.mean(centred**4) / m2**2
-        sharpe = mean / std
-        spread = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
-        psr = NormalDist().cdf(sharpe * math.sqrt(n - 1) / math.sqrt(spread)) if spread > 0 else None
+        psr = probabilistic_sharpe(mean / std, 0.0, n, skewness, kurtosis)
         moments = {"skewness": skewness, "kurtosis": kurtosis, "psr": psr}
     return {
         "n": n,
-        "total_return": _finite(equity[-1] - 1.0),
-        "cagr": _finite(cagr),
-        "volatility": _finite(std * annual) if n > 1 else None,
-        "sharpe": _finite(mean / std * annual) if std > 0 else None,
-        "sortino": _finite(mean / downside * annual) if downside > 0 else None,
-        "max_drawdown": _finite(max_drawdown),
-        "calmar": _finite(cagr / max_drawdown) if max_drawdown > 0 else None,
-        "win_rate": _finite(np.mean(returns[held] > 0)) if held.any() else None,
-        **{name: _finite(value) for name, value in moments.items()},
+        "total_return": finite(equity[-1] - 1.0),
+        "cagr": finite(cagr),
+        "volatility": finite(std * annual) if n > 1 else None,
+        "sharpe": finite(mean / std * annual) if std > 0 else None,
+        "sortino": finite(mean / downside * annual) if downside > 0 else None,
+        "max_drawdown": finite(max_drawdown),
+        "calmar": finite(cagr / max_drawdown) if max_drawdown > 0 else None,
+        "win_rate": finite(np.mean(returns[held] > 0)) if held.any() else None,
+        **{name: finite(value) for name, value in moments.items()},
     }
 
 
 def _excess(strategy: float | None, benchmark: float | None) -> float | None:
-    return None if strategy is None or benchmark is None else _finite(strategy - benchmark)
+    return None if strategy is None or benchmark is None else finite(strategy - benchmark)
 
 
 @dataclass
@@ -302,8 +296,8 @@ def simulate(
     hold = performance(market, per_year)
     metrics |= {
         "n_trades": int(np.count_nonzero(traded)),
-        "exposure": _finite(np.mean(np.abs(position))),
-        "turnover": _finite(np.mean(traded) * per_year),
+        "exposure": finite(np.mean(np.abs(position))),
+        "turnover": finite(np.mean(traded) * per_year),
         "buy_and_hold": hold,
         "excess_return": _excess(metrics["total_return"], hold["total_return"]),
         "excess_cagr": _excess(metrics["cagr"], hold["cagr"]),

@@ -23,6 +23,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from queue_app.errors import SfqError
+from queue_app.stats import finite
 from workers.modelling import artifacts
 from workers.modelling.algorithms import ALGORITHMS, SEED
 from workers.modelling.features import aligned_features, compute_features
@@ -184,13 +185,9 @@ def build_dataset(
     )
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
 def _mean(values) -> float | None:
     present = [value for value in values if value is not None]
-    return _finite(float(np.mean(present))) if present else None
+    return finite(float(np.mean(present))) if present else None
 
 
 def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, predicted_change: np.ndarray):
@@ -200,22 +197,22 @@ def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, 
     with np.errstate(invalid="ignore", divide="ignore"):
         ic = spearmanr(predicted_change, actual_change).statistic if np.ptp(predicted_change) > 0 else np.nan
     return {
-        "rmse": _finite(math.sqrt(mean_squared_error(actual, predicted))),
-        "mae": _finite(mean_absolute_error(actual, predicted)),
-        "r2": _finite(r2_score(actual_change, predicted_change)),
-        "directional_accuracy": _finite(
+        "rmse": finite(math.sqrt(mean_squared_error(actual, predicted))),
+        "mae": finite(mean_absolute_error(actual, predicted)),
+        "r2": finite(r2_score(actual_change, predicted_change)),
+        "directional_accuracy": finite(
             np.mean(np.sign(predicted_change[moved]) == np.sign(actual_change[moved]))
             if moved.any()
             else np.nan
         ),
         # What always guessing the more common direction scores: a high or low target moves one way on
         # most bars (tomorrow's high is usually above today's close), so accuracy means little without it.
-        "directional_base_rate": _finite(
+        "directional_base_rate": finite(
             max(np.mean(actual_change[moved] > 0), np.mean(actual_change[moved] < 0))
             if moved.any()
             else np.nan
         ),
-        "ic": _finite(ic),
+        "ic": finite(ic),
         "n": len(actual),
     }
 
@@ -366,7 +363,7 @@ def train(
     naive = transform.apply(dataset.reference_test, dataset.reference_test).to_numpy()  # "no change" forecast
     metrics = {
         **_scores(transform, actual, predicted, reference),
-        "naive_rmse": _finite(math.sqrt(mean_squared_error(actual, naive))),
+        "naive_rmse": finite(math.sqrt(mean_squared_error(actual, naive))),
         **{
             f"cv_{name}_mean": _mean(fold[name] for fold in folds)
             for name in ("rmse", "r2", "directional_accuracy", "ic")
