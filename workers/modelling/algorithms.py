@@ -21,6 +21,8 @@ from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from workers.modelling.registry import by_name
+
 SEED = 0
 
 # Parameters sfq sets itself: reproducibility (random_state), one core per worker (n_jobs),
@@ -48,11 +50,7 @@ class Algorithm:
         return make_pipeline(StandardScaler(), estimator) if self.scaled else make_pipeline(estimator)
 
 
-def _registry(*algorithms: Algorithm) -> dict[str, Algorithm]:
-    return {algorithm.name: algorithm for algorithm in algorithms}
-
-
-ALGORITHMS: dict[str, Algorithm] = _registry(
+ALGORITHMS: dict[str, Algorithm] = by_name(
     Algorithm("RandomForest", RandomForestRegressor, scaled=False),
     Algorithm("ExtraTrees", ExtraTreesRegressor, scaled=False),
     Algorithm("GradientBoosting", GradientBoostingRegressor, scaled=False),

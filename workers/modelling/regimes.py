@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 
+from workers.modelling.registry import by_name
+
 MIN_REGIME_ROWS = 50  # a regime with fewer training rows is predicted by the model fitted on all rows
 
 
@@ -68,11 +70,7 @@ def _trend(bars: pd.DataFrame, window: int, lookback: int) -> pd.Series:
     return (slope > 0).astype(float).where(slope.notna())
 
 
-def _registry(*regimes: Regime) -> dict[str, Regime]:
-    return {regime.name: regime for regime in regimes}
-
-
-REGIMES: dict[str, Regime] = _registry(
+REGIMES: dict[str, Regime] = by_name(
     Regime(
         "volatility",
         "std of 1-bar log returns over `window` bars, bucketed by its percentile rank against its own past "

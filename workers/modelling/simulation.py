@@ -25,6 +25,7 @@ import pandas as pd
 
 from queue_app.errors import Rejected
 from queue_app.stats import finite, probabilistic_sharpe
+from workers.modelling.registry import by_name
 from workers.modelling.training import TRANSFORMS
 
 BASIS_POINT = 1e-4
@@ -80,11 +81,7 @@ class Strategy:
         return np.where(np.abs(change) > settings["threshold"], sized, 0.0)
 
 
-def _registry(*strategies: Strategy) -> dict[str, Strategy]:
-    return {strategy.name: strategy for strategy in strategies}
-
-
-STRATEGIES: dict[str, Strategy] = _registry(
+STRATEGIES: dict[str, Strategy] = by_name(
     Strategy(
         "long_only",
         "long when the predicted change from the close exceeds `threshold`, else flat; `cap` (fixed) or "
