@@ -301,35 +301,87 @@ def _per_regime(
     return scores
 
 
+class _Clock:
+    """Seconds per phase of a training, each from the end of the one before (TrainingResult.timings)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = round(now - self._last, 4)
+        self._last = now
+
+
 def train(
     spec: dict[str, Any],
     bars: pd.DataFrame,
     context: dict[str, pd.DataFrame] | None = None,
     progress: Callable[[str, float], None] = lambda phase, fraction: None,
-):
+) -> TrainingResult:
     """Train and score one spec on its bars (and its context symbols' bars, by symbol). Deterministic:
     same spec and bars, same metrics. `progress(phase, fraction)` is told each phase as it starts, with
-    the share of the work done so far (cross-validation is most of it, one step per fold)."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    the share of the work done so far (cross-validation is most of it, one step per fold).
 
-    def phase_done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 4)
-        clock = now
-
+    The phases: the dataset; cross-validation on the training window; the final fit on all of it and
+    its evaluation on the held-out window; feature importances; the model file."""
+    clock = _Clock()
     transform = TRANSFORMS[spec["target_transform"]]
-    horizon = spec["horizon"]
     dataset = build_dataset(bars, spec, context)
     model, grid = _model(spec)
-    phase_done("features")
+    clock.done("features")
 
-    folds = []
-    X, y = dataset.X_train, dataset.y_train
+    reference_train = bars["close"].reindex(dataset.X_train.index).to_numpy()
+    folds = _cross_validate(spec, model, grid, dataset, reference_train, transform, progress)
+    clock.done("cv")
+    progress("final fit", FINAL_FIT)
+
+    model, chosen = _fit(model, grid, dataset.X_train, dataset.y_train, spec["horizon"])
+    clock.done("fit")
+    progress("evaluation", EVALUATION)
+
+    predicted = model.predict(dataset.X_test)
+    metrics = _evaluate(spec, transform, dataset, predicted, folds, chosen if grid else None)
+    clock.done("evaluate")
+    progress("importance", IMPORTANCE)
+
+    importances = _ranked_importances(model, dataset)
+    clock.done("importance")
+    progress("saving", SAVING)
+
+    blob = artifacts.dump(model)
+    clock.done("serialize")
+    return TrainingResult(
+        metrics=metrics,
+        fold_metrics=folds,
+        importances=importances,
+        predictions=[
+            {"ts": ts.to_pydatetime(), "predicted": float(p), "actual": float(a)}
+            for ts, p, a in zip(dataset.X_test.index, predicted, dataset.y_test.to_numpy(), strict=True)
+        ],
+        artifact=blob,
+        artifact_sha256=hashlib.sha256(blob).hexdigest(),
+        timings=clock.timings,
+    )
+
+
+def _cross_validate(
+    spec: dict[str, Any],
+    model: BaseEstimator,
+    grid: dict[str, list[float]],
+    dataset: Dataset,
+    reference: np.ndarray,
+    transform: Transform,
+    progress: Callable[[str, float], None],
+) -> list[dict[str, Any]]:
+    """Each fold of the spec's CV over the training window, fitted on its rows (with the nested grid
+    search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts.
+    `reference` is the close at each training row's time."""
+    X, y, horizon = dataset.X_train, dataset.y_train, spec["horizon"]
     splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], horizon, len(X), "cross-validation")
-    reference_train = bars["close"].reindex(X.index).to_numpy()
     n_folds = splitter.get_n_splits(X)
+    folds = []
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
         progress(f"fold {fold} of {n_folds}", CV_START + (FINAL_FIT - CV_START) * (fold - 1) / n_folds)
         fitted, chosen = _fit(model, grid, X.iloc[fit_rows], y.iloc[fit_rows], horizon)
@@ -346,18 +398,24 @@ def train(
                     transform,
                     y.iloc[score_rows].to_numpy(),
                     fitted.predict(X.iloc[score_rows]),
-                    reference_train[score_rows],
+                    reference[score_rows],
                 ),
             }
         )
-    phase_done("cv")
-    progress("final fit", FINAL_FIT)
+    return folds
 
-    model, chosen = _fit(model, grid, X, y, horizon)
-    phase_done("fit")
-    progress("evaluation", EVALUATION)
 
-    predicted = model.predict(dataset.X_test)
+def _evaluate(
+    spec: dict[str, Any],
+    transform: Transform,
+    dataset: Dataset,
+    predicted: np.ndarray,
+    folds: list[dict[str, Any]],
+    chosen: dict[str, float] | None,
+) -> dict[str, Any]:
+    """The held-out metrics of the final model's `predicted` test window, beside the naive forecast's,
+    the folds' means, the windows, the grid's chosen values (None: no grid) and the scores by regime."""
+    X = dataset.X_train
     actual = dataset.y_test.to_numpy()
     reference = dataset.reference_test.to_numpy()
     naive = transform.apply(dataset.reference_test, dataset.reference_test).to_numpy()  # "no change" forecast
@@ -375,7 +433,7 @@ def train(
         "test_start": dataset.X_test.index[0].isoformat(),
         "test_end": dataset.X_test.index[-1].isoformat(),
     }
-    if grid:
+    if chosen is not None:
         metrics["chosen_hyperparameters"] = chosen
     if regimes := _regimes(spec):
         metrics["per_regime"] = {
@@ -384,33 +442,18 @@ def train(
             )
             for regime in regimes
         }
-    phase_done("evaluate")
-    progress("importance", IMPORTANCE)
+    return metrics
 
+
+def _ranked_importances(model: BaseEstimator, dataset: Dataset) -> list[dict[str, Any]]:
+    """Every feature's importance to the final model, most important first (rank 1)."""
     values, method = _importances(model, dataset)
     order = np.argsort(-values, kind="stable")
-    importances = [
-        {"feature": X.columns[i], "importance": float(values[i]), "rank": rank, "method": method}
+    columns = dataset.X_train.columns
+    return [
+        {"feature": columns[i], "importance": float(values[i]), "rank": rank, "method": method}
         for rank, i in enumerate(order, start=1)
     ]
-    phase_done("importance")
-    progress("saving", SAVING)
-
-    blob = artifacts.dump(model)
-    phase_done("serialize")
-    predictions = [
-        {"ts": ts.to_pydatetime(), "predicted": float(p), "actual": float(a)}
-        for ts, p, a in zip(dataset.X_test.index, predicted, actual, strict=True)
-    ]
-    return TrainingResult(
-        metrics=metrics,
-        fold_metrics=folds,
-        importances=importances,
-        predictions=predictions,
-        artifact=blob,
-        artifact_sha256=hashlib.sha256(blob).hexdigest(),
-        timings=timings,
-    )
 
 
 def forecast(
