@@ -1,7 +1,7 @@
 """Scenario 2: queue overhead and pickup latency with no-op jobs.
 
 sfq: a no-op task registered on sfq's own Procrastinate app (queue `training`), run by sfq's worker
-daemon code itself (`workers.daemon.runtime.run`: its connector, two Procrastinate workers, heartbeat and
+daemon code itself (`workers.daemon.serve.run`: its connector, two Procrastinate workers, heartbeat and
 rescue loop), started as `python -m bench.noop sfq URL N` because `sfq worker` imports only
 workers.daemon.tasks.
 Bare: a plain `procrastinate.App(PsycopgConnector)` worker, concurrency 1, LISTEN/NOTIFY on, same
@@ -144,6 +144,6 @@ if __name__ == "__main__":
         _run_bare(target)
     else:
         from queue_app.config import Settings
-        from workers.daemon import runtime
+        from workers.daemon import serve
 
-        runtime.run(instance, target, Settings.from_env())
+        serve.run(instance, target, Settings.from_env())

@@ -12,12 +12,12 @@ from queue_app.config import database_url
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.daemon import runtime
+    from workers.daemon import serve
 
     settings = args.settings
     if args.max_jobs_per_child:
         settings = dataclasses.replace(settings, max_jobs_per_child=args.max_jobs_per_child)
-    return runtime.run(args.instance, database_url(settings), settings)
+    return serve.run(args.instance, database_url(settings), settings)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
