@@ -3,7 +3,7 @@ backtest's Sharpe ratio stay where chance puts them; and the same null test fail
 peeks into the future (the leakage canary), so passing it means something.
 
 No database: bars are generated here, models trained with workers.modelling.training.train and backtested with
-workers.modelling.simulation.simulate.
+workers.modelling.backtest.backtest.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from workers.modelling import features
+from workers.modelling.backtest import backtest, periods_per_year
 from workers.modelling.features import DEFAULT_FEATURES, Feature
-from workers.modelling.simulation import periods_per_year, simulate
 from workers.modelling.training import train
 
 SEEDS = range(20)
@@ -98,11 +98,11 @@ def train_and_backtest(extra_features: tuple[str, ...] = ()) -> Outcome:
             spec = make_spec(algorithm, extra_features)
             result = train(spec, bars)
             predictions = pd.DataFrame(result.predictions).set_index("ts")[["predicted"]]
-            backtest = simulate(predictions, bars, spec, "long_short", {"cost_bps": 0})
+            backtested = backtest(predictions, bars, spec, "long_short", {"cost_bps": 0})
             accuracies.append(result.metrics["directional_accuracy"])
-            sharpes.append(backtest.metrics["sharpe"])
+            sharpes.append(backtested.metrics["sharpe"])
             n_scored.add(result.metrics["n"])
-            n_returns.add(backtest.metrics["n"])
+            n_returns.add(backtested.metrics["n"])
     (scored,), (returns,) = n_scored, n_returns
     return Outcome(accuracies, sharpes, scored, returns)
 

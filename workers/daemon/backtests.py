@@ -1,5 +1,6 @@
 """Backtests of trained models (the `simulate_model` task): the model's held-out predictions and the
-bars of that window through a strategy (workers/modelling/simulation.py), written to simulation_history."""
+bars of that window through a strategy (workers/modelling/backtest.py), written to simulation_history
+(a backtest is stored as a "simulation": its id is a simulation's)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import psycopg
 from queue_app import gateway
 from queue_app.errors import SfqError
 from workers.daemon.data import frame
-from workers.modelling.simulation import periods_per_year, simulate
+from workers.modelling.backtest import backtest, periods_per_year
 
 log = logging.getLogger("sfq.backtest")
 
 
 def run(conn: psycopg.Connection, simulation_id: int) -> None:
-    """Backtest one queued simulation on `conn` (autocommit). The database's errors are the job's (it
+    """Run one queued backtest on `conn` (autocommit). The database's errors are the job's (it
     fails, and asking again re-queues it); the backtest's own are recorded as its outcome."""
     job = gateway.run(conn, gateway.simulation_inputs(simulation_id))
     if job is None:  # already done, or its model was deleted
@@ -32,8 +33,8 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
     window = gateway.simulation_bars(spec["symbol"], spec["timeframe"], predictions.index[0], job["data_end"])
     bars = frame(gateway.run(conn, window))
     try:
-        result = simulate(predictions, bars, spec, job["strategy"], job["params"])
-    except Exception as error:  # SimulationError (too few bars, ...) or a bug: recorded, not lost
+        result = backtest(predictions, bars, spec, job["strategy"], job["params"])
+    except Exception as error:  # BacktestError (too few bars, ...) or a bug: recorded, not lost
         reason = str(error) if isinstance(error, SfqError) else repr(error)  # sfq's own say what is wrong
         _fail(conn, simulation_id, model_id, reason)
         return

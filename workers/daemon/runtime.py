@@ -230,7 +230,7 @@ class Runtime:
         """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
         await asyncio.to_thread(self._on_side_connection, forecasts.run, forecast_id)
 
-    async def simulate(self, simulation_id: int) -> None:
+    async def backtest(self, simulation_id: int) -> None:
         """A backtest, in a thread: vectorised over a few hundred bars, it takes milliseconds."""
         await asyncio.to_thread(self._on_side_connection, backtests.run, simulation_id)
 

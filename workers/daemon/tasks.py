@@ -55,5 +55,6 @@ async def predict_model(context: JobContext, forecast_id: int) -> None:
 
 
 @app.task(name=SIMULATE_TASK, queue=SIMULATION_QUEUE, pass_context=True)
-async def simulate_model(context: JobContext, simulation_id: int) -> None:
-    await context.additional_context["runtime"].simulate(simulation_id)
+async def backtest_model(context: JobContext, simulation_id: int) -> None:
+    """A backtest; its task's name and argument are the database's (it defers them: sql/schema)."""
+    await context.additional_context["runtime"].backtest(simulation_id)

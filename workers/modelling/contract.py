@@ -16,9 +16,9 @@ from typing import Any
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
 from workers.modelling.algorithms import ALGORITHMS, CONTROLLED_PARAMS, Algorithm
+from workers.modelling.backtest import STRATEGIES, Strategy
 from workers.modelling.features import FEATURES
 from workers.modelling.regimes import REGIMES, Regime
-from workers.modelling.simulation import STRATEGIES, Strategy
 
 
 def _interval_rule(interval: Interval) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """Backtesting a trained model's held-out predictions: a strategy registry, the trade's timing, and
 performance metrics annualised from the bars' timeframe.
 
+In Python the concept is a backtest; the database stores one as a "simulation", the old service's
+name, which clients depend on: the table simulation_history, POST /simulate, GET /simulations/{id},
+the sfq_*_simulation functions, the `simulate_model` task and its `simulation_id`.
+
 Pure computation on DataFrames, no database, like training. The strategies share one parameter
 declaration, in the contract format the database validates hyperparameters and regimes with;
 `python -m workers.modelling.contract` exports it to `sfq_strategies`, and `validate_params` checks the same
@@ -32,7 +36,7 @@ BASIS_POINT = 1e-4
 LARGEST_NUMBER = 1e15  # as the database's rules: beyond it a float64 no longer holds integers exactly
 
 
-class SimulationError(Rejected):
+class BacktestError(Rejected):
     """A backtest that cannot run as asked (unknown strategy, bad parameter, no bar to trade on); the
     message names the culprit."""
 
@@ -128,7 +132,7 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     """Every parameter, checked against its declaration, its default when absent; numbers as floats
     (5 and 5.0 alike, as the database canonicalises them)."""
     if unknown := sorted(set(params) - set(PARAMETERS)):
-        raise SimulationError(f"{unknown[0]}: unknown parameter; valid: {', '.join(sorted(PARAMETERS))}")
+        raise BacktestError(f"{unknown[0]}: unknown parameter; valid: {', '.join(sorted(PARAMETERS))}")
     complete = default_params()
     for name, value in params.items():
         problems = []
@@ -139,7 +143,7 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
                 break
             problems.append(found)
         else:
-            raise SimulationError(f"{name}: {' or '.join(problems)}")
+            raise BacktestError(f"{name}: {' or '.join(problems)}")
     return complete
 
 
@@ -158,7 +162,7 @@ TIMEFRAME = re.compile(r"([1-9][0-9]*)(mo|s|m|h|d|w)")  # the database's timefra
 def periods_per_year(timeframe: str) -> float:
     """Bars per year of a timeframe such as "15m", "4h", "1d" or "1mo"."""
     if not (match := TIMEFRAME.fullmatch(timeframe)):
-        raise SimulationError(f"timeframe: {timeframe!r} is not a timeframe such as 1d, 1h or 5m")
+        raise BacktestError(f"timeframe: {timeframe!r} is not a timeframe such as 1d, 1h or 5m")
     count, unit = match.groups()
     return PERIODS_PER_YEAR[unit] / int(count)
 
@@ -182,7 +186,7 @@ def performance(
     returns = np.asarray(returns, dtype=float)
     n = len(returns)
     if n == 0:
-        raise SimulationError("no returns to measure")
+        raise BacktestError("no returns to measure")
     held = np.ones(n, dtype=bool) if held is None else np.asarray(held, dtype=bool)
     equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
     with np.errstate(all="ignore"):
@@ -219,7 +223,7 @@ def _excess(strategy: float | None, benchmark: float | None) -> float | None:
 
 
 @dataclass
-class SimulationResult:
+class BacktestResult:
     metrics: dict[str, Any]
     equity_curve: list[list[Any]]  # [[iso ts, equity], ...]: 1.0 at period_start, then after each bar
     period_start: datetime  # the close the first position is entered at
@@ -240,13 +244,13 @@ def _until(bars: pd.DataFrame, data_end: Any) -> pd.DataFrame:
     return bars.loc[:end]
 
 
-def simulate(
+def backtest(
     predictions: pd.DataFrame,
     bars: pd.DataFrame,
     spec: dict[str, Any],
     strategy: str,
     params: dict[str, Any] | None = None,
-) -> SimulationResult:
+) -> BacktestResult:
     """Backtest a model's held-out `predictions` (index ts, column `predicted`: made at the close of bar
     t for target_col at t + horizon, in the target transform's units) on its symbol's `bars`.
 
@@ -265,19 +269,19 @@ def simulate(
     strategy's minus buy-and-hold's).
     """
     if strategy not in STRATEGIES:
-        raise SimulationError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise BacktestError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     chosen = validate_params(params or {})
     per_year = periods_per_year(spec["timeframe"])
     bars = _until(bars, spec.get("data_end"))
     if predictions.empty:
-        raise SimulationError("no predictions to backtest")
+        raise BacktestError("no predictions to backtest")
     rows = bars.index.get_indexer(predictions.index)
     if (missing := rows < 0).any():
-        raise SimulationError(f"predictions at {predictions.index[missing][0]} have no bar to trade against")
+        raise BacktestError(f"predictions at {predictions.index[missing][0]} have no bar to trade against")
     close = bars["close"].to_numpy(dtype=float)
     first, last = rows.min(), min(rows.max(), len(close) - 3)
     if last < first:
-        raise SimulationError(
+        raise BacktestError(
             f"no bar to trade on: the first prediction ({bars.index[first]}) is traded from the close of "
             "the next bar, over the bar after it"
         )
@@ -301,7 +305,7 @@ def simulate(
     }
     stamps = bars.index[first + 1 : last + 3]
     equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
-    return SimulationResult(
+    return BacktestResult(
         metrics=metrics,
         equity_curve=[[ts.isoformat(), float(value)] for ts, value in zip(stamps, equity, strict=True)],
         period_start=stamps[0].to_pydatetime(),
