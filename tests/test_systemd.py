@@ -122,7 +122,8 @@ def test_units_are_wired_to_workers_target_and_the_installed_paths():
         assert settings["User"] == "sfq"
     worker = directives("worker@1.service")
     assert (worker["Type"], worker["KillMode"], worker["Restart"]) == ("notify", "mixed", "on-failure")
-    # As long as `sfq workers` waits (cli.py): the grace period plus the result-write retries.
+    # As long as `sfq workers` waits (workers/daemon/commands.py): the grace period plus the result-write
+    # retries.
     assert seconds(worker["TimeoutStopSec"]) >= int(config["SFQ_GRACE_S"]) + 90
 
 

@@ -1,5 +1,5 @@
-"""Procrastinate tasks. The database defers them (see the training_requests trigger); the worker daemon
-runs them with its `Runtime` in the job context."""
+"""Procrastinate tasks. The database defers them (sql/schema), by the queue and task names of
+queue_app.vocabulary; the worker daemon runs them with its `Runtime` in the job context."""
 
 from __future__ import annotations
 
