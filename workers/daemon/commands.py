@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import os
 
+from queue_app.cli.common import positive
 from queue_app.config import database_url
 
 
@@ -29,12 +30,6 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return supervisor.run(args.count, database_url(args.settings), extra, stop_timeout_s)
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="run worker daemon N (what systemd's worker@N runs)")
     worker.add_argument("instance", type=int)
@@ -48,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     workers = sub.add_parser("workers", help="run N worker daemons, restarting any that exits")
     workers.add_argument(
-        "--count", type=_positive, default=os.cpu_count() or 1, help="default: the number of cores"
+        "--count", type=positive, default=os.cpu_count() or 1, help="default: the number of cores"
     )
     workers.add_argument("--max-jobs-per-child", type=int, default=None)
     workers.set_defaults(func=cmd_workers)
