@@ -18,12 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from queue_app import bars, db
-from workers.child import THREAD_LIMIT_ENV, die_with_parent
+from queue_app import bars, gateway
+from workers.daemon.child import THREAD_LIMIT_ENV, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_NAME = "docs/BENCHMARKS.md"
@@ -68,8 +66,8 @@ def machine(server_url: str) -> dict[str, str]:
             cpu = line.split(":", 1)[1].strip()
             break
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        pg = conn.execute("SHOW server_version").fetchone()[0]
+    with gateway.connect(server_url, "sfq-bench", autocommit=True) as conn:
+        pg = conn.info.parameter_status("server_version")  # as SHOW server_version says it
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -100,17 +98,19 @@ class Databases:
         self.template: str | None = None
         self.created: list[str] = []
 
-    def _admin(self, statement: sql.Composable) -> None:
-        with psycopg.connect(self.server_url, autocommit=True) as conn:
-            conn.execute(statement)
-
     def _build_template(self) -> None:
         name = f"sfq_bench_template_{secrets.token_hex(4)}"
-        self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created.append(name)
-        url = make_conninfo(self.server_url, dbname=name)
-        db.upgrade(url)
-        with psycopg.connect(url, autocommit=True) as conn:
+        url = gateway.recreate_database(self.server_url, name)
+        # The schema as an operator installs it: `sfq db upgrade`.
+        subprocess.run(
+            [sys.executable, "-m", "queue_app.cli", "db", "upgrade"],
+            env={**os.environ, "POSTGRES_URL": url},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+        with gateway.connect(url, "sfq-bench", autocommit=True) as conn:
             for symbol, rows in bars.sample_bars():
                 bars.load(conn, symbol, "1d", rows)
         self.template = name
@@ -120,19 +120,15 @@ class Databases:
         if self.template is None:
             self._build_template()
         name = f"sfq_bench_{label}_{secrets.token_hex(4)}"
-        self._admin(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(self.template)
-            )
-        )
+        url = gateway.recreate_database(self.server_url, name, template=self.template)
         try:
-            yield make_conninfo(self.server_url, dbname=name)
+            yield url
         finally:
-            self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            gateway.drop_database(self.server_url, name)
 
     def close(self) -> None:
         for name in self.created:
-            self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            gateway.drop_database(self.server_url, name)
 
 
 def server_of(url: str) -> str:
@@ -227,7 +223,7 @@ def wait_for_models(url: str, model_ids: list[int], timeout: float, runner: Proc
     gets (in its result transaction) too; returns time.perf_counter() at that moment. Gives up when
     `runner` (the process running them) has exited."""
     deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
+    with gateway.connect(url, "sfq-bench", autocommit=True) as conn:
         while time.monotonic() < deadline:
             if (
                 runner is not None
@@ -236,19 +232,10 @@ def wait_for_models(url: str, model_ids: list[int], timeout: float, runner: Proc
                 and "{" not in runner.lines[-1]
             ):
                 raise RuntimeError("runner exited:\n" + "\n".join(runner.lines[-20:]))
-            (left,) = conn.execute(
-                "SELECT (SELECT count(*) FROM models"
-                "         WHERE id = ANY(%(ids)s) AND status IN ('queued', 'running'))"
-                "     + (SELECT count(*) FROM simulation_history"
-                "         WHERE model_id = ANY(%(ids)s) AND status = 'queued')",
-                {"ids": model_ids},
-            ).fetchone()
-            if left == 0:
+            if gateway.run(conn, gateway.models_unsettled(model_ids)) == 0:
                 done = time.perf_counter()
-                failed = conn.execute(
-                    "SELECT id, error FROM models WHERE id = ANY(%s) AND status <> 'completed'", (model_ids,)
-                ).fetchall()
-                if failed:
+                models = gateway.run(conn, gateway.models_progress(model_ids))
+                if failed := [(m["id"], m["error"]) for m in models if m["status"] != "completed"]:
                     raise RuntimeError(f"models did not complete: {failed[:3]}")
                 return done
             time.sleep(0.02)

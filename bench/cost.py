@@ -1,17 +1,16 @@
 """Scenario 4: per-job cost. The standard mix run by sfq with 1 worker (the models' `timings`: features,
 cv, fit, evaluate, importance, serialize; and sfq's started_at -> finished_at), and again by the
 baseline runner with one process, which times the database load, the result write and the default
-backtest around `workers.training.train`. Overhead = everything that is not CV or fitting, as a share
-of the job."""
+backtest around `workers.modelling.training.train`. Overhead = everything that is not CV or fitting, as
+a share of the job."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-
 from bench import jobs
 from bench.scaleout import run_pool, run_sfq
+from queue_app import gateway
 
 PHASES = ("features", "cv", "fit", "evaluate", "importance", "serialize")
 BASELINE_PHASES = ("load", "train", "write", "backtest")
@@ -21,12 +20,11 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     mix = jobs.standard_mix(short)
     sfq = run_sfq(url, mix, 1, 1, 120 if short else 1800)
     base = run_pool(url, mix, 2, "process", 120 if short else 1800, workers=1)
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT id, timings, extract(epoch FROM finished_at - started_at)::float8 FROM models"
-            " WHERE id = ANY(%s) ORDER BY id",
-            (sfq["ids"],),
-        ).fetchall()
+    with gateway.connect(url, "sfq-bench") as conn:
+        rows = [
+            (row["id"], row["timings"], row["seconds"])
+            for row in gateway.run(conn, gateway.model_timings(sfq["ids"]))
+        ]
     out = []
     total_cv_fit = 0.0
     for (model_id, timings, span), base_id, request in zip(rows, base["ids"], mix, strict=True):

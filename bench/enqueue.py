@@ -92,6 +92,8 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             + (f" ({bad} not 201)" if bad else ""),
         )
     )
+    # Plain SQL as another service would write it: these client statements are the subject of the
+    # measurement, so they run as written, not through sfq's gateway.
     with psycopg.connect(url, autocommit=True) as conn:
         insert = (
             "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "

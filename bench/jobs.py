@@ -1,10 +1,9 @@
 """The standard mix of training jobs, and the job function every baseline calls: the same work as sfq's
-worker (claim the model, load its bars from PostgreSQL, `workers.training.train`, write every result in
-one transaction with sfq's own queries, run the model's default backtest), timed phase by phase."""
+worker (claim the model, load its bars from PostgreSQL, `workers.modelling.training.train`, write every
+result in one transaction with sfq's own queries, run the model's default backtest), timed phase by phase."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -12,12 +11,12 @@ import time
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from queue_app.db import QUERIES
-from workers import artifacts, backtests
-from workers.data import load_bars
-from workers.training import train
+from queue_app import gateway
+from workers.daemon import backtests
+from workers.daemon.data import load_bars
+from workers.modelling import artifacts
+from workers.modelling.training import train
 
 SYMBOLS = ("AAPL", "MSFT", "IBM")
 
@@ -66,14 +65,14 @@ def standard_mix(short: bool) -> list[dict[str, Any]]:
 def submit(url: str, mix: list[dict[str, Any]], run: int = 1) -> list[int]:
     """Enqueue the mix in one transaction (run > 1 makes each spec a new model of the same work);
     returns the model ids. Their Procrastinate jobs are deferred too (idle unless an sfq worker runs)."""
-    with psycopg.connect(url) as conn:
+    with gateway.connect(url, "sfq-bench") as conn:  # committed when the block ends
         ids = []
         for request in mix:
             body = {**request, **({"run": run} if run > 1 else {})}
-            row = conn.execute(QUERIES["submit"], {"request": json.dumps(body), "via": "bench"}).fetchone()
-            if row[2]:
+            submitted = gateway.run(conn, gateway.submit(body, "bench"))
+            if submitted.deduplicated:
                 raise RuntimeError(f"bench request deduplicated: {body}")
-            ids.append(row[0])
+            ids.append(submitted.model_id)
     return ids
 
 
@@ -83,7 +82,7 @@ _local = threading.local()  # one connection per process, or per thread in the T
 def _db(url: str) -> psycopg.Connection:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed:
-        conn = _local.conn = psycopg.connect(url, autocommit=True, application_name="sfq-bench-baseline")
+        conn = _local.conn = gateway.connect(url, "sfq-bench-baseline", autocommit=True)
     return conn
 
 
@@ -93,49 +92,20 @@ def run_job(url: str, model_id: int) -> dict[str, float]:
     times: dict[str, float] = {}
     clock = time.perf_counter()
     db = _db(url)
-    (job_id,) = db.execute("SELECT job_id FROM models WHERE id = %s", (model_id,)).fetchone()
-    attempt, spec, _timeout = db.execute(
-        QUERIES["start_model"],
-        {"model_id": model_id, "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id},
-    ).fetchone()
+    job_id = gateway.run(db, gateway.get_model(model_id))["job_id"]
+    claim = gateway.run(db, gateway.start_model(model_id, job_id, socket.gethostname(), os.getpid()))
+    attempt, spec = claim["attempts"], claim["spec"]
     bars, context = load_bars(db, spec, spec["data_end"])
     now = time.perf_counter()
     times["load"], clock = now - clock, now
     result = train(spec, bars, context=context)
     now = time.perf_counter()
     times["train"], clock = now - clock, now
-    with db.transaction():
-        db.execute(
-            QUERIES["complete_model"],
-            {
-                "model_id": model_id,
-                "attempt": attempt,
-                "metrics": Jsonb(result.metrics),
-                "fold_metrics": Jsonb(result.fold_metrics),
-                "timings": Jsonb(result.timings),
-            },
-        )
-        ((simulation_id,),) = db.execute(QUERIES["request_default_simulation"], {"model_id": model_id})
-        with db.cursor() as cursor:
-            cursor.executemany(
-                QUERIES["insert_feature_importance"],
-                [{"model_id": model_id, **r} for r in result.importances],
-            )
-            cursor.executemany(
-                QUERIES["insert_prediction"], [{"model_id": model_id, **r} for r in result.predictions]
-            )
-            cursor.execute(
-                QUERIES["insert_artifact"],
-                {
-                    "model_id": model_id,
-                    "format": artifacts.FORMAT,
-                    "sha256": result.artifact_sha256,
-                    "size": len(result.artifact),
-                    "bytes": result.artifact,
-                },
-            )
+    gateway.write_result_sync(db, model_id, attempt, result, artifacts.FORMAT)
     now = time.perf_counter()
-    times["write"], clock = now - clock, now
+    times["write"] = now - clock
+    simulation_id = gateway.run(db, gateway.default_backtest(model_id))["id"]  # deferred by the write
+    clock = time.perf_counter()
     backtests.run(db, simulation_id)  # as sfq's simulate_model task does (its job stays idle here)
     times["backtest"] = time.perf_counter() - clock
     times.update({f"phase_{name}": value for name, value in result.timings.items()})

@@ -11,7 +11,7 @@ from typing import Any
 from bench import jobs
 from bench.common import children, processes, start_sfq_workers, wait_for_models
 from queue_app.config import Settings
-from workers.child import resident_mb
+from workers.daemon.child import resident_mb
 
 OFF = 100_000
 

@@ -1,8 +1,9 @@
 """Scenario 2: queue overhead and pickup latency with no-op jobs.
 
 sfq: a no-op task registered on sfq's own Procrastinate app (queue `training`), run by sfq's worker
-daemon code itself (`workers.worker.run`: its connector, two Procrastinate workers, heartbeat and rescue
-loop), started as `python -m bench.noop sfq URL N` because `sfq worker` imports only workers.tasks.
+daemon code itself (`workers.daemon.serve.run`: its connector, two Procrastinate workers, heartbeat and
+rescue loop), started as `python -m bench.noop sfq URL N` because `sfq worker` imports only
+workers.daemon.tasks.
 Bare: a plain `procrastinate.App(PsycopgConnector)` worker, concurrency 1, LISTEN/NOTIFY on, same
 database. Each job appends its id and time.time() at the start of its code to a file; pickup latency is
 that minus time.time() when the deferring commit returned (same machine, same clock).
@@ -22,8 +23,9 @@ import procrastinate
 import psycopg
 
 from bench.common import CORES, Process, percentile, processes
+from queue_app import gateway
 from queue_app.vocabulary import TRAINING_QUEUE
-from workers.app import app
+from workers.daemon.app import app
 
 SFQ_TASK, BARE_TASK, BARE_QUEUE = "bench_noop", "bench_bare_noop", "bench_bare"
 _log = None
@@ -58,6 +60,8 @@ def _run_bare(url: str) -> None:
 
 
 def _defer(conn: psycopg.Connection, queue: str, task: str, count: int) -> list[int]:
+    """`count` no-op jobs deferred in one statement, as the database's own triggers defer sfq's jobs: a
+    plain SQL client statement, the subject of this measurement (not a query of sfq's gateway)."""
     return conn.execute(
         "SELECT procrastinate_defer_jobs_v1(ARRAY(SELECT ROW(%s, %s, 0, NULL, NULL, '{}'::jsonb, NULL)"
         "::procrastinate_job_to_defer_v1 FROM generate_series(1, %s)))",
@@ -76,10 +80,7 @@ def _starts(path: Path) -> dict[int, float]:
 def _wait_done(conn: psycopg.Connection, ids: list[int], timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (left,) = conn.execute(
-            "SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%s) AND status <> 'succeeded'", (ids,)
-        ).fetchone()
-        if left == 0:
+        if gateway.run(conn, gateway.jobs_left(ids)) == 0:
             return time.perf_counter()
         time.sleep(0.02)
     raise RuntimeError(f"no-op jobs not done within {timeout} s")
@@ -87,7 +88,7 @@ def _wait_done(conn: psycopg.Connection, ids: list[int], timeout: float) -> floa
 
 def _measure(url: str, queue: str, task: str, log: Path, jobs: int, samples: int, spacing: float):
     """Throughput of `jobs` deferred at once; then pickup latency of `samples` jobs deferred one by one."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with gateway.connect(url, "sfq-bench", autocommit=True) as conn:
         _wait_done(conn, _defer(conn, queue, task, 3), 60)  # warm-up: every worker has fetched once
         t0 = time.perf_counter()
         ids = _defer(conn, queue, task, jobs)
@@ -143,6 +144,6 @@ if __name__ == "__main__":
         _run_bare(target)
     else:
         from queue_app.config import Settings
-        from workers import worker
+        from workers.daemon import serve
 
-        worker.run(instance, target, Settings.from_env())
+        serve.run(instance, target, Settings.from_env())

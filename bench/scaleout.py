@@ -10,8 +10,6 @@ import secrets
 import time
 from typing import Any
 
-import psycopg
-
 from bench import jobs
 from bench.common import (
     CORES,
@@ -24,6 +22,7 @@ from bench.common import (
     start_sfq_workers,
     wait_for_models,
 )
+from queue_app import gateway
 
 WARM_UP = {"symbol": "MSFT", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 2}
 _warm_up_runs = iter(range(1000, 100_000))
@@ -37,9 +36,9 @@ def warm_sfq(url: str, daemons: list[Process]) -> None:
     for _ in range(10):
         ids = [jobs.submit(url, [WARM_UP], next(_warm_up_runs))[0] for _ in cold]
         wait_for_models(url, ids, 120)
-        with psycopg.connect(url) as conn:
-            done = conn.execute("SELECT worker_pid FROM models WHERE id = ANY(%s)", (ids,)).fetchall()
-        cold -= {pid for (pid,) in done}
+        with gateway.connect(url, "sfq-bench") as conn:
+            done = gateway.run(conn, gateway.models_progress(ids))
+        cold -= {model["worker_pid"] for model in done}
         if not cold:
             return
     raise RuntimeError(f"sfq daemons {cold} took no warm-up job")
@@ -61,16 +60,13 @@ def measure_sfq(
     ids = jobs.submit(url, mix, run)
     wall = wait_for_models(url, ids, timeout) - t0
     cpu_after = _tree_cpu_s(daemons)
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT timings, extract(epoch FROM finished_at - started_at) FROM models WHERE id = ANY(%s)",
-            (ids,),
-        ).fetchall()
+    with gateway.connect(url, "sfq-bench") as conn:
+        rows = gateway.run(conn, gateway.model_timings(ids))
     return {
         "wall": wall,
         "ids": ids,
-        "train_s": sum(sum(t.values()) for t, _ in rows),
-        "job_s": sum(float(s) for _, s in rows),
+        "train_s": sum(sum(row["timings"].values()) for row in rows),
+        "job_s": sum(row["seconds"] for row in rows),
         "cpu_s": cpu_after - cpu_before,
     }
 

@@ -44,7 +44,7 @@ from queue_app.errors import Conflict
 # sql/schema/'s repeatable files, in the order they are applied (tables.sql, applied to a new database only,
 # comes before them).
 SCHEMA_FILES = (
-    "registry.sql",  # generated (python -m workers.contract): the registries' rows, the shared vocabulary
+    "registry.sql",  # generated (workers/modelling/contract.py): the registries' rows, the shared vocabulary
     "requests.sql",  # validation, canonical form, fingerprint; the JSON way in; training_requests' triggers
     "models.sql",  # a model's insertion (the one INSERT INTO models) and its attempt log
     "queue.sql",  # Procrastinate: job rows, deferral, rescue, pruning

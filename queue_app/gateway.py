@@ -675,16 +675,42 @@ async def run_pooled(pool: psycopg_pool.AsyncConnectionPool, call: Call[T]) -> T
 
 
 # ---------------------------------------------------------------------------------------------------
+# What the benchmarks (bench/) wait for and measure.
+
+
+def models_unsettled(model_ids: Sequence[int]) -> Call[int]:
+    return Call("models_unsettled", {"model_ids": list(model_ids)}, _value)
+
+
+def model_timings(model_ids: Sequence[int]) -> Call[list[Row]]:
+    return Call("model_timings", {"model_ids": list(model_ids)})
+
+
+def jobs_left(job_ids: Sequence[int]) -> Call[int]:
+    return Call("jobs_left", {"job_ids": list(job_ids)}, _value)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Whole databases (the demo's, and the tests' and benchmarks' throwaway ones), and SQL a client writes.
 
 
-def recreate_database(server_url: str, name: str) -> str:
-    """Drop the database `name` on the server (whoever is connected) and create it empty; its URL."""
+def recreate_database(server_url: str, name: str, template: str | None = None) -> str:
+    """Drop the database `name` on the server (whoever is connected) and create it empty, or as a copy of
+    the database `template`; its URL."""
     with connect(server_url, autocommit=True) as conn:
         identifier = pgsql.Identifier(name)
         conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
-        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(identifier))
+        create = pgsql.SQL("CREATE DATABASE {}").format(identifier)
+        if template is not None:
+            create += pgsql.SQL(" TEMPLATE {}").format(pgsql.Identifier(template))
+        conn.execute(create)
     return make_conninfo(server_url, dbname=name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop the database `name` on the server if it exists, whoever is connected."""
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
 
 
 def client_statement(conn: psycopg.Connection, statement: str) -> tuple | None:

@@ -71,8 +71,8 @@ SPEC_FIELDS = (
 STATUSES = {"completed": "completed", "failed": "failed", "cancelled": "cancelled", "canceled": "cancelled"}
 UNFINISHED = ("queued", "pending", "running")
 SIMULATION_METRICS = ("total_return", "sharpe", "max_drawdown", "n_trades")
-# Parameters sfq sets itself (workers/algorithms.py CONTROLLED_PARAMS; tests/test_contract.py keeps the
-# two equal). The old service stored them with the others; they are dropped, not refused.
+# Parameters sfq sets itself (workers/modelling/algorithms.py CONTROLLED_PARAMS; tests/test_contract.py
+# keeps the two equal). The old service stored them with the others; they are dropped, not refused.
 RUNTIME_PARAMS = ("random_state", "n_jobs", "verbose", "warm_start", "copy_X")
 
 

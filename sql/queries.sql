@@ -452,3 +452,17 @@ SELECT s.id, s.created_at, s.combinations, s.created,
   LEFT JOIN sweep_models sm ON sm.sweep_id = s.id
   LEFT JOIN models m ON m.id = sm.model_id
  GROUP BY s.id ORDER BY s.id DESC LIMIT %(limit)s
+
+-- models_unsettled --
+-- How many of these models are unfinished or wait for their default backtest (what benchmarks poll).
+SELECT (SELECT count(*) FROM models WHERE id = ANY(%(model_ids)s) AND status IN ('queued', 'running'))
+     + (SELECT count(*) FROM simulation_history WHERE model_id = ANY(%(model_ids)s) AND status = 'queued')
+
+-- model_timings --
+-- Each model's phase timings and its seconds from claim to finish, by id (the benchmarks' cost per job).
+SELECT id, timings, extract(epoch FROM finished_at - started_at)::float8 AS seconds
+  FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
+
+-- jobs_left --
+-- How many of these queue jobs have not succeeded yet (what the no-op benchmark waits for).
+SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%(job_ids)s) AND status <> 'succeeded'

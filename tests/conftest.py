@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from queue_app import bars, db, embedded
 from queue_app.config import Settings, database_url
-from workers.child import die_with_parent
+from workers.daemon.child import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 # Workers in tests poll rarely, so a job that starts at once was woken by LISTEN/NOTIFY.

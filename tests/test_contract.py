@@ -9,12 +9,12 @@ import pytest
 
 from queue_app.spec import FIELDS
 from tests.conftest import ROOT
-from workers import contract
-from workers.algorithms import ALGORITHMS, CONTROLLED_PARAMS
-from workers.features import DEFAULT_FEATURES, FEATURES
-from workers.simulation import TIMEFRAME
-from workers.splits import MIN_FIT_ROWS, SPLITTERS
-from workers.training import TARGET_COLUMNS, TRANSFORMS
+from workers.modelling import contract
+from workers.modelling.algorithms import ALGORITHMS, CONTROLLED_PARAMS
+from workers.modelling.backtest import TIMEFRAME
+from workers.modelling.features import DEFAULT_FEATURES, FEATURES
+from workers.modelling.splits import MIN_FIT_ROWS, SPLITTERS
+from workers.modelling.training import TARGET_COLUMNS, TRANSFORMS
 
 NOT_SPEC_COLUMNS = ("id", "received_at", "via", "model_id", "fingerprint", "deduplicated", "spec")
 
@@ -30,7 +30,7 @@ def test_registry_sql_is_up_to_date():
     on_disk = (ROOT / "sql" / "schema" / "registry.sql").read_text()
     assert on_disk == contract.render(), (
         "sql/schema/registry.sql is stale: regenerate it with"
-        " `python -m workers.contract > sql/schema/registry.sql`"
+        " `python -m workers.modelling.contract > sql/schema/registry.sql`"
     )
 
 
@@ -111,7 +111,7 @@ def test_default_features_are_the_databases(conn):
 
 def test_the_duckdb_import_drops_exactly_the_parameters_sfq_controls():
     from queue_app.legacy import RUNTIME_PARAMS
-    from workers.algorithms import CONTROLLED_PARAMS
+    from workers.modelling.algorithms import CONTROLLED_PARAMS
 
     assert set(RUNTIME_PARAMS) == set(CONTROLLED_PARAMS)
 

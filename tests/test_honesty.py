@@ -2,8 +2,8 @@
 backtest's Sharpe ratio stay where chance puts them; and the same null test fails as soon as a feature
 peeks into the future (the leakage canary), so passing it means something.
 
-No database: bars are generated here, models trained with workers.training.train and backtested with
-workers.simulation.simulate.
+No database: bars are generated here, models trained with workers.modelling.training.train and backtested with
+workers.modelling.backtest.backtest.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from workers import features
-from workers.features import DEFAULT_FEATURES, Feature
-from workers.simulation import periods_per_year, simulate
-from workers.training import train
+from workers.modelling import features
+from workers.modelling.backtest import backtest, periods_per_year
+from workers.modelling.features import DEFAULT_FEATURES, Feature
+from workers.modelling.training import train
 
 SEEDS = range(20)
 ALGORITHMS: dict[str, dict[str, Any]] = {
@@ -98,11 +98,11 @@ def train_and_backtest(extra_features: tuple[str, ...] = ()) -> Outcome:
             spec = make_spec(algorithm, extra_features)
             result = train(spec, bars)
             predictions = pd.DataFrame(result.predictions).set_index("ts")[["predicted"]]
-            backtest = simulate(predictions, bars, spec, "long_short", {"cost_bps": 0})
+            backtested = backtest(predictions, bars, spec, "long_short", {"cost_bps": 0})
             accuracies.append(result.metrics["directional_accuracy"])
-            sharpes.append(backtest.metrics["sharpe"])
+            sharpes.append(backtested.metrics["sharpe"])
             n_scored.add(result.metrics["n"])
-            n_returns.add(backtest.metrics["n"])
+            n_returns.add(backtested.metrics["n"])
     (scored,), (returns,) = n_scored, n_returns
     return Outcome(accuracies, sharpes, scored, returns)
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.conftest import insert_request, run_sfq, wait_for_jobs, wait_for_models
-from workers import artifacts
+from workers.modelling import artifacts
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 

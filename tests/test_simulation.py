@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from workers import contract
-from workers.simulation import (
+from workers.modelling import contract
+from workers.modelling.backtest import (
     PARAMETERS,
     STRATEGIES,
-    SimulationError,
+    BacktestError,
+    backtest,
     default_params,
     performance,
     periods_per_year,
-    simulate,
     validate_params,
 )
 
@@ -140,7 +140,7 @@ def test_metrics_are_json_safe_at_the_edges():
     assert minutes["cagr"] is None and minutes["total_return"] == pytest.approx(1.01**50 - 1)
     json.dumps(minutes, allow_nan=False)
     assert performance(np.array([-1.0, 0.5]), DAILY)["cagr"] == -1.0  # ruined
-    with pytest.raises(SimulationError, match="no returns"):
+    with pytest.raises(BacktestError, match="no returns"):
         performance(np.array([]), DAILY)
 
 
@@ -164,7 +164,7 @@ def test_periods_per_year(timeframe, expected):
 
 @pytest.mark.parametrize("timeframe", ["d", "0d", "1x", "1 d", "1D", ""])
 def test_bad_timeframe_is_refused(timeframe):
-    with pytest.raises(SimulationError, match="timeframe"):
+    with pytest.raises(BacktestError, match="timeframe"):
         periods_per_year(timeframe)
 
 
@@ -179,7 +179,7 @@ def test_perfect_foresight_of_the_bar_after_next_earns_every_move():
     market = market_returns(close)
     start = 20
     foresight = np.log(close[start + 2 :] / close[start + 1 : -1])  # t = start .. n - 3
-    result = simulate(make_predictions(bars, foresight, start), bars, spec(), "long_short", {"cost_bps": 0})
+    result = backtest(make_predictions(bars, foresight, start), bars, spec(), "long_short", {"cost_bps": 0})
     returns = strategy_returns(result)
     np.testing.assert_allclose(returns, np.abs(market[start + 2 :]), rtol=1e-9, atol=1e-15)
     assert result.period_start == bars.index[start + 1] and result.period_end == bars.index[-1]
@@ -194,7 +194,7 @@ def test_knowing_only_the_next_bar_earns_nothing_special():
     market = market_returns(close)
     start = 10
     next_bar = np.log(close[start + 1 : -1] / close[start:-2])  # t = start .. n - 3
-    result = simulate(make_predictions(bars, next_bar, start), bars, spec(), "long_short", {"cost_bps": 0})
+    result = backtest(make_predictions(bars, next_bar, start), bars, spec(), "long_short", {"cost_bps": 0})
     returns = strategy_returns(result)
     np.testing.assert_allclose(returns, np.sign(next_bar) * market[start + 2 :], rtol=1e-9, atol=1e-15)
     n = result.metrics["n"]
@@ -206,12 +206,12 @@ def test_predictions_past_the_data_end_bar_are_not_traded():
     bars = make_bars(close)
     predictions = make_predictions(bars, np.full(40, 0.01), 10)  # bars 10 .. 49
     data_end = bars.index[45]
-    result = simulate(predictions.loc[:data_end], bars, spec(data_end=data_end.isoformat()), "long_only")
+    result = backtest(predictions.loc[:data_end], bars, spec(data_end=data_end.isoformat()), "long_only")
     # Bars after data_end are ignored even when given: the last return is bar 45's, from bar 43's signal.
     assert result.period_start == bars.index[11] and result.period_end == data_end
     assert result.metrics["n"] == 45 - 11
-    with pytest.raises(SimulationError, match="no bar to trade on"):
-        simulate(
+    with pytest.raises(BacktestError, match="no bar to trade on"):
+        backtest(
             predictions.loc[: bars.index[44]].iloc[-1:], bars, spec(data_end=bars.index[45]), "long_only"
         )
 
@@ -221,7 +221,7 @@ def test_raw_targets_trade_the_predicted_change_from_the_close():
     bars = make_bars(close)
     start = 5
     below = close[start:-2] - 1.0  # a level under the close: a fall predicted
-    result = simulate(
+    result = backtest(
         make_predictions(bars, below, start),
         bars,
         spec(target_transform="raw"),
@@ -237,7 +237,7 @@ def test_a_bar_without_a_prediction_is_flat():
     close = random_closes(30, seed=6)
     bars = make_bars(close)
     predictions = make_predictions(bars, np.full(20, 0.01), 5).drop(bars.index[10])
-    result = simulate(predictions, bars, spec(), "long_only", {"cost_bps": 0})
+    result = backtest(predictions, bars, spec(), "long_only", {"cost_bps": 0})
     returns = strategy_returns(result)
     assert returns[10 - 5] == 0.0  # bar 12, which bar 10's position would have earned
     np.testing.assert_allclose(np.delete(returns, 10 - 5), np.delete(market_returns(close)[7:27], 5))
@@ -250,14 +250,14 @@ def test_flipping_every_bar_pays_the_cost_on_each_position_change():
     close = np.full(30, 100.0)  # flat prices: every return is the cost
     bars = make_bars(close)
     signs = np.resize([1.0, -1.0], 28)
-    result = simulate(make_predictions(bars, signs, 0), bars, spec(), "long_short", {"cost_bps": 10})
+    result = backtest(make_predictions(bars, signs, 0), bars, spec(), "long_short", {"cost_bps": 10})
     traded = np.abs(np.diff(signs, prepend=0.0))  # 1 to enter, then 2 per flip
     np.testing.assert_allclose(strategy_returns(result), -10e-4 * traded, rtol=1e-9, atol=1e-15)
     assert result.metrics["n_trades"] == 28
     assert result.metrics["turnover"] == pytest.approx(traded.mean() * DAILY)
     assert result.metrics["exposure"] == 1.0
     # Long only: in and out, a cost of 1 x 10 bp at each change.
-    long_only = simulate(make_predictions(bars, signs, 0), bars, spec(), "long_only", {"cost_bps": 10})
+    long_only = backtest(make_predictions(bars, signs, 0), bars, spec(), "long_only", {"cost_bps": 10})
     np.testing.assert_allclose(
         strategy_returns(long_only), -10e-4 * np.abs(np.diff((signs > 0).astype(float), prepend=0.0))
     )
@@ -281,7 +281,7 @@ def test_long_only_is_never_short_and_positions_stay_within_the_cap():
     bars = make_bars(close)
     predicted = np.random.default_rng(9).normal(0, 0.02, 298)
     for strategy, low in (("long_only", 0.0), ("long_short", -0.3)):
-        result = simulate(
+        result = backtest(
             make_predictions(bars, predicted, 0),
             bars,
             spec(),
@@ -299,7 +299,7 @@ def test_buy_and_hold_covers_the_strategys_period_and_the_curve_ends_at_its_tota
     close = random_closes(120, seed=10)
     bars = make_bars(close)
     predicted = np.random.default_rng(11).normal(0, 0.01, 90)
-    result = simulate(make_predictions(bars, predicted, 20), bars, spec(), "long_short")
+    result = backtest(make_predictions(bars, predicted, 20), bars, spec(), "long_short")
     start, end = bars.index.get_loc(result.period_start), bars.index.get_loc(result.period_end)
     assert (start, end) == (21, 111)
     hold = result.metrics["buy_and_hold"]
@@ -358,22 +358,22 @@ def test_params_are_completed_with_their_defaults_and_canonical():
     ],
 )
 def test_bad_params_are_refused_naming_the_param(params, message):
-    with pytest.raises(SimulationError, match=message):
+    with pytest.raises(BacktestError, match=message):
         validate_params(params)
     bars = make_bars(random_closes(10, seed=0))
-    with pytest.raises(SimulationError, match=message):
-        simulate(make_predictions(bars, np.zeros(5), 0), bars, spec(), "long_short", params)
+    with pytest.raises(BacktestError, match=message):
+        backtest(make_predictions(bars, np.zeros(5), 0), bars, spec(), "long_short", params)
 
 
 def test_unknown_strategy_and_predictions_without_bars_are_refused():
     bars = make_bars(random_closes(10, seed=0))
     predictions = make_predictions(bars, np.zeros(5), 0)
-    with pytest.raises(SimulationError, match="^strategy: 'momentum' is not one of long_only, long_short$"):
-        simulate(predictions, bars, spec(), "momentum")
-    with pytest.raises(SimulationError, match="no bar to trade against"):
-        simulate(predictions, bars.iloc[3:], spec(), "long_only")
-    with pytest.raises(SimulationError, match="no predictions"):
-        simulate(predictions.iloc[:0], bars, spec(), "long_only")
+    with pytest.raises(BacktestError, match="^strategy: 'momentum' is not one of long_only, long_short$"):
+        backtest(predictions, bars, spec(), "momentum")
+    with pytest.raises(BacktestError, match="no bar to trade against"):
+        backtest(predictions, bars.iloc[3:], spec(), "long_only")
+    with pytest.raises(BacktestError, match="no predictions"):
+        backtest(predictions.iloc[:0], bars, spec(), "long_only")
 
 
 def test_the_exported_contract_is_the_declaration():

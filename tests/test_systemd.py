@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port, insert_request, wait_for_models
-from workers import notify
-from workers.child import die_with_parent
+from workers.daemon import notify
+from workers.daemon.child import die_with_parent
 
 UNITS = ROOT / "systemd"
 INSTALLED_SFQ = "/opt/sfq/bin/sfq"  # where scripts/install-systemd puts sfq, and the units run it
@@ -122,7 +122,8 @@ def test_units_are_wired_to_workers_target_and_the_installed_paths():
         assert settings["User"] == "sfq"
     worker = directives("worker@1.service")
     assert (worker["Type"], worker["KillMode"], worker["Restart"]) == ("notify", "mixed", "on-failure")
-    # As long as `sfq workers` waits (cli.py): the grace period plus the result-write retries.
+    # As long as `sfq workers` waits (workers/daemon/commands.py): the grace period plus the result-write
+    # retries.
     assert seconds(worker["TimeoutStopSec"]) >= int(config["SFQ_GRACE_S"]) + 90
 
 

@@ -30,12 +30,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from workers import artifacts, contract, training
-from workers.algorithms import ALGORITHMS, Algorithm
-from workers.features import DEFAULT_FEATURES, FEATURES, compute_features
-from workers.regimes import REGIMES, PerRegime, RegimeConfig
-from workers.splits import SPLITTERS, PurgedKFold
-from workers.training import (
+from workers.modelling import artifacts, contract, training
+from workers.modelling.algorithms import ALGORITHMS, Algorithm
+from workers.modelling.features import DEFAULT_FEATURES, FEATURES, compute_features
+from workers.modelling.regimes import REGIMES, PerRegime, RegimeConfig
+from workers.modelling.splits import SPLITTERS, PurgedKFold
+from workers.modelling.training import (
     TRANSFORMS,
     TrainingError,
     bars_needed,
@@ -937,6 +937,24 @@ def test_split_mode_with_a_grid_tunes_the_per_regime_model():
     assert type(model) is PerRegime
     chosen = result.metrics["chosen_hyperparameters"]["alpha"]
     assert chosen == 0.01 and all(m[-1].alpha == chosen for m in [*model.models_, model.fallback_])
+
+
+def test_a_model_file_written_before_the_regimes_module_moved_still_loads():
+    """Files name each type by its module: per-regime models stored while PerRegime lived in
+    workers.regimes still load, as the same type, and predict what they predicted."""
+    result = trained_per_regime()
+    with ZipFile(io.BytesIO(result.artifact)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    files["schema.json"] = files["schema.json"].replace(b'"workers.modelling.regimes"', b'"workers.regimes"')
+    assert b'"workers.regimes"' in files["schema.json"]
+    old = io.BytesIO()
+    with ZipFile(old, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    model = artifacts.load(old.getvalue(), hashlib.sha256(old.getvalue()).hexdigest())
+    assert type(model) is PerRegime
+    X_test = build_dataset(regime_bars(), regime_spec("split")).X_test
+    np.testing.assert_array_equal(model.predict(X_test), [p["predicted"] for p in result.predictions])
 
 
 def test_per_regime_falls_back_to_the_pooled_model_for_rare_or_unseen_regimes():

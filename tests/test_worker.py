@@ -14,8 +14,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.conftest import insert_request, wait_for_jobs, wait_for_models
-from workers import artifacts
-from workers.child import TrainingProcess
+from workers.daemon.child import TrainingProcess
+from workers.modelling import artifacts
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from workers.child import die_with_parent
+from workers.daemon.child import die_with_parent
 
 log = logging.getLogger("sfq.workers")
 

@@ -25,6 +25,10 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from queue_app import gateway
+from queue_app.errors import Unavailable
+from workers.daemon.outcome import Completed, Failed, Outcome, Retry
+
 THREAD_LIMIT_ENV = {
     name: "1"
     for name in (
@@ -38,26 +42,10 @@ THREAD_LIMIT_ENV = {
 }
 
 
-class TrainingFailed(Exception):
-    """The job failed for a reason that retrying will not change; the message says why."""
-
-
-class TrainingProcessDied(TrainingFailed):
-    """The training process ended without answering (a signal, an abort, an out-of-memory kill)."""
-
-
-class TrainingRetry(Exception):
-    """Not the model's fault (the database went away, the worker is shutting down): run the job again."""
-
-
-class TrainingInterrupted(TrainingRetry):
-    """The worker stopped the training on purpose (shutdown)."""
-
-
 PR_SET_PDEATHSIG = 1
 CHECK_EVERY_S = 0.25  # how often the deadline and the memory limit are checked
 # Imported once by the fork server, so that each training process starts with them loaded.
-PRELOAD = ["psycopg", "threadpoolctl", "workers.data", "workers.training"]
+PRELOAD = ["queue_app.gateway", "threadpoolctl", "workers.daemon.data", "workers.modelling.training"]
 
 
 def resident_mb(pid: int) -> float:
@@ -85,50 +73,44 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
 
 
 def _child_main(conn: Connection, url: str) -> None:
-    """Loop: receive (spec, model id, attempt), answer ("ok", TrainingResult) or ("failed", reason);
+    """Loop: receive (spec, model id, attempt), answer with its Outcome (Completed, Failed or Retry);
     None ends the loop. Progress goes straight to the model's row (phase and fraction, a few small
     UPDATEs per training, only while this attempt holds the model)."""
     die_with_parent()  # a worker killed with SIGKILL takes its training with it
-    import psycopg
     from threadpoolctl import threadpool_limits
 
-    from workers.data import load_bars
-    from workers.training import LOADED, TrainingError, train
+    from workers.daemon.data import load_bars
+    from workers.modelling.training import LOADED, TrainingError, train
 
     threadpool_limits(1)
-    db: psycopg.Connection | None = None
+    db = None
     while (job := conn.recv()) is not None:
         spec, model_id, attempt = job
         try:
             try:
                 if db is None or db.closed:
-                    db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+                    db = gateway.connect(url, "sfq-training", autocommit=True)
                 _report(db, model_id, attempt, "loading", 0.0)
                 bars, context = load_bars(db, spec, spec["data_end"])
-            except psycopg.OperationalError:  # a connection left over from before a database restart
-                db = psycopg.connect(url, autocommit=True, application_name="sfq-training")
+            except Unavailable:  # a connection left over from before a database restart
+                db = gateway.connect(url, "sfq-training", autocommit=True)
                 bars, context = load_bars(db, spec, spec["data_end"])
             progress = functools.partial(_report, db, model_id, attempt)
             progress("features", LOADED)
-            conn.send(("ok", train(spec, bars, context=context, progress=progress)))
+            conn.send(Completed(train(spec, bars, context=context, progress=progress)))
         except TrainingError as error:
-            conn.send(("failed", str(error)))
-        except psycopg.OperationalError as error:
+            conn.send(Failed(str(error)))
+        except Unavailable as error:
             db = None
-            conn.send(("retry", f"database unavailable while loading bars: {error}"))
+            conn.send(Retry(f"while loading bars: {error}"))
         except Exception as error:  # an estimator's error is the job's failure, not the process's
-            conn.send(("failed", f"{type(error).__name__}: {error}"))
+            conn.send(Failed(f"{type(error).__name__}: {error}"))
 
 
 def _report(db, model_id: int, attempt: int, phase: str, fraction: float) -> None:
     """Progress on the model's row; a nicety that never fails or stalls a training."""
-    from queue_app.db import QUERIES
-
     with contextlib.suppress(Exception):
-        db.execute(
-            QUERIES["report_progress"],
-            {"model_id": model_id, "attempt": attempt, "phase": phase, "fraction": round(fraction, 3)},
-        )
+        gateway.run(db, gateway.report_progress(model_id, attempt, phase, round(fraction, 3)))
 
 
 class TrainingProcess:
@@ -164,50 +146,49 @@ class TrainingProcess:
 
     async def train(
         self, spec: dict[str, Any], timeout_s: float, memory_limit_mb: int, model_id: int, attempt: int
-    ):
+    ) -> Outcome:
         """Train in the child; kill it at the deadline, above the memory limit, or on `interrupt()`.
-        The model id and attempt let the child report progress on the model's row."""
+        The model id and attempt let the child report progress on the model's row. Every end is an
+        Outcome; only a cancellation (the job aborted) raises, once the child is killed."""
         if self._interrupted:  # shutting down: do not start another training
-            raise TrainingInterrupted(f"interrupted: {self._interrupted}")
+            return Retry(f"interrupted: {self._interrupted}", at_once=True)
+        try:
+            self._send((spec, model_id, attempt))
+        except OSError as error:  # cannot fork now
+            return Retry(str(error))
+        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self._wait_for_answer, *limits)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
+
+    def _send(self, job: tuple[dict[str, Any], int, int]) -> None:
         self.ensure_started()
         self._jobs += 1
-        job = (spec, model_id, attempt)
         try:
             self._conn.send(job)
         except OSError:  # the child died between jobs: start a fresh one
             self.kill()
             self.ensure_started()
             self._conn.send(job)
-        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb)
-        try:
-            status, payload = await asyncio.get_running_loop().run_in_executor(
-                None, self._wait_for_answer, *limits
-            )
-        except asyncio.CancelledError:
-            self.kill()
-            raise
-        if status == "retry":
-            raise TrainingRetry(payload)
-        if status != "ok":
-            raise TrainingFailed(payload)
-        return payload
 
     def interrupt(self, reason: str) -> None:
-        """Stop the running training and any later one (shutdown); `train` raises TrainingInterrupted."""
+        """Stop the running training and any later one (shutdown): `train` returns a Retry due at once."""
         self._interrupted = reason
         process = self._process  # the waiting thread may discard it meanwhile
         if process is not None and process.is_alive():
             process.kill()
 
-    def _wait_for_answer(self, deadline: float, timeout_s: float, memory_limit_mb: int) -> tuple[str, Any]:
+    def _wait_for_answer(self, deadline: float, timeout_s: float, memory_limit_mb: int) -> Outcome:
         process, conn = self._process, self._conn
         while not (ready := wait([conn, process.sentinel], timeout=CHECK_EVERY_S)):
             if time.monotonic() > deadline:
                 self._kill(process, conn)
-                raise TrainingFailed(f"timed out after {timeout_s:g} s")
+                return Failed(f"timed out after {timeout_s:g} s")
             if memory_limit_mb and (used := resident_mb(process.pid)) > memory_limit_mb:
                 self._kill(process, conn)
-                raise TrainingFailed(
+                return Failed(
                     f"training process killed: resident memory {used:.0f} MB "
                     f"over the limit of {memory_limit_mb} MB"
                 )
@@ -220,8 +201,8 @@ class TrainingProcess:
         code = process.exitcode
         self._kill(process, conn)
         if self._interrupted:
-            raise TrainingInterrupted(f"interrupted: {self._interrupted}")
-        raise TrainingProcessDied(describe_exit(code))
+            return Retry(f"interrupted: {self._interrupted}", at_once=True)
+        return Failed(describe_exit(code))
 
     def kill(self) -> None:
         if self._process is not None:

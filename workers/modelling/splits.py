@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import TimeSeriesSplit
 
+from queue_app.errors import SfqError
+
 MIN_FIT_ROWS = 10  # a fold fitted on fewer rows would score noise, not the strategy
 EMBARGO_SHARE = 0.01  # purged k-fold: rows embargoed after a scored fold, as a share of the window
 
 
-class TooFewRows(ValueError):
+class TooFewRows(SfqError):
     """The window is too short for the requested folds and gap; the message says what was asked."""
 
 

@@ -1,8 +1,8 @@
 """Algorithm registry: one entry per estimator a spec may name, built the same way for every algorithm.
 
 The database validates hyperparameters before a job exists, against a contract exported from here
-(`python -m workers.contract` writes `sql/schema/registry.sql`), so a bad value is refused at enqueue time
-with the field named, whichever way the request came in.
+(`python -m workers.modelling.contract` writes `sql/schema/registry.sql`), so a bad value is refused at
+enqueue time with the field named, whichever way the request came in.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from sklearn.ensemble import (
 from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from workers.modelling.registry import by_name
 
 SEED = 0
 
@@ -48,11 +50,7 @@ class Algorithm:
         return make_pipeline(StandardScaler(), estimator) if self.scaled else make_pipeline(estimator)
 
 
-def _registry(*algorithms: Algorithm) -> dict[str, Algorithm]:
-    return {algorithm.name: algorithm for algorithm in algorithms}
-
-
-ALGORITHMS: dict[str, Algorithm] = _registry(
+ALGORITHMS: dict[str, Algorithm] = by_name(
     Algorithm("RandomForest", RandomForestRegressor, scaled=False),
     Algorithm("ExtraTrees", ExtraTreesRegressor, scaled=False),
     Algorithm("GradientBoosting", GradientBoostingRegressor, scaled=False),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from workers.modelling.registry import by_name
+
 FeatureFn = Callable[[pd.DataFrame], pd.Series]
 
 
@@ -63,11 +65,7 @@ def _overnight_gap(bars: pd.DataFrame) -> pd.Series:
     return np.log(bars["open"] / bars["close"].shift(1))
 
 
-def _registry(*features: Feature) -> dict[str, Feature]:
-    return {feature.name: feature for feature in features}
-
-
-FEATURES: dict[str, Feature] = _registry(
+FEATURES: dict[str, Feature] = by_name(
     *(
         Feature(f"ret_{k}", f"log return of close over {k} bars", _log_return(k), True)
         for k in (1, 2, 5, 10, 20)

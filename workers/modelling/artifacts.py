@@ -7,14 +7,18 @@ a file; the SHA-256 recorded at save time is checked before a byte is parsed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
+import sys
 from zipfile import ZIP_STORED, ZipFile
 
 import skops
 import skops.io as sio
 from skops.io._utils import SaveContext, get_state
 from skops.io.exceptions import UntrustedTypesFoundException
+
+from queue_app.errors import SfqError
 
 FORMAT = "skops"
 
@@ -23,12 +27,16 @@ FORMAT = "skops"
 TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
-    "workers.regimes.PerRegime",
+    "workers.modelling.regimes.PerRegime",
 ]
+# Types whose module moved after model files named them (a file names each type by its module): old name
+# -> new name. A file written before the move loads as the same type, trusted as much as its new name.
+MOVED_TYPES = {"workers.regimes.PerRegime": "workers.modelling.regimes.PerRegime"}
 
 
-class ArtifactError(Exception):
-    pass
+class ArtifactError(SfqError):
+    """A model file that is not the one recorded (its SHA-256 differs) or holds types outside the
+    allow-list: refused before or while parsing, never run."""
 
 
 def dump(model) -> bytes:
@@ -50,8 +58,10 @@ def load(blob: bytes, sha256: str):
     actual = hashlib.sha256(blob).hexdigest()
     if actual != sha256:
         raise ArtifactError(f"model file corrupted: sha256 {actual} does not match the recorded {sha256}")
+    for old, new in MOVED_TYPES.items():  # the old module name, as an alias of the new module
+        sys.modules.setdefault(old.rpartition(".")[0], importlib.import_module(new.rpartition(".")[0]))
     try:
-        return sio.loads(blob, trusted=TRUSTED_TYPES)
+        return sio.loads(blob, trusted=[*TRUSTED_TYPES, *MOVED_TYPES])
     except UntrustedTypesFoundException as error:
         raise ArtifactError(
             f"model file refused: it contains types outside the allow-list: {error}"

@@ -8,31 +8,26 @@ import argparse
 import dataclasses
 import os
 
+from queue_app.cli.common import positive
 from queue_app.config import database_url
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers import worker
+    from workers.daemon import serve
 
     settings = args.settings
     if args.max_jobs_per_child:
         settings = dataclasses.replace(settings, max_jobs_per_child=args.max_jobs_per_child)
-    return worker.run(args.instance, database_url(settings), settings)
+    return serve.run(args.instance, database_url(settings), settings)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    from workers import supervisor
+    from workers.daemon import supervisor
 
     extra = ["--max-jobs-per-child", str(args.max_jobs_per_child)] if args.max_jobs_per_child else []
-    # Long enough for a worker's grace period and its result-write retries (workers/worker.py).
+    # Long enough for a worker's grace period and its result-write retries (workers/daemon/runtime.py).
     stop_timeout_s = args.settings.grace_s + 90
     return supervisor.run(args.count, database_url(args.settings), extra, stop_timeout_s)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     workers = sub.add_parser("workers", help="run N worker daemons, restarting any that exits")
     workers.add_argument(
-        "--count", type=_positive, default=os.cpu_count() or 1, help="default: the number of cores"
+        "--count", type=positive, default=os.cpu_count() or 1, help="default: the number of cores"
     )
     workers.add_argument("--max-jobs-per-child", type=int, default=None)
     workers.set_defaults(func=cmd_workers)

@@ -1,4 +1,4 @@
-"""The Procrastinate app of the worker daemons. Its tasks live in `workers.tasks`; jobs are deferred by
+"""The Procrastinate app of the worker daemons. Its tasks live in `workers.daemon.tasks`; jobs are deferred by
 the database itself (sfq_defer_training, sfq_defer_forecast, sfq_defer_simulation: sql/schema), so the API
 and the CLI never defer through Python and never need this app. Queue and task names:
 queue_app.vocabulary, shared with the database.
@@ -11,7 +11,7 @@ import json
 
 import procrastinate
 
-app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.tasks"])
+app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.daemon.tasks"])
 
 _WAKE_UP = json.dumps({"type": "job_inserted", "job_id": None})
 

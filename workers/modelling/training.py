@@ -22,11 +22,13 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from workers import artifacts
-from workers.algorithms import ALGORITHMS, SEED
-from workers.features import aligned_features, compute_features
-from workers.regimes import PerRegime, RegimeConfig
-from workers.splits import SPLITTERS, Splitter, TooFewRows
+from queue_app.errors import SfqError
+from queue_app.stats import finite
+from workers.modelling import artifacts
+from workers.modelling.algorithms import ALGORITHMS, SEED
+from workers.modelling.features import aligned_features, compute_features
+from workers.modelling.regimes import PerRegime, RegimeConfig
+from workers.modelling.splits import SPLITTERS, Splitter, TooFewRows
 
 WARMUP_BARS = 250  # enough history for the longest feature window (ma_ratio_200)
 GRIDS = {"alpha_grid": "alpha", "l1_ratio_grid": "l1_ratio"}  # spec field: the estimator parameter it tunes
@@ -38,7 +40,7 @@ INNER_FOLDS = 3  # the grid search's time-series CV, inside the rows being fitte
 LOADED, CV_START, FINAL_FIT, EVALUATION, IMPORTANCE, SAVING = 0.05, 0.1, 0.7, 0.85, 0.9, 0.95
 
 
-class TrainingError(Exception):
+class TrainingError(SfqError):
     """A deterministic failure (no data, too little data): the model fails at once with this message."""
 
 
@@ -189,13 +191,9 @@ def build_dataset(
     )
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
 def _mean(values) -> float | None:
     present = [value for value in values if value is not None]
-    return _finite(float(np.mean(present))) if present else None
+    return finite(float(np.mean(present))) if present else None
 
 
 def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, predicted_change: np.ndarray):
@@ -205,22 +203,22 @@ def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, 
     with np.errstate(invalid="ignore", divide="ignore"):
         ic = spearmanr(predicted_change, actual_change).statistic if np.ptp(predicted_change) > 0 else np.nan
     return {
-        "rmse": _finite(math.sqrt(mean_squared_error(actual, predicted))),
-        "mae": _finite(mean_absolute_error(actual, predicted)),
-        "r2": _finite(r2_score(actual_change, predicted_change)),
-        "directional_accuracy": _finite(
+        "rmse": finite(math.sqrt(mean_squared_error(actual, predicted))),
+        "mae": finite(mean_absolute_error(actual, predicted)),
+        "r2": finite(r2_score(actual_change, predicted_change)),
+        "directional_accuracy": finite(
             np.mean(np.sign(predicted_change[moved]) == np.sign(actual_change[moved]))
             if moved.any()
             else np.nan
         ),
         # What always guessing the more common direction scores: a high or low target moves one way on
         # most bars (tomorrow's high is usually above today's close), so accuracy means little without it.
-        "directional_base_rate": _finite(
+        "directional_base_rate": finite(
             max(np.mean(actual_change[moved] > 0), np.mean(actual_change[moved] < 0))
             if moved.any()
             else np.nan
         ),
-        "ic": _finite(ic),
+        "ic": finite(ic),
         "n": len(actual),
     }
 
@@ -309,35 +307,87 @@ def _per_regime(
     return scores
 
 
+class _Clock:
+    """Seconds per phase of a training, each from the end of the one before (TrainingResult.timings)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = round(now - self._last, 4)
+        self._last = now
+
+
 def train(
     spec: dict[str, Any],
     bars: pd.DataFrame,
     context: dict[str, pd.DataFrame] | None = None,
     progress: Callable[[str, float], None] = lambda phase, fraction: None,
-):
+) -> TrainingResult:
     """Train and score one spec on its bars (and its context symbols' bars, by symbol). Deterministic:
     same spec and bars, same metrics. `progress(phase, fraction)` is told each phase as it starts, with
-    the share of the work done so far (cross-validation is most of it, one step per fold)."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    the share of the work done so far (cross-validation is most of it, one step per fold).
 
-    def phase_done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 4)
-        clock = now
-
+    The phases: the dataset; cross-validation on the training window; the final fit on all of it and
+    its evaluation on the held-out window; feature importances; the model file."""
+    clock = _Clock()
     transform = TRANSFORMS[spec["target_transform"]]
-    horizon = spec["horizon"]
     dataset = build_dataset(bars, spec, context)
     model, grid = _model(spec)
-    phase_done("features")
+    clock.done("features")
 
-    folds = []
-    X, y = dataset.X_train, dataset.y_train
+    reference_train = bars["close"].reindex(dataset.X_train.index).to_numpy()
+    folds = _cross_validate(spec, model, grid, dataset, reference_train, transform, progress)
+    clock.done("cv")
+    progress("final fit", FINAL_FIT)
+
+    model, chosen = _fit(model, grid, dataset.X_train, dataset.y_train, spec["horizon"])
+    clock.done("fit")
+    progress("evaluation", EVALUATION)
+
+    predicted = model.predict(dataset.X_test)
+    metrics = _evaluate(spec, transform, dataset, predicted, folds, chosen if grid else None)
+    clock.done("evaluate")
+    progress("importance", IMPORTANCE)
+
+    importances = _ranked_importances(model, dataset)
+    clock.done("importance")
+    progress("saving", SAVING)
+
+    blob = artifacts.dump(model)
+    clock.done("serialize")
+    return TrainingResult(
+        metrics=metrics,
+        fold_metrics=folds,
+        importances=importances,
+        predictions=[
+            {"ts": ts.to_pydatetime(), "predicted": float(p), "actual": float(a)}
+            for ts, p, a in zip(dataset.X_test.index, predicted, dataset.y_test.to_numpy(), strict=True)
+        ],
+        artifact=blob,
+        artifact_sha256=hashlib.sha256(blob).hexdigest(),
+        timings=clock.timings,
+    )
+
+
+def _cross_validate(
+    spec: dict[str, Any],
+    model: BaseEstimator,
+    grid: dict[str, list[float]],
+    dataset: Dataset,
+    reference: np.ndarray,
+    transform: Transform,
+    progress: Callable[[str, float], None],
+) -> list[dict[str, Any]]:
+    """Each fold of the spec's CV over the training window, fitted on its rows (with the nested grid
+    search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts.
+    `reference` is the close at each training row's time."""
+    X, y, horizon = dataset.X_train, dataset.y_train, spec["horizon"]
     splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], horizon, len(X), "cross-validation")
-    reference_train = bars["close"].reindex(X.index).to_numpy()
     n_folds = splitter.get_n_splits(X)
+    folds = []
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
         progress(f"fold {fold} of {n_folds}", CV_START + (FINAL_FIT - CV_START) * (fold - 1) / n_folds)
         fitted, chosen = _fit(model, grid, X.iloc[fit_rows], y.iloc[fit_rows], horizon)
@@ -354,24 +404,30 @@ def train(
                     transform,
                     y.iloc[score_rows].to_numpy(),
                     fitted.predict(X.iloc[score_rows]),
-                    reference_train[score_rows],
+                    reference[score_rows],
                 ),
             }
         )
-    phase_done("cv")
-    progress("final fit", FINAL_FIT)
+    return folds
 
-    model, chosen = _fit(model, grid, X, y, horizon)
-    phase_done("fit")
-    progress("evaluation", EVALUATION)
 
-    predicted = model.predict(dataset.X_test)
+def _evaluate(
+    spec: dict[str, Any],
+    transform: Transform,
+    dataset: Dataset,
+    predicted: np.ndarray,
+    folds: list[dict[str, Any]],
+    chosen: dict[str, float] | None,
+) -> dict[str, Any]:
+    """The held-out metrics of the final model's `predicted` test window, beside the naive forecast's,
+    the folds' means, the windows, the grid's chosen values (None: no grid) and the scores by regime."""
+    X = dataset.X_train
     actual = dataset.y_test.to_numpy()
     reference = dataset.reference_test.to_numpy()
     naive = transform.apply(dataset.reference_test, dataset.reference_test).to_numpy()  # "no change" forecast
     metrics = {
         **_scores(transform, actual, predicted, reference),
-        "naive_rmse": _finite(math.sqrt(mean_squared_error(actual, naive))),
+        "naive_rmse": finite(math.sqrt(mean_squared_error(actual, naive))),
         **{
             f"cv_{name}_mean": _mean(fold[name] for fold in folds)
             for name in ("rmse", "r2", "directional_accuracy", "ic")
@@ -383,7 +439,7 @@ def train(
         "test_start": dataset.X_test.index[0].isoformat(),
         "test_end": dataset.X_test.index[-1].isoformat(),
     }
-    if grid:
+    if chosen is not None:
         metrics["chosen_hyperparameters"] = chosen
     if regimes := _regimes(spec):
         metrics["per_regime"] = {
@@ -392,33 +448,18 @@ def train(
             )
             for regime in regimes
         }
-    phase_done("evaluate")
-    progress("importance", IMPORTANCE)
+    return metrics
 
+
+def _ranked_importances(model: BaseEstimator, dataset: Dataset) -> list[dict[str, Any]]:
+    """Every feature's importance to the final model, most important first (rank 1)."""
     values, method = _importances(model, dataset)
     order = np.argsort(-values, kind="stable")
-    importances = [
-        {"feature": X.columns[i], "importance": float(values[i]), "rank": rank, "method": method}
+    columns = dataset.X_train.columns
+    return [
+        {"feature": columns[i], "importance": float(values[i]), "rank": rank, "method": method}
         for rank, i in enumerate(order, start=1)
     ]
-    phase_done("importance")
-    progress("saving", SAVING)
-
-    blob = artifacts.dump(model)
-    phase_done("serialize")
-    predictions = [
-        {"ts": ts.to_pydatetime(), "predicted": float(p), "actual": float(a)}
-        for ts, p, a in zip(dataset.X_test.index, predicted, actual, strict=True)
-    ]
-    return TrainingResult(
-        metrics=metrics,
-        fold_metrics=folds,
-        importances=importances,
-        predictions=predictions,
-        artifact=blob,
-        artifact_sha256=hashlib.sha256(blob).hexdigest(),
-        timings=timings,
-    )
 
 
 def forecast(

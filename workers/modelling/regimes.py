@@ -2,8 +2,8 @@
 (mode "feature") or to train one model per state (mode "split", `PerRegime`).
 
 Each kind declares its parameters once, in the contract format the database validates hyperparameters
-with; `python -m workers.contract` exports them to `sfq_regimes`, where the database fills a request's
-defaults from them, and the computation reads its parameters through the same declarations.
+with; `python -m workers.modelling.contract` exports them to `sfq_regimes`, where the database fills a
+request's defaults from them, and the computation reads its parameters through the same declarations.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, clone
+
+from workers.modelling.registry import by_name
 
 MIN_REGIME_ROWS = 50  # a regime with fewer training rows is predicted by the model fitted on all rows
 
@@ -68,11 +70,7 @@ def _trend(bars: pd.DataFrame, window: int, lookback: int) -> pd.Series:
     return (slope > 0).astype(float).where(slope.notna())
 
 
-def _registry(*regimes: Regime) -> dict[str, Regime]:
-    return {regime.name: regime for regime in regimes}
-
-
-REGIMES: dict[str, Regime] = _registry(
+REGIMES: dict[str, Regime] = by_name(
     Regime(
         "volatility",
         "std of 1-bar log returns over `window` bars, bucketed by its percentile rank against its own past "

@@ -1,5 +1,5 @@
-"""Procrastinate tasks. The database defers them (see the training_requests trigger); the worker daemon
-runs them with its `Runtime` in the job context."""
+"""Procrastinate tasks. The database defers them (sql/schema), by the queue and task names of
+queue_app.vocabulary; the worker daemon runs them with its `Runtime` in the job context."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from queue_app.vocabulary import (
     TRAIN_TASK,
     TRAINING_QUEUE,
 )
-from workers.app import app
-from workers.worker import ModelFailed, Requeue
+from workers.daemon.app import app
+from workers.daemon.runtime import ModelFailed, Requeue
 
 TRIES = 8  # a job put back (shutdown, database away) runs again, this many times
 
@@ -55,5 +55,6 @@ async def predict_model(context: JobContext, forecast_id: int) -> None:
 
 
 @app.task(name=SIMULATE_TASK, queue=SIMULATION_QUEUE, pass_context=True)
-async def simulate_model(context: JobContext, simulation_id: int) -> None:
-    await context.additional_context["runtime"].simulate(simulation_id)
+async def backtest_model(context: JobContext, simulation_id: int) -> None:
+    """A backtest; its task's name and argument are the database's (it defers them: sql/schema)."""
+    await context.additional_context["runtime"].backtest(simulation_id)

@@ -1,9 +1,13 @@
 """Backtesting a trained model's held-out predictions: a strategy registry, the trade's timing, and
 performance metrics annualised from the bars' timeframe.
 
+In Python the concept is a backtest; the database stores one as a "simulation", the old service's
+name, which clients depend on: the table simulation_history, POST /simulate, GET /simulations/{id},
+the sfq_*_simulation functions, the `simulate_model` task and its `simulation_id`.
+
 Pure computation on DataFrames, no database, like training. The strategies share one parameter
 declaration, in the contract format the database validates hyperparameters and regimes with;
-`python -m workers.contract` exports it to `sfq_strategies`, and `validate_params` checks the same
+`python -m workers.modelling.contract` exports it to `sfq_strategies`, and `validate_params` checks the same
 declaration here, so the engine is safe without the database too.
 
 Timing, without lookahead: the prediction made at the close of bar t is known then; the position it
@@ -18,19 +22,21 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from workers.training import TRANSFORMS
+from queue_app.errors import Rejected
+from queue_app.stats import finite, probabilistic_sharpe
+from workers.modelling.registry import by_name
+from workers.modelling.training import TRANSFORMS
 
 BASIS_POINT = 1e-4
 LARGEST_NUMBER = 1e15  # as the database's rules: beyond it a float64 no longer holds integers exactly
 
 
-class SimulationError(ValueError):
+class BacktestError(Rejected):
     """A backtest that cannot run as asked (unknown strategy, bad parameter, no bar to trade on); the
     message names the culprit."""
 
@@ -79,11 +85,7 @@ class Strategy:
         return np.where(np.abs(change) > settings["threshold"], sized, 0.0)
 
 
-def _registry(*strategies: Strategy) -> dict[str, Strategy]:
-    return {strategy.name: strategy for strategy in strategies}
-
-
-STRATEGIES: dict[str, Strategy] = _registry(
+STRATEGIES: dict[str, Strategy] = by_name(
     Strategy(
         "long_only",
         "long when the predicted change from the close exceeds `threshold`, else flat; `cap` (fixed) or "
@@ -130,7 +132,7 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     """Every parameter, checked against its declaration, its default when absent; numbers as floats
     (5 and 5.0 alike, as the database canonicalises them)."""
     if unknown := sorted(set(params) - set(PARAMETERS)):
-        raise SimulationError(f"{unknown[0]}: unknown parameter; valid: {', '.join(sorted(PARAMETERS))}")
+        raise BacktestError(f"{unknown[0]}: unknown parameter; valid: {', '.join(sorted(PARAMETERS))}")
     complete = default_params()
     for name, value in params.items():
         problems = []
@@ -141,7 +143,7 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
                 break
             problems.append(found)
         else:
-            raise SimulationError(f"{name}: {' or '.join(problems)}")
+            raise BacktestError(f"{name}: {' or '.join(problems)}")
     return complete
 
 
@@ -161,14 +163,9 @@ TIMEFRAME = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w|mo)$")
 def periods_per_year(timeframe: str) -> float:
     """Bars per year of a timeframe such as "15m", "4h", "1d" or "1mo"."""
     if not (match := TIMEFRAME.fullmatch(timeframe)):
-        raise SimulationError(f"timeframe: {timeframe!r} is not a timeframe such as 1d, 1h or 5m")
+        raise BacktestError(f"timeframe: {timeframe!r} is not a timeframe such as 1d, 1h or 5m")
     count, unit = match.groups()
     return PERIODS_PER_YEAR[unit] / int(count)
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON-safe: NaN and infinities become None."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def performance(
@@ -182,14 +179,15 @@ def performance(
     Max drawdown is the largest fall of the compounded equity from its running peak, as a positive
     fraction of the peak. Skewness and kurtosis use the population moments (scipy's bias=True); the
     kurtosis is the plain (Pearson, non-excess) one, 3 for a normal distribution. `psr` is the
-    probabilistic Sharpe ratio (Bailey & Lopez de Prado 2012): the probability that the true per-period
-    Sharpe exceeds 0, given n, skewness and kurtosis. `win_rate` counts positive returns among the
+    probabilistic Sharpe ratio (Bailey & Lopez de Prado 2012, `queue_app.stats.probabilistic_sharpe`, the
+    one the leaderboards deflate): the probability that the true per-period Sharpe exceeds 0, given n,
+    skewness and kurtosis. `win_rate` counts positive returns among the
     `held` bars (those with a position; default all).
     """
     returns = np.asarray(returns, dtype=float)
     n = len(returns)
     if n == 0:
-        raise SimulationError("no returns to measure")
+        raise BacktestError("no returns to measure")
     held = np.ones(n, dtype=bool) if held is None else np.asarray(held, dtype=bool)
     equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
     with np.errstate(all="ignore"):
@@ -205,30 +203,28 @@ def performance(
         centred = returns - mean
         m2 = np.mean(centred**2)
         skewness, kurtosis = np.mean(centred**3) / m2**1.5, np.mean(centred**4) / m2**2
-        sharpe = mean / std
-        spread = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
-        psr = NormalDist().cdf(sharpe * math.sqrt(n - 1) / math.sqrt(spread)) if spread > 0 else None
+        psr = probabilistic_sharpe(mean / std, 0.0, n, skewness, kurtosis)
         moments = {"skewness": skewness, "kurtosis": kurtosis, "psr": psr}
     return {
         "n": n,
-        "total_return": _finite(equity[-1] - 1.0),
-        "cagr": _finite(cagr),
-        "volatility": _finite(std * annual) if n > 1 else None,
-        "sharpe": _finite(mean / std * annual) if std > 0 else None,
-        "sortino": _finite(mean / downside * annual) if downside > 0 else None,
-        "max_drawdown": _finite(max_drawdown),
-        "calmar": _finite(cagr / max_drawdown) if max_drawdown > 0 else None,
-        "win_rate": _finite(np.mean(returns[held] > 0)) if held.any() else None,
-        **{name: _finite(value) for name, value in moments.items()},
+        "total_return": finite(equity[-1] - 1.0),
+        "cagr": finite(cagr),
+        "volatility": finite(std * annual) if n > 1 else None,
+        "sharpe": finite(mean / std * annual) if std > 0 else None,
+        "sortino": finite(mean / downside * annual) if downside > 0 else None,
+        "max_drawdown": finite(max_drawdown),
+        "calmar": finite(cagr / max_drawdown) if max_drawdown > 0 else None,
+        "win_rate": finite(np.mean(returns[held] > 0)) if held.any() else None,
+        **{name: finite(value) for name, value in moments.items()},
     }
 
 
 def _excess(strategy: float | None, benchmark: float | None) -> float | None:
-    return None if strategy is None or benchmark is None else _finite(strategy - benchmark)
+    return None if strategy is None or benchmark is None else finite(strategy - benchmark)
 
 
 @dataclass
-class SimulationResult:
+class BacktestResult:
     metrics: dict[str, Any]
     equity_curve: list[list[Any]]  # [[iso ts, equity], ...]: 1.0 at period_start, then after each bar
     period_start: datetime  # the close the first position is entered at
@@ -249,13 +245,13 @@ def _until(bars: pd.DataFrame, data_end: Any) -> pd.DataFrame:
     return bars.loc[:end]
 
 
-def simulate(
+def backtest(
     predictions: pd.DataFrame,
     bars: pd.DataFrame,
     spec: dict[str, Any],
     strategy: str,
     params: dict[str, Any] | None = None,
-) -> SimulationResult:
+) -> BacktestResult:
     """Backtest a model's held-out `predictions` (index ts, column `predicted`: made at the close of bar
     t for target_col at t + horizon, in the target transform's units) on its symbol's `bars`.
 
@@ -274,19 +270,19 @@ def simulate(
     strategy's minus buy-and-hold's).
     """
     if strategy not in STRATEGIES:
-        raise SimulationError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise BacktestError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     chosen = validate_params(params or {})
     per_year = periods_per_year(spec["timeframe"])
     bars = _until(bars, spec.get("data_end"))
     if predictions.empty:
-        raise SimulationError("no predictions to backtest")
+        raise BacktestError("no predictions to backtest")
     rows = bars.index.get_indexer(predictions.index)
     if (missing := rows < 0).any():
-        raise SimulationError(f"predictions at {predictions.index[missing][0]} have no bar to trade against")
+        raise BacktestError(f"predictions at {predictions.index[missing][0]} have no bar to trade against")
     close = bars["close"].to_numpy(dtype=float)
     first, last = rows.min(), min(rows.max(), len(close) - 3)
     if last < first:
-        raise SimulationError(
+        raise BacktestError(
             f"no bar to trade on: the first prediction ({bars.index[first]}) is traded from the close of "
             "the next bar, over the bar after it"
         )
@@ -302,15 +298,15 @@ def simulate(
     hold = performance(market, per_year)
     metrics |= {
         "n_trades": int(np.count_nonzero(traded)),
-        "exposure": _finite(np.mean(np.abs(position))),
-        "turnover": _finite(np.mean(traded) * per_year),
+        "exposure": finite(np.mean(np.abs(position))),
+        "turnover": finite(np.mean(traded) * per_year),
         "buy_and_hold": hold,
         "excess_return": _excess(metrics["total_return"], hold["total_return"]),
         "excess_cagr": _excess(metrics["cagr"], hold["cagr"]),
     }
     stamps = bars.index[first + 1 : last + 3]
     equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
-    return SimulationResult(
+    return BacktestResult(
         metrics=metrics,
         equity_curve=[[ts.isoformat(), float(value)] for ts, value in zip(stamps, equity, strict=True)],
         period_start=stamps[0].to_pydatetime(),

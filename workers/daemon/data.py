@@ -9,13 +9,14 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from queue_app.db import QUERIES
-from workers.training import bars_needed
+from queue_app import gateway
+from workers.modelling.training import bars_needed
 
 COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 
 
-def _frame(rows: list[tuple]) -> pd.DataFrame:
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    """Bars as the database returns them (ts, open, high, low, close, volume), indexed by ts."""
     return pd.DataFrame(rows, columns=COLUMNS).set_index("ts")
 
 
@@ -25,14 +26,11 @@ def load_bars(
     """The latest `bars_needed(spec)` bars up to `data_end` of the symbol; of each context symbol, the
     bars over the same period plus as many before it for warm-up (by time, not by count: a context
     symbol that trades on other days still covers the whole period)."""
-    limit = bars_needed(spec)
-    params = {"timeframe": spec["timeframe"], "data_end": data_end, "limit": limit}
-    bars = _frame(db.execute(QUERIES["load_bars"], {**params, "symbol": spec["symbol"]}).fetchall())
+    limit, timeframe = bars_needed(spec), spec["timeframe"]
+    bars = frame(gateway.run(db, gateway.load_bars(spec["symbol"], timeframe, data_end, limit)))
     since = bars.index[0] if len(bars) else data_end
     context = {
-        symbol: _frame(
-            db.execute(QUERIES["load_context_bars"], {**params, "symbol": symbol, "since": since}).fetchall()
-        )
+        symbol: frame(gateway.run(db, gateway.load_context_bars(symbol, timeframe, data_end, since, limit)))
         for symbol in spec.get("context_symbols", [])
     }
     return bars, context

@@ -1,0 +1,296 @@
+"""What a worker daemon does for its jobs (`Runtime`, in every task's context): claim a model, train it in
+the training process, and record how the attempt ended (`_settle`, the one place); run forecasts and
+backtests beside it; and, in its own loop, keep the daemon's heartbeat, rescue the jobs of dead workers
+(sfq_rescue_stalled_jobs, in the database) and prune finished queue jobs, so there is no cron to install.
+Every query goes through queue_app.gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from queue_app import gateway
+from queue_app.config import Settings
+from queue_app.errors import SfqError, Unavailable
+from queue_app.gateway import Call
+from workers.daemon import backtests, forecasts, logs, notify
+from workers.daemon.child import TrainingProcess
+from workers.daemon.outcome import Completed, Failed, Outcome, Retry
+from workers.modelling import artifacts
+
+if TYPE_CHECKING:
+    import psycopg
+    from procrastinate.worker import Worker
+
+    from workers.modelling.training import TrainingResult
+
+T = TypeVar("T")
+log = logging.getLogger("sfq.worker")
+
+# The database away (a lost connection, a restart) or a concurrent change in the way (serialization
+# failure, deadlock) is the gateway's Unavailable: retried. Anything else fails the model at once.
+# Backoff, in seconds, for writing a finished result (or an attempt's end) while the database is away:
+WRITE_RETRIES_S = (0.5, 1, 2, 4, 8, 16, 32)
+PRUNE_EVERY_S = 3600
+
+
+class ModelFailed(SfqError):
+    """Raised after the model is marked failed, so that Procrastinate records the job as failed too."""
+
+
+class Requeue(SfqError):
+    """The job goes back to the queue (shutdown, or the database away): the exception Procrastinate
+    retries a job on (tasks.RequeueStrategy), at once after a shutdown (another worker may take it now),
+    later after a database error."""
+
+    def __init__(self, reason: str, at_once: bool = False):
+        super().__init__(reason)
+        self.at_once = at_once
+
+
+class Runtime:
+    """What a job needs from its daemon: the database, the training child, settings, and who we are."""
+
+    def __init__(self, url: str, instance: int, settings: Settings):
+        self.url = url
+        self.instance = instance
+        self.settings = settings
+        self.host = settings.hostname
+        self.pid = os.getpid()
+        self.trainer = TrainingProcess(url, settings.max_jobs_per_child)
+        self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
+        self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")
+        self._conns: dict[str, psycopg.AsyncConnection] = {}
+        self._side: psycopg.Connection | None = None  # forecasts and backtests, in threads
+        self._side_lock = threading.Lock()
+
+    async def _db(self, purpose: str = "jobs") -> psycopg.AsyncConnection:
+        """One connection per purpose: the rescue loop must never run inside a job's transaction."""
+        conn = self._conns.get(purpose)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conns[purpose] = await gateway.connect_async(
+                self.url, f"sfq-worker-{self.instance}-{purpose}", autocommit=True
+            )
+        return conn
+
+    async def _run(self, call: Call[T], purpose: str = "jobs") -> T:
+        """Run a gateway call; a connection killed by a database restart is replaced once, transparently."""
+        for fresh in (False, True):
+            db = await self._db(purpose)
+            try:
+                return await gateway.run_async(db, call)
+            except Unavailable:
+                if fresh or not db.broken:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _with_retries(self, what: str, write):
+        """A write that must survive a database restart: retried with backoff, then the job is requeued."""
+        for delay in (*WRITE_RETRIES_S, None):
+            try:
+                return await write()
+            except Unavailable as error:
+                if delay is None:
+                    raise Requeue(f"could not {what}: {error}") from None
+                log.warning("could not %s (%s); retrying in %s s", what, error, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _record(self, what: str, call: Call[bool]) -> bool:
+        """Record this attempt's end (failed or requeued); False when the attempt was handed on."""
+        return await self._with_retries(what, lambda: self._run(call))
+
+    async def train(self, model_id: int, job_id: int) -> None:
+        logs.JOB.set(job_id)  # this job's task only: every line it logs names the job and the model
+        logs.MODEL.set(model_id)
+        try:
+            await self._train(model_id, job_id)
+        finally:
+            if not self.stopping:
+                notify.status("idle")
+
+    async def _train(self, model_id: int, job_id: int) -> None:
+        try:
+            claim = await self._run(gateway.start_model(model_id, job_id, self.host, self.pid))
+        except Unavailable as error:
+            raise Requeue(f"could not start: {error}") from None
+        if claim is None:
+            log.info(
+                "job %s model %s: not the model's current job, or the model is finished: skipped",
+                job_id,
+                model_id,
+            )
+            return
+        attempt = claim["attempts"]
+        started = time.perf_counter()
+        try:
+            outcome = await self._attempt(model_id, job_id, attempt, claim["spec"], claim["timeout_s"])
+        except BaseException as error:  # cancelled (sfq_cancel_model aborts the job), or a bug
+            if isinstance(error, asyncio.CancelledError):
+                log.info("job %s model %s: cancelled; training process killed", job_id, model_id)
+            with contextlib.suppress(Exception):  # fenced: a model cancelled on request stays cancelled
+                await self._run(gateway.fail_model(model_id, attempt, f"{type(error).__name__}: {error}"))
+            raise
+        await self._settle(model_id, job_id, attempt, outcome, started)
+
+    async def _attempt(
+        self, model_id: int, job_id: int, attempt: int, spec: dict[str, Any], timeout_s: float | None
+    ) -> Outcome:
+        """The training process's outcome for this attempt (no process to train in is a Retry)."""
+        try:
+            # Recycling the training process waits for it: not on the event loop, heartbeats go on.
+            child_pid = await asyncio.get_running_loop().run_in_executor(None, self.trainer.ensure_started)
+        except OSError as error:  # cannot fork now
+            return Retry(str(error))
+        log.info(
+            "job %s model %s starting in process %s on %s (attempt %s, training process %s)",
+            job_id,
+            model_id,
+            self.pid,
+            self.host,
+            attempt,
+            child_pid,
+        )
+        notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
+        timeout_s = timeout_s or self.settings.timeout_s
+        return await self.trainer.train(spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt)
+
+    async def _settle(
+        self, model_id: int, job_id: int, attempt: int, outcome: Outcome, started: float
+    ) -> None:
+        """The one place an attempt's outcome becomes the model's state, every write fenced by the attempt
+        number (an attempt handed on to another worker changes nothing):
+
+        - Completed: `completed` with every result, in one transaction (a result that cannot be written
+          is Failed);
+        - Failed: `failed` with the reason, and the job fails too (ModelFailed);
+        - Retry: `queued` again, and the job goes back to the queue (Requeue).
+
+        A write that the database's absence outlasts (retried with backoff) requeues the job as it is."""
+        if isinstance(outcome, Completed):
+            unwritten = await self._write_result(model_id, job_id, attempt, outcome.result, started)
+            if unwritten is None:
+                return
+            outcome = unwritten
+        if isinstance(outcome, Retry):
+            requeue = gateway.requeue_model(model_id, attempt, outcome.reason)
+            if not await self._record(f"requeue model {model_id}", requeue):
+                log.warning(
+                    "job %s model %s: attempt %s was handed on; not requeued", job_id, model_id, attempt
+                )
+                return
+            log.warning("job %s model %s: %s; back to the queue", job_id, model_id, outcome.reason)
+            raise Requeue(outcome.reason, at_once=outcome.at_once)
+        await self._record(f"fail model {model_id}", gateway.fail_model(model_id, attempt, outcome.reason))
+        log.warning("job %s model %s failed in process %s: %s", job_id, model_id, self.pid, outcome.reason)
+        raise ModelFailed(outcome.reason)
+
+    async def _write_result(
+        self, model_id: int, job_id: int, attempt: int, result: TrainingResult, started: float
+    ) -> Failed | None:
+        """Every result written (retried while the database is away), or dropped when the attempt was
+        handed on: None; Failed when the result cannot be written (a constraint, a bug)."""
+        try:
+            written = await self._with_retries(
+                f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
+            )
+        except Requeue:
+            raise
+        except Exception as error:  # not transient: the model fails, saying why
+            return Failed(f"could not write the result: {type(error).__name__}: {error}")
+        if written:
+            log.info(
+                "job %s model %s completed in process %s in %.2f s",
+                job_id,
+                model_id,
+                self.pid,
+                time.perf_counter() - started,
+            )
+        else:
+            log.warning(
+                "job %s model %s: attempt %s was handed on (worker presumed dead); its result is dropped",
+                job_id,
+                model_id,
+                attempt,
+            )
+        return None
+
+    async def _complete(self, model_id: int, attempt: int, result: TrainingResult) -> bool:
+        """Write every result in one transaction, only if this attempt still holds the model (fencing)."""
+        return await gateway.write_result(await self._db(), model_id, attempt, result, artifacts.FORMAT)
+
+    async def forecast(self, forecast_id: int) -> None:
+        """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
+        await asyncio.to_thread(self._on_side_connection, forecasts.run, forecast_id)
+
+    async def backtest(self, simulation_id: int) -> None:
+        """A backtest, in a thread: vectorised over a few hundred bars, it takes milliseconds."""
+        await asyncio.to_thread(self._on_side_connection, backtests.run, simulation_id)
+
+    def _on_side_connection(self, run, object_id: int) -> None:
+        """Forecasts and backtests run one at a time (the predictor's concurrency is 1) on one connection
+        kept open: connecting anew cost about as much as the backtest itself. A connection a database
+        restart broke fails its job (asking again re-queues it) and is replaced on the next one."""
+        with self._side_lock:
+            if self._side is None or self._side.closed or self._side.broken:
+                self._side = gateway.connect(self.url, f"sfq-worker-{self.instance}-side", autocommit=True)
+            run(self._side, object_id)
+
+    async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
+        await self._run(gateway.give_up_model(model_id, job_id, reason))
+
+    async def rescue_forever(self) -> None:
+        """Keep our heartbeat, hand the jobs of dead workers on, and prune old finished jobs.
+
+        Our own heartbeat goes on here because Procrastinate stops its heartbeat at the start of a
+        shutdown, while the running job may still need the grace period to finish.
+        """
+        last_prune = -math.inf
+        while self.worker is None or self.worker.worker_id is None:  # registered within moments of start
+            await asyncio.sleep(0.1)
+        while True:
+            try:
+                await self._rescue_once(self.worker.worker_id if self.worker else None)
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    await self._run(gateway.prune_finished_jobs(self.settings.job_retention_days), "rescue")
+                    last_prune = time.monotonic()
+            except Exception as error:  # the database away, or a query refused: try again next beat
+                log.warning("rescue failed (%s); will try again", error)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _rescue_once(self, own: int | None) -> None:
+        """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""
+        if own is not None:
+            await self._run(gateway.heartbeat(own, self.host, self.pid, self.instance), "rescue")
+        stale_after_s = self.settings.rescue_after_s
+        rescued = gateway.rescue_stalled_jobs(stale_after_s, self.settings.max_attempts, own)
+        for row in await self._run(rescued, "rescue"):
+            log.warning(
+                "rescue: model %s job %s lost its worker: %s (new job %s)",
+                row["model_id"],
+                row["old_job_id"],
+                row["outcome"],
+                row["new_job_id"],
+            )
+        for row in await self._run(gateway.rescue_stalled_side_jobs(stale_after_s, own), "rescue"):
+            log.warning(
+                "rescue: %s %s job %s lost its worker (new job %s)",
+                row["task"],
+                row["object_id"],
+                row["old_job_id"],
+                row["new_job_id"],
+            )
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
+        for conn in self._conns.values():
+            await conn.close()
+        if self._side is not None:
+            self._side.close()

@@ -1,0 +1,164 @@
+"""The worker daemon's process (`sfq worker N`): two Procrastinate workers, one on the training queue
+with concurrency 1 and its training process, one beside it for forecasts and backtests, and the
+daemon's rescue loop, until a signal stops it.
+
+One daemon per core; systemd starts them as worker@N, `sfq workers` stands in where there is no systemd.
+What each job does is `Runtime`'s (runtime.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from procrastinate.worker import Worker
+
+from queue_app import gateway
+from queue_app.config import Settings
+from queue_app.errors import NoSchema, Unavailable
+from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
+from workers.daemon import logs, notify
+from workers.daemon.app import app, connector
+from workers.daemon.child import THREAD_LIMIT_ENV
+from workers.daemon.runtime import Runtime
+
+log = logging.getLogger("sfq.worker")
+
+
+def limit_threads() -> None:
+    """One BLAS/OpenMP thread per training process: N workers on N cores must not oversubscribe."""
+    for name, value in THREAD_LIMIT_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def check_schema(url: str) -> None:
+    """Refuse to start on a database `sfq db upgrade` has not prepared, saying so (rather than failing on
+    the first query with a missing table)."""
+    with gateway.connect(url, "sfq-worker-start") as conn:
+        ready = gateway.run(conn, gateway.has_sfq_schema())
+        database = conn.info.dbname
+    if not ready:
+        raise NoSchema(f"database {database!r} has no sfq schema: run `sfq db upgrade` on it first")
+
+
+def run(instance: int, url: str, settings: Settings) -> int:
+    """Serve until stopped; the exit status: 0 when a signal asked, 1 when the worker could not start or
+    stopped on its own (its heartbeat or listener lost the database), so that systemd
+    (Restart=on-failure) or `sfq workers` starts it again."""
+    limit_threads()
+    logs.configure(settings.hostname, instance, settings.log_json)
+    try:
+        check_schema(url)
+    except Unavailable as error:  # unreachable, or no sfq schema (NoSchema)
+        log.error("worker %s cannot start: %s", instance, error)
+        return 1
+    return 0 if asyncio.run(_serve(instance, url, settings)) else 1
+
+
+async def _serve(instance: int, url: str, settings: Settings) -> bool:
+    """Run until stopped; True when a signal asked for it."""
+    runtime = Runtime(url, instance, settings)
+    # Before READY: the fork server imports scikit-learn once and the first training process is forked,
+    # so the first job does not wait for either.
+    child_pid = await asyncio.get_running_loop().run_in_executor(None, runtime.trainer.ensure_started)
+    log.info("worker %s: training process %s started", instance, child_pid)
+    app.perform_import_paths()  # registers workers.daemon.tasks
+    with app.replace_connector(connector(url, f"sfq-worker-{instance}-queue")):
+        async with app.open_async():
+            common = {
+                "wait": True,
+                "listen_notify": True,
+                "fetch_job_polling_interval": settings.poll_interval_s,
+                "update_heartbeat_interval": settings.heartbeat_s,
+                "stalled_worker_timeout": settings.rescue_after_s,
+                "additional_context": {"runtime": runtime},
+                "install_signal_handlers": False,
+            }
+            # Training: one job at a time (one core). Forecasts and backtests: beside it (milliseconds
+            # each), so that a strategy asking for a prediction does not wait for a training to end.
+            trainer = Worker(
+                app,
+                queues=[TRAINING_QUEUE],
+                name=f"worker-{instance}@{runtime.host}",
+                concurrency=1,
+                **common,
+            )
+            predictor = Worker(
+                app,
+                queues=[PREDICTION_QUEUE, SIMULATION_QUEUE],
+                name=f"predictor-{instance}@{runtime.host}",
+                concurrency=1,
+                **common,
+            )
+            runtime.worker = trainer
+            rescuer = asyncio.create_task(runtime.rescue_forever())
+            watchdog = asyncio.create_task(notify.watchdog_forever())  # systemd's WatchdogSec=
+            try:
+                asked = await _run_until_signalled([trainer, predictor], instance, runtime)
+            finally:
+                rescuer.cancel()
+                await runtime.close()
+                watchdog.cancel()
+    log.info("worker %s stopped%s", instance, "" if asked else " on its own (database lost?)")
+    return asked
+
+
+async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Runtime) -> bool:
+    """First SIGTERM/SIGINT: take no new job and let the running one finish within the grace period;
+    then, or at a second signal, stop it and put its job back in the queue. When one worker stops on
+    its own (database lost), the others stop too, and the daemon exits for its supervisor to restart."""
+    loop = asyncio.get_running_loop()
+    signals_received = 0
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+
+    def stop_all() -> None:
+        for worker in workers:
+            worker.stop()
+
+    def interrupt() -> None:
+        runtime.trainer.interrupt(f"worker {instance} shut down")
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_received
+        signals_received += 1
+        if signals_received == 1:
+            grace = runtime.settings.grace_s
+            runtime.stopping = True
+            notify.notify("STOPPING=1", f"STATUS=stopping: the running job has {grace} s to finish")
+            log.info(
+                "worker %s: %s received; stopping (running job has %s s to finish)",
+                instance,
+                signal.Signals(signum).name,
+                grace,
+            )
+            stop_all()
+            loop.call_later(grace, interrupt)
+        else:
+            log.warning("worker %s: second signal, putting the running job back in the queue", instance)
+            interrupt()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    # worker.run() clears any stale stop request on its first step: re-issue one that came before.
+    await asyncio.sleep(0)
+    if signals_received:
+        stop_all()
+    log.info(
+        "worker %s ready in process %s on %s (queues %s, %s, %s)",
+        instance,
+        runtime.pid,
+        runtime.host,
+        TRAINING_QUEUE,
+        PREDICTION_QUEUE,
+        SIMULATION_QUEUE,
+    )
+    notify.notify("READY=1", "STATUS=idle")  # systemd's Type=notify: worker@N is started
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for worker, task in zip(workers, tasks, strict=True):
+        if task in done and not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s stopped: %s: %s", worker.worker_name, type(error).__name__, error)
+    stop_all()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return signals_received > 0
