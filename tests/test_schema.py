@@ -20,11 +20,11 @@ from psycopg.types.json import Jsonb
 
 from queue_app import bars, db, gateway
 from tests.conftest import ROOT
-from workers import contract
-from workers.algorithms import ALGORITHMS
-from workers.features import FEATURES
-from workers.regimes import REGIMES
-from workers.simulation import STRATEGIES
+from workers.modelling import contract
+from workers.modelling.algorithms import ALGORITHMS
+from workers.modelling.backtest import STRATEGIES
+from workers.modelling.features import FEATURES
+from workers.modelling.regimes import REGIMES
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 
