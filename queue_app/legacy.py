@@ -224,6 +224,16 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
             table.notes.append(f"duplicate id {legacy_id}: same spec as {like}")
         first_legacy.setdefault(model_id, legacy_id)
 
+    gateway.run(conn, gateway.link_parents(_parent_links(parents, mapping, first_legacy, table)))
+    return mapping
+
+
+def _parent_links(
+    parents: dict[int, int], mapping: _Mapping, first_legacy: dict[int, int], table: TableReport
+) -> dict[int, int]:
+    """Second pass, once every legacy model has its new id (a parent may come after its child in the
+    file): child model id -> parent model id, for the links that can be kept; the others are noted."""
+    mapped, refused = mapping.models, mapping.refused
     links = {}
     for child, parent in parents.items():
         if parent in mapped and mapped[parent] != child:
@@ -246,8 +256,7 @@ def _import_models(conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, re
         if ancestor == child:
             table.notes.append(f"model {child} imported without its parent: the link would make a loop")
             del links[child]
-    gateway.run(conn, gateway.link_parents(links))
-    return mapping
+    return links
 
 
 def _model_params(row: dict[str, Any], file: str) -> dict[str, Any]:
