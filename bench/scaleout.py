@@ -128,7 +128,8 @@ def measure_celery(url: str, mix: list[dict], run: int, worker: Process, queue: 
     return {"wall": wall, "ids": ids}
 
 
-def scenario(url: str, short: bool) -> dict[str, Any]:
+def _measure(url: str, short: bool) -> tuple[list, dict[str, Any]]:
+    """Every run of the standard mix, one at a time: sfq with 1 and CORES workers, then the baselines."""
     mix = jobs.standard_mix(short)
     timeout = 120 if short else 1800
     with processes() as started:
@@ -157,6 +158,14 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
         thread = measure_pool(url, mix, 4, thread_pool, timeout)
         celery = measure_celery(url, mix, 5, celery_worker, queue, timeout) if celery_worker else None
         process_one = measure_pool(url, mix, 6, single_process, timeout)
+    runs = {"one": one, "many": many, "process": process, "thread": thread, "celery": celery}
+    return mix, {**runs, "process_one": process_one}
+
+
+def scenario(url: str, short: bool) -> dict[str, Any]:
+    mix, runs = _measure(url, short)
+    one, many, process, thread, celery = (runs[k] for k in ("one", "many", "process", "thread", "celery"))
+    process_one = runs["process_one"]
     limit = one["train_s"] / CORES
     rows: list[tuple[str, str, str]] = []
 
