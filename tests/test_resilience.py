@@ -81,10 +81,20 @@ def test_crashing_training_process_fails_only_its_job(clean, start_worker, signu
 
 
 def test_job_of_a_killed_worker_is_rescued_by_another(clean, start_worker):
-    doomed = start_worker(1, **QUICK_RESCUE)
+    # Both workers run before the job is queued, and the one that takes it is killed as its training
+    # starts. (Starting the survivor only after the job was taken raced the training: on a loaded
+    # machine the start outlasted it, and nothing was left to rescue.)
+    workers = {w.pid: w for w in (start_worker(1, **QUICK_RESCUE), start_worker(2, **QUICK_RESCUE))}
     model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    deadline = time.monotonic() + 180
+    while (
+        taken := clean.execute("SELECT worker_pid FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+    ) is None:
+        assert time.monotonic() < deadline, [w.output for w in workers.values()]
+        time.sleep(0.05)
+    doomed = workers.pop(taken)
+    (survivor,) = workers.values()
     child = training_pid(doomed, model_id)
-    survivor = start_worker(2, **QUICK_RESCUE)
     doomed.popen.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     survivor.wait_for_line(rf"rescue: model {model_id} job \d+ lost its worker: rescued", timeout=60)
