@@ -153,7 +153,9 @@ class Process:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_line(self, pattern: str, timeout: float = 60) -> re.Match:
+    def wait_for_line(self, pattern: str, timeout: float = 180) -> re.Match:
+        # 180 s: a worker's start (scikit-learn imported by its fork server, a training process forked)
+        # took over 60 s with both cores loaded by other test runs; a line that comes returns at once.
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         while time.monotonic() < deadline:

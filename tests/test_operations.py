@@ -225,18 +225,21 @@ def test_cancel_a_running_model_kills_its_training(clean, api, database, start_w
     worker = start_worker(1)
     slow = {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": {"n_estimators": 3000}}
     running = api.post("/train", json=slow).json()["model_id"]
-    deadline = time.monotonic() + 60
-    while (
-        clean.execute("SELECT status::text FROM models WHERE id = %s", (running,)).fetchone()[0] != "running"
-    ):
-        assert time.monotonic() < deadline
+    # Well into training: the training process has reported a phase past loading the bars on the row.
+    deadline = time.monotonic() + 120
+    while True:
+        status, phase = clean.execute(
+            "SELECT status::text, progress->>'phase' FROM models WHERE id = %s", (running,)
+        ).fetchone()
+        if status == "running" and phase not in (None, "starting", "loading"):
+            break
+        assert time.monotonic() < deadline, (status, phase, worker.output)
         time.sleep(0.05)
-    time.sleep(0.5)  # well into training
 
     cli = run_sfq("cancel", str(running), url=database)
     assert cli.returncode == 0 and cli.stdout.strip() == f"model {running} cancelled", cli.stderr
-    worker.wait_for_line(rf"model {running}: cancelled; training process killed", timeout=15)
-    jobs = wait_for_jobs(clean, timeout=15)
+    worker.wait_for_line(rf"model {running}: cancelled; training process killed", timeout=60)
+    jobs = wait_for_jobs(clean, timeout=60)
     assert jobs[running] == "aborted"
     row = clean.execute(
         "SELECT m.status::text, (SELECT count(*) FROM model_artifacts WHERE model_id = m.id),"

@@ -42,6 +42,19 @@ def training_pid(worker, model_id: int) -> int:
     return int(worker.wait_for_line(rf"model {model_id} starting .* training process (\d+)").group(1))
 
 
+def taken_by(conn, model_id: int, workers: list) -> tuple:
+    """(the worker whose pid the model's row shows, the other one), once a worker has taken the job."""
+    deadline = time.monotonic() + 180
+    while (
+        pid := conn.execute("SELECT worker_pid FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+    ) is None:
+        assert time.monotonic() < deadline, [w.output for w in workers]
+        time.sleep(0.05)
+    (taker,) = [w for w in workers if w.pid == pid]
+    (other,) = [w for w in workers if w.pid != pid]
+    return taker, other
+
+
 def test_timeout_kills_training_and_worker_goes_on(clean, start_worker):
     worker = start_worker(1)
     slow, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW, "timeout_s": 1})
@@ -81,10 +94,13 @@ def test_crashing_training_process_fails_only_its_job(clean, start_worker, signu
 
 
 def test_job_of_a_killed_worker_is_rescued_by_another(clean, start_worker):
-    doomed = start_worker(1, **QUICK_RESCUE)
+    # Both workers run before the job is queued, and the one that takes it is killed as its training
+    # starts. (Starting the survivor only after the job was taken raced the training: on a loaded
+    # machine the start outlasted it, and nothing was left to rescue.)
+    workers = [start_worker(1, **QUICK_RESCUE), start_worker(2, **QUICK_RESCUE)]
     model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    doomed, survivor = taken_by(clean, model_id, workers)
     child = training_pid(doomed, model_id)
-    survivor = start_worker(2, **QUICK_RESCUE)
     doomed.popen.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     survivor.wait_for_line(rf"rescue: model {model_id} job \d+ lost its worker: rescued", timeout=60)
@@ -129,10 +145,12 @@ def test_stalled_worker_that_comes_back_cannot_write_its_result(clean, start_wor
 def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, start_worker):
     """The stopping worker keeps its heartbeat while its job finishes, though the job outlasts the
     rescue threshold and another worker is watching."""
-    worker = start_worker(1, SFQ_GRACE_S="120", **QUICK_RESCUE)
+    # Both run before the job is queued (a watcher started later may come up after the job is done,
+    # on a loaded machine); the one that takes it is stopped as its training starts.
+    workers = [start_worker(n, SFQ_GRACE_S="120", **QUICK_RESCUE) for n in (1, 2)]
     model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    worker, watcher = taken_by(clean, model_id, workers)
     training_pid(worker, model_id)
-    watcher = start_worker(2, **QUICK_RESCUE)
     assert worker.stop(timeout=180) == 0
     model = wait_for_models(clean, [model_id], timeout=5)[model_id]
     assert (model["status"], model["attempts"]) == ("completed", 1)

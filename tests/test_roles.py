@@ -223,7 +223,19 @@ def test_worker_role_trains_rescues_forecasts_and_cannot_change_the_schema(roles
             time.sleep(0.1)
         assert conn.execute(answer, (forecast,)).fetchone() == ("completed", None)
         assert conn.execute("SELECT count(*) FROM sfq_workers").fetchone()[0] >= 1  # its heartbeat
-    time.sleep(1.5)  # another rescue round and heartbeat, after everything
+        # Another rescue round and heartbeat, after everything: the worker's heartbeat (each round's
+        # first step) is seen twice after now, so a whole round has run in between.
+        since, beats = conn.execute("SELECT now()").fetchone()[0], set()
+        deadline = time.monotonic() + 60
+        while len(beats) < 2:
+            beats |= {
+                seen
+                for (seen,) in conn.execute(
+                    "SELECT last_seen FROM sfq_workers WHERE pid = %s AND last_seen > %s", (worker.pid, since)
+                )
+            }
+            assert time.monotonic() < deadline, worker.output
+            time.sleep(0.05)
     assert "permission denied" not in worker.output and "rescue failed" not in worker.output, worker.output
 
     refused(
@@ -289,14 +301,21 @@ def test_api_role_serves_every_endpoint_and_cannot_write_tables(roles, start_api
         # Cancelling a running model: the worker (its role) aborts the job and records the end.
         slow = {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": {"n_estimators": 3000}}
         running = api.post("/train", json=slow).json()["model_id"]
-        deadline = time.monotonic() + 60
-        while api.get(f"/models/{running}").json()["status"] != "running":
-            assert time.monotonic() < deadline
+        # Well into training, as in test_operations.py: a phase past loading the bars on the model.
+        deadline = time.monotonic() + 120
+        while True:
+            shown = api.get(f"/models/{running}").json()
+            if shown["status"] == "running" and (shown["progress"] or {}).get("phase") not in (
+                None,
+                "starting",
+                "loading",
+            ):
+                break
+            assert time.monotonic() < deadline, (shown, worker.output)
             time.sleep(0.05)
-        time.sleep(0.5)  # well into training, as in test_operations.py
         assert api.post(f"/models/{running}/cancel").json()["status"] == "cancelled"
         with psycopg.connect(roles.owner, autocommit=True) as conn:
-            assert wait_for_jobs(conn, timeout=15)[running] == "aborted", worker.output
+            assert wait_for_jobs(conn, timeout=60)[running] == "aborted", worker.output
 
     refused(
         roles.login["sfq_api"],

@@ -243,7 +243,11 @@ def test_worker_service_notifies_systemd(database, clean, tmp_path):
         training = receiver.wait_for(f"STATUS=training model {model_id} (job", 60, process, after=ready)
         assert wait_for_models(clean, [model_id])[model_id]["status"] == "completed"
         receiver.wait_for("STATUS=idle", 10, process, after=training)
-        time.sleep(max(0.0, receiver.received[ready][0] + 3 - time.monotonic()))
+        # At least six watchdog pings since READY (asserted below): waited for, not slept for 3 s.
+        deadline = time.monotonic() + 60
+        while sum(fields == ["WATCHDOG=1"] for _, _, fields in receiver.received[ready:]) < 6:
+            assert time.monotonic() < deadline and process.poll() is None, receiver.received
+            time.sleep(0.05)
         assert stop_service(process, settings, log) == 0, log.read_text()
         receiver.wait_for("STOPPING=1", 1, process)
     finally:

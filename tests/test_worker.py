@@ -76,7 +76,17 @@ def test_worker_trains_and_writes_every_result(clean, start_worker):
 def test_idle_worker_is_woken_by_notify(clean, start_worker):
     """Test workers poll every 300 s (see conftest), so a prompt start can only come from LISTEN/NOTIFY."""
     start_worker(1)
-    time.sleep(1)  # the worker is idle and listening
+    # Idle and listening: the database shows the training queue's LISTEN on the worker's connection
+    # ("ready" is logged before it). Then past the connector's catch-up wakes (at the LISTEN and 1 s
+    # after), so that only a NOTIFY can start the job before the next poll.
+    deadline = time.monotonic() + 60
+    while not clean.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'sfq-worker-1-queue' AND query LIKE 'LISTEN %%#training%%'"
+    ).fetchone():
+        assert time.monotonic() < deadline, "worker 1 is not listening on the training queue"
+        time.sleep(0.05)
+    time.sleep(2)
     model_id, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
     assert wait_for_models(clean, [model_id], timeout=60)[model_id]["status"] == "completed"
 
@@ -220,7 +230,7 @@ def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean, database
         return pid
 
     def gone(pid: int) -> bool:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # at once when idle; a loaded machine may take seconds
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.01)  # killed; its fork server reaps it
         return not os.path.exists(f"/proc/{pid}")
