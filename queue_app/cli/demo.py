@@ -80,7 +80,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         return error.code, json.load(error)
 
 
-def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+def _wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
