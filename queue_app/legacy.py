@@ -76,7 +76,7 @@ SIMULATION_METRICS = ("total_return", "sharpe", "max_drawdown", "n_trades")
 RUNTIME_PARAMS = ("random_state", "n_jobs", "verbose", "warm_start", "copy_X")
 
 
-class _Unmappable(Exception):
+class _Unmappable(Rejected):
     """A legacy row that cannot be imported; the message is the reason reported."""
 
 

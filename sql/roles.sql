@@ -17,7 +17,6 @@ DO $$
 DECLARE
     sfq_schema text;
     group_role text;
-    fn regprocedure;
 BEGIN
     IF to_regclass('training_requests') IS NULL OR to_regclass('procrastinate_jobs') IS NULL THEN
         RAISE EXCEPTION 'the database has no sfq schema yet: run `sfq db upgrade` first';
@@ -39,14 +38,8 @@ BEGIN
         EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', sfq_schema, group_role);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', sfq_schema, group_role);
     END LOOP;
-    -- As sql/schema/security.sql: no sfq or Procrastinate function is executable by PUBLIC.
-    FOR fn IN
-        SELECT p.oid FROM pg_proc p
-         WHERE p.pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'training_requests'::regclass)
-           AND p.proname ~ '^(sfq|procrastinate)_'
-    LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
-    END LOOP;
+    -- No sfq or Procrastinate function is executable by PUBLIC: sql/schema/security.sql, applied by every
+    -- `sfq db upgrade` that changes anything, sees to it.
     -- A submitter sets the request's fields; not its id (OVERRIDING SYSTEM VALUE could take the ids of
     -- requests to come), received_at or via, nor what the trigger fills in.
     EXECUTE format('GRANT INSERT (%s) ON training_requests TO sfq_submitter',
