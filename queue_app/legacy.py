@@ -273,6 +273,7 @@ def _model_params(row: dict[str, Any], file: str) -> dict[str, Any]:
     request["alpha_grid"] = _numbers(row, "alpha_grid")
     request["l1_ratio_grid"] = _numbers(row, "l1_ratio_grid")
     request["regime_configs"] = _json(row, "regime_configs")
+    request["execution_lag"] = 0  # the old service measured its target from the signal's close
     status = str(row["status"] or "").strip().lower()
     if status in UNFINISHED:
         status, error = "failed", f"imported from the old service while {status}; resubmit it"

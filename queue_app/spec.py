@@ -45,6 +45,12 @@ FIELDS: tuple[Field, ...] = (
     Field("run", "integer", "run number of an otherwise identical spec (default 1)"),
     Field("retrain_of", "integer", "model this one retrains"),
     Field("priority", "integer", "queue priority, -100..100, higher first (default 0; not fingerprinted)"),
+    Field(
+        "execution_lag",
+        "integer",
+        "bars from the signal's close to the entry's close, 0..100 (default 1): the label and the backtest "
+        "run from that close to target_col horizon bars later",
+    ),
 )
 
 _JSON_SCHEMA = {

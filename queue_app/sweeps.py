@@ -12,7 +12,7 @@ from queue_app.params import SweepQuery
 
 DEFAULT_PRIORITY = -10  # below single requests (0): one interactive request is not stuck behind a sweep
 HELD_OUT = ("directional_accuracy", "directional_base_rate", "ic", "r2", "rmse")
-BACKTEST = ("sharpe", "psr", "total_return", "cagr", "max_drawdown", "n_trades")
+BACKTEST = ("sharpe", "psr", "hit_rate", "total_return", "cagr", "max_drawdown", "n_trades")
 
 
 def metric(row: dict[str, Any], sort: str) -> float | None:

@@ -117,13 +117,14 @@ COPY legacy_simulations (legacy_id, model_id, strategy, params, start_date, end_
                          max_drawdown, n_trades, equity_curve, created_at) FROM STDIN
 
 -- import_simulations --
--- A backtest already there (same model, strategy, params and period) is kept as it is.
+-- A backtest already there (same model, strategy, params and period) is kept as it is. The old service's
+-- backtests did not trade the label: convention 'legacy', read by no leaderboard.
 INSERT INTO simulation_history (model_id, strategy, params, period_start, period_end, metrics, equity_curve,
-                                imported_from, created_at)
+                                imported_from, created_at, convention)
 SELECT model_id, strategy, params, start_date::timestamp AT TIME ZONE 'UTC', end_date::timestamp AT TIME ZONE 'UTC',
        jsonb_strip_nulls(jsonb_build_object('total_return', total_return, 'sharpe', sharpe,
                                             'max_drawdown', max_drawdown, 'n_trades', n_trades)),
-       equity_curve, 'duckdb:' || %(file)s || '#' || legacy_id, coalesce(created_at, now())
+       equity_curve, 'duckdb:' || %(file)s || '#' || legacy_id, coalesce(created_at, now()), 'legacy'
   FROM legacy_simulations
  ORDER BY legacy_id
 ON CONFLICT DO NOTHING

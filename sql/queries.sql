@@ -329,15 +329,15 @@ UPDATE simulation_history SET status = 'failed', finished_at = now(), error = %(
 
 -- get_simulation --
 -- One backtest with its equity curve and the model's symbol and timeframe.
-SELECT s.id, s.model_id, s.strategy, s.params, s.status, s.error, s.period_start, s.period_end, s.metrics,
-       s.equity_curve, s.imported_from, s.created_at, s.finished_at, m.symbol, m.timeframe
+SELECT s.id, s.model_id, s.strategy, s.params, s.convention, s.status, s.error, s.period_start, s.period_end,
+       s.metrics, s.equity_curve, s.imported_from, s.created_at, s.finished_at, m.symbol, m.timeframe
   FROM simulation_history s JOIN models m ON m.id = s.model_id
  WHERE s.id = %(simulation_id)s
 
 -- model_simulations --
 -- A model's backtests, without their equity curves.
-SELECT id, model_id, strategy, params, status, error, period_start, period_end, metrics, imported_from,
-       created_at, finished_at
+SELECT id, model_id, strategy, params, convention, status, error, period_start, period_end, metrics,
+       imported_from, created_at, finished_at
   FROM simulation_history WHERE model_id = %(model_id)s ORDER BY id
 
 -- submit_sweep --
@@ -362,7 +362,8 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, sm.position, sm.combination, m.statu
   FROM sweep_models sm
   JOIN models m ON m.id = sm.model_id
   LEFT JOIN simulation_history s
-    ON s.model_id = m.id AND s.status = 'completed' AND s.imported_from IS NULL AND s.strategy = 'long_short'
+    ON s.model_id = m.id AND s.status = 'completed' AND s.imported_from IS NULL AND s.convention = 'label'
+   AND s.strategy = 'long_short'
    AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
                                        (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
  WHERE sm.sweep_id = %(sweep_id)s
@@ -430,10 +431,12 @@ SELECT count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTE
   FROM models WHERE finished_at > now() - make_interval(mins => %(minutes)s)
 
 -- default_backtest --
--- The backtest every trained model gets (long_short, default parameters), as sweep_models finds it.
+-- The backtest every trained model gets (long_short, default parameters, trading its label), as
+-- sweep_models finds it.
 SELECT s.id, s.status, s.error, s.metrics, s.equity_curve, s.period_start, s.period_end
   FROM simulation_history s
- WHERE s.model_id = %(model_id)s AND s.imported_from IS NULL AND s.strategy = 'long_short'
+ WHERE s.model_id = %(model_id)s AND s.imported_from IS NULL AND s.convention = 'label'
+   AND s.strategy = 'long_short'
    AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
                                        (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
 

@@ -149,7 +149,8 @@ def test_the_database_reads_timeframes_as_the_workers_do(conn, timeframe):
         (
             '{"train_window": 60, "cv_folds": 10}',
             "train_window",
-            "must hold at least (cv_folds + 1) x (horizon + 10) = 121 bars for 10 folds, got 60",
+            "must hold at least (cv_folds + 1) x (execution_lag + horizon + 10) = 132 bars for 10 folds, "
+            "got 60",
         ),
         (
             'batch {"target_col": "close"}',

@@ -152,6 +152,13 @@ def test_multi_row_insert_with_one_bad_row_changes_nothing(clean):
         ({"symbol": "AAPL", "train_window": 60, "cv_folds": 10}, "train_window", "at least"),
         ({"symbol": "AAPL", "parent_model_id": 999999}, "parent_model_id", "no model with id 999999"),
         ({"symbol": "AAPL", "timeframe": "daily"}, "timeframe", "is not a timeframe"),
+        ({"symbol": "AAPL", "execution_lag": -1}, "execution_lag", "between 0 and 100"),
+        ({"symbol": "AAPL", "execution_lag": 101}, "execution_lag", "between 0 and 100"),
+        (
+            {"symbol": "AAPL", "train_window": 72, "horizon": 2, "execution_lag": 1},
+            "train_window",
+            "(cv_folds + 1) x (execution_lag + horizon + 10) = 78 bars",
+        ),
     ],
 )
 def test_bad_insert_fails_naming_the_field_and_changes_nothing(clean, columns, field, words):
@@ -205,6 +212,30 @@ def test_fingerprint_is_canonical(clean):
     assert implicit == explicit and deduplicated
     _, other, _ = insert_request(clean, {**base, "hyperparameters": json.dumps({"n_estimators": 101})})
     assert other != explicit
+
+
+def test_execution_lag_is_fingerprinted_and_lag_0_is_the_label_every_model_had_before(clean):
+    """The default lag (1) is part of the spec and its fingerprint (spec_version 2); lag 0, the label
+    measured from the signal's close as before the field existed, is written exactly as those specs
+    were, so it hashes as they did (tests/test_schema.py: the models made before keep their
+    fingerprints)."""
+    base = {"symbol": "AAPL", **FAST}
+    default = clean.execute(
+        "SELECT spec FROM models WHERE id = %s", (insert_request(clean, base)[0],)
+    ).fetchone()[0]
+    assert default["execution_lag"] == 1 and default["spec_version"] == 2
+    model, lag_1, deduplicated = insert_request(clean, {**base, "execution_lag": 1})
+    assert deduplicated
+    _, lag_2, _ = insert_request(clean, {**base, "execution_lag": 2})
+    lag_0_model, lag_0, _ = insert_request(clean, {**base, "execution_lag": 0})
+    assert len({lag_0, lag_1, lag_2}) == 3
+    spec = clean.execute("SELECT spec FROM models WHERE id = %s", (lag_0_model,)).fetchone()[0]
+    assert "execution_lag" not in spec and spec["spec_version"] == 1
+    # A retrain or an evolution of such a model keeps its lag.
+    request = clean.execute(
+        "SELECT sfq_model_request(m) FROM models m WHERE id = ANY(%s) ORDER BY id", ([model, lag_0_model],)
+    ).fetchall()
+    assert [r[0]["execution_lag"] for r in request] == [1, 0]
 
 
 def test_fingerprint_ignores_client_time_zone(clean, database):

@@ -208,7 +208,8 @@ def test_models(target, legacy_file):
 
 
 def test_fingerprint_is_sfqs_own(target, legacy_file):
-    """The same spec submitted to sfq (data_end pinned to the same bar) is the imported model."""
+    """The same spec submitted to sfq (data_end pinned to the same bar, and the old service's label, from
+    the signal's close: execution_lag 0) is the imported model."""
     with psycopg.connect(target, autocommit=True) as conn:
         for symbol, rows in bars.sample_bars():
             if symbol == "AAPL":
@@ -218,7 +219,7 @@ def test_fingerprint_is_sfqs_own(target, legacy_file):
         request = {
             "symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": json.loads(RF),
             "features": ["vol_20", "ret_5", "ret_1"], "train_window": 500, "test_window": 100, "cv_folds": 3,
-            "data_end": "2012-12-31T12:00:00Z",
+            "data_end": "2012-12-31T12:00:00Z", "execution_lag": 0,
         }  # fmt: skip
         model_id, fingerprint, deduplicated = conn.execute(
             "SELECT model_id, fingerprint, deduplicated FROM sfq_submit(%s::jsonb)", (json.dumps(request),)
@@ -228,7 +229,8 @@ def test_fingerprint_is_sfqs_own(target, legacy_file):
 
 
 def test_duplicate_of_an_sfq_model(target, legacy_file):
-    """A legacy model whose spec sfq already has (live, here queued) maps to that model."""
+    """A legacy model whose spec sfq already has (live, here queued; the old service's label has
+    execution_lag 0) maps to that model."""
     with psycopg.connect(target, autocommit=True) as conn:
         for symbol, rows in bars.sample_bars():
             if symbol == "AAPL":
@@ -236,6 +238,7 @@ def test_duplicate_of_an_sfq_model(target, legacy_file):
         request = {
             "symbol": "AAPL", "hyperparameters": json.loads(RF), "features": ["ret_1", "ret_5", "vol_20"],
             "train_window": 500, "test_window": 100, "cv_folds": 3, "data_end": "2012-12-31",
+            "execution_lag": 0,
         }  # fmt: skip
         (model_id,) = conn.execute(
             "SELECT model_id FROM sfq_submit(%s::jsonb)", (json.dumps(request),)

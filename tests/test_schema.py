@@ -278,6 +278,7 @@ def build_through_every_migration(url: str, procrastinate_schema: str, procrasti
         apply_migration(conn, "0005_simulations_sweeps.sql")
         load_registry(conn, "sfq_strategies")
         conn.execute("SELECT sfq_request_simulation(1)")
+        conn.execute("""UPDATE simulation_history SET status = 'completed', metrics = '{"sharpe": -2.2}'""")
         conn.execute(
             "SELECT sfq_submit_sweep(%s, %s)",
             (
@@ -348,6 +349,7 @@ def databases(make_database) -> Databases:
 def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(databases):
     assert databases.applied == [
         "migrations/0009_schema_files.sql",
+        "migrations/0010_trade_what_was_predicted.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -359,6 +361,12 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
             f"procrastinate/{procrastinate.__version__}"
         }
         assert fingerprints_recomputed(conn) == []  # same fingerprints for the models made before
+        # The backtest computed before 0010 keeps its metrics, marked legacy; asked again, it is a new one.
+        legacy = "SELECT id, convention, metrics->>'sharpe' FROM simulation_history WHERE model_id = 1"
+        ((old, convention, sharpe),) = conn.execute(legacy).fetchall()
+        assert (convention, sharpe) == ("legacy", "-2.2")
+        again = conn.execute("SELECT id, convention, status FROM sfq_request_simulation(1)").fetchone()
+        assert again[0] != old and again[1:] == ("label", "queued")
         write_after_the_upgrade(conn)
         unqueued = conn.execute(
             "SELECT m.id FROM models m LEFT JOIN procrastinate_jobs j ON j.id = m.job_id"
@@ -516,6 +524,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
     ]
     assert applied[len(migrations) + 1 :] == [
         "migrations/0009_schema_files.sql",
+        "migrations/0010_trade_what_was_predicted.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

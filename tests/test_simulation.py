@@ -28,6 +28,7 @@ from workers.modelling.backtest import (
     periods_per_year,
     validate_params,
 )
+from workers.modelling.training import label
 
 DAILY = 252
 
@@ -51,7 +52,15 @@ def make_predictions(bars: pd.DataFrame, values: np.ndarray, start: int) -> pd.D
 
 
 def spec(**overrides: Any) -> dict[str, Any]:
-    return {"timeframe": "1d", "target_transform": "log_return", "horizon": 1, "data_end": None, **overrides}
+    return {
+        "timeframe": "1d",
+        "target_col": "close",
+        "target_transform": "log_return",
+        "horizon": 1,
+        "execution_lag": 1,
+        "data_end": None,
+        **overrides,
+    }
 
 
 def strategy_returns(result) -> np.ndarray:
@@ -171,34 +180,74 @@ def test_bad_timeframe_is_refused(timeframe):
 # --- timing -----------------------------------------------------------------------------------------
 
 
-def test_perfect_foresight_of_the_bar_after_next_earns_every_move():
-    """A "prediction" at t that knows the return from t + 1 to t + 2 earns its absolute value: the
-    position is entered at the close of t + 1 and held over bar t + 2, not earlier."""
-    close = random_closes(80, seed=1)
+def ohlc_bars(n: int, seed: int) -> pd.DataFrame:
+    """A random walk whose open, high and low come from the same path as the close (the open a gap from
+    the previous close, the high and low beyond both), so that the next open or high is information."""
+    rng = np.random.default_rng(seed)
+    close = random_closes(n, seed)
+    open_ = np.concatenate([[100.0], close[:-1]]) * np.exp(rng.normal(0, 0.003, n))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.004, n)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.004, n)))
     bars = make_bars(close)
-    market = market_returns(close)
-    start = 20
-    foresight = np.log(close[start + 2 :] / close[start + 1 : -1])  # t = start .. n - 3
-    result = backtest(make_predictions(bars, foresight, start), bars, spec(), "long_short", {"cost_bps": 0})
-    returns = strategy_returns(result)
-    np.testing.assert_allclose(returns, np.abs(market[start + 2 :]), rtol=1e-9, atol=1e-15)
-    assert result.period_start == bars.index[start + 1] and result.period_end == bars.index[-1]
-    assert result.metrics["win_rate"] == 1.0 and result.metrics["n"] == len(close) - start - 2
+    return bars.assign(open=open_, high=high, low=low)
 
 
-def test_knowing_only_the_next_bar_earns_nothing_special():
-    """A "prediction" that knows bar t + 1's return (the target itself) trades its sign over bar t + 2:
-    on a random walk that is a coin toss."""
+def sleeve_returns(bars: pd.DataFrame, positions: pd.Series, settings: dict[str, Any]) -> np.ndarray:
+    """The stated convention written as a plain loop, for comparison: each signal t's position is a 1/h
+    sleeve entered at close[t + L], earning close-to-close each bar and, on its last bar, up to
+    target_col[t + L + h]."""
+    lag, h, price = settings["execution_lag"], settings["horizon"], bars[settings["target_col"]].to_numpy()
+    close = bars["close"].to_numpy()
+    first = bars.index.get_loc(positions.index[0])
+    start, end = first + lag, bars.index.get_loc(positions.index[-1]) + lag + h
+    returns = np.zeros(end - start)
+    for t, position in zip(range(first, first + len(positions)), positions.to_numpy(), strict=True):
+        entry = t + lag
+        for bar in range(entry + 1, entry + h + 1):
+            exit_price = price[bar] if bar == entry + h else close[bar]
+            returns[bar - start - 1] += position / h * (exit_price / close[bar - 1] - 1.0)
+    return returns
+
+
+@pytest.mark.parametrize("target_col", ["close", "open", "high", "low"])
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_the_true_label_as_the_prediction_earns_perfect_foresight(target_col, horizon):
+    """Feeding the label itself (`training.label`) as the "prediction" trades exactly it: every signal's
+    position earns the label's absolute value (hit rate 1), and the per-bar returns are the stated
+    sleeves' returns, for every horizon and target column: the perfect-foresight Sharpe."""
+    bars = ohlc_bars(400, seed=21)
+    settings = spec(target_col=target_col, horizon=horizon, target_transform="pct_change")
+    target, entry = label(bars, settings)
+    predictions = pd.DataFrame({"predicted": target.dropna().iloc[250:]})
+    result = backtest(predictions, bars, settings, "long_short", {"cost_bps": 0})
+
+    expected = sleeve_returns(bars, np.sign(predictions["predicted"]), settings)
+    np.testing.assert_allclose(strategy_returns(result), expected, rtol=1e-9, atol=1e-14)
+    assert result.metrics["hit_rate"] == 1.0
+    if horizon == 1:  # one sleeve: each bar earns exactly |label|
+        np.testing.assert_allclose(strategy_returns(result), np.abs(predictions["predicted"]), rtol=1e-9)
+    # Nothing that trades these signals with less foresight does better: a random half of them reversed.
+    flipped = predictions * np.where(np.random.default_rng(3).random(len(predictions)) < 0.5, -1, 1)[:, None]
+    assert (
+        backtest(flipped, bars, settings, "long_short", {"cost_bps": 0}).metrics["sharpe"]
+        < (result.metrics["sharpe"])
+    )
+
+
+def test_the_old_label_traded_under_a_lag_is_a_coin_toss():
+    """The convention this replaced: a "prediction" that knows close[t+1] / close[t] (the label from the
+    signal's own close) is worth nothing traded from the close of t + 1: on a random walk, a Sharpe
+    within noise of 0, though it is perfect foresight for execution_lag 0."""
     close = random_closes(2000, seed=2)
     bars = make_bars(close)
-    market = market_returns(close)
     start = 10
-    next_bar = np.log(close[start + 1 : -1] / close[start:-2])  # t = start .. n - 3
-    result = backtest(make_predictions(bars, next_bar, start), bars, spec(), "long_short", {"cost_bps": 0})
-    returns = strategy_returns(result)
-    np.testing.assert_allclose(returns, np.sign(next_bar) * market[start + 2 :], rtol=1e-9, atol=1e-15)
-    n = result.metrics["n"]
-    assert abs(result.metrics["sharpe"]) < 4 * math.sqrt(DAILY / n)  # 4 standard errors of a null Sharpe
+    next_bar = np.log(close[start + 1 :] / close[start:-1])
+    predictions = make_predictions(bars, next_bar, start)
+    lagged = backtest(predictions, bars, spec(), "long_short", {"cost_bps": 0})
+    n = lagged.metrics["n"]
+    assert abs(lagged.metrics["sharpe"]) < 4 * math.sqrt(DAILY / n)  # 4 standard errors of a null Sharpe
+    at_once = backtest(predictions, bars, spec(execution_lag=0), "long_short", {"cost_bps": 0})
+    assert at_once.metrics["hit_rate"] == 1.0 and at_once.metrics["sharpe"] > 10
 
 
 def test_predictions_past_the_data_end_bar_are_not_traded():
@@ -252,16 +301,37 @@ def test_flipping_every_bar_pays_the_cost_on_each_position_change():
     signs = np.resize([1.0, -1.0], 28)
     result = backtest(make_predictions(bars, signs, 0), bars, spec(), "long_short", {"cost_bps": 10})
     traded = np.abs(np.diff(signs, prepend=0.0))  # 1 to enter, then 2 per flip
+    traded[-1] += 1  # and 1 to exit at the end
     np.testing.assert_allclose(strategy_returns(result), -10e-4 * traded, rtol=1e-9, atol=1e-15)
     assert result.metrics["n_trades"] == 28
     assert result.metrics["turnover"] == pytest.approx(traded.mean() * DAILY)
     assert result.metrics["exposure"] == 1.0
     # Long only: in and out, a cost of 1 x 10 bp at each change.
     long_only = backtest(make_predictions(bars, signs, 0), bars, spec(), "long_only", {"cost_bps": 10})
+    held = (signs > 0).astype(float)
     np.testing.assert_allclose(
-        strategy_returns(long_only), -10e-4 * np.abs(np.diff((signs > 0).astype(float), prepend=0.0))
+        strategy_returns(long_only),
+        -10e-4 * np.abs(np.diff(held, append=0.0, prepend=0.0))[:-1] - np.r_[np.zeros(27), 10e-4 * held[-1]],
     )
     assert long_only.metrics["exposure"] == 0.5
+
+
+def test_overlapping_sleeves_net_their_trades_and_an_exit_within_the_bar_is_charged():
+    """h = 2 on flat prices, always long: two half sleeves, one rolling into the next at each close
+    (nothing traded there); an open target's sleeve exits at the open, within the bar, and the next one
+    enters at the close: both are charged."""
+    bars = make_bars(np.full(12, 100.0))
+    always = make_predictions(bars, np.full(6, 0.01), 0)
+    close = backtest(always, bars, spec(horizon=2), "long_short", {"cost_bps": 10})
+    # Bar 0: the first half sleeve enters; bar 1: the second; then each close's exit and entry net out;
+    # bar 6: one half exits at its close, bar 7: the last half.
+    np.testing.assert_allclose(
+        strategy_returns(close), -10e-4 * np.array([0.5, 0.5, 0, 0, 0, 0, 0.5 + 0.5])[: close.metrics["n"]]
+    )
+    assert close.metrics["exposure"] == pytest.approx(np.mean([0.5, 1, 1, 1, 1, 1, 0.5]))
+    opened = backtest(always, bars, spec(horizon=2, target_col="open"), "long_short", {"cost_bps": 10})
+    assert opened.metrics["total_return"] < close.metrics["total_return"]  # a round trip per sleeve
+    assert opened.metrics["n_trades"] == close.metrics["n"]
 
 
 def test_long_only_is_never_short_and_positions_stay_within_the_cap():

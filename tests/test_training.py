@@ -109,6 +109,7 @@ def make_spec(**overrides: Any) -> dict[str, Any]:
         "target_col": "close",
         "target_transform": "log_return",
         "horizon": 1,
+        "execution_lag": 0,  # the label from the signal's close: hand-made expectations read t + horizon
         "algorithm": "Ridge",
         "hyperparameters": {},
         "features": list(DEFAULT_FEATURES),
@@ -256,21 +257,23 @@ def test_feature_uses_no_bar_after_its_row(name, t):
 # --- the gap between training and test --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("horizon", [1, 3, 10])
-def test_split_keeps_a_gap_of_the_horizon(horizon):
+@pytest.mark.parametrize(("horizon", "lag"), [(1, 0), (3, 0), (10, 0), (1, 1), (3, 2)])
+def test_split_keeps_a_gap_of_the_labels_reach(horizon, lag):
     bars = random_walk(n=1200)
-    spec = make_spec(horizon=horizon, train_window=400, test_window=200)
+    spec = make_spec(horizon=horizon, execution_lag=lag, train_window=400, test_window=200)
+    reach = horizon + lag
     dataset = build_dataset(bars, spec)
     train_rows = positions(bars, dataset.X_train.index)
     test_rows = positions(bars, dataset.X_test.index)
     assert len(train_rows) == len(dataset.y_train) == 400
     assert len(test_rows) == len(dataset.y_test) == len(dataset.reference_test) == 200
-    # The last training target (bar train_rows[-1] + horizon) is known before the first test row.
-    assert train_rows[-1] + horizon < test_rows[0]
-    # Contiguous windows, and the test window is the latest rows whose target exists.
+    # The last training label (bar train_rows[-1] + lag + horizon) is known before the first test row.
+    assert train_rows[-1] + reach < test_rows[0]
+    # Contiguous windows, and the test window is the latest rows whose label exists.
     assert (np.diff(train_rows) == 1).all() and (np.diff(test_rows) == 1).all()
-    assert test_rows[-1] == len(bars) - 1 - horizon
-    assert dataset.reference_test.equals(bars["close"].loc[dataset.X_test.index])
+    assert test_rows[-1] == len(bars) - 1 - reach
+    # The reference is the entry close, lag bars after the signal.
+    assert (dataset.reference_test.to_numpy() == bars["close"].to_numpy()[test_rows + lag]).all()
 
 
 class RecordingRidge(Ridge):
@@ -287,15 +290,18 @@ class RecordingRidge(Ridge):
         return super().predict(X)
 
 
-@pytest.mark.parametrize("horizon", [1, 4])
-def test_cross_validation_folds_keep_a_gap_of_the_horizon(monkeypatch, horizon):
+@pytest.mark.parametrize(("horizon", "lag"), [(1, 0), (4, 0), (1, 1), (2, 2)])
+def test_cross_validation_folds_keep_a_gap_of_the_labels_reach(monkeypatch, horizon, lag):
     monkeypatch.setitem(
         training.ALGORITHMS, "Recording", Algorithm("Recording", RecordingRidge, scaled=False)
     )
     monkeypatch.setattr(RecordingRidge, "calls", [])
     bars = random_walk(n=1200)
     folds = 4
-    spec = make_spec(algorithm="Recording", hyperparameters={}, horizon=horizon, cv_folds=folds)
+    spec = make_spec(
+        algorithm="Recording", hyperparameters={}, horizon=horizon, execution_lag=lag, cv_folds=folds
+    )
+    reach = horizon + lag
     dataset = build_dataset(bars, spec)
     result = train(spec, bars)
 
@@ -306,7 +312,7 @@ def test_cross_validation_folds_keep_a_gap_of_the_horizon(monkeypatch, horizon):
     for fold in range(folds):
         fit_rows = positions(bars, calls[2 * fold][1])
         scored_rows = positions(bars, calls[2 * fold + 1][1])
-        assert fit_rows[-1] + horizon < scored_rows[0], f"fold {fold + 1} has no gap"
+        assert fit_rows[-1] + reach < scored_rows[0], f"fold {fold + 1} has no gap"
         assert (
             fit_rows[0] == train_rows[0] and scored_rows[-1] <= train_rows[-1]
         )  # inside the training window
@@ -316,13 +322,13 @@ def test_cross_validation_folds_keep_a_gap_of_the_horizon(monkeypatch, horizon):
         fold_metrics = result.fold_metrics[fold]
         assert fold_metrics["fold"] == fold + 1
         assert fold_metrics["train_size"] == len(fit_rows) and fold_metrics["n"] == len(scored_rows)
-        # TimeSeriesSplit(gap=horizon): exactly `horizon` rows dropped between fit and score.
-        assert scored_rows[0] - fit_rows[-1] == horizon + 1
-        assert fold_metrics["train_size"] + horizon + (folds - fold) * fold_metrics["n"] == TRAIN_WINDOW
+        # TimeSeriesSplit(gap=lag + horizon): exactly that many rows dropped between fit and score.
+        assert scored_rows[0] - fit_rows[-1] == reach + 1
+        assert fold_metrics["train_size"] + reach + (folds - fold) * fold_metrics["n"] == TRAIN_WINDOW
     final_fit = calls[-2][1]
     final_predict = calls[-1][1]
     assert final_fit.equals(dataset.X_train.index) and final_predict.equals(dataset.X_test.index)
-    assert positions(bars, final_fit)[-1] + horizon < positions(bars, final_predict)[0]
+    assert positions(bars, final_fit)[-1] + reach < positions(bars, final_predict)[0]
 
 
 # --- determinism ------------------------------------------------------------------------------------
@@ -439,35 +445,42 @@ def hand_made_bars() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    ("target_col", "transform", "horizon", "expected_train", "expected_test"),
+    ("target_col", "transform", "horizon", "lag", "expected_train", "expected_test"),
     [
-        # target at t = target_col at t + horizon against the close at t
-        ("close", "diff", 1, [10, -11, 0], [-24, 4, -10]),
-        ("open", "diff", 1, [5, -10, -2], [-20, -1, -8]),
-        ("close", "diff", 2, [-1, -11], [-20, -6]),
-        ("close", "pct_change", 1, [0.1, -0.1, 0.0], [-0.2, 1 / 24, -0.1]),
-        ("open", "pct_change", 1, [0.05, -1 / 11, -2 / 99], [-1 / 6, -1 / 96, -0.08]),
+        # target at t = target_col at t + lag + horizon against the close at t + lag
+        ("close", "diff", 1, 0, [10, -11, 0], [-24, 4, -10]),
+        ("open", "diff", 1, 0, [5, -10, -2], [-20, -1, -8]),
+        ("close", "diff", 2, 0, [-1, -11], [-20, -6]),
+        ("close", "pct_change", 1, 0, [0.1, -0.1, 0.0], [-0.2, 1 / 24, -0.1]),
+        ("open", "pct_change", 1, 0, [0.05, -1 / 11, -2 / 99], [-1 / 6, -1 / 96, -0.08]),
         (
             "high",
             "log_return",
             1,
+            0,
             [math.log(112 / 100), math.log(102 / 110), math.log(101 / 99)],
             [math.log(102 / 120), math.log(102 / 96), math.log(94 / 100)],
         ),
-        ("low", "raw", 1, [103, 97, 95], [94, 93, 88]),
-        ("close", "raw", 2, [99, 99], [100, 90]),
+        ("low", "raw", 1, 0, [103, 97, 95], [94, 93, 88]),
+        ("close", "raw", 2, 0, [99, 99], [100, 90]),
+        # The default lag: close[t + 2] - close[t + 1], open[t + 2] / close[t + 1] - 1.
+        ("close", "diff", 1, 1, [-11, 0], [4, -10]),
+        ("open", "pct_change", 1, 1, [-1 / 11, -2 / 99], [-1 / 96, -0.08]),
+        ("close", "diff", 2, 1, [-11], [-6]),
     ],
 )
-def test_target_values_are_exact(target_col, transform, horizon, expected_train, expected_test):
+def test_target_values_are_exact(target_col, transform, horizon, lag, expected_train, expected_test):
     bars = hand_made_bars()
-    usable = len(bars) - horizon  # hl_range has no warm-up; the last `horizon` rows have no target
-    test_window = (usable - horizon) // 2
+    reach = lag + horizon
+    usable = len(bars) - reach  # hl_range has no warm-up; the last `reach` rows have no target
+    test_window = (usable - reach) // 2
     spec = make_spec(
         target_col=target_col,
         target_transform=transform,
         horizon=horizon,
+        execution_lag=lag,
         features=["hl_range"],
-        train_window=usable - horizon - test_window,
+        train_window=usable - reach - test_window,
         test_window=test_window,
     )
     dataset = build_dataset(bars, spec)
@@ -476,7 +489,7 @@ def test_target_values_are_exact(target_col, transform, horizon, expected_train,
     assert list(positions(bars, dataset.X_test.index)) == list(range(usable - test_window, usable))
     assert (
         dataset.reference_test.to_numpy().tolist()
-        == bars["close"].iloc[usable - test_window : usable].tolist()
+        == bars["close"].iloc[usable - test_window + lag : usable + lag].tolist()
     )
 
 
@@ -521,7 +534,7 @@ def test_too_few_bars_is_a_training_error_with_the_numbers():
     with pytest.raises(TrainingError, match="not enough bars") as error:
         train(spec, bars)
     assert "98 usable rows" in str(error.value)
-    assert "train_window + horizon + test_window = 99" in str(error.value)
+    assert "train_window + execution_lag + horizon + test_window = 99" in str(error.value)
 
     dataset = build_dataset(bars, {**spec, "test_window": 17})  # exactly enough
     assert len(dataset.X_train) == 80 and len(dataset.X_test) == 17

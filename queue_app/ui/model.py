@@ -212,6 +212,7 @@ def _backtest(backtest: dict[str, Any] | None, equity_svg: str | None) -> str:
         "max dd": number(b.get("max_drawdown")),
         "psr": number(b.get("psr"), 2),
         "trades": number(b.get("n_trades")),
+        "hit rate": number(b.get("hit_rate")),
     }
     return table(list(map(esc, figures)), [list(figures.values())], id_="backtest") + chart(
         equity_svg, "equity-chart", "no equity curve"

@@ -97,7 +97,9 @@ CREATE OR REPLACE FUNCTION sfq_model_request(m models) RETURNS jsonb
         'cv_folds', m.cv_folds, 'cv_strategy', m.cv_strategy, 'context_symbols', to_jsonb(m.context_symbols),
         'alpha_grid', to_jsonb(m.alpha_grid), 'l1_ratio_grid', to_jsonb(m.l1_ratio_grid),
         'regime_configs', m.regime_configs, 'run', m.run, 'timeout_s', m.timeout_s,
-        'parent_model_id', m.parent_model_id)
+        'parent_model_id', m.parent_model_id,
+        -- A spec without it (spec_version 1) measured its label from the signal's close: lag 0.
+        'execution_lag', coalesce((m.spec->>'execution_lag')::integer, 0))
 $$;
 
 -- One row per attempt at training a model (model_attempts): opened when attempts grows, closed when

@@ -1390,7 +1390,7 @@ INSERT INTO sfq_strategies (name, description, parameters)
 SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$
 {
  "long_only": {
-  "description": "long when the predicted change from the close exceeds `threshold`, else flat; `cap` (fixed) or change / `scale` up to `cap` (proportional); entered at the next bar's close, held one bar",
+  "description": "long when the predicted change from the close exceeds `threshold`, else flat; `cap` (fixed) or change / `scale` up to `cap` (proportional); entered execution_lag closes after the signal, held horizon bars (1/horizon sleeves)",
   "parameters": {
    "cap": {
     "default": 1.0,
@@ -1456,7 +1456,7 @@ SELECT key, value->>'description', value->'parameters' FROM jsonb_each($json$
   }
  },
  "long_short": {
-  "description": "long or short on the sign of the predicted change from the close when |change| exceeds `threshold`, else flat; position in [-cap, cap]; entered at the next bar's close, held one bar",
+  "description": "long or short on the sign of the predicted change from the close when |change| exceeds `threshold`, else flat; position in [-cap, cap]; entered execution_lag closes after the signal, held horizon bars (1/horizon sleeves)",
   "parameters": {
    "cap": {
     "default": 1.0,

@@ -291,10 +291,15 @@ BEGIN
     IF r.test_window IS NULL OR r.test_window NOT BETWEEN 10 AND 1000000 THEN
         PERFORM sfq_check_range('test_window', r.test_window, 10, 1000000);
     END IF;
-    IF r.train_window < sfq_min_train_window(r.cv_folds, r.horizon) THEN
+    IF r.execution_lag IS NULL OR r.execution_lag NOT BETWEEN 0 AND 100 THEN
+        PERFORM sfq_check_range('execution_lag', r.execution_lag, 0, 100);
+    END IF;
+    -- The gap between fitted and scored rows is the label's reach: execution_lag + horizon bars.
+    IF r.train_window < sfq_min_train_window(r.cv_folds, r.execution_lag + r.horizon) THEN
         PERFORM sfq_reject('train_window', format(
-            'must hold at least (cv_folds + 1) x (horizon + %s) = %s bars for %s folds, got %s',
-            sfq_min_fit_rows(), sfq_min_train_window(r.cv_folds, r.horizon), r.cv_folds, r.train_window));
+            'must hold at least (cv_folds + 1) x (execution_lag + horizon + %s) = %s bars for %s folds, got %s',
+            sfq_min_fit_rows(), sfq_min_train_window(r.cv_folds, r.execution_lag + r.horizon), r.cv_folds,
+            r.train_window));
     END IF;
     IF r.cv_strategy IS NULL OR r.cv_strategy <> ALL (sfq_cv_strategies()) THEN
         PERFORM sfq_check_choice('cv_strategy', r.cv_strategy, sfq_cv_strategies());
@@ -419,7 +424,11 @@ BEGIN
         'context_symbols', to_jsonb(r.context_symbols),
         'alpha_grid', to_jsonb(r.alpha_grid), 'l1_ratio_grid', to_jsonb(r.l1_ratio_grid),
         'regime_configs', r.regime_configs
-    ) || CASE WHEN r.run > 1 THEN jsonb_build_object('run', r.run) ELSE '{}' END;  -- run 1 hashes as before
+    ) || CASE WHEN r.run > 1 THEN jsonb_build_object('run', r.run) ELSE '{}' END  -- run 1 hashes as before
+      -- execution_lag 0 is the label every model had before the field (from the signal's close), and
+      -- hashes as before; from 1 on (the default) it is hashed, under spec_version 2.
+      || CASE WHEN r.execution_lag > 0
+              THEN jsonb_build_object('spec_version', 2, 'execution_lag', r.execution_lag) ELSE '{}' END;
     r.fingerprint := encode(sha256(convert_to(r.spec::text, 'UTF8')), 'hex');
     RETURN r;
 END;

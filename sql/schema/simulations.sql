@@ -6,7 +6,8 @@
 
 -- POST /simulate: a backtest of a completed model with a strategy and its parameters (validated and
 -- completed with defaults against sfq_strategies). The same request again returns the same simulation
--- (a failed one, or one whose job ended without answering, is tried again).
+-- (a failed one, or one whose job ended without answering, is tried again); a backtest computed under the
+-- legacy convention (before migration 0010) is not the same request: a new one trades the label.
 CREATE OR REPLACE FUNCTION sfq_request_simulation(model bigint, strategy text DEFAULT 'long_short',
                                                   params jsonb DEFAULT '{}', priority integer DEFAULT 0)
     RETURNS simulation_history
@@ -32,14 +33,14 @@ BEGIN
     END IF;
     INSERT INTO simulation_history (model_id, strategy, params, status)
     VALUES (model, strategy, params, 'queued')
-    ON CONFLICT (model_id, strategy, params) WHERE imported_from IS NULL DO NOTHING
+    ON CONFLICT (model_id, strategy, params) WHERE imported_from IS NULL AND convention = 'label' DO NOTHING
     RETURNING * INTO s;
     IF FOUND THEN
         PERFORM sfq_defer_simulation(s.id, priority);
     ELSE
         SELECT * INTO s FROM simulation_history h
          WHERE h.model_id = model AND h.strategy = sfq_request_simulation.strategy
-           AND h.params = sfq_request_simulation.params AND h.imported_from IS NULL
+           AND h.params = sfq_request_simulation.params AND h.imported_from IS NULL AND h.convention = 'label'
            FOR UPDATE;
         IF s.status = 'failed' OR (s.status = 'queued' AND NOT EXISTS (
                SELECT 1 FROM procrastinate_jobs j WHERE j.id = s.job_id AND j.status IN ('todo', 'doing'))) THEN

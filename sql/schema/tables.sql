@@ -187,14 +187,16 @@ CREATE TABLE training_requests (
     run integer DEFAULT 1,
     retrain_of bigint,
     spec jsonb,  -- the canonical spec that was hashed (filled in, like fingerprint)
-    priority integer DEFAULT 0
+    priority integer DEFAULT 0,
+    execution_lag integer DEFAULT 1
 );
 
 COMMENT ON COLUMN training_requests.symbol IS 'Ticker whose bars the model trains on (required).';
 COMMENT ON COLUMN training_requests.timeframe IS 'Bar timeframe, e.g. 1d, 1h, 5m.';
 COMMENT ON COLUMN training_requests.target_col IS 'Price predicted: open, high, low or close.';
 COMMENT ON COLUMN training_requests.target_transform IS
-    'log_return, pct_change, diff (target_col at t+horizon against the close at t) or raw (the level).';
+    'log_return, pct_change, diff (target_col at t+execution_lag+horizon against the close at t+execution_lag) '
+    'or raw (the level).';
 COMMENT ON COLUMN training_requests.horizon IS 'Bars ahead the target looks.';
 COMMENT ON COLUMN training_requests.algorithm IS 'Estimator from the algorithm registry (sfq_algorithms).';
 COMMENT ON COLUMN training_requests.hyperparameters IS
@@ -221,6 +223,9 @@ COMMENT ON COLUMN training_requests.run IS
 COMMENT ON COLUMN training_requests.retrain_of IS 'Model this one retrains (not part of the fingerprint).';
 COMMENT ON COLUMN training_requests.priority IS
     'Queue priority, -100..100 (higher first); single requests 0, sweeps -10 by default. Not fingerprinted.';
+COMMENT ON COLUMN training_requests.execution_lag IS
+    'Bars from the signal''s close to the entry''s close (0..100, default 1): the label and the backtest run '
+    'from the close at t + execution_lag to target_col at t + execution_lag + horizon.';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Live forecasts (POST /models/{id}/predict): a worker loads the stored model and predicts from the
@@ -258,14 +263,18 @@ CREATE TABLE simulation_history (
     status text NOT NULL DEFAULT 'completed' CHECK (status IN ('queued', 'completed', 'failed')),
     error text,
     job_id bigint,
-    finished_at timestamptz
+    finished_at timestamptz,
+    convention text NOT NULL DEFAULT 'label' CHECK (convention IN ('legacy', 'label'))
 );
+COMMENT ON COLUMN simulation_history.convention IS
+    'label: trades the model''s label (entry execution_lag closes after the signal, exit at target_col '
+    'horizon bars later); legacy: computed before 0010 (entered at the next close, held one bar).';
 CREATE UNIQUE INDEX simulation_history_run
     ON simulation_history (model_id, strategy, params, coalesce(period_start, '-infinity'),
-                           coalesce(period_end, '-infinity'));
+                           coalesce(period_end, '-infinity'), convention);
 -- One simulation per model, strategy and parameters (asking again returns it); imported rows keep theirs.
 CREATE UNIQUE INDEX simulation_history_request ON simulation_history (model_id, strategy, params)
-    WHERE imported_from IS NULL;
+    WHERE imported_from IS NULL AND convention = 'label';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Sweeps: a base spec and a grid, one model per combination, all enqueued in one transaction.

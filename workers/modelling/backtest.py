@@ -10,9 +10,10 @@ declaration, in the contract format the database validates hyperparameters and r
 `python -m workers.modelling.contract` exports it to `sfq_strategies`, and `validate_params` checks the same
 declaration here, so the engine is safe without the database too.
 
-Timing, without lookahead: the prediction made at the close of bar t is known then; the position it
-implies is entered at the close of the next bar (t + 1) and earns the close-to-close return from t + 1
-to t + 2. One bar of delay, so a signal is never traded at the price it was computed from.
+Timing, without lookahead, and trading what was predicted: the prediction made at the close of bar t
+is known then; its position is entered at the close of t + execution_lag (default 1: never at the price
+it was computed from) and exits at target_col of bar t + execution_lag + horizon, the interval the
+model's label measures (`training.label`); `backtest` states the details.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 from queue_app.errors import Rejected
 from queue_app.stats import finite, probabilistic_sharpe
 from workers.modelling.registry import by_name
-from workers.modelling.training import TRANSFORMS
+from workers.modelling.training import TRANSFORMS, execution_lag
 
 BASIS_POINT = 1e-4
 LARGEST_NUMBER = 1e15  # as the database's rules: beyond it a float64 no longer holds integers exactly
@@ -89,13 +90,15 @@ STRATEGIES: dict[str, Strategy] = by_name(
     Strategy(
         "long_only",
         "long when the predicted change from the close exceeds `threshold`, else flat; `cap` (fixed) or "
-        "change / `scale` up to `cap` (proportional); entered at the next bar's close, held one bar",
+        "change / `scale` up to `cap` (proportional); entered execution_lag closes after the signal, held "
+        "horizon bars (1/horizon sleeves)",
         0.0,
     ),
     Strategy(
         "long_short",
         "long or short on the sign of the predicted change from the close when |change| exceeds "
-        "`threshold`, else flat; position in [-cap, cap]; entered at the next bar's close, held one bar",
+        "`threshold`, else flat; position in [-cap, cap]; entered execution_lag closes after the signal, "
+        "held horizon bars (1/horizon sleeves)",
         -1.0,
     ),
 )
@@ -245,6 +248,15 @@ def _until(bars: pd.DataFrame, data_end: Any) -> pd.DataFrame:
     return bars.loc[:end]
 
 
+def _sleeves(signals: np.ndarray, horizon: int, n_bars: int) -> tuple[np.ndarray, np.ndarray]:
+    """The position held over each bar and the part of it that exits at that bar's end, when signal k's
+    position is held as a 1/horizon sleeve over bars k .. k + horizon - 1 (bar i: from the entry close
+    of signal i to the next close)."""
+    held = np.convolve(signals, np.ones(horizon))[:n_bars] / horizon
+    exiting = np.concatenate([np.zeros(horizon - 1), signals])[:n_bars] / horizon
+    return held, exiting
+
+
 def backtest(
     predictions: pd.DataFrame,
     bars: pd.DataFrame,
@@ -253,21 +265,27 @@ def backtest(
     params: dict[str, Any] | None = None,
 ) -> BacktestResult:
     """Backtest a model's held-out `predictions` (index ts, column `predicted`: made at the close of bar
-    t for target_col at t + horizon, in the target transform's units) on its symbol's `bars`.
+    t, in the target transform's units) on its symbol's `bars`, trading exactly the return the model
+    predicted (`training.label`).
 
-    The signal at t is the predicted change from the close at t (`TRANSFORMS[...].change`: the
-    prediction itself, or prediction - close for a `raw` target), in the target's units, which are also
-    those of `threshold` and `scale`. Its position is entered at the close of t + 1 and earns
-    close[t + 2] / close[t + 1] - 1, less cost_bps of |position change| when the position changes (the
-    first entry included; the last position is marked, not closed). The position is decided again at
-    every bar whatever the horizon; a bar without a prediction is flat. Predictions whose t + 2 is past
-    the bars (up to the spec's data_end) are not traded. Buy-and-hold, without costs, covers exactly the
-    same period: from the close of the first entry to the last bar the strategy's returns cover.
+    Signal at the close of t: the predicted change (`TRANSFORMS[...].change`: the prediction itself, or
+    prediction - close at t for a `raw` target), in the target's units, which are also those of
+    `threshold` and `scale`. Entry at the close of t + L (L = execution_lag), exit at target_col of bar
+    t + L + h (h = horizon): the close, or for an open, high or low target that price within the bar,
+    an idealised fill. Each signal's position is a 1/h sleeve of equity held for its h bars, so h
+    sleeves overlap (one, of full size, when h = 1); each bar every live sleeve earns the close-to-close
+    return, the one exiting earns up to its exit price instead, and a sleeve's return compounds to
+    exactly its label. Costs: cost_bps of |position change| at each close (exits and entries at one
+    close net out) and of each exit within a bar; the first entry and the last exit included. A bar
+    without a prediction is flat; predictions whose exit bar is past the bars (up to the spec's
+    data_end) are not traded. Buy-and-hold, without costs, covers the same bars: from the first entry's
+    close to the last exit's bar.
 
     metrics: the strategy's `performance` (win rate over bars with a position); n_trades (position
-    changes); exposure (mean |position|); turnover (mean |position change| per bar x periods per year:
-    equity traded per year); buy_and_hold (its `performance`); excess_return and excess_cagr (the
-    strategy's minus buy-and-hold's).
+    changes); hit_rate (the share of traded signals whose position earned more than 0 before costs:
+    the backtest's directional accuracy); exposure (mean |position|); turnover (mean |position change|
+    per bar x periods per year: equity traded per year); buy_and_hold (its `performance`);
+    excess_return and excess_cagr (the strategy's minus buy-and-hold's).
     """
     if strategy not in STRATEGIES:
         raise BacktestError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
@@ -279,32 +297,45 @@ def backtest(
     rows = bars.index.get_indexer(predictions.index)
     if (missing := rows < 0).any():
         raise BacktestError(f"predictions at {predictions.index[missing][0]} have no bar to trade against")
+    lag, horizon, target_col = execution_lag(spec), spec["horizon"], spec.get("target_col", "close")
     close = bars["close"].to_numpy(dtype=float)
-    first, last = rows.min(), min(rows.max(), len(close) - 3)
+    exit_price = bars[target_col].to_numpy(dtype=float)
+    first, last = rows.min(), min(rows.max(), len(close) - 1 - lag - horizon)
     if last < first:
         raise BacktestError(
-            f"no bar to trade on: the first prediction ({bars.index[first]}) is traded from the close of "
-            "the next bar, over the bar after it"
+            f"no bar to trade on: the first prediction ({bars.index[first]}) enters at the close of bar "
+            f"t + {lag} and exits at bar t + {lag + horizon}, past the last bar ({bars.index[-1]})"
         )
     change = np.full(len(close), np.nan)
     predicted = predictions["predicted"].to_numpy(dtype=float)
     change[rows] = TRANSFORMS[spec["target_transform"]].change(predicted, close[rows])
-    position = STRATEGIES[strategy].positions(change[first : last + 1], chosen)
-    market = close[first + 2 : last + 3] / close[first + 1 : last + 2] - 1.0  # bar t + 2's return
-    traded = np.abs(np.diff(position, prepend=0.0))
-    returns = position * market - chosen["cost_bps"] * BASIS_POINT * traded
+    signals = STRATEGIES[strategy].positions(change[first : last + 1], chosen)
 
-    metrics = performance(returns, per_year, held=position != 0)
+    start, end = first + lag, last + lag + horizon  # the first entry's close, the last exit's bar
+    n_bars = end - start
+    held, exiting = _sleeves(signals, horizon, n_bars)
+    market = close[start + 1 : end + 1] / close[start:end] - 1.0
+    exit_gap = (exit_price[start + 1 : end + 1] - close[start + 1 : end + 1]) / close[start:end]
+    within_bar = exiting if target_col != "close" else np.zeros(n_bars)  # exits before the close
+    carried = held - within_bar  # what is still held at each bar's close, before that close's trades
+    traded = np.abs(held - np.concatenate([[0.0], carried[:-1]])) + np.abs(within_bar)
+    traded[-1] += abs(carried[-1])  # the last exit at the close
+    returns = held * market + exiting * exit_gap - chosen["cost_bps"] * BASIS_POINT * traded
+
+    entry, exit_ = close[start : last - first + start + 1], exit_price[start + horizon : end + 1]
+    earned = signals * (exit_ / entry - 1.0)
+    metrics = performance(returns, per_year, held=(held != 0) | (exiting != 0))
     hold = performance(market, per_year)
     metrics |= {
         "n_trades": int(np.count_nonzero(traded)),
-        "exposure": finite(np.mean(np.abs(position))),
+        "hit_rate": finite(np.mean(earned[signals != 0] > 0)) if (signals != 0).any() else None,
+        "exposure": finite(np.mean(np.abs(held))),
         "turnover": finite(np.mean(traded) * per_year),
         "buy_and_hold": hold,
         "excess_return": _excess(metrics["total_return"], hold["total_return"]),
         "excess_cagr": _excess(metrics["cagr"], hold["cagr"]),
     }
-    stamps = bars.index[first + 1 : last + 3]
+    stamps = bars.index[start : end + 1]
     equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
     return BacktestResult(
         metrics=metrics,

@@ -46,9 +46,9 @@ class TrainingError(SfqError):
 
 @dataclass(frozen=True)
 class Transform:
-    """The target: `apply(future, reference)`, where reference is the close at prediction time (the last
-    price known then); `change` says which way the target moved from it, for directional accuracy;
-    `price(prediction, reference)` is the price a prediction implies (None: the prediction is a price)."""
+    """The target: `apply(future, reference)`, where reference is the entry close (`label`); `change`
+    says which way the target moved from it, for directional accuracy; `price(prediction, reference)` is
+    the price a prediction implies (None: the prediction is a price)."""
 
     apply: Callable[[pd.Series, pd.Series], pd.Series]
     change: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -89,7 +89,8 @@ class Dataset:
     y_train: pd.Series
     X_test: pd.DataFrame
     y_test: pd.Series
-    reference_test: pd.Series  # close at prediction time, to read direction off a raw level
+    reference_train: pd.Series  # the entry close of each row, to read direction off a raw level
+    reference_test: pd.Series
 
 
 @dataclass
@@ -107,11 +108,33 @@ def _regimes(spec: dict[str, Any]) -> list[RegimeConfig]:
     return [RegimeConfig.of(config) for config in spec["regime_configs"]]
 
 
+def execution_lag(spec: dict[str, Any]) -> int:
+    """Bars from the signal's close to the entry's close. A spec written before the field existed
+    (spec_version 1) measured its label from the signal's own close: a lag of 0."""
+    return spec.get("execution_lag", 0)
+
+
+def label_reach(spec: dict[str, Any]) -> int:
+    """How many bars past the signal its label looks: execution_lag + horizon. The gap between the
+    rows a model is fitted on and the rows it is scored on, so that no fitted label overlaps a scored one."""
+    return execution_lag(spec) + spec["horizon"]
+
+
+def label(bars: pd.DataFrame, spec: dict[str, Any]) -> tuple[pd.Series, pd.Series]:
+    """The target at each signal bar t and its entry price: target_col at t + execution_lag + horizon
+    against the close at t + execution_lag (the entry), in the spec's transform; NaN where the bars end
+    first. The one definition of what a model predicts: the backtest trades exactly this return."""
+    lag = execution_lag(spec)
+    entry = bars["close"].shift(-lag)
+    future = bars[spec["target_col"]].shift(-(lag + spec["horizon"]))
+    return TRANSFORMS[spec["target_transform"]].apply(future, entry), entry
+
+
 def bars_needed(spec: dict[str, Any]) -> int:
     """How many of the latest bars a spec can use (of its symbol and of each context symbol): warm-up of
-    the features and regimes, training, gap, test and the target's horizon."""
+    the features and regimes, training, gap, test and the label's reach."""
     warmup = max([WARMUP_BARS, *(regime.warmup() for regime in _regimes(spec))])
-    return warmup + spec["train_window"] + 2 * spec["horizon"] + spec["test_window"]
+    return warmup + spec["train_window"] + 2 * label_reach(spec) + spec["test_window"]
 
 
 def _no_bars(spec: dict[str, Any], until: Any) -> TrainingError:
@@ -155,39 +178,45 @@ def build_features(
 def build_dataset(
     bars: pd.DataFrame, spec: dict[str, Any], context: dict[str, pd.DataFrame] | None = None
 ) -> Dataset:
-    """Features at t from bars <= t (`build_features`); target at t: target_col at t + horizon against
-    the close at t (the price known when predicting, so open/high/low targets cannot borrow the rest of
-    bar t); the last test_window rows held out.
+    """Features at t from bars <= t (`build_features`); target at t: `label` (target_col at
+    t + execution_lag + horizon against the entry close at t + execution_lag); the last test_window rows
+    held out.
 
-    A gap of `horizon` rows separates training from test, so no training target overlaps the test period.
+    A gap of `label_reach` rows separates training from test, so no training label overlaps the test
+    period.
     """
     if bars.empty:
         raise _no_bars(spec, spec["data_end"])
-    horizon = spec["horizon"]
+    reach = label_reach(spec)
     if spec["target_col"] not in TARGET_COLUMNS:
         raise TrainingError(f"target_col: {spec['target_col']!r} is not one of {', '.join(TARGET_COLUMNS)}")
     features = build_features(bars, spec, context)
-    reference = bars["close"]
-    target = TRANSFORMS[spec["target_transform"]].apply(bars[spec["target_col"]].shift(-horizon), reference)
+    target, reference = label(bars, spec)
     usable = features.notna().all(axis=1) & target.notna()
     X, y, reference = features[usable], target[usable], reference[usable]
 
-    needed = spec["train_window"] + horizon + spec["test_window"]
+    needed = spec["train_window"] + reach + spec["test_window"]
     if len(X) < needed:
         # Name the columns that are missing most in the rows the model would need (a context symbol
         # without volume, or whose bars stop early, empties its own columns, not the symbol's).
-        missing = features.iloc[-(needed + horizon) :].isna().sum()
+        missing = features.iloc[-(needed + reach) :].isna().sum()
         worst = missing[missing > 0].sort_values(ascending=False).head(3)
         why = "; most missing: " + ", ".join(f"{name} ({count} rows)" for name, count in worst.items())
         raise TrainingError(
             f"not enough bars for {spec['symbol']} ({spec['timeframe']}): {len(X)} usable rows after feature "
-            f"warm-up, but train_window + horizon + test_window = {needed}" + (why if len(worst) else "")
+            f"warm-up, but train_window + execution_lag + horizon + test_window = {needed}"
+            + (why if len(worst) else "")
         )
     test_start = len(X) - spec["test_window"]
-    train_end = test_start - horizon
+    train_end = test_start - reach
     train = slice(train_end - spec["train_window"], train_end)
     return Dataset(
-        X.iloc[train], y.iloc[train], X.iloc[test_start:], y.iloc[test_start:], reference.iloc[test_start:]
+        X.iloc[train],
+        y.iloc[train],
+        X.iloc[test_start:],
+        y.iloc[test_start:],
+        reference.iloc[train],
+        reference.iloc[test_start:],
     )
 
 
@@ -255,10 +284,11 @@ def permutation_importance(
     return (shuffled_mse.reshape(p, n_repeats) - base_mse).mean(axis=1)
 
 
-def _splitter(strategy: str, n_splits: int, horizon: int, n_rows: int, what: str) -> Splitter:
-    """The strategy's splitter for `n_rows` rows; a window too short for it is the spec's fault."""
+def _splitter(strategy: str, n_splits: int, gap: int, n_rows: int, what: str) -> Splitter:
+    """The strategy's splitter for `n_rows` rows, `gap` rows between fitted and scored rows (the label's
+    reach); a window too short for it is the spec's fault."""
     try:
-        return SPLITTERS[strategy](n_splits, horizon, n_rows)
+        return SPLITTERS[strategy](n_splits, gap, n_rows)
     except TooFewRows as error:
         raise TrainingError(f"{what}: {error}") from None
 
@@ -275,14 +305,14 @@ def _model(spec: dict[str, Any]) -> tuple[BaseEstimator, dict[str, list[float]]]
 
 
 def _fit(
-    model: BaseEstimator, grid: dict[str, list[float]], X: pd.DataFrame, y: pd.Series, horizon: int
+    model: BaseEstimator, grid: dict[str, list[float]], X: pd.DataFrame, y: pd.Series, gap: int
 ) -> tuple[BaseEstimator, dict[str, float]]:
     """Fit a fresh copy of `model`; with a grid, choose its values by an inner time-series CV on these rows
     alone (nested inside the outer folds, so no fold's score saw the rows it scores) and refit on all of
     them. Returns the fitted model (never the search) and the chosen values by parameter name."""
     if not grid:
         return clone(model).fit(X, y), {}
-    inner = _splitter("expanding", INNER_FOLDS, horizon, len(X), "the grid search's inner CV")
+    inner = _splitter("expanding", INNER_FOLDS, gap, len(X), "the grid search's inner CV")
     search = GridSearchCV(
         model, grid, scoring="neg_mean_squared_error", cv=inner, refit=True, error_score="raise"
     ).fit(X, y)
@@ -338,12 +368,11 @@ def train(
     model, grid = _model(spec)
     clock.done("features")
 
-    reference_train = bars["close"].reindex(dataset.X_train.index).to_numpy()
-    folds = _cross_validate(spec, model, grid, dataset, reference_train, transform, progress)
+    folds = _cross_validate(spec, model, grid, dataset, transform, progress)
     clock.done("cv")
     progress("final fit", FINAL_FIT)
 
-    model, chosen = _fit(model, grid, dataset.X_train, dataset.y_train, spec["horizon"])
+    model, chosen = _fit(model, grid, dataset.X_train, dataset.y_train, label_reach(spec))
     clock.done("fit")
     progress("evaluation", EVALUATION)
 
@@ -377,20 +406,19 @@ def _cross_validate(
     model: BaseEstimator,
     grid: dict[str, list[float]],
     dataset: Dataset,
-    reference: np.ndarray,
     transform: Transform,
     progress: Callable[[str, float], None],
 ) -> list[dict[str, Any]]:
     """Each fold of the spec's CV over the training window, fitted on its rows (with the nested grid
-    search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts.
-    `reference` is the close at each training row's time."""
-    X, y, horizon = dataset.X_train, dataset.y_train, spec["horizon"]
-    splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], horizon, len(X), "cross-validation")
+    search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts."""
+    X, y, gap = dataset.X_train, dataset.y_train, label_reach(spec)
+    reference = dataset.reference_train.to_numpy()
+    splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], gap, len(X), "cross-validation")
     n_folds = splitter.get_n_splits(X)
     folds = []
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
         progress(f"fold {fold} of {n_folds}", CV_START + (FINAL_FIT - CV_START) * (fold - 1) / n_folds)
-        fitted, chosen = _fit(model, grid, X.iloc[fit_rows], y.iloc[fit_rows], horizon)
+        fitted, chosen = _fit(model, grid, X.iloc[fit_rows], y.iloc[fit_rows], gap)
         folds.append(
             {
                 "fold": fold,
@@ -470,8 +498,10 @@ def forecast(
 ) -> dict[str, Any]:
     """The trained model's prediction from the last bar of `bars`, for the live call: that bar's feature
     row built exactly as in training (`build_features`), its target being unknown yet. `prediction` is
-    in the target's units; `predicted_price` is the target_col price it implies at t + horizon (None for
-    a `raw` target, whose prediction is that price)."""
+    in the target's units, a return from the entry close at t + execution_lag to target_col at
+    t + execution_lag + horizon; `predicted_price` is the target_col price it implies, applied to the
+    latest close (the entry close is not known yet when execution_lag > 0; None for a `raw` target,
+    whose prediction is that price)."""
     if bars.empty:
         raise _no_bars(spec, None)
     row = build_features(bars, spec, context).iloc[[-1]]
