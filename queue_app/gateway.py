@@ -325,6 +325,10 @@ def sweep_models(sweep_id: int) -> Call[list[Row]]:
     return Call("sweep_models", {"sweep_id": sweep_id})
 
 
+def sweep_equity_curves(sweep_id: int) -> Call[list[Row]]:
+    return Call("sweep_equity_curves", {"sweep_id": sweep_id})
+
+
 def recent_sweeps(limit: int) -> Call[list[Row]]:
     return Call("recent_sweeps", {"limit": limit})
 

@@ -35,25 +35,28 @@ def probabilistic_sharpe(
     return NORMAL.cdf((sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(spread))
 
 
-def expected_max_sharpe(sharpes: list[float]) -> float:
-    """The Sharpe ratio the best of these trials would reach by luck alone, if every true Sharpe were 0
-    (the False Strategy Theorem: Bailey, Borwein, Lopez de Prado and Zhu 2014)."""
-    trials = len(sharpes)
-    if trials < 2:
+def expected_max_sharpe(sharpes: list[float], trials: int | None = None) -> float:
+    """The Sharpe ratio the best of `trials` (default: len(sharpes)) would reach by luck alone, if every
+    true Sharpe were 0, with the spread of `sharpes` (the False Strategy Theorem: Bailey, Borwein, Lopez
+    de Prado and Zhu 2014)."""
+    trials = len(sharpes) if trials is None else trials
+    if trials < 2 or len(sharpes) < 2:
         return 0.0
     mean = fmean(sharpes)
-    spread = math.sqrt(sum((s - mean) ** 2 for s in sharpes) / (trials - 1))
+    spread = math.sqrt(sum((s - mean) ** 2 for s in sharpes) / (len(sharpes) - 1))
     return spread * (
         (1 - EULER_GAMMA) * NORMAL.inv_cdf(1 - 1 / trials)
         + EULER_GAMMA * NORMAL.inv_cdf(1 - 1 / (trials * math.e))
     )
 
 
-def deflated_sharpe(best: dict, sharpes: list[float]) -> dict:
-    """DSR of the best trial: its PSR against the luck benchmark of all `sharpes` (per period)."""
-    benchmark = expected_max_sharpe(sharpes)
+def deflated_sharpe(best: dict, sharpes: list[float], trials: int | None = None) -> dict:
+    """DSR of the best trial: its PSR against the luck benchmark of `trials` trials (default: one per
+    Sharpe) whose per-period Sharpe ratios spread as `sharpes` do."""
+    trials = len(sharpes) if trials is None else trials
+    benchmark = expected_max_sharpe(sharpes, trials)
     return {
-        "trials": len(sharpes),
+        "trials": trials,
         "expected_max_sharpe_per_period": benchmark,
         "deflated_sharpe_ratio": probabilistic_sharpe(
             best["sharpe_per_period"], benchmark, best["n"], best["skewness"], best["kurtosis"]

@@ -1,13 +1,17 @@
 """A sweep's leaderboard: its models ranked by a held-out metric (`ic`) or a backtest metric
-(`backtest.sharpe`), each with its probabilistic Sharpe ratio, and the top one's deflated Sharpe ratio
-given how many configurations were tried. Shared by GET /sweeps/{id}, /ui/sweeps/{id} and `sfq sweep-show`."""
+(`backtest.sharpe`), each with its probabilistic Sharpe ratio; the best model by Sharpe with its deflated
+Sharpe ratio given every configuration tried; and the probability of backtest overfitting of choosing
+it. Shared by GET /sweeps/{id}, /ui/sweeps/{id} and `sfq sweep-show`."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import pandas as pd
+
 from queue_app import stats
+from queue_app.overfitting import DEFAULT_PARTITIONS, probability_of_overfitting
 from queue_app.params import SweepQuery
 
 DEFAULT_PRIORITY = -10  # below single requests (0): one interactive request is not stuck behind a sweep
@@ -22,7 +26,7 @@ def metric(row: dict[str, Any], sort: str) -> float | None:
     return stats.finite(metrics.get(name))
 
 
-def _per_period(backtest: dict[str, Any]) -> dict[str, Any] | None:
+def _per_period(backtest: dict[str, Any] | None) -> dict[str, Any] | None:
     """The moments the PSR and DSR need, per period (the stored Sharpe is annualised)."""
     needed = ("sharpe", "periods_per_year", "skewness", "kurtosis", "n")
     if not backtest or any(not isinstance(backtest.get(key), int | float) for key in needed):
@@ -35,7 +39,55 @@ def _per_period(backtest: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def leaderboard(models: list[dict[str, Any]], query: SweepQuery) -> dict[str, Any]:
+def best_by_sharpe(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The deflated Sharpe ratio of the sweep's best model by backtest Sharpe, whatever the leaderboard's
+    sort. N (trials) = every configuration of the sweep, finished or not, failed and non-trading ones
+    included: each was a chance to find a lucky backtest. The spread of the trials' Sharpe ratios comes
+    from the completed backtests, a model that never traded counting as a Sharpe of 0; a configuration
+    without a backtest (failed, unfinished) counts in N only."""
+    backtested = [row for row in models if row["backtest"]]
+    sharpes = [
+        moments["sharpe_per_period"] if (moments := _per_period(row["backtest"])) else 0.0
+        for row in backtested
+    ]
+    scored = [(moments, row) for row in backtested if (moments := _per_period(row["backtest"]))]
+    if not scored or len(models) < 2:
+        return None
+    top, row = max(scored, key=lambda pair: (pair[0]["sharpe_per_period"], -pair[1]["position"]))
+    return {
+        "model_id": row["model_id"],
+        "sharpe": row["backtest"]["sharpe"],
+        "backtested": len(backtested),
+        **stats.deflated_sharpe(top, sharpes, trials=len(models)),
+    }
+
+
+def _returns(curves: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per-bar returns of each model's equity curve, on the bars every curve covers (bars x models)."""
+    series = {}
+    for row in curves:
+        stamps, equity = zip(*row["equity_curve"], strict=True)
+        series[row["model_id"]] = pd.Series(equity, index=pd.to_datetime(stamps, utc=True)).pct_change()
+    return pd.DataFrame(series).dropna()
+
+
+def overfitting(curves: list[dict[str, Any]], partitions: int = DEFAULT_PARTITIONS) -> dict[str, Any]:
+    """The PBO of choosing the sweep's best model by backtest Sharpe (CSCV over the models' per-bar
+    backtest returns on the bars they share), or why it cannot be computed yet."""
+    if len(curves) < 2:
+        return {"pbo": None, "why": f"needs 2 backtested models, has {len(curves)}"}
+    returns = _returns(curves)
+    try:
+        return probability_of_overfitting(returns.to_numpy(), partitions)
+    except ValueError as error:
+        return {"pbo": None, "why": str(error)}
+
+
+def leaderboard(
+    models: list[dict[str, Any]], query: SweepQuery, curves: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The sweep's models ranked by `query`, the best model by Sharpe with its DSR, and the PBO of
+    choosing it (`curves`: the default backtests' equity curves, gateway.sweep_equity_curves)."""
     descending = query.order == "desc"
     ranked = sorted(
         models,
@@ -60,20 +112,35 @@ def leaderboard(models: list[dict[str, Any]], query: SweepQuery) -> dict[str, An
         }
         for rank, row in enumerate(ranked[: query.limit], start=1)
     ]
-    trials = [moments for row in models if (moments := _per_period(row["backtest"])) is not None]
-    top = _per_period(ranked[0]["backtest"]) if ranked else None
-    deflated = None
-    if top is not None and len(trials) >= 2:
-        deflated = {
-            "model_id": ranked[0]["model_id"],
-            **stats.deflated_sharpe(top, [t["sharpe_per_period"] for t in trials]),
-        }
     return {
         "sort": query.sort,
         "order": query.order,
         "rows": rows,
-        "top_deflated_sharpe": deflated,
+        "best_by_sharpe": best_by_sharpe(models),
+        "overfitting": overfitting(curves),
     }
+
+
+def summary_lines(board: dict[str, Any]) -> list[str]:
+    """The selection's honesty in words: the best model by Sharpe with its DSR, and the PBO."""
+    lines = []
+    if best := board["best_by_sharpe"]:
+        lines.append(
+            f"best by Sharpe: model {best['model_id']} (Sharpe {_cell(best['sharpe'], 2)}): deflated Sharpe "
+            f"ratio {_cell(best['deflated_sharpe_ratio'], 3)} after {best['trials']} configurations "
+            f"({best['backtested']} backtested; luck alone would reach a per-bar Sharpe of "
+            f"{best['expected_max_sharpe_per_period']:.4f})"
+        )
+    fitted = board["overfitting"]
+    if fitted["pbo"] is None:
+        lines.append(f"probability of backtest overfitting: not computed ({fitted['why']})")
+    else:
+        lines.append(
+            f"probability of backtest overfitting: {fitted['pbo']:.3f} (CSCV, {fitted['strategies']} models "
+            f"x {fitted['bars']} bars in {fitted['partitions']} partitions, {fitted['combinations']} splits; "
+            f"median logit {fitted['logits']['quantiles']['0.5']:.2f})"
+        )
+    return lines
 
 
 def _cell(value: Any, digits: int) -> str:
@@ -99,12 +166,5 @@ def render(summary: dict[str, Any], progress: dict[str, int], board: dict[str, A
             f"{_cell(test.get('sharpe'), 2):>7} {_cell(test.get('psr'), 2):>5} "
             f"{_cell(test.get('total_return'), 4):>8} {_cell(test.get('max_drawdown'), 3):>6}  {combination}"
         )
-    deflated = board["top_deflated_sharpe"]
-    if deflated:
-        lines.append(
-            f"top model {deflated['model_id']}: deflated Sharpe ratio "
-            f"{_cell(deflated['deflated_sharpe_ratio'], 3)} after {deflated['trials']} backtested "
-            f"configurations (luck alone would reach a per-bar Sharpe of "
-            f"{deflated['expected_max_sharpe_per_period']:.4f})"
-        )
+    lines.extend(summary_lines(board))
     return "\n".join(lines)

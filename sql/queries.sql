@@ -369,6 +369,19 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, sm.position, sm.combination, m.statu
  WHERE sm.sweep_id = %(sweep_id)s
  ORDER BY m.id, sm.position
 
+-- sweep_equity_curves --
+-- The equity curves of a sweep's default backtests (trading the label), for its PBO.
+SELECT DISTINCT ON (m.id) m.id AS model_id, s.equity_curve
+  FROM sweep_models sm
+  JOIN models m ON m.id = sm.model_id
+  JOIN simulation_history s
+    ON s.model_id = m.id AND s.status = 'completed' AND s.imported_from IS NULL AND s.convention = 'label'
+   AND s.strategy = 'long_short' AND s.equity_curve IS NOT NULL
+   AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
+                                       (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
+ WHERE sm.sweep_id = %(sweep_id)s
+ ORDER BY m.id
+
 -- rescue_stalled_side_jobs --
 -- Hand the forecast and backtest jobs of dead workers on; one row per job.
 SELECT task, object_id, old_job_id, new_job_id FROM sfq_rescue_stalled_side_jobs(%(stale_after_s)s, %(own_worker)s)

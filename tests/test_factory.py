@@ -106,7 +106,7 @@ def test_every_trained_model_is_backtested_and_simulate_adds_others(clean, api, 
     assert cli.returncode == 0 and len(cli.stdout.splitlines()) == 3
 
 
-def test_a_sweep_of_fifty_combinations_runs_to_the_end_and_ranks_with_psr_and_dsr(
+def test_a_sweep_of_fifty_combinations_runs_to_the_end_and_ranks_with_psr_dsr_and_pbo(
     clean, api, database, start_worker, tmp_path
 ):
     start_worker(1)
@@ -138,13 +138,18 @@ def test_a_sweep_of_fifty_combinations_runs_to_the_end_and_ranks_with_psr_and_ds
     sharpes = [row["backtest"]["sharpe"] for row in board["rows"]]
     assert len(sharpes) == 50 and sharpes == sorted(sharpes, reverse=True)
     assert all(0 <= row["backtest"]["psr"] <= 1 for row in board["rows"])
-    deflated = board["top_deflated_sharpe"]
-    assert deflated["model_id"] == board["rows"][0]["model_id"] and deflated["trials"] == 50
+    best = board["best_by_sharpe"]
+    assert best["model_id"] == board["rows"][0]["model_id"] and best["trials"] == best["backtested"] == 50
     # Deflating for 50 tries can only lower the top entry's probability of skill.
-    assert deflated["deflated_sharpe_ratio"] <= board["rows"][0]["backtest"]["psr"]
+    assert best["deflated_sharpe_ratio"] <= board["rows"][0]["backtest"]["psr"]
+    fitted = board["overfitting"]
+    assert 0 <= fitted["pbo"] <= 1 and (fitted["strategies"], fitted["partitions"]) == (50, 16)
+    assert fitted["combinations"] == 12870 and fitted["bars"] >= 16 * 2
+    # Sorted by anything, ascending even, the DSR is the best-by-Sharpe model's, labelled as such.
     by_ic = api.get(f"/sweeps/{sweep['sweep_id']}", params={"sort": "ic", "order": "asc", "limit": 5}).json()
     ics = [row["metrics"]["ic"] for row in by_ic["rows"]]
     assert ics == sorted(ics) and len(ics) == 5
+    assert by_ic["best_by_sharpe"] == best and by_ic["overfitting"] == fitted
     assert api.get(f"/sweeps/{sweep['sweep_id']}", params={"sort": "x;drop"}).status_code == 422
 
     again = api.post("/sweeps", json={"base": FAST, "grid": grid}).json()
@@ -155,7 +160,10 @@ def test_a_sweep_of_fifty_combinations_runs_to_the_end_and_ranks_with_psr_and_ds
     cli = run_sfq("sweep", str(file), "--wait", url=database)
     assert cli.returncode == 0, cli.stderr
     assert "50 combinations, 0 new models, 50 reused" in cli.stdout
-    assert "deflated Sharpe ratio" in cli.stdout and "after 50 backtested configurations" in cli.stdout
+    assert (
+        f"best by Sharpe: model {best['model_id']}" in cli.stdout and "after 50 configurations" in cli.stdout
+    )
+    assert f"probability of backtest overfitting: {fitted['pbo']:.3f}" in cli.stdout
 
 
 def test_bad_sweeps_are_refused_naming_the_field_and_enqueue_nothing(clean, api):

@@ -287,11 +287,14 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
     _open(browser, f"{base}/ui/models/{child}", f"Model {child}:", "lineage")
     assert "hyperparameters.alpha: 1.0 → 10.0" in _text(browser, By.ID, "lineage")
 
-    # The sweep: progress, leaderboard with PSR, the deflated Sharpe ratio, the metric by parameter.
+    # The sweep: progress, leaderboard with PSR, the best by Sharpe's DSR, the PBO, the metric by parameter.
     _open(browser, f"{base}/ui/sweeps/{sweep['sweep_id']}", f"Sweep {sweep['sweep_id']} ·", "progress")
     assert "completed 4" in _text(browser, By.ID, "progress")
     assert len(_cells(browser, "sweep-leaderboard")) == 4
-    assert "deflated Sharpe ratio" in _text(browser, By.ID, "dsr")
+    assert "best by Sharpe" in _text(browser, By.ID, "dsr") and "after 4 configurations" in _text(
+        browser, By.ID, "dsr"
+    )
+    assert "probability of backtest overfitting" in _text(browser, By.ID, "pbo")
     _drawn(browser, "sweep-chart")
     _screenshots(browser, shots, "sweep")
 

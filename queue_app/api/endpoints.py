@@ -266,14 +266,15 @@ def _sweep_summary(request: Request, sweep: dict[str, Any]) -> dict[str, Any]:
 
 async def get_sweep(request: Request) -> JSON:
     """Progress and a leaderboard by any metric (`sort=ic`, `sort=backtest.sharpe`), with the PSR of
-    each row and the deflated Sharpe ratio of the top one."""
+    each row, the deflated Sharpe ratio of the best by Sharpe and the PBO of choosing it."""
     sweep_id = request.path_params["sweep_id"]
     sweep = await call(request, gateway.get_sweep(sweep_id))
     if sweep is None:
         raise NotFound(f"no sweep with id {sweep_id}")
     query = params.SweepQuery.parse(request.query_params)
     progress = await call(request, gateway.sweep_progress(sweep_id))
-    board = sweeps.leaderboard(await call(request, gateway.sweep_models(sweep_id)), query)
+    members = await call(request, gateway.sweep_models(sweep_id))
+    board = sweeps.leaderboard(members, query, await call(request, gateway.sweep_equity_curves(sweep_id)))
     for row in board["rows"]:
         row["url"] = _model_url(request, row["model_id"])
     summary = _sweep_summary(request, sweep)

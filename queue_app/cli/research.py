@@ -80,7 +80,8 @@ def _show(args: argparse.Namespace, sweep_id: int, query: params.SweepQuery) -> 
         if sweep is None:
             raise NotFound(f"no sweep with id {sweep_id}")
         progress = gateway.run(conn, gateway.sweep_progress(sweep_id))
-        board = sweeps.leaderboard(gateway.run(conn, gateway.sweep_models(sweep_id)), query)
+        members = gateway.run(conn, gateway.sweep_models(sweep_id))
+        board = sweeps.leaderboard(members, query, gateway.run(conn, gateway.sweep_equity_curves(sweep_id)))
     print(sweeps.render(sweep, progress, board))
 
 

@@ -1,5 +1,6 @@
-"""The dashboard's page of one sweep: progress, the leaderboard with each row's PSR and the top model's
-deflated Sharpe ratio (queue_app.sweeps, as GET /sweeps/{id}), and the metric against each swept parameter."""
+"""The dashboard's page of one sweep: progress, the leaderboard with each row's PSR, the best model by
+Sharpe with its deflated Sharpe ratio and the PBO (queue_app.sweeps, as GET /sweeps/{id}), and the metric
+against each swept parameter."""
 
 from __future__ import annotations
 
@@ -58,16 +59,15 @@ def _row(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _deflated(board: dict[str, Any]) -> str:
-    deflated = board["top_deflated_sharpe"]
-    if not deflated:
-        return '<p class="muted" id="dsr">deflated Sharpe ratio: needs two backtested models</p>'
-    top = link(f"/ui/models/{deflated['model_id']}", deflated["model_id"])
-    return (
-        f'<p id="dsr">Top model {top}: deflated '
-        f"Sharpe ratio {number(deflated['deflated_sharpe_ratio'], 3)} after {esc(deflated['trials'])} "
-        "backtested configurations.</p>"
-    )
+def _selection(board: dict[str, Any]) -> str:
+    """The best model by Sharpe with its DSR, and the PBO, in the CLI's words."""
+    lines = [esc(line) for line in sweeps.summary_lines(board)]
+    best = board["best_by_sharpe"]
+    if best:
+        dsr = lines.pop(0) + " " + link(f"/ui/models/{best['model_id']}", "open it")
+    else:
+        dsr = '<span class="muted">deflated Sharpe ratio: needs a backtested model</span>'
+    return f'<p id="dsr">{dsr}</p><p id="pbo">{lines[-1]}</p>'
 
 
 async def sweep(request: Request) -> HTMLResponse:
@@ -80,7 +80,8 @@ async def sweep(request: Request) -> HTMLResponse:
     given = {key: value for key, value in request.query_params.items() if key in ("sort", "order")}
     parsed, _ = params.lenient(params.SweepQuery.parse, given)
     query = dataclasses.replace(parsed, limit=len(members))  # the whole sweep, for the chart
-    board = sweeps.leaderboard(members, query)
+    curves = await gateway.run_pooled(pool, gateway.sweep_equity_curves(sweep_id))
+    board = sweeps.leaderboard(members, query, curves)
     points: dict[str, list[tuple[Any, float]]] = {key: [] for key in found["grid"]}
     for row in board["rows"]:
         if (value := sweeps.metric(row, query.sort)) is not None:
@@ -109,7 +110,7 @@ async def sweep(request: Request) -> HTMLResponse:
                     numeric=[0, 1, 4, 5, 6, 7, 8, 9],
                     id_="sweep-leaderboard",
                 )
-                + _deflated(board),
+                + _selection(board),
             ),
             section(
                 f"{query.sort} by swept parameter", chart(svg, "sweep-chart", "no model has this metric yet")
