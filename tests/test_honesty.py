@@ -164,7 +164,7 @@ LEAKS = {
 @pytest.mark.parametrize("leak", list(LEAKS))
 def test_the_null_test_catches_a_feature_that_peeks_into_the_future(monkeypatch, leak):
     compute, execution_lag = LEAKS[leak]
-    monkeypatch.setitem(features.FEATURES, leak, Feature(leak, "peeks into the future", compute, False))
+    monkeypatch.setitem(features.FEATURES, leak, Feature(leak, "peeks into the future", compute, False, 0))
     outcome = train_and_backtest((leak,), execution_lag)
     failures = null_test_failures(outcome)
     assert set(failures) == {"directional_accuracy", "abs_sharpe"}, (

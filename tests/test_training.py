@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.inspection import permutation_importance as sklearn_permutation_importance
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import GridSearchCV
@@ -255,6 +256,35 @@ def test_feature_uses_no_bar_after_its_row(name, t):
 
 
 # --- the gap between training and test --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "early_stopping", "validated"), [(12_000, "auto", 1_200), (9_000, "auto", 0)]
+)
+def test_hist_gradient_boosting_stops_early_on_the_latest_rows_not_a_shuffled_sample(
+    monkeypatch, rows, early_stopping, validated
+):
+    """Above 10,000 rows early_stopping="auto" turns on: its validation set is the latest 10 % of the
+    rows (validation_fraction), fitted on the rows before them; below, it stays off."""
+    seen: dict[str, Any] = {}
+    fit = HistGradientBoostingRegressor.fit
+
+    def recording(self, X, y, sample_weight=None, **kwargs):
+        seen.update(X=X, **kwargs)
+        return fit(self, X, y, sample_weight, **kwargs)
+
+    monkeypatch.setattr(HistGradientBoostingRegressor, "fit", recording)
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(rows, 3)), columns=["a", "b", "c"])
+    y = pd.Series(X["a"] + rng.normal(size=rows))
+    model = ALGORITHMS["HistGradientBoosting"].build({"max_iter": 5, "early_stopping": early_stopping})
+    model.fit(X, y)
+    if validated:
+        assert list(seen["X_val"].index) == list(range(rows - validated, rows))
+        assert list(seen["X"].index) == list(range(rows - validated))
+        assert seen["y_val"].equals(y.iloc[rows - validated :])
+    else:
+        assert "X_val" not in seen and len(seen["X"]) == rows
 
 
 @pytest.mark.parametrize(("horizon", "lag"), [(1, 0), (3, 0), (10, 0), (1, 1), (3, 2)])
@@ -594,17 +624,35 @@ def test_every_splitter_keeps_a_gap_of_the_horizon(strategy, horizon):
         assert np.abs(fit[:, None] - scored[None, :]).min() > horizon
 
 
-@pytest.mark.parametrize("horizon", [1, 3, 10])
-def test_purged_folds_drop_the_horizon_before_and_an_embargo_after(horizon):
+@pytest.mark.parametrize(("horizon", "lookback"), [(1, 0), (3, 0), (10, 0), (1, 50), (3, 199)])
+def test_purged_folds_drop_the_horizon_before_and_an_embargo_after(horizon, lookback):
     n_rows, folds = 600, 5
-    embargo = max(horizon, math.ceil(0.01 * n_rows))  # 6 rows when the horizon is shorter
+    # 6 rows (1 %) when the horizon and the features' lookback are shorter.
+    embargo = max(horizon, lookback, math.ceil(0.01 * n_rows))
     scored_rows = []
-    for fit, scored in SPLITTERS["purged"](folds, horizon, n_rows).split(np.empty((n_rows, 1))):
+    for fit, scored in SPLITTERS["purged"](folds, horizon, n_rows, lookback).split(np.empty((n_rows, 1))):
         start, stop = scored[0], scored[-1] + 1
         assert list(fit) == [row for row in range(n_rows) if row < start - horizon or row >= stop + embargo]
         scored_rows.extend(scored)
     # k-fold without shuffling: every row scored once, in order, middle folds trained on both sides.
     assert scored_rows == list(range(n_rows))
+
+
+def test_the_purged_embargo_covers_the_longest_feature_lookback_of_the_spec():
+    """ma_ratio_200 at row t averages bars t - 199 .. t: a training row within 199 rows after a scored
+    fold would carry that fold's prices, so the embargo is 199 rows; without it, 1 % or the horizon."""
+    assert training.feature_lookback(make_spec(features=["ret_1", "ma_ratio_200"])) == 199
+    assert training.feature_lookback(make_spec(features=["hl_range"])) == 0
+    trend = make_spec(features=["ret_5"], regime_configs=[{"kind": "trend", "window": 50, "lookback": 5}])
+    assert training.feature_lookback(trend) == 55
+    for name, feature in FEATURES.items():  # each declared lookback is what the computation depends on
+        bars = random_walk(n=400)
+        changed = bars.copy()
+        t = 350
+        changed.iloc[t - feature.lookback - 1] *= 1.5  # one bar just beyond the lookback, volume too
+        before = compute_features(bars, [name])[name].iloc[t]
+        after = compute_features(changed, [name])[name].iloc[t]
+        assert after == pytest.approx(before, rel=0.011 if name == "rsi_14" else 1e-12), name
 
 
 def test_purged_splitter_works_inside_grid_search():
@@ -627,7 +675,7 @@ def test_training_fits_and_scores_the_splitters_rows(monkeypatch, strategy):
     result = train(spec, bars)
 
     calls = RecordingRidge.calls
-    splits = list(SPLITTERS[strategy](4, 3, len(X)).split(X))
+    splits = list(SPLITTERS[strategy](4, 3, len(X), training.feature_lookback(spec)).split(X))
     assert [kind for kind, _ in calls] == ["fit", "predict"] * 5
     for fold, (fit_rows, scored_rows) in enumerate(splits):
         assert calls[2 * fold][1].equals(X.index[fit_rows])

@@ -28,6 +28,7 @@ TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
     "workers.modelling.regimes.PerRegime",
+    "workers.modelling.algorithms.TimeOrderedHistGradientBoosting",
 ]
 # Types whose module moved after model files named them (a file names each type by its module): old name
 # -> new name. A file written before the move loads as the same type, trusted as much as its new name.

@@ -24,6 +24,7 @@ class Feature:
     description: str
     compute: FeatureFn
     default: bool
+    lookback: int  # the most bars before t that row t's value depends on (for the purged k-fold's embargo)
 
 
 def _log_return(lag: int) -> FeatureFn:
@@ -67,24 +68,33 @@ def _overnight_gap(bars: pd.DataFrame) -> pd.Series:
 
 FEATURES: dict[str, Feature] = by_name(
     *(
-        Feature(f"ret_{k}", f"log return of close over {k} bars", _log_return(k), True)
+        Feature(f"ret_{k}", f"log return of close over {k} bars", _log_return(k), True, k)
         for k in (1, 2, 5, 10, 20)
     ),
-    Feature("ret_60", "log return of close over 60 bars", _log_return(60), False),
-    *(Feature(f"vol_{w}", f"std of 1-bar log returns over {w} bars", _volatility(w), True) for w in (5, 20)),
-    Feature("vol_60", "std of 1-bar log returns over 60 bars", _volatility(60), False),
+    Feature("ret_60", "log return of close over 60 bars", _log_return(60), False, 60),
     *(
-        Feature(f"ma_ratio_{w}", f"close / {w}-bar moving average - 1", _ma_ratio(w), True)
+        Feature(f"vol_{w}", f"std of 1-bar log returns over {w} bars", _volatility(w), True, w)
+        for w in (5, 20)
+    ),
+    Feature("vol_60", "std of 1-bar log returns over 60 bars", _volatility(60), False, 60),
+    *(
+        Feature(f"ma_ratio_{w}", f"close / {w}-bar moving average - 1", _ma_ratio(w), True, w - 1)
         for w in (5, 20, 50)
     ),
-    Feature("ma_ratio_200", "close / 200-bar moving average - 1", _ma_ratio(200), False),
-    Feature("rsi_14", "Wilder's relative strength index over 14 bars", _rsi(14), True),
-    Feature("hl_range", "(high - low) / close of the bar", _high_low_range, True),
-    Feature("volume_z_20", "z-score of log volume against its last 20 bars", _volume_z(20), True),
-    Feature("overnight_gap", "log(open / previous close)", _overnight_gap, False),
+    Feature("ma_ratio_200", "close / 200-bar moving average - 1", _ma_ratio(200), False, 199),
+    # Wilder's smoothing never forgets; bars older than 63 weigh less than 1 % ((13/14)^63 < 0.01).
+    Feature("rsi_14", "Wilder's relative strength index over 14 bars", _rsi(14), True, 63),
+    Feature("hl_range", "(high - low) / close of the bar", _high_low_range, True, 0),
+    Feature("volume_z_20", "z-score of log volume against its last 20 bars", _volume_z(20), True, 19),
+    Feature("overnight_gap", "log(open / previous close)", _overnight_gap, False, 1),
 )
 
 DEFAULT_FEATURES: tuple[str, ...] = tuple(name for name, feature in FEATURES.items() if feature.default)
+
+
+def lookback(names: list[str]) -> int:
+    """The most bars before t that any of these features depends on."""
+    return max((FEATURES[name].lookback for name in names), default=0)
 
 
 def compute_features(bars: pd.DataFrame, names: list[str]) -> pd.DataFrame:

@@ -30,15 +30,18 @@ class PurgedKFold:
 
     A training row t is dropped when its label interval [t, t + horizon] overlaps the scored fold's
     (purging: the `horizon` rows before the fold), and so are the `embargo` rows after the fold, whose
-    features would still carry the scored period's serial correlation.
+    features would still carry the scored period's serial correlation: the longest of the horizon, the
+    features' `lookback` (a row whose features reach back into the scored fold is embargoed) and 1 % of
+    the rows.
     """
 
-    def __init__(self, n_splits: int, horizon: int):
+    def __init__(self, n_splits: int, horizon: int, lookback: int = 0):
         self.n_splits = n_splits
         self.horizon = horizon
+        self.lookback = lookback
 
     def embargo(self, n_rows: int) -> int:
-        return max(self.horizon, math.ceil(EMBARGO_SHARE * n_rows))
+        return max(self.horizon, self.lookback, math.ceil(EMBARGO_SHARE * n_rows))
 
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         return self.n_splits
@@ -55,19 +58,21 @@ class PurgedKFold:
             yield np.concatenate([rows[: max(start - self.horizon, 0)], rows[stop + embargo :]]), scored
 
     def __repr__(self) -> str:
-        return f"PurgedKFold(n_splits={self.n_splits}, horizon={self.horizon})"
+        return f"PurgedKFold(n_splits={self.n_splits}, horizon={self.horizon}, lookback={self.lookback})"
 
 
 Splitter = TimeSeriesSplit | PurgedKFold
-SplitterFactory = Callable[[int, int, int], Splitter]
+SplitterFactory = Callable[..., Splitter]  # (n_splits, horizon, n_rows, lookback=0)
 
 
-def _checked(name: str, build: Callable[[int, int, int], Splitter]) -> SplitterFactory:
+def _checked(name: str, build: Callable[[int, int, int, int], Splitter]) -> SplitterFactory:
     """The factory `build`, refusing a window too short for its folds with a message a user can act on
-    (rather than scikit-learn's ValueError, or an estimator fitted on a handful of rows)."""
+    (rather than scikit-learn's ValueError, or an estimator fitted on a handful of rows). `lookback`:
+    the most bars any feature looks back (only the purged k-fold, whose folds have training rows after
+    the scored ones, needs it)."""
 
-    def factory(n_splits: int, horizon: int, n_rows: int) -> Splitter:
-        splitter = build(n_splits, horizon, n_rows)
+    def factory(n_splits: int, horizon: int, n_rows: int, lookback: int = 0) -> Splitter:
+        splitter = build(n_splits, horizon, n_rows, lookback)
         try:
             folds = list(splitter.split(np.empty((n_rows, 1))))
         except ValueError:  # more folds than the rows (and the gap) allow
@@ -83,7 +88,7 @@ def _checked(name: str, build: Callable[[int, int, int], Splitter]) -> SplitterF
     return factory
 
 
-def _sliding(n_splits: int, horizon: int, n_rows: int) -> TimeSeriesSplit:
+def _sliding(n_splits: int, horizon: int, n_rows: int, _lookback: int) -> TimeSeriesSplit:
     """TimeSeriesSplit's folds, each fitted on as many rows as the first one (the latest of them)."""
     scored = n_rows // (n_splits + 1)
     return TimeSeriesSplit(n_splits, gap=horizon, max_train_size=n_rows - n_splits * scored - horizon)
@@ -91,8 +96,10 @@ def _sliding(n_splits: int, horizon: int, n_rows: int) -> TimeSeriesSplit:
 
 SPLITTERS: dict[str, SplitterFactory] = {
     "expanding": _checked(
-        "expanding", lambda n_splits, horizon, _rows: TimeSeriesSplit(n_splits, gap=horizon)
+        "expanding", lambda n_splits, horizon, _rows, _lookback: TimeSeriesSplit(n_splits, gap=horizon)
     ),
     "sliding": _checked("sliding", _sliding),
-    "purged": _checked("purged", lambda n_splits, horizon, _rows: PurgedKFold(n_splits, horizon)),
+    "purged": _checked(
+        "purged", lambda n_splits, horizon, _rows, lookback: PurgedKFold(n_splits, horizon, lookback)
+    ),
 }

@@ -26,7 +26,7 @@ from queue_app.errors import SfqError
 from queue_app.stats import finite
 from workers.modelling import artifacts
 from workers.modelling.algorithms import ALGORITHMS, SEED
-from workers.modelling.features import aligned_features, compute_features
+from workers.modelling.features import aligned_features, compute_features, lookback
 from workers.modelling.regimes import PerRegime, RegimeConfig
 from workers.modelling.splits import SPLITTERS, Splitter, TooFewRows
 
@@ -128,6 +128,14 @@ def label(bars: pd.DataFrame, spec: dict[str, Any]) -> tuple[pd.Series, pd.Serie
     entry = bars["close"].shift(-lag)
     future = bars[spec["target_col"]].shift(-(lag + spec["horizon"]))
     return TRANSFORMS[spec["target_transform"]].apply(future, entry), entry
+
+
+def feature_lookback(spec: dict[str, Any]) -> int:
+    """The most bars before t that row t's features depend on: the spec's features (on its symbol and
+    its context symbols alike) and its regimes' windows (a trend regime's lookback added; a volatility
+    regime's percentile rank against all its past is counted by its window only)."""
+    windows = [regime.settings["window"] + regime.settings.get("lookback", 0) for regime in _regimes(spec)]
+    return max([lookback(spec["features"]), *windows])
 
 
 def bars_needed(spec: dict[str, Any]) -> int:
@@ -284,11 +292,12 @@ def permutation_importance(
     return (shuffled_mse.reshape(p, n_repeats) - base_mse).mean(axis=1)
 
 
-def _splitter(strategy: str, n_splits: int, gap: int, n_rows: int, what: str) -> Splitter:
+def _splitter(strategy: str, n_splits: int, gap: int, n_rows: int, what: str, lookback: int = 0) -> Splitter:
     """The strategy's splitter for `n_rows` rows, `gap` rows between fitted and scored rows (the label's
-    reach); a window too short for it is the spec's fault."""
+    reach), `lookback` the features' (the purged k-fold's embargo); a window too short for it is the
+    spec's fault."""
     try:
-        return SPLITTERS[strategy](n_splits, gap, n_rows)
+        return SPLITTERS[strategy](n_splits, gap, n_rows, lookback)
     except TooFewRows as error:
         raise TrainingError(f"{what}: {error}") from None
 
@@ -413,7 +422,9 @@ def _cross_validate(
     search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts."""
     X, y, gap = dataset.X_train, dataset.y_train, label_reach(spec)
     reference = dataset.reference_train.to_numpy()
-    splitter = _splitter(spec["cv_strategy"], spec["cv_folds"], gap, len(X), "cross-validation")
+    splitter = _splitter(
+        spec["cv_strategy"], spec["cv_folds"], gap, len(X), "cross-validation", feature_lookback(spec)
+    )
     n_folds = splitter.get_n_splits(X)
     folds = []
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(X), start=1):
