@@ -437,6 +437,7 @@ def _result_writes(
     return [
         ("insert_feature_importance", [{"model_id": model_id, **row} for row in result.importances]),
         ("insert_prediction", [{"model_id": model_id, **row} for row in result.predictions]),
+        ("insert_prediction_series", [_series_row(model_id, result.series)] if result.series else []),
         ("request_default_simulation", [{"model_id": model_id}]),
         (
             "insert_artifact",
@@ -451,6 +452,19 @@ def _result_writes(
             ],
         ),
     ]
+
+
+def _series_row(model_id: int, series: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """A walk-forward's predictions as model_prediction_series stores them: offsets from the first bar in
+    whole seconds, values as float4 (about 7 significant digits)."""
+    first = series["ts"][0]
+    return {
+        "model_id": model_id,
+        "first_ts": first,
+        "seconds": [int((ts - first).total_seconds()) for ts in series["ts"]],
+        "predicted": series["predicted"],
+        "actual": series["actual"],
+    }
 
 
 def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:

@@ -51,6 +51,12 @@ FIELDS: tuple[Field, ...] = (
         "bars from the signal's close to the entry's close, 0..100 (default 1): the label and the backtest "
         "run from that close to target_col horizon bars later",
     ),
+    Field(
+        "evaluation",
+        "object",
+        'out-of-sample evaluation: {"kind": "holdout"} (default: the last test_window bars) or '
+        '{"kind": "walk_forward", "refit_every": 21, "window": "expanding" or "sliding", "start": null}',
+    ),
 )
 
 _JSON_SCHEMA = {

@@ -42,8 +42,14 @@ SELECT f.id, f.model_id, f.status, f.as_of, m.symbol, m.timeframe, m.horizon, m.
 SELECT id, status::text FROM models WHERE id = %(model_id)s
 
 -- model_predictions --
--- A model's held-out window: each bar's prediction next to the actual value.
-SELECT ts, predicted, actual FROM model_predictions WHERE model_id = %(model_id)s ORDER BY ts
+-- A model's out-of-sample predictions (held-out window, or a walk-forward's stitched series): each bar's
+-- prediction next to the actual value.
+SELECT ts, predicted, actual FROM model_predictions WHERE model_id = %(model_id)s
+UNION ALL
+SELECT s.first_ts + make_interval(secs => p.seconds), p.predicted, p.actual
+  FROM model_prediction_series s, unnest(s.seconds, s.predicted, s.actual) AS p(seconds, predicted, actual)
+ WHERE s.model_id = %(model_id)s
+ ORDER BY ts
 
 -- model_artifact --
 -- A model's file (skops) with its format, size and SHA-256.
@@ -125,6 +131,11 @@ VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
 -- One held-out bar's prediction in a training's result.
 INSERT INTO model_predictions (model_id, ts, predicted, actual)
 VALUES (%(model_id)s, %(ts)s, %(predicted)s, %(actual)s)
+
+-- insert_prediction_series --
+-- A walk-forward's stitched predictions in a training's result, as one compact row.
+INSERT INTO model_prediction_series (model_id, first_ts, seconds, predicted, actual)
+VALUES (%(model_id)s, %(first_ts)s, %(seconds)s, %(predicted)s::real[], %(actual)s::real[])
 
 -- insert_artifact --
 -- The model file of a training's result.

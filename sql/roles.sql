@@ -60,11 +60,11 @@ GRANT EXECUTE ON FUNCTION sfq_submit TO sfq_submitter;
 -- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
 -- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
 -- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
-GRANT SELECT ON models, bars, features_log, model_predictions, model_artifacts, model_attempts,
-                model_forecasts, simulation_history, sfq_workers TO sfq_worker;
+GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_series, model_artifacts,
+                model_attempts, model_forecasts, simulation_history, sfq_workers TO sfq_worker;
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
-GRANT INSERT ON features_log, model_predictions, model_artifacts TO sfq_worker;
+GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
 GRANT INSERT, UPDATE ON model_attempts TO sfq_worker;  -- the attempt log (trigger on models, rescue)
 GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price, error, job_id)
     ON model_forecasts TO sfq_worker;
@@ -85,8 +85,9 @@ GRANT EXECUTE ON FUNCTION
     TO sfq_worker;
 
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.
-GRANT SELECT ON models, features_log, model_predictions, model_artifacts, model_forecasts, simulation_history,
-                sweeps, sweep_models, sfq_workers, procrastinate_jobs, procrastinate_workers TO sfq_api;
+GRANT SELECT ON models, features_log, model_predictions, model_prediction_series, model_artifacts,
+                model_forecasts, simulation_history, sweeps, sweep_models, sfq_workers, procrastinate_jobs,
+                procrastinate_workers TO sfq_api;
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
     sfq_request_simulation, sfq_submit_sweep,

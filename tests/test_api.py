@@ -30,6 +30,19 @@ def test_bad_body_is_422_naming_the_field_and_changes_nothing(clean, api):
         ),
         ({"symbol": "AAPL", "lookback": 5}, "lookback"),
         ({"symbol": "AAPL", "alpha_grid": [0.1]}, "alpha_grid"),
+        ({"symbol": "AAPL", "execution_lag": -1}, "execution_lag"),
+        (
+            {"symbol": "AAPL", "evaluation": {"kind": "walk_forward", "refit_every": 0}},
+            "evaluation.refit_every",
+        ),
+        (
+            {"symbol": "AAPL", "evaluation": {"kind": "walk_forward", "start": "2030-01-01"}},
+            "evaluation.start",
+        ),
+        (
+            {"symbol": "AAPL", "evaluation": {"kind": "walk_forward", "start": "2000-03-01"}},
+            "evaluation.start",
+        ),
     ]
     for body, field in cases:
         response = api.post("/train", json=body)

@@ -153,6 +153,41 @@ def test_multi_row_insert_with_one_bad_row_changes_nothing(clean):
         ({"symbol": "AAPL", "parent_model_id": 999999}, "parent_model_id", "no model with id 999999"),
         ({"symbol": "AAPL", "timeframe": "daily"}, "timeframe", "is not a timeframe"),
         ({"symbol": "AAPL", "execution_lag": -1}, "execution_lag", "between 0 and 100"),
+        *(
+            ({"symbol": "AAPL", "evaluation": json.dumps(evaluation)}, field, words)
+            for evaluation, field, words in (
+                (
+                    {"kind": "walkforward"},
+                    "evaluation.kind",
+                    "'walkforward' is not one of holdout, walk_forward",
+                ),
+                ({"kind": "walk_forward", "refit_every": 0}, "evaluation.refit_every", "between 1 and 10000"),
+                (
+                    {"kind": "walk_forward", "refit_every": 2.5},
+                    "evaluation.refit_every",
+                    "must be an integer",
+                ),
+                (
+                    {"kind": "walk_forward", "window": "rolling"},
+                    "evaluation.window",
+                    "not one of expanding, sliding",
+                ),
+                (
+                    {"kind": "walk_forward", "every": 5},
+                    "evaluation.every",
+                    "unknown setting for walk_forward",
+                ),
+                ({"kind": "walk_forward", "start": "soon"}, "evaluation.start", "is not a timestamp"),
+                # AAPL's bars start in 2000: 250 of warm-up and 1,000 of training come first.
+                ({"kind": "walk_forward", "start": "2000-06-01"}, "evaluation.start", "enough history"),
+                ({"kind": "walk_forward", "start": "2030-01-01"}, "evaluation.start", "after data_end"),
+                (
+                    {"kind": "holdout", "refit_every": 5},
+                    "evaluation.refit_every",
+                    "unknown setting for holdout",
+                ),
+            )
+        ),
         ({"symbol": "AAPL", "execution_lag": 101}, "execution_lag", "between 0 and 100"),
         (
             {"symbol": "AAPL", "train_window": 72, "horizon": 2, "execution_lag": 1},
@@ -236,6 +271,28 @@ def test_execution_lag_is_fingerprinted_and_lag_0_is_the_label_every_model_had_b
         "SELECT sfq_model_request(m) FROM models m WHERE id = ANY(%s) ORDER BY id", ([model, lag_0_model],)
     ).fetchall()
     assert [r[0]["execution_lag"] for r in request] == [1, 0]
+
+
+def test_a_walk_forward_is_fingerprinted_with_every_setting_and_holdout_as_before(clean):
+    base = {"symbol": "AAPL", **FAST}
+    holdout, _, _ = insert_request(clean, {**base, "evaluation": json.dumps({"kind": "holdout"})})
+    assert insert_request(clean, base)[0] == holdout  # the default, and not in the spec
+    walk, fingerprint, _ = insert_request(clean, {**base, "evaluation": json.dumps({"kind": "walk_forward"})})
+    spelled_out = {"kind": "walk_forward", "refit_every": 21, "window": "expanding", "start": None}
+    assert insert_request(clean, {**base, "evaluation": json.dumps(spelled_out)})[:3] == (
+        walk,
+        fingerprint,
+        True,
+    )
+    spec = clean.execute("SELECT spec FROM models WHERE id = %s", (walk,)).fetchone()[0]
+    assert spec["evaluation"] == spelled_out
+    assert (
+        "evaluation" not in clean.execute("SELECT spec FROM models WHERE id = %s", (holdout,)).fetchone()[0]
+    )
+    sliding = {**spelled_out, "window": "sliding", "start": "2010-01-04T00:00:00+00:00"}
+    other, _, _ = insert_request(clean, {**base, "evaluation": json.dumps(sliding)})
+    stored = clean.execute("SELECT spec->'evaluation' FROM models WHERE id = %s", (other,)).fetchone()[0]
+    assert stored == {**sliding, "start": "2010-01-04T00:00:00.000000Z"} and other != walk
 
 
 def test_fingerprint_ignores_client_time_zone(clean, database):

@@ -106,6 +106,38 @@ def test_every_trained_model_is_backtested_and_simulate_adds_others(clean, api, 
     assert cli.returncode == 0 and len(cli.stdout.splitlines()) == 3
 
 
+def test_a_walk_forward_runs_on_a_worker_stored_compactly_and_backtested_over_its_whole_history(
+    clean, api, start_worker
+):
+    start_worker(1)
+    evaluation = {"kind": "walk_forward", "refit_every": 63, "window": "sliding"}
+    model_id = api.post("/train", json={"symbol": "AAPL", **FAST, "evaluation": evaluation}).json()[
+        "model_id"
+    ]
+    model = wait_for_models(clean, [model_id], timeout=180)[model_id]
+    assert model["status"] == "completed", model
+    metrics = model["metrics"]
+    n = metrics["n"]
+    assert metrics["evaluation"]["refits"] == -(-n // 63) and metrics["evaluation"]["first_fit_size"] == 300
+    assert len(metrics["per_year"]) >= 10 and sum(year["n"] for year in metrics["per_year"].values()) == n
+    # One compact row, not a row per bar; the API reads it back as every other model's predictions.
+    stored = clean.execute(
+        "SELECT cardinality(predicted), pg_column_size(seconds) + pg_column_size(predicted)"
+        " + pg_column_size(actual) FROM model_prediction_series WHERE model_id = %s",
+        (model_id,),
+    ).fetchone()
+    assert stored[0] == n and stored[1] <= 12 * n + 100
+    assert clean.execute(
+        "SELECT count(*) FROM model_predictions WHERE model_id = %s", (model_id,)
+    ).fetchone() == (0,)
+    predictions = api.get(f"/models/{model_id}/predictions").json()["predictions"]
+    assert len(predictions) == n and predictions[0]["ts"] == metrics["test_start"]
+    wait_for_simulations(clean, [model_id])
+    (backtest,) = api.get(f"/models/{model_id}/simulations").json()["simulations"]
+    assert backtest["status"] == "completed" and backtest["convention"] == "label"
+    assert backtest["metrics"]["n"] >= n - 1 and backtest["period_start"] > metrics["test_start"]
+
+
 def test_a_sweep_of_fifty_combinations_runs_to_the_end_and_ranks_with_psr_dsr_and_pbo(
     clean, api, database, start_worker, tmp_path
 ):

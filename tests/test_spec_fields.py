@@ -53,6 +53,9 @@ def model(conn, model_id: int) -> dict:
         ("regime_configs", [{"kind": "volatility"}]),
         ("regime_configs", [{"kind": "trend", "mode": "split"}]),
         ("run", 2),
+        ("execution_lag", 2),
+        ("evaluation", {"kind": "walk_forward"}),
+        ("evaluation", {"kind": "walk_forward", "refit_every": 5}),
     ],
 )
 def test_each_field_changes_the_fingerprint(clean, field, value):

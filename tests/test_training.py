@@ -1104,3 +1104,99 @@ def test_permutation_importance_matches_sklearns_on_a_known_model():
     np.testing.assert_allclose(ours, theirs, rtol=0.1, atol=0.02)
     np.testing.assert_allclose(ours[:2], [2 * 9, 2 * 1], rtol=0.1)
     assert abs(ours[2]) < 0.02 and abs(ours[3]) < 0.02
+
+
+# --- walk-forward evaluation ------------------------------------------------------------------------
+
+
+def walk_forward_spec(**evaluation: Any) -> dict[str, Any]:
+    return make_spec(
+        execution_lag=1,
+        horizon=2,
+        train_window=300,
+        evaluation={
+            "kind": "walk_forward",
+            "refit_every": 21,
+            "window": "expanding",
+            "start": None,
+            **evaluation,
+        },
+    )
+
+
+@pytest.mark.parametrize("window", ["expanding", "sliding"])
+def test_walk_forward_refits_on_rows_whose_labels_ended_before_each_block(window):
+    bars = random_walk(n=1200)
+    spec = walk_forward_spec(window=window)
+    dataset, walking = training.build_walk_forward(bars, spec)
+    reach = 3  # execution_lag 1 + horizon 2
+    where = positions(bars, walking.X.index)
+    predicted = []
+    for block in walking.plan:
+        fitted, rows = where[block.fit], where[block.predict]
+        assert fitted[-1] + reach < rows[0]  # every fitted label is known before the block's first bar
+        assert block.fit.stop - block.fit.start == (300 if window == "sliding" else block.fit.stop)
+        assert len(rows) <= 21
+        predicted.extend(range(block.predict.start, block.predict.stop))
+    # Every usable row from the first with 300 known labels before it is predicted once, in order.
+    assert predicted == list(range(walking.plan[0].predict.start, len(walking.X)))
+    assert walking.plan[0].fit.stop == 300 and where[walking.plan[0].predict.start] == where[299] + reach + 1
+    assert dataset.X_test.index.equals(walking.X.index[walking.plan[0].predict.start :])
+    assert dataset.X_train.index.equals(walking.X.index[walking.plan[-1].fit])
+
+
+def test_walk_forward_predictions_are_a_plain_loop_of_refits_and_start_is_honoured():
+    """The stitched predictions are what refitting Ridge by hand on each block's rows predicts; progress
+    says "refit k of n"; per-year metrics cover the predicted years; `start` moves the first block."""
+    bars = random_walk(n=1200)
+    start = bars.index[900]
+    spec = walk_forward_spec(window="sliding", start=start.isoformat())
+    phases: list[str] = []
+    result = train(spec, bars, progress=lambda phase, fraction: phases.append(phase))
+    _, walking = training.build_walk_forward(bars, spec)
+    assert walking.X.index[walking.plan[0].predict.start] == start
+    by_hand = np.concatenate(
+        [
+            make_pipeline(StandardScaler(), Ridge(**FAST_HYPERPARAMETERS["Ridge"]))
+            .fit(walking.X.iloc[block.fit], walking.y.iloc[block.fit])
+            .predict(walking.X.iloc[block.predict])
+            for block in walking.plan
+        ]
+    )
+    np.testing.assert_allclose(result.series["predicted"], by_hand, rtol=1e-10, atol=1e-12)
+    n = len(walking.plan)
+    assert [p for p in phases if p.startswith("refit")] == [f"refit {k} of {n}" for k in range(1, n + 1)]
+    assert result.predictions == [] and len(result.series["ts"]) == result.metrics["n"] == len(by_hand)
+    assert result.metrics["evaluation"] == {
+        "kind": "walk_forward",
+        "refit_every": 21,
+        "window": "sliding",
+        "refits": n,
+        "first_fit_size": 300,
+    }
+    years = {str(ts.year) for ts in result.series["ts"]}
+    assert set(result.metrics["per_year"]) == years
+    assert sum(year["n"] for year in result.metrics["per_year"].values()) == result.metrics["n"]
+
+
+def test_walk_forward_re_tunes_a_grid_at_each_refit(monkeypatch):
+    searches = []
+    real = training.GridSearchCV
+
+    def counting(*args, **kwargs):
+        searches.append(kwargs.get("cv"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "GridSearchCV", counting)
+    bars = random_walk(n=900)
+    spec = {**walk_forward_spec(refit_every=100), "algorithm": "Ridge", "alpha_grid": [0.1, 10.0]}
+    spec["hyperparameters"] = {}
+    result = train(spec, bars)
+    refits = result.metrics["evaluation"]["refits"]
+    assert len(searches) == spec["cv_folds"] + refits  # every CV fold, then every refit
+    assert result.metrics["chosen_hyperparameters"]["alpha"] in (0.1, 10.0)
+
+
+def test_too_short_a_history_to_walk_forward_is_a_training_error():
+    with pytest.raises(TrainingError, match="to walk forward"):
+        train(walk_forward_spec(), random_walk(n=250))

@@ -99,7 +99,8 @@ CREATE OR REPLACE FUNCTION sfq_model_request(m models) RETURNS jsonb
         'regime_configs', m.regime_configs, 'run', m.run, 'timeout_s', m.timeout_s,
         'parent_model_id', m.parent_model_id,
         -- A spec without it (spec_version 1) measured its label from the signal's close: lag 0.
-        'execution_lag', coalesce((m.spec->>'execution_lag')::integer, 0))
+        'execution_lag', coalesce((m.spec->>'execution_lag')::integer, 0),
+        'evaluation', coalesce(m.spec->'evaluation', '{"kind": "holdout"}'))
 $$;
 
 -- One row per attempt at training a model (model_attempts): opened when attempts grows, closed when

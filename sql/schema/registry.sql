@@ -22,6 +22,26 @@ CREATE OR REPLACE FUNCTION sfq_timeframe_pattern() RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT '^([1-9][0-9]*)(s|m|h|d|w|mo)$'
 $$;
+-- A spec's evaluation kind (workers/modelling/evaluation.py KINDS).
+CREATE OR REPLACE FUNCTION sfq_evaluation_kinds() RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['holdout', 'walk_forward']::text[]
+$$;
+-- A walk-forward's training window (workers/modelling/evaluation.py WINDOWS).
+CREATE OR REPLACE FUNCTION sfq_walk_forward_windows() RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['expanding', 'sliding']::text[]
+$$;
+-- A walk-forward's bars between refits by default (evaluation.py DEFAULT_REFIT_EVERY).
+CREATE OR REPLACE FUNCTION sfq_default_refit_every() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 21
+$$;
+-- Bars of history before a model's first usable row, for its features (training.py WARMUP_BARS).
+CREATE OR REPLACE FUNCTION sfq_warmup_bars() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 250
+$$;
 -- Rows a CV fold is fitted on and scored on at least (workers/splits.py MIN_FIT_ROWS).
 CREATE OR REPLACE FUNCTION sfq_min_fit_rows() RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

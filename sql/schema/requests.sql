@@ -242,6 +242,65 @@ BEGIN
 END;
 $$;
 
+-- A request's evaluation: {"kind": "holdout"}, or a walk-forward with every setting present (refit_every
+-- 1..10000, default 21; window expanding or sliding, default expanding; start a timestamp in UTC or null).
+CREATE OR REPLACE FUNCTION sfq_canonical_evaluation(given jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    unknown text;
+    refit_every numeric;
+    start timestamptz;
+BEGIN
+    IF jsonb_typeof(given) IS DISTINCT FROM 'object' OR jsonb_typeof(given->'kind') IS DISTINCT FROM 'string' THEN
+        PERFORM sfq_reject('evaluation', format('must be an object with a "kind" (one of %s), got %s',
+                           array_to_string(sfq_evaluation_kinds(), ', '), coalesce(given::text, 'null')));
+    END IF;
+    IF NOT given->>'kind' = ANY (sfq_evaluation_kinds()) THEN
+        PERFORM sfq_reject('evaluation.kind', format('%L is not one of %s', given->>'kind',
+                           array_to_string(sfq_evaluation_kinds(), ', ')));
+    END IF;
+    SELECT k INTO unknown FROM jsonb_object_keys(given) AS k
+     WHERE k <> 'kind' AND (given->>'kind' = 'holdout' OR k NOT IN ('refit_every', 'window', 'start'))
+     ORDER BY k LIMIT 1;
+    IF unknown IS NOT NULL THEN
+        PERFORM sfq_reject('evaluation.' || unknown, format('unknown setting for %s; valid: %s', given->>'kind',
+            CASE given->>'kind' WHEN 'holdout' THEN 'kind' ELSE 'kind, refit_every, window, start' END));
+    END IF;
+    IF given->>'kind' = 'holdout' THEN
+        RETURN '{"kind": "holdout"}';
+    END IF;
+    IF given ? 'refit_every' THEN
+        IF jsonb_typeof(given->'refit_every') <> 'number' THEN
+            PERFORM sfq_reject('evaluation.refit_every', format('must be an integer, got %s', given->'refit_every'));
+        END IF;
+        refit_every := (given->>'refit_every')::numeric;
+        IF refit_every <> trunc(refit_every) OR refit_every NOT BETWEEN 1 AND 10000 THEN
+            PERFORM sfq_reject('evaluation.refit_every', format('must be an integer between 1 and 10000, got %s',
+                               given->'refit_every'));
+        END IF;
+    END IF;
+    IF given ? 'window' AND (jsonb_typeof(given->'window') <> 'string'
+                             OR NOT given->>'window' = ANY (sfq_walk_forward_windows())) THEN
+        PERFORM sfq_reject('evaluation.window', format('%s is not one of %s', given->'window',
+                           array_to_string(sfq_walk_forward_windows(), ', ')));
+    END IF;
+    IF jsonb_typeof(given->'start') = 'string' THEN
+        BEGIN
+            start := (given->>'start')::timestamptz;
+        EXCEPTION WHEN others THEN
+            PERFORM sfq_reject('evaluation.start', format('%s is not a timestamp', given->'start'));
+        END;
+    ELSIF given ? 'start' AND given->'start' <> 'null' THEN
+        PERFORM sfq_reject('evaluation.start', format('must be a timestamp or null, got %s', given->'start'));
+    END IF;
+    RETURN jsonb_build_object(
+        'kind', 'walk_forward',
+        'refit_every', coalesce(trunc(refit_every)::integer, sfq_default_refit_every()),
+        'window', coalesce(given->>'window', (sfq_walk_forward_windows())[1]),
+        'start', sfq_utc_text(start));
+END;
+$$;
+
 -- Validate a request, fill in defaults, canonicalise, and compute its spec and fingerprint, without
 -- enqueueing anything. `pin_data_end` pins data_end to the latest bar at or before it (the default
 -- way in); the DuckDB import keeps the legacy data_end as it was. `known_hyperparameters`: the
@@ -375,6 +434,10 @@ BEGIN
         r.regime_configs := sfq_canonical_regimes(r.regime_configs);
     END IF;
 
+    IF r.evaluation IS DISTINCT FROM '{"kind": "holdout"}' THEN
+        r.evaluation := sfq_canonical_evaluation(r.evaluation);
+    END IF;
+
     IF r.timeout_s IS NOT NULL AND r.timeout_s NOT BETWEEN 1 AND 604800 THEN
         PERFORM sfq_check_range('timeout_s', r.timeout_s, 1, 604800);
     END IF;
@@ -401,6 +464,27 @@ BEGIN
                 AND (r.data_end IS NULL OR b.ts <= r.data_end)
               ORDER BY b.ts DESC LIMIT 1),
             r.data_end);
+        -- A walk-forward's start must leave the warm-up, one training window and the label's reach
+        -- of bars before it, and come before the data end.
+        IF r.evaluation->>'start' IS NOT NULL THEN
+            DECLARE
+                start timestamptz := (r.evaluation->>'start')::timestamptz;
+                earliest timestamptz := (
+                    SELECT b.ts FROM bars b WHERE b.symbol = r.symbol AND b.timeframe = r.timeframe
+                     ORDER BY b.ts OFFSET sfq_warmup_bars() + r.train_window + r.execution_lag + r.horizon LIMIT 1);
+            BEGIN
+                IF earliest IS NOT NULL AND start < earliest THEN
+                    PERFORM sfq_reject('evaluation.start', format(
+                        '%s is before %s, the first bar with enough history (%s bars of warm-up, train_window '
+                        '%s and execution_lag + horizon %s before it)', sfq_utc_text(start), sfq_utc_text(earliest),
+                        sfq_warmup_bars(), r.train_window, r.execution_lag + r.horizon));
+                END IF;
+                IF r.data_end IS NOT NULL AND start > r.data_end THEN
+                    PERFORM sfq_reject('evaluation.start', format('%s is after data_end %s: nothing to predict',
+                                       sfq_utc_text(start), sfq_utc_text(r.data_end)));
+                END IF;
+            END;
+        END IF;
         -- A context symbol must have bars the model may see (the main symbol's absence fails at training,
         -- with the import command to run; a context symbol is caught here, before anything is queued).
         FOREACH context IN ARRAY r.context_symbols LOOP
@@ -428,7 +512,10 @@ BEGIN
       -- execution_lag 0 is the label every model had before the field (from the signal's close), and
       -- hashes as before; from 1 on (the default) it is hashed, under spec_version 2.
       || CASE WHEN r.execution_lag > 0
-              THEN jsonb_build_object('spec_version', 2, 'execution_lag', r.execution_lag) ELSE '{}' END;
+              THEN jsonb_build_object('spec_version', 2, 'execution_lag', r.execution_lag) ELSE '{}' END
+      -- The default, holdout, hashes as before; a walk-forward is hashed with every setting.
+      || CASE WHEN r.evaluation->>'kind' = 'walk_forward'
+              THEN jsonb_build_object('evaluation', r.evaluation) ELSE '{}' END;
     r.fingerprint := encode(sha256(convert_to(r.spec::text, 'UTF8')), 'hex');
     RETURN r;
 END;

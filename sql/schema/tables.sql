@@ -132,6 +132,17 @@ CREATE TABLE model_predictions (
     PRIMARY KEY (model_id, ts)
 );
 
+CREATE TABLE model_prediction_series (
+    model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
+    first_ts timestamptz NOT NULL,
+    seconds integer[] NOT NULL,  -- each prediction's bar, in seconds after first_ts
+    predicted real[] NOT NULL,
+    actual real[] NOT NULL,
+    CHECK (cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual))
+);
+COMMENT ON TABLE model_prediction_series IS
+    'A walk-forward''s stitched out-of-sample predictions, 12 bytes each (float4 values, int4 offsets).';
+
 CREATE TABLE model_artifacts (
     model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
     format text NOT NULL,
@@ -188,7 +199,8 @@ CREATE TABLE training_requests (
     retrain_of bigint,
     spec jsonb,  -- the canonical spec that was hashed (filled in, like fingerprint)
     priority integer DEFAULT 0,
-    execution_lag integer DEFAULT 1
+    execution_lag integer DEFAULT 1,
+    evaluation jsonb DEFAULT '{"kind": "holdout"}'
 );
 
 COMMENT ON COLUMN training_requests.symbol IS 'Ticker whose bars the model trains on (required).';
@@ -226,6 +238,9 @@ COMMENT ON COLUMN training_requests.priority IS
 COMMENT ON COLUMN training_requests.execution_lag IS
     'Bars from the signal''s close to the entry''s close (0..100, default 1): the label and the backtest run '
     'from the close at t + execution_lag to target_col at t + execution_lag + horizon.';
+COMMENT ON COLUMN training_requests.evaluation IS
+    'How the model is judged out of sample: {"kind": "holdout"} (the last test_window bars) or '
+    '{"kind": "walk_forward", "refit_every": 21, "window": "expanding" | "sliding", "start": null}.';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Live forecasts (POST /models/{id}/predict): a worker loads the stored model and predicts from the

@@ -23,10 +23,11 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
 from workers.modelling.algorithms import ALGORITHMS, CONTROLLED_PARAMS, Algorithm
 from workers.modelling.backtest import STRATEGIES, TIMEFRAME, Strategy
+from workers.modelling.evaluation import DEFAULT_REFIT_EVERY, KINDS, WINDOWS
 from workers.modelling.features import FEATURES
 from workers.modelling.regimes import REGIMES, Regime
 from workers.modelling.splits import MIN_FIT_ROWS, SPLITTERS
-from workers.modelling.training import TARGET_COLUMNS, TRANSFORMS
+from workers.modelling.training import TARGET_COLUMNS, TRANSFORMS, WARMUP_BARS
 
 
 def _interval_rule(interval: Interval) -> dict[str, Any]:
@@ -157,6 +158,22 @@ def vocabulary() -> list[str]:
         *_vocabulary_function(
             "sfq_timeframe_pattern", "", "text", _literal(TIMEFRAME.pattern),
             "A timeframe such as 1d, 4h, 15m or 1mo (workers/simulation.py TIMEFRAME, the same regex).",
+        ),
+        *_vocabulary_function(
+            "sfq_evaluation_kinds", "", "text[]", _text_array(KINDS),
+            "A spec's evaluation kind (workers/modelling/evaluation.py KINDS).",
+        ),
+        *_vocabulary_function(
+            "sfq_walk_forward_windows", "", "text[]", _text_array(WINDOWS),
+            "A walk-forward's training window (workers/modelling/evaluation.py WINDOWS).",
+        ),
+        *_vocabulary_function(
+            "sfq_default_refit_every", "", "integer", str(DEFAULT_REFIT_EVERY),
+            "A walk-forward's bars between refits by default (evaluation.py DEFAULT_REFIT_EVERY).",
+        ),
+        *_vocabulary_function(
+            "sfq_warmup_bars", "", "integer", str(WARMUP_BARS),
+            "Bars of history before a model's first usable row, for its features (training.py WARMUP_BARS).",
         ),
         *_vocabulary_function(
             "sfq_min_fit_rows", "", "integer", str(MIN_FIT_ROWS),

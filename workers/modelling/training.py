@@ -26,6 +26,7 @@ from queue_app.errors import SfqError
 from queue_app.stats import finite
 from workers.modelling import artifacts
 from workers.modelling.algorithms import ALGORITHMS, SEED
+from workers.modelling.evaluation import Block, Evaluation, blocks, walk_forward
 from workers.modelling.features import aligned_features, compute_features, lookback
 from workers.modelling.regimes import PerRegime, RegimeConfig
 from workers.modelling.splits import SPLITTERS, Splitter, TooFewRows
@@ -94,14 +95,26 @@ class Dataset:
 
 
 @dataclass
+class WalkForward:
+    """Every usable row's features and label, and the refits over them (evaluation.blocks)."""
+
+    X: pd.DataFrame
+    y: pd.Series
+    plan: list[Block]
+
+
+@dataclass
 class TrainingResult:
     metrics: dict[str, Any]
     fold_metrics: list[dict[str, Any]]
     importances: list[dict[str, Any]]
-    predictions: list[dict[str, Any]]
+    predictions: list[dict[str, Any]]  # held out: one row per bar (model_predictions)
     artifact: bytes
     artifact_sha256: str
     timings: dict[str, float] = field(default_factory=dict)
+    # Walk-forward: the stitched out-of-sample predictions as arrays, stored compactly
+    # (model_prediction_series): {"ts": [...], "predicted": [...], "actual": [...]}.
+    series: dict[str, list[Any]] | None = None
 
 
 def _regimes(spec: dict[str, Any]) -> list[RegimeConfig]:
@@ -138,9 +151,12 @@ def feature_lookback(spec: dict[str, Any]) -> int:
     return max([lookback(spec["features"]), *windows])
 
 
-def bars_needed(spec: dict[str, Any]) -> int:
+def bars_needed(spec: dict[str, Any]) -> int | None:
     """How many of the latest bars a spec can use (of its symbol and of each context symbol): warm-up of
-    the features and regimes, training, gap, test and the label's reach."""
+    the features and regimes, training, gap, test and the label's reach; None (every bar) for a
+    walk-forward evaluation, which runs over the whole history."""
+    if Evaluation.of(spec).kind == "walk_forward":
+        return None
     warmup = max([WARMUP_BARS, *(regime.warmup() for regime in _regimes(spec))])
     return warmup + spec["train_window"] + 2 * label_reach(spec) + spec["test_window"]
 
@@ -226,6 +242,40 @@ def build_dataset(
         reference.iloc[train],
         reference.iloc[test_start:],
     )
+
+
+def build_walk_forward(
+    bars: pd.DataFrame, spec: dict[str, Any], context: dict[str, pd.DataFrame] | None = None
+) -> tuple[Dataset, WalkForward]:
+    """The features and labels of every bar, computed once for the whole history, and the refits of a
+    walk-forward evaluation (`evaluation.blocks`). The Dataset's training rows are the last refit's
+    (the final model's, which cross-validation scores); its test rows every predicted row."""
+    if bars.empty:
+        raise _no_bars(spec, spec["data_end"])
+    features = build_features(bars, spec, context)
+    target, reference = label(bars, spec)
+    usable = features.notna().all(axis=1) & target.notna()
+    X, y, reference = features[usable], target[usable], reference[usable]
+    evaluation = Evaluation.of(spec)
+    positions = bars.index.get_indexer(X.index)
+    plan = blocks(positions, X.index, evaluation, spec["train_window"], label_reach(spec))
+    if not plan:
+        raise TrainingError(
+            f"not enough bars for {spec['symbol']} ({spec['timeframe']}) to walk forward: {len(X)} usable "
+            f"rows after feature warm-up, but the first refit needs train_window + execution_lag + horizon "
+            f"= {spec['train_window'] + label_reach(spec)} rows before the first prediction"
+            + (f" at or after {evaluation.start.isoformat()}" if evaluation.start is not None else "")
+        )
+    last, tested = plan[-1].fit, slice(plan[0].predict.start, plan[-1].predict.stop)
+    dataset = Dataset(
+        X.iloc[last],
+        y.iloc[last],
+        X.iloc[tested],
+        y.iloc[tested],
+        reference.iloc[last],
+        reference.iloc[tested],
+    )
+    return dataset, WalkForward(X, y, plan)
 
 
 def _mean(values) -> float | None:
@@ -367,26 +417,45 @@ def train(
 ) -> TrainingResult:
     """Train and score one spec on its bars (and its context symbols' bars, by symbol). Deterministic:
     same spec and bars, same metrics. `progress(phase, fraction)` is told each phase as it starts, with
-    the share of the work done so far (cross-validation is most of it, one step per fold).
+    the share of the work done so far (one step per CV fold, and per refit of a walk-forward).
 
     The phases: the dataset; cross-validation on the training window; the final fit on all of it and
-    its evaluation on the held-out window; feature importances; the model file."""
+    its evaluation on the held-out window, or a walk-forward's refits and the evaluation of their
+    stitched predictions; feature importances; the model file."""
     clock = _Clock()
     transform = TRANSFORMS[spec["target_transform"]]
-    dataset = build_dataset(bars, spec, context)
+    walking = None
+    if Evaluation.of(spec).kind == "walk_forward":
+        dataset, walking = build_walk_forward(bars, spec, context)
+    else:
+        dataset = build_dataset(bars, spec, context)
     model, grid = _model(spec)
     clock.done("features")
 
     folds = _cross_validate(spec, model, grid, dataset, transform, progress)
     clock.done("cv")
-    progress("final fit", FINAL_FIT)
 
-    model, chosen = _fit(model, grid, dataset.X_train, dataset.y_train, label_reach(spec))
+    def fit(X: pd.DataFrame, y: pd.Series) -> tuple[BaseEstimator, dict[str, float]]:
+        return _fit(model, grid, X, y, label_reach(spec))
+
+    if walking is None:
+        progress("final fit", FINAL_FIT)
+        model, chosen = fit(dataset.X_train, dataset.y_train)
+        predicted = model.predict(dataset.X_test)
+    else:
+        predicted, model, chosen = walk_forward(
+            walking.X,
+            walking.y,
+            walking.plan,
+            fit,
+            lambda k, n: progress(f"refit {k} of {n}", FINAL_FIT + (EVALUATION - FINAL_FIT) * (k - 1) / n),
+        )
     clock.done("fit")
     progress("evaluation", EVALUATION)
 
-    predicted = model.predict(dataset.X_test)
     metrics = _evaluate(spec, transform, dataset, predicted, folds, chosen if grid else None)
+    if walking is not None:
+        metrics |= _walk_forward_metrics(spec, transform, dataset, predicted, walking)
     clock.done("evaluate")
     progress("importance", IMPORTANCE)
 
@@ -396,18 +465,53 @@ def train(
 
     blob = artifacts.dump(model)
     clock.done("serialize")
+    stamps, actual = dataset.X_test.index, dataset.y_test.to_numpy()
     return TrainingResult(
         metrics=metrics,
         fold_metrics=folds,
         importances=importances,
-        predictions=[
+        predictions=[]
+        if walking
+        else [
             {"ts": ts.to_pydatetime(), "predicted": float(p), "actual": float(a)}
-            for ts, p, a in zip(dataset.X_test.index, predicted, dataset.y_test.to_numpy(), strict=True)
+            for ts, p, a in zip(stamps, predicted, actual, strict=True)
         ],
         artifact=blob,
         artifact_sha256=hashlib.sha256(blob).hexdigest(),
         timings=clock.timings,
+        series={
+            "ts": list(stamps.to_pydatetime()),
+            "predicted": predicted.tolist(),
+            "actual": actual.tolist(),
+        }
+        if walking
+        else None,
     )
+
+
+def _walk_forward_metrics(
+    spec: dict[str, Any], transform: Transform, dataset: Dataset, predicted: np.ndarray, walking: WalkForward
+) -> dict[str, Any]:
+    """What a walk-forward adds to the metrics of its stitched predictions: its settings, how many
+    refits, and the same scores per calendar year (UTC) of the predicted bars."""
+    evaluation = Evaluation.of(spec)
+    actual, reference = dataset.y_test.to_numpy(), dataset.reference_test.to_numpy()
+    years = dataset.X_test.index.year
+    return {
+        "evaluation": {
+            "kind": "walk_forward",
+            "refit_every": evaluation.refit_every,
+            "window": evaluation.window,
+            "refits": len(walking.plan),
+            "first_fit_size": walking.plan[0].fit.stop - walking.plan[0].fit.start,
+        },
+        "per_year": {
+            str(year): _scores(
+                transform, actual[years == year], predicted[years == year], reference[years == year]
+            )
+            for year in np.unique(years)
+        },
+    }
 
 
 def _cross_validate(
