@@ -15,12 +15,12 @@ from pathlib import Path
 from bench import common
 from queue_app.config import Settings, database_url
 
-SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory")
+SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory", "walkforward")
 DEFAULT_OUTPUT = common.ROOT / common.DEFAULT_OUTPUT_NAME
 
 
 def _scenario(name: str):
-    from bench import cost, enqueue, memory, noop, scaleout
+    from bench import cost, enqueue, memory, noop, scaleout, walkforward
 
     return {
         "scaleout": scaleout.scenario,
@@ -28,6 +28,7 @@ def _scenario(name: str):
         "enqueue": enqueue.scenario,
         "cost": cost.scenario,
         "memory": memory.scenario,
+        "walkforward": walkforward.scenario,
     }[name]
 
 

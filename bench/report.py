@@ -75,6 +75,16 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                 _verdict(cost["overhead"] < 0.05),
             )
         )
+    walk = data.get("walkforward")
+    if walk:
+        total = walk["bytes_per_prediction"] * 100_000 * 4_000 / 1e9
+        out.append(
+            (
+                "walk-forward predictions of 100,000 models x 4,000 bars well under 10 GB",
+                f"{walk['bytes_per_prediction']:.2f} B a prediction: {total:.1f} GB",
+                _verdict(total < 5),
+            )
+        )
     return out
 
 

@@ -700,6 +700,10 @@ def models_unsettled(model_ids: Sequence[int]) -> Call[int]:
     return Call("models_unsettled", {"model_ids": list(model_ids)}, _value)
 
 
+def prediction_series_size(model_ids: Sequence[int]) -> Call[Row]:
+    return Call("prediction_series_size", {"model_ids": list(model_ids)}, _one)
+
+
 def model_timings(model_ids: Sequence[int]) -> Call[list[Row]]:
     return Call("model_timings", {"model_ids": list(model_ids)})
 

@@ -490,6 +490,13 @@ SELECT (SELECT count(*) FROM models WHERE id = ANY(%(model_ids)s) AND status IN 
 SELECT id, timings, extract(epoch FROM finished_at - started_at)::float8 AS seconds
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
+-- prediction_series_size --
+-- How many walk-forward predictions these models store, and their bytes (what the benchmark reports).
+SELECT coalesce(sum(cardinality(predicted)), 0)::bigint AS predictions,
+       coalesce(sum(pg_column_size(seconds) + pg_column_size(predicted) + pg_column_size(actual)
+                     + pg_column_size(first_ts) + pg_column_size(model_id)), 0)::bigint AS bytes
+  FROM model_prediction_series WHERE model_id = ANY(%(model_ids)s)
+
 -- jobs_left --
 -- How many of these queue jobs have not succeeded yet (what the no-op benchmark waits for).
 SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%(job_ids)s) AND status <> 'succeeded'

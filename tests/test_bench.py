@@ -26,6 +26,7 @@ EXPECTED = {
     "enqueue": ["HTTP POST /train,", "latency p50 / p99", "one per transaction", "one statement", "sweep of"],
     "per-job cost": ["model ", "whole mix, sfq 1 worker"],
     "memory": ["recycling every", "recycling off"],
+    "walk-forward": ["Ridge: ", "bytes per prediction"],
 }
 
 
