@@ -236,6 +236,10 @@ def request_forecast(model_id: int) -> Call[Row]:
     return Call("request_forecast", {"model_id": model_id}, _one)
 
 
+def request_lockbox(model_id: int) -> Call[Row]:
+    return Call("request_lockbox", {"model_id": model_id}, _one)
+
+
 def request_simulation(model_id: int, strategy: Any, params: Any, priority: int) -> Call[Row]:
     query = {"model_id": model_id, "strategy": strategy, "params": _json(params), "priority": priority}
     return Call("request_simulation", query, _one)

@@ -57,6 +57,12 @@ FIELDS: tuple[Field, ...] = (
         'out-of-sample evaluation: {"kind": "holdout"} (default: the last test_window bars) or '
         '{"kind": "walk_forward", "refit_every": 21, "window": "expanding" or "sliding", "start": null}',
     ),
+    Field(
+        "lockbox_start",
+        "timestamp",
+        "start of a final period no metric, backtest or leaderboard sees, evaluated once on request "
+        "(POST /models/{id}/lockbox); at or before data_end (default: none)",
+    ),
 )
 
 _JSON_SCHEMA = {

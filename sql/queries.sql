@@ -313,10 +313,17 @@ SELECT * FROM sfq_request_simulation(%(model_id)s, %(strategy)s, %(params)s::jso
 SELECT id FROM sfq_request_simulation(%(model_id)s)
 
 -- simulation_inputs --
--- What a queued backtest needs: the model's spec and data end, the strategy.
-SELECT s.model_id, s.strategy, s.params, m.spec, m.data_end
+-- What a queued backtest needs: the model's spec and data end, the strategy, whether it is the lockbox's
+-- (and then the model's file).
+SELECT s.model_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end,
+       CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256
   FROM simulation_history s JOIN models m ON m.id = s.model_id
+  LEFT JOIN model_artifacts a ON a.model_id = m.id
  WHERE s.id = %(simulation_id)s AND s.status = 'queued'
+
+-- request_lockbox --
+-- A model's one evaluation on its lockbox (counted as a look every time it is asked for).
+SELECT * FROM sfq_request_lockbox(%(model_id)s)
 
 -- simulation_bars --
 -- The bars of the held-out window, up to the model's data end (never later bars: the backtest of a
@@ -340,14 +347,15 @@ UPDATE simulation_history SET status = 'failed', finished_at = now(), error = %(
 
 -- get_simulation --
 -- One backtest with its equity curve and the model's symbol and timeframe.
-SELECT s.id, s.model_id, s.strategy, s.params, s.convention, s.status, s.error, s.period_start, s.period_end,
-       s.metrics, s.equity_curve, s.imported_from, s.created_at, s.finished_at, m.symbol, m.timeframe
+SELECT s.id, s.model_id, s.strategy, s.params, s.convention, s.lockbox, s.status, s.error, s.period_start,
+       s.period_end, s.metrics, s.equity_curve, s.imported_from, s.created_at, s.finished_at, m.symbol,
+       m.timeframe, m.lockbox_looks
   FROM simulation_history s JOIN models m ON m.id = s.model_id
  WHERE s.id = %(simulation_id)s
 
 -- model_simulations --
 -- A model's backtests, without their equity curves.
-SELECT id, model_id, strategy, params, convention, status, error, period_start, period_end, metrics,
+SELECT id, model_id, strategy, params, convention, lockbox, status, error, period_start, period_end, metrics,
        imported_from, created_at, finished_at
   FROM simulation_history WHERE model_id = %(model_id)s ORDER BY id
 
@@ -374,7 +382,7 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, sm.position, sm.combination, m.statu
   JOIN models m ON m.id = sm.model_id
   LEFT JOIN simulation_history s
     ON s.model_id = m.id AND s.status = 'completed' AND s.imported_from IS NULL AND s.convention = 'label'
-   AND s.strategy = 'long_short'
+   AND NOT s.lockbox AND s.strategy = 'long_short'
    AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
                                        (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
  WHERE sm.sweep_id = %(sweep_id)s
@@ -387,7 +395,7 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, s.equity_curve
   JOIN models m ON m.id = sm.model_id
   JOIN simulation_history s
     ON s.model_id = m.id AND s.status = 'completed' AND s.imported_from IS NULL AND s.convention = 'label'
-   AND s.strategy = 'long_short' AND s.equity_curve IS NOT NULL
+   AND NOT s.lockbox AND s.strategy = 'long_short' AND s.equity_curve IS NOT NULL
    AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
                                        (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
  WHERE sm.sweep_id = %(sweep_id)s
@@ -459,7 +467,7 @@ SELECT count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTE
 -- sweep_models finds it.
 SELECT s.id, s.status, s.error, s.metrics, s.equity_curve, s.period_start, s.period_end
   FROM simulation_history s
- WHERE s.model_id = %(model_id)s AND s.imported_from IS NULL AND s.convention = 'label'
+ WHERE s.model_id = %(model_id)s AND s.imported_from IS NULL AND s.convention = 'label' AND NOT s.lockbox
    AND s.strategy = 'long_short'
    AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
                                        (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))

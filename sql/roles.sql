@@ -90,6 +90,6 @@ GRANT SELECT ON models, features_log, model_predictions, model_prediction_series
                 procrastinate_workers TO sfq_api;
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
-    sfq_request_simulation, sfq_submit_sweep,
+    sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep,
     sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard
     TO sfq_api;

@@ -138,6 +138,40 @@ def test_a_walk_forward_runs_on_a_worker_stored_compactly_and_backtested_over_it
     assert backtest["metrics"]["n"] >= n - 1 and backtest["period_start"] > metrics["test_start"]
 
 
+def test_the_lockbox_is_evaluated_once_on_request_and_every_look_is_counted(clean, api, start_worker):
+    start_worker(1)
+    lockbox_start = "2012-01-03T00:00:00+00:00"
+    model_id = api.post("/train", json={"symbol": "AAPL", **FAST, "lockbox_start": lockbox_start}).json()[
+        "model_id"
+    ]
+    plain = api.post("/train", json={"symbol": "MSFT", **FAST}).json()["model_id"]
+    models = wait_for_models(clean, [model_id, plain])
+    assert models[model_id]["metrics"]["test_end"] < lockbox_start  # training never saw the lockbox
+    wait_for_simulations(clean, [model_id])
+    (default,) = api.get(f"/models/{model_id}/simulations").json()["simulations"]
+    assert default["period_end"] < lockbox_start and not default["lockbox"]  # nor its backtest
+
+    first = api.post(f"/models/{model_id}/lockbox", params={"wait": 60})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["lockbox"] and body["status"] == "completed" and body["lockbox_looks"] == 1
+    scores = body["metrics"]["lockbox"]
+    assert scores["start"] >= lockbox_start and scores["n"] > 100 and body["period_start"] >= lockbox_start
+    again = api.post(f"/models/{model_id}/lockbox").json()
+    assert (again["id"], again["lockbox_looks"], again["metrics"]) == (body["id"], 2, body["metrics"])
+    cli = run_sfq("lockbox", str(model_id), url=clean.info.dsn)
+    assert cli.returncode == 0 and "lockbox looks: 3" in cli.stdout, cli.stderr
+    # The lockbox is no leaderboard's: the model's default backtest is still the out-of-sample one.
+    assert {row["lockbox"] for row in api.get(f"/models/{model_id}/simulations").json()["simulations"]} == {
+        False,
+        True,
+    }
+    refused = api.post(f"/models/{plain}/lockbox")
+    assert refused.status_code == 409 and "no lockbox" in refused.text
+    late = api.post("/train", json={"symbol": "AAPL", **FAST, "lockbox_start": "2030-01-01T00:00:00Z"})
+    assert late.status_code == 422 and late.json()["detail"]["field"] == "lockbox_start"
+
+
 def test_a_sweep_of_fifty_combinations_runs_to_the_end_and_ranks_with_psr_dsr_and_pbo(
     clean, api, database, start_worker, tmp_path
 ):

@@ -30,6 +30,7 @@ DEFINERS = (
     "sfq_evolve",
     "sfq_cancel_model",
     "sfq_request_forecast",
+    "sfq_request_lockbox",
     "sfq_request_simulation",
     "sfq_submit_sweep",
 )

@@ -1200,3 +1200,45 @@ def test_walk_forward_re_tunes_a_grid_at_each_refit(monkeypatch):
 def test_too_short_a_history_to_walk_forward_is_a_training_error():
     with pytest.raises(TrainingError, match="to walk forward"):
         train(walk_forward_spec(), random_walk(n=250))
+
+
+# --- the lockbox ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "evaluation", [None, {"kind": "walk_forward", "refit_every": 50, "window": "sliding"}]
+)
+def test_training_never_sees_the_lockbox(evaluation):
+    """Whatever the bars from lockbox_start on hold, the trained model, its metrics and its predictions
+    are the same: training truncates the bars there, labels included."""
+    bars = random_walk(n=1400)
+    lockbox_start = bars.index[1200]
+    spec = make_spec(
+        execution_lag=1, train_window=400, test_window=100, lockbox_start=lockbox_start.isoformat()
+    )
+    if evaluation:
+        spec["evaluation"] = evaluation
+    scrambled = bars.copy()
+    scrambled.loc[scrambled.index >= lockbox_start, ["open", "high", "low", "close"]] *= 3.0
+    one, other = train(spec, bars), train(spec, scrambled)
+    assert one.metrics == other.metrics and one.importances == other.importances
+    assert one.predictions == other.predictions and one.series == other.series
+    last = (one.series["ts"] if evaluation else [p["ts"] for p in one.predictions])[-1]
+    assert last < lockbox_start.to_pydatetime()
+    assert training.training_end(spec) < lockbox_start.to_pydatetime()
+
+
+def test_the_lockbox_predictions_start_at_lockbox_start_and_score_what_is_known():
+    bars = ar1(phi=0.6, n=1400)
+    lockbox_start = bars.index[1200]
+    spec = make_spec(
+        execution_lag=1, train_window=400, test_window=100, lockbox_start=lockbox_start.isoformat()
+    )
+    result = train(spec, bars)
+    model = artifacts.load(result.artifact, result.artifact_sha256)
+    predictions = training.lockbox_predictions(spec, model, bars)
+    assert predictions.index[0] == lockbox_start and predictions.index[-1] == bars.index[-1]
+    assert predictions["actual"].isna().sum() == 2  # the last execution_lag + horizon bars: not known yet
+    scores = training.lockbox_scores(spec, predictions, bars)
+    assert scores["n"] == len(predictions) - 2 and scores["start"] == lockbox_start.isoformat()
+    assert scores["directional_accuracy"] > 0.5  # an AR(1) keeps its skill out of sample

@@ -38,6 +38,7 @@ ROUTES = [
     Route("/forecasts/{forecast_id:id}", e.get_forecast, methods=["GET"], name="get_forecast"),
     Route(f"{MODEL}/simulations", e.model_simulations, methods=["GET"]),
     Route("/simulate", e.simulate, methods=["POST"]),
+    Route(f"{MODEL}/lockbox", e.lockbox, methods=["POST"]),
     Route("/simulations/{simulation_id:id}", e.get_simulation, methods=["GET"], name="get_simulation"),
     Route("/sweeps", e.submit_sweep, methods=["POST"]),
     Route("/sweeps/{sweep_id:id}", e.get_sweep, methods=["GET"], name="get_sweep"),

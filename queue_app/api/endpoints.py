@@ -224,6 +224,15 @@ async def simulate(request: Request) -> JSON:
     return JSON(_simulation_body(request, simulation), status_code=ANSWERED[simulation["status"]])
 
 
+async def lockbox(request: Request) -> JSON:
+    """The model's one evaluation on its lockbox (computed once by a worker; every request is counted
+    as a look, `lockbox_looks`, shown with it); waits like predict."""
+    wait_s = params.integer(request.query_params, "wait", SIMULATION_WAIT_S, 0, 300)
+    queued = await call(request, gateway.request_lockbox(request.path_params["model_id"]))
+    simulation = await _until_answered(request, gateway.get_simulation(queued["id"]), wait_s)
+    return JSON(_simulation_body(request, simulation), status_code=ANSWERED[simulation["status"]])
+
+
 async def get_simulation(request: Request) -> JSON:
     simulation_id = request.path_params["simulation_id"]
     simulation = await call(request, gateway.get_simulation(simulation_id))

@@ -190,6 +190,27 @@ OPENAPI = {
                 ],
             )
         },
+        "/models/{model_id}/lockbox": {
+            "post": _operation(
+                "Evaluate the model once on its lockbox (run by a worker); every request counts as a look",
+                {
+                    "200": _response("The lockbox evaluation, with lockbox_looks", OBJECT),
+                    "202": _response("Still queued after `wait` seconds: poll its url", OBJECT),
+                    "404": _response("Unknown id"),
+                    "409": _response("The model is not completed, or its request set no lockbox_start"),
+                    "422": _response("The evaluation failed (detail says why), or a bad `wait`"),
+                },
+                parameters=[
+                    _id("model_id"),
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 300},
+                    },
+                ],
+            )
+        },
         "/forecasts/{forecast_id}": {
             "get": _operation(
                 "A forecast",

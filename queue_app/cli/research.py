@@ -1,4 +1,5 @@
-"""`sfq simulate | simulations | sweep | sweep-show`: backtests of a model, and sweeps of many."""
+"""`sfq simulate | lockbox | simulations | sweep | sweep-show`: backtests of a model, its lockbox, and
+sweeps of many."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     simulation = until_answered(args, run(args, asked), gateway.get_simulation, "simulation")
     simulation.pop("equity_curve", None)
     print(json.dumps(simulation, indent=2, default=str))
+
+
+def cmd_lockbox(args: argparse.Namespace) -> None:
+    """Like POST /models/{id}/lockbox: the model's one evaluation on its lockbox, counted as a look."""
+    asked = run(args, gateway.request_lockbox(args.model_id))
+    answered = until_answered(args, asked, gateway.get_simulation, "lockbox evaluation")
+    simulation = run(args, gateway.get_simulation(answered["id"]))
+    simulation.pop("equity_curve", None)
+    print(json.dumps(simulation, indent=2, default=str))
+    print(f"lockbox looks: {simulation['lockbox_looks']} (every look is counted on model {args.model_id})")
 
 
 def cmd_simulations(args: argparse.Namespace) -> None:
@@ -97,6 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--param", action="append", metavar="NAME=VALUE", help="a strategy parameter")
     simulate.add_argument("--timeout", type=float, default=60)
     simulate.set_defaults(func=cmd_simulate)
+
+    lockbox = sub.add_parser("lockbox", help="evaluate a model once on its lockbox (every look counted)")
+    lockbox.add_argument("model_id", type=model_id)
+    lockbox.add_argument("--timeout", type=float, default=60)
+    lockbox.set_defaults(func=cmd_lockbox)
 
     simulations = sub.add_parser("simulations", help="a model's backtests")
     simulations.add_argument("model_id", type=model_id)

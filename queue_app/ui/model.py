@@ -180,6 +180,16 @@ def _evolve(model: dict[str, Any], locked: bool, values: dict[str, str]) -> str:
     )
 
 
+def _lockbox(model: dict[str, Any]) -> str:
+    """A lockbox is shown with how often it was looked at: a lockbox consulted to choose is spent."""
+    if not (start := (model["spec"] or {}).get("lockbox_start")):
+        return ""
+    return (
+        f'<p id="lockbox">lockbox from {esc(start)}: looked at {esc(model["lockbox_looks"])} time(s) '
+        f'<span class="muted">(POST /models/{model["id"]}/lockbox; every look is counted)</span></p>'
+    )
+
+
 def _status(model: dict[str, Any], locked: bool, refusal: str) -> str:
     live = progress(model["progress"]) if model["status"] in UNFINISHED else ""
     worker = f"on {model['worker_host']} (pid {model['worker_pid']})" if model["worker_host"] else ""
@@ -191,6 +201,7 @@ def _status(model: dict[str, Any], locked: bool, refusal: str) -> str:
         message(refusal)
         + f'<p id="status">{status(model["status"])} {live} <span class="muted">{times}</span></p>'
         + (f'<p class="error" id="model-error">{esc(model["error"])}</p>' if model["error"] else "")
+        + _lockbox(model)
         + _buttons(model, locked)
     )
 

@@ -29,7 +29,8 @@ CREATE OR REPLACE FUNCTION sfq_new_model(r training_requests) RETURNS models
         r.retrain_of, r.run,
         NULL,                    -- imported_from
         r.priority,
-        NULL                     -- progress
+        NULL,                    -- progress
+        0                        -- lockbox_looks
     )::models
 $$;
 
@@ -100,7 +101,8 @@ CREATE OR REPLACE FUNCTION sfq_model_request(m models) RETURNS jsonb
         'parent_model_id', m.parent_model_id,
         -- A spec without it (spec_version 1) measured its label from the signal's close: lag 0.
         'execution_lag', coalesce((m.spec->>'execution_lag')::integer, 0),
-        'evaluation', coalesce(m.spec->'evaluation', '{"kind": "holdout"}'))
+        'evaluation', coalesce(m.spec->'evaluation', '{"kind": "holdout"}'),
+        'lockbox_start', m.spec->>'lockbox_start')
 $$;
 
 -- One row per attempt at training a model (model_attempts): opened when attempts grows, closed when

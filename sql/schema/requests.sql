@@ -455,6 +455,9 @@ BEGIN
     IF r.data_end IS NOT NULL AND NOT r.data_end BETWEEN '1800-01-01Z' AND '2200-01-01Z' THEN
         PERFORM sfq_reject('data_end', format('%s is not a date between 1800 and 2200', r.data_end));
     END IF;
+    IF r.lockbox_start IS NOT NULL AND NOT r.lockbox_start BETWEEN '1800-01-01Z' AND '2200-01-01Z' THEN
+        PERFORM sfq_reject('lockbox_start', format('%s is not a date between 1800 and 2200', r.lockbox_start));
+    END IF;
     IF pin_data_end THEN
         -- Pin the data: the last bar at or before the requested end (the latest bar by default).
         -- (As max(ts), the planner may read all of the symbol's bars before the table is analyzed.)
@@ -464,6 +467,14 @@ BEGIN
                 AND (r.data_end IS NULL OR b.ts <= r.data_end)
               ORDER BY b.ts DESC LIMIT 1),
             r.data_end);
+        IF r.lockbox_start IS NOT NULL AND r.data_end IS NOT NULL AND r.lockbox_start > r.data_end THEN
+            PERFORM sfq_reject('lockbox_start', format('%s is after data_end %s: the lockbox would be empty',
+                               sfq_utc_text(r.lockbox_start), sfq_utc_text(r.data_end)));
+        END IF;
+        IF r.lockbox_start IS NOT NULL AND (r.evaluation->>'start')::timestamptz >= r.lockbox_start THEN
+            PERFORM sfq_reject('evaluation.start', format('%s is in the lockbox (from %s)',
+                               r.evaluation->>'start', sfq_utc_text(r.lockbox_start)));
+        END IF;
         -- A walk-forward's start must leave the warm-up, one training window and the label's reach
         -- of bars before it, and come before the data end.
         IF r.evaluation->>'start' IS NOT NULL THEN
@@ -513,6 +524,8 @@ BEGIN
       -- hashes as before; from 1 on (the default) it is hashed, under spec_version 2.
       || CASE WHEN r.execution_lag > 0
               THEN jsonb_build_object('spec_version', 2, 'execution_lag', r.execution_lag) ELSE '{}' END
+      || CASE WHEN r.lockbox_start IS NOT NULL
+              THEN jsonb_build_object('lockbox_start', sfq_utc_text(r.lockbox_start)) ELSE '{}' END
       -- The default, holdout, hashes as before; a walk-forward is hashed with every setting.
       || CASE WHEN r.evaluation->>'kind' = 'walk_forward'
               THEN jsonb_build_object('evaluation', r.evaluation) ELSE '{}' END;

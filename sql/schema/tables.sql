@@ -99,8 +99,10 @@ CREATE TABLE models (
     run integer NOT NULL DEFAULT 1,
     imported_from text,  -- 'duckdb:<file>#<legacy id>' for models moved from the old service
     priority integer NOT NULL DEFAULT 0,
-    progress jsonb       -- {"phase", "fraction", "at"} of the training under way
+    progress jsonb,      -- {"phase", "fraction", "at"} of the training under way
+    lockbox_looks integer NOT NULL DEFAULT 0
 );
+COMMENT ON COLUMN models.lockbox_looks IS 'How many times the model''s lockbox evaluation was asked for.';
 
 -- One live model per fingerprint; a failed or cancelled model may be submitted again.
 CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
@@ -200,7 +202,8 @@ CREATE TABLE training_requests (
     spec jsonb,  -- the canonical spec that was hashed (filled in, like fingerprint)
     priority integer DEFAULT 0,
     execution_lag integer DEFAULT 1,
-    evaluation jsonb DEFAULT '{"kind": "holdout"}'
+    evaluation jsonb DEFAULT '{"kind": "holdout"}',
+    lockbox_start timestamptz
 );
 
 COMMENT ON COLUMN training_requests.symbol IS 'Ticker whose bars the model trains on (required).';
@@ -238,6 +241,8 @@ COMMENT ON COLUMN training_requests.priority IS
 COMMENT ON COLUMN training_requests.execution_lag IS
     'Bars from the signal''s close to the entry''s close (0..100, default 1): the label and the backtest run '
     'from the close at t + execution_lag to target_col at t + execution_lag + horizon.';
+COMMENT ON COLUMN training_requests.lockbox_start IS
+    'Start of a final period no metric, backtest, leaderboard or sweep sees (null: none); at or before data_end.';
 COMMENT ON COLUMN training_requests.evaluation IS
     'How the model is judged out of sample: {"kind": "holdout"} (the last test_window bars) or '
     '{"kind": "walk_forward", "refit_every": 21, "window": "expanding" | "sliding", "start": null}.';
@@ -279,16 +284,19 @@ CREATE TABLE simulation_history (
     error text,
     job_id bigint,
     finished_at timestamptz,
-    convention text NOT NULL DEFAULT 'label' CHECK (convention IN ('legacy', 'label'))
+    convention text NOT NULL DEFAULT 'label' CHECK (convention IN ('legacy', 'label')),
+    lockbox boolean NOT NULL DEFAULT false
 );
+COMMENT ON COLUMN simulation_history.lockbox IS
+    'An evaluation on the lockbox (predictions of the stored model from lockbox_start to data_end).';
 COMMENT ON COLUMN simulation_history.convention IS
     'label: trades the model''s label (entry execution_lag closes after the signal, exit at target_col '
     'horizon bars later); legacy: computed before 0010 (entered at the next close, held one bar).';
 CREATE UNIQUE INDEX simulation_history_run
     ON simulation_history (model_id, strategy, params, coalesce(period_start, '-infinity'),
-                           coalesce(period_end, '-infinity'), convention);
+                           coalesce(period_end, '-infinity'), convention, lockbox);
 -- One simulation per model, strategy and parameters (asking again returns it); imported rows keep theirs.
-CREATE UNIQUE INDEX simulation_history_request ON simulation_history (model_id, strategy, params)
+CREATE UNIQUE INDEX simulation_history_request ON simulation_history (model_id, strategy, params, lockbox)
     WHERE imported_from IS NULL AND convention = 'label';
 
 -- ---------------------------------------------------------------------------------------------------

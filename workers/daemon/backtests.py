@@ -1,18 +1,22 @@
-"""Backtests of trained models (the `simulate_model` task): the model's held-out predictions and the
-bars of that window through a strategy (workers/modelling/backtest.py), written to simulation_history
-(a backtest is stored as a "simulation": its id is a simulation's)."""
+"""Backtests of trained models (the `simulate_model` task): the model's out-of-sample predictions and the
+bars of that window (never a lockbox's) through a strategy (workers/modelling/backtest.py), or, for its
+lockbox evaluation, the stored model's predictions over the lockbox, written to simulation_history (a
+backtest is stored as a "simulation": its id is a simulation's)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pandas as pd
 import psycopg
 
 from queue_app import gateway
-from queue_app.errors import SfqError
-from workers.daemon.data import frame
-from workers.modelling.backtest import backtest, periods_per_year
+from queue_app.errors import SfqError, Unavailable
+from workers.daemon.data import frame, load_bars
+from workers.modelling import artifacts
+from workers.modelling.backtest import BacktestError, backtest, periods_per_year
+from workers.modelling.training import before_lockbox, lockbox_predictions, lockbox_scores
 
 log = logging.getLogger("sfq.backtest")
 
@@ -24,22 +28,17 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
     if job is None:  # already done, or its model was deleted
         return
     spec, model_id = job["spec"], job["model_id"]
-    predictions = pd.DataFrame(
-        gateway.run(conn, gateway.model_predictions(model_id)), columns=["ts", "predicted", "actual"]
-    ).set_index("ts")[["predicted"]]
-    if predictions.empty:
-        _fail(conn, simulation_id, model_id, f"model {model_id} has no held-out predictions")
-        return
-    window = gateway.simulation_bars(spec["symbol"], spec["timeframe"], predictions.index[0], job["data_end"])
-    bars = frame(gateway.run(conn, window))
     try:
+        predictions, bars, extra = (_lockbox if job["lockbox"] else _out_of_sample)(conn, job)
         result = backtest(predictions, bars, spec, job["strategy"], job["params"])
-    except Exception as error:  # BacktestError (too few bars, ...) or a bug: recorded, not lost
+    except Unavailable:  # the database away: the job's (it is retried), not the backtest's outcome
+        raise
+    except Exception as error:  # BacktestError (too few bars, ...), TrainingError, or a bug: recorded
         reason = str(error) if isinstance(error, SfqError) else repr(error)  # sfq's own say what is wrong
         _fail(conn, simulation_id, model_id, reason)
         return
     # With its annualisation factor: the deflated Sharpe ratio needs per-bar Sharpe ratios.
-    metrics = {**result.metrics, "periods_per_year": periods_per_year(spec["timeframe"])}
+    metrics = {**result.metrics, "periods_per_year": periods_per_year(spec["timeframe"]), **extra}
     gateway.run(
         conn,
         gateway.complete_simulation(
@@ -53,6 +52,27 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
         job["strategy"],
         result.metrics.get("sharpe"),
     )
+
+
+def _out_of_sample(conn: psycopg.Connection, job: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The model's stored out-of-sample predictions and the bars they trade on, before any lockbox."""
+    spec, model_id = job["spec"], job["model_id"]
+    predictions = pd.DataFrame(
+        gateway.run(conn, gateway.model_predictions(model_id)), columns=["ts", "predicted", "actual"]
+    ).set_index("ts")[["predicted"]]
+    if predictions.empty:
+        raise BacktestError(f"model {model_id} has no held-out predictions")
+    window = gateway.simulation_bars(spec["symbol"], spec["timeframe"], predictions.index[0], job["data_end"])
+    return predictions, before_lockbox(frame(gateway.run(conn, window)), spec), {}
+
+
+def _lockbox(conn: psycopg.Connection, job: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The stored model's predictions over its lockbox, the bars up to data_end, and their scores."""
+    spec = job["spec"]
+    bars, context = load_bars(conn, spec, job["data_end"], everything=True)
+    model = artifacts.load(job["artifact"], job["sha256"])
+    predictions = lockbox_predictions(spec, model, bars, context)
+    return predictions[["predicted"]], bars, {"lockbox": lockbox_scores(spec, predictions, bars)}
 
 
 def _fail(conn: psycopg.Connection, simulation_id: int, model_id: int, reason: str) -> None:

@@ -80,7 +80,7 @@ def _child_main(conn: Connection, url: str) -> None:
     from threadpoolctl import threadpool_limits
 
     from workers.daemon.data import load_bars
-    from workers.modelling.training import LOADED, TrainingError, train
+    from workers.modelling.training import LOADED, TrainingError, train, training_end
 
     threadpool_limits(1)
     db = None
@@ -91,10 +91,10 @@ def _child_main(conn: Connection, url: str) -> None:
                 if db is None or db.closed:
                     db = gateway.connect(url, "sfq-training", autocommit=True)
                 _report(db, model_id, attempt, "loading", 0.0)
-                bars, context = load_bars(db, spec, spec["data_end"])
+                bars, context = load_bars(db, spec, training_end(spec))
             except Unavailable:  # a connection left over from before a database restart
                 db = gateway.connect(url, "sfq-training", autocommit=True)
-                bars, context = load_bars(db, spec, spec["data_end"])
+                bars, context = load_bars(db, spec, training_end(spec))
             progress = functools.partial(_report, db, model_id, attempt)
             progress("features", LOADED)
             conn.send(Completed(train(spec, bars, context=context, progress=progress)))

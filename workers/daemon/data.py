@@ -21,12 +21,12 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
 
 
 def load_bars(
-    db: psycopg.Connection, spec: dict[str, Any], data_end: datetime | str | None
+    db: psycopg.Connection, spec: dict[str, Any], data_end: datetime | str | None, everything: bool = False
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The latest `bars_needed(spec)` bars up to `data_end` of the symbol; of each context symbol, the
-    bars over the same period plus as many before it for warm-up (by time, not by count: a context
-    symbol that trades on other days still covers the whole period)."""
-    limit, timeframe = bars_needed(spec), spec["timeframe"]
+    """The latest `bars_needed(spec)` bars up to `data_end` of the symbol (`everything`: all of them);
+    of each context symbol, the bars over the same period plus as many before it for warm-up (by time,
+    not by count: a context symbol that trades on other days still covers the whole period)."""
+    limit, timeframe = None if everything else bars_needed(spec), spec["timeframe"]
     bars = frame(gateway.run(db, gateway.load_bars(spec["symbol"], timeframe, data_end, limit)))
     since = bars.index[0] if len(bars) else data_end
     context = {

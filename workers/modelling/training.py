@@ -151,6 +151,59 @@ def feature_lookback(spec: dict[str, Any]) -> int:
     return max([lookback(spec["features"]), *windows])
 
 
+def before_lockbox(bars: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
+    """The bars before the spec's lockbox_start (all of them without a lockbox): what training, scoring
+    and every backtest but the lockbox's own may see."""
+    if not spec.get("lockbox_start"):
+        return bars
+    start = pd.Timestamp(spec["lockbox_start"])
+    if bars.index.tz is None:
+        start = start.tz_convert("UTC").tz_localize(None)
+    return bars.loc[bars.index < start]
+
+
+def training_end(spec: dict[str, Any]) -> Any:
+    """The last instant whose bars training may load: data_end, or just before lockbox_start."""
+    if not spec.get("lockbox_start"):
+        return spec["data_end"]
+    return (pd.Timestamp(spec["lockbox_start"]) - pd.Timedelta(microseconds=1)).to_pydatetime()
+
+
+def lockbox_predictions(
+    spec: dict[str, Any],
+    model: BaseEstimator,
+    bars: pd.DataFrame,
+    context: dict[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """The trained model's predictions at every bar from lockbox_start whose features are complete, with
+    its label where the bars (up to data_end) already hold it: columns predicted, actual (NaN when not
+    yet known), index ts. Features use the whole history before each bar, as in training."""
+    features = build_features(bars, spec, context)
+    target, _ = label(bars, spec)
+    start = pd.Timestamp(spec["lockbox_start"])
+    rows = features[(features.index >= start) & features.notna().all(axis=1)]
+    if rows.empty:
+        raise TrainingError(f"no bar of the lockbox (from {spec['lockbox_start']}) to predict")
+    return pd.DataFrame(
+        {"predicted": model.predict(rows), "actual": target.reindex(rows.index)}, index=rows.index
+    )
+
+
+def lockbox_scores(spec: dict[str, Any], predictions: pd.DataFrame, bars: pd.DataFrame) -> dict[str, Any]:
+    """The held-out scores of the lockbox's predictions whose label is known."""
+    known = predictions.dropna()
+    if known.empty:
+        return {"n": 0}
+    _, entry = label(bars, spec)
+    transform = TRANSFORMS[spec["target_transform"]]
+    reference = entry.reindex(known.index).to_numpy()
+    return {
+        **_scores(transform, known["actual"].to_numpy(), known["predicted"].to_numpy(), reference),
+        "start": known.index[0].isoformat(),
+        "end": known.index[-1].isoformat(),
+    }
+
+
 def bars_needed(spec: dict[str, Any]) -> int | None:
     """How many of the latest bars a spec can use (of its symbol and of each context symbol): warm-up of
     the features and regimes, training, gap, test and the label's reach; None (every bar) for a
@@ -424,6 +477,8 @@ def train(
     stitched predictions; feature importances; the model file."""
     clock = _Clock()
     transform = TRANSFORMS[spec["target_transform"]]
+    bars = before_lockbox(bars, spec)
+    context = {symbol: before_lockbox(frame, spec) for symbol, frame in (context or {}).items()}
     walking = None
     if Evaluation.of(spec).kind == "walk_forward":
         dataset, walking = build_walk_forward(bars, spec, context)
