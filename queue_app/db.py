@@ -45,6 +45,7 @@ from queue_app.errors import Conflict
 # comes before them).
 SCHEMA_FILES = (
     "registry.sql",  # generated (workers/modelling/contract.py): the registries' rows, the shared vocabulary
+    "bars.sql",  # bars revisions (what a fingerprint includes)
     "requests.sql",  # validation, canonical form, fingerprint; the JSON way in; training_requests' triggers
     "models.sql",  # a model's insertion (the one INSERT INTO models) and its attempt log
     "queue.sql",  # Procrastinate: job rows, deferral, rescue, pruning

@@ -295,6 +295,57 @@ def test_a_walk_forward_is_fingerprinted_with_every_setting_and_holdout_as_befor
     assert stored == {**sliding, "start": "2010-01-04T00:00:00.000000Z"} and other != walk
 
 
+def test_a_revised_bar_makes_the_same_request_train_again(clean):
+    """Changing, deleting or backfilling a bar of the symbol (or of a context symbol) revises its bars:
+    the same request then has a new fingerprint (its spec records the revisions). Re-importing identical
+    bars, or appending new ones after data_end, is no revision."""
+    revisions = "SELECT symbol, revision FROM bar_revisions WHERE timeframe = '1d' ORDER BY symbol"
+    clean.execute("DELETE FROM bar_revisions")
+    request = {"symbol": "GOOG", **FAST, "data_end": "2010-06-30"}
+    first, fingerprint, _ = insert_request(clean, request)
+    bar = (
+        "SELECT ts, close FROM bars WHERE symbol = 'GOOG' AND timeframe = '1d' AND ts < '2010-01-01' LIMIT 1"
+    )
+    ts, close = clean.execute(bar).fetchone()
+    original = clean.execute(
+        "SELECT open, high, low, close, volume FROM bars"
+        " WHERE symbol = 'GOOG' AND timeframe = '1d' AND ts = %s",
+        (ts,),
+    ).fetchone()
+    clean.execute("UPDATE bars SET close = close WHERE symbol = 'GOOG' AND ts = %s", (ts,))  # no change
+    assert clean.execute(revisions).fetchall() == []
+    assert insert_request(clean, request)[:3] == (first, fingerprint, True)
+
+    clean.execute("UPDATE bars SET close = %s, high = greatest(high, %s) WHERE symbol = 'GOOG' AND ts = %s",
+                  (close * 1.01, close * 1.01, ts))  # fmt: skip
+    assert clean.execute(revisions).fetchall() == [("GOOG", 1)]
+    second, revised, deduplicated = insert_request(clean, request)
+    assert (second != first, revised != fingerprint, deduplicated) == (True, True, False)
+    spec = clean.execute("SELECT spec FROM models WHERE id = %s", (second,)).fetchone()[0]
+    assert spec["bars_revision"] == {"GOOG": 1}
+    assert insert_request(clean, request)[:3] == (second, revised, True)  # stable until the next revision
+
+    clean.execute("DELETE FROM bars WHERE symbol = 'GOOG' AND ts = %s", (ts,))
+    clean.execute(
+        "INSERT INTO bars SELECT 'GOOG', '1d', %s, open, high, low, close, volume FROM bars"
+        " WHERE symbol = 'GOOG' AND timeframe = '1d' ORDER BY ts LIMIT 1",
+        (ts,),
+    )  # a backfill
+    appended = "INSERT INTO bars VALUES ('GOOG', '1d', '2030-01-02', 10, 11, 9, 10, 100)"
+    clean.execute(appended)
+    assert clean.execute(revisions).fetchall() == [("GOOG", 3)]
+    context = {"symbol": "IBM", **FAST, "data_end": "2010-06-30", "context_symbols": ["GOOG"]}
+    spec_of = "SELECT spec->'bars_revision' FROM models WHERE id = %s"
+    assert clean.execute(spec_of, (insert_request(clean, context)[0],)).fetchone()[0] == {"GOOG": 3}
+    # Leave the bars as found (the other tests share them).
+    clean.execute("DELETE FROM bars WHERE symbol = 'GOOG' AND ts = '2030-01-02'")
+    clean.execute(
+        "UPDATE bars SET open = %s, high = %s, low = %s, close = %s, volume = %s"
+        " WHERE symbol = 'GOOG' AND timeframe = '1d' AND ts = %s",
+        (*original, ts),
+    )
+
+
 def test_fingerprint_ignores_client_time_zone(clean, database):
     request = {"symbol": "AAPL", **FAST, "data_end": "2012-06-01T00:00:00+00:00"}
     _, utc, _ = insert_request(clean, request)

@@ -524,6 +524,11 @@ BEGIN
       -- hashes as before; from 1 on (the default) it is hashed, under spec_version 2.
       || CASE WHEN r.execution_lag > 0
               THEN jsonb_build_object('spec_version', 2, 'execution_lag', r.execution_lag) ELSE '{}' END
+      -- Revised bars (sql/schema/bars.sql) make a new model; none revised hashes as before.
+      || CASE WHEN pin_data_end AND sfq_bar_revisions(r.symbol || r.context_symbols, r.timeframe) IS NOT NULL
+              THEN jsonb_build_object('bars_revision', sfq_bar_revisions(r.symbol || r.context_symbols,
+                                                                         r.timeframe))
+              ELSE '{}' END
       || CASE WHEN r.lockbox_start IS NOT NULL
               THEN jsonb_build_object('lockbox_start', sfq_utc_text(r.lockbox_start)) ELSE '{}' END
       -- The default, holdout, hashes as before; a walk-forward is hashed with every setting.

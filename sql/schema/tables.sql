@@ -55,6 +55,16 @@ CREATE TABLE bars (
     CONSTRAINT bars_volume_non_negative CHECK (volume >= 0)
 );
 
+CREATE TABLE bar_revisions (
+    symbol text NOT NULL,
+    timeframe text NOT NULL,
+    revision bigint NOT NULL,
+    revised_at timestamptz NOT NULL,
+    PRIMARY KEY (symbol, timeframe)
+);
+COMMENT ON TABLE bar_revisions IS
+    'How many statements revised the bars of a symbol and timeframe (changed, deleted or backfilled bars).';
+
 -- ---------------------------------------------------------------------------------------------------
 -- Models and their results.
 
