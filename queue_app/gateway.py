@@ -557,6 +557,10 @@ def fail_simulation(simulation_id: int, error: str) -> Call[None]:
 # Bars in: checked rows upserted with COPY, in one transaction.
 
 
+def set_calendar(symbol: str, calendar: str) -> Call[None]:
+    return Call("set_calendar", {"symbol": symbol, "calendar": calendar}, _nothing)
+
+
 def upsert_bars(
     conn: psycopg.Connection, symbol: str, timeframe: str, bars: Sequence[Any]
 ) -> tuple[int, int]:

@@ -12,6 +12,10 @@ STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 UNFINISHED = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled")
 
+# A symbol's trading calendar (symbol_calendars' CHECK; workers/modelling/backtest.py CALENDARS says what
+# each one means; tests/test_contract.py keeps the three equal).
+CALENDARS = ("equity", "24x7")
+
 TRAINING_QUEUE, TRAIN_TASK = "training", "train_model"
 PREDICTION_QUEUE, PREDICT_TASK = "prediction", "predict_model"
 SIMULATION_QUEUE, SIMULATE_TASK = "simulation", "simulate_model"

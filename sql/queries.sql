@@ -222,6 +222,11 @@ SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, h
 SELECT id, status::text, error, metrics, worker_host, worker_pid, progress, symbol, algorithm
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
+-- set_calendar --
+-- A symbol's trading calendar (for annualising its backtests).
+INSERT INTO symbol_calendars (symbol, calendar) VALUES (%(symbol)s, %(calendar)s)
+    ON CONFLICT (symbol) DO UPDATE SET calendar = excluded.calendar
+
 -- create_incoming_bars --
 -- A temporary table for a bars import (dropped at commit).
 CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP
@@ -314,9 +319,10 @@ SELECT id FROM sfq_request_simulation(%(model_id)s)
 
 -- simulation_inputs --
 -- What a queued backtest needs: the model's spec and data end, the strategy, whether it is the lockbox's
--- (and then the model's file).
+-- (and then the model's file), the symbol's calendar.
 SELECT s.model_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end,
-       CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256
+       CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256,
+       coalesce((SELECT c.calendar FROM symbol_calendars c WHERE c.symbol = m.symbol), 'equity') AS calendar
   FROM simulation_history s JOIN models m ON m.id = s.model_id
   LEFT JOIN model_artifacts a ON a.model_id = m.id
  WHERE s.id = %(simulation_id)s AND s.status = 'queued'

@@ -61,7 +61,7 @@ GRANT EXECUTE ON FUNCTION sfq_submit TO sfq_submitter;
 -- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
 -- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
 GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_series, model_artifacts,
-                model_attempts, model_forecasts, simulation_history, sfq_workers TO sfq_worker;
+                model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers TO sfq_worker;
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
 GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;

@@ -174,13 +174,27 @@ def test_cli_import_inserts_then_upserts(tmp_path, database, conn):
     assert [r[4] for r in stored] == [10.5, 11.75, 11.25]
 
 
-def test_cli_import_gzip_and_timeframe(tmp_path, database, conn):
+def test_cli_import_gzip_timeframe_and_calendar(tmp_path, database, conn):
     path = tmp_path / "bars.csv.gz"
     with gzip.open(path, "wt") as handle:
         handle.write("ts,open,high,low,close,volume\n2021-03-01T14:30:00Z,10,11,9,10.5,100\n")
-    result = run_sfq("bars", "import", str(path), "--symbol", "TST3", "--timeframe", "1h", url=database)
+    result = run_sfq(
+        "bars",
+        "import",
+        str(path),
+        "--symbol",
+        "TST3",
+        "--timeframe",
+        "1h",
+        "--calendar",
+        "24x7",
+        url=database,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "TST3 1h: 1 bars inserted, 0 updated"
+    assert result.stdout.strip() == "TST3 1h: 1 bars inserted, 0 updated; calendar 24x7"
+    assert conn.execute("SELECT calendar FROM symbol_calendars WHERE symbol = 'TST3'").fetchone() == ("24x7",)
+    refused = run_sfq("bars", "import", str(path), "--symbol", "TST3", "--calendar", "lunar", url=database)
+    assert refused.returncode == 2 and "invalid choice: 'lunar'" in refused.stderr
     assert conn.execute("SELECT timeframe, ts FROM bars WHERE symbol = 'TST3'").fetchall() == [
         ("1h", datetime(2021, 3, 1, 14, 30, tzinfo=UTC))
     ]

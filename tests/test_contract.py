@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import psycopg
 import pytest
@@ -167,3 +168,15 @@ def test_the_vocabularys_refusals_read_as_they_always_did(conn, call, column, me
         conn.execute(query, (json.dumps(request),))
     assert raised.value.diag.message_primary == f"invalid training request: {column}: {message}"
     assert raised.value.diag.column_name == column
+
+
+def test_the_calendars_are_the_same_words_everywhere(conn):
+    from queue_app.vocabulary import CALENDARS
+    from workers.modelling.backtest import CALENDARS as MEANINGS
+
+    check = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'symbol_calendars'::regclass"
+        " AND contype = 'c'"
+    ).fetchone()[0]
+    assert tuple(MEANINGS) == CALENDARS
+    assert re.findall(r"'([^']+)'::text", check) == list(CALENDARS)

@@ -138,6 +138,22 @@ def test_a_walk_forward_runs_on_a_worker_stored_compactly_and_backtested_over_it
     assert backtest["metrics"]["n"] >= n - 1 and backtest["period_start"] > metrics["test_start"]
 
 
+def test_a_24x7_symbols_backtest_is_annualised_on_its_calendar(clean, api, start_worker):
+    clean.execute("INSERT INTO symbol_calendars VALUES ('IBM', '24x7')")
+    try:
+        start_worker(1)
+        ids = [api.post("/train", json={"symbol": s, **FAST}).json()["model_id"] for s in ("IBM", "MSFT")]
+        wait_for_models(clean, ids)
+        wait_for_simulations(clean, ids)
+        calendars = [
+            (m["calendar"], m["periods_per_year"])
+            for m in (api.get(f"/models/{i}/simulations").json()["simulations"][0]["metrics"] for i in ids)
+        ]
+        assert calendars == [("24x7", 365.25), ("equity", 252)]
+    finally:
+        clean.execute("DELETE FROM symbol_calendars")
+
+
 def test_the_lockbox_is_evaluated_once_on_request_and_every_look_is_counted(clean, api, start_worker):
     start_worker(1)
     lockbox_start = "2012-01-03T00:00:00+00:00"

@@ -154,21 +154,32 @@ def test_metrics_are_json_safe_at_the_edges():
 
 
 @pytest.mark.parametrize(
-    ("timeframe", "expected"),
+    ("timeframe", "calendar", "expected"),
     [
-        ("1d", 252),
-        ("1w", 52),
-        ("1mo", 12),
-        ("1h", 1638),
-        ("4h", 1638 / 4),
-        ("5m", 252 * 390 / 5),
-        ("15m", 252 * 390 / 15),
-        ("30s", 252 * 390 * 60 / 30),
-        ("2d", 126),
+        ("1d", "equity", 252),
+        ("1w", "equity", 52),
+        ("1mo", "equity", 12),
+        ("1h", "equity", 252 * 7),  # a 6.5-hour session has 7 hourly bars, the last half an hour
+        ("4h", "equity", 252 * 2),
+        ("5m", "equity", 252 * 390 / 5),
+        ("15m", "equity", 252 * 390 / 15),
+        ("7m", "equity", 252 * 56),  # 390 / 7 = 55.7: 56 bars a session
+        ("30s", "equity", 252 * 390 * 60 / 30),
+        ("2d", "equity", 126),
+        ("1d", "24x7", 365.25),
+        ("1h", "24x7", 365.25 * 24),
+        ("5m", "24x7", 365.25 * 288),
+        ("1w", "24x7", 365.25 / 7),
+        ("1mo", "24x7", 12),
     ],
 )
-def test_periods_per_year(timeframe, expected):
-    assert periods_per_year(timeframe) == pytest.approx(expected, rel=1e-12)
+def test_periods_per_year(timeframe, calendar, expected):
+    assert periods_per_year(timeframe, calendar) == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_unknown_calendar_is_refused():
+    with pytest.raises(BacktestError, match="calendar: 'lunar' is not one of equity, 24x7"):
+        periods_per_year("1d", "lunar")
 
 
 @pytest.mark.parametrize("timeframe", ["d", "0d", "1x", "1 d", "1D", ""])

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from queue_app import bars, db, embedded, gateway, legacy, monitor
+from queue_app import bars, db, embedded, gateway, legacy, monitor, vocabulary
 from queue_app.cli.common import connect
 from queue_app.config import database_url
 from queue_app.errors import Conflict
@@ -61,7 +61,10 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_bars_import(args: argparse.Namespace) -> None:
     with connect(args) as conn:
         inserted, updated = bars.import_file(conn, Path(args.file), args.symbol, args.timeframe)
-    print(f"{args.symbol.upper()} {args.timeframe}: {inserted} bars inserted, {updated} updated")
+        if args.calendar:
+            gateway.run(conn, gateway.set_calendar(args.symbol.upper(), args.calendar))
+    calendar = f"; calendar {args.calendar}" if args.calendar else ""
+    print(f"{args.symbol.upper()} {args.timeframe}: {inserted} bars inserted, {updated} updated{calendar}")
 
 
 def cmd_bars_sample(args: argparse.Namespace) -> None:
@@ -114,6 +117,11 @@ def _bars(sub: argparse._SubParsersAction) -> None:
     imported.add_argument("file")
     imported.add_argument("--symbol", required=True)
     imported.add_argument("--timeframe", default="1d")
+    imported.add_argument(
+        "--calendar",
+        choices=vocabulary.CALENDARS,
+        help="the symbol's trading calendar, for annualising its backtests (none set: equity)",
+    )
     imported.set_defaults(func=cmd_bars_import)
     actions.add_parser("sample", help="load real daily bars of AAPL, MSFT, IBM, GOOG (offline)").set_defaults(
         func=cmd_bars_sample

@@ -55,6 +55,12 @@ CREATE TABLE bars (
     CONSTRAINT bars_volume_non_negative CHECK (volume >= 0)
 );
 
+CREATE TABLE symbol_calendars (
+    symbol text PRIMARY KEY,
+    calendar text NOT NULL CHECK (calendar IN ('equity', '24x7'))  -- workers/modelling/backtest.py CALENDARS
+);
+COMMENT ON TABLE symbol_calendars IS 'A symbol''s trading calendar for annualisation (none recorded: equity).';
+
 CREATE TABLE bar_revisions (
     symbol text NOT NULL,
     timeframe text NOT NULL,

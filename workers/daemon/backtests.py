@@ -30,7 +30,7 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
     spec, model_id = job["spec"], job["model_id"]
     try:
         predictions, bars, extra = (_lockbox if job["lockbox"] else _out_of_sample)(conn, job)
-        result = backtest(predictions, bars, spec, job["strategy"], job["params"])
+        result = backtest(predictions, bars, spec, job["strategy"], job["params"], job["calendar"])
     except Unavailable:  # the database away: the job's (it is retried), not the backtest's outcome
         raise
     except Exception as error:  # BacktestError (too few bars, ...), TrainingError, or a bug: recorded
@@ -38,7 +38,8 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
         _fail(conn, simulation_id, model_id, reason)
         return
     # With its annualisation factor: the deflated Sharpe ratio needs per-bar Sharpe ratios.
-    metrics = {**result.metrics, "periods_per_year": periods_per_year(spec["timeframe"]), **extra}
+    per_year = periods_per_year(spec["timeframe"], job["calendar"])
+    metrics = {**result.metrics, "periods_per_year": per_year, "calendar": job["calendar"], **extra}
     gateway.run(
         conn,
         gateway.complete_simulation(

@@ -150,25 +150,48 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     return complete
 
 
-# Bars of one unit in a year, on an equity market's calendar: 252 sessions of 6.5 hours.
-PERIODS_PER_YEAR: dict[str, float] = {
-    "s": 252 * 6.5 * 3600,
-    "m": 252 * 6.5 * 60,
-    "h": 252 * 6.5,
-    "d": 252,
-    "w": 52,
-    "mo": 12,
-}
 # The timeframe syntax; the database checks requests with this very regex (sfq_timeframe_pattern()).
 TIMEFRAME = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w|mo)$")
+SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
-def periods_per_year(timeframe: str) -> float:
-    """Bars per year of a timeframe such as "15m", "4h", "1d" or "1mo"."""
+@dataclass(frozen=True)
+class Calendar:
+    """When a symbol trades, for annualisation: `days` sessions a year of `session_seconds` each, and
+    `weeks` trading weeks."""
+
+    name: str
+    description: str
+    days: float
+    session_seconds: int
+    weeks: float
+
+    def periods_per_year(self, count: int, unit: str) -> float:
+        """Bars of `count` `unit`s in a year: intraday, the bars a session holds (a session of 6.5 hours
+        has 7 hourly bars, the last one short) times the sessions; daily and longer, by the calendar."""
+        if unit in SECONDS:
+            return self.days * math.ceil(self.session_seconds / (count * SECONDS[unit]))
+        per_unit = {"d": self.days, "w": self.weeks, "mo": 12}[unit]
+        return per_unit / count
+
+
+# A symbol's calendar (symbol_calendars; equity when none is recorded). The table's CHECK lists the names.
+CALENDARS: dict[str, Calendar] = by_name(
+    Calendar("equity", "252 sessions a year of 6.5 hours (NYSE, 09:30-16:00)", 252, 23_400, 52),
+    Calendar(
+        "24x7", "around the clock every day: 365.25 days of 24 hours (crypto)", 365.25, 86_400, 365.25 / 7
+    ),
+)
+
+
+def periods_per_year(timeframe: str, calendar: str = "equity") -> float:
+    """Bars per year of a timeframe such as "15m", "4h", "1d" or "1mo" on a calendar."""
     if not (match := TIMEFRAME.fullmatch(timeframe)):
         raise BacktestError(f"timeframe: {timeframe!r} is not a timeframe such as 1d, 1h or 5m")
+    if calendar not in CALENDARS:
+        raise BacktestError(f"calendar: {calendar!r} is not one of {', '.join(CALENDARS)}")
     count, unit = match.groups()
-    return PERIODS_PER_YEAR[unit] / int(count)
+    return CALENDARS[calendar].periods_per_year(int(count), unit)
 
 
 def performance(
@@ -263,6 +286,7 @@ def backtest(
     spec: dict[str, Any],
     strategy: str,
     params: dict[str, Any] | None = None,
+    calendar: str = "equity",
 ) -> BacktestResult:
     """Backtest a model's held-out `predictions` (index ts, column `predicted`: made at the close of bar
     t, in the target transform's units) on its symbol's `bars`, trading exactly the return the model
@@ -285,12 +309,13 @@ def backtest(
     changes); hit_rate (the share of traded signals whose position earned more than 0 before costs:
     the backtest's directional accuracy); exposure (mean |position|); turnover (mean |position change|
     per bar x periods per year: equity traded per year); buy_and_hold (its `performance`);
-    excess_return and excess_cagr (the strategy's minus buy-and-hold's).
+    excess_return and excess_cagr (the strategy's minus buy-and-hold's). Annualised on the symbol's
+    `calendar` (CALENDARS).
     """
     if strategy not in STRATEGIES:
         raise BacktestError(f"strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     chosen = validate_params(params or {})
-    per_year = periods_per_year(spec["timeframe"])
+    per_year = periods_per_year(spec["timeframe"], calendar)
     bars = _until(bars, spec.get("data_end"))
     if predictions.empty:
         raise BacktestError("no predictions to backtest")
