@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
+from threadpoolctl import threadpool_limits
 
 from bench import jobs
 from bench.common import processes, start_sfq_workers, wait_for_models
@@ -63,7 +64,12 @@ def request(config: dict[str, Any], short: bool) -> dict[str, Any]:
 
 
 def plain_loop(spec: dict[str, Any], history) -> tuple[float, int]:
-    """The same refits as sfq's, by hand: seconds and refits."""
+    """The same refits as sfq's, by hand, on one thread as sfq's training process: seconds and refits."""
+    with threadpool_limits(1):
+        return _refits(spec, history)
+
+
+def _refits(spec: dict[str, Any], history) -> tuple[float, int]:
     _, walking = build_walk_forward(history, spec)
     pipeline = ALGORITHMS[spec["algorithm"]].build(spec["hyperparameters"])
     started = time.perf_counter()
