@@ -534,6 +534,7 @@ SCHEMATHESIS_BUDGET = {
             ("GET /models/{model_id}/predictions", 15),
             ("GET /models/{model_id}/artifact", 15),
             ("POST /models/{model_id}/predict", 25),
+            ("POST /models/{model_id}/lockbox", 25),
             ("GET /forecasts/{forecast_id}", 15),
             ("GET /models/{model_id}/simulations", 15),
             ("POST /simulate", 40),
