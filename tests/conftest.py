@@ -35,14 +35,33 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_ENV = {"SFQ_POLL_INTERVAL_S": "300", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
-    """POSTGRES_URL's server, or the private cluster (stopped again if this run started it)."""
+PRIVATE_CLUSTER = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Once per run, in the main pytest process: without POSTGRES_URL, start sfq's private cluster and
+    point POSTGRES_URL at it, so that every test process (pytest-xdist's workers inherit the
+    environment) and every process the tests start use that one server."""
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the main process did it
+        return
     settings = Settings.from_env()
-    started_here = settings.postgres_url is None and not embedded.is_running(settings.home)
-    yield database_url(settings, quiet=True)
-    if started_here:
-        embedded.stop(settings.home)
+    if settings.postgres_url is None:
+        started_here = not embedded.is_running(settings.home)
+        os.environ["POSTGRES_URL"] = database_url(settings, quiet=True)
+        if started_here:
+            config.stash[PRIVATE_CLUSTER] = settings.home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the private cluster if this run started it."""
+    if (home := config.stash.get(PRIVATE_CLUSTER, None)) is not None:
+        embedded.stop(home)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """POSTGRES_URL's server (the private cluster's when it was unset: pytest_configure)."""
+    return os.environ["POSTGRES_URL"]
 
 
 def _create_database(server_url: str, name: str) -> str:
