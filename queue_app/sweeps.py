@@ -45,12 +45,9 @@ def best_by_sharpe(models: list[dict[str, Any]]) -> dict[str, Any] | None:
     included: each was a chance to find a lucky backtest. The spread of the trials' Sharpe ratios comes
     from the completed backtests, a model that never traded counting as a Sharpe of 0; a configuration
     without a backtest (failed, unfinished) counts in N only."""
-    backtested = [row for row in models if row["backtest"]]
-    sharpes = [
-        moments["sharpe_per_period"] if (moments := _per_period(row["backtest"])) else 0.0
-        for row in backtested
-    ]
-    scored = [(moments, row) for row in backtested if (moments := _per_period(row["backtest"]))]
+    backtested = [(_per_period(row["backtest"]), row) for row in models if row["backtest"]]
+    sharpes = [moments["sharpe_per_period"] if moments else 0.0 for moments, _ in backtested]
+    scored = [(moments, row) for moments, row in backtested if moments]
     if not scored or len(models) < 2:
         return None
     top, row = max(scored, key=lambda pair: (pair[0]["sharpe_per_period"], -pair[1]["position"]))

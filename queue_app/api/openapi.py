@@ -11,6 +11,15 @@ from queue_app import spec
 OBJECT = {"type": "object"}
 
 
+# `?wait=` of the operations a worker answers (predict, simulate, lockbox).
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0, "maximum": 300},
+}
+
+
 def _error_schema() -> dict:
     return {"type": "object", "properties": {"error": {"type": "string"}, "detail": {}}}
 
@@ -181,12 +190,7 @@ OPENAPI = {
                 },
                 parameters=[
                     _id("model_id"),
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 300},
-                    },
+                    WAIT,
                 ],
             )
         },
@@ -202,12 +206,7 @@ OPENAPI = {
                 },
                 parameters=[
                     _id("model_id"),
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 300},
-                    },
+                    WAIT,
                 ],
             )
         },
@@ -229,14 +228,7 @@ OPENAPI = {
                     "404": _response("Unknown model"),
                     "409": _response("The model is not completed"),
                 },
-                parameters=[
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 300},
-                    }
-                ],
+                parameters=[WAIT],
                 requestBody=_json_body(
                     {
                         "type": "object",

@@ -314,6 +314,7 @@ DECLARE
     given_hyperparameters jsonb;
     contracts jsonb;
     context text;
+    revisions jsonb;  -- of the request's symbols' bars (bars.sql), when a revision happened
 BEGIN
     -- Each check is tested inline and its function (sfq_require, sfq_check_range, ...) called only to raise
     -- the error: calling them all was ~20 % of this function.
@@ -508,6 +509,9 @@ BEGIN
         END LOOP;
     END IF;
 
+    IF pin_data_end THEN
+        revisions := sfq_bar_revisions(r.symbol || r.context_symbols, r.timeframe);
+    END IF;
     r.spec := jsonb_build_object(
         'spec_version', 1,
         'symbol', r.symbol, 'timeframe', r.timeframe,
@@ -525,10 +529,7 @@ BEGIN
       || CASE WHEN r.execution_lag > 0
               THEN jsonb_build_object('spec_version', 2, 'execution_lag', r.execution_lag) ELSE '{}' END
       -- Revised bars (sql/schema/bars.sql) make a new model; none revised hashes as before.
-      || CASE WHEN pin_data_end AND sfq_bar_revisions(r.symbol || r.context_symbols, r.timeframe) IS NOT NULL
-              THEN jsonb_build_object('bars_revision', sfq_bar_revisions(r.symbol || r.context_symbols,
-                                                                         r.timeframe))
-              ELSE '{}' END
+      || CASE WHEN revisions IS NOT NULL THEN jsonb_build_object('bars_revision', revisions) ELSE '{}' END
       || CASE WHEN r.lockbox_start IS NOT NULL
               THEN jsonb_build_object('lockbox_start', sfq_utc_text(r.lockbox_start)) ELSE '{}' END
       -- The default, holdout, hashes as before; a walk-forward is hashed with every setting.
