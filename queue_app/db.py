@@ -52,6 +52,7 @@ SCHEMA_FILES = (
     "forecasts.sql",
     "simulations.sql",  # backtests
     "sweeps.sql",
+    "studies.sql",  # searches with Optuna's samplers and pruners, advanced by the workers
     "operations.sql",  # batch, retrain, evolve, cancel
     "security.sql",  # no function executable by PUBLIC
 )

@@ -395,6 +395,11 @@ def fail_model(model_id: int, attempt: int, error: str) -> Call[bool]:
     return Call("fail_model", {"model_id": model_id, "attempt": attempt, "error": error}, _found)
 
 
+def prune_model(model_id: int, attempt: int, reason: str, fold_metrics: Any) -> Call[bool]:
+    params = {"model_id": model_id, "attempt": attempt, "reason": reason, "fold_metrics": Jsonb(fold_metrics)}
+    return Call("prune_model", params, _found)
+
+
 def requeue_model(model_id: int, attempt: int, reason: str) -> Call[bool]:
     return Call("requeue_model", {"model_id": model_id, "attempt": attempt, "reason": reason}, _found)
 
@@ -750,3 +755,97 @@ def client_statement(conn: psycopg.Connection, statement: str) -> tuple | None:
         return conn.execute(statement).fetchone()
     except psycopg.Error as error:
         raise translate(error) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Studies (queue_app.search; advanced by workers/daemon/studies.py).
+
+
+def create_study(study: Any, via: str) -> Call[Row]:
+    return Call("create_study", {"study": _json(study), "via": via}, _one)
+
+
+def stop_study(study_id: int) -> Call[Row]:
+    return Call("stop_study", {"study_id": study_id}, _one)
+
+
+def get_study(study_id: int) -> Call[Row | None]:
+    return Call("get_study", {"study_id": study_id}, _first)
+
+
+def recent_studies(limit: int) -> Call[list[Row]]:
+    return Call("recent_studies", {"limit": limit})
+
+
+def study_trials(study_id: int) -> Call[list[Row]]:
+    return Call("study_trials", {"study_id": study_id})
+
+
+def lock_study(study_id: int) -> Call[Row | None]:
+    return Call("lock_study", {"study_id": study_id}, _first)
+
+
+def study_journal(study_id: int, first: int) -> Call[list[Any]]:
+    return Call(
+        "study_journal", {"study_id": study_id, "first": first}, lambda rows: [r["entry"] for r in rows]
+    )
+
+
+def append_study_journal(study_id: int, entries: list[Any]) -> Call[None]:
+    return Call("append_study_journal", {"study_id": study_id, "entries": _json(entries)}, _nothing)
+
+
+def ended_trials(study_id: int) -> Call[list[Row]]:
+    return Call("ended_trials", {"study_id": study_id})
+
+
+def study_budget(study_id: int) -> Call[Row]:
+    return Call("study_budget", {"study_id": study_id}, _one)
+
+
+def live_training_workers() -> Call[int]:
+    return Call("live_training_workers", {}, _value)
+
+
+def insert_trial(study_id: int, number: int, **trial: Any) -> Call[None]:
+    params = {
+        "study_id": study_id,
+        "number": number,
+        "model_id": trial.get("model_id"),
+        "state": trial["state"],
+        "params": Jsonb(trial["params"]),
+        "values": trial.get("values"),
+        "parent_number": trial.get("parent_number"),
+        "mutation": Jsonb(trial["mutation"]) if trial.get("mutation") is not None else None,
+        "error": trial.get("error"),
+    }
+    return Call("insert_trial", params, _nothing)
+
+
+def settle_trial(
+    study_id: int, number: int, state: str, values: list[float] | None, error: str | None
+) -> Call[None]:
+    params = {"study_id": study_id, "number": number, "state": state, "values": values, "error": error}
+    return Call("settle_trial", params, _nothing)
+
+
+def trial_model(study_id: int, number: int) -> Call[int | None]:
+    return Call(
+        "trial_model",
+        {"study_id": study_id, "number": number},
+        lambda rows: rows[0]["model_id"] if rows else None,
+    )
+
+
+def finish_study(study_id: int, state: str, reason: str) -> Call[None]:
+    return Call("finish_study", {"study_id": study_id, "state": state, "reason": reason}, _nothing)
+
+
+def pruning_trials(model_id: int) -> Call[list[Row]]:
+    return Call("pruning_trials", {"model_id": model_id})
+
+
+def record_fold(study_id: int, number: int, fold: int, value: float) -> Call[None]:
+    return Call(
+        "record_fold", {"study_id": study_id, "number": number, "fold": fold, "value": value}, _nothing
+    )

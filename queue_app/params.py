@@ -29,6 +29,18 @@ def integer(params: Mapping[str, str], name: str, default: int, low: int, high: 
     return int(raw)
 
 
+FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def flag(params: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in FLAGS:
+        raise Rejected(f"{name} must be true or false, got {raw[:20]!r}", name)
+    return FLAGS[raw.lower()]
+
+
 def text(params: Mapping[str, str], name: str) -> str | None:
     raw = params.get(name)
     if raw is not None and (len(raw) > 200 or not raw.isprintable()):

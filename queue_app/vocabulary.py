@@ -19,3 +19,7 @@ CALENDARS = ("equity", "24x7")
 TRAINING_QUEUE, TRAIN_TASK = "training", "train_model"
 PREDICTION_QUEUE, PREDICT_TASK = "prediction", "predict_model"
 SIMULATION_QUEUE, SIMULATE_TASK = "simulation", "simulate_model"
+STUDY_QUEUE, ADVANCE_TASK = "study", "advance_study"
+# A study's trial (study_trials' CHECK): asked and training, or how it ended; `reused` took the result of a
+# live model with the same fingerprint instead of training again.
+TRIAL_STATES = ("running", "complete", "pruned", "failed", "reused")

@@ -514,3 +514,123 @@ SELECT coalesce(sum(cardinality(predicted)), 0)::bigint AS predictions,
 -- jobs_left --
 -- How many of these queue jobs have not succeeded yet (what the no-op benchmark waits for).
 SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%(job_ids)s) AND status <> 'succeeded'
+
+-- create_study --
+-- A study: checked, recorded, its first advance deferred (sfq_create_study).
+SELECT * FROM sfq_create_study(%(study)s::jsonb, %(via)s)
+
+-- stop_study --
+-- Ask a study for no more trials (sfq_stop_study); its running trials finish.
+SELECT * FROM sfq_stop_study(%(study_id)s)
+
+-- get_study --
+-- A study's definition and state.
+SELECT * FROM studies WHERE id = %(study_id)s
+
+-- recent_studies --
+-- The latest studies, newest first, with their trials counted.
+SELECT s.id, s.name, s.state, s.sampler, s.pruner, s.objectives, s.created_at,
+       (SELECT count(*) FROM study_trials t WHERE t.study_id = s.id) AS trials
+  FROM studies s ORDER BY s.id DESC LIMIT %(limit)s
+
+-- study_trials --
+-- Every trial of a study with its model's status, its core-seconds (its attempts' time, none when reused)
+-- and its model's default backtest (for the DSR of the best).
+SELECT t.number, t.model_id, t.state, t.params, t."values", t.fold_values, t.parent_number, t.mutation,
+       t.error, t.asked_at, t.finished_at, m.status::text AS model_status, m.metrics,
+       CASE WHEN t.state = 'reused' THEN 0 ELSE coalesce(
+           (SELECT sum(extract(epoch FROM coalesce(a.ended_at, now()) - a.started_at))
+              FROM model_attempts a WHERE a.model_id = t.model_id), 0) END AS cpu_seconds,
+       (SELECT s.metrics FROM simulation_history s
+         WHERE s.model_id = t.model_id AND s.status = 'completed' AND s.imported_from IS NULL
+           AND s.convention = 'label' AND NOT s.lockbox AND s.strategy = 'long_short'
+           AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
+                                               (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
+         LIMIT 1) AS backtest
+  FROM study_trials t LEFT JOIN models m ON m.id = t.model_id
+ WHERE t.study_id = %(study_id)s
+ ORDER BY t.number
+
+-- lock_study --
+-- A study's row, locked for this transaction: one advance or fold report at a time appends to its journal.
+SELECT * FROM studies WHERE id = %(study_id)s FOR UPDATE
+
+-- study_journal --
+-- Optuna's journal of a study from entry `first` on, in order.
+SELECT entry FROM study_journal WHERE study_id = %(study_id)s AND n >= %(first)s ORDER BY n
+
+-- append_study_journal --
+-- Optuna's new journal entries, numbered on from the study's journal_length (under the study's row lock).
+WITH counter AS (
+    UPDATE studies SET journal_length = journal_length + jsonb_array_length(%(entries)s::jsonb)
+     WHERE id = %(study_id)s
+    RETURNING journal_length - jsonb_array_length(%(entries)s::jsonb) AS first
+)
+INSERT INTO study_journal (study_id, n, entry)
+SELECT %(study_id)s, counter.first + e.i - 1, e.entry
+  FROM counter, jsonb_array_elements(%(entries)s::jsonb) WITH ORDINALITY AS e(entry, i)
+
+-- ended_trials --
+-- A study's running trials whose model has ended, with how it ended.
+SELECT t.number, t.model_id, m.status::text AS status, m.metrics, m.error
+  FROM study_trials t JOIN models m ON m.id = t.model_id
+ WHERE t.study_id = %(study_id)s AND t.state = 'running' AND m.status IN ('completed', 'failed', 'cancelled')
+ ORDER BY t.number
+
+-- study_budget --
+-- What a study has spent: trials by state, and core-seconds (its trained models' attempts, each once).
+SELECT count(*) AS trials,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state IN ('complete', 'reused')) AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       coalesce((SELECT sum(extract(epoch FROM coalesce(a.ended_at, now()) - a.started_at))
+                   FROM model_attempts a
+                  WHERE a.model_id IN (SELECT model_id FROM study_trials
+                                        WHERE study_id = %(study_id)s AND state <> 'reused')), 0) AS cpu_seconds,
+       (SELECT array_agg(DISTINCT error) FROM study_trials WHERE study_id = %(study_id)s AND state = 'failed')
+           AS errors
+  FROM study_trials WHERE study_id = %(study_id)s
+
+-- live_training_workers --
+-- Training workers registered with Procrastinate now: a study's default number of trials at once.
+SELECT count(*) AS workers FROM sfq_workers s JOIN procrastinate_workers w ON w.id = s.worker_id
+
+-- insert_trial --
+-- A trial the sampler asked for, with its model (none when its point could not be trained).
+INSERT INTO study_trials (study_id, number, model_id, state, params, "values", parent_number, mutation, error,
+                          finished_at)
+VALUES (%(study_id)s, %(number)s, %(model_id)s, %(state)s, %(params)s, %(values)s, %(parent_number)s,
+        %(mutation)s, %(error)s, CASE WHEN %(state)s = 'running' THEN NULL ELSE now() END)
+
+-- settle_trial --
+-- How a trial ended, once its model did.
+UPDATE study_trials SET state = %(state)s, "values" = %(values)s, error = %(error)s, finished_at = now()
+ WHERE study_id = %(study_id)s AND number = %(number)s
+
+-- trial_model --
+-- The model of a study's trial (an evolution's parent).
+SELECT model_id FROM study_trials WHERE study_id = %(study_id)s AND number = %(number)s
+
+-- finish_study --
+-- A study's end: finished (its budget spent) or failed (every trial failed), with why.
+UPDATE studies SET state = %(state)s, reason = %(reason)s, finished_at = now() WHERE id = %(study_id)s
+
+-- pruning_trials --
+-- The running trials a model is, in studies that prune.
+SELECT t.study_id, t.number FROM study_trials t JOIN studies s ON s.id = t.study_id
+ WHERE t.model_id = %(model_id)s AND t.state = 'running' AND s.state = 'running' AND s.pruner <> 'none'
+ ORDER BY t.study_id
+
+-- record_fold --
+-- A trial's first objective at one CV fold, as it ended.
+UPDATE study_trials SET fold_values = fold_values || jsonb_build_object(%(fold)s::text, %(value)s::float8)
+ WHERE study_id = %(study_id)s AND number = %(number)s
+
+-- prune_model --
+-- A study's pruner stopped the model's training: cancelled with why, its folds so far kept; fenced like
+-- complete_model.
+UPDATE models
+   SET status = 'cancelled', finished_at = now(), error = %(reason)s, fold_metrics = %(fold_metrics)s,
+       progress = jsonb_build_object('phase', 'pruned', 'fraction', 1, 'at', now())
+ WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
+RETURNING id

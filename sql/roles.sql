@@ -56,6 +56,9 @@ GRANT SELECT (id, model_id, fingerprint, deduplicated) ON training_requests TO s
 GRANT SELECT (id, status, fingerprint, error, metrics, submitted_at, started_at, finished_at)
     ON models TO sfq_submitter;
 GRANT EXECUTE ON FUNCTION sfq_submit TO sfq_submitter;
+-- Studies: created and stopped through their functions; their progress readable.
+GRANT SELECT ON studies, study_trials TO sfq_submitter;
+GRANT EXECUTE ON FUNCTION sfq_create_study, sfq_stop_study TO sfq_submitter;
 
 -- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
 -- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
@@ -71,6 +74,12 @@ GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price,
 GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)
     ON simulation_history TO sfq_worker;
 GRANT INSERT, UPDATE, DELETE ON sfq_workers TO sfq_worker;
+-- Studies: a worker advances them (workers/daemon/studies.py): Optuna's journal, the trials it asks for
+-- (each submitted as a training request, sfq_submit) and the study's end.
+GRANT SELECT ON studies, study_trials, study_journal TO sfq_worker;
+GRANT UPDATE (state, reason, finished_at, journal_length) ON studies TO sfq_worker;
+GRANT INSERT, UPDATE ON study_trials TO sfq_worker;
+GRANT INSERT ON study_journal TO sfq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON procrastinate_jobs, procrastinate_workers TO sfq_worker;
 GRANT SELECT, INSERT ON procrastinate_events TO sfq_worker;
 GRANT SELECT, UPDATE ON procrastinate_periodic_defers TO sfq_worker;  -- a pruned job is unlinked from it
@@ -81,15 +90,16 @@ GRANT EXECUTE ON FUNCTION
     procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
     sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
-    sfq_request_simulation  -- a completed model's default backtest
+    sfq_request_simulation,  -- a completed model's default backtest
+    sfq_submit, sfq_defer_study_advance  -- a study's trials, and the rescue of its advance
     TO sfq_worker;
 
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.
 GRANT SELECT ON models, features_log, model_predictions, model_prediction_series, model_artifacts,
                 model_forecasts, simulation_history, sweeps, sweep_models, sfq_workers, procrastinate_jobs,
-                procrastinate_workers TO sfq_api;
+                procrastinate_workers, studies, study_trials, model_attempts TO sfq_api;
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
-    sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep,
+    sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_create_study, sfq_stop_study,
     sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard
     TO sfq_api;

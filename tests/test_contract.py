@@ -180,3 +180,15 @@ def test_the_calendars_are_the_same_words_everywhere(conn):
     ).fetchone()[0]
     assert tuple(MEANINGS) == CALENDARS
     assert re.findall(r"'([^']+)'::text", check) == list(CALENDARS)
+
+
+def test_the_trial_states_are_the_same_words_everywhere(conn):
+    from queue_app.studies import SUCCEEDED
+    from queue_app.vocabulary import TRIAL_STATES
+
+    check = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'study_trials'::regclass"
+        " AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%state%'"
+    ).fetchone()[0]
+    assert re.findall(r"'([^']+)'::text", check) == list(TRIAL_STATES)
+    assert set(SUCCEEDED) < set(TRIAL_STATES)

@@ -33,6 +33,9 @@ DEFINERS = (
     "sfq_request_lockbox",
     "sfq_request_simulation",
     "sfq_submit_sweep",
+    "sfq_create_study",
+    "sfq_stop_study",
+    "sfq_study_trial_ended",
 )
 
 

@@ -11,10 +11,11 @@ import asyncio
 import time
 from typing import Any, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from queue_app import gateway, lineage, monitor, params, sweeps
+from queue_app import gateway, lineage, monitor, params, studies, sweeps
 from queue_app.api import http
 from queue_app.api.http import JSON
 from queue_app.api.openapi import OPENAPI
@@ -288,6 +289,51 @@ async def get_sweep(request: Request) -> JSON:
         row["url"] = _model_url(request, row["model_id"])
     summary = _sweep_summary(request, sweep)
     return JSON({**summary, "base": sweep["base"], "grid": sweep["grid"], "progress": progress, **board})
+
+
+async def create_study(request: Request) -> JSON:
+    """A search over spec fields with Optuna's samplers and pruners (queue_app.search), each trial an sfq
+    model; the workers advance it. The study object is checked by the database (sfq_create_study)."""
+    body = await http.json_body(request)
+    study = await call(request, gateway.create_study(body, "http"))
+    return JSON(_study_summary(request, study), status_code=201)
+
+
+def _study_summary(request: Request, study: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "study_id": study["id"],
+        "url": _url(request, "get_study", study_id=study["id"]),
+        "state": study["state"],
+        "reason": study["reason"],
+        "sampler": study["sampler"],
+        "pruner": study["pruner"],
+        "objectives": study["objectives"],
+        "directions": study["directions"],
+        "n_trials": study["n_trials"],
+        "cpu_seconds": study["cpu_seconds"],
+        "max_parallel": study["max_parallel"],
+        "priority": study["priority"],
+    }
+
+
+async def get_study(request: Request) -> JSON:
+    """Progress, the best trial (the Pareto front for several objectives), every trial with its state, the
+    best value so far, the DSR of the best model by Sharpe with N = every trial, and parameter importances
+    (`importances=false` to skip them: fANOVA costs a fraction of a second on a few hundred trials)."""
+    study_id = request.path_params["study_id"]
+    study = await call(request, gateway.get_study(study_id))
+    if study is None:
+        raise NotFound(f"no study with id {study_id}")
+    with_importances = params.flag(request.query_params, "importances", default=True)
+    trials = await call(request, gateway.study_trials(study_id))
+    board = await run_in_threadpool(studies.report, study, trials, with_importances)
+    return JSON({**board, "url": _url(request, "get_study", study_id=study_id)})
+
+
+async def stop_study(request: Request) -> JSON:
+    """No more trials are asked; those running finish and are recorded."""
+    study = await call(request, gateway.stop_study(request.path_params["study_id"]))
+    return JSON(_study_summary(request, study))
 
 
 async def metrics(request: Request) -> Response:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from queue_app import spec
+from queue_app import search, spec
 
 OBJECT = {"type": "object"}
 
@@ -17,6 +17,49 @@ WAIT = {
     "in": "query",
     "required": False,
     "schema": {"type": "integer", "minimum": 0, "maximum": 300},
+}
+
+
+DIMENSION = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"enum": ["int", "float", "categorical", "subset"]},
+        "low": {"type": "number"},
+        "high": {"type": "number"},
+        "step": {"type": "number"},
+        "log": {"type": "boolean"},
+        "choices": {"type": "array"},
+        "of": {"type": "array", "items": {"type": "string"}},
+        "min_size": {"type": "integer"},
+        "when": {"type": "object", "description": "searched only when these fields have these values"},
+    },
+}
+STUDY = {
+    "type": "object",
+    "required": ["space", "objective"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "base": {"type": "object", "description": "the request every trial starts from"},
+        "space": {
+            "type": "object",
+            "description": 'field (or "hyperparameters.<name>") -> dimension',
+            "additionalProperties": DIMENSION,
+        },
+        "objective": {
+            "description": f"one of {', '.join(search.OBJECTIVES)}, or several (a Pareto front)",
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        },
+        "direction": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "sampler": {"enum": list(search.SAMPLERS)},
+        "pruner": {"enum": list(search.PRUNERS)},
+        "n_trials": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "cpu_seconds": {"type": "number", "exclusiveMinimum": 0},
+        "max_parallel": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000},
+        "priority": {"type": "integer", "minimum": -100, "maximum": 100},
+        "seed": {"type": "integer", "minimum": 0},
+    },
 }
 
 
@@ -299,6 +342,34 @@ OPENAPI = {
                         for name, kind in (("sort", "string"), ("order", "string"), ("limit", "integer"))
                     ),
                 ],
+            )
+        },
+        "/studies": {
+            "post": _operation(
+                "A search over spec fields with Optuna's samplers and pruners; each trial is an sfq model",
+                {"201": _response("The study", OBJECT), **BODY_ERRORS},
+                requestBody=_json_body(STUDY),
+            )
+        },
+        "/studies/{study_id}": {
+            "get": _operation(
+                "Progress, best trial(s), every trial, best so far, DSR of the best, parameter importances",
+                {
+                    "200": _response("The study", OBJECT),
+                    "404": _response("Unknown id"),
+                    "422": _response("Bad flag"),
+                },
+                parameters=[
+                    _id("study_id"),
+                    {"name": "importances", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+            )
+        },
+        "/studies/{study_id}/stop": {
+            "post": _operation(
+                "Ask for no more trials; running ones finish",
+                {"200": _response("The study", OBJECT), "404": _response("Unknown id")},
+                parameters=[_id("study_id")],
             )
         },
         "/metrics": {

@@ -1,16 +1,17 @@
-"""`sfq simulate | lockbox | simulations | sweep | sweep-show`: backtests of a model, its lockbox, and
-sweeps of many."""
+"""`sfq simulate | lockbox | simulations | sweep | sweep-show | study`: backtests of a model, its lockbox,
+sweeps of many, and studies (searches that learn, advanced by the workers)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from queue_app import gateway, params, sweeps
+from queue_app import gateway, params, studies, sweeps
 from queue_app.cli.common import assignments, connect, model_id, run, until_answered, wait_for, wait_options
-from queue_app.errors import NotFound, Rejected
+from queue_app.errors import NotFound, Rejected, Unavailable
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -43,13 +44,17 @@ def cmd_simulations(args: argparse.Namespace) -> None:
         )
 
 
-def _sweep_file(path: str) -> dict:
+def _json_file(path: str) -> object:
     try:
-        body = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except OSError as exc:
         raise Rejected(f"cannot read {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise Rejected(f"{path}: not valid JSON ({exc})") from None
+
+
+def _sweep_file(path: str) -> dict:
+    body = _json_file(path)
     if not isinstance(body, dict) or not body.keys() <= {"base", "grid", "priority"}:
         raise Rejected(f"{path}: expected a JSON object with base, grid and optionally priority")
     return body
@@ -101,6 +106,67 @@ def cmd_sweep_show(args: argparse.Namespace) -> None:
     _show(args, args.sweep_id, query)
 
 
+def cmd_study_create(args: argparse.Namespace) -> None:
+    """Like POST /studies, from a JSON file (the study object: base, space, objective, sampler, ...)."""
+    study = run(args, gateway.create_study(_json_file(args.file), "cli"))
+    budget = " and ".join(
+        part
+        for part in (
+            f"{study['n_trials']} trials" if study["n_trials"] else "",
+            f"{study['cpu_seconds']:g} core-seconds" if study["cpu_seconds"] else "",
+        )
+        if part
+    )
+    print(
+        f"study {study['id']}: sampler {study['sampler']}, pruner {study['pruner']}, "
+        f"objective {', '.join(study['objectives'])}, budget {budget}"
+    )
+    if args.wait:
+        _wait_for_study(args, study["id"])
+        _show_study(args, study["id"])
+
+
+def _wait_for_study(args: argparse.Namespace, study_id: int) -> None:
+    """Poll until the study has ended and none of its trials runs, showing its progress on one line."""
+    deadline = time.monotonic() + args.timeout
+    with connect(args) as conn:
+        while True:
+            study = gateway.run(conn, gateway.get_study(study_id))
+            board = studies.report(study, gateway.run(conn, gateway.study_trials(study_id)), False)
+            done = board["progress"]
+            best = board["best"][0]["values"][0] if len(board["best"]) == 1 else None
+            line = (
+                f"\rstudy {study_id}: {study['state']}, trials {done['trials']}/{study['n_trials'] or '-'} "
+                f"(running {done['running']}, pruned {done['pruned']}, failed {done['failed']}), "
+                f"best {best if best is None else round(best, 4)}"
+            )
+            sys.stderr.write(line if sys.stderr.isatty() else line[1:] + "\n")
+            if study["state"] != "running" and done["running"] == 0:
+                sys.stderr.write("\n" if sys.stderr.isatty() else "")
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"timed out after {args.timeout:.0f} s waiting for study {study_id}")
+            time.sleep(1 if sys.stderr.isatty() else 5)
+
+
+def _show_study(args: argparse.Namespace, study_id: int) -> None:
+    with connect(args) as conn:
+        study = gateway.run(conn, gateway.get_study(study_id))
+        if study is None:
+            raise NotFound(f"no study with id {study_id}")
+        trials = gateway.run(conn, gateway.study_trials(study_id))
+    print(studies.render(studies.report(study, trials)))
+
+
+def cmd_study_show(args: argparse.Namespace) -> None:
+    _show_study(args, args.study_id)
+
+
+def cmd_study_stop(args: argparse.Namespace) -> None:
+    study = run(args, gateway.stop_study(args.study_id))
+    print(f"study {study['id']}: {study['state']}" + (f" ({study['reason']})" if study["reason"] else ""))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     simulate = sub.add_parser("simulate", help="backtest a completed model (run by a worker)")
     simulate.add_argument("model_id", type=model_id)
@@ -131,3 +197,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--order", choices=["asc", "desc"], default="desc")
     show.add_argument("--limit", type=int, default=20)
     show.set_defaults(func=cmd_sweep_show)
+
+    study = sub.add_parser("study", help="studies: searches with Optuna's samplers and pruners")
+    actions = study.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="start a study from a JSON file (as POST /studies)")
+    create.add_argument(
+        "file", help='{"base": {spec}, "space": {...}, "objective": "cv_ic", "n_trials": 100}'
+    )
+    wait_options(create)
+    create.set_defaults(func=cmd_study_create)
+    show_study = actions.add_parser("show", help="a study's progress, best trial and leaderboard")
+    show_study.add_argument("study_id", type=model_id)
+    show_study.set_defaults(func=cmd_study_show)
+    stop = actions.add_parser("stop", help="ask a study for no more trials (running ones finish)")
+    stop.add_argument("study_id", type=model_id)
+    stop.set_defaults(func=cmd_study_stop)

@@ -163,7 +163,7 @@ BEGIN
         SELECT j.id, j.task_name, j.args
           FROM procrastinate_jobs j
           LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
-         WHERE j.status = 'doing' AND j.task_name IN ('predict_model', 'simulate_model')
+         WHERE j.status = 'doing' AND j.task_name IN ('predict_model', 'simulate_model', 'advance_study')
            AND (own_worker IS NULL OR j.worker_id IS DISTINCT FROM own_worker)
            AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => stale_after_s))
            FOR UPDATE OF j SKIP LOCKED
@@ -177,6 +177,13 @@ BEGIN
             IF EXISTS (SELECT 1 FROM model_forecasts f
                         WHERE f.id = object_id AND f.status = 'queued' AND f.job_id = stalled.id) THEN
                 new_job_id := sfq_defer_forecast(object_id);
+            END IF;
+        ELSIF stalled.task_name = 'advance_study' THEN
+            object_id := (stalled.args->>'study_id')::bigint;
+            IF EXISTS (SELECT 1 FROM studies s WHERE s.id = object_id AND s.state IN ('running', 'stopped')) THEN
+                PERFORM sfq_defer_study_advance(object_id);
+                new_job_id := (SELECT max(j.id) FROM procrastinate_jobs j
+                                WHERE j.queueing_lock = 'study:' || object_id AND j.status = 'todo');
             END IF;
         ELSE
             object_id := (stalled.args->>'simulation_id')::bigint;

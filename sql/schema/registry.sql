@@ -52,6 +52,21 @@ CREATE OR REPLACE FUNCTION sfq_min_train_window(cv_folds integer, horizon intege
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT (cv_folds + 1) * (horizon + 10)
 $$;
+-- A study's objectives and their default directions (queue_app/search.py OBJECTIVES).
+CREATE OR REPLACE FUNCTION sfq_study_objectives() RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{"cv_ic": "maximize", "cv_r2": "maximize", "cv_directional_accuracy": "maximize", "cv_rmse": "minimize"}'::jsonb
+$$;
+-- A study's samplers and what each can search (queue_app/search.py SAMPLERS).
+CREATE OR REPLACE FUNCTION sfq_study_samplers() RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{"random": {"multi_objective": true, "discrete": false}, "tpe": {"multi_objective": true, "discrete": false}, "cmaes": {"multi_objective": false, "discrete": false}, "nsga2": {"multi_objective": true, "discrete": false}, "grid": {"multi_objective": true, "discrete": true}, "evolution": {"multi_objective": false, "discrete": false}}'::jsonb
+$$;
+-- A study's pruners (queue_app/search.py PRUNERS).
+CREATE OR REPLACE FUNCTION sfq_study_pruners() RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['none', 'median', 'successive_halving', 'hyperband', 'wilcoxon']::text[]
+$$;
 DELETE FROM sfq_algorithms;
 INSERT INTO sfq_algorithms (name, hyperparameters)
 SELECT key, value FROM jsonb_each($json$

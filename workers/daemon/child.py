@@ -22,12 +22,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from queue_app import gateway
 from queue_app.errors import Unavailable
-from workers.daemon.outcome import Completed, Failed, Outcome, Retry
+from workers.daemon.outcome import Completed, Failed, FoldScored, Outcome, Pruned, Retry
 
 THREAD_LIMIT_ENV = {
     name: "1"
@@ -97,7 +98,8 @@ def _child_main(conn: Connection, url: str) -> None:
                 bars, context = load_bars(db, spec, training_end(spec))
             progress = functools.partial(_report, db, model_id, attempt)
             progress("features", LOADED)
-            conn.send(Completed(train(spec, bars, context=context, progress=progress)))
+            on_fold = lambda fold: conn.send(FoldScored(fold))  # noqa: E731
+            conn.send(Completed(train(spec, bars, context=context, progress=progress, on_fold=on_fold)))
         except TrainingError as error:
             conn.send(Failed(str(error)))
         except Unavailable as error:
@@ -145,9 +147,16 @@ class TrainingProcess:
         return self._process.pid
 
     async def train(
-        self, spec: dict[str, Any], timeout_s: float, memory_limit_mb: int, model_id: int, attempt: int
+        self,
+        spec: dict[str, Any],
+        timeout_s: float,
+        memory_limit_mb: int,
+        model_id: int,
+        attempt: int,
+        on_fold: Callable[[dict[str, Any]], str | None] = lambda fold: None,
     ) -> Outcome:
-        """Train in the child; kill it at the deadline, above the memory limit, or on `interrupt()`.
+        """Train in the child; kill it at the deadline, above the memory limit, on `interrupt()`, or when
+        `on_fold` (told each CV fold's scores as it ends, in a thread) gives a reason to prune it.
         The model id and attempt let the child report progress on the model's row. Every end is an
         Outcome; only a cancellation (the job aborted) raises, once the child is killed."""
         if self._interrupted:  # shutting down: do not start another training
@@ -156,7 +165,7 @@ class TrainingProcess:
             self._send((spec, model_id, attempt))
         except OSError as error:  # cannot fork now
             return Retry(str(error))
-        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb)
+        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb, on_fold)
         try:
             return await asyncio.get_running_loop().run_in_executor(None, self._wait_for_answer, *limits)
         except asyncio.CancelledError:
@@ -180,23 +189,34 @@ class TrainingProcess:
         if process is not None and process.is_alive():
             process.kill()
 
-    def _wait_for_answer(self, deadline: float, timeout_s: float, memory_limit_mb: int) -> Outcome:
+    def _wait_for_answer(
+        self, deadline: float, timeout_s: float, memory_limit_mb: int, on_fold: Callable[[dict], str | None]
+    ) -> Outcome:
         process, conn = self._process, self._conn
-        while not (ready := wait([conn, process.sentinel], timeout=CHECK_EVERY_S)):
-            if time.monotonic() > deadline:
-                self._kill(process, conn)
-                return Failed(f"timed out after {timeout_s:g} s")
-            if memory_limit_mb and (used := resident_mb(process.pid)) > memory_limit_mb:
-                self._kill(process, conn)
-                return Failed(
-                    f"training process killed: resident memory {used:.0f} MB "
-                    f"over the limit of {memory_limit_mb} MB"
-                )
-        if conn in ready:
+        folds: list[dict] = []
+        while True:
+            while not (ready := wait([conn, process.sentinel], timeout=CHECK_EVERY_S)):
+                if time.monotonic() > deadline:
+                    self._kill(process, conn)
+                    return Failed(f"timed out after {timeout_s:g} s")
+                if memory_limit_mb and (used := resident_mb(process.pid)) > memory_limit_mb:
+                    self._kill(process, conn)
+                    return Failed(
+                        f"training process killed: resident memory {used:.0f} MB "
+                        f"over the limit of {memory_limit_mb} MB"
+                    )
+            if conn not in ready:
+                break
             try:
-                return conn.recv()
+                message = conn.recv()
             except (EOFError, OSError):  # the child died mid-answer
-                pass
+                break
+            if not isinstance(message, FoldScored):
+                return message
+            folds.append(message.fold)
+            if reason := on_fold(message.fold):
+                self._kill(process, conn)
+                return Pruned(reason, folds)
         process.join(timeout=5)
         code = process.exitcode
         self._kill(process, conn)

@@ -36,4 +36,20 @@ class Retry:
     at_once: bool = False
 
 
-Outcome = Completed | Failed | Retry
+@dataclass(frozen=True)
+class Pruned:
+    """A study's pruner stopped the training between CV folds: the model is cancelled with `reason`, the
+    folds scored so far kept (never written as completed)."""
+
+    reason: str
+    folds: list[dict]
+
+
+@dataclass(frozen=True)
+class FoldScored:
+    """Not an outcome: what the training process sends as each CV fold ends, before its answer."""
+
+    fold: dict
+
+
+Outcome = Completed | Failed | Retry | Pruned

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -20,9 +21,9 @@ from queue_app import gateway
 from queue_app.config import Settings
 from queue_app.errors import SfqError, Unavailable
 from queue_app.gateway import Call
-from workers.daemon import backtests, forecasts, logs, notify
+from workers.daemon import backtests, forecasts, logs, notify, studies
 from workers.daemon.child import TrainingProcess
-from workers.daemon.outcome import Completed, Failed, Outcome, Retry
+from workers.daemon.outcome import Completed, Failed, Outcome, Pruned, Retry
 from workers.modelling import artifacts
 
 if TYPE_CHECKING:
@@ -160,7 +161,23 @@ class Runtime:
         )
         notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
         timeout_s = timeout_s or self.settings.timeout_s
-        return await self.trainer.train(spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt)
+        on_fold = functools.partial(self._fold_scored, model_id, spec["cv_folds"])
+        return await self.trainer.train(
+            spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt, on_fold
+        )
+
+    def _fold_scored(self, model_id: int, folds: int, fold: dict[str, Any]) -> str | None:
+        """A CV fold ended (in the thread that waits for the training): the studies it is a trial of
+        record it, and their pruners may stop the training. Never fails the training: without the
+        database, it goes on unpruned."""
+        try:
+            with self._side_lock:
+                return studies.report_fold(self._side_connection(), model_id, fold, folds)
+        except Exception as error:
+            log.warning(
+                "model %s: fold %s not reported to its studies: %s", model_id, fold.get("fold"), error
+            )
+            return None
 
     async def _settle(
         self, model_id: int, job_id: int, attempt: int, outcome: Outcome, started: float
@@ -171,7 +188,8 @@ class Runtime:
         - Completed: `completed` with every result, in one transaction (a result that cannot be written
           is Failed);
         - Failed: `failed` with the reason, and the job fails too (ModelFailed);
-        - Retry: `queued` again, and the job goes back to the queue (Requeue).
+        - Retry: `queued` again, and the job goes back to the queue (Requeue);
+        - Pruned: `cancelled` by its study's pruner, with the folds scored so far.
 
         A write that the database's absence outlasts (retried with backoff) requeues the job as it is."""
         if isinstance(outcome, Completed):
@@ -179,6 +197,11 @@ class Runtime:
             if unwritten is None:
                 return
             outcome = unwritten
+        if isinstance(outcome, Pruned):
+            prune = gateway.prune_model(model_id, attempt, outcome.reason, outcome.folds)
+            await self._record(f"prune model {model_id}", prune)
+            log.info("job %s model %s: %s", job_id, model_id, outcome.reason)
+            return
         if isinstance(outcome, Retry):
             requeue = gateway.requeue_model(model_id, attempt, outcome.reason)
             if not await self._record(f"requeue model {model_id}", requeue):
@@ -234,14 +257,22 @@ class Runtime:
         """A backtest, in a thread: vectorised over a few hundred bars, it takes milliseconds."""
         await asyncio.to_thread(self._on_side_connection, backtests.run, simulation_id)
 
+    async def advance_study(self, study_id: int) -> None:
+        """A study's advance, in a thread: Optuna is synchronous; tells and asks take milliseconds."""
+        await asyncio.to_thread(self._on_side_connection, studies.advance, study_id)
+
     def _on_side_connection(self, run, object_id: int) -> None:
-        """Forecasts and backtests run one at a time (the predictor's concurrency is 1) on one connection
+        """Forecasts, backtests, study advances and fold reports run one at a time on one connection
         kept open: connecting anew cost about as much as the backtest itself. A connection a database
         restart broke fails its job (asking again re-queues it) and is replaced on the next one."""
         with self._side_lock:
-            if self._side is None or self._side.closed or self._side.broken:
-                self._side = gateway.connect(self.url, f"sfq-worker-{self.instance}-side", autocommit=True)
-            run(self._side, object_id)
+            run(self._side_connection(), object_id)
+
+    def _side_connection(self) -> psycopg.Connection:
+        """The side connection (under `_side_lock`), opened again when a database restart broke it."""
+        if self._side is None or self._side.closed or self._side.broken:
+            self._side = gateway.connect(self.url, f"sfq-worker-{self.instance}-side", autocommit=True)
+        return self._side
 
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
         await self._run(gateway.give_up_model(model_id, job_id, reason))

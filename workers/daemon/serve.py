@@ -18,7 +18,7 @@ from procrastinate.worker import Worker
 from queue_app import gateway
 from queue_app.config import Settings
 from queue_app.errors import NoSchema, Unavailable
-from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, TRAINING_QUEUE
+from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
 from workers.daemon import logs, notify
 from workers.daemon.app import app, connector
 from workers.daemon.child import THREAD_LIMIT_ENV
@@ -76,8 +76,9 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
                 "additional_context": {"runtime": runtime},
                 "install_signal_handlers": False,
             }
-            # Training: one job at a time (one core). Forecasts and backtests: beside it (milliseconds
-            # each), so that a strategy asking for a prediction does not wait for a training to end.
+            # Training: one job at a time (one core). Forecasts, backtests and study advances: beside it
+            # (milliseconds each), so that a strategy asking for a prediction, or a study asking for its
+            # next trial, does not wait for a training to end.
             trainer = Worker(
                 app,
                 queues=[TRAINING_QUEUE],
@@ -87,7 +88,7 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
             )
             predictor = Worker(
                 app,
-                queues=[PREDICTION_QUEUE, SIMULATION_QUEUE],
+                queues=[PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE],
                 name=f"predictor-{instance}@{runtime.host}",
                 concurrency=1,
                 **common,

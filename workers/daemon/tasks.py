@@ -7,10 +7,12 @@ from procrastinate import JobContext, RetryStrategy
 from procrastinate.retry import RetryDecision
 
 from queue_app.vocabulary import (
+    ADVANCE_TASK,
     PREDICT_TASK,
     PREDICTION_QUEUE,
     SIMULATE_TASK,
     SIMULATION_QUEUE,
+    STUDY_QUEUE,
     TRAIN_TASK,
     TRAINING_QUEUE,
 )
@@ -58,3 +60,15 @@ async def predict_model(context: JobContext, forecast_id: int) -> None:
 async def backtest_model(context: JobContext, simulation_id: int) -> None:
     """A backtest; its task's name and argument are the database's (it defers them: sql/schema)."""
     await context.additional_context["runtime"].backtest(simulation_id)
+
+
+@app.task(
+    name=ADVANCE_TASK,
+    queue=STUDY_QUEUE,
+    pass_context=True,
+    retry=RetryStrategy(max_attempts=TRIES - 1, exponential_wait=2),
+)
+async def advance_study(context: JobContext, study_id: int) -> None:
+    """A study's trials told and asked (workers/daemon/studies.py); deferred by the database when a study
+    is created and whenever one of its trials ends. Retried: a study must not stall on a passing error."""
+    await context.additional_context["runtime"].advance_study(study_id)

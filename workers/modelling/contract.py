@@ -21,6 +21,7 @@ from typing import Any
 
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
+from queue_app import search
 from workers.modelling.algorithms import ALGORITHMS, CONTROLLED_PARAMS, Algorithm
 from workers.modelling.backtest import STRATEGIES, TIMEFRAME, Strategy
 from workers.modelling.evaluation import DEFAULT_REFIT_EVERY, KINDS, WINDOWS
@@ -183,6 +184,23 @@ def vocabulary() -> list[str]:
             "sfq_min_train_window", "cv_folds integer, horizon integer", "integer",
             f"(cv_folds + 1) * (horizon + {MIN_FIT_ROWS})",
             "The shortest train_window for cv_folds folds: (cv_folds + 1) x (horizon + MIN_FIT_ROWS) bars.",
+        ),
+        *_vocabulary_function(
+            "sfq_study_objectives", "", "jsonb",
+            _literal(json.dumps({name: way for name, (_, way) in search.OBJECTIVES.items()})) + "::jsonb",
+            "A study's objectives and their default directions (queue_app/search.py OBJECTIVES).",
+        ),
+        *_vocabulary_function(
+            "sfq_study_samplers", "", "jsonb",
+            _literal(json.dumps({
+                name: {"multi_objective": sampler.multi_objective, "discrete": sampler.discrete}
+                for name, sampler in search.SAMPLERS.items()
+            })) + "::jsonb",
+            "A study's samplers and what each can search (queue_app/search.py SAMPLERS).",
+        ),
+        *_vocabulary_function(
+            "sfq_study_pruners", "", "text[]", _text_array(search.PRUNERS),
+            "A study's pruners (queue_app/search.py PRUNERS).",
         ),
     ]  # fmt: skip
 

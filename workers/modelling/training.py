@@ -467,6 +467,7 @@ def train(
     bars: pd.DataFrame,
     context: dict[str, pd.DataFrame] | None = None,
     progress: Callable[[str, float], None] = lambda phase, fraction: None,
+    on_fold: Callable[[dict[str, Any]], None] = lambda fold: None,
 ) -> TrainingResult:
     """Train and score one spec on its bars (and its context symbols' bars, by symbol). Deterministic:
     same spec and bars, same metrics. `progress(phase, fraction)` is told each phase as it starts, with
@@ -487,7 +488,7 @@ def train(
     model, grid = _model(spec)
     clock.done("features")
 
-    folds = _cross_validate(spec, model, grid, dataset, transform, progress)
+    folds = _cross_validate(spec, model, grid, dataset, transform, progress, on_fold)
     clock.done("cv")
 
     def fit(X: pd.DataFrame, y: pd.Series) -> tuple[BaseEstimator, dict[str, float]]:
@@ -576,9 +577,11 @@ def _cross_validate(
     dataset: Dataset,
     transform: Transform,
     progress: Callable[[str, float], None],
+    on_fold: Callable[[dict[str, Any]], None],
 ) -> list[dict[str, Any]]:
     """Each fold of the spec's CV over the training window, fitted on its rows (with the nested grid
-    search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts."""
+    search when there is a grid) and scored on its scored rows; `progress` is told as each fold starts,
+    `on_fold` given each fold's scores as it ends (a study's pruner may stop the training there)."""
     X, y, gap = dataset.X_train, dataset.y_train, label_reach(spec)
     reference = dataset.reference_train.to_numpy()
     splitter = _splitter(
@@ -606,6 +609,7 @@ def _cross_validate(
                 ),
             }
         )
+        on_fold(folds[-1])
     return folds
 
 
