@@ -10,7 +10,6 @@ from collections import Counter
 from typing import Any
 
 from queue_app import search, sweeps
-from queue_app.vocabulary import TRIAL_STATES
 
 SUCCEEDED = ("complete", "reused")
 
