@@ -85,6 +85,21 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                 _verdict(total < 5),
             )
         )
+    searches = data.get("studies")
+    if searches:
+        planted = searches["results"]["planted signal"]
+        tpe, grid = planted["TPE + successive halving"], planted["grid"]
+        share = None if tpe["cpu_to_95"] is None else tpe["cpu_to_95"] / grid["cpu_seconds"]
+        out.append(
+            (
+                "planted signal: TPE + pruning reaches 95% of the grid's best in ≤ 25% of its core-seconds",
+                "never reached" if share is None else f"at {share:.1%} of the grid's core-seconds",
+                _verdict(share is not None and share <= 0.25),
+            )
+        )
+        largest = max(searches["asks"], key=int)
+        warm = searches["asks"][largest]["warm_ms"]
+        out.append((f"ask one trial at {largest} trials < 50 ms", f"{warm:.1f} ms", _verdict(warm < 50)))
     return out
 
 

@@ -829,6 +829,10 @@ def settle_trial(
     return Call("settle_trial", params, _nothing)
 
 
+def submit_trial(study_id: int, request: Mapping[str, Any]) -> Call[Submission]:
+    return Call("submit_trial", {"study_id": study_id, "request": _json(request)}, _submission)
+
+
 def trial_model(study_id: int, number: int) -> Call[int | None]:
     return Call(
         "trial_model",

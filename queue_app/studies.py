@@ -12,6 +12,7 @@ from typing import Any
 from queue_app import search, sweeps
 
 SUCCEEDED = ("complete", "reused")
+SHOWN_STATES = ("running", "complete", "reused", "pruned", "failed")  # in the order a summary lists them
 
 
 def _better(direction: str) -> int:
@@ -168,7 +169,7 @@ def render(board: dict[str, Any]) -> str:
         + (f" ({board['reason']})" if board["reason"] else ""),
         f"sampler {board['sampler']}, pruner {board['pruner']}, objective {objectives}",
         f"trials {progress['trials']}: "
-        + ", ".join(f"{s} {progress[s]}" for s in ("running", "complete", "reused", "pruned", "failed"))
+        + ", ".join(f"{s} {progress[s]}" for s in SHOWN_STATES)
         + f"; {progress['cpu_seconds']:.1f} core-seconds "
         + f"({progress['pruned_cpu_seconds']:.1f} in pruned trials)",
     ]

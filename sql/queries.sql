@@ -607,6 +607,11 @@ VALUES (%(study_id)s, %(number)s, %(model_id)s, %(state)s, %(params)s, %(values)
 UPDATE study_trials SET state = %(state)s, "values" = %(values)s, error = %(error)s, finished_at = now()
  WHERE study_id = %(study_id)s AND number = %(number)s
 
+-- submit_trial --
+-- A study's trial as a training request (sfq_submit_trial), by the worker advancing the study.
+SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
+  FROM sfq_submit_trial(%(study_id)s, %(request)s::jsonb)
+
 -- trial_model --
 -- The model of a study's trial (an evolution's parent).
 SELECT model_id FROM study_trials WHERE study_id = %(study_id)s AND number = %(number)s

@@ -75,7 +75,8 @@ GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, p
     ON simulation_history TO sfq_worker;
 GRANT INSERT, UPDATE, DELETE ON sfq_workers TO sfq_worker;
 -- Studies: a worker advances them (workers/daemon/studies.py): Optuna's journal, the trials it asks for
--- (each submitted as a training request, sfq_submit) and the study's end.
+-- (each a training request of a running study, sfq_submit_trial: a worker submits nothing else) and the
+-- study's end.
 GRANT SELECT ON studies, study_trials, study_journal TO sfq_worker;
 GRANT UPDATE (state, reason, finished_at, journal_length) ON studies TO sfq_worker;
 GRANT INSERT, UPDATE ON study_trials TO sfq_worker;
@@ -91,7 +92,7 @@ GRANT EXECUTE ON FUNCTION
     sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
     sfq_request_simulation,  -- a completed model's default backtest
-    sfq_submit, sfq_defer_study_advance  -- a study's trials, and the rescue of its advance
+    sfq_submit_trial, sfq_defer_study_advance  -- a study's trials, and the rescue of its advance
     TO sfq_worker;
 
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.

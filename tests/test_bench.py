@@ -27,6 +27,13 @@ EXPECTED = {
     "per-job cost": ["model ", "whole mix, sfq 1 worker"],
     "memory": ["recycling every", "recycling off"],
     "walk-forward": ["Ridge: ", "bytes per prediction"],
+    "studies": [
+        "planted signal: grid: best cv_ic",
+        "planted signal: TPE + successive halving: best cv_ic",
+        "real bars (AAPL): evolution: best cv_ic",
+        "core-seconds pruning saved",
+        "ask one trial (TPE) in a study of 50 trials",
+    ],
 }
 
 

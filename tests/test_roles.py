@@ -35,6 +35,7 @@ DEFINERS = (
     "sfq_submit_sweep",
     "sfq_create_study",
     "sfq_stop_study",
+    "sfq_submit_trial",
     "sfq_study_trial_ended",
 )
 

@@ -1,5 +1,5 @@
 """The web dashboard under /ui (docs/dashboard.md): server-rendered pages of the API's own app, not in
-its OpenAPI schema. Pages: `overview`, `leaderboard`, `model`, `sweep`; `actions` (its forms' posts),
+its OpenAPI schema. Pages: `overview`, `leaderboard`, `model`, `sweep`, `study`; `actions` (its forms' posts),
 `forms`, `html` (layout and escaping), `charts` (matplotlib SVG). It uses the core (queue_app.gateway,
 params, lineage, sweeps, monitor), never the API's modules. With API tokens configured its forms are
 shown disabled: the token middleware (queue_app.api.auth) refuses a POST without the Authorization
@@ -12,7 +12,7 @@ from functools import partial
 from starlette.routing import Mount, Route
 
 from queue_app.config import Settings
-from queue_app.ui import actions, leaderboard, model, overview, sweep
+from queue_app.ui import actions, leaderboard, model, overview, study, sweep
 
 
 def routes(settings: Settings) -> list[Mount]:
@@ -29,6 +29,7 @@ def routes(settings: Settings) -> list[Mount]:
                 Route(f"{one}/evolve", partial(actions.evolve, locked=locked), methods=["POST"]),
                 Route(f"{one}/cancel", partial(actions.cancel, locked=locked), methods=["POST"]),
                 Route("/sweeps/{sweep_id:id}", sweep.sweep, methods=["GET"]),
+                Route("/studies/{study_id:id}", study.study, methods=["GET"]),
                 Route("/submit", partial(actions.submit_form, locked=locked), methods=["GET"]),
                 Route("/submit", partial(actions.submit, locked=locked), methods=["POST"]),
             ],

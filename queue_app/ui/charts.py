@@ -115,3 +115,51 @@ def metric_by_parameter(metric: str, parameters: dict[str, list[tuple[Any, float
         ax.spines[["top", "right"]].set_visible(False)
     axes[0].set_ylabel(metric)
     return _svg(figure)
+
+
+def best_so_far(objective: str, curve: Sequence[dict[str, Any]]) -> str:
+    """A study's best value so far, against trial number (left) and against core-seconds spent (right)."""
+    figure = _new_figure(2.8)
+    left, right = figure.subplots(1, 2, sharey=True)
+    reached = [point for point in curve if point["best"] is not None]
+    for ax, key, label in ((left, "trial", "trial number"), (right, "cpu_seconds", "core-seconds")):
+        ax.step([p[key] for p in reached], [p["best"] for p in reached], where="post", color=COLOURS[0])
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    left.set_ylabel(f"best {objective}")
+    return _svg(figure)
+
+
+def pareto(
+    names: Sequence[str], everyone: Sequence[Sequence[float]], front: Sequence[Sequence[float]]
+) -> str:
+    """Two objectives: every succeeded trial, and the Pareto front (no trial better on both)."""
+    figure, ax = _figure(height=3.0, width=5.0)
+    ax.scatter([v[0] for v in everyone], [v[1] for v in everyone], color="#8c959f", s=16, label="trials")
+    ordered = sorted(front)
+    ax.plot([v[0] for v in ordered], [v[1] for v in ordered], "o-", color=COLOURS[1], label="Pareto front")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.legend(loc="best", frameon=False)
+    return _svg(figure)
+
+
+def lineage(objective: str, trials: Sequence[dict[str, Any]], edges: Sequence[tuple[int, int]]) -> str:
+    """An evolution's family tree: each trial at (number, value), a line from each parent to its child,
+    green where the child improved on its parent."""
+    figure, ax = _figure(height=3.2)
+    value = {t["number"]: t["values"][0] for t in trials if t["values"]}
+    for parent, child in edges:
+        if parent in value and child in value:
+            better = value[child] > value[parent]
+            ax.plot(
+                [parent, child],
+                [value[parent], value[child]],
+                color=COLOURS[2] if better else "#d0d7de",
+                lw=0.8,
+            )
+    ax.scatter(list(value), list(value.values()), color=COLOURS[0], s=12, zorder=3)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(objective)
+    return _svg(figure)

@@ -11,7 +11,7 @@
 --   - sfq_submit (requests.sql: the JSON way in, the same INSERT) and the API's operations: sfq_submit_batch,
 --     sfq_retrain, sfq_evolve, sfq_cancel_model (operations.sql), sfq_request_forecast (forecasts.sql),
 --     sfq_request_simulation, sfq_request_lockbox (simulations.sql), sfq_submit_sweep (sweeps.sql),
---     sfq_create_study and sfq_stop_study (studies.sql);
+--     sfq_create_study and sfq_stop_study (studies.sql), and the workers' sfq_submit_trial (a study's trial);
 --   - sfq_study_trial_ended, the models trigger that defers a study's advance when one of its trials ends.
 -- tests/test_roles.py checks that exactly these are SECURITY DEFINER, with that search_path.
 --

@@ -380,6 +380,18 @@ CREATE OR REPLACE TRIGGER models_study_trial_ended AFTER UPDATE OF status ON mod
     FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed', 'cancelled') AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION sfq_study_trial_ended();
 
+-- A study's trial, submitted by the worker that advances it: the only request a worker may make, and only
+-- for a running study.
+CREATE OR REPLACE FUNCTION sfq_submit_trial(study bigint, request jsonb) RETURNS training_requests
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM studies s WHERE s.id = study AND s.state = 'running') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = format('study %s is not running', study);
+    END IF;
+    RETURN sfq_submit(request, 'study ' || study);
+END;
+$$;
+
 -- POST /studies/{id}/stop: ask for no more trials; those running finish and are recorded. 404 when there
 -- is no such study; a finished study stays as it ended.
 CREATE OR REPLACE FUNCTION sfq_stop_study(study bigint) RETURNS studies

@@ -209,7 +209,7 @@ def _ask_one(conn, row: dict[str, Any], engine: Engine, number: int) -> str:
         )
     try:
         with conn.transaction():  # a savepoint: a refused request fails the trial, not the advance
-            submitted = gateway.run(conn, gateway.submit(request, f"study {row['id']}"))
+            submitted = gateway.run(conn, gateway.submit_trial(row["id"], request))
     except Rejected as error:
         return _failed_at_once(conn, row, study, trial.number, point, str(error), lineage)
     model = gateway.run(conn, gateway.get_model(submitted.model_id))
