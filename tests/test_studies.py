@@ -161,7 +161,8 @@ def test_a_study_runs_on_the_workers_and_prunes_hopeless_trials_between_folds(cl
         assert 2 <= folds_kept < folds  # not before fold 2, and before the last
         assert len(fold_values) == folds_kept
     complete = clean.execute(
-        "SELECT t.\"values\"[1], (m.metrics->>'cv_ic_mean')::float8, jsonb_array_length(t.fold_values)"
+        "SELECT t.\"values\"[1], (m.metrics->>'cv_ic_mean')::float8,"
+        " (SELECT count(*) FROM jsonb_object_keys(t.fold_values))"
         " FROM study_trials t JOIN models m ON m.id = t.model_id"
         " WHERE t.study_id = %s AND t.state = 'complete'",
         (study_id,),
@@ -332,7 +333,9 @@ def test_cli_study_create_wait_and_show(clean, database, start_worker, tmp_path)
     assert "sampler tpe, pruner median, objective cv_rmse, budget 4 trials" in done.stdout
     assert "finished (4 trials of 4)" in done.stdout and "objective cv_rmse (minimize)" in done.stdout
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"base": FAST, "space": {"horizon": {"type": "int", "low": 1}}}))
+    bad.write_text(
+        json.dumps({"base": FAST, "space": {"horizon": {"type": "int", "low": 1}}, "objective": "cv_ic"})
+    )
     refused = run_sfq("study", "create", str(bad), url=database)
     assert (
         refused.returncode != 0

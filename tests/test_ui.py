@@ -232,6 +232,28 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
                 "grid": {"hyperparameters.alpha": [0.1, 100.0], "horizon": [1, 2]},
             },
         ).json()
+        # Two studies: an evolution (its family tree), and two objectives (their Pareto front).
+        alpha = {"type": "float", "low": 0.01, "high": 100.0, "log": True}
+        evolution = api.post(
+            "/studies",
+            json={
+                "base": {"symbol": "AAPL", "algorithm": "Ridge", **FAST},
+                "space": {"hyperparameters.alpha": alpha, "horizon": {"type": "int", "low": 1, "high": 5}},
+                "objective": "cv_ic",
+                "sampler": "evolution",
+                "n_trials": 13,
+            },
+        ).json()["study_id"]
+        pareto = api.post(
+            "/studies",
+            json={
+                "base": {"symbol": "MSFT", "algorithm": "Ridge", **FAST},
+                "space": {"hyperparameters.alpha": alpha, "horizon": {"type": "int", "low": 1, "high": 5}},
+                "objective": ["cv_ic", "cv_rmse"],
+                "sampler": "nsga2",
+                "n_trials": 6,
+            },
+        ).json()["study_id"]
     sweep_ids = [
         r[0]
         for r in clean.execute("SELECT model_id FROM sweep_models WHERE sweep_id = %s", (sweep["sweep_id"],))
@@ -297,6 +319,25 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
     assert "probability of backtest overfitting" in _text(browser, By.ID, "pbo")
     _drawn(browser, "sweep-chart")
     _screenshots(browser, shots, "sweep")
+
+    # The studies: progress, best so far, importances, the objective by parameter, the family tree of an
+    # evolution and the Pareto front of two objectives, once every trial has ended.
+    deadline = time.monotonic() + 300
+    while clean.execute(
+        "SELECT count(*) FROM studies s WHERE s.id IN (%s, %s) AND (s.state = 'running' OR EXISTS"
+        " (SELECT 1 FROM study_trials t WHERE t.study_id = s.id AND t.state = 'running'))",
+        (evolution, pareto),
+    ).fetchone()[0]:
+        assert time.monotonic() < deadline, "studies still running"
+        time.sleep(0.5)
+    _open(browser, f"{base}/ui/studies/{evolution}", f"Study {evolution} ·", "progress")
+    assert "finished (13 trials of 13)" in _text(browser, By.ID, "progress")
+    assert len(_cells(browser, "study-trials")) == 13
+    for chart_id in ("study-best", "study-importances", "study-parameters", "study-tree"):
+        _drawn(browser, chart_id)
+    _screenshots(browser, shots, "study")
+    _open(browser, f"{base}/ui/studies/{pareto}", f"Study {pareto} ·", "progress")
+    _drawn(browser, "study-pareto")
 
     # Submit: an invalid request shows the API's message and creates nothing; a valid one a model.
     count = clean.execute("SELECT count(*) FROM models").fetchone()[0]

@@ -362,14 +362,14 @@ EXCEPTION WHEN unique_violation THEN
 END;
 $$;
 
--- A trial's model ended (completed, failed, cancelled or pruned): its study advances, in this transaction.
+-- A trial's model ended (completed, failed, cancelled or pruned): its study advances (tells, and asks while it
+-- runs), in this transaction; a stopped or ended study's last trials are told too.
 CREATE OR REPLACE FUNCTION sfq_study_trial_ended() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     study bigint;
 BEGIN
-    FOR study IN SELECT DISTINCT t.study_id FROM study_trials t JOIN studies s ON s.id = t.study_id
-                  WHERE t.model_id = NEW.id AND t.state = 'running' AND s.state IN ('running', 'stopped') LOOP
+    FOR study IN SELECT DISTINCT t.study_id FROM study_trials t WHERE t.model_id = NEW.id AND t.state = 'running' LOOP
         PERFORM sfq_defer_study_advance(study);
     END LOOP;
     RETURN NULL;

@@ -145,9 +145,10 @@ def _ending(row: dict[str, Any], trial: dict[str, Any]) -> tuple[str, list[float
 
 
 def _gave_up(row: dict[str, Any], budget: dict[str, Any]) -> str | None:
-    """Why a study whose every trial failed stops asking (None while any succeeded or too few ended)."""
+    """Why a study whose every trial failed stops asking (None while any succeeded or too few failed); its
+    running trials still end and are told."""
     enough = min(FAILED_BEFORE_GIVING_UP, row["n_trials"] or FAILED_BEFORE_GIVING_UP)
-    if budget["succeeded"] or budget["failed"] < enough or budget["running"]:
+    if budget["succeeded"] or budget["failed"] < enough:
         return None
     reasons = "; ".join(sorted(budget["errors"] or [])[:5])
     return f"every trial failed ({budget['failed']}): {reasons}"
@@ -172,6 +173,12 @@ def _ask(conn, row: dict[str, Any], engine: Engine, budget: dict[str, Any]) -> N
     while slots > 0 and (row["n_trials"] is None or trials < row["n_trials"]):
         state = _ask_one(conn, row, engine, trials)
         trials += 1
+        if state == "failed" and (
+            reason := _gave_up(row, gateway.run(conn, gateway.study_budget(row["id"])))
+        ):
+            gateway.run(conn, gateway.finish_study(row["id"], "failed", reason))
+            log.warning("study %s failed: %s", row["id"], reason)
+            return
         if state == "running":
             slots -= 1
             reused_in_a_row = 0
