@@ -51,6 +51,7 @@ SCHEMA_FILES = (
     "queue.sql",  # Procrastinate: job rows, deferral, rescue, pruning
     "forecasts.sql",
     "simulations.sql",  # backtests
+    "strategies.sql",  # named strategies, their aliases; forecasts on every new bar
     "sweeps.sql",
     "operations.sql",  # batch, retrain, evolve, cancel
     "security.sql",  # no function executable by PUBLIC

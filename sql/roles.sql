@@ -56,12 +56,16 @@ GRANT SELECT (id, model_id, fingerprint, deduplicated) ON training_requests TO s
 GRANT SELECT (id, status, fingerprint, error, metrics, submitted_at, started_at, finished_at)
     ON models TO sfq_submitter;
 GRANT EXECUTE ON FUNCTION sfq_submit TO sfq_submitter;
+-- ... and the strategies' registry: read it, and move any alias but production (sfq_move_alias refuses that).
+GRANT SELECT ON strategies, strategy_aliases, strategy_alias_history TO sfq_submitter;
+GRANT EXECUTE ON FUNCTION sfq_move_alias TO sfq_submitter;
 
 -- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
 -- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
 -- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
 GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_series, model_artifacts,
-                model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers TO sfq_worker;
+                model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers,
+                model_live_records TO sfq_worker;
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
 GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
@@ -71,6 +75,7 @@ GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price,
 GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)
     ON simulation_history TO sfq_worker;
 GRANT INSERT, UPDATE, DELETE ON sfq_workers TO sfq_worker;
+GRANT INSERT, UPDATE ON model_live_records TO sfq_worker;  -- a model's live record, after each forecast
 GRANT SELECT, INSERT, UPDATE, DELETE ON procrastinate_jobs, procrastinate_workers TO sfq_worker;
 GRANT SELECT, INSERT ON procrastinate_events TO sfq_worker;
 GRANT SELECT, UPDATE ON procrastinate_periodic_defers TO sfq_worker;  -- a pruned job is unlinked from it
@@ -87,9 +92,10 @@ GRANT EXECUTE ON FUNCTION
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.
 GRANT SELECT ON models, features_log, model_predictions, model_prediction_series, model_artifacts,
                 model_forecasts, simulation_history, sweeps, sweep_models, sfq_workers, procrastinate_jobs,
-                procrastinate_workers TO sfq_api;
+                procrastinate_workers, strategies, strategy_aliases, strategy_alias_history, model_live_records
+    TO sfq_api;
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
-    sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep,
+    sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_move_alias,
     sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard
     TO sfq_api;

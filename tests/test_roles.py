@@ -33,6 +33,8 @@ DEFINERS = (
     "sfq_request_lockbox",
     "sfq_request_simulation",
     "sfq_submit_sweep",
+    "sfq_move_alias",
+    "sfq_bars_arrived",
 )
 
 

@@ -10,7 +10,9 @@
 --     inserting role may not do by itself;
 --   - sfq_submit (requests.sql: the JSON way in, the same INSERT) and the API's operations: sfq_submit_batch,
 --     sfq_retrain, sfq_evolve, sfq_cancel_model (operations.sql), sfq_request_forecast (forecasts.sql),
---     sfq_request_simulation, sfq_request_lockbox (simulations.sql), sfq_submit_sweep (sweeps.sql).
+--     sfq_request_simulation, sfq_request_lockbox (simulations.sql), sfq_submit_sweep (sweeps.sql);
+--   - sfq_move_alias (strategies.sql), an alias's move, and sfq_bars_arrived, the bars trigger that defers
+--     the aliased models' forecasts: a plain INSERT INTO bars does it whoever inserts.
 -- tests/test_roles.py checks that exactly these are SECURITY DEFINER, with that search_path.
 --
 -- PostgreSQL lets PUBLIC execute every new function; no sfq or Procrastinate function stays executable by
