@@ -34,8 +34,8 @@ async def call(request: Request, one: Call[T]) -> T:
         return await gateway.run_async(conn, one)
 
 
-def _url(request: Request, name: str, **path: int | str) -> str:
-    return str(request.url_for(name, **path))
+def _url(request: Request, route: str, /, **path: int | str) -> str:
+    return str(request.url_for(route, **path))
 
 
 def _model_url(request: Request, model_id: int) -> str:
