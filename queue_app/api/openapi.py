@@ -21,7 +21,8 @@ WAIT = {
 
 
 # A strategy's name: a-z, 0-9, _ or - (the database checks it: sql/schema/strategies.sql).
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME_SCHEMA = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
+NAME = {"name": "name", "in": "path", "required": True, "schema": NAME_SCHEMA}
 
 
 def _error_schema() -> dict:
@@ -328,11 +329,12 @@ OPENAPI = {
                     "200": _response("The move, as its history records it", OBJECT),
                     **BODY_ERRORS,
                     "403": _response("The database role may not move a production alias"),
+                    "404": _response("A path that names no route (an empty or a slashed name)"),
                     "409": _response("The model is not completed"),
                 },
                 parameters=[
                     NAME,
-                    {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "alias", "in": "path", "required": True, "schema": NAME_SCHEMA},
                 ],
                 requestBody=_json_body(
                     {
