@@ -34,12 +34,14 @@ def _bool(name: str, default: bool) -> bool:
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")  # RFC 6750's b64token, at least 16 characters
+_TOKEN_NAME = re.compile(r"[a-z0-9_-]{1,64}")  # `name:token`: who moved an alias (docs/security.md)
 
 
-def _api_tokens() -> tuple[str, ...]:
-    """SFQ_API_TOKENS (comma-separated) and SFQ_API_TOKENS_FILE (one per line, # starts a comment line).
-    A variable that is set but holds no token is refused: it would leave the API open. Errors say where
-    the bad token is, never what it is."""
+def _api_tokens() -> dict[str, str | None]:
+    """SFQ_API_TOKENS (comma-separated) and SFQ_API_TOKENS_FILE (one per line, # starts a comment line),
+    each token with its name when written `name:token`: {token: name or None}. A variable that is set but
+    holds no token is refused: it would leave the API open. Errors say where the bad token is, never what
+    it is."""
     found: list[tuple[str, str]] = []  # (where, token)
     listed = os.environ.get("SFQ_API_TOKENS", "")
     if listed.strip():
@@ -62,13 +64,18 @@ def _api_tokens() -> tuple[str, ...]:
         if not in_file:
             raise ConfigError(f"SFQ_API_TOKENS_FILE {path} holds no token")
         found += in_file
-    for where, token in found:
+    named: dict[str, str | None] = {}
+    for where, entry in found:
+        name, _, token = entry.rpartition(":")
+        if name and not _TOKEN_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a token's name (before its colon) is 1 to 64 of a-z, 0-9, _ or -")
         if not _TOKEN.fullmatch(token):
             raise ConfigError(
                 f"{where}: a token is at least 16 letters, digits or -._~+/ (then = padding), "
                 "without spaces; e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
-    return tuple(dict.fromkeys(token for _, token in found))
+        named.setdefault(token, name or None)
+    return named
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class Settings:
     job_retention_days: int  # finished queue jobs older than this are pruned (models are kept)
     hostname: str  # recorded with every result; SFQ_HOSTNAME overrides the machine's name
     api_tokens: tuple[str, ...] = field(repr=False)  # none: the API is open (docs/security.md); never shown
+    api_token_names: tuple[str | None, ...] = field(repr=False)  # each token's name (`name:token`), or None
     api_open_reads: bool  # with tokens: GET and HEAD need none
     log_json: bool  # SFQ_LOG_FORMAT=json: worker logs as one JSON object per line
 
@@ -126,7 +134,8 @@ class Settings:
             max_attempts=_int("SFQ_MAX_ATTEMPTS", 3),
             job_retention_days=_int("SFQ_JOB_RETENTION_DAYS", 7),
             hostname=os.environ.get("SFQ_HOSTNAME") or socket.gethostname(),
-            api_tokens=_api_tokens(),
+            api_tokens=tuple(tokens := _api_tokens()),
+            api_token_names=tuple(tokens.values()),
             api_open_reads=_bool("SFQ_API_OPEN_READS", True),
             log_json=_log_json(),
         )

@@ -51,6 +51,7 @@ SCHEMA_FILES = (
     "queue.sql",  # Procrastinate: job rows, deferral, rescue, pruning
     "forecasts.sql",
     "simulations.sql",  # backtests
+    "strategies.sql",  # named strategies, their aliases; forecasts on every new bar
     "sweeps.sql",
     "studies.sql",  # searches with Optuna's samplers and pruners, advanced by the workers
     "operations.sql",  # batch, retrain, evolve, cancel

@@ -70,6 +70,10 @@ class Conflict(SfqError):
     trained), or the database's schema is not the one this sfq expects."""
 
 
+class Forbidden(SfqError):
+    """The caller's database role may not do this (a submitter moving a production alias): HTTP 403."""
+
+
 class Unavailable(SfqError):
     """The database cannot answer now (unreachable, restarting, no sfq schema yet): nothing was done."""
 

@@ -28,7 +28,16 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
-from queue_app.errors import Conflict, Malformed, NoSchema, NotFound, Rejected, Retry, Unavailable
+from queue_app.errors import (
+    Conflict,
+    Forbidden,
+    Malformed,
+    NoSchema,
+    NotFound,
+    Rejected,
+    Retry,
+    Unavailable,
+)
 from queue_app.params import ModelQuery
 
 T = TypeVar("T")
@@ -105,6 +114,8 @@ def translate(error: psycopg.Error) -> Exception:
         return NotFound(message)
     if sqlstate == "55000":
         return Conflict(message)
+    if sqlstate == "42501":  # insufficient privilege (a submitter moving a production alias)
+        return Forbidden(message)
     if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock
         return Retry("conflicting concurrent change; nothing was done, try again", message)
     if sqlstate in ("42P01", "42883"):  # undefined table or function
@@ -556,6 +567,55 @@ def complete_simulation(
 
 def fail_simulation(simulation_id: int, error: str) -> Call[None]:
     return Call("fail_simulation", {"simulation_id": simulation_id, "error": error}, _nothing)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Named strategies: their aliases (sql/schema/strategies.sql) and their models' live records.
+
+
+def move_alias(
+    strategy: str, alias: str, model_id: int, reason: str, actor: str | None, via: str
+) -> Call[Row]:
+    params = {
+        "strategy": strategy,
+        "alias": alias,
+        "model_id": model_id,
+        "reason": reason,
+        "actor": actor,
+        "via": via,
+    }
+    return Call("move_alias", params, _one)
+
+
+def get_strategy(name: str) -> Call[Row | None]:
+    return Call("get_strategy", {"name": name}, _first)
+
+
+def strategy_aliases(name: str) -> Call[list[Row]]:
+    return Call("strategy_aliases", {"name": name})
+
+
+def strategy_history(name: str) -> Call[list[Row]]:
+    return Call("strategy_history", {"name": name})
+
+
+def live_record_inputs(model_id: int) -> Call[Row | None]:
+    return Call("live_record_inputs", {"model_id": model_id}, _first)
+
+
+def model_live_forecasts(model_id: int) -> Call[list[Row]]:
+    return Call("model_live_forecasts", {"model_id": model_id})
+
+
+def save_live_record(model_id: int, record: Mapping[str, Any]) -> Call[None]:
+    params = {
+        "model_id": model_id,
+        "forecasts": record["forecasts"],
+        "realised": record["realised"],
+        "metrics": Jsonb(record["metrics"]),
+        "equity_curve": Jsonb(record["equity_curve"]) if record["equity_curve"] is not None else None,
+    }
+    return Call("save_live_record", params, _nothing)
 
 
 # ---------------------------------------------------------------------------------------------------

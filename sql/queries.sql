@@ -33,7 +33,7 @@ SELECT * FROM sfq_request_forecast(%(model_id)s)
 -- A forecast with what it forecasts (the model's symbol, horizon and target).
 SELECT f.id, f.model_id, f.status, f.as_of, m.symbol, m.timeframe, m.horizon, m.target_col,
        m.target_transform, f.prediction, f.reference_close, f.predicted_price, f.error, f.requested_at,
-       f.finished_at
+       f.finished_at, f.realised, f.realised_at
   FROM model_forecasts f JOIN models m ON m.id = f.model_id
  WHERE f.id = %(forecast_id)s
 
@@ -639,3 +639,49 @@ UPDATE models
        progress = jsonb_build_object('phase', 'pruned', 'fraction', 1, 'at', now())
  WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
 RETURNING id
+-- move_alias --
+-- Point a strategy's alias at a completed model, with who and why, in one statement (sfq_move_alias).
+SELECT * FROM sfq_move_alias(%(strategy)s, %(alias)s, %(model_id)s, %(reason)s, %(actor)s, %(via)s)
+
+-- get_strategy --
+-- A named strategy.
+SELECT name, created_at FROM strategies WHERE name = %(name)s
+
+-- strategy_aliases --
+-- A strategy's aliases, each with its model, the model's held-out metrics, its latest forecast and its live
+-- record (the model's realised forecasts scored and paper-traded by the workers).
+SELECT a.alias, a.model_id, a.moved_at, m.status::text AS model_status, m.symbol, m.timeframe, m.algorithm,
+       m.target_col, m.target_transform, m.horizon, m.metrics AS held_out,
+       r.forecasts, r.realised, r.metrics AS live, r.equity_curve AS live_equity_curve, r.updated_at AS live_updated_at,
+       f.id AS latest_forecast_id, f.as_of AS latest_as_of, f.status AS latest_status,
+       f.prediction AS latest_prediction, f.predicted_price AS latest_predicted_price
+  FROM strategy_aliases a JOIN models m ON m.id = a.model_id
+  LEFT JOIN model_live_records r ON r.model_id = a.model_id
+  LEFT JOIN LATERAL (SELECT * FROM model_forecasts f WHERE f.model_id = a.model_id ORDER BY f.as_of DESC LIMIT 1) f
+    ON true
+ WHERE a.strategy = %(name)s
+ ORDER BY a.alias
+
+-- strategy_history --
+-- Every alias move of a strategy, newest first (append-only).
+SELECT id, alias, model_id, previous_model_id, moved_by, db_role, via, reason, moved_at
+  FROM strategy_alias_history WHERE strategy = %(name)s ORDER BY id DESC
+
+-- live_record_inputs --
+-- What a model's live record needs: its spec and its symbol's calendar.
+SELECT m.spec, coalesce((SELECT c.calendar FROM symbol_calendars c WHERE c.symbol = m.symbol), 'equity') AS calendar
+  FROM models m WHERE m.id = %(model_id)s
+
+-- model_live_forecasts --
+-- A model's answered forecasts, oldest first, with their realised values (null until their bar arrives).
+SELECT as_of, prediction, realised FROM model_forecasts
+ WHERE model_id = %(model_id)s AND status = 'completed' ORDER BY as_of
+
+-- save_live_record --
+-- A model's live record, never replaced by one computed from fewer forecasts (workers race on it).
+INSERT INTO model_live_records AS r (model_id, forecasts, realised, metrics, equity_curve, updated_at)
+VALUES (%(model_id)s, %(forecasts)s, %(realised)s, %(metrics)s, %(equity_curve)s, now())
+    ON CONFLICT (model_id) DO UPDATE
+   SET forecasts = excluded.forecasts, realised = excluded.realised, metrics = excluded.metrics,
+       equity_curve = excluded.equity_curve, updated_at = now()
+ WHERE (excluded.forecasts, excluded.realised) >= (r.forecasts, r.realised)

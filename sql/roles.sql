@@ -59,12 +59,16 @@ GRANT EXECUTE ON FUNCTION sfq_submit TO sfq_submitter;
 -- Studies: created and stopped through their functions; their progress readable.
 GRANT SELECT ON studies, study_trials TO sfq_submitter;
 GRANT EXECUTE ON FUNCTION sfq_create_study, sfq_stop_study TO sfq_submitter;
+-- ... and the strategies' registry: read it, and move any alias but production (sfq_move_alias refuses that).
+GRANT SELECT ON strategies, strategy_aliases, strategy_alias_history TO sfq_submitter;
+GRANT EXECUTE ON FUNCTION sfq_move_alias TO sfq_submitter;
 
 -- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
 -- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
 -- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
 GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_series, model_artifacts,
-                model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers TO sfq_worker;
+                model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers,
+                model_live_records TO sfq_worker;
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
 GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
@@ -81,6 +85,7 @@ GRANT SELECT ON studies, study_trials, study_journal TO sfq_worker;
 GRANT UPDATE (state, reason, finished_at, journal_length) ON studies TO sfq_worker;
 GRANT INSERT, UPDATE ON study_trials TO sfq_worker;
 GRANT INSERT ON study_journal TO sfq_worker;
+GRANT INSERT, UPDATE ON model_live_records TO sfq_worker;  -- a model's live record, after each forecast
 GRANT SELECT, INSERT, UPDATE, DELETE ON procrastinate_jobs, procrastinate_workers TO sfq_worker;
 GRANT SELECT, INSERT ON procrastinate_events TO sfq_worker;
 GRANT SELECT, UPDATE ON procrastinate_periodic_defers TO sfq_worker;  -- a pruned job is unlinked from it
@@ -98,9 +103,12 @@ GRANT EXECUTE ON FUNCTION
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.
 GRANT SELECT ON models, features_log, model_predictions, model_prediction_series, model_artifacts,
                 model_forecasts, simulation_history, sweeps, sweep_models, sfq_workers, procrastinate_jobs,
-                procrastinate_workers, studies, study_trials, model_attempts TO sfq_api;
+                procrastinate_workers, studies, study_trials, model_attempts, strategies, strategy_aliases,
+                strategy_alias_history, model_live_records
+    TO sfq_api;
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
     sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_create_study, sfq_stop_study,
+    sfq_move_alias,
     sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard
     TO sfq_api;

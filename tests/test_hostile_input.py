@@ -541,6 +541,12 @@ SCHEMATHESIS_BUDGET = {
             ("GET /simulations/{simulation_id}", 15),
             ("POST /sweeps", 60),
             ("GET /sweeps/{sweep_id}", 25),
+            ("GET /strategies/{name}", 15),
+            ("GET /strategies/{name}/history", 15),
+            ("POST /strategies/{name}/aliases/{alias}", 40),
+            ("POST /studies", 60),
+            ("GET /studies/{study_id}", 25),
+            ("POST /studies/{study_id}/stop", 15),
         )
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     },

@@ -17,7 +17,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
 from queue_app import bars, db
-from tests.conftest import run_sfq, wait_for_jobs, wait_for_models
+from tests.conftest import insert_request, run_sfq, wait_for_jobs, wait_for_models
 
 GROUPS = ("sfq_submitter", "sfq_worker", "sfq_api")
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
@@ -37,6 +37,8 @@ DEFINERS = (
     "sfq_stop_study",
     "sfq_submit_trial",
     "sfq_study_trial_ended",
+    "sfq_move_alias",
+    "sfq_bars_arrived",
 )
 
 
@@ -336,4 +338,34 @@ def test_api_role_serves_every_endpoint_and_cannot_write_tables(roles, start_api
         "SELECT procrastinate_cancel_job_v1(1, true, false)",
         "SELECT sfq_rescue_stalled_jobs(1, 3)",
         "CREATE TABLE api_table (x int)",
+    )
+
+
+def test_submitter_moves_a_candidate_alias_but_never_production(roles):
+    with psycopg.connect(roles.owner, autocommit=True) as conn:
+        (model,) = insert_request(conn, {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300})[:1]
+        conn.execute("UPDATE models SET status = 'completed' WHERE id = %s", (model,))
+    with psycopg.connect(roles.login["sfq_submitter"], autocommit=True) as conn:
+        moved = conn.execute(
+            "SELECT moved_by, db_role FROM sfq_move_alias('rolecheck', 'candidate', %s, 'try')", (model,)
+        )
+        assert moved.fetchone() == (roles.name["sfq_submitter"], roles.name["sfq_submitter"])
+        with pytest.raises(errors.InsufficientPrivilege, match="may not move a production alias"):
+            conn.execute("SELECT sfq_move_alias('rolecheck', 'production', %s, 'try')", (model,))
+        refused(
+            roles.login["sfq_submitter"],
+            "INSERT INTO strategy_aliases VALUES ('rolecheck', 'production', 1, now())",
+        )
+    with psycopg.connect(roles.login["sfq_api"], autocommit=True) as conn:
+        conn.execute(
+            "SELECT sfq_move_alias('rolecheck', 'production', %s, 'reviewed', 'alice', 'http')", (model,)
+        )
+        history = conn.execute(
+            "SELECT alias, moved_by, via FROM strategy_alias_history WHERE strategy = 'rolecheck' ORDER BY id"
+        ).fetchall()
+    assert history == [("candidate", roles.name["sfq_submitter"], "sql"), ("production", "alice", "http")]
+    refused(
+        roles.login["sfq_api"],
+        "DELETE FROM strategy_alias_history",
+        "UPDATE strategy_aliases SET model_id = 1",
     )

@@ -355,6 +355,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0013_bar_revisions.sql",
         "migrations/0014_symbol_calendars.sql",
         "migrations/0015_studies.sql",
+        "migrations/0016_strategy_registry.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -535,6 +536,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0013_bar_revisions.sql",
         "migrations/0014_symbol_calendars.sql",
         "migrations/0015_studies.sql",
+        "migrations/0016_strategy_registry.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

@@ -10,7 +10,16 @@ from starlette.routing import Route
 
 from queue_app.api import endpoints as e
 from queue_app.api.http import JSON, error
-from queue_app.errors import Conflict, Malformed, NotFound, Rejected, SfqError, TooLarge, Unavailable
+from queue_app.errors import (
+    Conflict,
+    Forbidden,
+    Malformed,
+    NotFound,
+    Rejected,
+    SfqError,
+    TooLarge,
+    Unavailable,
+)
 
 
 class IdConvertor(IntegerConvertor):
@@ -45,13 +54,24 @@ ROUTES = [
     Route("/studies", e.create_study, methods=["POST"]),
     Route("/studies/{study_id:id}", e.get_study, methods=["GET"], name="get_study"),
     Route("/studies/{study_id:id}/stop", e.stop_study, methods=["POST"]),
+    Route("/strategies/{name}", e.get_strategy, methods=["GET"], name="get_strategy"),
+    Route("/strategies/{name}/history", e.strategy_history, methods=["GET"], name="strategy_history"),
+    Route("/strategies/{name}/aliases/{alias}", e.move_alias, methods=["POST"]),
     Route("/metrics", e.metrics, methods=["GET"]),
     Route("/healthz", e.healthz, methods=["GET"]),
     Route("/openapi.json", e.openapi, methods=["GET"]),
 ]  # every path and method here has its entry in queue_app.api.openapi (tests/test_api_server.py)
 
 # sfq's errors as answers: the most specific class of an error decides its status.
-STATUS = {Malformed: 400, TooLarge: 413, Rejected: 422, NotFound: 404, Conflict: 409, Unavailable: 503}
+STATUS = {
+    Malformed: 400,
+    TooLarge: 413,
+    Rejected: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Forbidden: 403,
+    Unavailable: 503,
+}
 
 
 def _detail(exc: SfqError) -> object:

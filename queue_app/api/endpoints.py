@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from queue_app import gateway, lineage, monitor, params, studies, sweeps
-from queue_app.api import http
+from queue_app.api import auth, http
 from queue_app.api.http import JSON
 from queue_app.api.openapi import OPENAPI
 from queue_app.errors import Conflict, NotFound, Rejected
@@ -35,8 +35,8 @@ async def call(request: Request, one: Call[T]) -> T:
         return await gateway.run_async(conn, one)
 
 
-def _url(request: Request, name: str, **path: int) -> str:
-    return str(request.url_for(name, **path))
+def _url(request: Request, route: str, /, **path: int | str) -> str:
+    return str(request.url_for(route, **path))
 
 
 def _model_url(request: Request, model_id: int) -> str:
@@ -248,6 +248,106 @@ async def model_simulations(request: Request) -> JSON:
     return JSON(
         {"model_id": model_id, "status": status, "simulations": [_simulation_body(request, r) for r in rows]}
     )
+
+
+def _path_name(request: Request, key: str) -> str:
+    """A strategy's or an alias's name from the path, as text the database can take (it checks the rest)."""
+    value = request.path_params[key]
+    if "\x00" in value:
+        raise Rejected(f"{key}: a name has no NUL character", key)
+    return value
+
+
+async def move_alias(request: Request) -> JSON:
+    """`{"model_id", "reason"}`: point the strategy's alias at a completed model, recorded with the token's
+    name (who), the time and the reason, together or not at all (sfq_move_alias)."""
+    body = await http.json_body(request)
+    http.only(body, "model_id", "reason")
+    model_id = http.model_id(body, "model_id")
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        raise Rejected(f"reason must be a string saying why the alias moves, got {reason!r}", "reason")
+    name, alias = _path_name(request, "name"), _path_name(request, "alias")
+    moved = await call(
+        request, gateway.move_alias(name, alias, model_id, reason, auth.actor(request), "http")
+    )
+    return JSON(
+        {
+            **moved,
+            "url": _url(request, "get_strategy", name=moved["strategy"]),
+            "model_url": _model_url(request, moved["model_id"]),
+        }
+    )
+
+
+async def _strategy(request: Request) -> str:
+    name = _path_name(request, "name")
+    if await call(request, gateway.get_strategy(name)) is None:
+        raise NotFound(f"no strategy named {name!r}")
+    return name
+
+
+async def get_strategy(request: Request) -> JSON:
+    """Each alias with its model, its latest forecast, its live record and, beside it, the same model's
+    held-out metrics and default backtest (the convention its live forecasts are paper-traded by)."""
+    name = _path_name(request, "name")
+    strategy = await call(request, gateway.get_strategy(name))
+    if strategy is None:
+        raise NotFound(f"no strategy named {name!r}")
+    aliases = []
+    for row in await call(request, gateway.strategy_aliases(name)):
+        backtest = await call(request, gateway.default_backtest(row["model_id"]))
+        live = row["live"] or {}
+        aliases.append(
+            {
+                "alias": row["alias"],
+                "model_id": row["model_id"],
+                "model_url": _model_url(request, row["model_id"]),
+                "moved_at": row["moved_at"],
+                "model": {
+                    k: row[k]
+                    for k in ("symbol", "timeframe", "algorithm", "target_col", "target_transform", "horizon")
+                }
+                | {"status": row["model_status"]},
+                "latest_forecast": None
+                if row["latest_forecast_id"] is None
+                else {
+                    "id": row["latest_forecast_id"],
+                    "url": _url(request, "get_forecast", forecast_id=row["latest_forecast_id"]),
+                    "as_of": row["latest_as_of"],
+                    "status": row["latest_status"],
+                    "prediction": row["latest_prediction"],
+                    "predicted_price": row["latest_predicted_price"],
+                },
+                "live": {
+                    "forecasts": row["forecasts"] or 0,
+                    "realised": row["realised"] or 0,
+                    **live,
+                    "paper_trading": live.get("paper_trading"),
+                    "equity_curve": row["live_equity_curve"],
+                    "updated_at": row["live_updated_at"],
+                },
+                "backtest": {
+                    "held_out": row["held_out"],
+                    "paper_trading": backtest["metrics"] if backtest else None,
+                    "url": _url(request, "get_simulation", simulation_id=backtest["id"])
+                    if backtest
+                    else None,
+                },
+            }
+        )
+    return JSON(
+        {
+            **strategy,
+            "aliases": aliases,
+            "history_url": _url(request, "strategy_history", name=name),
+        }
+    )
+
+
+async def strategy_history(request: Request) -> JSON:
+    name = await _strategy(request)
+    return JSON({"strategy": name, "history": await call(request, gateway.strategy_history(name))})
 
 
 async def submit_sweep(request: Request) -> JSON:

@@ -61,6 +61,9 @@ STUDY = {
         "seed": {"type": "integer", "minimum": 0},
     },
 }
+# A strategy's name: a-z, 0-9, _ or - (the database checks it: sql/schema/strategies.sql).
+NAME_SCHEMA = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
+NAME = {"name": "name", "in": "path", "required": True, "schema": NAME_SCHEMA}
 
 
 def _error_schema() -> dict:
@@ -370,6 +373,49 @@ OPENAPI = {
                 "Ask for no more trials; running ones finish",
                 {"200": _response("The study", OBJECT), "404": _response("Unknown id")},
                 parameters=[_id("study_id")],
+            )
+        },
+        "/strategies/{name}": {
+            "get": _operation(
+                "A named strategy: each alias's model, its latest forecast, and its live record (live "
+                "directional accuracy, IC, paper-trading equity) beside its held-out and backtest figures",
+                {"200": _response("The strategy", OBJECT), "404": _response("Unknown strategy")},
+                parameters=[NAME],
+            )
+        },
+        "/strategies/{name}/history": {
+            "get": _operation(
+                "Every alias move of a strategy, newest first: who, when, why, from which model",
+                {"200": _response("The history", OBJECT), "404": _response("Unknown strategy")},
+                parameters=[NAME],
+            )
+        },
+        "/strategies/{name}/aliases/{alias}": {
+            "post": _operation(
+                "Point a strategy's alias at a completed model, recorded with who (the token's name), when "
+                "and why; the strategy is created by its first alias",
+                {
+                    "200": _response("The move, as its history records it", OBJECT),
+                    **BODY_ERRORS,
+                    "403": _response("The database role may not move a production alias"),
+                    "404": _response("A path that names no route (an empty or a slashed name)"),
+                    "409": _response("The model is not completed"),
+                },
+                parameters=[
+                    NAME,
+                    {"name": "alias", "in": "path", "required": True, "schema": NAME_SCHEMA},
+                ],
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["model_id", "reason"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "model_id": {"type": "integer"},
+                            "reason": {"type": "string", "description": "why the alias moves (kept)"},
+                        },
+                    }
+                ),
             )
         },
         "/metrics": {

@@ -12,11 +12,11 @@ from importlib.metadata import entry_points
 
 import psycopg
 
-from queue_app.cli import models, operations, research
+from queue_app.cli import models, operations, research, strategies
 from queue_app.config import Settings
 from queue_app.errors import SfqError
 
-COMMAND_GROUPS = (models, research, operations)
+COMMAND_GROUPS = (models, research, operations, strategies)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,7 +12,9 @@
 --     sfq_retrain, sfq_evolve, sfq_cancel_model (operations.sql), sfq_request_forecast (forecasts.sql),
 --     sfq_request_simulation, sfq_request_lockbox (simulations.sql), sfq_submit_sweep (sweeps.sql),
 --     sfq_create_study and sfq_stop_study (studies.sql), and the workers' sfq_submit_trial (a study's trial);
---   - sfq_study_trial_ended, the models trigger that defers a study's advance when one of its trials ends.
+--   - sfq_study_trial_ended, the models trigger that defers a study's advance when one of its trials ends;
+--   - sfq_move_alias (strategies.sql), an alias's move, and sfq_bars_arrived, the bars trigger that defers
+--     the aliased models' forecasts: a plain INSERT INTO bars does it whoever inserts.
 -- tests/test_roles.py checks that exactly these are SECURITY DEFINER, with that search_path.
 --
 -- PostgreSQL lets PUBLIC execute every new function; no sfq or Procrastinate function stays executable by

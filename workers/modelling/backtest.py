@@ -103,6 +103,10 @@ STRATEGIES: dict[str, Strategy] = by_name(
     ),
 )
 
+# The backtest every trained model gets, with default parameters (sql/schema/simulations.sql's
+# sfq_request_simulation), and the one its live forecasts are paper-traded with (live.py).
+DEFAULT_STRATEGY = "long_short"
+
 
 def default_params() -> dict[str, Any]:
     return {name: declared["default"] for name, declared in PARAMETERS.items()}
