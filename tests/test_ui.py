@@ -338,6 +338,8 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
     _screenshots(browser, shots, "study")
     _open(browser, f"{base}/ui/studies/{pareto}", f"Study {pareto} ·", "progress")
     _drawn(browser, "study-pareto")
+    _open(browser, f"{base}/ui", "Overview", "studies")
+    assert [row[0] for row in _cells(browser, "studies")] == [str(pareto), str(evolution)]
 
     # Submit: an invalid request shows the API's message and creates nothing; a valid one a model.
     count = clean.execute("SELECT count(*) FROM models").fetchone()[0]

@@ -1,5 +1,5 @@
 """The dashboard's front page: the fleet (workers and what each trains), queue depth, throughput over the
-last hour, recent failures and sweeps. The same queries as `sfq status` and GET /metrics."""
+last hour, recent failures, sweeps and studies. The same queries as `sfq status` and GET /metrics."""
 
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def _sweep_row(sweep: dict[str, Any]) -> list[str]:
     ]
 
 
+def _study_row(study: dict[str, Any]) -> list[str]:
+    return [
+        link(f"/ui/studies/{study['id']}", study["id"]),
+        esc(study["name"] or ""),
+        when(study["created_at"]),
+        esc(study["state"]),
+        esc(f"{study['sampler']} / {study['pruner']}"),
+        esc(", ".join(study["objectives"])),
+        esc(study["trials"]),
+    ]
+
+
 async def overview(request: Request) -> HTMLResponse:
     pool, stale_after_s = request.app.state.pool, request.app.state.rescue_after_s
     workers = await gateway.run_pooled(pool, gateway.status_workers())
@@ -56,6 +68,7 @@ async def overview(request: Request) -> HTMLResponse:
     rates = await gateway.run_pooled(pool, gateway.throughput(60))
     failures = await gateway.run_pooled(pool, gateway.recent_failures(10))
     sweeps = await gateway.run_pooled(pool, gateway.recent_sweeps(10))
+    studies = await gateway.run_pooled(pool, gateway.recent_studies(10))
     completed, failed = [r["completed"] for r in rates], [r["failed"] for r in rates]
     svg = await run_in_threadpool(charts.throughput, [r["minute"] for r in rates], completed, failed)
     worker_headers = ["host", "pid", "n", "current job", "since", "last heartbeat"]
@@ -93,6 +106,15 @@ async def overview(request: Request) -> HTMLResponse:
                     ["sweep", "created", "combinations", "new models", "finished"],
                     map(_sweep_row, sweeps),
                     numeric=[2, 3, 4],
+                ),
+            ),
+            section(
+                "Studies",
+                table(
+                    ["study", "name", "created", "state", "sampler / pruner", "objective", "trials"],
+                    map(_study_row, studies),
+                    numeric=[6],
+                    id_="studies",
                 ),
             ),
         ]
