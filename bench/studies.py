@@ -114,12 +114,17 @@ def _saved(board: dict[str, Any]) -> tuple[float, float]:
 def search(url: str, symbol: str, short: bool) -> dict[str, Any]:
     base = {"symbol": symbol, "algorithm": "Ridge", "test_window": 250, "cv_folds": 5}
     space = SHORT_SPACE if short else SPACE
+    if short:
+        base["train_window"] = 300
     results: dict[str, Any] = {}
     grid, _ = _run_study(
         url,
         {"base": base, "space": space, "objective": "cv_ic", "sampler": "grid", "pruner": "none", "seed": 1},
         3600,
     )
+    if not grid["best"]:
+        errors = {t["error"] for t in grid["trials"]}
+        raise RuntimeError(f"no trial of the grid succeeded: {sorted(errors)[:3]}")
     budget = grid["progress"]["cpu_seconds"] / 4
     best = grid["best"][0]["values"][0]
     for name, (sampler, pruner) in METHODS.items():
@@ -184,7 +189,7 @@ def ask_costs(url: str, sizes: tuple[int, ...]) -> dict[int, dict[str, float]]:
             def ask_once(seed: int) -> float:
                 started = time.perf_counter()
                 with advancing._locked(conn, study_id) as (row, engine):
-                    sampler = advancing.search.SAMPLERS["tpe"].build(seed, row["space"])
+                    sampler = advancing.search.SAMPLERS["tpe"].for_trial(0, seed, row["space"])
                     trial = engine.study(row, sampler=sampler).ask()
                     advancing.search.suggest(trial, row["space"], row["base"])
                     elapsed = time.perf_counter() - started

@@ -47,6 +47,13 @@ class Sampler:
     multi_objective: bool
     discrete: bool = False  # searches a grid: every dimension discrete, none conditional
 
+    def for_trial(self, seed: int, number: int, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
+        """The sampler that asks for trial `number` of a study seeded `seed`. Each ask builds its own, so
+        each draws anew (one seed for all would draw the same point every time), and the study asks the
+        same points every run; but a grid is shuffled by its seed once, so its ids mean the same points
+        on every ask, with the study's own seed."""
+        return self.build(seed if self.discrete else (seed * 1_000_003 + number) % 2**31, space)
+
 
 def _random(seed: int, space: dict[str, Any]):
     import optuna

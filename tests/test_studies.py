@@ -172,12 +172,12 @@ def test_a_study_runs_on_the_workers_and_prunes_hopeless_trials_between_folds(cl
     # Optuna's own record (its journal, replayed) says the same as sfq's trials.
     from optuna.storages.journal import JournalStorage
 
-    from workers.daemon.studies import Journal
+    from workers.daemon.studies import OPTUNA_STUDY_ID, Journal
 
     with psycopg.connect(database, autocommit=True) as conn:
         journal = Journal(study_id)
         journal.conn = conn
-        trials = JournalStorage(journal).get_all_trials(0)
+        trials = JournalStorage(journal).get_all_trials(OPTUNA_STUDY_ID)
     states = {t.number: t.state.name.lower() for t in trials}
     recorded = dict(clean.execute("SELECT number, state FROM study_trials WHERE study_id = %s", (study_id,)))
     assert states == {n: {"complete": "complete", "pruned": "pruned"}[s] for n, s in recorded.items()}
@@ -342,3 +342,32 @@ def test_cli_study_create_wait_and_show(clean, database, start_worker, tmp_path)
         and "space.horizon.high" in refused.stderr
         and "Traceback" not in refused.stderr
     )
+
+
+def test_a_grid_study_trains_every_point_once(clean, start_worker):
+    study_id = create(
+        clean,
+        {
+            "base": FAST,
+            "space": {
+                "horizon": {"type": "int", "low": 1, "high": 3},
+                "features": {"type": "categorical", "choices": [["ret_1", "vol_5"], ["ret_5", "vol_20"]]},
+            },
+            "objective": "cv_ic",
+            "sampler": "grid",
+            "pruner": "none",
+            "max_parallel": 2,
+        },
+    )
+    assert clean.execute("SELECT n_trials FROM studies WHERE id = %s", (study_id,)).fetchone() == (6,)
+    start_worker(1)
+    assert wait_for_study(clean, study_id) == {
+        "state": "finished",
+        "reason": "6 trials of 6",
+        "trials": {"complete": 6},
+    }
+    points = clean.execute(
+        "SELECT count(DISTINCT params), count(DISTINCT model_id) FROM study_trials WHERE study_id = %s",
+        (study_id,),
+    ).fetchone()
+    assert points == (6, 6)

@@ -259,7 +259,14 @@ class Runtime:
 
     async def advance_study(self, study_id: int) -> None:
         """A study's advance, in a thread: Optuna is synchronous; tells and asks take milliseconds."""
-        await asyncio.to_thread(self._on_side_connection, studies.advance, study_id)
+        try:
+            await asyncio.to_thread(self._on_side_connection, studies.advance, study_id)
+        except Exception as error:  # retried (tasks.py); said here, where the operator reads the log
+            log.warning("study %s: advance failed: %s: %s", study_id, type(error).__name__, error)
+            raise
+
+    async def give_up_study(self, study_id: int, reason: str) -> None:
+        await self._run(gateway.finish_study(study_id, "failed", reason))
 
     def _on_side_connection(self, run, object_id: int) -> None:
         """Forecasts, backtests, study advances and fold reports run one at a time on one connection

@@ -30,6 +30,7 @@ from queue_app.evolution import CROSSOVER, MUTATION, PARENT
 log = logging.getLogger("sfq.worker")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+OPTUNA_STUDY_ID = 0  # each sfq study's journal holds one Optuna study: the first, id 0
 REUSED_IN_A_ROW = 100  # an advance that asks this many already-trained points in a row ends the study
 FAILED_BEFORE_GIVING_UP = 5  # a study whose first trials all fail stops, listing why
 
@@ -198,10 +199,9 @@ def _ask(conn, row: dict[str, Any], engine: Engine, budget: dict[str, Any]) -> N
 
 def _ask_one(conn, row: dict[str, Any], engine: Engine, number: int) -> str:
     """One trial: asked, submitted as a training request, recorded. Returns its state."""
-    seed = (row["seed"] * 1_000_003 + number) % 2**31  # each ask its own draw, the study reproducible
-    sampler = search.SAMPLERS[row["sampler"]].build(seed, row["space"])
-    study = engine.study(row, sampler=sampler)
-    trial = study.ask()
+    sampler = search.SAMPLERS[row["sampler"]].for_trial(row["seed"], number, row["space"])
+    trial = engine.study(row, sampler=sampler).ask()
+    study = engine.study(row)  # tells without the sampler's after_trial (a grid's would stop the study)
     point = search.suggest(trial, row["space"], row["base"])
     attrs = engine.storage.get_trial(trial._trial_id).system_attrs
     lineage = {"parent_number": attrs.get(PARENT), "mutation": attrs.get(MUTATION)}
@@ -267,7 +267,7 @@ def _prune(conn, study_id: int, number: int, fold: dict[str, Any], folds: int) -
             return None
         step = int(fold["fold"])
         gateway.run(conn, gateway.record_fold(study_id, number, step, value))
-        trial_id = engine.storage.get_trial_id_from_study_id_trial_number(0, number)
+        trial_id = engine.storage.get_trial_id_from_study_id_trial_number(OPTUNA_STUDY_ID, number)
         if engine.storage.get_trial(trial_id).state.is_finished():
             return None
         engine.storage.set_trial_intermediate_value(trial_id, step, value)

@@ -70,5 +70,14 @@ async def backtest_model(context: JobContext, simulation_id: int) -> None:
 )
 async def advance_study(context: JobContext, study_id: int) -> None:
     """A study's trials told and asked (workers/daemon/studies.py); deferred by the database when a study
-    is created and whenever one of its trials ends. Retried: a study must not stall on a passing error."""
-    await context.additional_context["runtime"].advance_study(study_id)
+    is created and whenever one of its trials ends. Retried: a study must not stall on a passing error;
+    one that fails every try ends the study `failed`, saying why, rather than leaving it waiting."""
+    runtime = context.additional_context["runtime"]
+    try:
+        await runtime.advance_study(study_id)
+    except Exception as error:
+        if context.job.attempts + 1 >= TRIES:
+            await runtime.give_up_study(
+                study_id, f"its advance failed {TRIES} times: {type(error).__name__}: {error}"
+            )
+        raise
