@@ -190,6 +190,23 @@ BEGIN
 END;
 $$;
 
+-- A study's integer field between low and high, or NULL when it is absent or null.
+CREATE OR REPLACE FUNCTION sfq_study_integer(study jsonb, field text, low bigint, high bigint) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    value jsonb := study->field;
+BEGIN
+    IF value IS NULL OR value = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(value) <> 'number' OR value::text::numeric <> trunc(value::text::numeric)
+       OR value::text::numeric NOT BETWEEN low AND high THEN
+        PERFORM sfq_reject_study(field, format('must be an integer from %s to %s, got %s', low, high, value));
+    END IF;
+    RETURN value::text::integer;
+END;
+$$;
+
 -- POST /studies, `sfq study create`, and other services: check a study, then record it and defer its
 -- first advance. Every error names its field; nothing is created unless the whole study is valid.
 CREATE OR REPLACE FUNCTION sfq_create_study(study jsonb, via text DEFAULT 'sql') RETURNS studies
@@ -209,6 +226,10 @@ DECLARE
     key text;
     dim jsonb;
     o text;
+    n_trials_ integer;
+    max_parallel_ integer;
+    priority_ integer;
+    seed_ integer;
     created studies;
 BEGIN
     IF jsonb_typeof(study) IS DISTINCT FROM 'object' THEN
@@ -302,32 +323,20 @@ BEGIN
         PERFORM sfq_reject_study('space', format('has %s grid points; a grid may have at most 100000', grid_points));
     END IF;
 
-    IF study ? 'n_trials' AND study->'n_trials' <> 'null' AND (jsonb_typeof(study->'n_trials') <> 'number'
-       OR (study->>'n_trials')::numeric <> trunc((study->>'n_trials')::numeric)
-       OR (study->>'n_trials')::numeric NOT BETWEEN 1 AND 100000) THEN
-        PERFORM sfq_reject_study('n_trials', 'must be an integer from 1 to 100000');
-    END IF;
+    n_trials_ := sfq_study_integer(study, 'n_trials', 1, 100000);
     IF study ? 'cpu_seconds' AND study->'cpu_seconds' <> 'null' AND (jsonb_typeof(study->'cpu_seconds') <> 'number'
        OR (study->>'cpu_seconds')::numeric <= 0) THEN
         PERFORM sfq_reject_study('cpu_seconds', 'must be a positive number of core-seconds');
     END IF;
-    IF coalesce(study->'n_trials', 'null') = 'null' AND coalesce(study->'cpu_seconds', 'null') = 'null'
-       AND NOT (sampler_traits->>'discrete')::boolean THEN
-        PERFORM sfq_reject_study('n_trials', 'a study needs a budget: n_trials, cpu_seconds or both');
+    IF n_trials_ IS NULL AND coalesce(study->'cpu_seconds', 'null') = 'null' THEN
+        IF NOT (sampler_traits->>'discrete')::boolean THEN
+            PERFORM sfq_reject_study('n_trials', 'a study needs a budget: n_trials, cpu_seconds or both');
+        END IF;
+        n_trials_ := grid_points;  -- a grid's budget: every point
     END IF;
-    IF study ? 'max_parallel' AND study->'max_parallel' <> 'null' AND (jsonb_typeof(study->'max_parallel') <> 'number'
-       OR (study->>'max_parallel')::numeric <> trunc((study->>'max_parallel')::numeric)
-       OR (study->>'max_parallel')::numeric NOT BETWEEN 1 AND 10000) THEN
-        PERFORM sfq_reject_study('max_parallel', 'must be an integer from 1 to 10000, or null for every idle worker');
-    END IF;
-    IF study ? 'priority' AND (jsonb_typeof(study->'priority') <> 'number'
-       OR (study->>'priority')::numeric NOT BETWEEN -100 AND 100) THEN
-        PERFORM sfq_reject_study('priority', 'must be an integer from -100 to 100');
-    END IF;
-    IF study ? 'seed' AND (jsonb_typeof(study->'seed') <> 'number'
-       OR (study->>'seed')::numeric NOT BETWEEN 0 AND 2147483647) THEN
-        PERFORM sfq_reject_study('seed', 'must be an integer from 0 to 2147483647');
-    END IF;
+    max_parallel_ := sfq_study_integer(study, 'max_parallel', 1, 10000);  -- null: every idle worker
+    priority_ := coalesce(sfq_study_integer(study, 'priority', -100, 100), -10);
+    seed_ := coalesce(sfq_study_integer(study, 'seed', 0, 2147483647), 0);
     IF study ? 'name' AND study->'name' <> 'null' AND (jsonb_typeof(study->'name') <> 'string'
        OR length(study->>'name') > 200) THEN
         PERFORM sfq_reject_study('name', 'must be a string of at most 200 characters');
@@ -335,12 +344,8 @@ BEGIN
 
     INSERT INTO studies (via, name, base, space, objectives, directions, sampler, pruner, n_trials, cpu_seconds,
                          max_parallel, priority, seed)
-    VALUES (via, study->>'name', base, space, objectives, directions, sampler_, pruner_,
-            coalesce((study->>'n_trials')::integer,
-                     CASE WHEN (sampler_traits->>'discrete')::boolean AND coalesce(study->'cpu_seconds', 'null') = 'null'
-                          THEN grid_points::integer END),
-            (study->>'cpu_seconds')::double precision, (study->>'max_parallel')::integer,
-            coalesce((study->>'priority')::numeric::integer, -10), coalesce((study->>'seed')::integer, 0))
+    VALUES (via, study->>'name', base, space, objectives, directions, sampler_, pruner_, n_trials_,
+            (study->>'cpu_seconds')::double precision, max_parallel_, priority_, seed_)
     RETURNING * INTO created;
     PERFORM sfq_defer_study_advance(created.id);
     RETURN created;
@@ -369,7 +374,8 @@ CREATE OR REPLACE FUNCTION sfq_study_trial_ended() RETURNS trigger
 DECLARE
     study bigint;
 BEGIN
-    FOR study IN SELECT DISTINCT t.study_id FROM study_trials t WHERE t.model_id = NEW.id AND t.state = 'running' LOOP
+    FOR study IN SELECT DISTINCT t.study_id FROM study_trials t
+                  WHERE t.model_id = NEW.id AND t.state = 'running' LOOP
         PERFORM sfq_defer_study_advance(study);
     END LOOP;
     RETURN NULL;
