@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from tests.conftest import run_sfq, wait_for_jobs
+from tests.conftest import insert_request, run_sfq, wait_for_jobs
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 400, "test_window": 100}
 ALPHA = {"type": "float", "low": 0.001, "high": 100.0, "log": True}
@@ -371,3 +371,26 @@ def test_a_grid_study_trains_every_point_once(clean, start_worker):
         (study_id,),
     ).fetchone()
     assert points == (6, 6)
+
+
+def test_every_trial_end_defers_an_advance_of_its_own(clean):
+    """An advance already queued may be taken before a trial's end commits, and miss it: the end must
+    bring its own, committed with it (a queueing lock once lost a trial's end, and the study waited)."""
+    study_id = create(
+        clean, {"base": FAST, "space": {"hyperparameters.alpha": ALPHA}, "objective": "cv_ic", "n_trials": 3}
+    )
+    model = insert_request(clean, {**FAST, "horizon": 2})[0]
+    clean.execute(
+        "INSERT INTO study_trials (study_id, number, model_id, state, params)"
+        " VALUES (%s, 0, %s, 'running', '{}')",
+        (study_id, model),
+    )
+    advances = "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'advance_study' AND status = 'todo'"
+    assert clean.execute(advances).fetchone() == (1,)  # the study's first
+    with clean.transaction():
+        clean.execute("UPDATE models SET status = 'completed' WHERE id = %s", (model,))
+        assert clean.execute(advances).fetchone() == (2,)
+    assert clean.execute(
+        "SELECT args->>'study_id', lock FROM procrastinate_jobs"
+        " WHERE task_name = 'advance_study' ORDER BY id DESC LIMIT 1"
+    ).fetchone() == (str(study_id), f"study:{study_id}")

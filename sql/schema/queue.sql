@@ -181,9 +181,7 @@ BEGIN
         ELSIF stalled.task_name = 'advance_study' THEN
             object_id := (stalled.args->>'study_id')::bigint;
             IF EXISTS (SELECT 1 FROM studies s WHERE s.id = object_id) THEN
-                PERFORM sfq_defer_study_advance(object_id);
-                new_job_id := (SELECT max(j.id) FROM procrastinate_jobs j
-                                WHERE j.queueing_lock = 'study:' || object_id AND j.status = 'todo');
+                new_job_id := sfq_defer_study_advance(object_id);
             END IF;
         ELSE
             object_id := (stalled.args->>'simulation_id')::bigint;

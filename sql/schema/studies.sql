@@ -352,19 +352,15 @@ BEGIN
 END;
 $$;
 
--- Ask for the study's next advance (ask for trials, tell Optuna how the ended ones went). At most one
--- waits at a time (its queueing lock): a trial ending while one waits is seen by that one; one that ends
--- while an advance runs defers the next.
-CREATE OR REPLACE FUNCTION sfq_defer_study_advance(study bigint) RETURNS void
-    LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM procrastinate_defer_jobs_v1(ARRAY[ROW(
-        'study', 'advance_study', 0, 'study:' || study, 'study:' || study,
-        jsonb_build_object('study_id', study), NULL
-    )::procrastinate_job_to_defer_v1]);
-EXCEPTION WHEN unique_violation THEN
-    NULL;  -- an advance of this study is already waiting
-END;
+-- Ask for the study's next advance (tell Optuna how ended trials went, ask for trials). Every caller defers
+-- its own job, committed with its change: a job already queued may have been taken before that change
+-- committed, and would not see it (a queueing lock lost a trial's end that way, and the study waited
+-- forever). The lock runs a study's advances one at a time, in order; one with nothing new is a no-op.
+CREATE OR REPLACE FUNCTION sfq_defer_study_advance(study bigint) RETURNS bigint
+    LANGUAGE sql AS $$
+    SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW(
+        'study', 'advance_study', 0, 'study:' || study, NULL, jsonb_build_object('study_id', study), NULL
+    )::procrastinate_job_to_defer_v1]))[1]
 $$;
 
 -- A trial's model ended (completed, failed, cancelled or pruned): its study advances (tells, and asks while it

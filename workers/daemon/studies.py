@@ -3,9 +3,9 @@
 A study's state is in the database: its row, its trials and Optuna's own storage, a JournalStorage whose
 journal is the study_journal table (`Journal`). Every change to it happens in one transaction that holds
 the study's row lock (`_locked`): the journal is appended by one process at a time, numbered without gaps,
-and a trial ending, an advance and a fold report never interleave. So two trials ending at the same
-instant defer one advance (sql/schema/studies.sql), which asks once for each free slot; a rescued trial
-keeps its model and is told once, when that model ends.
+and advances and fold reports never interleave. Every trial's end defers an advance of its own
+(sql/schema/studies.sql); the first to run after two trials end tells both and fills both slots, the
+second finds nothing new. A rescued trial keeps its model and is told once, when that model ends.
 
 Each process keeps its studies' replayed journals (`_ENGINES`) and reads only the entries appended since;
 a failed transaction forgets its study's copy, which may hold entries the rollback undid.
