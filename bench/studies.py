@@ -13,6 +13,7 @@ sample with TPE, record) at 100, 1,000 and 5,000 trials in a study."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
@@ -258,23 +259,24 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
         grid = methods["grid"]
         for name, r in methods.items():
             fraction = "-" if r["fraction_of_grid"] is None else f"{r['fraction_of_grid']:.3f}"
-            to_95 = "never" if r["cpu_to_95"] is None else f"{r['cpu_to_95']:.0f} core-s"
+            to_95 = "never" if r["cpu_to_95"] is None else f"{r['cpu_to_95']:.1f} core-s"
             rows.append(
                 (
                     "studies",
                     f"{label}: {name}: best cv_ic, of grid's best, core-s, to 95% of grid's best, "
                     "trials (pruned)",
-                    f"{r['best']:.4f}, {fraction}, {r['cpu_seconds']:.0f} core-s "
+                    f"{r['best']:.4f}, {fraction}, {r['cpu_seconds']:.1f} core-s "
                     f"({r['cpu_seconds'] / grid['cpu_seconds']:.2f} of grid's), {to_95}, "
                     f"{r['trials']} ({r['pruned']})",
                 )
             )
+        rows.append(("studies", f"{label}: the grid's best configuration", json.dumps(grid["best_params"])))
         saved_s, saved_fraction = methods["TPE + successive halving"]["saved"]
         rows.append(
             (
                 "studies",
                 f"{label}: core-seconds pruning saved (TPE + successive halving, estimated)",
-                f"{saved_s:.0f} core-s, {saved_fraction:.1%} of what it would have spent",
+                f"{saved_s:.1f} core-s, {saved_fraction:.1%} of what it would have spent",
             )
         )
     for size, cost in asks.items():
