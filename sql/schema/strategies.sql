@@ -130,24 +130,6 @@ DECLARE
     created bigint[];
     forecast bigint;
 BEGIN
-    -- Realised values: each unrealised forecast on these symbols whose target bar is now there.
-    UPDATE model_forecasts f SET realised = r.value, realised_at = r.exit_ts
-      FROM (SELECT f2.id, x.ts AS exit_ts, sfq_label(m.target_transform, x.price, e.close) AS value
-              FROM (SELECT DISTINCT symbol, timeframe FROM new_bars) n
-              JOIN models m ON m.symbol = n.symbol AND m.timeframe = n.timeframe
-              JOIN model_forecasts f2 ON f2.model_id = m.id AND f2.realised IS NULL
-             CROSS JOIN LATERAL (SELECT b.close FROM bars b
-                                  WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe AND b.ts >= f2.as_of
-                                  ORDER BY b.ts OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) LIMIT 1) e
-             CROSS JOIN LATERAL (SELECT b.ts, CASE m.target_col WHEN 'open' THEN b.open WHEN 'high' THEN b.high
-                                                                 WHEN 'low' THEN b.low ELSE b.close END AS price
-                                   FROM bars b
-                                  WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe AND b.ts >= f2.as_of
-                                  ORDER BY b.ts
-                                 OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon LIMIT 1) x
-           ) r
-     WHERE f.id = r.id;
-
     -- Forecasts: every aliased model on these symbols, for each bar appended after the latest one there was.
     WITH aliased AS (
         SELECT DISTINCT m.id, m.symbol, m.timeframe
@@ -170,6 +152,25 @@ BEGIN
     FOREACH forecast IN ARRAY coalesce(created, '{}') LOOP
         PERFORM sfq_defer_forecast(forecast);
     END LOOP;
+
+    -- Realised values: each unrealised forecast on these symbols whose target bar is now there (the ones
+    -- just made too: a batch of bars may hold a new forecast's target already).
+    UPDATE model_forecasts f SET realised = r.value, realised_at = r.exit_ts
+      FROM (SELECT f2.id, x.ts AS exit_ts, sfq_label(m.target_transform, x.price, e.close) AS value
+              FROM (SELECT DISTINCT symbol, timeframe FROM new_bars) n
+              JOIN models m ON m.symbol = n.symbol AND m.timeframe = n.timeframe
+              JOIN model_forecasts f2 ON f2.model_id = m.id AND f2.realised IS NULL
+             CROSS JOIN LATERAL (SELECT b.close FROM bars b
+                                  WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe AND b.ts >= f2.as_of
+                                  ORDER BY b.ts OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) LIMIT 1) e
+             CROSS JOIN LATERAL (SELECT b.ts, CASE m.target_col WHEN 'open' THEN b.open WHEN 'high' THEN b.high
+                                                                 WHEN 'low' THEN b.low ELSE b.close END AS price
+                                   FROM bars b
+                                  WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe AND b.ts >= f2.as_of
+                                  ORDER BY b.ts
+                                 OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon LIMIT 1) x
+           ) r
+     WHERE f.id = r.id;
     RETURN NULL;
 END;
 $$;
