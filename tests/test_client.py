@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -141,10 +142,13 @@ def test_a_sweep_its_winner_promoted_on_a_token_protected_api(
             ("production", winner, "alice")
         ]
         assert str(history["moved_at"].dtype) == UTC_NS and history["previous_model_id"].isna().all()
-        sfq.predict(winner)
-        aliases = sfq.strategy_aliases("trend")
+        forecast = sfq.predict(winner)
+        deadline = time.monotonic() + 30  # the live record is brought up to date just after the forecast
+        while (aliases := sfq.strategy_aliases("trend")).loc["production", "live.forecasts"] < 1:
+            assert time.monotonic() < deadline, aliases.T
+            time.sleep(0.2)
         assert aliases.loc["production", "model_id"] == winner
-        assert aliases.loc["production", "live.forecasts"] == 1
+        assert aliases.loc["production", "latest_forecast.id"] == forecast["id"]
         assert aliases.loc["production", "backtest.paper_trading.sharpe"] == pytest.approx(
             board["backtest.sharpe"].iloc[0]
         )
