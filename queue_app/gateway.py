@@ -326,6 +326,17 @@ def buy_and_hold(symbol: str, timeframe: str, start: datetime, end: datetime) ->
     return Call("buy_and_hold", params)
 
 
+def compared_models(model_ids: Sequence[int]) -> Call[list[Row]]:
+    return Call("compared_models", {"model_ids": list(model_ids)})
+
+
+def default_backtests(model_ids: Sequence[int]) -> Call[dict[int, Row]]:
+    """Each model's default backtest by model id (a model without one is absent), in one statement."""
+    return Call(
+        "default_backtests", {"model_ids": list(model_ids)}, lambda rows: {r["model_id"]: r for r in rows}
+    )
+
+
 def get_sweep(sweep_id: int) -> Call[Row | None]:
     return Call("get_sweep", {"sweep_id": sweep_id}, _first)
 

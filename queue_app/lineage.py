@@ -1,26 +1,39 @@
 """Evolution chains: a model's ancestors and descendants, each with what changed against its parent
-and how its main metrics moved. Shared by GET /models/{id}/lineage and `sfq lineage`."""
+and how its main metrics moved. Shared by GET /models/{id}/lineage and `sfq lineage`; `spec_differences`
+(several specs at once) also by the dashboard's comparison page."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # Held-out and cross-validated scores a researcher compares along a chain.
 MAIN_METRICS = ("directional_accuracy", "ic", "r2", "rmse", "cv_directional_accuracy_mean", "cv_r2_mean")
 
 
+def spec_differences(specs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The fields whose values are not the same in every spec, each with its value in each spec (in the
+    specs' order; a missing field is None). Hyperparameters are compared key by key
+    (`hyperparameters.max_depth`) when every spec has them as an object."""
+    differ: dict[str, list[Any]] = {}
+    for field in sorted(set().union(*(spec.keys() for spec in specs))):
+        values = [spec.get(field) for spec in specs]
+        if field == "hyperparameters" and all(isinstance(value, dict) for value in values):
+            for name in sorted(set().union(*(value.keys() for value in values))):
+                each = [value.get(name) for value in values]
+                if any(v != each[0] for v in each[1:]):
+                    differ[f"hyperparameters.{name}"] = each
+        elif any(value != values[0] for value in values[1:]):
+            differ[field] = values
+    return differ
+
+
 def spec_changes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Field by field; hyperparameters key by key (`hyperparameters.max_depth`)."""
-    changes: dict[str, dict[str, Any]] = {}
-    for field in sorted(parent.keys() | child.keys()):
-        before, after = parent.get(field), child.get(field)
-        if field == "hyperparameters" and isinstance(before, dict) and isinstance(after, dict):
-            for name in sorted(before.keys() | after.keys()):
-                if before.get(name) != after.get(name):
-                    changes[f"hyperparameters.{name}"] = {"from": before.get(name), "to": after.get(name)}
-        elif before != after:
-            changes[field] = {"from": before, "to": after}
-    return changes
+    return {
+        field: {"from": before, "to": after}
+        for field, (before, after) in spec_differences([parent, child]).items()
+    }
 
 
 def _number(value: Any) -> float | None:

@@ -485,6 +485,23 @@ SELECT ts, close / first_value(close) OVER (ORDER BY ts) AS equity
  WHERE symbol = %(symbol)s AND timeframe = %(timeframe)s AND ts BETWEEN %(start)s AND %(end)s
  ORDER BY ts
 
+-- compared_models --
+-- The models of the dashboard's comparison page, by id: status, spec and held-out metrics.
+SELECT id, status::text, symbol, timeframe, algorithm, target_col, horizon, spec, metrics
+  FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
+
+-- default_backtests --
+-- Several models' default backtests in one statement (as default_backtest finds each), one row per model
+-- that has one, the latest when there are several.
+SELECT DISTINCT ON (s.model_id) s.model_id, s.id, s.status, s.error, s.metrics, s.equity_curve,
+       s.period_start, s.period_end
+  FROM simulation_history s
+ WHERE s.model_id = ANY(%(model_ids)s) AND s.imported_from IS NULL AND s.convention = 'label'
+   AND NOT s.lockbox AND s.strategy = 'long_short'
+   AND s.params = sfq_canonical_params('params', 'strategy long_short', '{}',
+                                       (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
+ ORDER BY s.model_id, s.id DESC
+
 -- recent_sweeps --
 -- The last sweeps with how many of their models have finished.
 SELECT s.id, s.created_at, s.combinations, s.created,

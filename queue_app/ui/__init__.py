@@ -3,7 +3,7 @@ its OpenAPI schema. Pages: `overview`, `leaderboard`, `model`, `sweep`, `study`;
 `forms`, `html` (layout and escaping), `charts` (matplotlib SVG). It uses the core (queue_app.gateway,
 params, lineage, sweeps, monitor), never the API's modules. With API tokens configured its forms are
 shown disabled: the token middleware (queue_app.api.auth) refuses a POST without the Authorization
-header, which a browser form cannot send."""
+header, which a browser form cannot send. The page `compare` sets 2 to 6 models side by side."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from functools import partial
 from starlette.routing import Mount, Route
 
 from queue_app.config import Settings
-from queue_app.ui import actions, leaderboard, model, overview, study, sweep
+from queue_app.ui import actions, compare, leaderboard, model, overview, study, sweep
 
 
 def routes(settings: Settings) -> list[Mount]:
@@ -30,6 +30,7 @@ def routes(settings: Settings) -> list[Mount]:
                 Route(f"{one}/cancel", partial(actions.cancel, locked=locked), methods=["POST"]),
                 Route("/sweeps/{sweep_id:id}", sweep.sweep, methods=["GET"]),
                 Route("/studies/{study_id:id}", study.study, methods=["GET"]),
+                Route("/compare", compare.compare, methods=["GET"]),
                 Route("/submit", partial(actions.submit_form, locked=locked), methods=["GET"]),
                 Route("/submit", partial(actions.submit, locked=locked), methods=["POST"]),
             ],

@@ -163,3 +163,25 @@ def lineage(objective: str, trials: Sequence[dict[str, Any]], edges: Sequence[tu
     ax.set_xlabel("trial number")
     ax.set_ylabel(objective)
     return _svg(figure)
+
+
+OVERLAID = (*COLOURS, "#bf3989")  # one colour for each of up to 6 compared models
+
+
+def equities(curves: Sequence[tuple[str, Sequence[Any], Sequence[float]]]) -> str:
+    """Several strategies' equity curves overlaid (each a label, its stamps and its equity), and each one's
+    drawdown in a panel below, in the same colour (the comparison page: as `equity`, without buy and hold)."""
+    figure, (top, bottom) = _figure(rows=2, height=4.2, ratios=(3, 1.4))
+    for (label, stamps, values), colour in zip(curves, OVERLAID * 2, strict=False):
+        top.plot(stamps, values, color=colour, linewidth=1.2, label=label)
+        peak, drawdown = 0.0, []
+        for value in values:
+            peak = max(peak, value)
+            drawdown.append(value / peak - 1.0 if peak > 0 else 0.0)
+        bottom.plot(stamps, drawdown, color=colour, linewidth=1)
+    top.axhline(1.0, color="black", linewidth=0.5)
+    top.set_ylabel("equity")
+    top.legend(loc="upper left", frameon=False, ncols=3)
+    bottom.set_ylabel("drawdown")
+    figure.autofmt_xdate()
+    return _svg(figure)

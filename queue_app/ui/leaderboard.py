@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from queue_app import gateway, params
+from queue_app.ui.compare import button, pick
 from queue_app.ui.html import esc, link, number, page, progress, section, status, table, url, when
 from queue_app.vocabulary import STATUSES, UNFINISHED
 
@@ -21,7 +22,7 @@ def _row(model: dict[str, Any]) -> list[str]:
     metrics = model["metrics"] or {}
     parent = model["parent_model_id"]
     return [
-        link(f"/ui/models/{model['id']}", model["id"]),
+        pick(model["id"]) + link(f"/ui/models/{model['id']}", model["id"]),
         status(model["status"]),
         esc(model["symbol"]),
         esc(model["algorithm"]),
@@ -89,6 +90,7 @@ async def models(request: Request) -> HTMLResponse:
         errors
         + _filters(query)
         + table(headers, map(_row, found), numeric=[0, 5, 6, 7, 8, 9, 10], id_="leaderboard")
+        + button()
         + f'<p id="pages">{" · ".join(nav)}</p>',
     )
     return page("Models", body)

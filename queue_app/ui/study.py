@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse
 
 from queue_app import gateway, studies
 from queue_app.ui import charts
+from queue_app.ui.compare import button, pick
 from queue_app.ui.html import REFRESH_S, chart, compact, esc, link, not_found, number, page, section, table
 
 HEADERS = ["trial", "model", "state", "value(s)", "parent", "core-s", "params"]
@@ -23,7 +24,7 @@ def _model_link(model_id: int | None) -> str:
 
 
 def _row(trial: dict[str, Any]) -> list[str]:
-    model = _model_link(trial["model_id"])
+    model = (pick(trial["model_id"]) if trial["model_id"] else "") + _model_link(trial["model_id"])
     values = ", ".join(number(v) for v in trial["values"]) if trial["values"] else esc(trial["error"] or "")
     return [
         esc(trial["number"]),
@@ -127,7 +128,8 @@ async def study(request: Request) -> HTMLResponse:
                 else []
             ),
             section(
-                "Trials", table(HEADERS, map(_row, board["trials"]), numeric=[0, 1, 5], id_="study-trials")
+                "Trials",
+                table(HEADERS, map(_row, board["trials"]), numeric=[0, 1, 5], id_="study-trials") + button(),
             ),
         ]
     )

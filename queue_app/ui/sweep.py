@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse
 
 from queue_app import gateway, params, sweeps
 from queue_app.ui import charts
+from queue_app.ui.compare import button, pick
 from queue_app.ui.html import (
     REFRESH_S,
     chart,
@@ -47,7 +48,7 @@ def _row(r: dict[str, Any]) -> list[str]:
     backtest = r["backtest"] or {}
     return [
         esc(r["rank"]),
-        link(f"/ui/models/{r['model_id']}", r["model_id"]),
+        pick(r["model_id"]) + link(f"/ui/models/{r['model_id']}", r["model_id"]),
         status(r["status"]),
         compact(r["combination"]),
         number(r["metrics"]["directional_accuracy"]),
@@ -110,6 +111,7 @@ async def sweep(request: Request) -> HTMLResponse:
                     numeric=[0, 1, 4, 5, 6, 7, 8, 9],
                     id_="sweep-leaderboard",
                 )
+                + button()
                 + _selection(board),
             ),
             section(
