@@ -242,6 +242,8 @@ def test_dashboard(clean, start_api, start_worker, browser, tmp_path):
                 "space": {"hyperparameters.alpha": alpha, "horizon": {"type": "int", "low": 1, "high": 5}},
                 "objective": "cv_ic",
                 "sampler": "evolution",
+                "pruner": "none",  # its population is 10 complete trials: trials 10 to 12 evolve
+                "max_parallel": 1,
                 "n_trials": 13,
             },
         ).json()["study_id"]
