@@ -3,8 +3,8 @@ feature sets, six alphas, three training windows), searched by studies on the sa
 (every point) against random, TPE, TPE with successive halving, and evolution, each given a quarter of the
 core-seconds the grid took, each training models of its own (a `run` of its own). On (a) a synthetic
 series with a planted signal, whose best configuration is known (a bar's volume z-score moves the
-return two bars on: horizon 1 with the feature set holding volume_z_20), and (b) real daily bars (AAPL). Objective: cv_ic
-(the mean IC over the 5 CV folds of the training window).
+return two bars on: horizon 1 with the feature set holding volume_z_20), and (b) real daily bars (AAPL).
+Objective: cv_ic (the mean IC over the 5 CV folds of the training window).
 
 Reported: the best objective each reached against core-seconds (table and docs/benchmarks/studies.png),
 its fraction of the grid's best, the core-seconds it took to reach 95% of the grid's best; the core-
