@@ -39,7 +39,7 @@ SPACE = {
     "horizon": {"type": "int", "low": 1, "high": 5},
     "features": {"type": "categorical", "choices": FEATURE_SETS},
     "hyperparameters.alpha": {"type": "categorical", "choices": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]},
-    "train_window": {"type": "categorical", "choices": [300, 500, 700]},
+    "train_window": {"type": "categorical", "choices": [500, 700, 1000]},
 }
 SHORT_SPACE = {
     "horizon": {"type": "int", "low": 1, "high": 2},
@@ -56,12 +56,14 @@ CHART = Path("docs") / "benchmarks" / "studies.png"
 ASK_SIZES = (100, 1000, 5000)
 
 
-def planted_bars(n: int, beta: float = 0.004, seed: int = 7) -> list[bars.Bar]:
+def planted_bars(n: int, beta: float = 0.008, seed: int = 7) -> list[bars.Bar]:
     """Daily bars whose log returns are noise except for one planted signal: the return two bars after
     bar t moves with t's volume z-score (the feature volume_z_20, computed as sfq computes it). With the
     default execution lag (enter at the next close), a model's horizon-1 label at t is exactly that
     return; a longer horizon adds bars of noise to it, and a feature set without volume_z_20 sees none of
-    it. So the best configuration is known: horizon 1 with the feature set holding volume_z_20."""
+    it. So the best configuration is known: horizon 1 with the feature set holding volume_z_20. Strong
+    (an IC of about 0.6): a weaker one (0.34) was matched by the luckiest of 540 configurations' CV
+    means on noise (the grid's best was a horizon-5 model on unrelated features)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
