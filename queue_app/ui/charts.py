@@ -55,9 +55,9 @@ def throughput(minutes: Sequence[Any], completed: Sequence[int], failed: Sequenc
     return _svg(figure)
 
 
-def importances(features: Sequence[str], values: Sequence[float], method: str) -> str:
-    """Horizontal bars, most important on top (half the page's width: beside the metrics)."""
-    figure, ax = _figure(height=max(2.0, 0.22 * len(features) + 0.8), width=5.0)
+def importances(features: Sequence[str], values: Sequence[float], method: str, width: float = 5.0) -> str:
+    """Horizontal bars, most important on top (by default half the page's width: beside the metrics)."""
+    figure, ax = _figure(height=max(2.0, 0.22 * len(features) + 0.8), width=width)
     ax.barh(list(features)[::-1], list(values)[::-1], color=COLOURS[0])
     ax.set_xlabel(f"importance ({method})")
     return _svg(figure)
@@ -95,11 +95,14 @@ def equity(
 
 
 def metric_by_parameter(metric: str, parameters: dict[str, list[tuple[Any, float]]]) -> str:
-    """One panel per swept parameter: the metric of each model against the value it was given
-    (values that are not numbers, such as symbols, are placed as categories)."""
+    """One panel per parameter, three to a row: the metric of each model against the value it was given
+    (values that are not numbers, such as symbols or feature sets, are placed as categories, their labels
+    cut to 16 characters)."""
     names = sorted(parameters)
-    figure = _new_figure(2.8)
-    axes = figure.subplots(1, max(1, len(names)), sharey=True, squeeze=False)[0]
+    columns = min(3, max(1, len(names)))
+    rows = -(-max(1, len(names)) // columns)
+    figure = _new_figure(2.6 * rows)
+    axes = figure.subplots(rows, columns, sharey=True, squeeze=False).ravel()
     for ax, name in zip(axes, names, strict=False):
         points = parameters[name]
         numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
@@ -108,12 +111,16 @@ def metric_by_parameter(metric: str, parameters: dict[str, list[tuple[Any, float
         else:
             labels = sorted({str(x) for x, _ in points})
             xs = [labels.index(str(x)) for x, _ in points]
-            ax.set_xticks(range(len(labels)), labels)
-        ax.scatter(xs, [y for _, y in points], color=COLOURS[0], s=24)
-        ax.set_xlabel(name)
+            short = [label if len(label) <= 16 else label[:15] + "…" for label in labels]
+            ax.set_xticks(range(len(labels)), short, rotation=30, ha="right")
+        ax.scatter(xs, [y for _, y in points], color=COLOURS[0], s=16)
+        ax.set_xlabel(name.removeprefix("hyperparameters."))
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-    axes[0].set_ylabel(metric)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel(metric)
     return _svg(figure)
 
 

@@ -52,8 +52,15 @@ def _charts(board: dict[str, Any]) -> dict[str, str | None]:
         return drawn
     drawn["best"] = charts.best_so_far(objective, board["best_so_far"])
     if shares := (board["importances"] or {}).get("values"):
-        drawn["importances"] = charts.importances(list(shares), list(shares.values()), "fANOVA")
-    names = sorted({name for t in trials for name in t["params"]})
+        drawn["importances"] = charts.importances(list(shares), list(shares.values()), "fANOVA", width=8.0)
+    # The six parameters that matter most (by importance, where known: a subset by its likeliest member).
+    ranked = list((board["importances"] or {}).get("values") or {})
+
+    def rank(name: str) -> tuple[int, str]:
+        places = [i for i, key in enumerate(ranked) if key == name or key.startswith(name + ".")]
+        return min(places, default=len(ranked)), name
+
+    names = sorted({name for t in trials for name in t["params"]}, key=rank)
     points = {
         name: [(_plain(t["params"][name]), t["values"][0]) for t in trials if name in t["params"]]
         for name in names[:6]
@@ -71,8 +78,8 @@ def _charts(board: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _plain(value: Any) -> Any:
-    """A parameter's value as a chart places it: numbers as numbers, anything else (lists) as text."""
-    return value if isinstance(value, int | float | str) else compact(value)
+    """A parameter's value as a chart places it: numbers as numbers, a list (a feature set) as a+b."""
+    return value if isinstance(value, int | float | str) else "+".join(map(str, value))
 
 
 async def study(request: Request) -> HTMLResponse:
