@@ -128,9 +128,9 @@ def conn(database) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def clean(conn) -> psycopg.Connection:
-    """An empty queue: no models, requests or jobs (bars stay)."""
+    """An empty queue: no models, requests, sweeps, studies or jobs (bars stay)."""
     conn.execute(
-        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, sweeps,"
+        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, sweeps, studies,"
         " sfq_workers, procrastinate_jobs, procrastinate_events, procrastinate_workers"
         " RESTART IDENTITY CASCADE"
     )

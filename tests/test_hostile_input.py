@@ -63,8 +63,9 @@ TOP_DEFAULTS: dict[str, Any] = {
     "regime_configs": [],
 }
 INTEGER_FIELDS = ("horizon", "train_window", "test_window", "cv_folds", "timeout_s")
-# Integer ranges that are valid together: train_window >= (cv_folds + 1) x (horizon + 10) = 11 x 30 = 330.
-RANGES = {"horizon": (1, 20), "cv_folds": (2, 10), "train_window": (330, 5000), "test_window": (10, 1000)}
+# Integer ranges that are valid together: train_window >= (cv_folds + 1) x (execution_lag + horizon + 10)
+# = 11 x 31 = 341 (execution_lag 1, the default).
+RANGES = {"horizon": (1, 20), "cv_folds": (2, 10), "train_window": (341, 5000), "test_window": (10, 1000)}
 NOT_FINGERPRINTED = ("timeout_s", "parent_model_id")
 
 
