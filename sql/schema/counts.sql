@@ -1,0 +1,197 @@
+-- sfq/counts: the counters that users' counts come from without a scan (the leaderboard's total, queue
+-- depth, the training-time histogram), kept by statement-level triggers with transition tables: a bulk
+-- INSERT (a sweep) adds to each of its keys once, not once per row. Each statement adds to its keys in one
+-- order, so two statements never wait on each other's counter rows in opposite orders.
+--
+-- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
+
+-- The training-time histogram's upper bounds, in seconds (GET /metrics' sfq_training_duration_seconds).
+CREATE OR REPLACE FUNCTION sfq_duration_bounds() RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}'::double precision[]
+$$;
+
+-- A model's training time (last attempt) when it is completed, else NULL: what the histogram counts.
+CREATE OR REPLACE FUNCTION sfq_training_seconds(status sfq_model_status, started_at timestamptz,
+                                                finished_at timestamptz) RETURNS double precision
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN status = 'completed' THEN extract(epoch FROM finished_at - started_at)::double precision END
+$$;
+
+-- The histogram bucket (its upper bound) of a training time; none without one.
+CREATE OR REPLACE FUNCTION sfq_duration_bucket(seconds double precision) RETURNS double precision
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT coalesce((SELECT min(b) FROM unnest(sfq_duration_bounds()) AS b WHERE seconds <= b), 'infinity')
+$$;
+
+-- Adds grouped changes (one element per symbol, algorithm, status and duration bucket) to the model
+-- counters: `models` models, `seconds` of training among them (NULL bucket: no training time counted).
+CREATE OR REPLACE FUNCTION sfq_add_model_counts(symbols text[], algorithms text[], statuses sfq_model_status[],
+                                                buckets double precision[], models bigint[],
+                                                seconds double precision[]) RETURNS void
+    LANGUAGE sql AS $$
+    INSERT INTO sfq_model_counts AS c (symbol, algorithm, status, models)
+    SELECT symbol, algorithm, status, sum(n)
+      FROM unnest(symbols, algorithms, statuses, models) AS d(symbol, algorithm, status, n)
+     GROUP BY symbol, algorithm, status HAVING sum(n) <> 0
+     ORDER BY symbol, algorithm, status
+        ON CONFLICT (symbol, algorithm, status) DO UPDATE SET models = c.models + excluded.models;
+    INSERT INTO sfq_training_durations AS t (algorithm, le, models, seconds)
+    SELECT algorithm, le, sum(n), coalesce(sum(s), 0)
+      FROM unnest(algorithms, buckets, models, seconds) AS d(algorithm, le, n, s)
+     WHERE le IS NOT NULL
+     GROUP BY algorithm, le HAVING sum(n) <> 0
+     ORDER BY algorithm, le
+        ON CONFLICT (algorithm, le) DO UPDATE
+       SET models = t.models + excluded.models, seconds = t.seconds + excluded.seconds;
+$$;
+
+-- Inserted rows count in, deleted ones out; an update moves the rows whose status or times changed.
+CREATE OR REPLACE FUNCTION sfq_count_models() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    symbols text[];
+    algorithms text[];
+    statuses sfq_model_status[];
+    buckets double precision[];
+    models bigint[];
+    seconds double precision[];
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        WITH moved AS (
+            SELECT v.*
+              FROM old_rows o JOIN new_rows n ON n.id = o.id
+                   AND (n.status, n.started_at, n.finished_at, n.symbol, n.algorithm)
+                       IS DISTINCT FROM (o.status, o.started_at, o.finished_at, o.symbol, o.algorithm),
+                   LATERAL (VALUES (o.symbol, o.algorithm, o.status, o.started_at, o.finished_at, -1),
+                                   (n.symbol, n.algorithm, n.status, n.started_at, n.finished_at, 1))
+                           AS v(symbol, algorithm, status, started_at, finished_at, sign)
+        ), grouped AS (
+            SELECT symbol, algorithm, status, sfq_duration_bucket(sfq_training_seconds(status, started_at, finished_at)) AS le,
+                   sum(sign) AS n, sum(sign * sfq_training_seconds(status, started_at, finished_at)) AS s
+              FROM moved GROUP BY 1, 2, 3, 4
+        )
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n), array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds FROM grouped;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n), array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(sfq_training_seconds(status, started_at, finished_at)) AS le,
+                       count(*) AS n, sum(sfq_training_seconds(status, started_at, finished_at)) AS s
+                  FROM new_rows GROUP BY 1, 2, 3, 4) AS grouped;
+    ELSE
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n), array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(sfq_training_seconds(status, started_at, finished_at)) AS le,
+                       -count(*) AS n, -sum(sfq_training_seconds(status, started_at, finished_at)) AS s
+                  FROM old_rows GROUP BY 1, 2, 3, 4) AS grouped;
+    END IF;
+    IF symbols IS NOT NULL THEN
+        PERFORM sfq_add_model_counts(symbols, algorithms, statuses, buckets, models, seconds);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Adds grouped changes (one element per queue and status) to the job counters.
+CREATE OR REPLACE FUNCTION sfq_add_job_counts(queues text[], statuses procrastinate_job_status[], jobs bigint[])
+    RETURNS void
+    LANGUAGE sql AS $$
+    INSERT INTO sfq_job_counts AS c (queue_name, status, jobs)
+    SELECT queue_name, status, sum(n)
+      FROM unnest(queues, statuses, jobs) AS d(queue_name, status, n)
+     GROUP BY queue_name, status HAVING sum(n) <> 0
+     ORDER BY queue_name, status
+        ON CONFLICT (queue_name, status) DO UPDATE SET jobs = c.jobs + excluded.jobs;
+$$;
+
+CREATE OR REPLACE FUNCTION sfq_count_jobs() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    queues text[];
+    statuses procrastinate_job_status[];
+    jobs bigint[];
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
+          FROM (SELECT v.queue_name, v.status, sum(v.sign) AS n
+                  FROM old_rows o JOIN new_rows j ON j.id = o.id
+                       AND (j.status, j.queue_name) IS DISTINCT FROM (o.status, o.queue_name),
+                       LATERAL (VALUES (o.queue_name::text, o.status, -1), (j.queue_name::text, j.status, 1))
+                               AS v(queue_name, status, sign)
+                 GROUP BY 1, 2) AS grouped;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
+          FROM (SELECT queue_name::text, status, count(*) AS n FROM new_rows GROUP BY 1, 2) AS grouped;
+    ELSE
+        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
+          FROM (SELECT queue_name::text, status, -count(*) AS n FROM old_rows GROUP BY 1, 2) AS grouped;
+    END IF;
+    IF queues IS NOT NULL THEN
+        PERFORM sfq_add_job_counts(queues, statuses, jobs);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- A truncated table counts nothing.
+CREATE OR REPLACE FUNCTION sfq_forget_counts() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'models' THEN
+        DELETE FROM sfq_model_counts;
+        DELETE FROM sfq_training_durations;
+    ELSE
+        DELETE FROM sfq_job_counts;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Every counter again from the rows (what `sfq db upgrade` does once, when 0017 added them to a database
+-- with models; and a repair), with writers to the counted tables held off meanwhile.
+CREATE OR REPLACE FUNCTION sfq_recount() RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE models, procrastinate_jobs IN SHARE MODE;
+    DELETE FROM sfq_model_counts;
+    DELETE FROM sfq_training_durations;
+    DELETE FROM sfq_job_counts;
+    INSERT INTO sfq_model_counts (symbol, algorithm, status, models)
+    SELECT symbol, algorithm, status, count(*) FROM models GROUP BY 1, 2, 3;
+    INSERT INTO sfq_training_durations (algorithm, le, models, seconds)
+    SELECT algorithm, sfq_duration_bucket(seconds), count(*), sum(seconds)
+      FROM (SELECT algorithm, sfq_training_seconds(status, started_at, finished_at) AS seconds FROM models) AS m
+     WHERE seconds IS NOT NULL GROUP BY 1, 2;
+    INSERT INTO sfq_job_counts (queue_name, status, jobs)
+    SELECT queue_name, status, count(*) FROM procrastinate_jobs GROUP BY 1, 2;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER models_count_inserted AFTER INSERT ON models
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_models();
+CREATE OR REPLACE TRIGGER models_count_updated AFTER UPDATE ON models
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_models();
+CREATE OR REPLACE TRIGGER models_count_deleted AFTER DELETE ON models
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_models();
+CREATE OR REPLACE TRIGGER models_count_truncated AFTER TRUNCATE ON models
+    FOR EACH STATEMENT EXECUTE FUNCTION sfq_forget_counts();
+CREATE OR REPLACE TRIGGER jobs_count_inserted AFTER INSERT ON procrastinate_jobs
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_jobs();
+CREATE OR REPLACE TRIGGER jobs_count_updated AFTER UPDATE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_jobs();
+CREATE OR REPLACE TRIGGER jobs_count_deleted AFTER DELETE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_jobs();
+CREATE OR REPLACE TRIGGER jobs_count_truncated AFTER TRUNCATE ON procrastinate_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION sfq_forget_counts();
+
+-- Counters added to a database that had models (0017) start from its rows: a model always counts in
+-- some row of sfq_model_counts (rows at zero stay), so models without one mean it was never filled.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM sfq_model_counts) AND (EXISTS (SELECT FROM models)
+                                                       OR EXISTS (SELECT FROM procrastinate_jobs)) THEN
+        PERFORM sfq_recount();
+    END IF;
+END;
+$$;
