@@ -15,12 +15,12 @@ from pathlib import Path
 from bench import common
 from queue_app.config import Settings, database_url
 
-SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory", "walkforward")
+SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory", "walkforward", "reads")
 DEFAULT_OUTPUT = common.ROOT / common.DEFAULT_OUTPUT_NAME
 
 
 def _scenario(name: str):
-    from bench import cost, enqueue, memory, noop, scaleout, walkforward
+    from bench import cost, enqueue, memory, noop, reads, scaleout, walkforward
 
     return {
         "scaleout": scaleout.scenario,
@@ -29,6 +29,7 @@ def _scenario(name: str):
         "cost": cost.scenario,
         "memory": memory.scenario,
         "walkforward": walkforward.scenario,
+        "reads": reads.scenario,
     }[name]
 
 

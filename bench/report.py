@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import CORES, DEFAULT_OUTPUT_NAME
+from bench.common import CORES, DEFAULT_OUTPUT_NAME, percentile
 
 MARKER = "<!-- analysis: written by hand, kept when `python -m bench` rewrites the part above -->"
 
@@ -83,6 +83,18 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                 "walk-forward predictions of 100,000 models x 4,000 bars well under 10 GB",
                 f"{walk['bytes_per_prediction']:.2f} B a prediction: {total:.1f} GB",
                 _verdict(total < 5),
+            )
+        )
+    reads = data.get("reads")
+    if reads:
+        largest = max(reads["results"])
+        p50s = {label: percentile(v, 0.5) for label, v in reads["results"][largest].items()}
+        slowest = max(p50s, key=p50s.get)
+        out.append(
+            (
+                f"every read path < 100 ms p50 at {largest:,} models",
+                f"slowest: {slowest} {p50s[slowest]:.1f} ms",
+                _verdict(p50s[slowest] < 100),
             )
         )
     return out

@@ -205,16 +205,19 @@ SELECT coalesce(sum(models), 0)::bigint AS total
 
 -- list_models --
 -- Filter, sort by id or by a stored metric (a leaderboard), paginate by offset or after a row (keyset).
--- The models with the metric come first, by it then id, the others last by id: each part read in order
--- from an index, {key} being the expression one has (the metric's, or NULL for id), {order} ASC or DESC
--- and {after} < or > (composed by gateway.list_models). after_part/after_value/after_id: the row the page
--- starts after (part 0: one with the metric, 1: one without).
+-- The completed models with the metric come first, by it then id, the others last by id: two parts, each
+-- read in order from an index ({key}: the metric's indexed expression, or NULL for the id order; {order}
+-- ASC or DESC, {after} < or >; composed by gateway.list_models), the second only once the first runs out
+-- (a nested loop over the parts, in their order). after_*: the row the page starts after (part 0: one
+-- with the metric, 1: one without).
 SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
        data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
        parent_model_id, progress, part, sort_value
-  FROM ((SELECT *, 0 AS part, {key} AS sort_value
+  FROM (VALUES (0), (1)) AS parts(part)
+ CROSS JOIN LATERAL (
+        (SELECT *, {key} AS sort_value
            FROM models
-          WHERE {key} IS NOT NULL
+          WHERE parts.part = 0 AND status = 'completed' AND {key} IS NOT NULL
             AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
             AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
             AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
@@ -223,16 +226,15 @@ SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, h
           ORDER BY {key} {order}, id {order}
           LIMIT %(limit)s + %(offset)s)
         UNION ALL
-        (SELECT *, 1 AS part, NULL::double precision AS sort_value
+        (SELECT *, NULL::double precision
            FROM models
-          WHERE {key} IS NULL
+          WHERE parts.part = 1 AND NOT (status = 'completed' AND {key} IS NOT NULL)
             AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
             AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
             AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
             AND (%(after_part)s::integer IS NULL OR %(after_part)s = 0 OR id {after} %(after_id)s)
           ORDER BY id {order}
           LIMIT %(limit)s + %(offset)s)) AS page
- ORDER BY part, sort_value {order}, id {order}
  LIMIT %(limit)s OFFSET %(offset)s
 
 -- models_progress --

@@ -27,6 +27,7 @@ EXPECTED = {
     "per-job cost": ["model ", "whole mix, sfq 1 worker"],
     "memory": ["recycling every", "recycling off"],
     "walk-forward": ["Ridge: ", "bytes per prediction"],
+    "reads": ["GET /models?sort=ic&limit=20, 2000 models", "GET /metrics, 2000 models", "sfq status"],
 }
 
 

@@ -34,20 +34,34 @@ CREATE TABLE sfq_job_counts (
 COMMENT ON TABLE sfq_job_counts IS 'How many queue jobs each queue has in each status (kept by triggers).';
 
 -- The leaderboard: a filter then the id order from one index each; a sort on a stored metric from its own
--- index (the expression list_models orders by; params.SORTABLE_METRICS names them).
+-- index on the completed models (the expression list_models orders by; vocabulary.SORTABLE_METRICS).
 DROP INDEX models_status;
 DROP INDEX models_symbol;
 DROP INDEX models_algorithm;
 CREATE INDEX models_status ON models (status, id);
 CREATE INDEX models_symbol ON models (symbol, id);
 CREATE INDEX models_algorithm ON models (algorithm, id);
-CREATE INDEX models_metric_directional_accuracy ON models ((CASE WHEN jsonb_typeof(metrics -> 'directional_accuracy') = 'number' THEN (metrics ->> 'directional_accuracy')::double precision END), id);
-CREATE INDEX models_metric_directional_base_rate ON models ((CASE WHEN jsonb_typeof(metrics -> 'directional_base_rate') = 'number' THEN (metrics ->> 'directional_base_rate')::double precision END), id);
-CREATE INDEX models_metric_ic ON models ((CASE WHEN jsonb_typeof(metrics -> 'ic') = 'number' THEN (metrics ->> 'ic')::double precision END), id);
-CREATE INDEX models_metric_mae ON models ((CASE WHEN jsonb_typeof(metrics -> 'mae') = 'number' THEN (metrics ->> 'mae')::double precision END), id);
-CREATE INDEX models_metric_n ON models ((CASE WHEN jsonb_typeof(metrics -> 'n') = 'number' THEN (metrics ->> 'n')::double precision END), id);
-CREATE INDEX models_metric_r2 ON models ((CASE WHEN jsonb_typeof(metrics -> 'r2') = 'number' THEN (metrics ->> 'r2')::double precision END), id);
-CREATE INDEX models_metric_rmse ON models ((CASE WHEN jsonb_typeof(metrics -> 'rmse') = 'number' THEN (metrics ->> 'rmse')::double precision END), id);
+CREATE INDEX models_metric_directional_accuracy ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'directional_accuracy') = 'number' THEN (metrics ->> 'directional_accuracy')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_directional_base_rate ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'directional_base_rate') = 'number' THEN (metrics ->> 'directional_base_rate')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_ic ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'ic') = 'number' THEN (metrics ->> 'ic')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_mae ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'mae') = 'number' THEN (metrics ->> 'mae')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_n ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'n') = 'number' THEN (metrics ->> 'n')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_r2 ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'r2') = 'number' THEN (metrics ->> 'r2')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_rmse ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'rmse') = 'number' THEN (metrics ->> 'rmse')::double precision END), id)
+    WHERE status = 'completed';
 -- Throughput over the last minutes, and the last failures.
 CREATE INDEX models_finished_at ON models (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX models_failures ON models (finished_at DESC NULLS LAST, id DESC) WHERE status = 'failed';

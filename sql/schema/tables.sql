@@ -124,17 +124,32 @@ COMMENT ON COLUMN models.lockbox_looks IS 'How many times the model''s lockbox e
 CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
     WHERE status NOT IN ('failed', 'cancelled');
 CREATE INDEX models_fingerprint ON models (fingerprint);
--- The leaderboard's filters and sorts (0017): a filter then the id order; each stored metric it sorts on.
+-- The leaderboard's filters and sorts (0017): a filter then the id order; each stored metric it sorts on
+-- (vocabulary.SORTABLE_METRICS), over the completed models.
 CREATE INDEX models_status ON models (status, id);
 CREATE INDEX models_symbol ON models (symbol, id);
 CREATE INDEX models_algorithm ON models (algorithm, id);
-CREATE INDEX models_metric_directional_accuracy ON models ((CASE WHEN jsonb_typeof(metrics -> 'directional_accuracy') = 'number' THEN (metrics ->> 'directional_accuracy')::double precision END), id);
-CREATE INDEX models_metric_directional_base_rate ON models ((CASE WHEN jsonb_typeof(metrics -> 'directional_base_rate') = 'number' THEN (metrics ->> 'directional_base_rate')::double precision END), id);
-CREATE INDEX models_metric_ic ON models ((CASE WHEN jsonb_typeof(metrics -> 'ic') = 'number' THEN (metrics ->> 'ic')::double precision END), id);
-CREATE INDEX models_metric_mae ON models ((CASE WHEN jsonb_typeof(metrics -> 'mae') = 'number' THEN (metrics ->> 'mae')::double precision END), id);
-CREATE INDEX models_metric_n ON models ((CASE WHEN jsonb_typeof(metrics -> 'n') = 'number' THEN (metrics ->> 'n')::double precision END), id);
-CREATE INDEX models_metric_r2 ON models ((CASE WHEN jsonb_typeof(metrics -> 'r2') = 'number' THEN (metrics ->> 'r2')::double precision END), id);
-CREATE INDEX models_metric_rmse ON models ((CASE WHEN jsonb_typeof(metrics -> 'rmse') = 'number' THEN (metrics ->> 'rmse')::double precision END), id);
+CREATE INDEX models_metric_directional_accuracy ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'directional_accuracy') = 'number' THEN (metrics ->> 'directional_accuracy')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_directional_base_rate ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'directional_base_rate') = 'number' THEN (metrics ->> 'directional_base_rate')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_ic ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'ic') = 'number' THEN (metrics ->> 'ic')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_mae ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'mae') = 'number' THEN (metrics ->> 'mae')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_n ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'n') = 'number' THEN (metrics ->> 'n')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_r2 ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'r2') = 'number' THEN (metrics ->> 'r2')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_rmse ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'rmse') = 'number' THEN (metrics ->> 'rmse')::double precision END), id)
+    WHERE status = 'completed';
 -- Throughput over the last minutes, and the last failures (0017).
 CREATE INDEX models_finished_at ON models (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX models_failures ON models (finished_at DESC NULLS LAST, id DESC) WHERE status = 'failed';
