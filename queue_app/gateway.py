@@ -743,6 +743,10 @@ def jobs_left(job_ids: Sequence[int]) -> Call[int]:
     return Call("jobs_left", {"job_ids": list(job_ids)}, _value)
 
 
+def cancel_waiting_jobs(model_ids: Sequence[int]) -> Call[None]:
+    return Call("cancel_waiting_jobs", {"model_ids": list(model_ids)}, _nothing)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Whole databases (the demo's, and the tests' and benchmarks' throwaway ones), and SQL a client writes.
 

@@ -530,3 +530,8 @@ SELECT coalesce(sum(cardinality(predicted)), 0)::bigint AS predictions,
 -- jobs_left --
 -- How many of these queue jobs have not succeeded yet (what the no-op benchmark waits for).
 SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%(job_ids)s) AND status <> 'succeeded'
+
+-- cancel_waiting_jobs --
+-- The waiting queue jobs of these models, cancelled: a baseline of the scale-out benchmark ran the models.
+UPDATE procrastinate_jobs SET status = 'cancelled'
+ WHERE status = 'todo' AND task_name = 'train_model' AND (args->>'model_id')::bigint = ANY(%(model_ids)s)
