@@ -68,8 +68,8 @@ GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_
 GRANT INSERT, UPDATE ON model_attempts TO sfq_worker;  -- the attempt log (trigger on models, rescue)
 -- The counters (sql/schema/counts.sql: triggers on models and procrastinate_jobs, run as the writer).
 GRANT SELECT, INSERT, UPDATE ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_worker;
-GRANT EXECUTE ON FUNCTION sfq_add_model_counts, sfq_add_job_counts, sfq_duration_bucket, sfq_duration_bounds,
-    sfq_training_seconds TO sfq_worker;
+GRANT EXECUTE ON FUNCTION sfq_add_model_counts, sfq_duration_bucket, sfq_duration_bounds, sfq_training_seconds
+    TO sfq_worker;
 GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price, error, job_id)
     ON model_forecasts TO sfq_worker;
 GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)

@@ -43,6 +43,15 @@ def test_counters_equal_a_count_of_the_rows_after_every_kind_of_change(clean):
     _counters_match(clean)
     _fill(clean, 1, 300)  # one statement, many keys
     _counters_match(clean)
+    clean.execute(  # requests: their models counted once for the statement, deduplicated ones not at all
+        "INSERT INTO training_requests (symbol, algorithm, hyperparameters)"
+        " SELECT 'MSFT', 'Ridge', jsonb_build_object('alpha', i % 15 + 1) FROM generate_series(1, 20) i"
+    )
+    clean.execute(
+        'SELECT sfq_submit_sweep(\'{"symbol": "AAPL", "algorithm": "Ridge"}\', \'{"horizon": [1, 2, 3]}\')'
+    )
+    assert clean.execute("SELECT count(*) FROM models WHERE symbol IN ('MSFT', 'AAPL')").fetchone() == (18,)
+    _counters_match(clean)
     clean.execute(
         "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
         " SELECT 'training', 'train_model', '{}', 'todo' FROM generate_series(1, 40)"
@@ -55,6 +64,7 @@ def test_counters_equal_a_count_of_the_rows_after_every_kind_of_change(clean):
     clean.execute("UPDATE models SET progress = '{}' WHERE id < 50")  # no status change: nothing moves
     clean.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id % 3 = 0")
     clean.execute("DELETE FROM procrastinate_jobs WHERE id % 5 = 0")
+    clean.execute("DELETE FROM sweeps")  # its models are deleted next
     clean.execute("DELETE FROM model_attempts WHERE model_id > 250")
     clean.execute("DELETE FROM models WHERE id > 250")
     _counters_match(clean)

@@ -25,28 +25,36 @@ CREATE OR REPLACE FUNCTION sfq_duration_bucket(seconds double precision) RETURNS
 $$;
 
 -- Adds grouped changes (one element per symbol, algorithm, status and duration bucket) to the model
--- counters: `models` models, `seconds` of training among them (NULL bucket: no training time counted).
+-- counters: `models` models, `seconds` of training among them (NULL bucket, or no buckets: no training
+-- time counted).
+-- PL/pgSQL, so that its statements' plans are cached (a SQL function's are planned at every call).
 CREATE OR REPLACE FUNCTION sfq_add_model_counts(symbols text[], algorithms text[], statuses sfq_model_status[],
                                                 buckets double precision[], models bigint[],
                                                 seconds double precision[]) RETURNS void
-    LANGUAGE sql AS $$
+    LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO sfq_model_counts AS c (symbol, algorithm, status, models)
-    SELECT symbol, algorithm, status, sum(n)
+    SELECT d.symbol, d.algorithm, d.status, sum(d.n)
       FROM unnest(symbols, algorithms, statuses, models) AS d(symbol, algorithm, status, n)
-     GROUP BY symbol, algorithm, status HAVING sum(n) <> 0
-     ORDER BY symbol, algorithm, status
+     GROUP BY 1, 2, 3 HAVING sum(d.n) <> 0
+     ORDER BY 1, 2, 3
         ON CONFLICT (symbol, algorithm, status) DO UPDATE SET models = c.models + excluded.models;
     INSERT INTO sfq_training_durations AS t (algorithm, le, models, seconds)
-    SELECT algorithm, le, sum(n), coalesce(sum(s), 0)
+    SELECT d.algorithm, d.le, sum(d.n), coalesce(sum(d.s), 0)
       FROM unnest(algorithms, buckets, models, seconds) AS d(algorithm, le, n, s)
-     WHERE le IS NOT NULL
-     GROUP BY algorithm, le HAVING sum(n) <> 0
-     ORDER BY algorithm, le
+     WHERE d.le IS NOT NULL
+     GROUP BY 1, 2 HAVING sum(d.n) <> 0
+     ORDER BY 1, 2
         ON CONFLICT (algorithm, le) DO UPDATE
        SET models = t.models + excluded.models, seconds = t.seconds + excluded.seconds;
+END;
 $$;
 
 -- Inserted rows count in, deleted ones out; an update moves the rows whose status or times changed.
+-- A model inserted by a training request's row trigger (training_requests_accept: a trigger inside a
+-- statement, depth 2) is counted with the other new models of that statement, once, by
+-- sfq_count_requested_models: counted here, a bulk INSERT of n requests would update the same counter
+-- row n times in one transaction (half the enqueue rate).
 CREATE OR REPLACE FUNCTION sfq_count_models() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -66,25 +74,32 @@ BEGIN
                    LATERAL (VALUES (o.symbol, o.algorithm, o.status, o.started_at, o.finished_at, -1),
                                    (n.symbol, n.algorithm, n.status, n.started_at, n.finished_at, 1))
                            AS v(symbol, algorithm, status, started_at, finished_at, sign)
-        ), grouped AS (
-            SELECT symbol, algorithm, status, sfq_duration_bucket(sfq_training_seconds(status, started_at, finished_at)) AS le,
-                   sum(sign) AS n, sum(sign * sfq_training_seconds(status, started_at, finished_at)) AS s
-              FROM moved GROUP BY 1, 2, 3, 4
+        ), timed AS (
+            SELECT symbol, algorithm, status, sign, sfq_training_seconds(status, started_at, finished_at) AS s
+              FROM moved
         )
-        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n), array_agg(s)
-          INTO symbols, algorithms, statuses, buckets, models, seconds FROM grouped;
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
+               array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, sum(sign) AS n, sum(sign * s) AS s
+                  FROM timed GROUP BY 1, 2, 3, 4) AS grouped;
     ELSIF TG_OP = 'INSERT' THEN
-        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n), array_agg(s)
+        IF pg_trigger_depth() > 1 THEN
+            RETURN NULL;  -- a request's model: sfq_count_requested_models
+        END IF;
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
+               array_agg(s)
           INTO symbols, algorithms, statuses, buckets, models, seconds
-          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(sfq_training_seconds(status, started_at, finished_at)) AS le,
-                       count(*) AS n, sum(sfq_training_seconds(status, started_at, finished_at)) AS s
-                  FROM new_rows GROUP BY 1, 2, 3, 4) AS grouped;
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, count(*) AS n, sum(s) AS s
+                  FROM (SELECT *, sfq_training_seconds(status, started_at, finished_at) AS s FROM new_rows) m
+                 GROUP BY 1, 2, 3, 4) AS grouped;
     ELSE
-        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n), array_agg(s)
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
+               array_agg(s)
           INTO symbols, algorithms, statuses, buckets, models, seconds
-          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(sfq_training_seconds(status, started_at, finished_at)) AS le,
-                       -count(*) AS n, -sum(sfq_training_seconds(status, started_at, finished_at)) AS s
-                  FROM old_rows GROUP BY 1, 2, 3, 4) AS grouped;
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, -count(*) AS n, -sum(s) AS s
+                  FROM (SELECT *, sfq_training_seconds(status, started_at, finished_at) AS s FROM old_rows) m
+                 GROUP BY 1, 2, 3, 4) AS grouped;
     END IF;
     IF symbols IS NOT NULL THEN
         PERFORM sfq_add_model_counts(symbols, algorithms, statuses, buckets, models, seconds);
@@ -93,16 +108,21 @@ BEGIN
 END;
 $$;
 
--- Adds grouped changes (one element per queue and status) to the job counters.
-CREATE OR REPLACE FUNCTION sfq_add_job_counts(queues text[], statuses procrastinate_job_status[], jobs bigint[])
-    RETURNS void
-    LANGUAGE sql AS $$
-    INSERT INTO sfq_job_counts AS c (queue_name, status, jobs)
-    SELECT queue_name, status, sum(n)
-      FROM unnest(queues, statuses, jobs) AS d(queue_name, status, n)
-     GROUP BY queue_name, status HAVING sum(n) <> 0
-     ORDER BY queue_name, status
-        ON CONFLICT (queue_name, status) DO UPDATE SET jobs = c.jobs + excluded.jobs;
+-- The models a statement of training requests created (sfq_defer_training_requests), counted in once.
+CREATE OR REPLACE FUNCTION sfq_count_requested_models(model_ids bigint[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    symbols text[];
+    algorithms text[];
+    statuses sfq_model_status[];
+    models bigint[];
+BEGIN
+    SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(n)
+      INTO symbols, algorithms, statuses, models
+      FROM (SELECT symbol, algorithm, status, count(*) AS n FROM models WHERE id = ANY(model_ids)
+             GROUP BY 1, 2, 3) AS grouped;
+    PERFORM sfq_add_model_counts(symbols, algorithms, statuses, NULL, models, NULL);  -- queued: no durations
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION sfq_count_jobs() RETURNS trigger
@@ -128,7 +148,12 @@ BEGIN
           FROM (SELECT queue_name::text, status, -count(*) AS n FROM old_rows GROUP BY 1, 2) AS grouped;
     END IF;
     IF queues IS NOT NULL THEN
-        PERFORM sfq_add_job_counts(queues, statuses, jobs);
+        INSERT INTO sfq_job_counts AS c (queue_name, status, jobs)
+        SELECT d.queue_name, d.status, sum(d.n)
+          FROM unnest(queues, statuses, jobs) AS d(queue_name, status, n)
+         GROUP BY 1, 2 HAVING sum(d.n) <> 0
+         ORDER BY 1, 2
+            ON CONFLICT (queue_name, status) DO UPDATE SET jobs = c.jobs + excluded.jobs;
     END IF;
     RETURN NULL;
 END;

@@ -700,6 +700,7 @@ BEGIN
       FROM accepted WHERE NOT deduplicated;
     IF model_ids IS NOT NULL THEN
         PERFORM sfq_defer_training(model_ids, priorities);
+        PERFORM sfq_count_requested_models(model_ids);  -- once for the statement (counts.sql)
     END IF;
     RETURN NULL;
 END;
