@@ -39,6 +39,9 @@ BEGIN
      GROUP BY 1, 2, 3 HAVING sum(d.n) <> 0
      ORDER BY 1, 2, 3
         ON CONFLICT (symbol, algorithm, status) DO UPDATE SET models = c.models + excluded.models;
+    IF buckets IS NULL THEN
+        RETURN;
+    END IF;
     INSERT INTO sfq_training_durations AS t (algorithm, le, models, seconds)
     SELECT d.algorithm, d.le, sum(d.n), coalesce(sum(d.s), 0)
       FROM unnest(algorithms, buckets, models, seconds) AS d(algorithm, le, n, s)
@@ -50,11 +53,13 @@ BEGIN
 END;
 $$;
 
--- Inserted rows count in, deleted ones out; an update moves the rows whose status or times changed.
+-- A statement's old rows count out and its new rows in, grouped: the rows an update left unchanged (in
+-- status, times, symbol, algorithm) cancel out and write nothing. (No join of the two: a plan cached for
+-- one-row statements would join a bulk update's row by row.)
 -- A model inserted by a training request's row trigger (training_requests_accept: a trigger inside a
--- statement, depth 2) is counted with the other new models of that statement, once, by
--- sfq_count_requested_models: counted here, a bulk INSERT of n requests would update the same counter
--- row n times in one transaction (half the enqueue rate).
+-- statement, depth 2) is counted with the other new models of that statement, once, by the statement's
+-- trigger (sfq_defer_training_requests, requests.sql): counted here, a bulk INSERT of n requests would
+-- update the same counter row n times in one transaction.
 CREATE OR REPLACE FUNCTION sfq_count_models() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -65,28 +70,21 @@ DECLARE
     models bigint[];
     seconds double precision[];
 BEGIN
+    IF TG_OP = 'INSERT' AND pg_trigger_depth() > 1 THEN
+        RETURN NULL;  -- a request's model: counted by sfq_defer_training_requests
+    END IF;
     IF TG_OP = 'UPDATE' THEN
-        WITH moved AS (
-            SELECT v.*
-              FROM old_rows o JOIN new_rows n ON n.id = o.id
-                   AND (n.status, n.started_at, n.finished_at, n.symbol, n.algorithm)
-                       IS DISTINCT FROM (o.status, o.started_at, o.finished_at, o.symbol, o.algorithm),
-                   LATERAL (VALUES (o.symbol, o.algorithm, o.status, o.started_at, o.finished_at, -1),
-                                   (n.symbol, n.algorithm, n.status, n.started_at, n.finished_at, 1))
-                           AS v(symbol, algorithm, status, started_at, finished_at, sign)
-        ), timed AS (
-            SELECT symbol, algorithm, status, sign, sfq_training_seconds(status, started_at, finished_at) AS s
-              FROM moved
-        )
         SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
                array_agg(s)
           INTO symbols, algorithms, statuses, buckets, models, seconds
           FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, sum(sign) AS n, sum(sign * s) AS s
-                  FROM timed GROUP BY 1, 2, 3, 4) AS grouped;
+                  FROM (SELECT symbol, algorithm, sfq_training_seconds(status, started_at, finished_at) AS s,
+                               status, 1 AS sign FROM new_rows
+                        UNION ALL
+                        SELECT symbol, algorithm, sfq_training_seconds(status, started_at, finished_at),
+                               status, -1 FROM old_rows) AS versions
+                 GROUP BY 1, 2, 3, 4 HAVING sum(sign) <> 0) AS grouped;
     ELSIF TG_OP = 'INSERT' THEN
-        IF pg_trigger_depth() > 1 THEN
-            RETURN NULL;  -- a request's model: sfq_count_requested_models
-        END IF;
         SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
                array_agg(s)
           INTO symbols, algorithms, statuses, buckets, models, seconds
@@ -108,23 +106,6 @@ BEGIN
 END;
 $$;
 
--- The models a statement of training requests created (sfq_defer_training_requests), counted in once.
-CREATE OR REPLACE FUNCTION sfq_count_requested_models(model_ids bigint[]) RETURNS void
-    LANGUAGE plpgsql AS $$
-DECLARE
-    symbols text[];
-    algorithms text[];
-    statuses sfq_model_status[];
-    models bigint[];
-BEGIN
-    SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(n)
-      INTO symbols, algorithms, statuses, models
-      FROM (SELECT symbol, algorithm, status, count(*) AS n FROM models WHERE id = ANY(model_ids)
-             GROUP BY 1, 2, 3) AS grouped;
-    PERFORM sfq_add_model_counts(symbols, algorithms, statuses, NULL, models, NULL);  -- queued: no durations
-END;
-$$;
-
 CREATE OR REPLACE FUNCTION sfq_count_jobs() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -132,14 +113,12 @@ DECLARE
     statuses procrastinate_job_status[];
     jobs bigint[];
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
+    IF TG_OP = 'UPDATE' THEN  -- as sfq_count_models: unchanged rows cancel out
         SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
-          FROM (SELECT v.queue_name, v.status, sum(v.sign) AS n
-                  FROM old_rows o JOIN new_rows j ON j.id = o.id
-                       AND (j.status, j.queue_name) IS DISTINCT FROM (o.status, o.queue_name),
-                       LATERAL (VALUES (o.queue_name::text, o.status, -1), (j.queue_name::text, j.status, 1))
-                               AS v(queue_name, status, sign)
-                 GROUP BY 1, 2) AS grouped;
+          FROM (SELECT queue_name, status, sum(sign) AS n
+                  FROM (SELECT queue_name::text, status, 1 AS sign FROM new_rows
+                        UNION ALL SELECT queue_name::text, status, -1 FROM old_rows) AS versions
+                 GROUP BY 1, 2 HAVING sum(sign) <> 0) AS grouped;
     ELSIF TG_OP = 'INSERT' THEN
         SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
           FROM (SELECT queue_name::text, status, count(*) AS n FROM new_rows GROUP BY 1, 2) AS grouped;
