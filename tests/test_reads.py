@@ -62,6 +62,7 @@ def test_counters_equal_a_count_of_the_rows_after_every_kind_of_change(clean):
     )
     clean.execute("UPDATE models SET status = 'queued', started_at = NULL WHERE id % 7 = 0")
     clean.execute("UPDATE models SET progress = '{}' WHERE id < 50")  # no status change: nothing moves
+    clean.execute("UPDATE models SET finished_at = finished_at + interval '1.5 seconds' WHERE id < 80")
     clean.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id % 3 = 0")
     clean.execute("DELETE FROM procrastinate_jobs WHERE id % 5 = 0")
     clean.execute("DELETE FROM sweeps")  # its models are deleted next

@@ -6,6 +6,7 @@
 -- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
 
 -- The training-time histogram's upper bounds, in seconds (GET /metrics' sfq_training_duration_seconds).
+-- sfq_training_durations counts in these buckets: after changing them, `SELECT sfq_recount()`.
 CREATE OR REPLACE FUNCTION sfq_duration_bounds() RETURNS double precision[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT '{0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}'::double precision[]
@@ -46,7 +47,7 @@ BEGIN
     SELECT d.algorithm, d.le, sum(d.n), coalesce(sum(d.s), 0)
       FROM unnest(algorithms, buckets, models, seconds) AS d(algorithm, le, n, s)
      WHERE d.le IS NOT NULL
-     GROUP BY 1, 2 HAVING sum(d.n) <> 0
+     GROUP BY 1, 2 HAVING sum(d.n) <> 0 OR sum(d.s) <> 0
      ORDER BY 1, 2
         ON CONFLICT (algorithm, le) DO UPDATE
        SET models = t.models + excluded.models, seconds = t.seconds + excluded.seconds;
@@ -83,7 +84,8 @@ BEGIN
                         UNION ALL
                         SELECT symbol, algorithm, sfq_training_seconds(status, started_at, finished_at),
                                status, -1 FROM old_rows) AS versions
-                 GROUP BY 1, 2, 3, 4 HAVING sum(sign) <> 0) AS grouped;
+                 GROUP BY 1, 2, 3, 4
+                HAVING sum(sign) <> 0 OR abs(sum(sign * s)) > 1e-6) AS grouped;  -- a time changed
     ELSIF TG_OP = 'INSERT' THEN
         SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
                array_agg(s)
