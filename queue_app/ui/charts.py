@@ -45,7 +45,7 @@ def _svg(figure: Any) -> str:
 
 
 def throughput(minutes: Sequence[Any], completed: Sequence[int], failed: Sequence[int]) -> str:
-    """Models finished per minute (stacked bars: completed, then failed on top). Drawn as SVG by hand, not
+    """Models finished per minute (stacked steps: completed, then failed on top). Drawn as SVG by hand, not
     with matplotlib: the front page refreshes every few seconds, and matplotlib takes about 140 ms for it."""
     width, height, left, bottom, top = 800, 260, 48, 28, 26
     plot_w, plot_h = width - left - 10, height - bottom - top
@@ -53,7 +53,6 @@ def throughput(minutes: Sequence[Any], completed: Sequence[int], failed: Sequenc
     step = _tick_step(peak)
     scale_top = max(step * -(-peak // step), step)
     slot = plot_w / max(len(minutes), 1)
-    bar = 0.9 * slot
 
     def y(value: float) -> float:
         return top + plot_h * (1 - value / scale_top)
@@ -62,16 +61,15 @@ def throughput(minutes: Sequence[Any], completed: Sequence[int], failed: Sequenc
     for tick in range(0, scale_top + 1, step):
         parts.append(f'<path d="M{left} {y(tick):.1f} H{width - 10}" stroke="#d0d7de" stroke-width="1"/>')
         parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick}</text>')
-    for colour, base, values in (
+    stacked = [c + f for c, f in zip(completed, failed, strict=True)]
+    for colour, bases, tops in (
         (COLOURS[2], [0] * len(completed), completed),
-        (COLOURS[1], completed, failed),
+        (COLOURS[1], completed, stacked),
     ):
-        bars = "".join(
-            f"M{left + (i + 0.05) * slot:.1f} {y(b + v):.1f} h{bar:.1f} V{y(b):.1f} h{-bar:.1f}Z"
-            for i, (b, v) in enumerate(zip(base, values, strict=True))
-            if v
-        )
-        parts.append(f'<path d="{bars or "M0 0"}" fill="{colour}"/>')
+        # A stepped area, one step a minute (bars without gaps), from its base up to its top and back.
+        ups = "".join(f"V{y(v):.1f}H{left + (i + 1) * slot:.1f}" for i, v in enumerate(tops))
+        downs = "".join(f"V{y(bases[i]):.1f}H{left + i * slot:.1f}" for i in reversed(range(len(bases))))
+        parts.append(f'<path d="M{left} {y(0):.1f}{ups}{downs}Z" fill="{colour}"/>')
     parts.append(f'<path d="M{left} {top} V{top + plot_h} H{width - 10}" stroke="#57606a" fill="none"/>')
     for i, minute in enumerate(minutes):
         if i % 10 == 0 or i == len(minutes) - 1:
