@@ -242,6 +242,12 @@ def wait_for_models(url: str, model_ids: list[int], timeout: float, runner: Proc
     raise RuntimeError(f"{len(model_ids)} models not finished within {timeout} s")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -128,44 +128,104 @@ def measure_celery(url: str, mix: list[dict], run: int, worker: Process, queue: 
     return {"wall": wall, "ids": ids}
 
 
-def _measure(url: str, short: bool) -> tuple[list, dict[str, Any]]:
-    """Every run of the standard mix, one at a time: sfq with 1 and CORES workers, then the baselines."""
-    mix = jobs.standard_mix(short)
-    timeout = 120 if short else 1800
+ROUNDS, SHORT_ROUNDS = 5, 2
+# Ratios with a goal (report.goals): the best value is at or beyond the goal on the side the sign says.
+GOALS = {"efficiency": (0.95, 1), "sfq_over_pool": (1.0, -1), "sfq_over_celery": (1.0, -1)}
+
+
+def _sfq_pair(url: str, mix: list[dict], run: int, timeout: float) -> dict[str, dict[str, Any]]:
+    """sfq with 1 worker, then with one per core: daemons started and warmed for this round, stopped after
+    (no sfq worker runs while a baseline does: the baselines' models have Procrastinate jobs too)."""
     with processes() as started:
-        # Everything starts at once, before any timing (idle, they take no CPU): then one run at a time.
         daemons = [Process(["worker", "1"], {"POSTGRES_URL": url})]
-        process_pool, thread_pool = start_pool("process", url), start_pool("thread", url)
-        single_process = start_pool("process", url, 1)
-        started += [*daemons, process_pool, thread_pool, single_process]
-        celery_worker, queue = start_celery() if redis_reachable() else (None, "")
-        started += [celery_worker] if celery_worker else []
+        started += daemons
         daemons[0].wait_for_line(r"worker \d+ ready", timeout=120)
         warm_sfq(url, daemons)
-        one = measure_sfq(url, mix, 1, daemons, timeout)
-        sfq_workers = [Process(["worker", str(i)], {"POSTGRES_URL": url}) for i in range(2, CORES + 1)]
-        started += sfq_workers
-        for worker in sfq_workers:
+        one = measure_sfq(url, mix, run, daemons, timeout)
+        more = [Process(["worker", str(i)], {"POSTGRES_URL": url}) for i in range(2, CORES + 1)]
+        started += more
+        for worker in more:
             worker.wait_for_line(r"worker \d+ ready", timeout=120)
-        daemons += sfq_workers
+        daemons += more
         warm_sfq(url, daemons)
-        many = measure_sfq(url, mix, 2, daemons, timeout)
-        for (
-            daemon
-        ) in daemons:  # the baselines' models have Procrastinate jobs too: no sfq worker may run them
-            daemon.stop()
-        process = measure_pool(url, mix, 3, process_pool, timeout)
-        thread = measure_pool(url, mix, 4, thread_pool, timeout)
-        celery = measure_celery(url, mix, 5, celery_worker, queue, timeout) if celery_worker else None
-        process_one = measure_pool(url, mix, 6, single_process, timeout)
-    runs = {"one": one, "many": many, "process": process, "thread": thread, "celery": celery}
-    return mix, {**runs, "process_one": process_one}
+        return {"one": one, "many": measure_sfq(url, mix, run + 1, daemons, timeout)}
+
+
+def _baseline(url: str, mix: list[dict], run: int, kind: str, timeout: float) -> dict[str, Any]:
+    """One baseline's run, its runner started (and warmed) for it; its models' queue jobs, which no sfq
+    worker may take in a later round, cancelled after."""
+    with processes() as started:
+        if kind == "celery":
+            worker, queue = start_celery()
+            started.append(worker)
+            result = measure_celery(url, mix, run, worker, queue, timeout)
+        else:
+            runner = start_pool(*(("process", url, 1) if kind == "process_one" else (kind, url)))
+            started.append(runner)
+            result = measure_pool(url, mix, run, runner, timeout)
+    with gateway.connect(url, "sfq-bench", autocommit=True) as conn:
+        gateway.run(conn, gateway.cancel_waiting_jobs(result["ids"]))
+    return result
+
+
+def _measure(url: str, short: bool) -> tuple[list, list[dict[str, Any]]]:
+    """The standard mix on every runner, round after round, each round in a rotated order (a slow spell of
+    the machine falls on different runners): sfq with 1 and CORES workers (one unit), the pools, Celery."""
+    mix = jobs.standard_mix(short)
+    timeout = 120 if short else 1800
+    units = ["sfq", "process", "thread", *(["celery"] if redis_reachable() else []), "process_one"]
+    rounds = []
+    for number in range(SHORT_ROUNDS if short else ROUNDS):
+        shift = number % len(units)
+        runs: dict[str, Any] = {"celery": None, "order": units[shift:] + units[:shift]}
+        for position, unit in enumerate(runs["order"]):
+            run = 10 * (number + 1) + 2 * position + 1  # a new model of the same work every time
+            if unit == "sfq":
+                runs.update(_sfq_pair(url, mix, run, timeout))
+            else:
+                runs[unit] = _baseline(url, mix, run, unit, timeout)
+        rounds.append(runs)
+    return mix, rounds
+
+
+def _ratios(runs: dict[str, Any]) -> dict[str, float | None]:
+    one, many, celery = runs["one"], runs["many"], runs["celery"]
+    return {
+        "efficiency": one["wall"] / (CORES * many["wall"]),
+        "pool_efficiency": runs["process_one"]["wall"] / (CORES * runs["process"]["wall"]),
+        "sfq_over_pool": many["wall"] / runs["process"]["wall"],
+        "sfq_over_thread": many["wall"] / runs["thread"]["wall"],
+        "sfq_over_celery": many["wall"] / celery["wall"] if celery else None,
+    }
+
+
+def spread(values: list[float], goal: tuple[float, int] | None = None) -> dict[str, Any]:
+    """Median, min and max of a measure over the rounds; with a goal, whether the spread (max - min) is
+    larger than the median's distance to the goal: then one run could land on either side of it."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    found = {"median": median, "min": ordered[0], "max": ordered[-1], "rounds": len(ordered)}
+    if goal is not None:
+        found["gap"] = abs(median - goal[0])
+        found["spread_exceeds_gap"] = ordered[-1] - ordered[0] > found["gap"]
+    return found
+
+
+def describe(found: dict[str, Any], digits: int = 3, unit: str = "") -> str:
+    text = (
+        f"{found['median']:.{digits}f}{unit} median, {found['min']:.{digits}f}-{found['max']:.{digits}f}"
+        f"{unit} over {found['rounds']} rounds"
+    )
+    if found.get("spread_exceeds_gap"):
+        text += f"; the spread is larger than the gap to the goal ({found['gap']:.{digits}f}): unresolved"
+    return text
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
-    mix, runs = _measure(url, short)
-    one, many, process, thread, celery = (runs[k] for k in ("one", "many", "process", "thread", "celery"))
-    process_one = runs["process_one"]
+    mix, rounds = _measure(url, short)
+    first = rounds[0]
+    one, many = first["one"], first["many"]
     limit = one["train_s"] / CORES
     rows: list[tuple[str, str, str]] = []
 
@@ -173,64 +233,75 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
         return f"{seconds:.2f} s"
 
     rows.append(("scale-out", "jobs in the standard mix", str(len(mix))))
-    rows.append(("scale-out", "sum of the jobs' training seconds (sfq, 1 worker)", fmt(one["train_s"])))
+    rows.append(("scale-out", "rounds (each runner once a round, the order rotated)", str(len(rounds))))
     rows.append(
-        ("scale-out", "CPU seconds of sfq's daemons + training processes (1 worker)", fmt(one["cpu_s"]))
+        ("scale-out", "sum of the jobs' training seconds (sfq, 1 worker, round 1)", fmt(one["train_s"]))
     )
-    rows.append(("scale-out", f"physical limit: training seconds / {CORES} cores", fmt(limit)))
+    rows.append(
+        (
+            "scale-out",
+            "CPU seconds of sfq's daemons + training processes (1 worker, round 1)",
+            fmt(one["cpu_s"]),
+        )
+    )
+    rows.append(("scale-out", f"physical limit: training seconds / {CORES} cores (round 1)", fmt(limit)))
     # Whether a job trains slower when every core trains (shared caches, memory bandwidth, hyperthreads):
     # a cost no queue can remove, which caps the efficiency below 1.
     rows.append(
         (
             "scale-out",
-            f"sum of the jobs' training seconds (sfq, {CORES} workers) / (1 worker)",
+            f"sum of the jobs' training seconds (sfq, {CORES} workers) / (1 worker), round 1",
             f"{many['train_s']:.2f} s / {one['train_s']:.2f} s = {many['train_s'] / one['train_s']:.3f}",
         )
     )
     entries = [
-        ("(a) sfq, 1 worker", one["wall"], None),
-        (f"(b) sfq, {CORES} workers", many["wall"], None),
-        (f"(c) asyncio + ProcessPoolExecutor({CORES})", process["wall"], None),
-        (f"(d) asyncio + ThreadPoolExecutor({CORES})", thread["wall"], None),
-        (f"(e) Celery prefork -c {CORES}, Redis", celery["wall"] if celery else None, "skipped: no Redis"),
+        ("(a) sfq, 1 worker", "one"),
+        (f"(b) sfq, {CORES} workers", "many"),
+        (f"(c) asyncio + ProcessPoolExecutor({CORES})", "process"),
+        (f"(d) asyncio + ThreadPoolExecutor({CORES})", "thread"),
+        (f"(e) Celery prefork -c {CORES}, Redis", "celery"),
     ]
-    for name, wall, missing in entries:
-        if wall is None:
-            rows.append(("scale-out", f"wall time {name}", missing))
-            rows.append(("scale-out", f"limit / wall {name}", missing))
+    walls: dict[str, float | None] = {}
+    for name, key in entries:
+        if first[key] is None:
+            rows.append(("scale-out", f"wall time {name}", "skipped: no Redis"))
+            walls[name] = None
             continue
-        rows.append(("scale-out", f"wall time {name}", fmt(wall)))
-        rows.append(("scale-out", f"limit / wall {name}", f"{limit / wall:.3f}"))
-    efficiency = one["wall"] / (CORES * many["wall"])
-    pool_efficiency = process_one["wall"] / (CORES * process["wall"])
-    rows.append(("scale-out", f"efficiency T(1) / ({CORES} × T({CORES})), sfq", f"{efficiency:.3f}"))
-    rows.append(
-        (
-            "scale-out",
-            f"efficiency T(1) / ({CORES} × T({CORES})), ProcessPool (T(1): ProcessPoolExecutor(1), "
-            f"{fmt(process_one['wall'])})",
-            f"{pool_efficiency:.3f}",
+        found = spread([r[key]["wall"] for r in rounds])
+        walls[name] = found["median"]
+        rows.append(("scale-out", f"wall time {name}", describe(found, 2, " s")))
+        rows.append(("scale-out", f"limit / wall {name} (round 1)", f"{limit / first[key]['wall']:.3f}"))
+    ratios = [_ratios(r) for r in rounds]
+    measured = {
+        name: spread([r[name] for r in ratios], GOALS.get(name))
+        for name in ratios[0]
+        if ratios[0][name] is not None
+    }
+    labels = {
+        "efficiency": f"efficiency T(1) / ({CORES} × T({CORES})), sfq",
+        "pool_efficiency": (
+            f"efficiency T(1) / ({CORES} × T({CORES})), ProcessPool (T(1): ProcessPoolExecutor(1))"
+        ),
+        "sfq_over_pool": "ratio wall sfq (b) / ProcessPool (c)",
+        "sfq_over_thread": "ratio wall sfq (b) / ThreadPool (d)",
+        "sfq_over_celery": "ratio wall sfq (b) / Celery (e)",
+    }
+    for name, label in labels.items():
+        rows.append(
+            ("scale-out", label, describe(measured[name]) if name in measured else "skipped: no Redis")
         )
-    )
-    rows.append(
-        ("scale-out", "ratio wall sfq (b) / ProcessPool (c)", f"{many['wall'] / process['wall']:.3f}")
-    )
-    rows.append(("scale-out", "ratio wall sfq (b) / ThreadPool (d)", f"{many['wall'] / thread['wall']:.3f}"))
-    rows.append(
-        (
-            "scale-out",
-            "ratio wall sfq (b) / Celery (e)",
-            f"{many['wall'] / celery['wall']:.3f}" if celery else "skipped: no Redis",
-        )
-    )
     return {
         "rows": rows,
         "data": {
-            "efficiency": efficiency,
-            "pool_efficiency": pool_efficiency,
-            "sfq_over_pool": many["wall"] / process["wall"],
-            "sfq_over_celery": many["wall"] / celery["wall"] if celery else None,
-            "walls": {name: wall for name, wall, _ in entries},
+            "efficiency": measured["efficiency"]["median"],
+            "pool_efficiency": measured["pool_efficiency"]["median"],
+            "sfq_over_pool": measured["sfq_over_pool"]["median"],
+            "sfq_over_celery": measured["sfq_over_celery"]["median"]
+            if "sfq_over_celery" in measured
+            else None,
+            "spreads": measured,
+            "orders": [r["order"] for r in rounds],
+            "walls": walls,
             "limit": limit,
         },
     }

@@ -49,6 +49,7 @@ SCHEMA_FILES = (
     "requests.sql",  # validation, canonical form, fingerprint; the JSON way in; training_requests' triggers
     "models.sql",  # a model's insertion (the one INSERT INTO models) and its attempt log
     "queue.sql",  # Procrastinate: job rows, deferral, rescue, pruning
+    "counts.sql",  # the counters users' counts come from (models, jobs, training times)
     "forecasts.sql",
     "simulations.sql",  # backtests
     "strategies.sql",  # named strategies, their aliases; forecasts on every new bar

@@ -102,6 +102,13 @@ class Call(Generic[T]):
     shape: Callable[[list[Any]], T] = list  # type: ignore[assignment]
     tuples: bool = False  # rows as tuples (bars for a DataFrame) rather than dicts
     rowcount: bool = False  # the result is shape(the number of rows changed): a statement without RETURNING
+    # SQL composed into the query's {name} placeholders: what a plan depends on and a parameter cannot be
+    # (a sort order, the expression an index has), from a fixed vocabulary, never from the request's text
+    compose: Mapping[str, pgsql.Composable] | None = None
+
+    def statement(self) -> str | pgsql.Composed:
+        text = QUERIES[self.query].sql
+        return pgsql.SQL(text).format(**self.compose) if self.compose else text
 
 
 def translate(error: psycopg.Error) -> Exception:
@@ -132,7 +139,7 @@ def _result(call: Call[T], cursor: psycopg.Cursor | psycopg.AsyncCursor, rows: l
 def run(conn: psycopg.Connection, call: Call[T]) -> T:
     try:
         with conn.cursor(row_factory=tuple_row if call.tuples else dict_row) as cursor:
-            cursor.execute(QUERIES[call.query].sql, call.params)
+            cursor.execute(call.statement(), call.params)
             return _result(call, cursor, cursor.fetchall() if cursor.description else [])
     except psycopg.Error as error:
         raise translate(error) from None
@@ -141,7 +148,7 @@ def run(conn: psycopg.Connection, call: Call[T]) -> T:
 async def run_async(conn: psycopg.AsyncConnection, call: Call[T]) -> T:
     try:
         async with conn.cursor(row_factory=tuple_row if call.tuples else dict_row) as cursor:
-            await cursor.execute(QUERIES[call.query].sql, call.params)
+            await cursor.execute(call.statement(), call.params)
             return _result(call, cursor, await cursor.fetchall() if cursor.description else [])
     except psycopg.Error as error:
         raise translate(error) from None
@@ -289,8 +296,24 @@ def lineage(model_id: int) -> Call[list[Row]]:
     return Call("lineage", {"model_id": model_id})
 
 
+def metric_key(metric: str | None) -> pgsql.Composable:
+    """A stored metric's value as the leaderboard sorts on it (NULL when not a number), the expression its
+    index has (sql/schema/tables.sql models_metric_*); NULL for the id order."""
+    if metric is None:
+        return pgsql.SQL("NULL::double precision")
+    name = pgsql.Literal(metric)
+    value = "(CASE WHEN jsonb_typeof(metrics -> {name}) = 'number' THEN (metrics ->> {name})::float8 END)"
+    return pgsql.SQL(value).format(name=name)
+
+
 def list_models(query: ModelQuery) -> Call[list[Row]]:
-    return Call("list_models", query.sql_params())
+    ascending = query.order == "asc"
+    compose = {
+        "key": metric_key(None if query.sort == "id" else query.sort),
+        "order": pgsql.SQL("ASC" if ascending else "DESC"),
+        "after": pgsql.SQL(">" if ascending else "<"),
+    }
+    return Call("list_models", query.sql_params(), compose=compose)
 
 
 def count_models(query: ModelQuery) -> Call[int]:
@@ -383,8 +406,8 @@ def recent_failures(limit: int) -> Call[list[Row]]:
     return Call("recent_failures", {"limit": limit})
 
 
-def duration_histogram(bounds: Sequence[float]) -> Call[list[Row]]:
-    return Call("duration_histogram", {"bounds": list(bounds)})
+def duration_histogram() -> Call[list[Row]]:
+    return Call("duration_histogram")
 
 
 def finished_recently(minutes: int) -> Call[Row]:
@@ -794,6 +817,10 @@ def model_timings(model_ids: Sequence[int]) -> Call[list[Row]]:
 
 def jobs_left(job_ids: Sequence[int]) -> Call[int]:
     return Call("jobs_left", {"job_ids": list(job_ids)}, _value)
+
+
+def cancel_waiting_jobs(model_ids: Sequence[int]) -> Call[None]:
+    return Call("cancel_waiting_jobs", {"model_ids": list(model_ids)}, _nothing)
 
 
 # ---------------------------------------------------------------------------------------------------

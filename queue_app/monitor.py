@@ -10,7 +10,6 @@ import psycopg
 from queue_app import gateway
 from queue_app.gateway import Call
 
-DURATION_BOUNDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)  # seconds
 RATE_MINUTES = 5  # "per minute" rates are averaged over this many minutes
 
 
@@ -111,9 +110,9 @@ def _durations(lines: list[str], histogram: list[dict[str, Any]]) -> None:
     ]
     for h in histogram:
         algorithm = _label(h["algorithm"])
-        for bound, count in zip(DURATION_BOUNDS, h["buckets"], strict=True):
+        for bound, count in zip(h["bounds"], h["buckets"], strict=True):  # sfq_duration_bounds(), in SQL
             lines.append(
-                f'sfq_training_duration_seconds_bucket{{algorithm="{algorithm}",le="{bound}"}} {count}'
+                f'sfq_training_duration_seconds_bucket{{algorithm="{algorithm}",le="{float(bound)}"}} {count}'
             )
         lines.append(
             f'sfq_training_duration_seconds_bucket{{algorithm="{algorithm}",le="+Inf"}} {h["count"]}'
@@ -166,5 +165,5 @@ def metric_calls() -> dict[str, Call[Any]]:
         "queue_depth": gateway.queue_depth(),
         "status_workers": gateway.status_workers(),
         "finished_recently": gateway.finished_recently(RATE_MINUTES),
-        "duration_histogram": gateway.duration_histogram(DURATION_BOUNDS),
+        "duration_histogram": gateway.duration_histogram(),
     }

@@ -4,16 +4,17 @@ A bad value raises Rejected naming its parameter; the dashboard shows the messag
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from queue_app.errors import Rejected
-from queue_app.vocabulary import STATUSES
+from queue_app.vocabulary import SORTABLE_METRICS, STATUSES
 
 MAX_PAGE = 500
-METRIC = re.compile(r"[a-z0-9_]{1,64}")
+CURSOR = re.compile(r"(?:(none|[-+0-9.eE]{1,40}):)?([0-9]{1,18})")  # [value or none:]id
 BACKTEST_METRIC = re.compile(r"(backtest\.)?[a-z0-9_]{1,64}")
 SWEEP_SORT = "backtest.sharpe"  # a sweep's default leaderboard order
 
@@ -56,8 +57,18 @@ def order(params: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class After:
+    """The row a keyset page starts after: its place in the order (`value` None: a model without the sort's
+    metric, listed after those with it, or any model in the id order) and its id."""
+
+    value: float | None
+    id: int
+
+
+@dataclass(frozen=True)
 class ModelQuery:
-    """A page of models: filters, the sort (id, or any numeric metric stored with the model), its order."""
+    """A page of models: filters, the sort (id, or a stored metric: SORTABLE_METRICS), its order, and where
+    the page starts (`offset` rows in, after the row `after` names: the `next` of the page before)."""
 
     status: str | None = None
     symbol: str | None = None
@@ -66,6 +77,7 @@ class ModelQuery:
     order: str = "desc"
     limit: int = 50
     offset: int = 0
+    after: After | None = None
 
     @classmethod
     def parse(cls, params: Mapping[str, str], limit: int = 50) -> ModelQuery:
@@ -73,8 +85,11 @@ class ModelQuery:
         if status is not None and status not in STATUSES:
             raise Rejected(f"status must be one of {', '.join(STATUSES)}, got {status!r}", "status")
         sort = params.get("sort", "id")
-        if not METRIC.fullmatch(sort):
-            raise Rejected(f"sort must be 'id' or a metric name, got {sort!r}", "sort")
+        if sort != "id" and sort not in SORTABLE_METRICS:
+            raise Rejected(
+                f"sort must be 'id' or a stored metric ({', '.join(SORTABLE_METRICS)}), got {sort[:100]!r}",
+                "sort",
+            )
         return cls(
             status=status,
             symbol=text(params, "symbol"),
@@ -83,7 +98,28 @@ class ModelQuery:
             order=order(params),
             limit=integer(params, "limit", limit, 1, MAX_PAGE),
             offset=integer(params, "offset", 0, 0, 10**9),
+            after=_after(params, sort),
         )
+
+    def within(self, total: int) -> None:
+        """An offset past the last of `total` matching models is refused rather than answered empty."""
+        if self.after is None and self.offset and self.offset >= total:
+            raise Rejected(f"offset {self.offset} is past the end: {total} models match", "offset")
+
+    def page(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+        """list_models' rows without their place in the order, and the cursor of the next page (None on the
+        last one)."""
+        places = []
+        for row in rows:
+            part, value = row.pop("part"), row.pop("sort_value")
+            places.append(After(value if part == 0 else None, row["id"]))
+        return rows, (self.cursor(places[-1]) if places and len(rows) == self.limit else None)
+
+    def cursor(self, place: After) -> str:
+        """The `after` that names a row: its id in the id order, else its metric's value (or none) and id."""
+        if self.sort == "id":
+            return str(place.id)
+        return f"{'none' if place.value is None else repr(place.value)}:{place.id}"
 
     def sql_params(self) -> dict[str, Any]:
         """The named queries' parameters (list_models, count_models)."""
@@ -91,11 +127,32 @@ class ModelQuery:
             "status": self.status,
             "symbol": self.symbol,
             "algorithm": self.algorithm,
-            "metric": None if self.sort == "id" else self.sort,
-            "direction": 1 if self.order == "asc" else -1,
             "limit": self.limit,
             "offset": self.offset,
+            "after_part": None if self.after is None else int(self.after.value is None),
+            "after_value": None if self.after is None else self.after.value,
+            "after_id": None if self.after is None else self.after.id,
         }
+
+
+def _after(params: Mapping[str, str], sort: str) -> After | None:
+    raw = params.get("after")
+    if raw is None:
+        return None
+    found = CURSOR.fullmatch(raw)
+    value = found and found.group(1)
+    if not found or (value is None) != (sort == "id"):
+        form = "a model id" if sort == "id" else "<value>:<id> or none:<id>"
+        raise Rejected(f"after must be a page's `next` in this order ({form}), got {raw[:60]!r}", "after")
+    if value in (None, "none"):
+        return After(None, int(found.group(2)))
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise Rejected(f"after's value must be a finite number, got {value!r}", "after")
+    return After(number, int(found.group(2)))
 
 
 @dataclass(frozen=True)

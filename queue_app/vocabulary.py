@@ -12,6 +12,10 @@ STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 UNFINISHED = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled")
 
+# The held-out metrics a training stores (workers/modelling/training.py score) and the leaderboard sorts on:
+# each has an index on its value (sql/schema/tables.sql models_metric_<name>; tests/test_reads.py checks).
+SORTABLE_METRICS = ("directional_accuracy", "directional_base_rate", "ic", "mae", "n", "r2", "rmse")
+
 # A symbol's trading calendar (symbol_calendars' CHECK; workers/modelling/backtest.py CALENDARS says what
 # each one means; tests/test_contract.py keeps the three equal).
 CALENDARS = ("equity", "24x7")

@@ -196,25 +196,45 @@ SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last
   FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe
 
 -- count_models --
--- The total behind a page of list_models (same filters).
-SELECT count(*) AS total
-  FROM models
- WHERE (%(status)s::text IS NULL OR status::text = %(status)s)
+-- The total behind a page of list_models (same filters), from the counters (sql/schema/counts.sql).
+SELECT coalesce(sum(models), 0)::bigint AS total
+  FROM sfq_model_counts
+ WHERE (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
    AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
    AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
 
 -- list_models --
--- Filter, sort by id or by any numeric held-out metric (a leaderboard), paginate.
+-- Filter, sort by id or by a stored metric (a leaderboard), paginate by offset or after a row (keyset).
+-- The completed models with the metric come first, by it then id, the others last by id: two parts, each
+-- read in order from an index ({key}: the metric's indexed expression, or NULL for the id order; {order}
+-- ASC or DESC, {after} < or >; composed by gateway.list_models), the second only once the first runs out
+-- (a nested loop over the parts, in their order). after_*: the row the page starts after (part 0: one
+-- with the metric, 1: one without).
 SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
        data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
-       parent_model_id, progress
-  FROM models
- WHERE (%(status)s::text IS NULL OR status::text = %(status)s)
-   AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
-   AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
- ORDER BY CASE WHEN jsonb_typeof(metrics -> %(metric)s::text) = 'number'
-               THEN (metrics ->> %(metric)s::text)::double precision * %(direction)s END NULLS LAST,
-          id * %(direction)s
+       parent_model_id, progress, part, sort_value
+  FROM (VALUES (0), (1)) AS parts(part)
+ CROSS JOIN LATERAL (
+        (SELECT *, {key} AS sort_value
+           FROM models
+          WHERE parts.part = 0 AND status = 'completed' AND {key} IS NOT NULL
+            AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
+            AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+            AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+            AND (%(after_part)s::integer IS NULL
+                 OR %(after_part)s = 0 AND ({key}, id) {after} (%(after_value)s::double precision, %(after_id)s))
+          ORDER BY {key} {order}, id {order}
+          LIMIT %(limit)s + %(offset)s)
+        UNION ALL
+        (SELECT *, NULL::double precision
+           FROM models
+          WHERE parts.part = 1 AND NOT (status = 'completed' AND {key} IS NOT NULL)
+            AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
+            AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+            AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+            AND (%(after_part)s::integer IS NULL OR %(after_part)s = 0 OR id {after} %(after_id)s)
+          ORDER BY id {order}
+          LIMIT %(limit)s + %(offset)s)) AS page
  LIMIT %(limit)s OFFSET %(offset)s
 
 -- models_progress --
@@ -428,9 +448,9 @@ SELECT w.id AS worker_id, sw.host, sw.pid, sw.instance, sw.started_at,
  ORDER BY sw.host, sw.instance, sw.worker_id
 
 -- queue_depth --
--- Queue jobs counted by queue and status.
-SELECT queue_name AS queue, status::text, count(*) AS jobs
-  FROM procrastinate_jobs GROUP BY queue_name, status ORDER BY queue_name, status
+-- Queue jobs counted by queue and status, from the counters (sql/schema/counts.sql).
+SELECT queue_name AS queue, status::text, jobs
+  FROM sfq_job_counts WHERE jobs <> 0 ORDER BY queue_name, status
 
 -- throughput --
 -- Models finished per minute over the last `minutes` minutes.
@@ -438,7 +458,9 @@ SELECT minute, count(m.id) FILTER (WHERE m.status = 'completed') AS completed,
        count(m.id) FILTER (WHERE m.status = 'failed') AS failed
   FROM generate_series(date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1),
                        date_trunc('minute', now()), interval '1 minute') AS minute
-  LEFT JOIN models m ON date_trunc('minute', m.finished_at) = minute
+  LEFT JOIN models m
+    ON m.finished_at >= date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1)
+   AND date_trunc('minute', m.finished_at) = minute
  GROUP BY minute ORDER BY minute
 
 -- recent_failures --
@@ -447,20 +469,15 @@ SELECT id, symbol, algorithm, finished_at, error
   FROM models WHERE status = 'failed' ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s
 
 -- duration_histogram --
--- Cumulative counts of training durations (last attempt) per algorithm, for a Prometheus histogram.
-WITH durations AS (
-    SELECT algorithm, extract(epoch FROM finished_at - started_at)::float8 AS seconds
-      FROM models WHERE status = 'completed' AND started_at IS NOT NULL AND finished_at IS NOT NULL
-), totals AS (
-    SELECT algorithm, count(*) AS count, sum(seconds) AS sum FROM durations GROUP BY algorithm
-), cumulative AS (
-    SELECT d.algorithm, b.le, count(*) FILTER (WHERE d.seconds <= b.le) AS n
-      FROM durations d CROSS JOIN unnest(%(bounds)s::float8[]) AS b(le)
-     GROUP BY d.algorithm, b.le
-)
-SELECT t.algorithm, t.count, t.sum, array_agg(c.n ORDER BY c.le) AS buckets
-  FROM totals t JOIN cumulative c USING (algorithm)
- GROUP BY t.algorithm, t.count, t.sum
+-- Cumulative counts of training durations (last attempt) per algorithm over the bounds they are counted
+-- in (sfq_duration_bounds), for a Prometheus histogram, from the counters (sql/schema/counts.sql).
+SELECT t.algorithm, sum(t.models)::bigint AS count, sum(t.seconds) AS sum, sfq_duration_bounds() AS bounds,
+       array(SELECT coalesce(sum(d.models), 0)::bigint
+               FROM unnest(sfq_duration_bounds()) AS b(le)
+               LEFT JOIN sfq_training_durations d ON d.algorithm = t.algorithm AND d.le <= b.le
+              GROUP BY b.le ORDER BY b.le) AS buckets
+  FROM sfq_training_durations t
+ GROUP BY t.algorithm HAVING sum(t.models) > 0
  ORDER BY t.algorithm
 
 -- finished_recently --
@@ -505,11 +522,10 @@ SELECT DISTINCT ON (s.model_id) s.model_id, s.id, s.status, s.error, s.metrics, 
 -- recent_sweeps --
 -- The last sweeps with how many of their models have finished.
 SELECT s.id, s.created_at, s.combinations, s.created,
-       count(m.id) FILTER (WHERE m.status IN ('completed', 'failed', 'cancelled')) AS finished
-  FROM sweeps s
-  LEFT JOIN sweep_models sm ON sm.sweep_id = s.id
-  LEFT JOIN models m ON m.id = sm.model_id
- GROUP BY s.id ORDER BY s.id DESC LIMIT %(limit)s
+       (SELECT count(m.id) FILTER (WHERE m.status IN ('completed', 'failed', 'cancelled'))
+          FROM sweep_models sm JOIN models m ON m.id = sm.model_id WHERE sm.sweep_id = s.id) AS finished
+  FROM (SELECT * FROM sweeps ORDER BY id DESC LIMIT %(limit)s) AS s
+ ORDER BY s.id DESC
 
 -- models_unsettled --
 -- How many of these models are unfinished or wait for their default backtest (what benchmarks poll).
@@ -702,3 +718,7 @@ VALUES (%(model_id)s, %(forecasts)s, %(realised)s, %(metrics)s, %(equity_curve)s
    SET forecasts = excluded.forecasts, realised = excluded.realised, metrics = excluded.metrics,
        equity_curve = excluded.equity_curve, updated_at = now()
  WHERE (excluded.forecasts, excluded.realised) >= (r.forecasts, r.realised)
+-- cancel_waiting_jobs --
+-- The waiting queue jobs of these models, cancelled: a baseline of the scale-out benchmark ran the models.
+UPDATE procrastinate_jobs SET status = 'cancelled'
+ WHERE status = 'todo' AND task_name = 'train_model' AND (args->>'model_id')::bigint = ANY(%(model_ids)s)

@@ -73,6 +73,10 @@ GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, wor
               timings, progress, job_id) ON models TO sfq_worker;
 GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
 GRANT INSERT, UPDATE ON model_attempts TO sfq_worker;  -- the attempt log (trigger on models, rescue)
+-- The counters (sql/schema/counts.sql: triggers on models and procrastinate_jobs, run as the writer).
+GRANT SELECT, INSERT, UPDATE ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_worker;
+GRANT EXECUTE ON FUNCTION sfq_add_model_counts, sfq_duration_bucket, sfq_duration_bounds, sfq_training_seconds
+    TO sfq_worker;
 GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price, error, job_id)
     ON model_forecasts TO sfq_worker;
 GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)
@@ -106,6 +110,8 @@ GRANT SELECT ON models, features_log, model_predictions, model_prediction_series
                 procrastinate_workers, studies, study_trials, model_attempts, strategies, strategy_aliases,
                 strategy_alias_history, model_live_records
     TO sfq_api;
+GRANT SELECT ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_api;  -- counts (0017)
+GRANT EXECUTE ON FUNCTION sfq_duration_bounds TO sfq_api;  -- GET /metrics' histogram
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
     sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_create_study, sfq_stop_study,

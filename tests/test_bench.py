@@ -34,6 +34,7 @@ EXPECTED = {
         "core-seconds pruning saved",
         "ask one trial (TPE) in a study of 50 trials",
     ],
+    "reads": ["GET /models?sort=ic&limit=20, 2000 models", "GET /metrics, 2000 models", "sfq status"],
 }
 
 

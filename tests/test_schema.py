@@ -356,6 +356,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0014_symbol_calendars.sql",
         "migrations/0015_studies.sql",
         "migrations/0016_strategy_registry.sql",
+        "migrations/0017_read_paths.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -414,7 +415,7 @@ def test_the_comparison_sees_a_left_over_function_a_missing_index_and_a_changed_
     report = differences(expected, actual, ("before", "after"))
     for line in (
         "+sfq_left_behind() -> integer",
-        "-CREATE INDEX models_symbol ON public.models USING btree (symbol)",
+        "-CREATE INDEX models_symbol ON public.models USING btree (symbol, id)",
         "+sweeps.03 via: text NOT NULL DEFAULT 'api'::text",
         "-  security definer: true",
         "+column run of table models: changed",
@@ -537,6 +538,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0014_symbol_calendars.sql",
         "migrations/0015_studies.sql",
         "migrations/0016_strategy_registry.sql",
+        "migrations/0017_read_paths.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

@@ -155,13 +155,16 @@ async def model_lineage(request: Request) -> JSON:
 
 
 async def list_models(request: Request) -> JSON:
-    """Filter, paginate, and sort by id or by any stored metric (a leaderboard)."""
+    """Filter, paginate (by offset, or after the row a page's `next` names), and sort by id or by a stored
+    metric (a leaderboard). The total is the counters' (no scan); an offset past it is refused."""
     query = params.ModelQuery.parse(request.query_params)
-    rows = await call(request, gateway.list_models(query))
     total = await call(request, gateway.count_models(query))
+    query.within(total)
+    rows, after = query.page(await call(request, gateway.list_models(query)))
     for row in rows:
         row["url"] = _model_url(request, row["id"])
-    return JSON({"models": rows, "total": total, "limit": query.limit, "offset": query.offset})
+    page = {"models": rows, "total": total, "limit": query.limit, "offset": query.offset, "next": after}
+    return JSON(page)
 
 
 async def _until_answered(

@@ -172,7 +172,8 @@ OPENAPI = {
         },
         "/models": {
             "get": _operation(
-                "List models: filter by status, symbol, algorithm; sort by id or any stored metric",
+                "List models: filter by status, symbol, algorithm; sort by id or a stored metric (the models "
+                "without it last); page by offset or after=<a page's next> (keyset: as fast deep as first)",
                 {"200": _response("A page of models", OBJECT), "422": _response("Bad query parameter")},
                 parameters=[
                     {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
@@ -184,6 +185,7 @@ OPENAPI = {
                         ("order", "string"),
                         ("limit", "integer"),
                         ("offset", "integer"),
+                        ("after", "string"),
                     )
                 ],
             )

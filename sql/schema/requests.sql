@@ -689,17 +689,27 @@ CREATE OR REPLACE TRIGGER training_requests_accept BEFORE INSERT ON training_req
     FOR EACH ROW EXECUTE FUNCTION sfq_accept_training_request();
 
 -- The statement's new models get their jobs in one call, in the order of their requests, each with the
--- priority of the request that created it.
+-- priority of the request that created it, and are counted (sql/schema/counts.sql), once for the statement.
 CREATE OR REPLACE FUNCTION sfq_defer_training_requests() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     model_ids bigint[];
     priorities integer[];
+    symbols text[];
+    algorithms text[];
+    statuses sfq_model_status[];
+    models bigint[];
 BEGIN
     SELECT array_agg(model_id ORDER BY id), array_agg(priority ORDER BY id) INTO model_ids, priorities
       FROM accepted WHERE NOT deduplicated;
     IF model_ids IS NOT NULL THEN
         PERFORM sfq_defer_training(model_ids, priorities);
+        -- Counted once for the statement (counts.sql): a new model is queued, with its request's symbol
+        -- and algorithm.
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg('queued'::sfq_model_status), array_agg(n)
+          INTO symbols, algorithms, statuses, models
+          FROM (SELECT symbol, algorithm, count(*) AS n FROM accepted WHERE NOT deduplicated GROUP BY 1, 2) AS g;
+        PERFORM sfq_add_model_counts(symbols, algorithms, statuses, NULL, models, NULL);
     END IF;
     RETURN NULL;
 END;

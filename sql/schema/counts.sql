@@ -1,0 +1,203 @@
+-- sfq/counts: the counters that users' counts come from without a scan (the leaderboard's total, queue
+-- depth, the training-time histogram), kept by statement-level triggers with transition tables: a bulk
+-- INSERT (a sweep) adds to each of its keys once, not once per row. Each statement adds to its keys in one
+-- order, so two statements never wait on each other's counter rows in opposite orders.
+--
+-- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
+
+-- The training-time histogram's upper bounds, in seconds (GET /metrics' sfq_training_duration_seconds).
+-- sfq_training_durations counts in these buckets: after changing them, `SELECT sfq_recount()`.
+CREATE OR REPLACE FUNCTION sfq_duration_bounds() RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}'::double precision[]
+$$;
+
+-- A model's training time (last attempt) when it is completed, else NULL: what the histogram counts.
+CREATE OR REPLACE FUNCTION sfq_training_seconds(status sfq_model_status, started_at timestamptz,
+                                                finished_at timestamptz) RETURNS double precision
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN status = 'completed' THEN extract(epoch FROM finished_at - started_at)::double precision END
+$$;
+
+-- The histogram bucket (its upper bound) of a training time; none without one.
+CREATE OR REPLACE FUNCTION sfq_duration_bucket(seconds double precision) RETURNS double precision
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT coalesce((SELECT min(b) FROM unnest(sfq_duration_bounds()) AS b WHERE seconds <= b), 'infinity')
+$$;
+
+-- Adds grouped changes (one element per symbol, algorithm, status and duration bucket) to the model
+-- counters: `models` models, `seconds` of training among them (NULL bucket, or no buckets: no training
+-- time counted).
+-- PL/pgSQL, so that its statements' plans are cached (a SQL function's are planned at every call).
+CREATE OR REPLACE FUNCTION sfq_add_model_counts(symbols text[], algorithms text[], statuses sfq_model_status[],
+                                                buckets double precision[], models bigint[],
+                                                seconds double precision[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sfq_model_counts AS c (symbol, algorithm, status, models)
+    SELECT d.symbol, d.algorithm, d.status, sum(d.n)
+      FROM unnest(symbols, algorithms, statuses, models) AS d(symbol, algorithm, status, n)
+     GROUP BY 1, 2, 3 HAVING sum(d.n) <> 0
+     ORDER BY 1, 2, 3
+        ON CONFLICT (symbol, algorithm, status) DO UPDATE SET models = c.models + excluded.models;
+    IF buckets IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO sfq_training_durations AS t (algorithm, le, models, seconds)
+    SELECT d.algorithm, d.le, sum(d.n), coalesce(sum(d.s), 0)
+      FROM unnest(algorithms, buckets, models, seconds) AS d(algorithm, le, n, s)
+     WHERE d.le IS NOT NULL
+     GROUP BY 1, 2 HAVING sum(d.n) <> 0 OR sum(d.s) <> 0
+     ORDER BY 1, 2
+        ON CONFLICT (algorithm, le) DO UPDATE
+       SET models = t.models + excluded.models, seconds = t.seconds + excluded.seconds;
+END;
+$$;
+
+-- A statement's old rows count out and its new rows in, grouped: the rows an update left unchanged (in
+-- status, times, symbol, algorithm) cancel out and write nothing. (No join of the two: a plan cached for
+-- one-row statements would join a bulk update's row by row.)
+-- A model inserted by a training request's row trigger (training_requests_accept: a trigger inside a
+-- statement, depth 2) is counted with the other new models of that statement, once, by the statement's
+-- trigger (sfq_defer_training_requests, requests.sql): counted here, a bulk INSERT of n requests would
+-- update the same counter row n times in one transaction.
+CREATE OR REPLACE FUNCTION sfq_count_models() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    symbols text[];
+    algorithms text[];
+    statuses sfq_model_status[];
+    buckets double precision[];
+    models bigint[];
+    seconds double precision[];
+BEGIN
+    IF TG_OP = 'INSERT' AND pg_trigger_depth() > 1 THEN
+        RETURN NULL;  -- a request's model: counted by sfq_defer_training_requests
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
+               array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, sum(sign) AS n, sum(sign * s) AS s
+                  FROM (SELECT symbol, algorithm, sfq_training_seconds(status, started_at, finished_at) AS s,
+                               status, 1 AS sign FROM new_rows
+                        UNION ALL
+                        SELECT symbol, algorithm, sfq_training_seconds(status, started_at, finished_at),
+                               status, -1 FROM old_rows) AS versions
+                 GROUP BY 1, 2, 3, 4
+                HAVING sum(sign) <> 0 OR abs(sum(sign * s)) > 1e-6) AS grouped;  -- a time changed
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
+               array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, count(*) AS n, sum(s) AS s
+                  FROM (SELECT *, sfq_training_seconds(status, started_at, finished_at) AS s FROM new_rows) m
+                 GROUP BY 1, 2, 3, 4) AS grouped;
+    ELSE
+        SELECT array_agg(symbol), array_agg(algorithm), array_agg(status), array_agg(le), array_agg(n),
+               array_agg(s)
+          INTO symbols, algorithms, statuses, buckets, models, seconds
+          FROM (SELECT symbol, algorithm, status, sfq_duration_bucket(s) AS le, -count(*) AS n, -sum(s) AS s
+                  FROM (SELECT *, sfq_training_seconds(status, started_at, finished_at) AS s FROM old_rows) m
+                 GROUP BY 1, 2, 3, 4) AS grouped;
+    END IF;
+    IF symbols IS NOT NULL THEN
+        PERFORM sfq_add_model_counts(symbols, algorithms, statuses, buckets, models, seconds);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION sfq_count_jobs() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    queues text[];
+    statuses procrastinate_job_status[];
+    jobs bigint[];
+BEGIN
+    IF TG_OP = 'UPDATE' THEN  -- as sfq_count_models: unchanged rows cancel out
+        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
+          FROM (SELECT queue_name, status, sum(sign) AS n
+                  FROM (SELECT queue_name::text, status, 1 AS sign FROM new_rows
+                        UNION ALL SELECT queue_name::text, status, -1 FROM old_rows) AS versions
+                 GROUP BY 1, 2 HAVING sum(sign) <> 0) AS grouped;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
+          FROM (SELECT queue_name::text, status, count(*) AS n FROM new_rows GROUP BY 1, 2) AS grouped;
+    ELSE
+        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
+          FROM (SELECT queue_name::text, status, -count(*) AS n FROM old_rows GROUP BY 1, 2) AS grouped;
+    END IF;
+    IF queues IS NOT NULL THEN
+        INSERT INTO sfq_job_counts AS c (queue_name, status, jobs)
+        SELECT d.queue_name, d.status, sum(d.n)
+          FROM unnest(queues, statuses, jobs) AS d(queue_name, status, n)
+         GROUP BY 1, 2 HAVING sum(d.n) <> 0
+         ORDER BY 1, 2
+            ON CONFLICT (queue_name, status) DO UPDATE SET jobs = c.jobs + excluded.jobs;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- A truncated table counts nothing.
+CREATE OR REPLACE FUNCTION sfq_forget_counts() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'models' THEN
+        DELETE FROM sfq_model_counts;
+        DELETE FROM sfq_training_durations;
+    ELSE
+        DELETE FROM sfq_job_counts;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Every counter again from the rows (what `sfq db upgrade` does once, when 0017 added them to a database
+-- with models; and a repair), with writers to the counted tables held off meanwhile.
+CREATE OR REPLACE FUNCTION sfq_recount() RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE models, procrastinate_jobs IN SHARE MODE;
+    DELETE FROM sfq_model_counts;
+    DELETE FROM sfq_training_durations;
+    DELETE FROM sfq_job_counts;
+    INSERT INTO sfq_model_counts (symbol, algorithm, status, models)
+    SELECT symbol, algorithm, status, count(*) FROM models GROUP BY 1, 2, 3;
+    INSERT INTO sfq_training_durations (algorithm, le, models, seconds)
+    SELECT algorithm, sfq_duration_bucket(seconds), count(*), sum(seconds)
+      FROM (SELECT algorithm, sfq_training_seconds(status, started_at, finished_at) AS seconds FROM models) AS m
+     WHERE seconds IS NOT NULL GROUP BY 1, 2;
+    INSERT INTO sfq_job_counts (queue_name, status, jobs)
+    SELECT queue_name, status, count(*) FROM procrastinate_jobs GROUP BY 1, 2;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER models_count_inserted AFTER INSERT ON models
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_models();
+CREATE OR REPLACE TRIGGER models_count_updated AFTER UPDATE ON models
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_models();
+CREATE OR REPLACE TRIGGER models_count_deleted AFTER DELETE ON models
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_models();
+CREATE OR REPLACE TRIGGER models_count_truncated AFTER TRUNCATE ON models
+    FOR EACH STATEMENT EXECUTE FUNCTION sfq_forget_counts();
+CREATE OR REPLACE TRIGGER jobs_count_inserted AFTER INSERT ON procrastinate_jobs
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_jobs();
+CREATE OR REPLACE TRIGGER jobs_count_updated AFTER UPDATE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_jobs();
+CREATE OR REPLACE TRIGGER jobs_count_deleted AFTER DELETE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sfq_count_jobs();
+CREATE OR REPLACE TRIGGER jobs_count_truncated AFTER TRUNCATE ON procrastinate_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION sfq_forget_counts();
+
+-- Counters added to a database that had models (0017) start from its rows: a model always counts in
+-- some row of sfq_model_counts (rows at zero stay), so models without one mean it was never filled.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM sfq_model_counts) AND (EXISTS (SELECT FROM models)
+                                                       OR EXISTS (SELECT FROM procrastinate_jobs)) THEN
+        PERFORM sfq_recount();
+    END IF;
+END;
+$$;

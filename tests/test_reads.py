@@ -1,0 +1,137 @@
+"""Read paths that do not grow with the tables (issue 15): counters kept by triggers equal a count of the rows
+whatever changed them, each sortable metric's order can be read from its index, keyset pages walk the same
+order as offset pages, and bad leaderboard parameters are refused naming the parameter. (Speed is the
+benchmark's business: `python -m bench --scenario reads`.)"""
+
+from __future__ import annotations
+
+import psycopg
+
+from bench.reads import ALGORITHMS, FILL_MODELS
+from queue_app import gateway, params
+from queue_app.vocabulary import SORTABLE_METRICS
+
+COUNTED = {
+    "sfq_model_counts": "SELECT symbol, algorithm, status::text, count(*) FROM models GROUP BY 1, 2, 3",
+    "sfq_job_counts": "SELECT queue_name, status::text, count(*) FROM procrastinate_jobs GROUP BY 1, 2",
+    "sfq_training_durations": (
+        "SELECT algorithm, sfq_duration_bucket(s), count(*), round(sum(s)::numeric, 3)"
+        " FROM (SELECT algorithm, sfq_training_seconds(status, started_at, finished_at) AS s FROM models) m"
+        " WHERE s IS NOT NULL GROUP BY 1, 2"
+    ),
+}
+KEPT = {
+    "sfq_model_counts": "SELECT symbol, algorithm, status::text, models FROM sfq_model_counts WHERE models>0",
+    "sfq_job_counts": "SELECT queue_name, status::text, jobs FROM sfq_job_counts WHERE jobs <> 0",
+    "sfq_training_durations": (
+        "SELECT algorithm, le, models, round(seconds::numeric, 3) FROM sfq_training_durations"
+        " WHERE models <> 0"
+    ),
+}
+
+
+def _fill(conn: psycopg.Connection, first: int, last: int) -> None:
+    conn.execute(FILL_MODELS, {"first": first, "last": last, "total": last, "algorithms": list(ALGORITHMS)})
+
+
+def _counters_match(conn: psycopg.Connection) -> None:
+    for table, count in COUNTED.items():
+        assert sorted(conn.execute(KEPT[table]).fetchall()) == sorted(conn.execute(count).fetchall()), table
+
+
+def test_counters_equal_a_count_of_the_rows_after_every_kind_of_change(clean):
+    _counters_match(clean)
+    _fill(clean, 1, 300)  # one statement, many keys
+    _counters_match(clean)
+    clean.execute(  # requests: their models counted once for the statement, deduplicated ones not at all
+        "INSERT INTO training_requests (symbol, algorithm, hyperparameters)"
+        " SELECT 'MSFT', 'Ridge', jsonb_build_object('alpha', i % 15 + 1) FROM generate_series(1, 20) i"
+    )
+    clean.execute(
+        'SELECT sfq_submit_sweep(\'{"symbol": "AAPL", "algorithm": "Ridge"}\', \'{"horizon": [1, 2, 3]}\')'
+    )
+    assert clean.execute("SELECT count(*) FROM models WHERE symbol IN ('MSFT', 'AAPL')").fetchone() == (18,)
+    _counters_match(clean)
+    clean.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+        " SELECT 'training', 'train_model', '{}', 'todo' FROM generate_series(1, 40)"
+    )
+    clean.execute(
+        "UPDATE models SET status = 'completed', started_at = now() - interval '3 seconds',"
+        " finished_at = now(), metrics = '{\"ic\": 0.1}' WHERE status = 'queued'"
+    )
+    clean.execute("UPDATE models SET status = 'queued', started_at = NULL WHERE id % 7 = 0")
+    clean.execute("UPDATE models SET progress = '{}' WHERE id < 50")  # no status change: nothing moves
+    clean.execute("UPDATE models SET finished_at = finished_at + interval '1.5 seconds' WHERE id < 80")
+    clean.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id % 3 = 0")
+    clean.execute("DELETE FROM procrastinate_jobs WHERE id % 5 = 0")
+    clean.execute("DELETE FROM sweeps")  # its models are deleted next
+    clean.execute("DELETE FROM model_attempts WHERE model_id > 250")
+    clean.execute("DELETE FROM models WHERE id > 250")
+    _counters_match(clean)
+    clean.execute("SELECT sfq_recount()")  # a recount finds what the triggers kept
+    _counters_match(clean)
+    clean.execute("TRUNCATE models, procrastinate_jobs CASCADE")
+    _counters_match(clean)
+    assert clean.execute("SELECT count(*) FROM sfq_model_counts WHERE models <> 0").fetchone() == (0,)
+
+
+def test_each_sortable_metric_is_read_in_order_from_its_index(clean):
+    _fill(clean, 1, 50)
+    clean.execute("ANALYZE models")
+    clean.execute("SET enable_seqscan = off")
+    clean.execute("SET enable_sort = off")  # the order must come from an index, or the plan shows a Sort
+    for metric in SORTABLE_METRICS:
+        for order in ("asc", "desc"):
+            call = gateway.list_models(params.ModelQuery.parse({"sort": metric, "order": order}))
+            plan = "\n".join(
+                row[0]
+                for row in clean.execute(
+                    "EXPLAIN " + call.statement().as_string(clean), call.params
+                ).fetchall()
+            )
+            assert f"models_metric_{metric}" in plan and "Sort" not in plan, (metric, order, plan)
+
+
+def _walk(conn: psycopg.Connection, given: dict[str, str], by_cursor: bool) -> list[int]:
+    """Every id, page after page of 7 (by `next` cursors or by offsets)."""
+    seen: list[int] = []
+    where: dict[str, str] = {}
+    while True:
+        query = params.ModelQuery.parse({**given, "limit": "7", **where})
+        rows, after = query.page(gateway.run(conn, gateway.list_models(query)))
+        seen += [row["id"] for row in rows]
+        if after is None:
+            return seen
+        where = {"after": after} if by_cursor else {"offset": str(len(seen))}
+
+
+def test_keyset_pages_walk_the_same_order_as_offsets_models_without_the_metric_last(clean):
+    _fill(clean, 1, 60)  # 90% completed with every metric; a few with an equal ic (ties broken by id)
+    clean.execute("UPDATE models SET metrics = metrics || '{\"ic\": 0.25}' WHERE id IN (3, 13, 23)")
+    clean.execute("UPDATE models SET metrics = metrics - 'r2' WHERE id IN (5, 6)")
+    for given in ({}, {"sort": "ic"}, {"sort": "r2", "order": "asc"}, {"sort": "ic", "algorithm": "Ridge"}):
+        by_cursor, by_offset = _walk(clean, given, True), _walk(clean, given, False)
+        assert by_cursor == by_offset and len(set(by_cursor)) == len(by_cursor), given
+        expected = gateway.run(clean, gateway.count_models(params.ModelQuery.parse(given)))
+        assert len(by_cursor) == expected, given
+    ranked = _walk(clean, {"sort": "r2", "order": "asc"}, True)
+    assert set(ranked[-9:]) >= {5, 6}  # without r2: after every model with it
+
+
+def test_bad_leaderboard_parameters_are_422_naming_the_parameter(clean, api):
+    api.post("/train", json={"symbol": "AAPL", "algorithm": "Ridge"})
+    cases = [
+        ({"sort": "sharpe_of_nothing"}, "sort"),
+        ({"offset": "1"}, "offset"),  # one model: offset 1 is past the end
+        ({"limit": str(params.MAX_PAGE + 1)}, "limit"),
+        ({"after": "0.5:12"}, "after"),  # a metric cursor in the id order
+        ({"sort": "ic", "after": "12"}, "after"),
+        ({"sort": "ic", "after": "nan:12"}, "after"),
+    ]
+    for given, field in cases:
+        response = api.get("/models", params=given)
+        assert response.status_code == 422 and response.json()["detail"] == {"field": field}, given
+    page = api.get("/models", params={"limit": 1}).json()
+    assert page["total"] == 1 and page["next"] is not None
+    assert api.get("/models", params={"after": page["next"]}).json()["models"] == []
