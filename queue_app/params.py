@@ -113,9 +113,9 @@ class ModelQuery:
         for row in rows:
             part, value = row.pop("part"), row.pop("sort_value")
             places.append(After(value if part == 0 else None, row["id"]))
-        return rows, (self.cursor(places[-1]) if places and len(rows) == self.limit else None)
+        return rows, (self.after_token(places[-1]) if places and len(rows) == self.limit else None)
 
-    def cursor(self, place: After) -> str:
+    def after_token(self, place: After) -> str:
         """The `after` that names a row: its id in the id order, else its metric's value (or none) and id."""
         if self.sort == "id":
             return str(place.id)

@@ -12,9 +12,23 @@ STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 UNFINISHED = ("queued", "running")
 FINISHED = ("completed", "failed", "cancelled")
 
-# The held-out metrics a training stores (workers/modelling/training.py score) and the leaderboard sorts on:
+# The metrics a training stores (workers/modelling/training.py: score, the naive forecast's rmse, the CV
+# folds' means) and the leaderboard sorts on:
 # each has an index on its value (sql/schema/tables.sql models_metric_<name>; tests/test_reads.py checks).
-SORTABLE_METRICS = ("directional_accuracy", "directional_base_rate", "ic", "mae", "n", "r2", "rmse")
+SORTABLE_METRICS = (
+    "directional_accuracy",
+    "directional_base_rate",
+    "ic",
+    "mae",
+    "n",
+    "r2",
+    "rmse",
+    "naive_rmse",
+    "cv_directional_accuracy_mean",
+    "cv_ic_mean",
+    "cv_r2_mean",
+    "cv_rmse_mean",
+)
 
 # A symbol's trading calendar (symbol_calendars' CHECK; workers/modelling/backtest.py CALENDARS says what
 # each one means; tests/test_contract.py keeps the three equal).

@@ -150,6 +150,21 @@ CREATE INDEX models_metric_r2 ON models
 CREATE INDEX models_metric_rmse ON models
     ((CASE WHEN jsonb_typeof(metrics -> 'rmse') = 'number' THEN (metrics ->> 'rmse')::double precision END), id)
     WHERE status = 'completed';
+CREATE INDEX models_metric_cv_directional_accuracy_mean ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'cv_directional_accuracy_mean') = 'number' THEN (metrics ->> 'cv_directional_accuracy_mean')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_cv_ic_mean ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'cv_ic_mean') = 'number' THEN (metrics ->> 'cv_ic_mean')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_cv_r2_mean ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'cv_r2_mean') = 'number' THEN (metrics ->> 'cv_r2_mean')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_cv_rmse_mean ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'cv_rmse_mean') = 'number' THEN (metrics ->> 'cv_rmse_mean')::double precision END), id)
+    WHERE status = 'completed';
+CREATE INDEX models_metric_naive_rmse ON models
+    ((CASE WHEN jsonb_typeof(metrics -> 'naive_rmse') = 'number' THEN (metrics ->> 'naive_rmse')::double precision END), id)
+    WHERE status = 'completed';
 -- Throughput over the last minutes, and the last failures (0017).
 CREATE INDEX models_finished_at ON models (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX models_failures ON models (finished_at DESC NULLS LAST, id DESC) WHERE status = 'failed';
