@@ -89,9 +89,9 @@ def cmd_migrate_duckdb(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from queue_app.cli import demo
+    from queue_app.cli import demo, demo_live
 
-    demo.run(args.settings, workers=args.workers)
+    (demo_live if args.live else demo).run(args.settings, workers=args.workers)
 
 
 def _db(sub: argparse._SubParsersAction) -> None:
@@ -151,4 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     demo = sub.add_parser("demo", help="the end-to-end demo: real bars, real workers, results")
     demo.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    demo.add_argument(
+        "--live",
+        action="store_true",
+        help="the live demo: a promoted strategy forecasting on its own as new bars arrive",
+    )
     demo.set_defaults(func=cmd_demo)
