@@ -951,3 +951,11 @@ def record_fold(study_id: int, number: int, fold: int, value: float) -> Call[Non
     return Call(
         "record_fold", {"study_id": study_id, "number": number, "fold": fold, "value": value}, _nothing
     )
+
+
+def model_forecasts_with_bars(model_id: int) -> Call[list[Row]]:
+    return Call("model_forecasts_with_bars", {"model_id": model_id})
+
+
+def live_record_counts(model_id: int) -> Call[Row | None]:
+    return Call("live_record_counts", {"model_id": model_id}, _first)

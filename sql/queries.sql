@@ -722,3 +722,16 @@ VALUES (%(model_id)s, %(forecasts)s, %(realised)s, %(metrics)s, %(equity_curve)s
 -- The waiting queue jobs of these models, cancelled: a baseline of the scale-out benchmark ran the models.
 UPDATE procrastinate_jobs SET status = 'cancelled'
  WHERE status = 'todo' AND task_name = 'train_model' AND (args->>'model_id')::bigint = ANY(%(model_ids)s)
+
+-- model_forecasts_with_bars --
+-- A model's forecasts, oldest first, with the bars their realised value needs after as_of and those there.
+SELECT f.id, f.as_of, f.status, f.prediction, f.predicted_price, f.realised, f.realised_at, f.error,
+       coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon AS needs,
+       (SELECT count(*) FROM bars b WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe
+                                      AND b.ts > f.as_of) AS bars_after
+  FROM model_forecasts f JOIN models m ON m.id = f.model_id
+ WHERE f.model_id = %(model_id)s ORDER BY f.as_of
+
+-- live_record_counts --
+-- How many forecasts and realised values a model's live record counts.
+SELECT forecasts, realised FROM model_live_records WHERE model_id = %(model_id)s

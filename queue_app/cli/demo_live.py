@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from queue_app import bars, db, embedded, gateway
 from queue_app.cli.common import wait_for
@@ -35,27 +34,12 @@ NEW_DAYS = 2  # the days held back, then arriving one at a time
 STRATEGY = "aapl-daily"
 MODEL = {"symbol": SYMBOL, "algorithm": "Ridge", "hyperparameters": {"alpha": 10}}
 
+
 # The model's forecasts as the demo waits for and prints them: how many bars after as_of realise each
 # (execution_lag + horizon), and how many there are so far.
-FORECASTS = """
-SELECT f.id, f.as_of, f.status, f.prediction, f.predicted_price, f.realised, f.realised_at, f.error,
-       coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon AS needs,
-       (SELECT count(*) FROM bars b WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe
-                                      AND b.ts > f.as_of) AS bars_after
-  FROM model_forecasts f JOIN models m ON m.id = f.model_id
- WHERE f.model_id = %(model_id)s ORDER BY f.as_of
-"""
-LIVE_RECORD = "SELECT forecasts, realised, metrics FROM model_live_records WHERE model_id = %(model_id)s"
-
-
 def _get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.load(response)
-
-
-def _rows(conn: psycopg.Connection, statement: str, model_id: int) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(statement, {"model_id": model_id}).fetchall()
 
 
 def _prepare(url: str) -> list[bars.Bar]:
@@ -107,15 +91,15 @@ def _train_and_promote(conn: psycopg.Connection, api_url: str) -> int:
 def _settled(conn: psycopg.Connection, model_id: int, as_of: Any) -> bool:
     """The forecast of `as_of` answered, every forecast whose bars are there realised, and the live record
     counting them all."""
-    forecasts = _rows(conn, FORECASTS, model_id)
+    forecasts = gateway.run(conn, gateway.model_forecasts_with_bars(model_id))
     if not any(f["as_of"] == as_of for f in forecasts) or any(f["status"] == "queued" for f in forecasts):
         return False
     if any(f["realised"] is None and f["bars_after"] >= f["needs"] for f in forecasts):
         return False
-    record = _rows(conn, LIVE_RECORD, model_id)
+    record = gateway.run(conn, gateway.live_record_counts(model_id))
     completed = [f for f in forecasts if f["status"] == "completed"]
     realised = sum(f["realised"] is not None for f in completed)
-    return bool(record) and (record[0]["forecasts"], record[0]["realised"]) == (len(completed), realised)
+    return record is not None and (record["forecasts"], record["realised"]) == (len(completed), realised)
 
 
 def _arrive(url: str, conn: psycopg.Connection, model_id: int, day: int, bar: bars.Bar, folder: Path) -> None:
@@ -150,7 +134,7 @@ def _arrive(url: str, conn: psycopg.Connection, model_id: int, day: int, bar: ba
 
 
 def _print_forecasts(conn: psycopg.Connection, model_id: int) -> None:
-    for f in _rows(conn, FORECASTS, model_id):
+    for f in gateway.run(conn, gateway.model_forecasts_with_bars(model_id)):
         if f["realised"] is not None:
             outcome = f"realised {f['realised']:+.6f} (bar {f['realised_at']:%Y-%m-%d})"
         else:
