@@ -160,7 +160,9 @@ def _parquet_bars(path: Path, checks: RowChecks, batch_size: int = PARQUET_BATCH
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    # buffer_size: column chunks are read 1 MiB at a time rather than a whole row group at once (a 1M-row
+    # row group, pyarrow's default, held about 100 MB of Arrow memory; streamed, about 20 MB).
+    parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     schema = parquet.schema_arrow
     names = {name.strip().lower(): name for name in schema.names}
     time_column = next((names[name] for name in TIME_COLUMNS if name in names), None)
