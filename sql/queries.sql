@@ -256,8 +256,7 @@ CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP
 COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN
 
 -- upsert_incoming_bars --
--- (inserted, updated): counted here rather than a row per bar sent back (10 million rows are 10 million
--- booleans in the client's memory otherwise).
+-- The upsert's (inserted, updated) counts, counted here rather than a row per bar sent to the client.
 WITH upserted AS (
     INSERT INTO bars SELECT * FROM incoming_bars
         ON CONFLICT (symbol, timeframe, ts) DO UPDATE
