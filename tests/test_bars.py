@@ -457,3 +457,31 @@ def test_parquet_read_in_several_batches(tmp_path, database, conn):
     assert [p.split(":")[0] for p in raised.value.problems] == ["row 701", "row 901"]
     assert raised.value.problems[1].endswith("(also row 64)")
     assert bar_rows(conn, "PQMANY") == stored  # nothing changed
+
+
+def test_parquet_import_keeps_the_bars_triggers(tmp_path, database, conn):
+    # The upsert (counted in SQL) still fires the statement triggers: a changed value is a revision, an
+    # append after the latest bar is not.
+    revision = "SELECT revision FROM bar_revisions WHERE symbol = 'PQREV' AND timeframe = '1d'"
+    path = write_parquet(tmp_path / "rev.parquet", _columns(GOOD_ROWS[:2], typed_ts=True))
+    assert bars.import_file(conn, path, "PQREV", "1d") == (2, 0)
+    path = write_parquet(tmp_path / "rev.parquet", _columns(GOOD_ROWS, typed_ts=True))
+    assert bars.import_file(conn, path, "PQREV", "1d") == (1, 2)  # identical two, one appended
+    assert conn.execute(revision).fetchone() is None
+    changed = _columns(GOOD_ROWS, typed_ts=True)
+    changed["close"][0] = 10.75
+    assert bars.import_file(conn, write_parquet(tmp_path / "rev.parquet", changed), "PQREV", "1d") == (0, 3)
+    assert conn.execute(revision).fetchone() == (1,)
+
+
+def test_cli_import_of_a_file_that_is_not_parquet(tmp_path, database, conn):
+    path = tmp_path / "fake.parquet"
+    path.write_text(HEADER + "2021-03-01,10,11,9,10.5,100\n")
+    result = run_sfq("bars", "import", str(path), "--symbol", "PQNOT", url=database)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith(f"sfq: {path}: 1 bad row(s), nothing imported"), result.stderr
+    assert "cannot read the file as Parquet" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_sfq("bars", "import", str(tmp_path / "nope.parquet"), "--symbol", "PQNOT", url=database)
+    assert missing.stderr.strip() == f"sfq: no such file: {tmp_path / 'nope.parquet'}"
+    assert bar_rows(conn, "PQNOT") == []
