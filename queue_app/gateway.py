@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -661,9 +661,10 @@ def set_calendar(symbol: str, calendar: str) -> Call[None]:
 
 
 def upsert_bars(
-    conn: psycopg.Connection, symbol: str, timeframe: str, bars: Sequence[Any]
+    conn: psycopg.Connection, symbol: str, timeframe: str, bars: Iterable[Any]
 ) -> tuple[int, int]:
-    """Upsert (symbol, timeframe, bar.ts, bar.open, ...) rows; returns (inserted, updated)."""
+    """Upsert (symbol, timeframe, bar.ts, bar.open, ...) rows, streamed through COPY as `bars` yields them
+    (an exception from `bars` abandons the COPY and the transaction); returns (inserted, updated)."""
     try:
         with conn.transaction(), conn.cursor() as cursor:
             cursor.execute(QUERIES["create_incoming_bars"].sql)
@@ -673,10 +674,10 @@ def upsert_bars(
                         (symbol, timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
                     )
             cursor.execute(QUERIES["upsert_incoming_bars"].sql)
-            flags = [row[0] for row in cursor.fetchall()]
+            inserted, updated = cursor.fetchone()
     except psycopg.Error as error:
         raise translate(error) from None
-    return sum(flags), len(flags) - sum(flags)
+    return inserted, updated
 
 
 # ---------------------------------------------------------------------------------------------------

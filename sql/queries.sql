@@ -256,12 +256,16 @@ CREATE TEMP TABLE incoming_bars (LIKE bars) ON COMMIT DROP
 COPY incoming_bars (symbol, timeframe, ts, open, high, low, close, volume) FROM STDIN
 
 -- upsert_incoming_bars --
--- One row per bar: true when inserted, false when an existing bar was updated.
-INSERT INTO bars SELECT * FROM incoming_bars
-    ON CONFLICT (symbol, timeframe, ts) DO UPDATE
-   SET open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
-       volume = excluded.volume
-RETURNING (xmax = 0)
+-- The upsert's (inserted, updated) counts, counted here rather than a row per bar sent to the client.
+WITH upserted AS (
+    INSERT INTO bars SELECT * FROM incoming_bars
+        ON CONFLICT (symbol, timeframe, ts) DO UPDATE
+       SET open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+           volume = excluded.volume
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated
+  FROM upserted
 
 -- lock_migrations --
 -- One `sfq db upgrade` at a time, until its transaction ends.

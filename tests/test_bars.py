@@ -315,3 +315,173 @@ def test_sample_bars_are_split_adjusted(conn):
     )
     assert abs(aapl["2005-02-28"] / aapl["2005-02-25"] - 1) < 0.1
     assert abs(aapl["2000-06-21"] / aapl["2000-06-20"] - 1) < 0.15
+
+
+# Parquet: the same columns, the same checks (RowChecks), the same COPY and upsert; rows are numbered from 1.
+
+
+def write_parquet(path: Path, columns: dict, row_group_size: int | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+GOOD_ROWS = [
+    ("2021-03-01T14:30:00", 10.0, 11.0, 9.0, 10.5, 100.0),
+    ("2021-03-01T14:31:00+00:00", 10.5, 12.0, 10.0, 11.5, 200.0),
+    ("2021-03-01T15:32:00+01:00", 11.5, 12.0, 11.0, 11.25, 0.0),  # 14:32 UTC
+]
+
+
+def _columns(rows, typed_ts: bool) -> dict:
+    ts = [row[0] for row in rows]
+    if typed_ts:  # naive timestamps are UTC, as in CSV
+        ts = [bars._timestamp(text).astimezone(UTC).replace(tzinfo=None) for text in ts]
+    names = ("open", "high", "low", "close", "volume")
+    return {"ts": ts, **{name: [row[i + 1] for row in rows] for i, name in enumerate(names)}}
+
+
+@pytest.mark.parametrize("typed_ts", [True, False], ids=["timestamp", "string"])
+def test_parquet_import_matches_the_same_csv(tmp_path, database, conn, typed_ts):
+    csv_path = tmp_path / "bars.csv"
+    csv_path.write_text(
+        "ts,open,high,low,close,volume\n" + "".join(",".join(map(str, r)) + "\n" for r in GOOD_ROWS)
+    )
+    parquet = write_parquet(tmp_path / "bars.parquet", _columns(GOOD_ROWS, typed_ts))
+    symbol = f"PQ{int(typed_ts)}"
+    from_csv = run_sfq(
+        "bars", "import", str(csv_path), "--symbol", f"{symbol}C", "--timeframe", "1m", url=database
+    )
+    assert from_csv.returncode == 0, from_csv.stderr
+    from_parquet = run_sfq(
+        "bars", "import", str(parquet), "--symbol", symbol, "--timeframe", "1m", url=database
+    )
+    assert from_parquet.returncode == 0, from_parquet.stderr
+    assert from_parquet.stdout.strip() == f"{symbol} 1m: 3 bars inserted, 0 updated"
+    assert bar_rows(conn, symbol) == bar_rows(conn, f"{symbol}C")
+    assert bar_rows(conn, symbol)[2][0] == datetime(2021, 3, 1, 14, 32, tzinfo=UTC)
+    # By --format, whatever the name; a second import updates.
+    renamed = parquet.rename(tmp_path / "bars.data")
+    again = run_sfq(
+        "bars",
+        "import",
+        str(renamed),
+        "--symbol",
+        symbol,
+        "--timeframe",
+        "1m",
+        "--format",
+        "parquet",
+        url=database,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "0 bars inserted, 3 updated" in again.stdout
+
+
+def test_parquet_import_reports_every_bad_row_and_imports_nothing(tmp_path, database, conn):
+    rows = [
+        ("2021-03-01T14:30:00", 10.0, 11.0, 9.0, 10.5, 100.0),  # row 1: good
+        ("2021-03-01T14:31:00", 10.0, 8.0, 9.0, 10.5, 100.0),  # row 2: high below low
+        ("2021-03-01T14:32:00", 10.0, 11.0, 9.0, 10.5, -1.0),  # row 3: negative volume
+        ("2021-03-01T14:33:00", 10.0, 11.0, 9.0, 10.5, 100.0),  # row 4: good
+        ("2021-03-01T14:30:00", 10.0, 11.0, 9.0, 10.5, 100.0),  # row 5: same instant as row 1
+        ("2021-03-01T14:35:00", 10.0, 11.0, 9.0, 10.5, 100.0),  # row 6: good
+    ]
+    columns = _columns(rows, typed_ts=True)
+    columns["close"][5] = None  # row 6: an empty close after all
+    path = write_parquet(tmp_path / "bad.parquet", columns, row_group_size=2)
+    result = run_sfq("bars", "import", str(path), "--symbol", "PQBAD", url=database)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith(f"sfq: {path}: 4 bad row(s), nothing imported"), result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert [line.split(":")[0] for line in lines] == ["row 2", "row 3", "row 5", "row 6"]
+    assert "bracket" in lines[0] and "volume" in lines[1]
+    assert "duplicate timestamp 2021-03-01T14:30:00+00:00 (also row 1)" in lines[2]
+    assert "close" in lines[3]
+    assert bar_rows(conn, "PQBAD") == []
+
+
+@pytest.mark.parametrize(
+    ("drop", "change", "named"),
+    [
+        ("high", None, "lack column(s): high"),
+        ("ts", None, "lack column(s): ts (or date)"),
+        (None, ("volume", ["a", "b"]), "column volume is string, not a number"),
+        (None, ("ts", [1.5, 2.5]), "column ts is double, not a timestamp"),
+    ],
+    ids=["no-high", "no-ts", "text-volume", "float-ts"],
+)
+def test_parquet_import_names_a_missing_or_mistyped_column(tmp_path, database, conn, drop, change, named):
+    columns = _columns(GOOD_ROWS[:2], typed_ts=True)
+    if drop:
+        del columns[drop]
+    if change:
+        columns[change[0]] = change[1]
+    path = write_parquet(tmp_path / "columns.parquet", columns)
+    result = run_sfq("bars", "import", str(path), "--symbol", "PQCOL", url=database)
+    assert result.returncode == 1, result
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert bar_rows(conn, "PQCOL") == []
+
+
+def test_parquet_read_in_several_batches(tmp_path, database, conn):
+    # 1,000 minute bars read 64 rows at a time (16 batches), across 7 row groups; a duplicate in the last
+    # batch of the one before it is still found, and rows are numbered across batches.
+    start = datetime(2022, 1, 3, 14, 30)
+    n = 1000
+    columns = {
+        "Timestamp": [start + timedelta(minutes=i) for i in range(n)],
+        "Open": [100.0 + i % 7 for i in range(n)],
+        "High": [110.0 + i % 7 for i in range(n)],
+        "Low": [90.0 + i % 7 for i in range(n)],
+        "Close": [101.0 + i % 7 for i in range(n)],
+        "Volume": list(range(n)),  # integers: cast to double
+    }
+    path = write_parquet(tmp_path / "minutes.parquet", columns, row_group_size=150)
+    inserted, updated = bars.import_file(conn, path, "pqmany", "1m", batch_size=64)
+    assert (inserted, updated) == (n, 0)
+    stored = bar_rows(conn, "PQMANY")
+    assert len(stored) == n
+    assert stored[0] == (datetime(2022, 1, 3, 14, 30, tzinfo=UTC), 100.0, 110.0, 90.0, 101.0, 0.0)
+    assert stored[-1][0] == datetime(2022, 1, 3, 14, 30, tzinfo=UTC) + timedelta(minutes=n - 1)
+
+    columns["Timestamp"][900] = columns["Timestamp"][63]
+    columns["High"][700] = 1.0
+    path = write_parquet(tmp_path / "minutes.parquet", columns, row_group_size=150)
+    with pytest.raises(BadRows) as raised:
+        bars.import_file(conn, path, "pqmany", "1m", batch_size=64)
+    assert [p.split(":")[0] for p in raised.value.problems] == ["row 701", "row 901"]
+    assert raised.value.problems[1].endswith("(also row 64)")
+    assert bar_rows(conn, "PQMANY") == stored  # nothing changed
+
+
+def test_parquet_import_keeps_the_bars_triggers(tmp_path, database, conn):
+    # The upsert (counted in SQL) still fires the statement triggers: a changed value is a revision, an
+    # append after the latest bar is not.
+    revision = "SELECT revision FROM bar_revisions WHERE symbol = 'PQREV' AND timeframe = '1d'"
+    path = write_parquet(tmp_path / "rev.parquet", _columns(GOOD_ROWS[:2], typed_ts=True))
+    assert bars.import_file(conn, path, "PQREV", "1d") == (2, 0)
+    path = write_parquet(tmp_path / "rev.parquet", _columns(GOOD_ROWS, typed_ts=True))
+    assert bars.import_file(conn, path, "PQREV", "1d") == (1, 2)  # identical two, one appended
+    assert conn.execute(revision).fetchone() is None
+    changed = _columns(GOOD_ROWS, typed_ts=True)
+    changed["close"][0] = 10.75
+    assert bars.import_file(conn, write_parquet(tmp_path / "rev.parquet", changed), "PQREV", "1d") == (0, 3)
+    assert conn.execute(revision).fetchone() == (1,)
+
+
+def test_cli_import_of_a_file_that_is_not_parquet(tmp_path, database, conn):
+    path = tmp_path / "fake.parquet"
+    path.write_text(HEADER + "2021-03-01,10,11,9,10.5,100\n")
+    result = run_sfq("bars", "import", str(path), "--symbol", "PQNOT", url=database)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith(f"sfq: {path}: 1 bad row(s), nothing imported"), result.stderr
+    assert "cannot read the file as Parquet" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_sfq("bars", "import", str(tmp_path / "nope.parquet"), "--symbol", "PQNOT", url=database)
+    assert missing.stderr.strip() == f"sfq: no such file: {tmp_path / 'nope.parquet'}"
+    assert bar_rows(conn, "PQNOT") == []

@@ -60,7 +60,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_bars_import(args: argparse.Namespace) -> None:
     with connect(args) as conn:
-        inserted, updated = bars.import_file(conn, Path(args.file), args.symbol, args.timeframe)
+        inserted, updated = bars.import_file(conn, Path(args.file), args.symbol, args.timeframe, args.format)
         if args.calendar:
             gateway.run(conn, gateway.set_calendar(args.symbol.upper(), args.calendar))
     calendar = f"; calendar {args.calendar}" if args.calendar else ""
@@ -113,8 +113,13 @@ def _db(sub: argparse._SubParsersAction) -> None:
 def _bars(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bars", help="price bars: import, sample, list")
     actions = parser.add_subparsers(dest="bars_command", required=True, metavar="ACTION")
-    imported = actions.add_parser("import", help="import OHLCV bars from a CSV file")
+    imported = actions.add_parser("import", help="import OHLCV bars from a CSV or Parquet file")
     imported.add_argument("file")
+    imported.add_argument(
+        "--format",
+        choices=bars.FORMATS,
+        help="the file's format (default: parquet for a name ending .parquet or .pq, else csv)",
+    )
     imported.add_argument("--symbol", required=True)
     imported.add_argument("--timeframe", default="1d")
     imported.add_argument(

@@ -1,0 +1,110 @@
+"""`python -m bench.bars_parquet [--rows N] [--dir DIR]`: the Parquet bars import at scale (issue 16).
+
+Writes N synthetic minute bars of ONE symbol (a random walk from 2000-01-03, one bar a minute, naive
+timestamps = UTC) to a Parquet file (zstd, row groups of 1M, written a million rows at a time), then
+runs the real CLI, `sfq bars import FILE.parquet --symbol SYN --timeframe 1m`, as a child process into a
+fresh database (dropped at the end), and prints its wall time, rows/s and peak RSS (the child's
+ru_maxrss). POSTGRES_URL names the server (a superuser: the database is created and dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from queue_app import db
+
+CHUNK = 1_000_000
+
+
+def write_bars(path: Path, rows: int, seed: int = 16) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    start = np.datetime64("2000-01-03T00:00", "us")
+    price = 100.0
+    schema = pa.schema(
+        [("ts", pa.timestamp("us"))]
+        + [(name, pa.float64()) for name in ("open", "high", "low", "close", "volume")]
+    )
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for first in range(0, rows, CHUNK):
+            n = min(CHUNK, rows - first)
+            close = price * np.exp(np.cumsum(rng.normal(0, 0.0005, n)))
+            open_ = np.r_[price, close[:-1]]
+            spread = np.abs(rng.normal(0, 0.0003, n)) * close
+            high = np.maximum(open_, close) + spread
+            low = np.minimum(open_, close) - spread
+            volume = rng.integers(0, 10_000, n).astype(np.float64)
+            ts = start + (np.arange(first, first + n) * 60_000_000).astype("timedelta64[us]")
+            table = pa.table(
+                {"ts": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}, schema
+            )
+            writer.write_table(table, row_group_size=CHUNK)
+            price = float(close[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the file is written (default: a temp dir)"
+    )
+    args = parser.parse_args()
+    server = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"sfq_bench_parquet_{os.getpid()}"
+    url = server.rsplit("/", 1)[0] + f"/{name}"
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "bars.parquet"
+        began = time.monotonic()
+        write_bars(path, args.rows)
+        print(
+            f"wrote {args.rows:,} minute bars of one symbol: {path.stat().st_size / 2**20:.0f} MiB "
+            f"in {time.monotonic() - began:.1f} s",
+            flush=True,
+        )
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        try:
+            db.upgrade(url)
+            began = time.monotonic()
+            result = subprocess.run(
+                [sys.executable, "-m", "queue_app.cli", "bars", "import", str(path), "--symbol", "SYN"]
+                + ["--timeframe", "1m"],
+                env={**os.environ, "POSTGRES_URL": url},
+                capture_output=True,
+                text=True,
+            )
+            elapsed = time.monotonic() - began
+            peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            if result.returncode != 0:
+                sys.exit(f"import failed: {result.stderr}")
+            print(result.stdout.strip())
+            print(
+                f"import: {args.rows:,} rows in {elapsed:.1f} s = {args.rows / elapsed:,.0f} rows/s; "
+                f"peak RSS of the sfq process {peak_mib:.0f} MiB",
+                flush=True,
+            )
+            with psycopg.connect(url) as conn:
+                count, revisions = conn.execute(
+                    "SELECT (SELECT count(*) FROM bars WHERE symbol = 'SYN'),"
+                    " (SELECT coalesce(sum(revision), 0) FROM bar_revisions)"
+                ).fetchone()
+            print(f"bars stored: {count:,}; bar revisions: {revisions}")
+        finally:
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+if __name__ == "__main__":
+    main()
