@@ -24,9 +24,8 @@ import httpx
 import pandas as pd
 
 from queue_app.errors import (
-    Conflict,
+    HTTP_STATUS,
     Forbidden,
-    Malformed,
     NotFound,
     Rejected,
     SfqError,
@@ -233,7 +232,7 @@ def equity_frame(points: list[list[Any]] | None) -> pd.DataFrame:
 
 def error_from(response: httpx.Response) -> SfqError:
     """The API's answer `{"error": message, "detail": ...}` as the sfq error its status stands for (the
-    inverse of queue_app.api.app.STATUS); `.status` is the HTTP status."""
+    inverse of queue_app.errors.HTTP_STATUS); `.status` is the HTTP status."""
     try:
         body = response.json()
     except ValueError:
@@ -245,20 +244,15 @@ def error_from(response: httpx.Response) -> SfqError:
     field = detail.get("field") if isinstance(detail, dict) else None
     status = response.status_code
     text = None if detail is None or isinstance(detail, dict) else str(detail)
-    if status == 400:
-        error: SfqError = Malformed(message, text)
-    elif status == 413:
-        error = TooLarge(message, detail.get("limit") if isinstance(detail, dict) else None)
-    elif status == 422:
+    kind = next((kind for kind, code in HTTP_STATUS.items() if code == status), None)
+    if status == 401:  # no token (the API's TokenAuth); a wrong one, or a role that may not, is 403
+        kind = Forbidden
+    if kind is TooLarge:
+        error: SfqError = TooLarge(message, detail.get("limit") if isinstance(detail, dict) else None)
+    elif kind is Rejected:
         error = Rejected(message, field)
-    elif status == 404:
-        error = NotFound(message, text)
-    elif status == 409:
-        error = Conflict(message, text)
-    elif status in (401, 403):  # no token, or a wrong one (the API's TokenAuth); a role that may not
-        error = Forbidden(message, text)
-    elif status == 503:
-        error = Unavailable(message, text)
+    elif kind is not None:
+        error = kind(message, text)
     else:
         error = SfqError(message, text or f"HTTP {status}")
     error.status = status  # type: ignore[attr-defined]

@@ -84,3 +84,16 @@ class NoSchema(Unavailable):
 
 class Retry(Unavailable):
     """A concurrent change got in the way (deadlock, serialization failure): nothing was done; try again."""
+
+
+# The HTTP status each error answers with: the API's handler table (queue_app.api.app, the most specific
+# class of an error deciding) and the client's way back (queue_app.client), one table.
+HTTP_STATUS: dict[type[SfqError], int] = {
+    Malformed: 400,
+    TooLarge: 413,
+    Rejected: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Forbidden: 403,
+    Unavailable: 503,
+}

@@ -10,16 +10,7 @@ from starlette.routing import Route
 
 from queue_app.api import endpoints as e
 from queue_app.api.http import JSON, error
-from queue_app.errors import (
-    Conflict,
-    Forbidden,
-    Malformed,
-    NotFound,
-    Rejected,
-    SfqError,
-    TooLarge,
-    Unavailable,
-)
+from queue_app.errors import HTTP_STATUS, Malformed, Rejected, SfqError, TooLarge
 
 
 class IdConvertor(IntegerConvertor):
@@ -62,17 +53,6 @@ ROUTES = [
     Route("/openapi.json", e.openapi, methods=["GET"]),
 ]  # every path and method here has its entry in queue_app.api.openapi (tests/test_api_server.py)
 
-# sfq's errors as answers: the most specific class of an error decides its status.
-STATUS = {
-    Malformed: 400,
-    TooLarge: 413,
-    Rejected: 422,
-    NotFound: 404,
-    Conflict: 409,
-    Forbidden: 403,
-    Unavailable: 503,
-}
-
 
 def _detail(exc: SfqError) -> object:
     if isinstance(exc, TooLarge):
@@ -83,7 +63,8 @@ def _detail(exc: SfqError) -> object:
 
 
 async def _sfq_error(request: Request, exc: SfqError) -> JSON:
-    status = next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)
+    # sfq's errors as answers: the most specific class of an error decides its status (queue_app.errors).
+    status = next((HTTP_STATUS[kind] for kind in type(exc).__mro__ if kind in HTTP_STATUS), 500)
     return error(status, exc.message, _detail(exc))
 
 

@@ -214,10 +214,17 @@ def run(settings: Settings, workers: int) -> None:
             _evolve_and_predict(conn, api_url, gateway.run(conn, gateway.list_models(BEST))[0]["id"])
         _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
     finally:
-        _say("stopping workers and API")
-        for process, name in reversed(processes):
-            _stop(process, name)
-        if started_cluster:
-            embedded.stop(settings.home)
-            print("stopped sfq's private PostgreSQL cluster")
-        print("demo finished")
+        _stop_all(processes, settings, started_cluster)
+
+
+def _stop_all(
+    processes: list[tuple[subprocess.Popen, str]], settings: Settings, started_cluster: bool
+) -> None:
+    """A demo's end, however it ended: its processes stopped, and the private cluster if it started it."""
+    _say("stopping workers and API")
+    for process, name in reversed(processes):
+        _stop(process, name)
+    if started_cluster:
+        embedded.stop(settings.home)
+        print("stopped sfq's private PostgreSQL cluster")
+    print("demo finished")

@@ -24,7 +24,7 @@ import psycopg
 
 from queue_app import bars, db, embedded, gateway
 from queue_app.cli.common import wait_for
-from queue_app.cli.demo import DEMO_DATABASE, _post, _say, _start, _stop
+from queue_app.cli.demo import DEMO_DATABASE, _post, _say, _start, _stop_all
 from queue_app.config import Settings, database_url
 from queue_app.errors import Unavailable
 
@@ -200,10 +200,4 @@ def run(settings: Settings, workers: int) -> None:
             _report(api_url)
         _say(f"the strategy stays in database {LIVE_DATABASE}: POSTGRES_URL='{url}' sfq strategy {STRATEGY}")
     finally:
-        _say("stopping workers and API")
-        for process, name in reversed(processes):
-            _stop(process, name)
-        if started_cluster:
-            embedded.stop(settings.home)
-            print("stopped sfq's private PostgreSQL cluster")
-        print("demo finished")
+        _stop_all(processes, settings, started_cluster)
