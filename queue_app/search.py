@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from queue_app.stats import finite
+
 if TYPE_CHECKING:
     import optuna
 
@@ -31,14 +33,12 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 
 def objective_value(metrics: dict[str, Any], objective: str) -> float | None:
     """A completed model's value of `objective` (the folds' mean), None when not finite."""
-    value = (metrics or {}).get(f"{objective}_mean")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return finite((metrics or {}).get(f"{objective}_mean"))
 
 
 def fold_value(fold: dict[str, Any], objective: str) -> float | None:
     """One CV fold's score for `objective`, as the pruner sees it at that fold (its step)."""
-    value = fold.get(OBJECTIVES[objective][0])
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return finite(fold.get(OBJECTIVES[objective][0]))
 
 
 @dataclass(frozen=True)

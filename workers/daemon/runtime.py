@@ -161,21 +161,23 @@ class Runtime:
         )
         notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
         timeout_s = timeout_s or self.settings.timeout_s
-        on_fold = functools.partial(self._fold_scored, model_id, spec["cv_folds"])
+        on_fold = functools.partial(self._fold_scored, studies.FoldReports(model_id, spec["cv_folds"]))
         return await self.trainer.train(
             spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt, on_fold
         )
 
-    def _fold_scored(self, model_id: int, folds: int, fold: dict[str, Any]) -> str | None:
+    def _fold_scored(self, reports: studies.FoldReports, fold: dict[str, Any]) -> str | None:
         """A CV fold ended (in the thread that waits for the training): the studies it is a trial of
         record it, and their pruners may stop the training. Never fails the training: without the
         database, it goes on unpruned."""
+        if reports.trials == []:  # a trial of no pruning study: nothing to ask the database
+            return None
         try:
             with self._side_lock:
-                return studies.report_fold(self._side_connection(), model_id, fold, folds)
+                return reports.report(self._side_connection(), fold)
         except Exception as error:
             log.warning(
-                "model %s: fold %s not reported to its studies: %s", model_id, fold.get("fold"), error
+                "model %s: fold %s not reported to its studies: %s", reports.model_id, fold.get("fold"), error
             )
             return None
 

@@ -219,9 +219,9 @@ def _ask_one(conn, row: dict[str, Any], engine: Engine, number: int) -> str:
             submitted = gateway.run(conn, gateway.submit_trial(row["id"], request))
     except Rejected as error:
         return _failed_at_once(conn, row, study, trial.number, point, str(error), lineage)
-    model = gateway.run(conn, gateway.get_model(submitted.model_id))
-    state, values = "running", None
-    if submitted.deduplicated and model["status"] == "completed":
+    state, values, error = "running", None, None
+    model = gateway.run(conn, gateway.get_model(submitted.model_id)) if submitted.deduplicated else None
+    if model is not None and model["status"] == "completed":  # trained already: told at once
         state, values, error = _ending(row, {**model, "error": None})
         if state == "complete":
             state = "reused"
@@ -232,7 +232,7 @@ def _ask_one(conn, row: dict[str, Any], engine: Engine, number: int) -> str:
         conn,
         gateway.insert_trial(
             row["id"], trial.number, model_id=submitted.model_id, state=state, params=point, values=values,
-            **lineage,
+            error=error, **lineage,
         ),
     )  # fmt: skip
     return state
@@ -250,13 +250,21 @@ def _failed_at_once(conn, row, study: optuna.Study, number: int, point, problem:
 # Pruning: a fold's score, told as the fold ends; the study's pruner says whether to go on.
 
 
-def report_fold(conn, model_id: int, fold: dict[str, Any], folds: int) -> str | None:
-    """Record a model's CV fold with every pruning study it is a running trial of; the reason to stop
-    training it when each of them prunes it, else None."""
-    verdicts = []
-    for trial in gateway.run(conn, gateway.pruning_trials(model_id)):
-        verdicts.append(_prune(conn, trial["study_id"], trial["number"], fold, folds))
-    return verdicts[0] if verdicts and all(verdicts) else None
+class FoldReports:
+    """A training's CV folds, told to the pruning studies it is a running trial of. Which those are is read
+    at its first fold: a model that is none (most) costs one query per training, not one per fold."""
+
+    def __init__(self, model_id: int, folds: int):
+        self.model_id = model_id
+        self.folds = folds
+        self.trials: list[dict[str, Any]] | None = None
+
+    def report(self, conn, fold: dict[str, Any]) -> str | None:
+        """Record the fold with each study; the reason to stop training when each of them prunes it."""
+        if self.trials is None:
+            self.trials = gateway.run(conn, gateway.pruning_trials(self.model_id))
+        verdicts = [_prune(conn, t["study_id"], t["number"], fold, self.folds) for t in self.trials]
+        return verdicts[0] if verdicts and all(verdicts) else None
 
 
 def _prune(conn, study_id: int, number: int, fold: dict[str, Any], folds: int) -> str | None:
