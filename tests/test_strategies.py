@@ -94,6 +94,7 @@ def test_the_api_moves_aliases_as_the_token_s_name_and_names_bad_fields(clean, s
             ("/strategies/Bad Name/aliases/production", {"model_id": model, "reason": "x"}, 422, "strategy"),
             ("/strategies/api-1/aliases/PROD", {"model_id": model, "reason": "x"}, 422, "alias"),
             ("/strategies/api-1/aliases/production", {"model_id": model}, 422, "reason"),
+            ("/strategies/api-1/aliases/production", {"model_id": model, "reason": "a\x00b"}, 422, "reason"),
             ("/strategies/api-1/aliases/production", {"model_id": "7", "reason": "x"}, 422, "model_id"),
             ("/strategies/api-1/aliases/production", {"model_id": 999999, "reason": "x"}, 422, "model_id"),
         ]

@@ -255,10 +255,7 @@ async def model_simulations(request: Request) -> JSON:
 
 def _path_name(request: Request, key: str) -> str:
     """A strategy's or an alias's name from the path, as text the database can take (it checks the rest)."""
-    value = request.path_params[key]
-    if "\x00" in value:
-        raise Rejected(f"{key}: a name has no NUL character", key)
-    return value
+    return http.text(request.path_params[key], key, "a name")
 
 
 async def move_alias(request: Request) -> JSON:
@@ -267,9 +264,7 @@ async def move_alias(request: Request) -> JSON:
     body = await http.json_body(request)
     http.only(body, "model_id", "reason")
     model_id = http.model_id(body, "model_id")
-    reason = body.get("reason")
-    if not isinstance(reason, str):
-        raise Rejected(f"reason must be a string saying why the alias moves, got {reason!r}", "reason")
+    reason = http.text(body.get("reason"), "reason", "a string saying why the alias moves")
     name, alias = _path_name(request, "name"), _path_name(request, "alias")
     moved = await call(
         request, gateway.move_alias(name, alias, model_id, reason, auth.actor(request), "http")

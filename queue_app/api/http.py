@@ -117,3 +117,11 @@ def boolean(body: dict[str, Any], field: str) -> bool:
     if not isinstance(value, bool):
         raise Rejected(f"{field} must be true or false, got {value!r}", field)
     return value
+
+
+def text(value: Any, field: str, what: str) -> str:
+    """A string the database can hold as text (PostgreSQL's text has no NUL character), or a 422 naming
+    the field; `what` says what it should be."""
+    if not isinstance(value, str) or "\x00" in value:
+        raise Rejected(f"{field} must be {what} without a NUL character, got {value!r}", field)
+    return value
