@@ -112,6 +112,15 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         largest = max(searches["asks"], key=int)
         warm = searches["asks"][largest]["warm_ms"]
         out.append((f"ask one trial at {largest} trials < 50 ms", f"{warm:.1f} ms", _verdict(warm < 50)))
+    sustained = data.get("sustained")
+    if sustained:
+        out.append(
+            (
+                f"queue tables bounded over {sustained['duration_s'] / 60:.0f} min of no-op jobs",
+                f"{sustained['rate']:.0f} jobs/s, retention {sustained['retention_s']} s",
+                _verdict(sustained["bounded"]),
+            )
+        )
     reads = data.get("reads")
     if reads:
         largest = max(reads["results"])

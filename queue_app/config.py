@@ -91,7 +91,7 @@ class Settings:
     heartbeat_s: int  # how often a worker proves it is alive
     rescue_after_s: int  # a running job whose worker has been silent this long goes to another worker
     max_attempts: int  # a model whose worker was lost this many times fails instead of running again
-    job_retention_days: int  # finished queue jobs older than this are pruned (models are kept)
+    job_retention_s: int  # finished queue jobs older than this are pruned (models are kept)
     hostname: str  # recorded with every result; SFQ_HOSTNAME overrides the machine's name
     api_tokens: tuple[str, ...] = field(repr=False)  # none: the API is open (docs/security.md); never shown
     api_token_names: tuple[str | None, ...] = field(repr=False)  # each token's name (`name:token`), or None
@@ -111,7 +111,7 @@ class Settings:
                 ("SFQ_HEARTBEAT_S", self.heartbeat_s, 1),
                 ("SFQ_RESCUE_AFTER_S", self.rescue_after_s, 2 * self.heartbeat_s + 1),
                 ("SFQ_MAX_ATTEMPTS", self.max_attempts, 1),
-                ("SFQ_JOB_RETENTION_DAYS", self.job_retention_days, 1),
+                ("SFQ_JOB_RETENTION_S", self.job_retention_s, 60),
             )
             if value < low
         ]
@@ -132,7 +132,7 @@ class Settings:
             heartbeat_s=_int("SFQ_HEARTBEAT_S", 5),
             rescue_after_s=_int("SFQ_RESCUE_AFTER_S", 20),
             max_attempts=_int("SFQ_MAX_ATTEMPTS", 3),
-            job_retention_days=_int("SFQ_JOB_RETENTION_DAYS", 7),
+            job_retention_s=_int("SFQ_JOB_RETENTION_S", 7 * 86400),
             hostname=os.environ.get("SFQ_HOSTNAME") or socket.gethostname(),
             api_tokens=tuple(tokens := _api_tokens()),
             api_token_names=tuple(tokens.values()),

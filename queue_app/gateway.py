@@ -468,8 +468,8 @@ def rescue_stalled_side_jobs(stale_after_s: float, own_worker: int | None) -> Ca
     return Call("rescue_stalled_side_jobs", {"stale_after_s": stale_after_s, "own_worker": own_worker})
 
 
-def prune_finished_jobs(older_than_days: int) -> Call[int]:
-    return Call("prune_finished_jobs", {"older_than_days": older_than_days}, _value)
+def prune_finished_jobs(older_than_s: int, batch: int) -> Call[int]:
+    return Call("prune_finished_jobs", {"older_than_s": older_than_s, "batch": batch}, _value)
 
 
 def load_bars(symbol: str, timeframe: str, data_end: Any, limit: int) -> Call[list[tuple]]:

@@ -177,8 +177,8 @@ SELECT %(worker_id)s, %(host)s, %(pid)s, %(instance)s FROM beat
     ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid
 
 -- prune_finished_jobs --
--- Delete finished queue jobs older than the retention; how many went.
-SELECT sfq_prune_finished_jobs(%(older_than_days)s)
+-- Delete up to a batch of finished queue jobs older than the retention; how many went.
+SELECT sfq_prune_finished_jobs(make_interval(secs => %(older_than_s)s), %(batch)s)
 
 -- get_model --
 -- Everything stored about one model, with its file's SHA-256 and size.

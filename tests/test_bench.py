@@ -35,6 +35,7 @@ EXPECTED = {
         "ask one trial (TPE) in a study of 50 trials",
     ],
     "reads": ["GET /models?sort=ic&limit=20, 2000 models", "GET /metrics, 2000 models", "sfq status"],
+    "sustained": ["rate (workers never idle)", "procrastinate_jobs: size", "bounded: peak size"],
 }
 
 

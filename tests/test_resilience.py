@@ -204,20 +204,21 @@ def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):
     assert clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
 
 
+def _age_events(conn, ago: str) -> None:
+    """Every event so far happened `ago`: pruning reads event ids and times as rising together."""
+    conn.execute("UPDATE procrastinate_events SET at = now() - %s::interval", (ago,))
+
+
 def test_pruning_removes_old_finished_jobs_only(clean):
     old, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
     recent, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
     waiting, _, _ = insert_request(clean, {"symbol": "IBM", **FAST})
-    clean.execute(
-        "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE (args->>'model_id')::int IN (%s, %s)",
-        (old, recent),
-    )
-    clean.execute(
-        "UPDATE procrastinate_events SET at = now() - interval '30 days'"
-        " WHERE job_id = (SELECT job_id FROM models WHERE id = %s)",
-        (old,),
-    )
-    assert clean.execute("SELECT sfq_prune_finished_jobs(7)").fetchone()[0] == 1
+    finish = "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE (args->>'model_id')::int = %s"
+    _age_events(clean, "30 days")  # all three deferred 30 days ago, `old` finished then, `recent` now
+    clean.execute(finish, (old,))
+    _age_events(clean, "30 days")
+    clean.execute(finish, (recent,))
+    assert clean.execute("SELECT sfq_prune_finished_jobs(interval '7 days')").fetchone()[0] == 1
     remaining = {
         r[0]
         for r in clean.execute(
@@ -226,3 +227,27 @@ def test_pruning_removes_old_finished_jobs_only(clean):
     }
     assert remaining == {recent, waiting}
     assert clean.execute("SELECT count(*) FROM models").fetchone()[0] == 3
+
+
+def test_pruning_goes_a_batch_at_a_time_and_keeps_what_a_periodic_task_points_at(clean):
+    """Three old finished jobs with batch 2: two go, then the last; a job that a periodic task's record points
+    at stays (deleting it would break the reference); a job whose last event is recent stays."""
+    ids = [insert_request(clean, {"symbol": s, **FAST})[0] for s in ("AAPL", "MSFT", "IBM", "SPY", "QQQ")]
+    jobs = dict(clean.execute("SELECT id, job_id FROM models WHERE id = ANY(%s)", (ids,)).fetchall())
+    old, periodic, recent = [jobs[i] for i in ids[:3]], jobs[ids[3]], jobs[ids[4]]
+    finish = "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = ANY(%s)"
+    _age_events(clean, "2 hours")
+    clean.execute(finish, ([*old, periodic],))
+    _age_events(clean, "2 hours")
+    clean.execute(finish, ([recent],))
+    clean.execute(
+        "INSERT INTO procrastinate_periodic_defers (task_name, defer_timestamp, job_id) VALUES ('t', 1, %s)",
+        (periodic,),
+    )
+    prune = "SELECT sfq_prune_finished_jobs(interval '1 hour', 2)"
+    assert [clean.execute(prune).fetchone()[0] for _ in range(3)] == [2, 1, 0]
+    everyone = [*old, periodic, recent]
+    left = {r[0] for r in clean.execute("SELECT id FROM procrastinate_jobs WHERE id = ANY(%s)", (everyone,))}
+    assert left == {periodic, recent}
+    events = clean.execute("SELECT count(*) FROM procrastinate_events WHERE job_id = ANY(%s)", (old,))
+    assert events.fetchone()[0] == 0

@@ -198,15 +198,38 @@ $$;
 -- ---------------------------------------------------------------------------------------------------
 -- Retention.
 
--- Finished queue jobs (and their events) older than the retention; models and results are untouched.
-CREATE OR REPLACE FUNCTION sfq_prune_finished_jobs(older_than_days integer) RETURNS integer
-    LANGUAGE sql AS $$
-    WITH pruned AS (
-        DELETE FROM procrastinate_jobs j
-         WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
-           AND coalesce((SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = j.id), '-infinity')
-               < now() - make_interval(days => older_than_days)
-        RETURNING 1
+-- Up to `batch` finished queue jobs (and their events) whose last event is older than the retention, in
+-- one transaction; models and results are untouched. Returns how many went: the caller calls again until
+-- fewer than `batch` go. Its cost follows what is to be pruned, not the table: the events older than the
+-- retention are a prefix of procrastinate_events in id order (ids and times rise together), found by
+-- reading the primary key up to the first event inside the retention (`boundary`); a job goes when all its
+-- events are before it. One pruner at a time (others return 0 at once); a job a periodic task's record
+-- still points at stays.
+CREATE OR REPLACE FUNCTION sfq_prune_finished_jobs(older_than interval, batch integer DEFAULT 10000)
+    RETURNS integer
+    LANGUAGE plpgsql AS $$
+DECLARE
+    boundary bigint;
+    pruned integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('sfq_prune_finished_jobs')) THEN
+        RETURN 0;
+    END IF;
+    SELECT e.id INTO boundary FROM procrastinate_events e WHERE e.at >= now() - older_than ORDER BY e.id LIMIT 1;
+    boundary := coalesce(boundary, 9223372036854775807);
+    WITH victims AS (
+        SELECT j.id FROM procrastinate_jobs j
+         WHERE j.id IN (SELECT e.job_id FROM procrastinate_events e WHERE e.id < boundary)
+           AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+           AND NOT EXISTS (SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id AND e.id >= boundary)
+           AND NOT EXISTS (SELECT 1 FROM procrastinate_periodic_defers p WHERE p.job_id = j.id)
+         ORDER BY j.id
+         LIMIT batch
+           FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM procrastinate_jobs j USING victims v WHERE j.id = v.id RETURNING 1
     )
-    SELECT count(*)::integer FROM pruned
+    SELECT count(*)::integer INTO pruned FROM gone;
+    RETURN pruned;
+END;
 $$;

@@ -39,7 +39,9 @@ log = logging.getLogger("sfq.worker")
 # failure, deadlock) is the gateway's Unavailable: retried. Anything else fails the model at once.
 # Backoff, in seconds, for writing a finished result (or an attempt's end) while the database is away:
 WRITE_RETRIES_S = (0.5, 1, 2, 4, 8, 16, 32)
-PRUNE_EVERY_S = 3600
+# Finished jobs past the retention are pruned every minute, a batch a transaction until none is left:
+# between two rounds the queue's tables grow by a minute of jobs at most (docs/BENCHMARKS.md, sustained).
+PRUNE_EVERY_S, PRUNE_BATCH = 60, 10_000
 
 
 class ModelFailed(SfqError):
@@ -299,11 +301,17 @@ class Runtime:
             try:
                 await self._rescue_once(self.worker.worker_id if self.worker else None)
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await self._run(gateway.prune_finished_jobs(self.settings.job_retention_days), "rescue")
+                    await self._prune()
                     last_prune = time.monotonic()
             except Exception as error:  # the database away, or a query refused: try again next beat
                 log.warning("rescue failed (%s); will try again", error)
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _prune(self) -> None:
+        """Finished jobs past the retention, a batch a transaction (no long lock, no long transaction)."""
+        prune = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
+        while await self._run(prune, "rescue") == PRUNE_BATCH:
+            pass
 
     async def _rescue_once(self, own: int | None) -> None:
         """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""

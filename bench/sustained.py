@@ -1,0 +1,158 @@
+"""Scenario: a queue that does not bloat. No-op jobs at the highest rate the machine holds, for
+SFQ_BENCH_SUSTAINED_S seconds (default 1800; --short 15), with the workers' retention pruning on
+(SFQ_JOB_RETENTION_S=60, the least it takes: jobs are pruned a minute after they finish, every minute).
+
+One sfq worker daemon per core runs bench.noop's no-op task (sfq's own worker machinery: heartbeat,
+rescue, pruning); a producer keeps BACKLOG jobs waiting, so the workers never idle. Every SAMPLE_S the
+queue tables' total size (with indexes and TOAST) and their live and dead tuples are read; the chart
+(docs/bench-sustained.png) draws them against time. Bounded means: the largest total size over the last
+third of the run is at most 1.25 times the largest over the middle third (the first third is warm-up).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import CORES, ROOT, Process, processes
+from bench.noop import SFQ_TASK, _defer
+from queue_app.vocabulary import TRAINING_QUEUE
+
+TABLES = ("procrastinate_jobs", "procrastinate_events")
+BACKLOG, SAMPLE_S, RETENTION_S = 2000, 10, 60
+CHART = ROOT / "docs" / "bench-sustained.png"
+BOUND = 1.25
+
+
+def _produce(url: str, stop: threading.Event, deferred: list[int]) -> None:
+    """Keep BACKLOG no-op jobs waiting: each round tops the queue up in one statement."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not stop.is_set():
+            (waiting,) = conn.execute(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND queue_name = %s",
+                (TRAINING_QUEUE,),
+            ).fetchone()
+            if waiting < BACKLOG:
+                deferred[0] += len(_defer(conn, TRAINING_QUEUE, SFQ_TASK, BACKLOG - waiting))
+            stop.wait(0.05)
+
+
+def _sample(conn: psycopg.Connection) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT relname, pg_total_relation_size(relid), n_live_tup, n_dead_tup, autovacuum_count"
+        "  FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+        (list(TABLES),),
+    ).fetchall()
+    (succeeded,) = conn.execute(
+        "SELECT coalesce(sum(jobs), 0) FROM sfq_job_counts WHERE queue_name = %s AND status = 'succeeded'",
+        (TRAINING_QUEUE,),
+    ).fetchone()
+    return {
+        "tables": {
+            name: {"bytes": size, "live": live, "dead": dead, "autovacuums": av}
+            for name, size, live, dead, av in rows
+        },
+        "succeeded": int(succeeded),
+    }
+
+
+def _chart(samples: list[dict[str, Any]], output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [s["t"] / 60 for s in samples]
+    figure, (size_axis, dead_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for table in TABLES:
+        size_axis.plot(minutes, [s["tables"][table]["bytes"] / 2**20 for s in samples], label=table)
+        dead_axis.plot(minutes, [s["tables"][table]["dead"] for s in samples], label=table)
+    size_axis.plot(minutes, [_total(s) / 2**20 for s in samples], label="both", color="black", linewidth=1)
+    size_axis.set_ylabel("total size, MiB (with indexes)")
+    size_axis.set_title(f"sfq queue tables under sustained no-op jobs, retention {RETENTION_S} s")
+    size_axis.legend(fontsize=8)
+    dead_axis.set_ylabel("dead tuples")
+    dead_axis.set_xlabel("minutes")
+    dead_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+
+
+def _total(sample: dict[str, Any]) -> int:
+    return sum(sample["tables"][t]["bytes"] for t in TABLES)
+
+
+def scenario(url: str, short: bool) -> dict[str, Any]:
+    duration = float(os.environ.get("SFQ_BENCH_SUSTAINED_S") or (15 if short else 1800))
+    sample_s = 1 if short else SAMPLE_S
+    samples: list[dict[str, Any]] = []
+    stop, deferred = threading.Event(), [0]
+    with tempfile.TemporaryDirectory(prefix="sfq-bench-sustained-") as tmp, processes() as started:
+        env = {"BENCH_NOOP_LOG": str(Path(tmp) / "noop.log"), "POSTGRES_URL": url}
+        env["SFQ_JOB_RETENTION_S"] = str(RETENTION_S)
+        for instance in range(1, CORES + 1):
+            worker = Process(["sfq", url, str(instance)], env, module="bench.noop")
+            started.append(worker)
+            worker.wait_for_line(r"worker \d+ ready", timeout=120)
+        producer = threading.Thread(target=_produce, args=(url, stop, deferred), daemon=True)
+        with psycopg.connect(url, autocommit=True) as conn:
+            start = time.monotonic()
+            producer.start()
+            while (elapsed := time.monotonic() - start) < duration:
+                samples.append({"t": elapsed, **_sample(conn)})
+                time.sleep(max(0.0, sample_s - (time.monotonic() - start - elapsed)))
+            stop.set()
+            producer.join(timeout=30)
+            samples.append({"t": time.monotonic() - start, **_sample(conn)})
+            (left,) = conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()
+    third = len(samples) // 3
+    middle, last = samples[third : 2 * third], samples[2 * third :]
+    peak_middle, peak_last = max(map(_total, middle)), max(map(_total, last))
+    rate = (samples[-1]["succeeded"] - samples[0]["succeeded"]) / (samples[-1]["t"] - samples[0]["t"])
+    bounded = peak_last <= BOUND * peak_middle
+    rows = [
+        (
+            "sustained",
+            "duration, no-op jobs done",
+            f"{samples[-1]['t'] / 60:.1f} min, {samples[-1]['succeeded']:,}",
+        ),
+        ("sustained", "rate (workers never idle)", f"{rate:.0f} jobs/s"),
+    ]
+    for table in TABLES:
+        sizes = [s["tables"][table]["bytes"] / 2**20 for s in samples]
+        dead = [s["tables"][table]["dead"] for s in samples]
+        rows.append(
+            (
+                "sustained",
+                f"{table}: size start / end / max (MiB); dead tuples end / max",
+                f"{sizes[0]:.1f} / {sizes[-1]:.1f} / {max(sizes):.1f}; {dead[-1]:,} / {max(dead):,}",
+            )
+        )
+    rows.append(
+        (
+            "sustained",
+            f"bounded: peak size last third <= {BOUND} x middle third",
+            f"{'yes' if bounded else 'NO'} ({peak_last / 2**20:.1f} vs {peak_middle / 2**20:.1f} MiB)",
+        )
+    )
+    chart = CHART if not short else Path(tempfile.mkdtemp()) / "sustained.png"  # short: drawn, then dropped
+    _chart(samples, chart)
+    return {
+        "rows": rows,
+        "data": {
+            "duration_s": duration,
+            "retention_s": RETENTION_S,
+            "rate": rate,
+            "jobs_left": left,
+            "bounded": bounded,
+            "samples": samples,
+            "chart": None if short else str(chart.relative_to(ROOT)),
+        },
+    }
