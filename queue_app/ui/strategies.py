@@ -48,7 +48,7 @@ def flag(decay: dict[str, Any] | None) -> str:
         return '<span class="flag-decayed">decayed</span>'
     if decay.get("decayed") is False:
         return '<span class="status-completed">holding</span>'
-    return f'<span class="muted">{esc(decay.get("reason") or "no live record yet")}</span>'
+    return f'<span class="muted">{esc(decay.get("reason") or "no verdict yet")}</span>'
 
 
 def _dig(values: dict[str, Any], path: tuple[str, ...]) -> Any:
