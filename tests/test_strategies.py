@@ -340,9 +340,11 @@ def test_the_decay_flag_is_stored_with_the_live_record_and_served_by_the_api_and
         "/train", json={"symbol": symbol, "algorithm": "Ridge", "train_window": 300, "test_window": 250}
     ).json()["model_id"]
     assert wait_for_models(clean, [model])[model]["status"] == "completed"
-    wait_for_jobs(clean, timeout=120)  # its default backtest, the Sharpe the live one is held against
+    wait_for_jobs(clean, timeout=120)
+    # Its default backtest, the Sharpe the live one is held against, removed: asked again once the live
+    # record exists, its completion judges the record again.
+    clean.execute("DELETE FROM simulation_history WHERE model_id = %s", (model,))
     clean.execute("SELECT sfq_move_alias('decay-1', 'production', %s, 'test')", (model,))
-    backtest = api.get(f"/models/{model}/simulations").json()["simulations"][0]["metrics"]
 
     # Three bars, one realised: too few paper-traded bars for a verdict (NaN in /metrics).
     for row in news[:3]:
@@ -352,16 +354,25 @@ def test_the_decay_flag_is_stored_with_the_live_record_and_served_by_the_api_and
     (alias,) = api.get("/strategies/decay-1").json()["aliases"]
     assert alias["decay"]["decayed"] is None and alias["decay"]["n"] < MIN_DECAY_BARS
     gauges = _gauges(api.get("/metrics").text, "decay-1", "production")
-    assert gauges["sfq_strategy_decayed"] == "NaN"
-    assert float(gauges["sfq_strategy_backtest_sharpe"]) == pytest.approx(backtest["sharpe"])
+    assert gauges["sfq_strategy_decayed"] == gauges["sfq_strategy_backtest_sharpe"] == "NaN"
 
     # The other thirteen in one statement: 16 forecasts, 14 realised and paper-traded bars (each entered
-    # a bar after its forecast, held one): a verdict, the same in the live record, the API and /metrics.
+    # a bar after its forecast, held one), no backtest yet; then the backtest: a verdict, the same in the
+    # live record, the API and /metrics.
     with clean.transaction():
         for row in news[3:]:
             insert_bar(clean, symbol, row)
     forecasts, realised, metrics = wait_for_record(clean, model, 16, timeout=120)
-    assert (forecasts, realised) == (16, 14)
+    assert (forecasts, realised, metrics["decay"]["n"]) == (16, 14, 14)
+    assert metrics["decay"]["decayed"] is None and metrics["decay"]["reason"].startswith("no backtest")
+
+    asked = api.post("/simulate?wait=120", json={"model_id": model, "strategy": "long_short"})
+    assert asked.status_code == 200, asked.text
+    backtest = asked.json()["metrics"]
+    deadline = time.monotonic() + 60
+    while (metrics := wait_for_record(clean, model, 16)[2])["decay"]["backtest_sharpe"] is None:
+        assert time.monotonic() < deadline, "the live record was not judged again after the backtest"
+        time.sleep(0.1)
     verdict = metrics["decay"]
     paper = metrics["paper_trading"]
     assert verdict["n"] == paper["n"] == 14
