@@ -305,7 +305,8 @@ def test_decay_is_undetermined_below_the_minimum_bars_and_without_a_figure():
     backtest = {"sharpe": 50.0}  # any live Sharpe is far below it
     short = decay(performance(noise[:-1], PER_YEAR), backtest, PER_YEAR)
     assert (short["n"], short["decayed"]) == (MIN_DECAY_BARS - 1, None)
-    assert short["reason"].startswith(f"insufficient: {MIN_DECAY_BARS - 1} paper-traded bars")
+    needed = f"insufficient: {MIN_DECAY_BARS - 1} of the {MIN_DECAY_BARS} paper-traded bars needed"
+    assert short["reason"] == needed
     assert short["standard_error"] is not None  # measured, not judged
     assert decay(performance(noise, PER_YEAR), backtest, PER_YEAR)["decayed"] is True
 

@@ -45,7 +45,7 @@ def decay(
     if error is not None:
         verdict["standard_error"] = error * math.sqrt(per_year)
     if verdict["n"] < MIN_DECAY_BARS:
-        verdict["reason"] = f"insufficient: {verdict['n']} paper-traded bars of the {MIN_DECAY_BARS} needed"
+        verdict["reason"] = f"insufficient: {verdict['n']} of the {MIN_DECAY_BARS} paper-traded bars needed"
     elif verdict["backtest_sharpe"] is None:
         verdict["reason"] = "no backtest Sharpe (no completed default backtest, or its returns never varied)"
     elif verdict["live_sharpe"] is None:
