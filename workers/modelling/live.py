@@ -24,9 +24,9 @@ def decay(
     """Whether the live Sharpe has fallen below the backtest's by more than its standard error: decayed
     when live_sharpe < backtest_sharpe - standard_error. Both Sharpe ratios are the backtest engine's
     (`performance`: annualised, arithmetic, risk-free 0) of the same strategy on the same timeframe and
-    calendar; the standard error is the live Sharpe's over its n paper-traded bars (`stats.
-    sharpe_standard_error` of the per-period Sharpe with the live returns' skewness and kurtosis), times
-    sqrt(periods per year). `decayed` is None, with the reason, below MIN_DECAY_BARS bars or when a
+    calendar; the standard error is the live Sharpe's over its n paper-traded bars: that of the
+    per-period Sharpe with the live returns' skewness and kurtosis (`stats.sharpe_standard_error`),
+    times sqrt(periods per year). `decayed` is None, with the reason, below MIN_DECAY_BARS bars or when a
     figure is missing."""
     live = paper_trading or {}
     verdict: dict[str, Any] = {
