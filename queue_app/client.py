@@ -580,14 +580,15 @@ class Client:
         """A strategy's track records side by side, indexed by alias: model_id, moved_at, the model's
         columns, the latest forecast (`latest_forecast.prediction`), the live record (`live.forecasts`,
         `live.realised`, `live.ic`, `live.paper_trading.sharpe`, ...) beside the held-out metrics and the
-        default backtest (`backtest.held_out.ic`, `backtest.paper_trading.sharpe`, ...)."""
+        default backtest (`backtest.held_out.ic`, `backtest.paper_trading.sharpe`, ...), and the decay flag
+        (`decay.decayed`, `decay.live_sharpe`, `decay.backtest_sharpe`, `decay.standard_error`, `decay.n`)."""
         answer = self.strategy(name)
         rows = []
         for alias in answer["aliases"]:
             row = dict(alias)
             row.setdefault("live", {})
             row["live"] = {k: v for k, v in (row["live"] or {}).items() if k != "equity_curve"}
-            rows.append(flatten(row, "model", "latest_forecast", "live", "backtest"))
+            rows.append(flatten(row, "model", "latest_forecast", "live", "decay", "backtest"))
         df = frame(rows, index="alias", columns=["alias", "model_id", "moved_at"])
         df.attrs.update(strategy=answer["name"])
         return df

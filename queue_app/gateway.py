@@ -629,6 +629,10 @@ def strategy_aliases(name: str) -> Call[list[Row]]:
     return Call("strategy_aliases", {"name": name})
 
 
+def strategy_alias_records() -> Call[list[Row]]:
+    return Call("strategy_alias_records")
+
+
 def strategy_history(name: str) -> Call[list[Row]]:
     return Call("strategy_history", {"name": name})
 

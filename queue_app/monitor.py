@@ -55,7 +55,9 @@ def _label(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _metric(lines: list[str], name: str, kind: str, help_: str, samples: list[tuple[dict, float]]) -> None:
+def _metric(
+    lines: list[str], name: str, kind: str, help_: str, samples: list[tuple[dict, float | str]]
+) -> None:
     lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
     for labels, value in samples:
         inside = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
@@ -141,6 +143,44 @@ def _pool(lines: list[str], pool: dict[str, int]) -> None:
     )
 
 
+def _gauge_value(value: Any) -> float | str:
+    """A stored figure as a sample value (a flag as 0 or 1): NaN when there is none."""
+    return "NaN" if value is None else float(value)
+
+
+# The decay gauges: (metric, the decay record's key, help). A figure not determined yet is NaN.
+DECAY_GAUGES = (
+    (
+        "sfq_strategy_decayed",
+        "decayed",
+        "1 when the alias's live Sharpe is below its backtest's by more than the live Sharpe's standard "
+        "error, 0 when not, NaN when undetermined (fewer than the minimum bars, or no backtest).",
+    ),
+    ("sfq_strategy_live_sharpe", "live_sharpe", "Annualised Sharpe of the alias's live paper trading."),
+    (
+        "sfq_strategy_backtest_sharpe",
+        "backtest_sharpe",
+        "Annualised Sharpe of the default backtest of the alias's model.",
+    ),
+    (
+        "sfq_strategy_sharpe_standard_error",
+        "standard_error",
+        "Standard error of the live Sharpe (annualised) over its paper-traded bars.",
+    ),
+    ("sfq_strategy_live_bars", "n", "Paper-traded bars the alias's live Sharpe is measured over."),
+)
+
+
+def _strategies(lines: list[str], aliases: list[dict[str, Any]]) -> None:
+    for name, key, help_ in DECAY_GAUGES:
+        samples = []
+        for row in aliases:
+            value = (row["decay"] or {}).get(key)
+            value = 0 if key == "n" and value is None else value
+            samples.append(({"strategy": row["strategy"], "alias": row["alias"]}, _gauge_value(value)))
+        _metric(lines, name, "gauge", help_, samples)
+
+
 def prometheus_text(rows: dict[str, Any], pool: dict[str, int], stale_after_s: float) -> str:
     """The exposition text from the results of `metric_calls()`, by name, and the API pool's stats."""
     lines: list[str] = []
@@ -156,6 +196,7 @@ def prometheus_text(rows: dict[str, Any], pool: dict[str, int], stale_after_s: f
     )
     _durations(lines, rows["duration_histogram"])
     _pool(lines, pool)
+    _strategies(lines, rows["strategy_alias_records"])
     return "\n".join(lines) + "\n"
 
 
@@ -166,4 +207,5 @@ def metric_calls() -> dict[str, Call[Any]]:
         "status_workers": gateway.status_workers(),
         "finished_recently": gateway.finished_recently(RATE_MINUTES),
         "duration_histogram": gateway.duration_histogram(),
+        "strategy_alias_records": gateway.strategy_alias_records(),
     }

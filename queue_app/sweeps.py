@@ -5,7 +5,6 @@ it. Shared by GET /sweeps/{id}, /ui/sweeps/{id} and `sfq sweep-show`."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
@@ -26,26 +25,13 @@ def metric(row: dict[str, Any], sort: str) -> float | None:
     return stats.finite(metrics.get(name))
 
 
-def _per_period(backtest: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The moments the PSR and DSR need, per period (the stored Sharpe is annualised)."""
-    needed = ("sharpe", "periods_per_year", "skewness", "kurtosis", "n")
-    if not backtest or any(not isinstance(backtest.get(key), int | float) for key in needed):
-        return None
-    return {
-        "sharpe_per_period": backtest["sharpe"] / math.sqrt(backtest["periods_per_year"]),
-        "n": int(backtest["n"]),
-        "skewness": backtest["skewness"],
-        "kurtosis": backtest["kurtosis"],
-    }
-
-
 def best_by_sharpe(models: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The deflated Sharpe ratio of the sweep's best model by backtest Sharpe, whatever the leaderboard's
     sort. N (trials) = every configuration of the sweep, finished or not, failed and non-trading ones
     included: each was a chance to find a lucky backtest. The spread of the trials' Sharpe ratios comes
     from the completed backtests, a model that never traded counting as a Sharpe of 0; a configuration
     without a backtest (failed, unfinished) counts in N only."""
-    backtested = [(_per_period(row["backtest"]), row) for row in models if row["backtest"]]
+    backtested = [(stats.per_period(row["backtest"]), row) for row in models if row["backtest"]]
     sharpes = [moments["sharpe_per_period"] if moments else 0.0 for moments, _ in backtested]
     scored = [(moments, row) for moments, row in backtested if moments]
     if not scored or len(models) < 2:

@@ -699,6 +699,17 @@ SELECT a.alias, a.model_id, a.moved_at, m.status::text AS model_status, m.symbol
  WHERE a.strategy = %(name)s
  ORDER BY a.alias
 
+-- strategy_alias_records --
+-- Every alias of every strategy with its model and its live record's headline figures and decay flag (as
+-- the workers stored them: no scan of forecasts), for GET /metrics and the dashboard's strategies page.
+SELECT a.strategy, a.alias, a.model_id, a.moved_at, m.symbol, m.timeframe, m.algorithm,
+       coalesce(r.forecasts, 0) AS forecasts, coalesce(r.realised, 0) AS realised,
+       r.metrics->'directional_accuracy' AS directional_accuracy, r.metrics->'ic' AS ic,
+       r.metrics->'decay' AS decay, r.updated_at AS live_updated_at
+  FROM strategy_aliases a JOIN models m ON m.id = a.model_id
+  LEFT JOIN model_live_records r ON r.model_id = a.model_id
+ ORDER BY a.strategy, a.alias
+
 -- strategy_history --
 -- Every alias move of a strategy, newest first (append-only).
 SELECT id, alias, model_id, previous_model_id, moved_by, db_role, via, reason, moved_at

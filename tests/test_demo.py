@@ -92,6 +92,8 @@ def test_live_demo_forecasts_each_new_bar_and_prints_the_live_record(server_url)
         assert "production model" in output and "forecasts 3, realised 1" in output, output
         assert re.search(r"^  live record: +n 1  directional accuracy \d\.\d{4}  ic ", output, re.MULTILINE)
         assert re.search(r"^  backtest: +n \d+  directional accuracy \d\.\d{4}  ic -?\d\.\d{4}", output, re.M)
+        # One realised forecast, one paper-traded bar: too few for the decay flag's verdict.
+        assert re.search(r"^  decay: +insufficient: 1 of the 10 paper-traded bars needed", output, re.M)
         assert "demo finished" in output
     finally:
         import psycopg

@@ -1,6 +1,7 @@
 """docs/grafana/sfq-dashboard.json asks only for what GET /metrics exports: every metric name in its
 PromQL, and every label it groups or selects by, is in the text a real API serves after a real worker
-trained a model (so every metric has samples, the histogram's buckets included)."""
+trained a model and an alias points at it (so every metric has samples, the histogram's buckets and the
+strategy gauges included)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def test_the_dashboard_asks_only_for_metrics_and_labels_that_metrics_exports(cle
         clean, {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
     )
     assert wait_for_models(clean, [model_id])[model_id]["status"] == "completed"
+    # An alias on it: the strategy gauges have a sample (NaN: no live record, so no verdict, yet).
+    clean.execute("SELECT sfq_move_alias('grafana-1', 'production', %s, 'dashboard test')", (model_id,))
     response = api.get("/metrics")
     assert response.status_code == 200
     exported = _exported(response.text)
@@ -66,7 +69,8 @@ def test_the_dashboard_asks_only_for_metrics_and_labels_that_metrics_exports(cle
         }
         unknown = (grouped | selected) - allowed
         assert not unknown, f"{expr}: labels {unknown} are not on {sorted(names)}"
-    # The panels the dashboard promises: queues, workers, training times, failures, the API's pool.
+    # The panels the dashboard promises: queues, workers, training times, failures, the API's pool, and
+    # the strategy aliases' decay flags.
     for name in (
         "sfq_jobs",
         "sfq_running_jobs",
@@ -76,5 +80,10 @@ def test_the_dashboard_asks_only_for_metrics_and_labels_that_metrics_exports(cle
         "sfq_training_duration_seconds_bucket",
         "sfq_api_pool_connections",
         "sfq_api_pool_waiting",
+        "sfq_strategy_decayed",
+        "sfq_strategy_live_sharpe",
+        "sfq_strategy_backtest_sharpe",
+        "sfq_strategy_sharpe_standard_error",
+        "sfq_strategy_live_bars",
     ):
         assert name in used, name

@@ -130,13 +130,13 @@ def test_the_dsr_is_the_best_by_sharpes_with_every_configuration_counted():
     assert board["rows"][0]["model_id"] == 1  # lowest IC: the worst Sharpe sorts first
     best = board["best_by_sharpe"]
     per_bar = [-1.5 / math.sqrt(252), 2.5 / math.sqrt(252), 0.0]
-    expected = stats.deflated_sharpe(sweeps._per_period(backtest(2.5)), per_bar, trials=5)
+    expected = stats.deflated_sharpe(stats.per_period(backtest(2.5)), per_bar, trials=5)
     assert (best["model_id"], best["trials"], best["backtested"]) == (2, 5, 3)
     assert best["deflated_sharpe_ratio"] == pytest.approx(expected["deflated_sharpe_ratio"])
     # Counting the untried configurations raises the bar luck sets, so the DSR can only fall.
     assert (
         best["deflated_sharpe_ratio"]
-        < stats.deflated_sharpe(sweeps._per_period(backtest(2.5)), per_bar)["deflated_sharpe_ratio"]
+        < stats.deflated_sharpe(stats.per_period(backtest(2.5)), per_bar)["deflated_sharpe_ratio"]
     )
     descending = sweeps.leaderboard(models, SweepQuery(sort="ic", order="desc"), curves=[])
     assert descending["best_by_sharpe"] == best and descending["rows"][0]["model_id"] == 3

@@ -1,7 +1,7 @@
 """Named strategies (issue 16): aliases on completed models with an append-only history, a forecast for
 every new bar of every aliased model deferred in the bars' own transaction, realised values filled in by
-the same trigger, and each model's live record beside its backtest, against real PostgreSQL, a real API
-and real workers."""
+the same trigger, and each model's live record beside its backtest with its decay flag (in GET
+/strategies/{name} and GET /metrics), against real PostgreSQL, a real API and real workers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import pandas as pd
 import psycopg
 import pytest
 from psycopg import errors
+from scipy import stats as scipy_stats
 
-from tests.conftest import insert_request, run_sfq, wait_for_models
+from tests.conftest import insert_request, run_sfq, wait_for_jobs, wait_for_models
+from workers.modelling.backtest import performance
+from workers.modelling.live import MIN_DECAY_BARS, decay
 from workers.modelling.training import TRANSFORMS, label
 
 TOKEN = "alice:" + "a" * 32
@@ -257,3 +260,143 @@ def _earlier(conn: psycopg.Connection, symbol: str):
     return conn.execute(
         "SELECT ts FROM bars WHERE symbol = %s ORDER BY ts DESC OFFSET 20 LIMIT 1", (symbol,)
     ).fetchone()[0]
+
+
+PER_YEAR = 252.0  # daily bars on the equity calendar
+
+
+def _standard_error(returns: np.ndarray) -> float:
+    """The annualised standard error of the Sharpe of `returns`, by the test's own arithmetic (scipy's
+    moments), not the project's."""
+    sharpe = returns.mean() / returns.std(ddof=1)
+    g3, g4 = scipy_stats.skew(returns), scipy_stats.kurtosis(returns, fisher=False)
+    return math.sqrt((1 - g3 * sharpe + (g4 - 1) / 4 * sharpe**2) / (len(returns) - 1)) * math.sqrt(PER_YEAR)
+
+
+def test_decay_flags_a_live_sharpe_below_the_backtest_s_by_more_than_its_standard_error():
+    noise = np.random.default_rng(16).normal(0.0, 0.01, 60)
+    backtest = performance(noise + 0.002, PER_YEAR)
+    assert backtest["sharpe"] > 2
+
+    fallen = noise[::-1] - 0.002
+    verdict = decay(performance(fallen, PER_YEAR), backtest, PER_YEAR)
+    assert verdict["standard_error"] == pytest.approx(_standard_error(fallen), rel=1e-9)
+    assert (verdict["n"], verdict["backtest_sharpe"], verdict["decayed"], verdict["reason"]) == (
+        60,
+        backtest["sharpe"],
+        True,
+        None,
+    )
+    assert verdict["live_sharpe"] < verdict["backtest_sharpe"] - verdict["standard_error"]
+
+    holding = decay(performance(noise[::-1] + 0.002, PER_YEAR), backtest, PER_YEAR)
+    assert holding["decayed"] is False and holding["reason"] is None
+
+    # The boundary: one standard error below the backtest's Sharpe, just within or just past it.
+    live = performance(noise, PER_YEAR)
+    error = _standard_error(noise)
+    for distance, decayed in ((0.99, False), (1.01, True)):
+        against = {"sharpe": live["sharpe"] + distance * error}
+        assert decay(live, against, PER_YEAR)["decayed"] is decayed, distance
+
+
+def test_decay_is_undetermined_below_the_minimum_bars_and_without_a_figure():
+    noise = np.random.default_rng(7).normal(0.0, 0.01, MIN_DECAY_BARS)
+    backtest = {"sharpe": 50.0}  # any live Sharpe is far below it
+    short = decay(performance(noise[:-1], PER_YEAR), backtest, PER_YEAR)
+    assert (short["n"], short["decayed"]) == (MIN_DECAY_BARS - 1, None)
+    needed = f"insufficient: {MIN_DECAY_BARS - 1} of the {MIN_DECAY_BARS} paper-traded bars needed"
+    assert short["reason"] == needed
+    assert short["standard_error"] is not None  # measured, not judged
+    assert decay(performance(noise, PER_YEAR), backtest, PER_YEAR)["decayed"] is True
+
+    cases = [
+        (None, backtest, "insufficient: 0"),  # no paper trading yet
+        (performance(noise, PER_YEAR), None, "no backtest Sharpe"),
+        (performance(noise, PER_YEAR), {"sharpe": None}, "no backtest Sharpe"),
+        (performance(np.full(MIN_DECAY_BARS, 0.001), PER_YEAR), backtest, "no live Sharpe"),
+    ]
+    for paper_trading, against, reason in cases:
+        verdict = decay(paper_trading, against, PER_YEAR)
+        assert verdict["decayed"] is None and verdict["reason"].startswith(reason), verdict
+
+
+def _gauges(text: str, strategy: str, alias: str) -> dict[str, str]:
+    """The strategy gauges' sample values of one alias in GET /metrics' text, by metric name."""
+    labels = f'{{strategy="{strategy}",alias="{alias}"}}'
+    return {
+        line.split("{")[0]: line.rsplit(" ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("sfq_strategy_") and labels in line
+    }
+
+
+def test_the_decay_flag_is_stored_with_the_live_record_and_served_by_the_api_and_metrics(
+    clean, database, api, start_worker
+):
+    symbol = "DECAY"
+    news = copy_bars(clean, symbol, keep_last=16)
+    start_worker(1)
+    model = api.post(
+        "/train", json={"symbol": symbol, "algorithm": "Ridge", "train_window": 300, "test_window": 250}
+    ).json()["model_id"]
+    assert wait_for_models(clean, [model])[model]["status"] == "completed"
+    wait_for_jobs(clean, timeout=120)
+    # Its default backtest, the Sharpe the live one is held against, removed: asked again once the live
+    # record exists, its completion judges the record again.
+    clean.execute("DELETE FROM simulation_history WHERE model_id = %s", (model,))
+    clean.execute("SELECT sfq_move_alias('decay-1', 'production', %s, 'test')", (model,))
+
+    # Three bars, one realised: too few paper-traded bars for a verdict (NaN in /metrics).
+    for row in news[:3]:
+        insert_bar(clean, symbol, row)
+    early = wait_for_record(clean, model, 3)[2]["decay"]
+    assert early["decayed"] is None and early["reason"].startswith("insufficient")
+    (alias,) = api.get("/strategies/decay-1").json()["aliases"]
+    assert alias["decay"]["decayed"] is None and alias["decay"]["n"] < MIN_DECAY_BARS
+    gauges = _gauges(api.get("/metrics").text, "decay-1", "production")
+    assert gauges["sfq_strategy_decayed"] == gauges["sfq_strategy_backtest_sharpe"] == "NaN"
+
+    # The other thirteen in one statement: 16 forecasts, 14 realised and paper-traded bars (each entered
+    # a bar after its forecast, held one), no backtest yet; then the backtest: a verdict, the same in the
+    # live record, the API and /metrics.
+    with clean.transaction():
+        for row in news[3:]:
+            insert_bar(clean, symbol, row)
+    forecasts, realised, metrics = wait_for_record(clean, model, 16, timeout=120)
+    assert (forecasts, realised, metrics["decay"]["n"]) == (16, 14, 14)
+    assert metrics["decay"]["decayed"] is None and metrics["decay"]["reason"].startswith("no backtest")
+
+    asked = api.post("/simulate?wait=120", json={"model_id": model, "strategy": "long_short"})
+    assert asked.status_code == 200, asked.text
+    backtest = asked.json()["metrics"]
+    deadline = time.monotonic() + 60
+    while (metrics := wait_for_record(clean, model, 16)[2])["decay"]["backtest_sharpe"] is None:
+        assert time.monotonic() < deadline, "the live record was not judged again after the backtest"
+        time.sleep(0.1)
+    verdict = metrics["decay"]
+    paper = metrics["paper_trading"]
+    assert verdict["n"] == paper["n"] == 14
+    assert (verdict["live_sharpe"], verdict["backtest_sharpe"]) == (paper["sharpe"], backtest["sharpe"])
+    equity = np.array(
+        [value for _, value in api.get("/strategies/decay-1").json()["aliases"][0]["live"]["equity_curve"]]
+    )
+    returns = equity[1:] / equity[:-1] - 1
+    assert verdict["standard_error"] == pytest.approx(_standard_error(returns), rel=1e-6)
+    assert verdict["decayed"] is (
+        verdict["live_sharpe"] < verdict["backtest_sharpe"] - verdict["standard_error"]
+    )
+
+    (alias,) = api.get("/strategies/decay-1").json()["aliases"]
+    assert alias["decay"] == {key: verdict[key] for key in alias["decay"]}
+    assert {"live_sharpe", "backtest_sharpe", "standard_error", "n", "decayed"} <= alias["decay"].keys()
+    assert "decay" not in alias["live"]
+    gauges = _gauges(api.get("/metrics").text, "decay-1", "production")
+    assert gauges == {
+        "sfq_strategy_decayed": str(float(verdict["decayed"])),
+        "sfq_strategy_live_sharpe": str(verdict["live_sharpe"]),
+        "sfq_strategy_backtest_sharpe": str(verdict["backtest_sharpe"]),
+        "sfq_strategy_sharpe_standard_error": str(verdict["standard_error"]),
+        "sfq_strategy_live_bars": "14.0",
+    }
+    assert api.get("/strategies/no-such").status_code == 404

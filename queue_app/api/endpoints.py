@@ -27,6 +27,8 @@ T = TypeVar("T")
 FORECAST_WAIT_S = 30  # how long POST /models/{id}/predict waits for a worker before answering 202
 SIMULATION_WAIT_S = 10
 ANSWER_POLL_S = 0.05
+# The decay flag of a strategy alias, as GET /strategies/{name} shows it (workers/modelling/live.py).
+DECAY_FIELDS = ("live_sharpe", "backtest_sharpe", "standard_error", "n", "min_n", "decayed", "reason")
 ANSWERED = {"completed": 200, "failed": 422, "queued": 202}  # a forecast's or a backtest's state
 
 
@@ -287,7 +289,9 @@ async def _strategy(request: Request) -> str:
 
 async def get_strategy(request: Request) -> JSON:
     """Each alias with its model, its latest forecast, its live record and, beside it, the same model's
-    held-out metrics and default backtest (the convention its live forecasts are paper-traded by)."""
+    held-out metrics and default backtest (the convention its live forecasts are paper-traded by), and the
+    decay flag the workers stored with the live record (workers/modelling/live.py `decay`; all null
+    before the first live record)."""
     name = _path_name(request, "name")
     strategy = await call(request, gateway.get_strategy(name))
     if strategy is None:
@@ -295,7 +299,8 @@ async def get_strategy(request: Request) -> JSON:
     aliases = []
     for row in await call(request, gateway.strategy_aliases(name)):
         backtest = await call(request, gateway.default_backtest(row["model_id"]))
-        live = row["live"] or {}
+        live = dict(row["live"] or {})
+        decay = live.pop("decay", None) or {}
         aliases.append(
             {
                 "alias": row["alias"],
@@ -325,6 +330,7 @@ async def get_strategy(request: Request) -> JSON:
                     "equity_curve": row["live_equity_curve"],
                     "updated_at": row["live_updated_at"],
                 },
+                "decay": {key: decay.get(key) for key in DECAY_FIELDS},
                 "backtest": {
                     "held_out": row["held_out"],
                     "paper_trading": backtest["metrics"] if backtest else None,
@@ -436,7 +442,8 @@ async def stop_study(request: Request) -> JSON:
 
 async def metrics(request: Request) -> Response:
     """Prometheus' text format: jobs by queue and status, workers and their heartbeats, throughput,
-    training durations by algorithm, and this API's database pool."""
+    training durations by algorithm, this API's database pool, and each strategy alias's live decay flag
+    with its live and backtest Sharpe ratios (stored with the live records: no scan of forecasts)."""
     rows = {name: await call(request, one) for name, one in monitor.metric_calls().items()}
     text = monitor.prometheus_text(rows, request.app.state.pool.get_stats(), request.app.state.rescue_after_s)
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -380,7 +380,8 @@ OPENAPI = {
         "/strategies/{name}": {
             "get": _operation(
                 "A named strategy: each alias's model, its latest forecast, and its live record (live "
-                "directional accuracy, IC, paper-trading equity) beside its held-out and backtest figures",
+                "directional accuracy, IC, paper-trading equity) beside its held-out and backtest figures, "
+                "and its decay flag (live_sharpe, backtest_sharpe, standard_error, n, decayed)",
                 {"200": _response("The strategy", OBJECT), "404": _response("Unknown strategy")},
                 parameters=[NAME],
             )
@@ -422,7 +423,8 @@ OPENAPI = {
         },
         "/metrics": {
             "get": _operation(
-                "Prometheus metrics: jobs, workers, throughput, training durations, database pool",
+                "Prometheus metrics: jobs, workers, throughput, training durations, database pool, "
+                "strategy aliases' live decay flags",
                 {
                     "200": {
                         "description": "Prometheus text exposition format",

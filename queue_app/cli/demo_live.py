@@ -179,6 +179,9 @@ def _report(api_url: str) -> None:
         )
         print(_figures("live record:", live.get("n", 0), live, live_paper))
         print(_figures("backtest:", held_out.get("n", "n/a"), held_out, test_paper))
+        decay = alias["decay"]
+        verdict = {True: "decayed", False: "holding"}.get(decay["decayed"], decay["reason"])
+        print(f"  {'decay:':<12} {verdict} (live Sharpe against the backtest's, less one standard error)")
     print(
         f"  ({NEW_DAYS} live days score one realised forecast: the live figures say how the model is doing, "
         "not yet whether it is any good)"

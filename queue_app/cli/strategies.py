@@ -40,7 +40,8 @@ def cmd_strategy(args: argparse.Namespace) -> None:
             f"{row['alias']:<12} model {row['model_id']:<6} {row['symbol']} {row['timeframe']} "
             f"forecasts {row['forecasts'] or 0} realised {row['realised'] or 0}  "
             f"live dir.acc {live.get('directional_accuracy')} ic {live.get('ic')}  "
-            f"held-out dir.acc {held_out.get('directional_accuracy')} ic {held_out.get('ic')}"
+            f"held-out dir.acc {held_out.get('directional_accuracy')} ic {held_out.get('ic')}  "
+            f"decayed {(live.get('decay') or {}).get('decayed')}"
         )
     if args.history:
         for move in run(args, gateway.strategy_history(args.strategy)):

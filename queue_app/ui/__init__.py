@@ -3,7 +3,8 @@ its OpenAPI schema. Pages: `overview`, `leaderboard`, `model`, `sweep`, `study`;
 `forms`, `html` (layout and escaping), `charts` (matplotlib SVG). It uses the core (queue_app.gateway,
 params, lineage, sweeps, monitor), never the API's modules. With API tokens configured its forms are
 shown disabled: the token middleware (queue_app.api.auth) refuses a POST without the Authorization
-header, which a browser form cannot send. The page `compare` sets 2 to 6 models side by side."""
+header, which a browser form cannot send. The page `compare` sets 2 to 6 models side by side; `strategies`
+shows the strategy aliases' live records against their backtests, with the decay flag."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from functools import partial
 from starlette.routing import Mount, Route
 
 from queue_app.config import Settings
-from queue_app.ui import actions, compare, leaderboard, model, overview, study, sweep
+from queue_app.ui import actions, compare, leaderboard, model, overview, strategies, study, sweep
 
 
 def routes(settings: Settings) -> list[Mount]:
@@ -31,6 +32,8 @@ def routes(settings: Settings) -> list[Mount]:
                 Route("/sweeps/{sweep_id:id}", sweep.sweep, methods=["GET"]),
                 Route("/studies/{study_id:id}", study.study, methods=["GET"]),
                 Route("/compare", compare.compare, methods=["GET"]),
+                Route("/strategies", strategies.strategies, methods=["GET"]),
+                Route("/strategies/{name}", strategies.strategy, methods=["GET"]),
                 Route("/submit", partial(actions.submit_form, locked=locked), methods=["GET"]),
                 Route("/submit", partial(actions.submit, locked=locked), methods=["POST"]),
             ],

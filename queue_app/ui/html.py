@@ -36,6 +36,7 @@ svg { width: 100%; height: auto; display: block; }
 .error { background: #ffebe9; border: 1px solid #ff8182; padding: .5rem .8rem; border-radius: 6px; }
 .notice { background: #ddf4ff; border: 1px solid #54aeff; padding: .5rem .8rem; border-radius: 6px; }
 .muted { color: #57606a; }
+.flag-decayed { background: #ffebe9; color: #d1242f; font-weight: 600; padding: 0 .3rem; border-radius: 4px; }
 .status-completed { color: #1a7f37; } .status-failed { color: #d1242f; } .status-running { color: #9a6700; }
 form.inline { display: inline-block; margin: 0 .5rem .5rem 0; }
 form.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr)); gap: .5rem 1rem; }
@@ -135,7 +136,12 @@ def page(title: str, body: str, refresh_s: int | None = None, status_code: int =
     refresh = RELOAD_SCRIPT.format(seconds=int(refresh_s)) if refresh_s else ""
     nav = "".join(
         link(href, text)
-        for href, text in (("/ui", "sfq"), ("/ui/models", "Models"), ("/ui/submit", "Submit"))
+        for href, text in (
+            ("/ui", "sfq"),
+            ("/ui/models", "Models"),
+            ("/ui/strategies", "Strategies"),
+            ("/ui/submit", "Submit"),
+        )
     )
     document = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -147,7 +153,7 @@ def page(title: str, body: str, refresh_s: int | None = None, status_code: int =
 
 
 def not_found(message: str) -> HTMLResponse:
-    return page("Not found", f'<p class="error">{esc(message)}</p>', status_code=404)
+    return page("Not found", f'<p class="error" id="message">{esc(message)}</p>', status_code=404)
 
 
 def progress(value: dict[str, Any] | None) -> str:

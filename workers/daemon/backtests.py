@@ -13,9 +13,10 @@ import psycopg
 
 from queue_app import gateway
 from queue_app.errors import SfqError, Unavailable
+from workers.daemon import forecasts
 from workers.daemon.data import frame, load_bars
 from workers.modelling import artifacts
-from workers.modelling.backtest import BacktestError, backtest, periods_per_year
+from workers.modelling.backtest import DEFAULT_STRATEGY, BacktestError, backtest, periods_per_year
 from workers.modelling.training import before_lockbox, lockbox_predictions, lockbox_scores
 
 log = logging.getLogger("sfq.backtest")
@@ -46,6 +47,8 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
             simulation_id, metrics, result.equity_curve, result.period_start, result.period_end
         ),
     )
+    if job["strategy"] == DEFAULT_STRATEGY and not job["lockbox"]:
+        _judge_live_record(conn, model_id)
     log.info(
         "simulation %s of model %s (%s): sharpe %s",
         simulation_id,
@@ -53,6 +56,17 @@ def run(conn: psycopg.Connection, simulation_id: int) -> None:
         job["strategy"],
         result.metrics.get("sharpe"),
     )
+
+
+def _judge_live_record(conn: psycopg.Connection, model_id: int) -> None:
+    """A model already forecasting live (an alias points at it) whose default backtest completes after
+    its live record: the record's decay flag is taken again now, not at the next bar."""
+    if gateway.run(conn, gateway.live_record_counts(model_id)) is None:
+        return
+    try:
+        forecasts.refresh_record(conn, model_id)
+    except (SfqError, ValueError) as error:  # the backtest stands; the record waits for the next forecast
+        log.warning("live record of model %s not updated: %s", model_id, error)
 
 
 def _out_of_sample(conn: psycopg.Connection, job: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

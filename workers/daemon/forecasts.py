@@ -51,7 +51,8 @@ def run(conn: psycopg.Connection, forecast_id: int) -> None:
 
 def refresh_record(conn: psycopg.Connection, model_id: int) -> None:
     """Recompute a model's live record from its answered forecasts and the bars since the first one
-    (after each of its forecasts: the bars that brought it also realised the earlier ones)."""
+    (after each of its forecasts: the bars that brought it also realised the earlier ones), with its
+    decay flag against the model's default backtest as completed by then."""
     inputs = gateway.run(conn, gateway.live_record_inputs(model_id))
     rows = gateway.run(conn, gateway.model_live_forecasts(model_id))
     if inputs is None or not rows:
@@ -63,5 +64,7 @@ def refresh_record(conn: psycopg.Connection, model_id: int) -> None:
             conn, gateway.simulation_bars(spec["symbol"], spec["timeframe"], rows[0]["as_of"], "infinity")
         )
     )
-    record = track_record(spec, answered, bars, inputs["calendar"])
+    backtest = gateway.run(conn, gateway.default_backtest(model_id))
+    tested = backtest["metrics"] if backtest and backtest["status"] == "completed" else None
+    record = track_record(spec, answered, bars, inputs["calendar"], tested)
     gateway.run(conn, gateway.save_live_record(model_id, record))
