@@ -4,8 +4,10 @@ SQL or CLI) and of its model's training and backtest are one trace, in the messa
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +28,14 @@ from queue_app import bars, db
 from tests.conftest import ROOT, Process, free_port, insert_request, wait_for_models
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 3}
+# About 5-10 s of training on one core (tests/test_resilience.py): long enough to interrupt.
+SLOW = {
+    "algorithm": "RandomForest",
+    "train_window": 1500,
+    "test_window": 250,
+    "cv_folds": 2,
+    "hyperparameters": json.dumps({"n_estimators": 150}),
+}
 KINDS = {SpanProto.SPAN_KIND_PRODUCER: "producer", SpanProto.SPAN_KIND_CONSUMER: "consumer"}
 
 
@@ -313,6 +323,48 @@ def test_malformed_traceparent_header_starts_a_new_trace(traced, receiver, conn)
     wait_for_models(conn, [model_id])
 
 
+def _database_of_its_own(make_database) -> str:
+    """A database with AAPL's bars that the module's traced worker does not serve."""
+    url = make_database()
+    db.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        bars.load(conn, "AAPL", "1d", dict(bars.sample_bars())["AAPL"])
+    return url
+
+
+def test_a_retried_attempt_is_a_new_span_with_the_same_parent_and_link(make_database, receiver):
+    """A worker stopped mid-training puts the job back (its span ends in error); the next attempt, on
+    another worker, is a new "process training" span under the same stored context, linked to it."""
+    url = _database_of_its_own(make_database)
+    env = {"POSTGRES_URL": url, "SFQ_GRACE_S": "1", **receiver.env()}
+    first = Process(["worker", "1"], env)
+    second = None
+    try:
+        first.wait_for_line(r"worker \d+ ready")
+        traceparent, trace_id, caller_span = _traceparent()
+        with psycopg.connect(url, autocommit=True) as conn:
+            model_id, _, _ = insert_request(conn, {"symbol": "AAPL", **SLOW, "traceparent": traceparent})
+            first.wait_for_line(rf"model {model_id} starting")
+            first.popen.send_signal(signal.SIGTERM)
+            assert first.popen.wait(timeout=60) == 0
+            second = Process(["worker", "2"], env)
+            model = wait_for_models(conn, [model_id], timeout=180)[model_id]
+            assert (model["status"], model["attempts"]) == ("completed", 2)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    spans = receiver.wait_for(trace_id, ["process training", "process training"])
+    attempts = sorted(
+        (s for s in spans if s["name"] == "process training"), key=lambda s: s["attributes"]["sfq.attempt"]
+    )
+    assert [a["attributes"]["sfq.attempt"] for a in attempts] == [1, 2]
+    assert attempts[0]["span_id"] != attempts[1]["span_id"]
+    assert all(a["parent_span_id"] == caller_span for a in attempts)
+    assert all(a["links"] == [(trace_id, caller_span)] for a in attempts)
+    assert [a["error"] for a in attempts] == [True, False]  # the interrupted attempt, then the one that ended
+
+
 def test_without_otel_variables_nothing_is_traced_or_stored(make_database, receiver):
     """Tracing is opt-in: with no OTEL_* variable the API and the worker export nothing, and a caller's
     traceparent header is not read (nothing stored, no span). On a database of its own, so that the traced
@@ -321,14 +373,12 @@ def test_without_otel_variables_nothing_is_traced_or_stored(make_database, recei
     assert not [name for name in os.environ if name.startswith("OTEL_")], (
         "the runner's environment sets OTEL_*"
     )
-    url = make_database()
-    db.upgrade(url)
+    url = _database_of_its_own(make_database)
     port = free_port()
     api = Process(["api", "--port", str(port)], {"POSTGRES_URL": url})
     worker = Process(["worker", "1"], {"POSTGRES_URL": url})
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            bars.load(conn, "AAPL", "1d", dict(bars.sample_bars())["AAPL"])
             api.wait_for_line(r"Uvicorn running on")
             worker.wait_for_line(r"worker \d+ ready")
             header, trace_id, _ = _traceparent()
