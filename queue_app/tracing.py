@@ -125,7 +125,8 @@ class Sending:
         return self.span.is_recording()
 
     def sent(self, model_ids: list[int], job_ids: list[int]) -> None:
-        """The models the submission made, and the jobs deferred for them (none: all deduplicated)."""
+        """The models that serve the submission, and the jobs deferred for the new ones among them (none:
+        existing models serve it all)."""
         if len(job_ids) == 1:
             self.span.set_attribute("messaging.message.id", str(job_ids[0]))
         elif len(job_ids) > 1:

@@ -250,13 +250,42 @@ def test_http_submission_with_traceparent_is_one_trace_with_its_training_and_bac
     _assert_training_trace(conn, receiver, model_id, trace_id, send["span_id"])
 
 
+def test_deduplicated_and_batch_submissions_say_what_they_sent(traced, receiver, conn):
+    """A request an existing model serves sends no message (its span says so; the model keeps the context
+    of the request that made it); a batch sends one per new model, counted."""
+    body = _unique(1)  # the model of the test above, or made here
+    first = httpx.post(f"{traced}/train", json=body, timeout=30).json()
+    header, trace_id, _ = _traceparent()
+    again = httpx.post(f"{traced}/train", json=body, headers={"traceparent": header}, timeout=30)
+    assert again.status_code == 200 and again.json()["deduplicated"], again.text
+    send = _one(receiver.wait_for(trace_id, ["send training"]), "send training")
+    assert send["attributes"]["sfq.deduplicated"] is True
+    assert send["attributes"]["sfq.model.ids"] == [first["model_id"]]
+    assert "messaging.message.id" not in send["attributes"]
+    request = conn.execute(
+        "SELECT traceparent FROM training_requests WHERE model_id = %s ORDER BY id DESC LIMIT 1",
+        (first["model_id"],),
+    ).fetchone()[0]
+    assert request == f"00-{trace_id}-{send['span_id']}-01" != _stored(conn, first["model_id"])[1]
+
+    header, trace_id, caller_span = _traceparent()
+    batch = httpx.post(f"{traced}/train/batch", json=_unique(7), headers={"traceparent": header}, timeout=30)
+    assert batch.status_code == 201, batch.text
+    model_ids = batch.json()["model_ids"]
+    send = _one(receiver.wait_for(trace_id, ["send training"]), "send training")
+    assert send["parent_span_id"] == caller_span
+    assert send["attributes"]["messaging.batch.message_count"] == 4
+    assert sorted(send["attributes"]["sfq.model.ids"]) == sorted(model_ids)
+    stored = f"00-{trace_id}-{send['span_id']}-01"
+    assert all(_stored(conn, model_id) == (stored, stored) for model_id in model_ids)
+    wait_for_models(conn, model_ids)
+
+
 def test_sql_insert_with_traceparent_joins_the_callers_trace(traced, receiver, conn):
     traceparent, trace_id, caller_span = _traceparent()
     model_id, _, _ = insert_request(conn, {**_unique(2), "traceparent": traceparent})
     assert wait_for_models(conn, [model_id])[model_id]["status"] == "completed"
-    assert (
-        conn.execute("SELECT traceparent FROM models WHERE id = %s", (model_id,)).fetchone()[0] == traceparent
-    )
+    assert _stored(conn, model_id) == (traceparent, traceparent)
     _assert_training_trace(conn, receiver, model_id, trace_id, caller_span)
 
 

@@ -67,8 +67,9 @@ async def _send(
     with tracing.sending(TRAINING_QUEUE, body, request.headers) as sending:
         answer = await call(request, submit(sending.request, "http"))
         if sending.recording:
-            models = [s.model_id for s in (answer if isinstance(answer, list) else [answer])]
-            sending.sent(models, await call(request, gateway.model_jobs(models)))
+            submissions = answer if isinstance(answer, list) else [answer]
+            new = [s.model_id for s in submissions if not s.deduplicated]
+            sending.sent([s.model_id for s in submissions], await call(request, gateway.model_jobs(new)))
     return answer
 
 

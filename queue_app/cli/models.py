@@ -68,8 +68,9 @@ def _sending(
         with tracing.sending(TRAINING_QUEUE, request, carrier) as sending:
             answer = gateway.run(conn, submit(sending.request, "cli"))
             if sending.recording:
-                models = [s.model_id for s in (answer if isinstance(answer, list) else [answer])]
-                sending.sent(models, gateway.run(conn, gateway.model_jobs(models)))
+                submissions = answer if isinstance(answer, list) else [answer]
+                new = [s.model_id for s in submissions if not s.deduplicated]
+                sending.sent([s.model_id for s in submissions], gateway.run(conn, gateway.model_jobs(new)))
         return answer
 
     return send
