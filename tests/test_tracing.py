@@ -394,6 +394,51 @@ def test_a_retried_attempt_is_a_new_span_with_the_same_parent_and_link(make_data
     assert [a["error"] for a in attempts] == [True, False]  # the interrupted attempt, then the one that ended
 
 
+def test_a_rescued_job_is_a_new_span_with_the_same_parent_and_link(make_database, receiver):
+    """A worker killed mid-training exports nothing more; the job another worker's rescue defers in its
+    place is processed in a span under the request's stored context, linked to it, naming the new job."""
+    url = _database_of_its_own(make_database)
+    env = {"POSTGRES_URL": url, "SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3", **receiver.env()}
+    workers = [Process(["worker", str(n)], env) for n in (1, 2)]
+    try:
+        for worker in workers:
+            worker.wait_for_line(r"worker \d+ ready")
+        traceparent, trace_id, caller_span = _traceparent()
+        with psycopg.connect(url, autocommit=True) as conn:
+            model_id, _, _ = insert_request(conn, {"symbol": "AAPL", **SLOW, "traceparent": traceparent})
+            doomed = _taker(conn, model_id, workers)
+            doomed.popen.send_signal(signal.SIGKILL)
+            model = wait_for_models(conn, [model_id], timeout=180)[model_id]
+            assert (model["status"], model["attempts"]) == ("completed", 2)
+            jobs = conn.execute(
+                "SELECT array_agg(id ORDER BY id) FROM procrastinate_jobs WHERE task_name = 'train_model'"
+            ).fetchone()[0]
+    finally:
+        for worker in workers:
+            worker.stop()
+    (process,) = [
+        s for s in receiver.wait_for(trace_id, ["process training"]) if s["name"] == "process training"
+    ]
+    assert process["attributes"]["sfq.attempt"] == 2
+    assert process["attributes"]["messaging.message.id"] == str(jobs[-1]) != str(jobs[0])  # the rescue's job
+    assert process["parent_span_id"] == caller_span
+    assert process["links"] == [(trace_id, caller_span)]
+    assert not process["error"]
+
+
+def _taker(conn: psycopg.Connection, model_id: int, workers: list[Process]) -> Process:
+    """The worker whose pid the model's row shows, once one has taken its job and started training."""
+    deadline = time.monotonic() + 180
+    while (
+        pid := conn.execute("SELECT worker_pid FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+    ) is None:
+        assert time.monotonic() < deadline, [w.output for w in workers]
+        time.sleep(0.05)
+    (taker,) = [w for w in workers if w.pid == pid]
+    taker.wait_for_line(rf"model {model_id} starting")
+    return taker
+
+
 def test_without_otel_variables_nothing_is_traced_or_stored(make_database, receiver):
     """Tracing is opt-in: with no OTEL_* variable the API and the worker export nothing, and a caller's
     traceparent header is not read (nothing stored, no span). On a database of its own, so that the traced
