@@ -246,6 +246,10 @@ def evolve(parent_model_id: int, overrides: Any, via: str) -> Call[Submission]:
     return Call("evolve", params, _submission)
 
 
+def model_jobs(model_ids: Sequence[int]) -> Call[list[int]]:
+    return Call("model_jobs", {"model_ids": list(model_ids)}, lambda rows: [row["job_id"] for row in rows])
+
+
 def cancel_model(model_id: int) -> Call[Row]:
     return Call("cancel_model", {"model_id": model_id}, _one)
 

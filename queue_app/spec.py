@@ -63,6 +63,12 @@ FIELDS: tuple[Field, ...] = (
         "start of a final period no metric, backtest or leaderboard sees, evaluated once on request "
         "(POST /models/{id}/lockbox); at or before data_end (default: none)",
     ),
+    Field(
+        "traceparent",
+        "string",
+        "W3C trace context the training and backtest spans join (00-<trace id>-<span id>-<flags>; "
+        "default: the submitting API's or CLI's span when tracing is on, else none)",
+    ),
 )
 
 _JSON_SCHEMA = {

@@ -8,7 +8,7 @@ import contextlib
 
 from starlette.applications import Starlette
 
-from queue_app import gateway, ui
+from queue_app import gateway, tracing, ui
 from queue_app.api.app import ERROR_HANDLERS, ROUTES
 from queue_app.api.auth import middleware as token_middleware
 from queue_app.config import Settings, database_url
@@ -17,6 +17,7 @@ from queue_app.config import Settings, database_url
 def create_app(url: str | None = None, settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     url = url or database_url(settings)
+    tracing.configure("sfq-api")  # only when the OTEL_* variables ask for traces
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

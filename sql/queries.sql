@@ -21,6 +21,10 @@ SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
 SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
   FROM sfq_evolve(%(parent_model_id)s, %(overrides)s::jsonb, %(via)s)
 
+-- model_jobs --
+-- The training jobs of these models (a traced submission's producer span names the messages it sent).
+SELECT job_id FROM models WHERE id = ANY(%(model_ids)s) AND job_id IS NOT NULL ORDER BY id
+
 -- cancel_model --
 -- Cancel a queued or running model (sfq_cancel_model); 409 when it is finished.
 SELECT id, status::text, finished_at FROM sfq_cancel_model(%(model_id)s)
@@ -85,7 +89,7 @@ UPDATE models
        worker_host = %(host)s, worker_pid = %(pid)s,
        progress = jsonb_build_object('phase', 'starting', 'fraction', 0, 'at', now())
  WHERE id = %(model_id)s AND status IN ('queued', 'running') AND job_id = %(job_id)s
-RETURNING attempts, spec, timeout_s
+RETURNING attempts, spec, timeout_s, fingerprint, algorithm, traceparent
 
 -- load_bars --
 -- The last bars up to the model's pinned data end, oldest first, in one query.
@@ -343,9 +347,9 @@ SELECT id FROM sfq_request_simulation(%(model_id)s)
 
 -- simulation_inputs --
 -- What a queued backtest needs: the model's spec and data end, the strategy, whether it is the lockbox's
--- (and then the model's file), the symbol's calendar.
-SELECT s.model_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end,
-       CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256,
+-- (and then the model's file), the symbol's calendar, its job and the model's trace context.
+SELECT s.model_id, s.job_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end, m.fingerprint,
+       m.traceparent, CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256,
        coalesce((SELECT c.calendar FROM symbol_calendars c WHERE c.symbol = m.symbol), 'equity') AS calendar
   FROM simulation_history s JOIN models m ON m.id = s.model_id
   LEFT JOIN model_artifacts a ON a.model_id = m.id

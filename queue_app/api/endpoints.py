@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from queue_app import gateway, lineage, monitor, params, studies, sweeps
+from queue_app import gateway, lineage, monitor, params, studies, sweeps, tracing
 from queue_app.api import auth, http
 from queue_app.api.http import JSON
 from queue_app.api.openapi import OPENAPI
 from queue_app.errors import Conflict, NotFound, Rejected
 from queue_app.gateway import Call, Submission
+from queue_app.vocabulary import TRAINING_QUEUE
 
 T = TypeVar("T")
 
@@ -59,15 +61,29 @@ def _created(request: Request, submission: Submission) -> JSON:
     return JSON(_submission(request, submission), status_code=200 if submission.deduplicated else 201)
 
 
+async def _send(
+    request: Request, body: dict[str, Any], submit: Callable[[Mapping[str, Any], str], Call[T]]
+) -> T:
+    """A submission, in its producer span when tracing is on (a child of the request's `traceparent`
+    header, W3C Trace Context), whose context is stored with the request (queue_app.tracing)."""
+    with tracing.sending(TRAINING_QUEUE, body, request.headers) as sending:
+        answer = await call(request, submit(sending.request, "http"))
+        if sending.recording:
+            submissions = answer if isinstance(answer, list) else [answer]
+            new = [s.model_id for s in submissions if not s.deduplicated]
+            sending.sent([s.model_id for s in submissions], await call(request, gateway.model_jobs(new)))
+    return answer
+
+
 async def train(request: Request) -> JSON:
     body = await http.json_body(request)
-    return _created(request, await call(request, gateway.submit(body, "http")))
+    return _created(request, await _send(request, body, gateway.submit))
 
 
 async def train_batch(request: Request) -> JSON:
     """One spec, four models (open, close, high, low), enqueued in one transaction."""
     body = await http.json_body(request)
-    submissions = await call(request, gateway.submit_batch(body, "http"))
+    submissions = await _send(request, body, gateway.submit_batch)
     return JSON(
         {
             "model_ids": [s.model_id for s in submissions],

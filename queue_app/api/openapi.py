@@ -97,6 +97,17 @@ SUBMITTED = {
 }
 
 
+# W3C Trace Context: with tracing on (README, "Traces"), the submission's span is a child of this one; a
+# header that cannot be parsed is ignored (a new trace).
+TRACEPARENT = {
+    "name": "traceparent",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "the caller's trace context (W3C Trace Context); read only when tracing is on",
+}
+
+
 def _operation(summary: str, responses: dict, **extra: Any) -> dict:
     return {"summary": summary, "responses": responses, **extra}
 
@@ -119,6 +130,7 @@ OPENAPI = {
             "post": _operation(
                 "Submit a training request (deduplicated by fingerprint)",
                 {**SUBMITTED, **BODY_ERRORS},
+                parameters=[TRACEPARENT],
                 requestBody=_json_body(spec.request_schema()),
             )
         },
@@ -130,6 +142,7 @@ OPENAPI = {
                     "200": _response("All four existed (deduplicated)", OBJECT),
                     **BODY_ERRORS,
                 },
+                parameters=[TRACEPARENT],
                 requestBody=_json_body(spec.request_schema(batch=True)),
             )
         },

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from queue_app import gateway, lineage, params
+import psycopg
+
+from queue_app import gateway, lineage, params, tracing
 from queue_app.cli import progress, render
 from queue_app.cli.common import (
     connect,
@@ -23,13 +28,15 @@ from queue_app.cli.common import (
 )
 from queue_app.errors import Conflict, NotFound
 from queue_app.gateway import Call, Submission
-from queue_app.vocabulary import FINISHED, STATUSES
+from queue_app.vocabulary import FINISHED, STATUSES, TRAINING_QUEUE
+
+Submitted = Submission | list[Submission]
 
 
-def _enqueue(args: argparse.Namespace, call: Call[Submission] | Call[list[Submission]]) -> int:
-    """Run one enqueueing call, print each model it answers with, and with --wait follow them to the end."""
+def _enqueue(args: argparse.Namespace, submit: Callable[[psycopg.Connection], Submitted]) -> int:
+    """Submit, print each model the submission answers with, and with --wait follow them to the end."""
     with connect(args) as conn:
-        answer = gateway.run(conn, call)
+        answer = submit(conn)
         submissions = answer if isinstance(answer, list) else [answer]
         for s in submissions:
             note = " (deduplicated: an identical model exists)" if s.deduplicated else ""
@@ -45,23 +52,47 @@ def _enqueue(args: argparse.Namespace, call: Call[Submission] | Call[list[Submis
     return 0 if all(model["status"] == "completed" for model in finished.values()) else 1
 
 
+def _calling(call: Call[Submitted]) -> Callable[[psycopg.Connection], Submitted]:
+    return lambda conn: gateway.run(conn, call)
+
+
+def _sending(
+    submit: Callable[[Mapping[str, Any], str], Call[Submitted]], request: dict[str, Any]
+) -> Callable[[psycopg.Connection], Submitted]:
+    """A request submitted as the API submits one: in a producer span when tracing is on, a child of
+    the TRACEPARENT variable (OpenTelemetry's environment carrier), its context stored with the request."""
+
+    def send(conn: psycopg.Connection) -> Submitted:
+        tracing.configure("sfq-cli")
+        carrier = {"traceparent": os.environ["TRACEPARENT"]} if os.environ.get("TRACEPARENT") else None
+        with tracing.sending(TRAINING_QUEUE, request, carrier) as sending:
+            answer = gateway.run(conn, submit(sending.request, "cli"))
+            if sending.recording:
+                submissions = answer if isinstance(answer, list) else [answer]
+                new = [s.model_id for s in submissions if not s.deduplicated]
+                sending.sent([s.model_id for s in submissions], gateway.run(conn, gateway.model_jobs(new)))
+        return answer
+
+    return send
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    return _enqueue(args, gateway.submit(request_from(args), "cli"))
+    return _enqueue(args, _sending(gateway.submit, request_from(args)))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    return _enqueue(args, gateway.submit_batch(request_from(args), "cli"))
+    return _enqueue(args, _sending(gateway.submit_batch, request_from(args)))
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    return _enqueue(args, gateway.retrain(args.model_id, args.force, "cli"))
+    return _enqueue(args, _calling(gateway.retrain(args.model_id, args.force, "cli")))
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:
     overrides = request_from(args)
     for field in args.reset or []:
         overrides[field] = None  # back to the default
-    return _enqueue(args, gateway.evolve(args.parent, overrides, "cli"))
+    return _enqueue(args, _calling(gateway.evolve(args.parent, overrides, "cli")))
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:

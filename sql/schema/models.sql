@@ -30,7 +30,8 @@ CREATE OR REPLACE FUNCTION sfq_new_model(r training_requests) RETURNS models
         NULL,                    -- imported_from
         r.priority,
         NULL,                    -- progress
-        0                        -- lockbox_looks
+        0,                       -- lockbox_looks
+        r.traceparent
     )::models
 $$;
 
@@ -53,13 +54,13 @@ BEGIN
             hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
             context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, status, error,
             submitted_at, started_at, finished_at, worker_host, worker_pid, attempts, metrics, fold_metrics,
-            timings, timeout_s, job_id, retrain_of, run, imported_from, priority, progress)
+            timings, timeout_s, job_id, retrain_of, run, imported_from, priority, progress, traceparent)
         SELECT c.fingerprint, c.spec, c.symbol, c.timeframe, c.target_col, c.target_transform, c.horizon,
                c.algorithm, c.hyperparameters, c.features, c.train_window, c.test_window, c.data_end, c.cv_folds,
                c.cv_strategy, c.context_symbols, c.alpha_grid, c.l1_ratio_grid, c.regime_configs,
                c.parent_model_id, c.status, c.error, c.submitted_at, c.started_at, c.finished_at, c.worker_host,
                c.worker_pid, c.attempts, c.metrics, c.fold_metrics, c.timings, c.timeout_s, c.job_id,
-               c.retrain_of, c.run, c.imported_from, c.priority, c.progress
+               c.retrain_of, c.run, c.imported_from, c.priority, c.progress, c.traceparent
           FROM unnest(candidates) AS c
         ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
         RETURNING id

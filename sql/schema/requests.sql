@@ -442,6 +442,14 @@ BEGIN
     IF r.timeout_s IS NOT NULL AND r.timeout_s NOT BETWEEN 1 AND 604800 THEN
         PERFORM sfq_check_range('timeout_s', r.timeout_s, 1, 604800);
     END IF;
+    -- W3C Trace Context's traceparent, version 00 (a later version's longer header is not stored).
+    IF r.traceparent IS NOT NULL AND (r.traceparent !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                                      OR substr(r.traceparent, 4, 32) = repeat('0', 32)
+                                      OR substr(r.traceparent, 37, 16) = repeat('0', 16)) THEN
+        PERFORM sfq_reject('traceparent', format(
+            '%L is not a W3C traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, lowercase, '
+            'ids not all zeros', left(r.traceparent, 100)));
+    END IF;
     IF r.parent_model_id IS NOT NULL THEN
         IF NOT EXISTS (SELECT 1 FROM models WHERE id = r.parent_model_id) THEN
             PERFORM sfq_reject('parent_model_id', format('no model with id %s', r.parent_model_id));

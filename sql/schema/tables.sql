@@ -116,9 +116,12 @@ CREATE TABLE models (
     imported_from text,  -- 'duckdb:<file>#<legacy id>' for models moved from the old service
     priority integer NOT NULL DEFAULT 0,
     progress jsonb,      -- {"phase", "fraction", "at"} of the training under way
-    lockbox_looks integer NOT NULL DEFAULT 0
+    lockbox_looks integer NOT NULL DEFAULT 0,
+    traceparent text
 );
 COMMENT ON COLUMN models.lockbox_looks IS 'How many times the model''s lockbox evaluation was asked for.';
+COMMENT ON COLUMN models.traceparent IS
+    'The W3C trace context of the request that made the model: its training and backtests are spans of that trace.';
 
 -- One live model per fingerprint; a failed or cancelled model may be submitted again.
 CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
@@ -260,7 +263,8 @@ CREATE TABLE training_requests (
     priority integer DEFAULT 0,
     execution_lag integer DEFAULT 1,
     evaluation jsonb DEFAULT '{"kind": "holdout"}',
-    lockbox_start timestamptz
+    lockbox_start timestamptz,
+    traceparent text
 );
 
 COMMENT ON COLUMN training_requests.symbol IS 'Ticker whose bars the model trains on (required).';
@@ -300,6 +304,8 @@ COMMENT ON COLUMN training_requests.execution_lag IS
     'from the close at t + execution_lag to target_col at t + execution_lag + horizon.';
 COMMENT ON COLUMN training_requests.lockbox_start IS
     'Start of a final period no metric, backtest, leaderboard or sweep sees (null: none); at or before data_end.';
+COMMENT ON COLUMN training_requests.traceparent IS
+    'W3C trace context (00-<trace id>-<span id>-<flags>) the model''s training and backtest spans belong to.';
 COMMENT ON COLUMN training_requests.evaluation IS
     'How the model is judged out of sample: {"kind": "holdout"} (the last test_window bars) or '
     '{"kind": "walk_forward", "refit_every": 21, "window": "expanding" | "sliding", "start": null}.';

@@ -10,9 +10,11 @@ from typing import Any
 
 import pandas as pd
 import psycopg
+from opentelemetry.trace import Span
 
-from queue_app import gateway
+from queue_app import gateway, tracing
 from queue_app.errors import SfqError, Unavailable
+from queue_app.vocabulary import SIMULATION_QUEUE
 from workers.daemon import forecasts
 from workers.daemon.data import frame, load_bars
 from workers.modelling import artifacts
@@ -23,30 +25,47 @@ log = logging.getLogger("sfq.backtest")
 
 
 def run(conn: psycopg.Connection, simulation_id: int) -> None:
-    """Run one queued backtest on `conn` (autocommit). The database's errors are the job's (it
-    fails, and asking again re-queues it); the backtest's own are recorded as its outcome."""
+    """Run one queued backtest on `conn` (autocommit), in its model's trace (queue_app.tracing). The
+    database's errors are the job's (it fails, and asking again re-queues it); the backtest's own are
+    recorded as its outcome."""
     job = gateway.run(conn, gateway.simulation_inputs(simulation_id))
     if job is None:  # already done, or its model was deleted
         return
+    traced = {
+        "sfq.model.id": job["model_id"],
+        "sfq.model.fingerprint": job["fingerprint"],
+        "sfq.model.algorithm": job["spec"]["algorithm"],
+        "sfq.simulation.id": simulation_id,
+        "sfq.strategy": job["strategy"],
+        "sfq.lockbox": job["lockbox"],
+    }
+    with tracing.processing(SIMULATION_QUEUE, job["traceparent"], job["job_id"], traced) as span:
+        _run(conn, simulation_id, job, span)
+
+
+def _run(conn: psycopg.Connection, simulation_id: int, job: dict[str, Any], span: Span) -> None:
     spec, model_id = job["spec"], job["model_id"]
     try:
         predictions, bars, extra = (_lockbox if job["lockbox"] else _out_of_sample)(conn, job)
-        result = backtest(predictions, bars, spec, job["strategy"], job["params"], job["calendar"])
+        with tracing.step("backtest", **{"sfq.bars": len(bars)}):
+            result = backtest(predictions, bars, spec, job["strategy"], job["params"], job["calendar"])
     except Unavailable:  # the database away: the job's (it is retried), not the backtest's outcome
         raise
     except Exception as error:  # BacktestError (too few bars, ...), TrainingError, or a bug: recorded
         reason = str(error) if isinstance(error, SfqError) else repr(error)  # sfq's own say what is wrong
         _fail(conn, simulation_id, model_id, reason)
+        tracing.failed(span, reason)
         return
     # With its annualisation factor: the deflated Sharpe ratio needs per-bar Sharpe ratios.
     per_year = periods_per_year(spec["timeframe"], job["calendar"])
     metrics = {**result.metrics, "periods_per_year": per_year, "calendar": job["calendar"], **extra}
-    gateway.run(
-        conn,
-        gateway.complete_simulation(
-            simulation_id, metrics, result.equity_curve, result.period_start, result.period_end
-        ),
-    )
+    with tracing.step("store results", **{"sfq.simulation.id": simulation_id}):
+        gateway.run(
+            conn,
+            gateway.complete_simulation(
+                simulation_id, metrics, result.equity_curve, result.period_start, result.period_end
+            ),
+        )
     if job["strategy"] == DEFAULT_STRATEGY and not job["lockbox"]:
         _judge_live_record(conn, model_id)
     log.info(

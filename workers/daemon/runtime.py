@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -17,10 +16,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from queue_app import gateway
+from queue_app import gateway, tracing
 from queue_app.config import Settings
 from queue_app.errors import SfqError, Unavailable
 from queue_app.gateway import Call
+from queue_app.vocabulary import TRAINING_QUEUE
 from workers.daemon import backtests, forecasts, logs, notify, studies
 from workers.daemon.child import TrainingProcess
 from workers.daemon.outcome import Completed, Failed, Outcome, Pruned, Retry
@@ -133,18 +133,38 @@ class Runtime:
             return
         attempt = claim["attempts"]
         started = time.perf_counter()
-        try:
-            outcome = await self._attempt(model_id, job_id, attempt, claim["spec"], claim["timeout_s"])
-        except BaseException as error:  # cancelled (sfq_cancel_model aborts the job), or a bug
-            if isinstance(error, asyncio.CancelledError):
-                log.info("job %s model %s: cancelled; training process killed", job_id, model_id)
-            with contextlib.suppress(Exception):  # fenced: a model cancelled on request stays cancelled
-                await self._run(gateway.fail_model(model_id, attempt, f"{type(error).__name__}: {error}"))
-            raise
-        await self._settle(model_id, job_id, attempt, outcome, started)
+        traced = {
+            "sfq.model.id": model_id,
+            "sfq.model.fingerprint": claim["fingerprint"],
+            "sfq.model.algorithm": claim["algorithm"],
+            "sfq.attempt": attempt,
+        }
+        with tracing.processing(TRAINING_QUEUE, claim["traceparent"], job_id, traced) as span:
+            clock = tracing.TrainingClock()
+            try:
+                outcome = await self._attempt(
+                    model_id, job_id, attempt, claim["spec"], claim["timeout_s"], clock
+                )
+            except BaseException as error:  # cancelled (sfq_cancel_model aborts the job), or a bug
+                if isinstance(error, asyncio.CancelledError):
+                    log.info("job %s model %s: cancelled; training process killed", job_id, model_id)
+                with contextlib.suppress(Exception):  # fenced: a model cancelled on request stays cancelled
+                    await self._run(gateway.fail_model(model_id, attempt, f"{type(error).__name__}: {error}"))
+                raise
+            timings = outcome.result.timings if isinstance(outcome, Completed) else None
+            tracing.training_spans(clock, timings, claim["spec"]["cv_folds"])
+            if isinstance(outcome, Failed):
+                tracing.failed(span, outcome.reason)
+            await self._settle(model_id, job_id, attempt, outcome, started)
 
     async def _attempt(
-        self, model_id: int, job_id: int, attempt: int, spec: dict[str, Any], timeout_s: float | None
+        self,
+        model_id: int,
+        job_id: int,
+        attempt: int,
+        spec: dict[str, Any],
+        timeout_s: float | None,
+        clock: tracing.TrainingClock,
     ) -> Outcome:
         """The training process's outcome for this attempt (no process to train in is a Retry)."""
         try:
@@ -163,10 +183,19 @@ class Runtime:
         )
         notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
         timeout_s = timeout_s or self.settings.timeout_s
-        on_fold = functools.partial(self._fold_scored, studies.FoldReports(model_id, spec["cv_folds"]))
-        return await self.trainer.train(
-            spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt, on_fold
-        )
+        reports = studies.FoldReports(model_id, spec["cv_folds"])
+
+        def on_fold(fold: dict[str, Any]) -> str | None:
+            clock.fold_ends_ns.append(time.time_ns())
+            return self._fold_scored(reports, fold)
+
+        clock.sent_ns = time.time_ns()
+        try:
+            return await self.trainer.train(
+                spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt, on_fold
+            )
+        finally:
+            clock.answered_ns = time.time_ns()
 
     def _fold_scored(self, reports: studies.FoldReports, fold: dict[str, Any]) -> str | None:
         """A CV fold ended (in the thread that waits for the training): the studies it is a trial of
@@ -225,9 +254,10 @@ class Runtime:
         """Every result written (retried while the database is away), or dropped when the attempt was
         handed on: None; Failed when the result cannot be written (a constraint, a bug)."""
         try:
-            written = await self._with_retries(
-                f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
-            )
+            with tracing.step("store results", **{"sfq.model.id": model_id}):
+                written = await self._with_retries(
+                    f"write the result of model {model_id}", lambda: self._complete(model_id, attempt, result)
+                )
         except Requeue:
             raise
         except Exception as error:  # not transient: the model fails, saying why

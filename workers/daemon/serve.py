@@ -15,7 +15,7 @@ import signal
 
 from procrastinate.worker import Worker
 
-from queue_app import gateway
+from queue_app import gateway, tracing
 from queue_app.config import Settings
 from queue_app.errors import NoSchema, Unavailable
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
@@ -49,6 +49,7 @@ def run(instance: int, url: str, settings: Settings) -> int:
     (Restart=on-failure) or `sfq workers` starts it again."""
     limit_threads()
     logs.configure(settings.hostname, instance, settings.log_json)
+    tracing.configure("sfq-worker")  # only when the OTEL_* variables ask for traces
     try:
         check_schema(url)
     except Unavailable as error:  # unreachable, or no sfq schema (NoSchema)
