@@ -68,7 +68,9 @@ GRANT EXECUTE ON FUNCTION sfq_move_alias TO sfq_submitter;
 -- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
 GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_series, model_artifacts,
                 model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers,
-                model_live_records TO sfq_worker;
+                model_live_records, sfq_strategies TO sfq_worker;
+-- The default backtest's parameters, which a live record's decay flag compares with (default_backtest).
+GRANT EXECUTE ON FUNCTION sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject TO sfq_worker;
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
 GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
