@@ -39,6 +39,9 @@ DEFINERS = (
     "sfq_study_trial_ended",
     "sfq_move_alias",
     "sfq_bars_arrived",
+    "sfq_set_retrain_policy",
+    "sfq_retrain_due",
+    "sfq_retrain_ended",
 )
 
 
