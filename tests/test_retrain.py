@@ -5,6 +5,7 @@ against real PostgreSQL, a real API, the real CLI and real workers."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import croniter
@@ -149,6 +150,18 @@ def test_bad_policies_are_refused_over_sql_http_and_cli_and_nothing_is_stored(
     assert saved.returncode == 0, saved.stderr
     shown = run_sfq("strategy", "bad-1", url=database)
     assert '"cron": "0 22 * * 1-5"' in shown.stdout and "cv_ic (maximize) tolerance 0.0" in shown.stdout
+    with httpx.Client(base_url=start_api(), timeout=30, headers=auth) as api:
+        body = {"policy": {"kind": "every_n_bars", "n": 3}, "tolerance": 0.02, "objective": "cv_rmse"}
+        saved = api.put(path, json=body)
+        assert saved.status_code == 200, saved.text
+        assert (saved.json()["set_by"], saved.json()["via"]) == ("alice", "http")
+        (shown,) = api.get("/strategies/bad-1").json()["retrain_policies"]
+        assert (shown["policy"], shown["objective"], shown["direction"], shown["tolerance"]) == (
+            {"kind": "every_n_bars", "n": 3},
+            "cv_rmse",
+            "minimize",
+            0.02,
+        )
 
 
 def test_every_n_bars_retrains_in_the_bars_transaction_and_the_champion_is_challenged(
@@ -228,7 +241,7 @@ def test_every_n_bars_retrains_in_the_bars_transaction_and_the_champion_is_chall
     ]
 
 
-def test_a_due_schedule_retrains_once_however_often_it_is_checked(clean):
+def test_a_due_schedule_retrains_once_however_often_it_is_checked(clean, database):
     symbol = "SCHED"
     news = copy_bars(clean, symbol, keep_last=1)
     model = completed_model(clean, symbol=symbol)
@@ -256,3 +269,26 @@ def test_a_due_schedule_retrains_once_however_often_it_is_checked(clean):
     # Both retrain the same spec on the same bars: one training request's model, trained once.
     assert len({m for _, _, m in first}) == 1
     assert clean.execute("SELECT count(*) FROM models WHERE retrain_of = %s", (model,)).fetchone() == (1,)
+
+    # Two checks at once (two daemons): the second waits for the first's locks, then finds nothing due.
+    week_later = later + dt.timedelta(days=7)
+    check = "SELECT strategy FROM sfq_retrain_due(%s)"
+    with psycopg.connect(database) as one, psycopg.connect(database) as other:
+        assert len(one.execute(check, (week_later,)).fetchall()) == 2
+        answer: dict = {}
+        waiting = threading.Thread(
+            target=lambda: answer.update(rows=other.execute(check, (week_later,)).fetchall())
+        )
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while clean.execute(
+            "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s",
+            (other.info.backend_pid,),
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the second check never waited for the first"
+            time.sleep(0.02)
+        one.commit()
+        waiting.join(timeout=30)
+        other.commit()
+    assert answer["rows"] == []
+    assert [len(retrains(clean, s)) for s in ("sched-1", "sched-2")] == [2, 2]
