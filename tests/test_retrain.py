@@ -240,6 +240,20 @@ def test_every_n_bars_retrains_in_the_bars_transaction_and_the_champion_is_chall
         metric(clean, challenger, "cv_ic_mean"),
     ]
 
+    # A cron policy, due since a minute ago (its setting moved back an hour): the daemon's heartbeat check
+    # retrains it, once for that due time.
+    clean.execute(
+        "SELECT sfq_set_retrain_policy('retr-1', 'production', %s)",
+        (Jsonb({"kind": "cron", "cron": "* * * * *"}),),
+    )
+    clean.execute("UPDATE retrain_policies SET last_due_at = last_due_at - interval '1 hour'")
+    deadline = time.monotonic() + 60
+    while not (scheduled := [r for r in retrains(clean, "retr-1") if r["cause"] == "cron"]):
+        assert time.monotonic() < deadline, "no worker daemon retrained the due cron policy"
+        time.sleep(0.1)
+    (retrain,) = scheduled
+    assert retrain["source_model_id"] == challenger and retrain["due_at"].second == 0
+
 
 def test_a_due_schedule_retrains_once_however_often_it_is_checked(clean, database):
     symbol = "SCHED"
