@@ -15,6 +15,8 @@ import pytest
 from psycopg import errors
 from psycopg.types.json import Jsonb
 
+from queue_app.client import Client
+from queue_app.errors import Rejected
 from tests.conftest import run_sfq, wait_for_models
 from tests.test_strategies import TOKEN, completed_model, copy_bars, insert_bar
 
@@ -123,6 +125,10 @@ def test_bad_policies_are_refused_over_sql_http_and_cli_and_nothing_is_stored(
         )
         assert unknown.status_code == 404
         assert api.get("/strategies/bad-1").json()["retrain_policies"] == []
+        unauthenticated = httpx.put(
+            f"{api.base_url}{path}", json={"policy": {"kind": "every_n_bars", "n": 2}}
+        )
+        assert unauthenticated.status_code == 401
 
     for options, field in [
         (["--every-n-bars", "0"], "policy.n"),
@@ -155,6 +161,12 @@ def test_bad_policies_are_refused_over_sql_http_and_cli_and_nothing_is_stored(
         saved = api.put(path, json=body)
         assert saved.status_code == 200, saved.text
         assert (saved.json()["set_by"], saved.json()["via"]) == ("alice", "http")
+        with (
+            Client(str(api.base_url), token=TOKEN.split(":")[1]) as client,
+            pytest.raises(Rejected) as raised,
+        ):
+            client.set_retrain_policy("bad-1", "production", {"kind": "cron", "cron": "0 0 * * 9"})
+        assert raised.value.field == "policy.cron"
         (shown,) = api.get("/strategies/bad-1").json()["retrain_policies"]
         assert (shown["policy"], shown["objective"], shown["direction"], shown["tolerance"]) == (
             {"kind": "every_n_bars", "n": 3},
@@ -199,7 +211,7 @@ def test_every_n_bars_retrains_in_the_bars_transaction_and_the_champion_is_chall
     assert (retrain["source_model_id"], retrain["cause"]) == (champion, "every_n_bars")
     assert retrain["verdict"] is None  # decided when the retrained model ends
 
-    decided = wait_for_verdict(clean, retrain["id"])
+    decided = first_decision = wait_for_verdict(clean, retrain["id"])
     assert decided["verdict"] == "promoted"
     assert decided["champion_model_id"] == champion
     assert decided["champion_value"] == metric(clean, champion, "cv_ic_mean")
@@ -228,6 +240,11 @@ def test_every_n_bars_retrains_in_the_bars_transaction_and_the_champion_is_chall
     assert alias_model(clean, "retr-1", "production") == challenger
     assert alias_model(clean, "retr-1", "candidate") == second["model_id"]
 
+    with Client(str(api.base_url)) as client:  # the notebooks' client reads the same decisions
+        table = client.strategy_retrains("retr-1")
+    assert list(table.index) == [second["id"], first["id"]]
+    assert list(table["verdict"]) == ["candidate", "promoted"]
+    assert table.loc[first["id"], "champion_value"] == first_decision["champion_value"]
     shown = api.get("/strategies/retr-1").json()
     assert [(r["id"], r["verdict"]) for r in shown["retrains"]] == [
         (second["id"], "candidate"),

@@ -294,8 +294,8 @@ $$;
 -- the tolerance (maximize: challenger >= champion - tolerance; minimize: challenger <= champion + tolerance):
 -- the alias moves to it (`promoted`); otherwise, or when either value is missing, it takes the `candidate`
 -- alias (`candidate`). A failed or cancelled retrain (`failed`), or one that is the champion itself (no new
--- bars: `unchanged`), moves nothing. Once per retrain (its row locked, its verdict set); the moves go
--- through sfq_move_alias, by `retrain-policy`, with a reason that names both values and the tolerance.
+-- bars, or moved there meanwhile: `unchanged`), moves nothing. Once per retrain (its row locked, its verdict
+-- set); the moves go through sfq_move_alias, by `retrain-policy`, with a reason naming both values.
 CREATE OR REPLACE FUNCTION sfq_decide_retrain(retrain bigint) RETURNS strategy_retrains
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -332,7 +332,7 @@ BEGIN
                          WHEN 'promoted' THEN format('not worse by more than the tolerance; %s moves to it', r.alias)
                          WHEN 'candidate' THEN 'worse by more than the tolerance (or not comparable); it is the candidate'
                          WHEN 'failed' THEN format('the retrained model is %s; nothing moves', challenger.status)
-                         ELSE 'no new bars: the retrain is the champion itself'
+                         ELSE format('the retrain is the model %s points at already (no new bars)', r.alias)
                      END);
     IF outcome = 'promoted' OR (outcome = 'candidate' AND r.alias <> 'candidate') THEN
         moved := sfq_move_alias(r.strategy, CASE outcome WHEN 'promoted' THEN r.alias ELSE 'candidate' END,
