@@ -323,3 +323,49 @@ def test_a_due_schedule_retrains_once_however_often_it_is_checked(clean, databas
         other.commit()
     assert answer["rows"] == []
     assert [len(retrains(clean, s)) for s in ("sched-1", "sched-2")] == [2, 2]
+
+
+def test_a_decision_commits_with_its_model_s_end_or_not_at_all(clean, database):
+    """The decision is made in the transaction that records the retrained model's end: a worker killed
+    before its commit leaves neither (the retried training decides, once); a failed retrain moves nothing."""
+    symbol = "ENDS"
+    news = copy_bars(clean, symbol, keep_last=2)
+    model = completed_model(clean, symbol=symbol)
+    clean.execute("UPDATE models SET metrics = '{\"cv_ic_mean\": 0.2}' WHERE id = %s", (model,))
+    clean.execute("SELECT sfq_move_alias('ends-1', 'production', %s, 'first')", (model,))
+    clean.execute(
+        "SELECT sfq_set_retrain_policy('ends-1', 'production', %s)",
+        (Jsonb({"kind": "every_n_bars", "n": 1}),),
+    )
+    insert_bar(clean, symbol, news[0])
+    (retrain,) = retrains(clean, "ends-1")
+    challenger = retrain["model_id"]
+    clean.execute("UPDATE models SET status = 'running', attempts = 1 WHERE id = %s", (challenger,))
+    complete = "UPDATE models SET status = 'completed', metrics = '{\"cv_ic_mean\": 0.25}' WHERE id = %s"
+    with psycopg.connect(database) as tx:
+        tx.execute(complete, (challenger,))
+        assert tx.execute("SELECT verdict FROM strategy_retrains").fetchone() == ("promoted",)
+        tx.rollback()  # the worker was killed before it committed
+    assert retrains(clean, "ends-1")[0]["verdict"] is None
+    assert alias_model(clean, "ends-1", "production") == model
+    clean.execute(complete, (challenger,))
+    (decided,) = retrains(clean, "ends-1")
+    assert (decided["verdict"], decided["champion_value"], decided["challenger_value"]) == (
+        "promoted",
+        0.2,
+        0.25,
+    )
+    moves = clean.execute(
+        "SELECT model_id FROM strategy_alias_history WHERE strategy = 'ends-1' ORDER BY id"
+    ).fetchall()
+    assert moves == [(model,), (challenger,)]
+
+    insert_bar(clean, symbol, news[1])
+    _, failing = retrains(clean, "ends-1")
+    clean.execute("UPDATE models SET status = 'failed', error = 'boom' WHERE id = %s", (failing["model_id"],))
+    ((verdict, reason),) = clean.execute(
+        "SELECT verdict, reason FROM strategy_retrains WHERE id = %s", (failing["id"],)
+    ).fetchall()
+    assert verdict == "failed" and "is failed; nothing moves" in reason
+    assert alias_model(clean, "ends-1", "production") == challenger
+    assert alias_model(clean, "ends-1", "candidate") is None
