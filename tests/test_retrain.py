@@ -369,3 +369,29 @@ def test_a_decision_commits_with_its_model_s_end_or_not_at_all(clean, database):
     assert verdict == "failed" and "is failed; nothing moves" in reason
     assert alias_model(clean, "ends-1", "production") == challenger
     assert alias_model(clean, "ends-1", "candidate") is None
+
+
+def test_only_appended_bars_count_and_a_rolled_back_import_counts_nothing(clean, database):
+    symbol = "COUNT"
+    news = copy_bars(clean, symbol, keep_last=1)
+    model = completed_model(clean, symbol=symbol)
+    clean.execute("SELECT sfq_move_alias('count-1', 'production', %s, 'first')", (model,))
+    clean.execute(
+        "SELECT sfq_set_retrain_policy('count-1', 'production', %s)",
+        (Jsonb({"kind": "every_n_bars", "n": 2}),),
+    )
+    pending = "SELECT bars_pending FROM retrain_policies WHERE strategy = 'count-1'"
+    backfill = clean.execute(
+        "DELETE FROM bars WHERE symbol = %s AND ts = (SELECT ts FROM bars WHERE symbol = %s ORDER BY ts DESC"
+        " OFFSET 20 LIMIT 1) RETURNING ts, open, high, low, close, volume",
+        (symbol, symbol),
+    ).fetchone()
+    insert_bar(clean, symbol, backfill)  # history, not news
+    assert clean.execute(pending).fetchone() == (0,)
+    with psycopg.connect(database) as tx:
+        insert_bar(tx, symbol, news[0])
+        assert tx.execute(pending).fetchone() == (1,)
+        tx.rollback()
+    assert clean.execute(pending).fetchone() == (0,)
+    insert_bar(clean, symbol, news[0])
+    assert clean.execute(pending).fetchone() == (1,) and retrains(clean, "count-1") == []

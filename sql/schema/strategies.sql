@@ -177,12 +177,15 @@ BEGIN
 
     -- Retrain policies counting bars (retrains.sql): the bars appended for each symbol and timeframe.
     FOR appended IN
-        SELECT n.symbol, n.timeframe, count(*)::integer AS bars FROM new_bars n
-         WHERE EXISTS (SELECT 1 FROM retrain_policies p
-                         JOIN strategy_aliases a ON a.strategy = p.strategy AND a.alias = p.alias
-                         JOIN models m ON m.id = a.model_id
-                        WHERE p.kind = 'every_n_bars' AND m.symbol = n.symbol AND m.timeframe = n.timeframe)
-           AND NOT EXISTS (SELECT 1 FROM bars b
+        WITH counting AS (  -- the few symbols and timeframes a policy counts bars of
+            SELECT DISTINCT m.symbol, m.timeframe
+              FROM retrain_policies p
+              JOIN strategy_aliases a ON a.strategy = p.strategy AND a.alias = p.alias
+              JOIN models m ON m.id = a.model_id
+             WHERE p.kind = 'every_n_bars' AND (m.symbol, m.timeframe) IN (SELECT symbol, timeframe FROM new_bars)
+        )
+        SELECT n.symbol, n.timeframe, count(*)::integer AS bars FROM new_bars n JOIN counting USING (symbol, timeframe)
+         WHERE NOT EXISTS (SELECT 1 FROM bars b
                             WHERE b.symbol = n.symbol AND b.timeframe = n.timeframe AND b.ts > n.ts
                               AND (b.symbol, b.timeframe, b.ts) NOT IN (SELECT symbol, timeframe, ts FROM new_bars))
          GROUP BY n.symbol, n.timeframe
