@@ -372,8 +372,10 @@ $$;
 
 -- weekly and cron: retrain every policy whose latest due time (at or before `moment`) is after the last one it
 -- retrained for (or its setting): once per due time however many workers check, and however often (the
--- policy's row locked, and strategy_retrains' UNIQUE (strategy, alias, due_at)). Due times missed while no
--- worker ran are caught up by one retrain, for the latest. The worker daemons call it on every heartbeat.
+-- policy's row locked: a check skips the policies another is deciding, whose commit moves last_due_at past
+-- the due time, or whose rollback leaves it to the next check; and strategy_retrains' UNIQUE (strategy,
+-- alias, due_at)). Due times missed while no worker ran are caught up by one retrain, for the latest. The
+-- worker daemons call it on every heartbeat.
 CREATE OR REPLACE FUNCTION sfq_retrain_due(moment timestamptz DEFAULT now()) RETURNS SETOF strategy_retrains
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
@@ -381,7 +383,8 @@ DECLARE
     due timestamptz;
     r strategy_retrains;
 BEGIN
-    FOR p IN SELECT * FROM retrain_policies WHERE cron IS NOT NULL ORDER BY strategy, alias FOR UPDATE LOOP
+    FOR p IN SELECT * FROM retrain_policies WHERE cron IS NOT NULL ORDER BY strategy, alias FOR UPDATE SKIP LOCKED
+    LOOP
         due := sfq_cron_latest(p.cron, moment);
         CONTINUE WHEN due IS NULL OR due <= p.last_due_at;
         UPDATE retrain_policies SET last_due_at = due WHERE strategy = p.strategy AND alias = p.alias;
