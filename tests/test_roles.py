@@ -380,10 +380,10 @@ def test_retrain_policies_by_role_and_a_worker_role_decides_a_retrain(roles):
     and, recording its retrain's end, moves production (sfq_retrain_ended runs as the owner)."""
     with psycopg.connect(roles.owner, autocommit=True) as conn:
         earlier = conn.execute("SELECT ts FROM bars WHERE symbol = 'AAPL' ORDER BY ts DESC OFFSET 5 LIMIT 1")
-        spec = {
+        spec = {  # a spec no other test trains: its retrain is deduplicated to no other model
             "symbol": "AAPL",
             "algorithm": "Ridge",
-            "train_window": 300,
+            "train_window": 301,
             "data_end": earlier.fetchone()[0],
         }
         (model,) = insert_request(conn, spec)[:1]
