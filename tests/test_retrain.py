@@ -111,6 +111,7 @@ def test_bad_policies_are_refused_over_sql_http_and_cli_and_nothing_is_stored(
         for policy, tolerance, objective, column in [
             *BAD_POLICIES[:-2],
             ({"kind": "every_n_bars", "n": 2}, "0.1", None, "tolerance"),
+            ({"kind": "every_n_bars", "n": 2}, 10**400, None, "tolerance"),
             ({"kind": "every_n_bars", "n": 2}, None, "sharpe", "objective"),
         ]:
             body = {"policy": policy, "tolerance": tolerance, "objective": objective}

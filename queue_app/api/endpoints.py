@@ -285,8 +285,12 @@ async def set_retrain_policy(request: Request) -> JSON:
     body = await http.json_body(request)
     http.only(body, "policy", "tolerance", "objective")
     tolerance, objective = body.get("tolerance"), body.get("objective")
-    if tolerance is not None and (not isinstance(tolerance, int | float) or isinstance(tolerance, bool)):
-        raise Rejected(f"tolerance must be a number in the objective's units, got {tolerance!r}", "tolerance")
+    if tolerance is not None:
+        if not isinstance(tolerance, int | float) or isinstance(tolerance, bool) or abs(tolerance) > 1e300:
+            raise Rejected(
+                f"tolerance must be a number in the objective's units, got {tolerance!r}", "tolerance"
+            )
+        tolerance = float(tolerance)
     if objective is not None:
         objective = http.text(objective, "objective", "the name of a metric such as cv_ic")
     name, alias = _path_name(request, "name"), _path_name(request, "alias")
