@@ -622,6 +622,29 @@ class Client:
         """Move the strategy's `production` alias."""
         return self.move_alias(name, "production", model_id, reason)
 
+    def set_retrain_policy(
+        self,
+        name: str,
+        alias: str,
+        policy: Mapping[str, Any],
+        tolerance: float | None = None,
+        objective: str | None = None,
+    ) -> dict[str, Any]:
+        """How the alias's model is retrained (README: retrain policies), e.g. `{"kind": "every_n_bars",
+        "n": 5}`, and judged: it moves only if `objective` (default cv_ic) is not worse than the
+        champion's by more than `tolerance` (default 0). Rejected names the bad field (`policy.n`, ...)."""
+        body = {"policy": dict(policy), "tolerance": tolerance, "objective": objective}
+        path = f"/strategies/{_segment(name)}/aliases/{_segment(alias)}/retrain-policy"
+        return self._request("PUT", path, json={k: v for k, v in body.items() if v is not None})
+
+    def strategy_retrains(self, name: str) -> pd.DataFrame:
+        """Every retrain of the strategy's aliases, newest first, indexed by id: alias, cause, model_id
+        (the retrained model), champion_model_id, objective, direction, champion_value, challenger_value,
+        tolerance, verdict (promoted, candidate, failed, unchanged; none while it trains) and reason."""
+        answer = self._get(f"/strategies/{_segment(name)}/history")
+        columns = ["id", "alias", "cause", "model_id", "champion_model_id", "objective", "verdict"]
+        return frame(answer["retrains"], index="id", columns=columns)
+
     # -- waiting ---------------------------------------------------------------------------------------
 
     def wait(

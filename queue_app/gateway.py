@@ -641,6 +641,34 @@ def strategy_history(name: str) -> Call[list[Row]]:
     return Call("strategy_history", {"name": name})
 
 
+def set_retrain_policy(
+    strategy: str, alias: str, policy: Any, tolerance: Any, objective: Any, actor: str | None, via: str
+) -> Call[Row]:
+    params = {
+        "strategy": strategy,
+        "alias": alias,
+        "policy": Jsonb(policy),
+        "tolerance": tolerance,
+        "objective": objective,
+        "actor": actor,
+        "via": via,
+    }
+    return Call("set_retrain_policy", params, _one)
+
+
+def strategy_retrain_policies(name: str) -> Call[list[Row]]:
+    return Call("strategy_retrain_policies", {"name": name})
+
+
+def strategy_retrains(name: str, limit: int | None = None) -> Call[list[Row]]:
+    """A strategy's retrains and their decisions, newest first; all of them when `limit` is None."""
+    return Call("strategy_retrains", {"name": name, "limit": limit})
+
+
+def retrain_due() -> Call[list[Row]]:
+    return Call("retrain_due")
+
+
 def live_record_inputs(model_id: int) -> Call[Row | None]:
     return Call("live_record_inputs", {"model_id": model_id}, _first)
 

@@ -719,6 +719,27 @@ SELECT a.strategy, a.alias, a.model_id, a.moved_at, m.symbol, m.timeframe, m.alg
 SELECT id, alias, model_id, previous_model_id, moved_by, db_role, via, reason, moved_at
   FROM strategy_alias_history WHERE strategy = %(name)s ORDER BY id DESC
 
+-- set_retrain_policy --
+-- Set a strategy alias's retrain policy, objective and tolerance, checked (sfq_set_retrain_policy).
+SELECT * FROM sfq_set_retrain_policy(%(strategy)s, %(alias)s, %(policy)s::jsonb, %(tolerance)s, %(objective)s,
+                                     %(actor)s, %(via)s)
+
+-- strategy_retrain_policies --
+-- A strategy's retrain policies, by alias.
+SELECT alias, kind, policy, cron, objective, sfq_retrain_objectives()->objective->>'direction' AS direction,
+       tolerance, every_n_bars, bars_pending, last_due_at, set_by, via, set_at
+  FROM retrain_policies WHERE strategy = %(name)s ORDER BY alias
+
+-- strategy_retrains --
+-- A strategy's retrains, newest first, each with its champion/challenger decision (none yet while it trains).
+SELECT id, alias, cause, due_at, source_model_id, model_id, error, objective, direction, tolerance, requested_at,
+       champion_model_id, champion_value, challenger_value, verdict, reason, history_id, decided_at
+  FROM strategy_retrains WHERE strategy = %(name)s ORDER BY id DESC LIMIT %(limit)s
+
+-- retrain_due --
+-- Retrain each weekly or cron policy that is due, once per due time (sfq_retrain_due).
+SELECT id, strategy, alias, cause, due_at, model_id, error FROM sfq_retrain_due()
+
 -- live_record_inputs --
 -- What a model's live record needs: its spec and its symbol's calendar.
 SELECT m.spec, coalesce((SELECT c.calendar FROM symbol_calendars c WHERE c.symbol = m.symbol), 'equity') AS calendar

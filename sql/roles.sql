@@ -62,6 +62,9 @@ GRANT EXECUTE ON FUNCTION sfq_create_study, sfq_stop_study TO sfq_submitter;
 -- ... and the strategies' registry: read it, and move any alias but production (sfq_move_alias refuses that).
 GRANT SELECT ON strategies, strategy_aliases, strategy_alias_history TO sfq_submitter;
 GRANT EXECUTE ON FUNCTION sfq_move_alias TO sfq_submitter;
+-- ... their retrain policies and decisions: read them, and set any alias's policy but production's.
+GRANT SELECT ON retrain_policies, strategy_retrains TO sfq_submitter;
+GRANT EXECUTE ON FUNCTION sfq_set_retrain_policy TO sfq_submitter;
 
 -- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
 -- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
@@ -103,20 +106,22 @@ GRANT EXECUTE ON FUNCTION
     sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
     sfq_request_simulation,  -- a completed model's default backtest
-    sfq_submit_trial, sfq_defer_study_advance  -- a study's trials, and the rescue of its advance
+    sfq_submit_trial, sfq_defer_study_advance,  -- a study's trials, and the rescue of its advance
+    sfq_retrain_due  -- the weekly and cron retrain policies that are due (on every heartbeat)
     TO sfq_worker;
 
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.
 GRANT SELECT ON models, features_log, model_predictions, model_prediction_series, model_artifacts,
                 model_forecasts, simulation_history, sweeps, sweep_models, sfq_workers, procrastinate_jobs,
                 procrastinate_workers, studies, study_trials, model_attempts, strategies, strategy_aliases,
-                strategy_alias_history, model_live_records
+                strategy_alias_history, model_live_records, retrain_policies, strategy_retrains
     TO sfq_api;
 GRANT SELECT ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_api;  -- counts (0017)
 GRANT EXECUTE ON FUNCTION sfq_duration_bounds TO sfq_api;  -- GET /metrics' histogram
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
     sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_create_study, sfq_stop_study,
-    sfq_move_alias,
+    sfq_move_alias, sfq_set_retrain_policy,
+    sfq_retrain_objectives, sfq_study_objectives,  -- a retrain policy's objective's direction
     sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard
     TO sfq_api;

@@ -545,6 +545,7 @@ SCHEMATHESIS_BUDGET = {
             ("GET /strategies/{name}", 15),
             ("GET /strategies/{name}/history", 15),
             ("POST /strategies/{name}/aliases/{alias}", 40),
+            ("PUT /strategies/{name}/aliases/{alias}/retrain-policy", 40),
             ("POST /studies", 60),
             ("GET /studies/{study_id}", 25),
             ("POST /studies/{study_id}/stop", 15),

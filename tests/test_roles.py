@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 
 from queue_app import bars, db
 from tests.conftest import insert_request, run_sfq, wait_for_jobs, wait_for_models
@@ -39,6 +40,9 @@ DEFINERS = (
     "sfq_study_trial_ended",
     "sfq_move_alias",
     "sfq_bars_arrived",
+    "sfq_set_retrain_policy",
+    "sfq_retrain_due",
+    "sfq_retrain_ended",
 )
 
 
@@ -369,3 +373,55 @@ def test_submitter_moves_a_candidate_alias_but_never_production(roles):
         "DELETE FROM strategy_alias_history",
         "UPDATE strategy_aliases SET model_id = 1",
     )
+
+
+def test_retrain_policies_by_role_and_a_worker_role_decides_a_retrain(roles):
+    """A submitter sets a candidate's policy but never production's; the worker role runs the due check
+    and, recording its retrain's end, moves production (sfq_retrain_ended runs as the owner)."""
+    with psycopg.connect(roles.owner, autocommit=True) as conn:
+        earlier = conn.execute("SELECT ts FROM bars WHERE symbol = 'AAPL' ORDER BY ts DESC OFFSET 5 LIMIT 1")
+        spec = {  # a spec no other test trains: its retrain is deduplicated to no other model
+            "symbol": "AAPL",
+            "algorithm": "Ridge",
+            "train_window": 301,
+            "data_end": earlier.fetchone()[0],
+        }
+        (model,) = insert_request(conn, spec)[:1]
+        conn.execute(
+            "UPDATE models SET status = 'completed', metrics = '{\"cv_ic_mean\": 0.1}' WHERE id = %s",
+            (model,),
+        )
+        for alias in ("production", "candidate"):
+            conn.execute("SELECT sfq_move_alias('rolepolicy', %s, %s, 'first')", (alias, model))
+    every_three = Jsonb({"kind": "every_n_bars", "n": 3})
+    with psycopg.connect(roles.login["sfq_submitter"], autocommit=True) as conn:
+        conn.execute("SELECT sfq_set_retrain_policy('rolepolicy', 'candidate', %s)", (every_three,))
+        with pytest.raises(errors.InsufficientPrivilege, match="may not set the retrain policy"):
+            conn.execute("SELECT sfq_set_retrain_policy('rolepolicy', 'production', %s)", (every_three,))
+    with psycopg.connect(roles.login["sfq_api"], autocommit=True) as conn:
+        hourly = Jsonb({"kind": "cron", "cron": "0 * * * *"})
+        conn.execute(
+            "SELECT sfq_set_retrain_policy('rolepolicy', 'production', %s, 1.0, 'cv_ic', 'alice', 'http')",
+            (hourly,),
+        )
+    with psycopg.connect(roles.login["sfq_worker"], autocommit=True) as conn:
+        (retrained,) = conn.execute(
+            "SELECT model_id FROM sfq_retrain_due(now() + interval '2 hours') WHERE strategy = 'rolepolicy'"
+        ).fetchone()
+        conn.execute("UPDATE models SET status = 'running', attempts = 1 WHERE id = %s", (retrained,))
+        conn.execute(
+            "UPDATE models SET status = 'completed', metrics = '{\"cv_ic_mean\": 0.05}' WHERE id = %s",
+            (retrained,),
+        )
+    with psycopg.connect(roles.owner, autocommit=True) as conn:
+        decided = conn.execute(
+            "SELECT verdict, champion_value, challenger_value FROM strategy_retrains WHERE model_id = %s",
+            (retrained,),
+        ).fetchone()
+        assert decided == ("promoted", 0.1, 0.05)
+        moved = conn.execute(
+            "SELECT model_id, moved_by, db_role FROM strategy_alias_history"
+            " WHERE strategy = 'rolepolicy' AND alias = 'production' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        assert moved == (retrained, "retrain-policy", roles.name["sfq_worker"])
+    refused(roles.login["sfq_submitter"], "UPDATE retrain_policies SET tolerance = 100")

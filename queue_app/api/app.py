@@ -48,6 +48,7 @@ ROUTES = [
     Route("/strategies/{name}", e.get_strategy, methods=["GET"], name="get_strategy"),
     Route("/strategies/{name}/history", e.strategy_history, methods=["GET"], name="strategy_history"),
     Route("/strategies/{name}/aliases/{alias}", e.move_alias, methods=["POST"]),
+    Route("/strategies/{name}/aliases/{alias}/retrain-policy", e.set_retrain_policy, methods=["PUT"]),
     Route("/metrics", e.metrics, methods=["GET"]),
     Route("/healthz", e.healthz, methods=["GET"]),
     Route("/openapi.json", e.openapi, methods=["GET"]),

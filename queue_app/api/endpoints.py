@@ -31,6 +31,7 @@ SIMULATION_WAIT_S = 10
 ANSWER_POLL_S = 0.05
 # The decay flag of a strategy alias, as GET /strategies/{name} shows it (workers/modelling/live.py).
 DECAY_FIELDS = ("live_sharpe", "backtest_sharpe", "standard_error", "n", "min_n", "decayed", "reason")
+RECENT_RETRAINS = 10  # GET /strategies/{name} shows the latest retrains; /history shows them all
 ANSWERED = {"completed": 200, "failed": 422, "queued": 202}  # a forecast's or a backtest's state
 
 
@@ -296,6 +297,30 @@ async def move_alias(request: Request) -> JSON:
     )
 
 
+async def set_retrain_policy(request: Request) -> JSON:
+    """`{"policy": {"kind": ...}, "tolerance": 0.01, "objective": "cv_ic"}`: how the strategy's alias is
+    retrained, and how a retrained model is judged against it (sql/schema/retrains.sql checks the rest)."""
+    body = await http.json_body(request)
+    http.only(body, "policy", "tolerance", "objective")
+    tolerance, objective = body.get("tolerance"), body.get("objective")
+    if tolerance is not None:
+        if not isinstance(tolerance, int | float) or isinstance(tolerance, bool) or abs(tolerance) > 1e300:
+            raise Rejected(
+                f"tolerance must be a number in the objective's units, got {tolerance!r}", "tolerance"
+            )
+        tolerance = float(tolerance)
+    if objective is not None:
+        objective = http.text(objective, "objective", "the name of a metric such as cv_ic")
+    name, alias = _path_name(request, "name"), _path_name(request, "alias")
+    policy = await call(
+        request,
+        gateway.set_retrain_policy(
+            name, alias, body.get("policy"), tolerance, objective, auth.actor(request), "http"
+        ),
+    )
+    return JSON({**policy, "url": _url(request, "get_strategy", name=name)})
+
+
 async def _strategy(request: Request) -> str:
     name = _path_name(request, "name")
     if await call(request, gateway.get_strategy(name)) is None:
@@ -360,14 +385,23 @@ async def get_strategy(request: Request) -> JSON:
         {
             **strategy,
             "aliases": aliases,
+            "retrain_policies": await call(request, gateway.strategy_retrain_policies(name)),
+            "retrains": await call(request, gateway.strategy_retrains(name, RECENT_RETRAINS)),
             "history_url": _url(request, "strategy_history", name=name),
         }
     )
 
 
 async def strategy_history(request: Request) -> JSON:
+    """Every alias move, and every retrain with its champion/challenger decision, newest first."""
     name = await _strategy(request)
-    return JSON({"strategy": name, "history": await call(request, gateway.strategy_history(name))})
+    return JSON(
+        {
+            "strategy": name,
+            "history": await call(request, gateway.strategy_history(name)),
+            "retrains": await call(request, gateway.strategy_retrains(name)),
+        }
+    )
 
 
 async def submit_sweep(request: Request) -> JSON:

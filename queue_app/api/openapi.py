@@ -434,6 +434,48 @@ OPENAPI = {
                 ),
             )
         },
+        "/strategies/{name}/aliases/{alias}/retrain-policy": {
+            "put": _operation(
+                "Set how a strategy's alias is retrained (every n bars, weekly or cron, UTC) and how a "
+                "retrained model is judged against it: it takes the alias if its objective is not worse by "
+                "more than the tolerance, else the candidate alias (README: Retrain policies)",
+                {
+                    "200": _response("The policy as stored", OBJECT),
+                    **BODY_ERRORS,
+                    "403": _response("The database role may not set a production alias's policy"),
+                    "404": _response("Unknown strategy or alias"),
+                },
+                parameters=[
+                    NAME,
+                    {"name": "alias", "in": "path", "required": True, "schema": NAME_SCHEMA},
+                ],
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["policy"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "policy": {
+                                "type": "object",
+                                "description": '{"kind": "every_n_bars", "n": 5}, '
+                                '{"kind": "weekly", "weekday": "friday", "time": "21:30"} '
+                                'or {"kind": "cron", "cron": "0 22 * * 1-5"}',
+                            },
+                            "tolerance": {
+                                "type": "number",
+                                "description": "how much worse than the champion's the objective may be "
+                                "(default 0)",
+                            },
+                            "objective": {
+                                "type": "string",
+                                "description": "cv_ic (default), cv_r2, cv_directional_accuracy, cv_rmse, "
+                                "or ic, r2, directional_accuracy, rmse (held-out or walk-forward)",
+                            },
+                        },
+                    }
+                ),
+            )
+        },
         "/metrics": {
             "get": _operation(
                 "Prometheus metrics: jobs, workers, throughput, training durations, database pool, "

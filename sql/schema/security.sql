@@ -14,7 +14,10 @@
 --     sfq_create_study and sfq_stop_study (studies.sql), and the workers' sfq_submit_trial (a study's trial);
 --   - sfq_study_trial_ended, the models trigger that defers a study's advance when one of its trials ends;
 --   - sfq_move_alias (strategies.sql), an alias's move, and sfq_bars_arrived, the bars trigger that defers
---     the aliased models' forecasts: a plain INSERT INTO bars does it whoever inserts.
+--     the aliased models' forecasts: a plain INSERT INTO bars does it whoever inserts (and the retrains
+--     of the policies that count bars);
+--   - sfq_set_retrain_policy, sfq_retrain_due (retrains.sql), and sfq_retrain_ended, the models trigger that
+--     decides a retrain (champion/challenger) in the transaction that records its model's end.
 -- tests/test_roles.py checks that exactly these are SECURITY DEFINER, with that search_path.
 --
 -- PostgreSQL lets PUBLIC execute every new function; no sfq or Procrastinate function stays executable by

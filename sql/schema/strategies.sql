@@ -11,6 +11,8 @@
 --     and defers its job (queue.sql's sfq_defer_forecast, the `prediction` queue). One forecast per model
 --     and bar (model_forecasts' UNIQUE (model_id, as_of)): nothing is done twice.
 --   - The workers keep each model's live record (model_live_records) after each of its forecasts.
+--   - Then it counts the appended bars for the retrain policies that count bars (retrains.sql), which
+--     retrain their alias's model, in the same transaction, every n of them.
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
 
@@ -129,6 +131,7 @@ CREATE OR REPLACE FUNCTION sfq_bars_arrived() RETURNS trigger
 DECLARE
     created bigint[];
     forecast bigint;
+    appended record;
 BEGIN
     -- Forecasts: every aliased model on these symbols, for each bar appended after the latest one there was.
     WITH aliased AS (
@@ -171,6 +174,24 @@ BEGIN
                                  OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon LIMIT 1) x
            ) r
      WHERE f.id = r.id;
+
+    -- Retrain policies counting bars (retrains.sql): the bars appended for each symbol and timeframe.
+    FOR appended IN
+        WITH counting AS (  -- the few symbols and timeframes a policy counts bars of
+            SELECT DISTINCT m.symbol, m.timeframe
+              FROM retrain_policies p
+              JOIN strategy_aliases a ON a.strategy = p.strategy AND a.alias = p.alias
+              JOIN models m ON m.id = a.model_id
+             WHERE p.kind = 'every_n_bars' AND (m.symbol, m.timeframe) IN (SELECT symbol, timeframe FROM new_bars)
+        )
+        SELECT n.symbol, n.timeframe, count(*)::integer AS bars FROM new_bars n JOIN counting USING (symbol, timeframe)
+         WHERE NOT EXISTS (SELECT 1 FROM bars b
+                            WHERE b.symbol = n.symbol AND b.timeframe = n.timeframe AND b.ts > n.ts
+                              AND (b.symbol, b.timeframe, b.ts) NOT IN (SELECT symbol, timeframe, ts FROM new_bars))
+         GROUP BY n.symbol, n.timeframe
+    LOOP
+        PERFORM sfq_retrain_after_bars(appended.symbol, appended.timeframe, appended.bars);
+    END LOOP;
     RETURN NULL;
 END;
 $$;

@@ -319,7 +319,8 @@ class Runtime:
         await self._run(gateway.give_up_model(model_id, job_id, reason))
 
     async def rescue_forever(self) -> None:
-        """Keep our heartbeat, hand the jobs of dead workers on, and prune old finished jobs.
+        """Keep our heartbeat, hand the jobs of dead workers on, retrain the strategies whose weekly or cron
+        retrain policy is due, and prune old finished jobs.
 
         Our own heartbeat goes on here because Procrastinate stops its heartbeat at the start of a
         shutdown, while the running job may still need the grace period to finish.
@@ -330,6 +331,7 @@ class Runtime:
         while True:
             try:
                 await self._rescue_once(self.worker.worker_id if self.worker else None)
+                await self._retrain_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self._prune()
                     last_prune = time.monotonic()
@@ -364,6 +366,21 @@ class Runtime:
                 row["object_id"],
                 row["old_job_id"],
                 row["new_job_id"],
+            )
+
+    async def _retrain_due(self) -> None:
+        """The weekly and cron retrain policies that are due: each daemon asks on every beat, and the
+        database retrains once per due time whoever asks first (sql/schema/retrains.sql sfq_retrain_due)."""
+        for row in await self._run(gateway.retrain_due(), "rescue"):
+            log.info(
+                "retrain %s of %s/%s (%s, due %s): model %s%s",
+                row["id"],
+                row["strategy"],
+                row["alias"],
+                row["cause"],
+                row["due_at"].isoformat(),
+                row["model_id"],
+                f" refused: {row['error']}" if row["error"] else "",
             )
 
     async def close(self) -> None:
