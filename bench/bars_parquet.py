@@ -26,7 +26,19 @@ from queue_app import db
 CHUNK = 1_000_000
 
 
-def write_bars(path: Path, rows: int, seed: int = 16) -> None:
+def session_minutes(first: int, n: int) -> np.ndarray:
+    """Equity-session minute bars `first` to `first + n`: 390 a weekday (14:30 to 20:59 UTC) from
+    2015-01-02, holidays ignored."""
+    index = np.arange(first, first + n)
+    days = np.busday_offset(np.datetime64("2015-01-02", "D"), index // 390, roll="forward")
+    return days.astype("datetime64[us]") + ((14 * 60 + 30 + index % 390) * 60_000_000).astype(
+        "timedelta64[us]"
+    )
+
+
+def write_bars(path: Path, rows: int, seed: int = 16, session: bool = False) -> None:
+    """`rows` bars of a random walk: one a minute from 2000-01-03 around the clock, or (`session`) only in
+    equity sessions (session_minutes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -46,7 +58,10 @@ def write_bars(path: Path, rows: int, seed: int = 16) -> None:
             high = np.maximum(open_, close) + spread
             low = np.minimum(open_, close) - spread
             volume = rng.integers(0, 10_000, n).astype(np.float64)
-            ts = start + (np.arange(first, first + n) * 60_000_000).astype("timedelta64[us]")
+            if session:
+                ts = session_minutes(first, n)
+            else:
+                ts = start + (np.arange(first, first + n) * 60_000_000).astype("timedelta64[us]")
             table = pa.table(
                 {"ts": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}, schema
             )
