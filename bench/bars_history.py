@@ -54,11 +54,11 @@ def _import(url: str, path: Path, symbol: str) -> float:
     return time.monotonic() - began
 
 
-def _load_year(url: str, symbol: str) -> list[float]:
-    """Milliseconds to load the symbol's latest year into a DataFrame, ROUNDS times (the first cold-ish)."""
+def _load_year(url: str, symbol: str, rounds: int = ROUNDS) -> list[float]:
+    """Milliseconds to load the symbol's latest year into a DataFrame, `rounds` times (the first cold-ish)."""
     timings = []
     with psycopg.connect(url) as conn:
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             began = time.perf_counter()
             bars = frame(gateway.run(conn, gateway.load_bars(symbol, "1m", "infinity", BARS_PER_YEAR)))
             timings.append((time.perf_counter() - began) * 1000)
@@ -89,10 +89,11 @@ def main() -> None:
                 write_bars(path, per_symbol, seed=i, session=True)
                 seconds.append(_import(url, path, f"S{i:03d}"))
                 if (i + 1) % 10 == 0 or i + 1 == args.symbols:
-                    recent = seconds[-10:]
+                    recent, load = seconds[-10:], _load_year(url, "S000", 3)
                     print(
                         f"{i + 1} symbols, {(i + 1) * per_symbol:,} rows: last {len(recent)} at "
-                        f"{len(recent) * per_symbol / sum(recent):,.0f} rows/s",
+                        f"{len(recent) * per_symbol / sum(recent):,.0f} rows/s; a year of S000 loads in "
+                        f"{statistics.median(load):.0f} ms (median of 3)",
                         flush=True,
                     )
         total = args.symbols * per_symbol
