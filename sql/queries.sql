@@ -52,8 +52,15 @@ SELECT s.first_ts + make_interval(secs => p.seconds), p.predicted, p.actual
  ORDER BY ts
 
 -- model_artifact --
--- A model's file (skops) with its format, size and SHA-256.
-SELECT format, sha256, size, bytes FROM model_artifacts WHERE model_id = %(model_id)s
+-- A model's file (skops): its format, size and recorded SHA-256, and where its bytes are: its blob (NULL
+-- once evicted) with the blob's chunk count and location (NULL: in blob_chunks).
+SELECT a.model_id, a.format, a.sha256, a.size, a.blob, a.evicted_at, b.chunks, b.location
+  FROM model_artifacts a LEFT JOIN blobs b ON b.sha256 = a.blob
+ WHERE a.model_id = %(model_id)s
+
+-- blob_chunk --
+-- One chunk of a blob's bytes (n from 0): files are read a chunk at a time, never whole in one row.
+SELECT bytes FROM blob_chunks WHERE sha256 = %(sha256)s AND n = %(n)s
 
 -- lineage --
 -- The model's ancestors (parent_model_id upwards) and descendants, with their specs and metrics.
@@ -137,10 +144,29 @@ VALUES (%(model_id)s, %(ts)s, %(predicted)s, %(actual)s)
 INSERT INTO model_prediction_series (model_id, first_ts, seconds, predicted, actual)
 VALUES (%(model_id)s, %(first_ts)s, %(seconds)s, %(predicted)s::real[], %(actual)s::real[])
 
+-- insert_blob --
+-- A file's blob, or the one of the same bytes stored already, row-locked until the transaction ends (the
+-- collection of unlinked blobs cannot remove it under the model about to link to it): inserted = its
+-- bytes are to be written.
+INSERT INTO blobs (sha256, size, chunks, location)
+VALUES (%(sha256)s, %(size)s, %(chunks)s, %(location)s)
+    ON CONFLICT (sha256) DO UPDATE SET size = blobs.size
+RETURNING xmax = 0 AS inserted
+
+-- insert_blob_chunk --
+-- One chunk of a new blob's bytes.
+INSERT INTO blob_chunks (sha256, n, bytes) VALUES (%(sha256)s, %(n)s, %(bytes)s)
+
 -- insert_artifact --
--- The model file of a training's result.
-INSERT INTO model_artifacts (model_id, format, sha256, size, bytes)
-VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(bytes)s)
+-- The model file of a training's result: what it is, and the blob holding it.
+INSERT INTO model_artifacts (model_id, format, sha256, size, blob)
+VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(sha256)s)
+
+-- relink_artifact --
+-- A rebuilt file's blob linked back to its evicted model, only when its SHA-256 is the recorded one.
+UPDATE model_artifacts SET blob = %(sha256)s, evicted_at = NULL
+ WHERE model_id = %(model_id)s AND sha256 = %(sha256)s
+RETURNING model_id
 
 -- fail_model --
 -- Fenced like complete_model: a worker whose attempt was handed on cannot fail the model either.
@@ -316,8 +342,8 @@ INSERT INTO sfq_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
     ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
 
 -- forecast_inputs --
--- What a live forecast needs: the model's spec and file, and the bar it forecasts from.
-SELECT f.model_id, f.as_of, m.spec, a.bytes AS artifact, a.sha256
+-- What a live forecast needs: the model's spec and the bar it forecasts from (a model with a file).
+SELECT f.model_id, f.as_of, m.spec
   FROM model_forecasts f JOIN models m ON m.id = f.model_id JOIN model_artifacts a ON a.model_id = m.id
  WHERE f.id = %(forecast_id)s AND f.status = 'queued'
 
@@ -343,12 +369,10 @@ SELECT id FROM sfq_request_simulation(%(model_id)s)
 
 -- simulation_inputs --
 -- What a queued backtest needs: the model's spec and data end, the strategy, whether it is the lockbox's
--- (and then the model's file), the symbol's calendar.
+-- (which reads the model's file), the symbol's calendar.
 SELECT s.model_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end,
-       CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256,
        coalesce((SELECT c.calendar FROM symbol_calendars c WHERE c.symbol = m.symbol), 'equity') AS calendar
   FROM simulation_history s JOIN models m ON m.id = s.model_id
-  LEFT JOIN model_artifacts a ON a.model_id = m.id
  WHERE s.id = %(simulation_id)s AND s.status = 'queued'
 
 -- request_lockbox --
