@@ -15,12 +15,12 @@ from pathlib import Path
 from bench import common
 from queue_app.config import Settings, database_url
 
-SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory", "walkforward", "studies", "reads")
+SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory", "walkforward", "studies", "reads", "storage")
 DEFAULT_OUTPUT = common.ROOT / common.DEFAULT_OUTPUT_NAME
 
 
 def _scenario(name: str):
-    from bench import cost, enqueue, memory, noop, reads, scaleout, studies, walkforward
+    from bench import cost, enqueue, memory, noop, reads, scaleout, storage, studies, walkforward
 
     return {
         "scaleout": scaleout.scenario,
@@ -31,6 +31,7 @@ def _scenario(name: str):
         "walkforward": walkforward.scenario,
         "studies": studies.scenario,
         "reads": reads.scenario,
+        "storage": storage.scenario,
     }[name]
 
 

@@ -134,13 +134,9 @@ RETURNING id
 INSERT INTO features_log (model_id, feature, importance, rank, method)
 VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
 
--- insert_prediction --
--- One held-out bar's prediction in a training's result.
-INSERT INTO model_predictions (model_id, ts, predicted, actual)
-VALUES (%(model_id)s, %(ts)s, %(predicted)s, %(actual)s)
-
 -- insert_prediction_series --
--- A walk-forward's stitched predictions in a training's result, as one compact row.
+-- A training's out-of-sample predictions (held-out window, or a walk-forward's stitched series), as one
+-- compact row.
 INSERT INTO model_prediction_series (model_id, first_ts, seconds, predicted, actual)
 VALUES (%(model_id)s, %(first_ts)s, %(seconds)s, %(predicted)s::real[], %(actual)s::real[])
 

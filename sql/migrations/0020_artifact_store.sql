@@ -1,5 +1,5 @@
--- sfq 0020: model files content-addressed and out of line (issue 15). A file's bytes are a blob keyed by
--- their SHA-256 (the same bytes are stored once, whichever models have them), in 8 MiB chunks (no 1 GB
+-- sfq 0020: model files content-addressed and out of line, held-out predictions compact (issue 15). A
+-- file's bytes are a blob keyed by their SHA-256 (the same bytes are stored once, whichever models have them), in 8 MiB chunks (no 1 GB
 -- ceiling of one bytea value) or, with SFQ_ARTIFACT_STORE, in a store outside PostgreSQL under their
 -- SHA-256 (blobs.location). model_artifacts keeps what each model's file is (format, recorded SHA-256,
 -- size) and points at its blob; a retention eviction (queue_app/artifact_store.py) unlinks the blob
@@ -44,3 +44,12 @@ ALTER TABLE model_artifacts
     DROP COLUMN bytes,
     ADD CONSTRAINT model_artifacts_blob_fkey FOREIGN KEY (blob) REFERENCES blobs (sha256);
 CREATE INDEX model_artifacts_blob ON model_artifacts (blob);
+
+-- Held-out predictions are written compactly from now on, as walk-forwards' are (a model_predictions row per
+-- bar took about 94 bytes with its index, an element of model_prediction_series takes 12): older models'
+-- rows stay where they are (read through the same query), at the precision they were written with.
+COMMENT ON TABLE model_prediction_series IS
+    'A model''s out-of-sample predictions (held-out window or walk-forward), 12 bytes each (float4 values, '
+    'int4 offsets); since 0020 the held-out ones too.';
+COMMENT ON TABLE model_predictions IS
+    'Held-out predictions of models trained before 0020, a row per bar (newer ones: model_prediction_series).';

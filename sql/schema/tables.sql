@@ -200,7 +200,10 @@ CREATE TABLE model_prediction_series (
     CHECK (cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual))
 );
 COMMENT ON TABLE model_prediction_series IS
-    'A walk-forward''s stitched out-of-sample predictions, 12 bytes each (float4 values, int4 offsets).';
+    'A model''s out-of-sample predictions (held-out window or walk-forward), 12 bytes each (float4 values, '
+    'int4 offsets); since 0020 the held-out ones too.';
+COMMENT ON TABLE model_predictions IS
+    'Held-out predictions of models trained before 0020, a row per bar (newer ones: model_prediction_series).';
 
 -- Model files by the SHA-256 of their bytes, each stored once (0020): in 8 MiB chunks, or in the store
 -- outside PostgreSQL that SFQ_ARTIFACT_STORE names (location). queue_app/artifact_store.py writes and reads them.
