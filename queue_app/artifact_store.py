@@ -44,11 +44,44 @@ def put(store: str, data: bytes) -> gateway.BlobWrite:
 
     filesystem, path = fsspec.core.url_to_fs(url)
     if not filesystem.exists(path):
+        filesystem.makedirs(path.rpartition("/")[0], exist_ok=True)  # a local store's folder, made once
         partial = f"{path}.partial-{uuid.uuid4().hex}"
         with filesystem.open(partial, "wb") as out:
             out.write(data)
         filesystem.mv(partial, path)
     return gateway.BlobWrite(sha256, len(data), location=store)
+
+
+def remove(store: str, sha256: str) -> None:
+    """An outside store's object, once sfq_collect_blobs removed its blob (gone already: nothing to do)."""
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(object_url(store, sha256))
+    if filesystem.exists(path):
+        filesystem.rm(path)
+
+
+def evict(
+    conn: psycopg.Connection,
+    older_than_days: int,
+    keep_top: int,
+    metric: str,
+    descending: bool,
+    model_ids: list[int] | None,
+    dry_run: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The retention policy (sql/schema/artifacts.sql): the files evicted (or that would be, dry run),
+    then the blobs no model links to any more removed, with their objects in an outside store."""
+    evicted = gateway.run(
+        conn, gateway.evict_artifacts(older_than_days, keep_top, metric, descending, model_ids, dry_run)
+    )
+    if dry_run:
+        return evicted, []
+    collected = gateway.run(conn, gateway.collect_blobs())
+    for blob in collected:
+        if blob["location"] is not None:
+            remove(blob["location"], blob["sha256"])
+    return evicted, collected
 
 
 def describe(conn: psycopg.Connection, model_id: int) -> dict[str, Any]:

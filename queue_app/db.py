@@ -56,6 +56,7 @@ SCHEMA_FILES = (
     "sweeps.sql",
     "studies.sql",  # searches with Optuna's samplers and pruners, advanced by the workers
     "operations.sql",  # batch, retrain, evolve, cancel
+    "artifacts.sql",  # model files' retention: eviction, and the collection of unlinked blobs
     "security.sql",  # no function executable by PUBLIC
 )
 TABLES_FILE = "tables.sql"

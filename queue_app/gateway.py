@@ -301,6 +301,29 @@ def blob_chunk(sha256: str, n: int) -> Call[bytes | None]:
     return Call("blob_chunk", {"sha256": sha256, "n": n}, _chunk)
 
 
+def evict_artifacts(
+    older_than_days: int,
+    keep_top: int,
+    metric: str,
+    descending: bool,
+    model_ids: Sequence[int] | None,
+    dry_run: bool,
+) -> Call[list[Row]]:
+    params = {
+        "older_than_days": older_than_days,
+        "keep_top": keep_top,
+        "metric": metric,
+        "descending": descending,
+        "model_ids": list(model_ids) if model_ids else None,
+        "dry_run": dry_run,
+    }
+    return Call("evict_artifacts", params)
+
+
+def collect_blobs() -> Call[list[Row]]:
+    return Call("collect_blobs")
+
+
 def lineage(model_id: int) -> Call[list[Row]]:
     return Call("lineage", {"model_id": model_id})
 

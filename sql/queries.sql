@@ -158,6 +158,15 @@ INSERT INTO blob_chunks (sha256, n, bytes) VALUES (%(sha256)s, %(n)s, %(bytes)s)
 INSERT INTO model_artifacts (model_id, format, sha256, size, blob)
 VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(sha256)s)
 
+-- evict_artifacts --
+-- The retention policy's evictions of model files (sql/schema/artifacts.sql), or what it would evict.
+SELECT * FROM sfq_evict_artifacts(%(older_than_days)s, %(keep_top)s, %(metric)s, %(descending)s,
+                                  %(model_ids)s::bigint[], %(dry_run)s)
+
+-- collect_blobs --
+-- Remove the blobs no model links to; what went (with the outside store of those stored there).
+SELECT * FROM sfq_collect_blobs()
+
 -- relink_artifact --
 -- A rebuilt file's blob linked back to its evicted model, only when its SHA-256 is the recorded one.
 UPDATE model_artifacts SET blob = %(sha256)s, evicted_at = NULL
