@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from queue_app import artifact_store, gateway
@@ -62,3 +65,42 @@ def test_a_file_that_is_not_the_recorded_one_is_refused_naming_its_model(clean):
     clean.execute("UPDATE model_artifacts SET sha256 = repeat('0', 64) WHERE model_id = %s", (model_id,))
     with pytest.raises(ArtifactError, match=f"model {model_id}'s file does not match its recorded SHA-256"):
         artifact_store.read(clean, artifact_store.describe(clean, model_id))
+
+
+def test_collecting_blobs_keeps_one_a_model_links_to_meanwhile(clean, database):
+    """A writer that finds the same bytes stored already (unlinked: their model's file was evicted) locks
+    the blob's row (insert_blob) and links it; the collection, which chose it while it was unlinked, waits
+    for the writer, is refused by the foreign key, and keeps it."""
+    first, second = _models(clean, 2)
+    blob = _store(clean, first, b"bytes two models share")
+    clean.execute("UPDATE model_artifacts SET blob = NULL WHERE model_id = %s", (first,))  # evicted
+    with psycopg.connect(database) as writer:
+        writer.execute(gateway.QUERIES["insert_blob"].sql, blob.row())  # the same bytes: row locked
+        with ThreadPoolExecutor(1) as pool:
+            collected = pool.submit(lambda: gateway.run(clean, gateway.collect_blobs()))
+            wait_until(lambda: _waiting_on_a_lock(database), "the collection waits for the writer")
+            writer.execute(
+                gateway.QUERIES["insert_artifact"].sql,
+                {"model_id": second, "format": "skops", "sha256": blob.sha256, "size": blob.size},
+            )
+            writer.commit()
+            assert collected.result(timeout=30) == []
+    assert artifact_store.read(clean, artifact_store.describe(clean, second)) == b"bytes two models share"
+    # Once no model links to it, it goes.
+    clean.execute("UPDATE model_artifacts SET blob = NULL WHERE model_id = %s", (second,))
+    assert [row["sha256"] for row in gateway.run(clean, gateway.collect_blobs())] == [blob.sha256]
+    assert clean.execute("SELECT count(*) FROM blob_chunks").fetchone()[0] == 0
+
+
+def _waiting_on_a_lock(database: str) -> bool:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    query += " AND datname = current_database()"
+    with psycopg.connect(database, autocommit=True) as watcher:
+        return watcher.execute(query).fetchone()[0] > 0
+
+
+def wait_until(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.05)
