@@ -13,6 +13,7 @@ take the connection. The schema itself (migrations, sql/schema) is applied by `q
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -522,7 +523,7 @@ def _result_writes(
     """What a training's result writes after complete_model, by named query (each with its rows)."""
     return [
         ("insert_feature_importance", [{"model_id": model_id, **row} for row in result.importances]),
-        ("insert_prediction_series", [_series_row(model_id, series)] if (series := _series(result)) else []),
+        *_series_writes(model_id, _series(result)),
         ("request_default_simulation", [{"model_id": model_id}]),
     ]
 
@@ -617,24 +618,33 @@ class _Undo(Exception):
 
 def _series(result: Any) -> Mapping[str, list[Any]] | None:
     """A result's out-of-sample predictions as arrays: a walk-forward's stitched series, or the held-out
-    window's rows (both stored as one model_prediction_series row: 12 bytes a prediction, where a
-    model_predictions row per bar took about 94 with its index)."""
+    window's rows (both stored compactly, _series_writes: where a model_predictions row per bar took
+    about 94 bytes with its index)."""
     if result.series or not result.predictions:
         return result.series
     return {key: [row[key] for row in result.predictions] for key in ("ts", "predicted", "actual")}
 
 
-def _series_row(model_id: int, series: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """Out-of-sample predictions as model_prediction_series stores them: offsets from the first bar in
-    whole seconds, values as float4 (about 7 significant digits)."""
+def _series_writes(
+    model_id: int, series: Mapping[str, list[Any]] | None
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Out-of-sample predictions as they are stored: the predicted values (float4, about 7 significant
+    digits) in the model's model_prediction_series row, and their bars (offsets from the first in whole
+    seconds) and actual values in prediction_axes, keyed by their SHA-256: stored once for all the models
+    predicting the same bars of the same label."""
+    if not series:
+        return []
     first = series["ts"][0]
-    return {
-        "model_id": model_id,
-        "first_ts": first,
-        "seconds": [int((ts - first).total_seconds()) for ts in series["ts"]],
-        "predicted": series["predicted"],
-        "actual": series["actual"],
-    }
+    seconds = [int((ts - first).total_seconds()) for ts in series["ts"]]
+    actual = [float(value) for value in series["actual"]]
+    axes = hashlib.sha256(json.dumps([first.isoformat(), seconds, actual]).encode()).hexdigest()
+    return [
+        ("insert_prediction_axes", [{"axes": axes, "first_ts": first, "seconds": seconds, "actual": actual}]),
+        (
+            "insert_prediction_series",
+            [{"model_id": model_id, "first_ts": first, "predicted": series["predicted"], "axes": axes}],
+        ),
+    ]
 
 
 def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:

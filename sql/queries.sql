@@ -47,7 +47,9 @@ SELECT id, status::text FROM models WHERE id = %(model_id)s
 SELECT ts, predicted, actual FROM model_predictions WHERE model_id = %(model_id)s
 UNION ALL
 SELECT s.first_ts + make_interval(secs => p.seconds), p.predicted, p.actual
-  FROM model_prediction_series s, unnest(s.seconds, s.predicted, s.actual) AS p(seconds, predicted, actual)
+  FROM model_prediction_series s LEFT JOIN prediction_axes x ON x.sha256 = s.axes,
+       unnest(coalesce(s.seconds, x.seconds), s.predicted, coalesce(s.actual, x.actual))
+           AS p(seconds, predicted, actual)
  WHERE s.model_id = %(model_id)s
  ORDER BY ts
 
@@ -134,11 +136,17 @@ RETURNING id
 INSERT INTO features_log (model_id, feature, importance, rank, method)
 VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
 
+-- insert_prediction_axes --
+-- The bars and actual values of a training's predictions, unless another model's are the same ones.
+INSERT INTO prediction_axes (sha256, first_ts, seconds, actual)
+VALUES (%(axes)s, %(first_ts)s, %(seconds)s, %(actual)s::real[])
+    ON CONFLICT (sha256) DO NOTHING
+
 -- insert_prediction_series --
 -- A training's out-of-sample predictions (held-out window, or a walk-forward's stitched series), as one
--- compact row.
-INSERT INTO model_prediction_series (model_id, first_ts, seconds, predicted, actual)
-VALUES (%(model_id)s, %(first_ts)s, %(seconds)s, %(predicted)s::real[], %(actual)s::real[])
+-- compact row of predicted values and its axes.
+INSERT INTO model_prediction_series (model_id, first_ts, predicted, axes)
+VALUES (%(model_id)s, %(first_ts)s, %(predicted)s::real[], %(axes)s)
 
 -- insert_blob --
 -- A file's blob, or the one of the same bytes stored already, row-locked until the transaction ends (the
@@ -571,11 +579,14 @@ SELECT id, timings, extract(epoch FROM finished_at - started_at)::float8 AS seco
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
 -- prediction_series_size --
--- How many walk-forward predictions these models store, and their bytes (what the benchmark reports).
-SELECT coalesce(sum(cardinality(predicted)), 0)::bigint AS predictions,
-       coalesce(sum(pg_column_size(seconds) + pg_column_size(predicted) + pg_column_size(actual)
-                     + pg_column_size(first_ts) + pg_column_size(model_id)), 0)::bigint AS bytes
-  FROM model_prediction_series WHERE model_id = ANY(%(model_ids)s)
+-- How many walk-forward predictions these models store, and their bytes (what the benchmark reports; the
+-- axes counted whole for each model, though models predicting the same bars share them).
+SELECT coalesce(sum(cardinality(s.predicted)), 0)::bigint AS predictions,
+       coalesce(sum(pg_column_size(s.predicted) + pg_column_size(s.first_ts) + pg_column_size(s.model_id)
+                     + coalesce(pg_column_size(s.seconds) + pg_column_size(s.actual),
+                                pg_column_size(x.seconds) + pg_column_size(x.actual), 0)), 0)::bigint AS bytes
+  FROM model_prediction_series s LEFT JOIN prediction_axes x ON x.sha256 = s.axes
+ WHERE s.model_id = ANY(%(model_ids)s)
 
 -- jobs_left --
 -- How many of these queue jobs have not succeeded yet (what the no-op benchmark waits for).

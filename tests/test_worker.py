@@ -55,9 +55,9 @@ def test_worker_trains_and_writes_every_result(clean, start_worker):
     assert {f[3] for f in features} == {"impurity"} and features[0][1] >= features[-1][1]
 
     predictions = clean.execute(  # held out: one compact row (0020)
-        "SELECT cardinality(predicted), first_ts,"
-        " first_ts + make_interval(secs => seconds[cardinality(seconds)]), predicted[1]"
-        " FROM model_prediction_series WHERE model_id = %s",
+        "SELECT cardinality(s.predicted), s.first_ts,"
+        " s.first_ts + make_interval(secs => x.seconds[cardinality(x.seconds)]), s.predicted[1]"
+        " FROM model_prediction_series s JOIN prediction_axes x ON x.sha256 = s.axes WHERE s.model_id = %s",
         (model_id,),
     ).fetchone()
     assert predictions[0] == 100 and predictions[2].isoformat().startswith(metrics["test_end"][:10])

@@ -46,10 +46,29 @@ ALTER TABLE model_artifacts
 CREATE INDEX model_artifacts_blob ON model_artifacts (blob);
 
 -- Held-out predictions are written compactly from now on, as walk-forwards' are (a model_predictions row per
--- bar took about 94 bytes with its index, an element of model_prediction_series takes 12): older models'
--- rows stay where they are (read through the same query), at the precision they were written with.
+-- bar took about 94 bytes with its index), and the bars and actual values of every model's predictions are
+-- stored once for all the models that predict the same ones (prediction_axes): a model keeps its predicted
+-- values (4 bytes each). Older models' rows stay where they are (read through the same query).
+CREATE TABLE prediction_axes (
+    sha256 text PRIMARY KEY,  -- of first_ts, the offsets and the actual values (gateway._axes)
+    first_ts timestamptz NOT NULL,
+    seconds integer[] NOT NULL,  -- each prediction's bar, in seconds after first_ts
+    actual real[] NOT NULL,
+    CHECK (cardinality(seconds) = cardinality(actual))
+);
+COMMENT ON TABLE prediction_axes IS
+    'Predictions'' bars and actual values, stored once for all the models predicting the same ones.';
+ALTER TABLE model_prediction_series
+    ALTER COLUMN seconds DROP NOT NULL,
+    ALTER COLUMN actual DROP NOT NULL,
+    ADD COLUMN axes text REFERENCES prediction_axes (sha256),
+    DROP CONSTRAINT model_prediction_series_check,
+    ADD CONSTRAINT model_prediction_series_check CHECK (
+        CASE WHEN axes IS NULL
+             THEN cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual)
+             ELSE seconds IS NULL AND actual IS NULL END);
 COMMENT ON TABLE model_prediction_series IS
-    'A model''s out-of-sample predictions (held-out window or walk-forward), 12 bytes each (float4 values, '
-    'int4 offsets); since 0020 the held-out ones too.';
+    'A model''s out-of-sample predictions (held-out window or walk-forward), float4; since 0020 the held-out '
+    'ones too, and their bars and actual values in prediction_axes (4 bytes a prediction of its own).';
 COMMENT ON TABLE model_predictions IS
     'Held-out predictions of models trained before 0020, a row per bar (newer ones: model_prediction_series).';

@@ -191,17 +191,33 @@ CREATE TABLE model_predictions (
     PRIMARY KEY (model_id, ts)
 );
 
+-- The bars and actual values of out-of-sample predictions, stored once for every model that predicts the
+-- same bars of the same label (a sweep over hyperparameters, algorithms or features: 0020).
+CREATE TABLE prediction_axes (
+    sha256 text PRIMARY KEY,  -- of first_ts, the offsets and the actual values (gateway._axes)
+    first_ts timestamptz NOT NULL,
+    seconds integer[] NOT NULL,  -- each prediction's bar, in seconds after first_ts
+    actual real[] NOT NULL,
+    CHECK (cardinality(seconds) = cardinality(actual))
+);
+COMMENT ON TABLE prediction_axes IS
+    'Predictions'' bars and actual values, stored once for all the models predicting the same ones.';
+
 CREATE TABLE model_prediction_series (
     model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
     first_ts timestamptz NOT NULL,
-    seconds integer[] NOT NULL,  -- each prediction's bar, in seconds after first_ts
+    seconds integer[],  -- each prediction's bar, in seconds after first_ts (NULL: the axes' ones)
     predicted real[] NOT NULL,
-    actual real[] NOT NULL,
-    CHECK (cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual))
+    actual real[],  -- NULL: the axes' ones
+    axes text REFERENCES prediction_axes (sha256),
+    CONSTRAINT model_prediction_series_check CHECK (
+        CASE WHEN axes IS NULL
+             THEN cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual)
+             ELSE seconds IS NULL AND actual IS NULL END)
 );
 COMMENT ON TABLE model_prediction_series IS
-    'A model''s out-of-sample predictions (held-out window or walk-forward), 12 bytes each (float4 values, '
-    'int4 offsets); since 0020 the held-out ones too.';
+    'A model''s out-of-sample predictions (held-out window or walk-forward), float4; since 0020 the held-out '
+    'ones too, and their bars and actual values in prediction_axes (4 bytes a prediction of its own).';
 COMMENT ON TABLE model_predictions IS
     'Held-out predictions of models trained before 0020, a row per bar (newer ones: model_prediction_series).';
 
