@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import fsspec
 import psycopg
 
 from queue_app import gateway
@@ -25,12 +26,6 @@ class Evicted(Conflict):
     """The model's file was evicted by the retention policy: a forecast or backtest rebuilds it."""
 
 
-def _store_open(url: str, mode: str):
-    import fsspec  # only where a store outside PostgreSQL is used
-
-    return fsspec.open(url, mode)
-
-
 def object_url(store: str, sha256: str) -> str:
     return f"{store.rstrip('/')}/{sha256}"
 
@@ -39,10 +34,7 @@ def put(store: str, data: bytes) -> gateway.BlobWrite:
     """The bytes written to the outside store under their SHA-256 (once: same bytes, same object), and
     the blob that links them. Written to a temporary name first and moved, so a reader never sees half."""
     sha256 = hashlib.sha256(data).hexdigest()
-    url = object_url(store, sha256)
-    import fsspec
-
-    filesystem, path = fsspec.core.url_to_fs(url)
+    filesystem, path = fsspec.core.url_to_fs(object_url(store, sha256))
     if not filesystem.exists(path):
         filesystem.makedirs(path.rpartition("/")[0], exist_ok=True)  # a local store's folder, made once
         partial = f"{path}.partial-{uuid.uuid4().hex}"
@@ -54,8 +46,6 @@ def put(store: str, data: bytes) -> gateway.BlobWrite:
 
 def remove(store: str, sha256: str) -> None:
     """An outside store's object, once sfq_collect_blobs removed its blob (gone already: nothing to do)."""
-    import fsspec
-
     filesystem, path = fsspec.core.url_to_fs(object_url(store, sha256))
     if filesystem.exists(path):
         filesystem.rm(path)
@@ -107,7 +97,7 @@ def chunks(conn: psycopg.Connection | None, row: dict[str, Any]) -> Iterator[byt
     A file in an outside store needs no connection."""
     present(row)
     if row["location"] is not None:
-        with _store_open(object_url(row["location"], row["blob"]), "rb") as source:
+        with fsspec.open(object_url(row["location"], row["blob"]), "rb") as source:
             while piece := source.read(READ_BYTES):
                 yield piece
         return
