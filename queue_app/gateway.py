@@ -517,10 +517,9 @@ def load_context_bars(
     return Call("load_context_bars", params, tuples=True)
 
 
-def _result_writes(
-    model_id: int, result: Any, artifact_format: str
-) -> list[tuple[str, list[dict[str, Any]]]]:
-    """What a training's result writes after complete_model, by named query (each with its rows)."""
+def _result_writes(model_id: int, result: Any) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What a training's result writes after complete_model, by named query (each with its rows); then
+    its file (_write_blob and insert_artifact)."""
     return [
         ("insert_feature_importance", [{"model_id": model_id, **row} for row in result.importances]),
         *_series_writes(model_id, _series(result)),
@@ -674,7 +673,7 @@ async def write_result(
             await cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
             if await cursor.fetchone() is None:
                 return False
-            for query, rows in _result_writes(model_id, result, artifact_format):
+            for query, rows in _result_writes(model_id, result):
                 await cursor.executemany(QUERIES[query].sql, rows)
             blob = _blob_of(result, location)
             await _write_blob_async(cursor, blob)
@@ -700,7 +699,7 @@ def write_result_sync(
             cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
             if cursor.fetchone() is None:
                 return False
-            for query, rows in _result_writes(model_id, result, artifact_format):
+            for query, rows in _result_writes(model_id, result):
                 cursor.executemany(QUERIES[query].sql, rows)
             blob = _blob_of(result, location)
             _write_blob(cursor, blob)
