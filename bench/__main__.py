@@ -15,12 +15,23 @@ from pathlib import Path
 from bench import common
 from queue_app.config import Settings, database_url
 
-SCENARIOS = ("scaleout", "noop", "enqueue", "cost", "memory", "walkforward", "studies", "reads", "sustained")
+SCENARIOS = (
+    "scaleout",
+    "noop",
+    "enqueue",
+    "cost",
+    "memory",
+    "walkforward",
+    "studies",
+    "reads",
+    "storage",
+    "sustained",
+)
 DEFAULT_OUTPUT = common.ROOT / common.DEFAULT_OUTPUT_NAME
 
 
 def _scenario(name: str):
-    from bench import cost, enqueue, memory, noop, reads, scaleout, studies, sustained, walkforward
+    from bench import cost, enqueue, memory, noop, reads, scaleout, storage, studies, sustained, walkforward
 
     return {
         "scaleout": scaleout.scenario,
@@ -31,6 +42,7 @@ def _scenario(name: str):
         "walkforward": walkforward.scenario,
         "studies": studies.scenario,
         "reads": reads.scenario,
+        "storage": storage.scenario,
         "sustained": sustained.scenario,
     }[name]
 

@@ -97,6 +97,8 @@ class Settings:
     api_token_names: tuple[str | None, ...] = field(repr=False)  # each token's name (`name:token`), or None
     api_open_reads: bool  # with tokens: GET and HEAD need none
     log_json: bool  # SFQ_LOG_FORMAT=json: worker logs as one JSON object per line
+    # SFQ_ARTIFACT_STORE: where workers put model files outside PostgreSQL (an fsspec URL); None: blob_chunks
+    artifact_store: str | None = None
 
     def __post_init__(self) -> None:
         problems = [
@@ -138,7 +140,18 @@ class Settings:
             api_token_names=tuple(tokens.values()),
             api_open_reads=_bool("SFQ_API_OPEN_READS", True),
             log_json=_log_json(),
+            artifact_store=_artifact_store(),
         )
+
+
+def _artifact_store() -> str | None:
+    """SFQ_ARTIFACT_STORE: a URL with a scheme (file:///srv/sfq-models, s3://bucket/prefix), or unset."""
+    raw = os.environ.get("SFQ_ARTIFACT_STORE", "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", raw):
+        raise ConfigError(f"SFQ_ARTIFACT_STORE must be a URL such as file:///srv/sfq-models, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def _log_json() -> bool:

@@ -57,6 +57,7 @@ SCHEMA_FILES = (
     "studies.sql",  # searches with Optuna's samplers and pruners, advanced by the workers
     "operations.sql",  # batch, retrain, evolve, cancel
     "retrains.sql",  # retrain policies per strategy alias, champion/challenger
+    "artifacts.sql",  # model files' retention: eviction, and the collection of unlinked blobs
     "security.sql",  # no function executable by PUBLIC
 )
 TABLES_FILE = "tables.sql"

@@ -70,6 +70,12 @@ class Conflict(SfqError):
     trained), or the database's schema is not the one this sfq expects."""
 
 
+class ArtifactError(Conflict):
+    """A model file that is not the one recorded (its SHA-256 differs, or a rebuilt one's does) or holds
+    types outside the allow-list: refused before or while parsing, never run. The message names the model
+    when it is known."""
+
+
 class Forbidden(SfqError):
     """The caller's database role may not do this (a submitter moving a production alias): HTTP 403."""
 

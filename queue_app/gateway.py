@@ -13,6 +13,7 @@ take the connection. The schema itself (migrations, sql/schema) is applied by `q
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -296,6 +297,38 @@ def model_artifact(model_id: int) -> Call[Row | None]:
     return Call("model_artifact", {"model_id": model_id}, _first)
 
 
+def _chunk(rows: list[Row]) -> bytes | None:
+    return bytes(rows[0]["bytes"]) if rows else None
+
+
+def blob_chunk(sha256: str, n: int) -> Call[bytes | None]:
+    """One chunk of a blob; None when it is gone (collected since its model's row was read)."""
+    return Call("blob_chunk", {"sha256": sha256, "n": n}, _chunk)
+
+
+def evict_artifacts(
+    older_than_days: int,
+    keep_top: int,
+    metric: str,
+    descending: bool,
+    model_ids: Sequence[int] | None,
+    dry_run: bool,
+) -> Call[list[Row]]:
+    params = {
+        "older_than_days": older_than_days,
+        "keep_top": keep_top,
+        "metric": metric,
+        "descending": descending,
+        "model_ids": list(model_ids) if model_ids else None,
+        "dry_run": dry_run,
+    }
+    return Call("evict_artifacts", params)
+
+
+def collect_blobs() -> Call[list[Row]]:
+    return Call("collect_blobs")
+
+
 def lineage(model_id: int) -> Call[list[Row]]:
     return Call("lineage", {"model_id": model_id})
 
@@ -488,41 +521,133 @@ def load_context_bars(
     return Call("load_context_bars", params, tuples=True)
 
 
-def _result_writes(
-    model_id: int, result: Any, artifact_format: str
-) -> list[tuple[str, list[dict[str, Any]]]]:
-    """What a training's result writes after complete_model, by named query (each with its rows)."""
+def _result_writes(model_id: int, result: Any) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What a training's result writes after complete_model, by named query (each with its rows); then
+    its file (_write_blob and insert_artifact)."""
     return [
         ("insert_feature_importance", [{"model_id": model_id, **row} for row in result.importances]),
-        ("insert_prediction", [{"model_id": model_id, **row} for row in result.predictions]),
-        ("insert_prediction_series", [_series_row(model_id, result.series)] if result.series else []),
+        *_series_writes(model_id, _series(result)),
         ("request_default_simulation", [{"model_id": model_id}]),
-        (
-            "insert_artifact",
-            [
-                {
-                    "model_id": model_id,
-                    "format": artifact_format,
-                    "sha256": result.artifact_sha256,
-                    "size": len(result.artifact),
-                    "bytes": result.artifact,
-                }
-            ],
-        ),
     ]
 
 
-def _series_row(model_id: int, series: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """A walk-forward's predictions as model_prediction_series stores them: offsets from the first bar in
-    whole seconds, values as float4 (about 7 significant digits)."""
+# The size of a blob's chunks (blob_chunks rows): a file of any size is stored and read a chunk at a time.
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobWrite:
+    """A model file to link to its model: its bytes' SHA-256 and size, and either the bytes themselves
+    (`data`, written to blob_chunks when the blob is new) or the URL of the store outside PostgreSQL that
+    holds them already (`location`)."""
+
+    sha256: str
+    size: int
+    data: bytes | None = None
+    location: str | None = None
+
+    def chunk_count(self) -> int:
+        return 0 if self.location else max(1, -(-self.size // CHUNK_BYTES))
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        """The new blob's chunk rows: slices of one memoryview (no copy of the file)."""
+        view = memoryview(self.data or b"")
+        for n in range(self.chunk_count()):
+            yield {"sha256": self.sha256, "n": n, "bytes": view[n * CHUNK_BYTES : (n + 1) * CHUNK_BYTES]}
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "size": self.size,
+            "chunks": self.chunk_count(),
+            "location": self.location,
+        }
+
+
+def _artifact_row(model_id: int, blob: BlobWrite, artifact_format: str) -> dict[str, Any]:
+    return {"model_id": model_id, "format": artifact_format, "sha256": blob.sha256, "size": blob.size}
+
+
+def _blob_of(result: Any, location: str | None) -> BlobWrite:
+    """The result's file as a blob: its bytes, or where the worker stored them outside already."""
+    data = None if location else result.artifact
+    return BlobWrite(result.artifact_sha256, len(result.artifact), data, location)
+
+
+def _write_blob(cursor: psycopg.Cursor, blob: BlobWrite) -> None:
+    cursor.execute(QUERIES["insert_blob"].sql, blob.row())
+    if cursor.fetchone()[0]:  # new: its bytes, a chunk a statement (one chunk in flight at a time)
+        for chunk in blob.chunks():
+            cursor.execute(QUERIES["insert_blob_chunk"].sql, chunk)
+
+
+async def _write_blob_async(cursor: psycopg.AsyncCursor, blob: BlobWrite) -> None:
+    await cursor.execute(QUERIES["insert_blob"].sql, blob.row())
+    if (await cursor.fetchone())[0]:
+        for chunk in blob.chunks():
+            await cursor.execute(QUERIES["insert_blob_chunk"].sql, chunk)
+
+
+def store_blob(conn: psycopg.Connection, model_id: int, blob: BlobWrite, artifact_format: str) -> None:
+    """A model file stored and linked to its model in one transaction (the benchmark's and tests' way to
+    give a model a file without training it)."""
+    try:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
+            _write_blob(cursor, blob)
+            cursor.execute(QUERIES["insert_artifact"].sql, _artifact_row(model_id, blob, artifact_format))
+    except psycopg.Error as error:
+        raise translate(error) from None
+
+
+def relink_blob(conn: psycopg.Connection, model_id: int, blob: BlobWrite) -> bool:
+    """A rebuilt file stored and linked back to its evicted model, in one transaction; False (nothing
+    stored) when its SHA-256 is not the model's recorded one."""
+    try:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
+            _write_blob(cursor, blob)
+            cursor.execute(QUERIES["relink_artifact"].sql, {"model_id": model_id, "sha256": blob.sha256})
+            if cursor.fetchone() is None:
+                raise _Undo
+        return True
+    except _Undo:
+        return False
+    except psycopg.Error as error:
+        raise translate(error) from None
+
+
+class _Undo(Exception):
+    """Rolls a transaction back from inside its block."""
+
+
+def _series(result: Any) -> Mapping[str, list[Any]] | None:
+    """A result's out-of-sample predictions as arrays: a walk-forward's stitched series, or the held-out
+    window's rows (both stored compactly, _series_writes: where a model_predictions row per bar took
+    about 94 bytes with its index)."""
+    if result.series or not result.predictions:
+        return result.series
+    return {key: [row[key] for row in result.predictions] for key in ("ts", "predicted", "actual")}
+
+
+def _series_writes(
+    model_id: int, series: Mapping[str, list[Any]] | None
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Out-of-sample predictions as they are stored: the predicted values (float4, about 7 significant
+    digits) in the model's model_prediction_series row, and their bars (offsets from the first in whole
+    seconds) and actual values in prediction_axes, keyed by their SHA-256: stored once for all the models
+    predicting the same bars of the same label."""
+    if not series:
+        return []
     first = series["ts"][0]
-    return {
-        "model_id": model_id,
-        "first_ts": first,
-        "seconds": [int((ts - first).total_seconds()) for ts in series["ts"]],
-        "predicted": series["predicted"],
-        "actual": series["actual"],
-    }
+    seconds = [int((ts - first).total_seconds()) for ts in series["ts"]]
+    actual = [float(value) for value in series["actual"]]
+    axes = hashlib.sha256(json.dumps([first.isoformat(), seconds, actual]).encode()).hexdigest()
+    return [
+        ("insert_prediction_axes", [{"axes": axes, "first_ts": first, "seconds": seconds, "actual": actual}]),
+        (
+            "insert_prediction_series",
+            [{"model_id": model_id, "first_ts": first, "predicted": series["predicted"], "axes": axes}],
+        ),
+    ]
 
 
 def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:
@@ -536,34 +661,53 @@ def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:
 
 
 async def write_result(
-    conn: psycopg.AsyncConnection, model_id: int, attempt: int, result: Any, artifact_format: str
+    conn: psycopg.AsyncConnection,
+    model_id: int,
+    attempt: int,
+    result: Any,
+    artifact_format: str,
+    location: str | None = None,
 ) -> bool:
     """A training's results in one transaction (metrics, importances, predictions, file, its default
     backtest deferred), only while this attempt holds the model (fencing): False when it does not.
-    `result` has metrics, fold_metrics, timings, importances, predictions, artifact, artifact_sha256."""
+    `result` has metrics, fold_metrics, timings, importances, predictions, artifact, artifact_sha256; the
+    file goes to blob_chunks, or was put in the outside store at `location` (artifact_store.put)."""
     try:
-        async with conn.transaction(), conn.cursor() as cursor:
+        async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
             if await cursor.fetchone() is None:
                 return False
-            for query, rows in _result_writes(model_id, result, artifact_format):
+            for query, rows in _result_writes(model_id, result):
                 await cursor.executemany(QUERIES[query].sql, rows)
+            blob = _blob_of(result, location)
+            await _write_blob_async(cursor, blob)
+            await cursor.execute(
+                QUERIES["insert_artifact"].sql, _artifact_row(model_id, blob, artifact_format)
+            )
         return True
     except psycopg.Error as error:
         raise translate(error) from None
 
 
 def write_result_sync(
-    conn: psycopg.Connection, model_id: int, attempt: int, result: Any, artifact_format: str
+    conn: psycopg.Connection,
+    model_id: int,
+    attempt: int,
+    result: Any,
+    artifact_format: str,
+    location: str | None = None,
 ) -> bool:
     """`write_result` on a synchronous connection (the benchmark's baselines write what a worker writes)."""
     try:
-        with conn.transaction(), conn.cursor() as cursor:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
             if cursor.fetchone() is None:
                 return False
-            for query, rows in _result_writes(model_id, result, artifact_format):
+            for query, rows in _result_writes(model_id, result):
                 cursor.executemany(QUERIES[query].sql, rows)
+            blob = _blob_of(result, location)
+            _write_blob(cursor, blob)
+            cursor.execute(QUERIES["insert_artifact"].sql, _artifact_row(model_id, blob, artifact_format))
         return True
     except psycopg.Error as error:
         raise translate(error) from None

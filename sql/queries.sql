@@ -51,13 +51,22 @@ SELECT id, status::text FROM models WHERE id = %(model_id)s
 SELECT ts, predicted, actual FROM model_predictions WHERE model_id = %(model_id)s
 UNION ALL
 SELECT s.first_ts + make_interval(secs => p.seconds), p.predicted, p.actual
-  FROM model_prediction_series s, unnest(s.seconds, s.predicted, s.actual) AS p(seconds, predicted, actual)
+  FROM model_prediction_series s LEFT JOIN prediction_axes x ON x.sha256 = s.axes,
+       unnest(coalesce(s.seconds, x.seconds), s.predicted, coalesce(s.actual, x.actual))
+           AS p(seconds, predicted, actual)
  WHERE s.model_id = %(model_id)s
  ORDER BY ts
 
 -- model_artifact --
--- A model's file (skops) with its format, size and SHA-256.
-SELECT format, sha256, size, bytes FROM model_artifacts WHERE model_id = %(model_id)s
+-- A model's file (skops): its format, size and recorded SHA-256, and where its bytes are: its blob (NULL
+-- once evicted) with the blob's chunk count and location (NULL: in blob_chunks).
+SELECT a.model_id, a.format, a.sha256, a.size, a.blob, a.evicted_at, b.chunks, b.location
+  FROM model_artifacts a LEFT JOIN blobs b ON b.sha256 = a.blob
+ WHERE a.model_id = %(model_id)s
+
+-- blob_chunk --
+-- One chunk of a blob's bytes (n from 0): files are read a chunk at a time, never whole in one row.
+SELECT bytes FROM blob_chunks WHERE sha256 = %(sha256)s AND n = %(n)s
 
 -- lineage --
 -- The model's ancestors (parent_model_id upwards) and descendants, with their specs and metrics.
@@ -131,20 +140,50 @@ RETURNING id
 INSERT INTO features_log (model_id, feature, importance, rank, method)
 VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
 
--- insert_prediction --
--- One held-out bar's prediction in a training's result.
-INSERT INTO model_predictions (model_id, ts, predicted, actual)
-VALUES (%(model_id)s, %(ts)s, %(predicted)s, %(actual)s)
+-- insert_prediction_axes --
+-- The bars and actual values of a training's predictions, unless another model's are the same ones.
+INSERT INTO prediction_axes (sha256, first_ts, seconds, actual)
+VALUES (%(axes)s, %(first_ts)s, %(seconds)s, %(actual)s::real[])
+    ON CONFLICT (sha256) DO NOTHING
 
 -- insert_prediction_series --
--- A walk-forward's stitched predictions in a training's result, as one compact row.
-INSERT INTO model_prediction_series (model_id, first_ts, seconds, predicted, actual)
-VALUES (%(model_id)s, %(first_ts)s, %(seconds)s, %(predicted)s::real[], %(actual)s::real[])
+-- A training's out-of-sample predictions (held-out window, or a walk-forward's stitched series), as one
+-- compact row of predicted values and its axes.
+INSERT INTO model_prediction_series (model_id, first_ts, predicted, axes)
+VALUES (%(model_id)s, %(first_ts)s, %(predicted)s::real[], %(axes)s)
+
+-- insert_blob --
+-- A file's blob, or the one of the same bytes stored already, row-locked until the transaction ends (the
+-- collection of unlinked blobs cannot remove it under the model about to link to it): inserted = its
+-- bytes are to be written.
+INSERT INTO blobs (sha256, size, chunks, location)
+VALUES (%(sha256)s, %(size)s, %(chunks)s, %(location)s)
+    ON CONFLICT (sha256) DO UPDATE SET size = blobs.size
+RETURNING xmax = 0 AS inserted
+
+-- insert_blob_chunk --
+-- One chunk of a new blob's bytes.
+INSERT INTO blob_chunks (sha256, n, bytes) VALUES (%(sha256)s, %(n)s, %(bytes)s)
 
 -- insert_artifact --
--- The model file of a training's result.
-INSERT INTO model_artifacts (model_id, format, sha256, size, bytes)
-VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(bytes)s)
+-- The model file of a training's result: what it is, and the blob holding it.
+INSERT INTO model_artifacts (model_id, format, sha256, size, blob)
+VALUES (%(model_id)s, %(format)s, %(sha256)s, %(size)s, %(sha256)s)
+
+-- evict_artifacts --
+-- The retention policy's evictions of model files (sql/schema/artifacts.sql), or what it would evict.
+SELECT * FROM sfq_evict_artifacts(%(older_than_days)s, %(keep_top)s, %(metric)s, %(descending)s,
+                                  %(model_ids)s::bigint[], %(dry_run)s)
+
+-- collect_blobs --
+-- Remove the blobs no model links to; what went (with the outside store of those stored there).
+SELECT * FROM sfq_collect_blobs()
+
+-- relink_artifact --
+-- A rebuilt file's blob linked back to its evicted model, only when its SHA-256 is the recorded one.
+UPDATE model_artifacts SET blob = %(sha256)s, evicted_at = NULL
+ WHERE model_id = %(model_id)s AND sha256 = %(sha256)s
+RETURNING model_id
 
 -- fail_model --
 -- Fenced like complete_model: a worker whose attempt was handed on cannot fail the model either.
@@ -320,8 +359,8 @@ INSERT INTO sfq_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
     ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
 
 -- forecast_inputs --
--- What a live forecast needs: the model's spec and file, and the bar it forecasts from.
-SELECT f.model_id, f.as_of, m.spec, a.bytes AS artifact, a.sha256
+-- What a live forecast needs: the model's spec and the bar it forecasts from (a model with a file).
+SELECT f.model_id, f.as_of, m.spec
   FROM model_forecasts f JOIN models m ON m.id = f.model_id JOIN model_artifacts a ON a.model_id = m.id
  WHERE f.id = %(forecast_id)s AND f.status = 'queued'
 
@@ -347,12 +386,10 @@ SELECT id FROM sfq_request_simulation(%(model_id)s)
 
 -- simulation_inputs --
 -- What a queued backtest needs: the model's spec and data end, the strategy, whether it is the lockbox's
--- (and then the model's file), the symbol's calendar, its job and the model's trace context.
-SELECT s.model_id, s.job_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end, m.fingerprint,
-       m.traceparent, CASE WHEN s.lockbox THEN a.bytes END AS artifact, a.sha256,
+-- (which reads the model's file), the symbol's calendar, its job and the model's trace context.
+SELECT s.model_id, s.job_id, s.strategy, s.params, s.lockbox, m.spec, m.data_end, m.fingerprint, m.traceparent,
        coalesce((SELECT c.calendar FROM symbol_calendars c WHERE c.symbol = m.symbol), 'equity') AS calendar
   FROM simulation_history s JOIN models m ON m.id = s.model_id
-  LEFT JOIN model_artifacts a ON a.model_id = m.id
  WHERE s.id = %(simulation_id)s AND s.status = 'queued'
 
 -- request_lockbox --
@@ -546,11 +583,14 @@ SELECT id, timings, extract(epoch FROM finished_at - started_at)::float8 AS seco
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
 -- prediction_series_size --
--- How many walk-forward predictions these models store, and their bytes (what the benchmark reports).
-SELECT coalesce(sum(cardinality(predicted)), 0)::bigint AS predictions,
-       coalesce(sum(pg_column_size(seconds) + pg_column_size(predicted) + pg_column_size(actual)
-                     + pg_column_size(first_ts) + pg_column_size(model_id)), 0)::bigint AS bytes
-  FROM model_prediction_series WHERE model_id = ANY(%(model_ids)s)
+-- How many walk-forward predictions these models store, and their bytes (what the benchmark reports; the
+-- axes counted whole for each model, though models predicting the same bars share them).
+SELECT coalesce(sum(cardinality(s.predicted)), 0)::bigint AS predictions,
+       coalesce(sum(pg_column_size(s.predicted) + pg_column_size(s.first_ts) + pg_column_size(s.model_id)
+                     + coalesce(pg_column_size(s.seconds) + pg_column_size(s.actual),
+                                pg_column_size(x.seconds) + pg_column_size(x.actual), 0)), 0)::bigint AS bytes
+  FROM model_prediction_series s LEFT JOIN prediction_axes x ON x.sha256 = s.axes
+ WHERE s.model_id = ANY(%(model_ids)s)
 
 -- jobs_left --
 -- How many of these queue jobs have not succeeded yet (what the no-op benchmark waits for).

@@ -77,6 +77,12 @@ GRANT EXECUTE ON FUNCTION sfq_canonical_params, sfq_canonical_param, sfq_rule_ma
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
 GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
+GRANT SELECT, INSERT ON prediction_axes TO sfq_worker;  -- predictions' shared bars and actual values (0020)
+-- Model files (0020): a new blob or the same bytes' row (insert_blob locks it with an UPDATE), its chunks,
+-- and an evicted file's blob linked back once rebuilt.
+GRANT SELECT, INSERT, UPDATE (size) ON blobs TO sfq_worker;
+GRANT SELECT, INSERT ON blob_chunks TO sfq_worker;
+GRANT UPDATE (blob, evicted_at) ON model_artifacts TO sfq_worker;
 GRANT INSERT, UPDATE ON model_attempts TO sfq_worker;  -- the attempt log (trigger on models, rescue)
 -- The counters (sql/schema/counts.sql: triggers on models and procrastinate_jobs, run as the writer).
 GRANT SELECT, INSERT, UPDATE ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_worker;
@@ -117,6 +123,8 @@ GRANT SELECT ON models, features_log, model_predictions, model_prediction_series
                 strategy_alias_history, model_live_records, retrain_policies, strategy_retrains
     TO sfq_api;
 GRANT SELECT ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_api;  -- counts (0017)
+GRANT SELECT ON blobs, blob_chunks TO sfq_api;  -- GET /models/{id}/artifact streams a file's chunks
+GRANT SELECT ON prediction_axes TO sfq_api;  -- GET /models/{id}/predictions (0020)
 GRANT EXECUTE ON FUNCTION sfq_duration_bounds TO sfq_api;  -- GET /metrics' histogram
 GRANT EXECUTE ON FUNCTION
     sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,

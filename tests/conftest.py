@@ -130,7 +130,7 @@ def conn(database) -> Iterator[psycopg.Connection]:
 def clean(conn) -> psycopg.Connection:
     """An empty queue: no models, requests, sweeps, studies or jobs (bars stay)."""
     conn.execute(
-        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, sweeps,"
+        "TRUNCATE models, training_requests, features_log, model_predictions, model_artifacts, blobs, sweeps,"
         " studies, sfq_workers, procrastinate_jobs, procrastinate_events, procrastinate_workers"
         " RESTART IDENTITY CASCADE"
     )

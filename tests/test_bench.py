@@ -35,6 +35,13 @@ EXPECTED = {
         "ask one trial (TPE) in a study of 50 trials",
     ],
     "reads": ["GET /models?sort=ic&limit=20, 2000 models", "GET /metrics, 2000 models", "sfq status"],
+    "storage": [
+        "queued: all tables",
+        "completed (without its file): all tables",
+        "a completed model, without its file: all its rows",
+        "with its default backtest run",
+        "once per distinct file",
+    ],
     "sustained": ["rate (workers never idle)", "procrastinate_jobs: size", "bounded: peak size"],
 }
 

@@ -120,10 +120,12 @@ def test_a_walk_forward_runs_on_a_worker_stored_compactly_and_backtested_over_it
     n = metrics["n"]
     assert metrics["evaluation"]["refits"] == -(-n // 63) and metrics["evaluation"]["first_fit_size"] == 300
     assert len(metrics["per_year"]) >= 10 and sum(year["n"] for year in metrics["per_year"].values()) == n
-    # One compact row, not a row per bar; the API reads it back as every other model's predictions.
+    # One compact row, not a row per bar (its bars and actual values in prediction_axes, which models
+    # predicting the same bars share); the API reads it back as every other model's predictions.
     stored = clean.execute(
-        "SELECT cardinality(predicted), pg_column_size(seconds) + pg_column_size(predicted)"
-        " + pg_column_size(actual) FROM model_prediction_series WHERE model_id = %s",
+        "SELECT cardinality(s.predicted), pg_column_size(x.seconds) + pg_column_size(s.predicted)"
+        " + pg_column_size(x.actual) FROM model_prediction_series s"
+        " JOIN prediction_axes x ON x.sha256 = s.axes WHERE s.model_id = %s",
         (model_id,),
     ).fetchone()
     assert stored[0] == n and stored[1] <= 12 * n + 100

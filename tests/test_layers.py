@@ -99,7 +99,7 @@ def test_every_exception_of_the_workers_is_an_sfq_error():
             and issubclass(value, BaseException)
             and value.__module__ == module.__name__
         ]
-    assert len(own) >= 6  # TrainingError, TooFewRows, the backtest's, ArtifactError, ModelFailed, Requeue
+    assert len(own) >= 5  # TrainingError, TooFewRows, the backtest's, ModelFailed, Requeue
     assert [error.__qualname__ for error in own if not issubclass(error, SfqError)] == []
 
 

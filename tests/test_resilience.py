@@ -132,7 +132,7 @@ def test_stalled_worker_that_comes_back_cannot_write_its_result(clean, start_wor
     stalled.wait_for_line(rf"model {model_id}: attempt 1 was handed on .* result is dropped", timeout=120)
     counts = clean.execute(
         "SELECT (SELECT count(*) FROM features_log WHERE model_id = %(m)s),"
-        " (SELECT count(*) FROM model_predictions WHERE model_id = %(m)s),"
+        " (SELECT sum(cardinality(predicted)) FROM model_prediction_series WHERE model_id = %(m)s),"
         " (SELECT count(*) FROM model_artifacts WHERE model_id = %(m)s),"
         " (SELECT status::text FROM models WHERE id = %(m)s)",
         {"m": model_id},

@@ -8,6 +8,7 @@ triggers, views, sequences, comments and privileges (after `sfq db roles`)."""
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -359,6 +360,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0017_read_paths.sql",
         "migrations/0018_retrain_policies.sql",
         "migrations/0019_trace_context.sql",
+        "migrations/0020_artifact_store.sql",
         "migrations/0023_prune_in_batches.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
@@ -385,6 +387,19 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
             "       'model:' || m.id, jsonb_build_object('model_id', m.id), m.priority))"
         )
         assert unqueued.fetchall() == []  # every queued model has its job, old or new, the same way
+
+
+def test_the_upgrade_moves_existing_model_files_into_blobs(databases):
+    """0020: the file written as a bytea before it (model 1's, b'x', recorded SHA-256 'x') is a blob keyed
+    by its bytes' SHA-256, one chunk, linked to its model, which keeps the recorded SHA-256 (so reading it
+    still tells the bytes are not the recorded ones)."""
+    with psycopg.connect(databases.upgraded, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT a.sha256, a.blob, b.size, b.chunks, b.location, c.n, c.bytes FROM model_artifacts a"
+            " JOIN blobs b ON b.sha256 = a.blob JOIN blob_chunks c ON c.sha256 = b.sha256"
+            " WHERE a.model_id = 1"
+        ).fetchall()
+    assert row == [("x", hashlib.sha256(b"x").hexdigest(), 1, 1, None, 0, b"x")]
 
 
 def test_a_new_database_is_built_from_the_schema_files_and_records_every_migration(databases):
@@ -544,6 +559,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0017_read_paths.sql",
         "migrations/0018_retrain_policies.sql",
         "migrations/0019_trace_context.sql",
+        "migrations/0020_artifact_store.sql",
         "migrations/0023_prune_in_batches.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]

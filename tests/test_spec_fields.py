@@ -219,8 +219,9 @@ def test_classic_fields_change_training_as_they_say(clean, start_worker):
             "SELECT fold_metrics,"
             " (SELECT array_agg(feature ORDER BY feature) FROM features_log WHERE model_id = m.id),"
             " (SELECT min(method) FROM features_log WHERE model_id = m.id),"
-            " (SELECT array_agg(actual ORDER BY ts) FROM model_predictions WHERE model_id = m.id),"
-            " (SELECT array_agg(predicted ORDER BY ts) FROM model_predictions WHERE model_id = m.id)"
+            " (SELECT x.actual FROM model_prediction_series s JOIN prediction_axes x ON x.sha256 = s.axes"
+            "   WHERE s.model_id = m.id),"
+            " (SELECT predicted FROM model_prediction_series WHERE model_id = m.id)"
             " FROM models m WHERE id = %s",
             (model_id,),
         ).fetchone()

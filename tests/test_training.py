@@ -16,6 +16,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 from typing import Any, ClassVar
 from zipfile import ZipFile
 
@@ -31,6 +33,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from tests.conftest import ROOT
 from workers.modelling import artifacts, contract, training
 from workers.modelling.algorithms import ALGORITHMS, Algorithm
 from workers.modelling.features import DEFAULT_FEATURES, FEATURES, compute_features
@@ -376,8 +379,9 @@ def test_training_is_deterministic(algorithm):
     assert first.fold_metrics == second.fold_metrics
     assert first.importances == second.importances
     assert first.predictions == second.predictions
-    # skops names its arrays by id() in the file, so the bytes (and their sha256) differ from dump to
-    # dump; the models they hold predict the same.
+    # The same file, byte for byte (artifacts.dump numbers what skops names by id()): a model evicted by
+    # the retention policy is rebuilt to its recorded SHA-256.
+    assert first.artifact == second.artifact and first.artifact_sha256 == second.artifact_sha256
     X_test = build_dataset(bars, spec).X_test
     np.testing.assert_array_equal(
         artifacts.load(first.artifact, first.artifact_sha256).predict(X_test),
@@ -411,6 +415,31 @@ def test_artifact_round_trips_for_every_algorithm(algorithm):
     np.testing.assert_array_equal(predicted, [p["predicted"] for p in result.predictions])
     assert [p["ts"] for p in result.predictions] == list(X_test.index.to_pydatetime())
     assert type(model[-1]) is ALGORITHMS[algorithm].estimator
+
+
+def test_model_files_are_the_same_bytes_in_processes_with_different_hash_seeds():
+    """What an evicted file's rebuild relies on: the file of every algorithm (and of a per-regime model)
+    hashes the same in two processes whose str hashes differ (set and dict orders, ids, memory)."""
+    script = (
+        "import json; from tests.test_training import trained, trained_per_regime;"
+        "from workers.modelling.algorithms import ALGORITHMS;"
+        "hashes = {a: trained(a).artifact_sha256 for a in ALGORITHMS};"
+        "hashes['per_regime'] = trained_per_regime().artifact_sha256; print(json.dumps(hashes))"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        for seed in ("1", "2")
+    ]
+    first, second = (json.loads(run.stdout.splitlines()[-1]) for run in runs)
+    assert first == second and len(first) == len(ALGORITHMS) + 1
 
 
 @pytest.mark.parametrize("algorithm", ["RandomForest", "HistGradientBoosting"])

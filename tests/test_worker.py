@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from psycopg.types.json import Jsonb
 
+from queue_app import artifact_store
 from tests.conftest import insert_request, wait_for_jobs, wait_for_models
 from workers.daemon.child import TrainingProcess
 from workers.modelling import artifacts
@@ -53,19 +54,21 @@ def test_worker_trains_and_writes_every_result(clean, start_worker):
     assert len(features) == 13 and [f[2] for f in features] == list(range(1, 14))
     assert {f[3] for f in features} == {"impurity"} and features[0][1] >= features[-1][1]
 
-    predictions = clean.execute(
-        "SELECT count(*), min(ts), max(ts) FROM model_predictions WHERE model_id = %s", (model_id,)
+    predictions = clean.execute(  # held out: one compact row (0020)
+        "SELECT cardinality(s.predicted), s.first_ts,"
+        " s.first_ts + make_interval(secs => x.seconds[cardinality(x.seconds)]), s.predicted[1]"
+        " FROM model_prediction_series s JOIN prediction_axes x ON x.sha256 = s.axes WHERE s.model_id = %s",
+        (model_id,),
     ).fetchone()
     assert predictions[0] == 100 and predictions[2].isoformat().startswith(metrics["test_end"][:10])
 
-    blob, sha, size, fmt = clean.execute(
-        "SELECT bytes, sha256, size, format FROM model_artifacts WHERE model_id = %s", (model_id,)
+    sha, size, fmt, blob = clean.execute(
+        "SELECT sha256, size, format, blob FROM model_artifacts WHERE model_id = %s", (model_id,)
     ).fetchone()
-    assert (hashlib.sha256(blob).hexdigest(), len(blob), fmt) == (sha, size, "skops")
-    stored = artifacts.load(bytes(blob), sha)
-    first_prediction = clean.execute(
-        "SELECT predicted FROM model_predictions WHERE model_id = %s ORDER BY ts LIMIT 1", (model_id,)
-    ).fetchone()[0]
+    data = artifact_store.read(clean, artifact_store.describe(clean, model_id))
+    assert (hashlib.sha256(data).hexdigest(), len(data), fmt, blob) == (sha, size, "skops", sha)
+    stored = artifacts.load(data, sha)
+    first_prediction = predictions[3]
     assert stored.predict(pd.DataFrame(np.zeros((1, 13)), columns=stored.feature_names_in_)).shape == (1,)
     assert stored.n_features_in_ == 13 and first_prediction is not None
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from queue_app import gateway, lineage, monitor, params, studies, sweeps, tracing
+from queue_app import artifact_store, gateway, lineage, monitor, params, studies, sweeps, tracing
 from queue_app.api import auth, http
 from queue_app.api.http import JSON
 from queue_app.api.openapi import OPENAPI
@@ -146,20 +146,36 @@ async def model_predictions(request: Request) -> JSON:
 
 
 async def model_artifact(request: Request) -> Response:
-    """The model file (skops), with its SHA-256 in X-Content-SHA256 (and as the ETag)."""
+    """The model file (skops), streamed a chunk at a time, with its recorded SHA-256 in X-Content-SHA256
+    (and as the ETag): the client checks it. An evicted file is a 409 (a forecast rebuilds it)."""
     model_id, status = await _model_status(request)
     artifact = await call(request, gateway.model_artifact(model_id))
     if artifact is None:
         raise Conflict(f"model {model_id} is {status}: it has no model file (only a completed model has one)")
-    return Response(
-        bytes(artifact["bytes"]),
+    return StreamingResponse(
+        _artifact_chunks(request, artifact_store.present(artifact)),
         media_type="application/octet-stream",
         headers={
+            "Content-Length": str(artifact["size"]),
             "X-Content-SHA256": artifact["sha256"],
             "ETag": f'"{artifact["sha256"]}"',
             "Content-Disposition": f'attachment; filename="model-{model_id}.{artifact["format"]}"',
         },
     )
+
+
+async def _artifact_chunks(request: Request, artifact: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The file's chunks, each read on a pooled connection (none is held while the client reads)."""
+    if artifact["location"] is not None:  # an outside store: its reads block, in a thread
+        pieces = artifact_store.chunks(None, artifact)
+        while piece := await run_in_threadpool(next, pieces, b""):
+            yield piece
+        return
+    for n in range(artifact["chunks"]):
+        piece = await call(request, gateway.blob_chunk(artifact["blob"], n))
+        if piece is None:  # collected meanwhile: the client sees a short body, and the hash tells it
+            return
+        yield piece
 
 
 async def model_lineage(request: Request) -> JSON:

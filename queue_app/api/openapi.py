@@ -227,14 +227,16 @@ OPENAPI = {
         ),
         "/models/{model_id}/artifact": {
             "get": _operation(
-                "The model file (skops); its SHA-256 in the X-Content-SHA256 header",
+                "The model file (skops), streamed; its recorded SHA-256 in the X-Content-SHA256 header",
                 {
                     "200": {
                         "description": "The file",
                         "content": {"application/octet-stream": {"schema": {"type": "string"}}},
                     },
                     "404": _response("Unknown id"),
-                    "409": _response("The model has no file (not completed)"),
+                    "409": _response(
+                        "The model has no file (not completed), or it was evicted (a forecast rebuilds it)"
+                    ),
                 },
                 parameters=[_id("model_id")],
             )

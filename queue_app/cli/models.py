@@ -4,6 +4,7 @@ predictions | artifact | predict`: models in, and everything about them out."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from queue_app import gateway, lineage, params, tracing
+from queue_app import artifact_store, gateway, lineage, params, tracing
 from queue_app.cli import progress, render
 from queue_app.cli.common import (
     connect,
@@ -26,7 +27,7 @@ from queue_app.cli.common import (
     wait_for,
     wait_options,
 )
-from queue_app.errors import Conflict, NotFound
+from queue_app.errors import ArtifactError, Conflict, NotFound
 from queue_app.gateway import Call, Submission
 from queue_app.vocabulary import FINISHED, STATUSES, TRAINING_QUEUE
 
@@ -142,8 +143,19 @@ def cmd_artifact(args: argparse.Namespace) -> None:
         raise Conflict(
             f"model {args.model_id} is {status}: it has no model file (only a completed model has one)"
         )
+    artifact_store.present(artifact)
     output = Path(args.output or f"model-{args.model_id}.{artifact['format']}")
-    output.write_bytes(artifact["bytes"])
+    with connect(args) as conn:  # a chunk at a time, checked against the recorded SHA-256 as it goes
+        digest = hashlib.sha256()
+        with output.open("wb") as out:
+            for piece in artifact_store.chunks(conn, artifact):
+                digest.update(piece)
+                out.write(piece)
+    try:
+        artifact_store.check(args.model_id, artifact["sha256"], digest.hexdigest())
+    except ArtifactError:
+        output.unlink()
+        raise
     print(f"{output}: {artifact['size']} bytes, sha256 {artifact['sha256']}")
 
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from queue_app import bars, db, embedded, gateway, legacy, monitor, vocabulary
-from queue_app.cli.common import connect
+from queue_app import artifact_store, bars, db, embedded, gateway, legacy, monitor, vocabulary
+from queue_app.cli.common import connect, model_id
 from queue_app.config import database_url
 from queue_app.errors import Conflict
 
@@ -134,8 +134,45 @@ def _bars(sub: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="symbols and their bar counts").set_defaults(func=cmd_bars_list)
 
 
+def cmd_artifacts_evict(args: argparse.Namespace) -> None:
+    with connect(args) as conn:
+        evicted, collected = artifact_store.evict(
+            conn, args.older_than, args.keep_top, args.metric, args.order == "desc", args.model, args.dry_run
+        )
+    verb = "would evict" if args.dry_run else "evicted"
+    for row in evicted:
+        print(f"model {row['model_id']}: {verb} its file ({row['size']} bytes, sha256 {row['sha256']})")
+    freed = sum(blob["size"] for blob in collected)
+    print(
+        f"{len(evicted)} file(s) {verb}; {len(collected)} unlinked stored file(s) removed, {freed} bytes"
+        + (" (dry run: nothing changed)" if args.dry_run else "")
+    )
+
+
+def _artifacts(sub: argparse._SubParsersAction) -> None:
+    artifacts = sub.add_parser("artifacts", help="model files: the retention policy")
+    commands = artifacts.add_subparsers(dest="artifacts_command", required=True, metavar="COMMAND")
+    evict = commands.add_parser(
+        "evict",
+        help="evict the files of models that are not aliased, not in their symbol's top K by a metric and "
+        "older than N days (rebuilt by retraining when a forecast needs them)",
+    )
+    evict.add_argument("--older-than", type=int, required=True, metavar="DAYS", help="trained this long ago")
+    evict.add_argument("--keep-top", type=int, required=True, metavar="K", help="keep each symbol's top K")
+    evict.add_argument(
+        "--metric", default="ic", choices=vocabulary.SORTABLE_METRICS, help="the leaderboard's (default ic)"
+    )
+    evict.add_argument("--order", default="desc", choices=("desc", "asc"), help="best first: desc (default)")
+    evict.add_argument(
+        "--model", type=model_id, action="append", help="only these models (repeatable); aliased: refused"
+    )
+    evict.add_argument("--dry-run", action="store_true", help="list what would be evicted; change nothing")
+    evict.set_defaults(func=cmd_artifacts_evict)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     _db(sub)
+    _artifacts(sub)
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)

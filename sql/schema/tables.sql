@@ -194,25 +194,70 @@ CREATE TABLE model_predictions (
     PRIMARY KEY (model_id, ts)
 );
 
+-- The bars and actual values of out-of-sample predictions, stored once for every model that predicts the
+-- same bars of the same label (a sweep over hyperparameters, algorithms or features: 0020).
+CREATE TABLE prediction_axes (
+    sha256 text PRIMARY KEY,  -- of first_ts, the offsets and the actual values (gateway._axes)
+    first_ts timestamptz NOT NULL,
+    seconds integer[] NOT NULL,  -- each prediction's bar, in seconds after first_ts
+    actual real[] NOT NULL,
+    CHECK (cardinality(seconds) = cardinality(actual))
+);
+COMMENT ON TABLE prediction_axes IS
+    'Predictions'' bars and actual values, stored once for all the models predicting the same ones.';
+
 CREATE TABLE model_prediction_series (
     model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
     first_ts timestamptz NOT NULL,
-    seconds integer[] NOT NULL,  -- each prediction's bar, in seconds after first_ts
+    seconds integer[],  -- each prediction's bar, in seconds after first_ts (NULL: the axes' ones)
     predicted real[] NOT NULL,
-    actual real[] NOT NULL,
-    CHECK (cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual))
+    actual real[],  -- NULL: the axes' ones
+    axes text REFERENCES prediction_axes (sha256),
+    CONSTRAINT model_prediction_series_check CHECK (
+        CASE WHEN axes IS NULL
+             THEN cardinality(seconds) = cardinality(predicted) AND cardinality(predicted) = cardinality(actual)
+             ELSE seconds IS NULL AND actual IS NULL END)
 );
 COMMENT ON TABLE model_prediction_series IS
-    'A walk-forward''s stitched out-of-sample predictions, 12 bytes each (float4 values, int4 offsets).';
+    'A model''s out-of-sample predictions (held-out window or walk-forward), float4; since 0020 the held-out '
+    'ones too, and their bars and actual values in prediction_axes (4 bytes a prediction of its own).';
+COMMENT ON TABLE model_predictions IS
+    'Held-out predictions of models trained before 0020, a row per bar (newer ones: model_prediction_series).';
 
+-- Model files by the SHA-256 of their bytes, each stored once (0020): in 8 MiB chunks, or in the store
+-- outside PostgreSQL that SFQ_ARTIFACT_STORE names (location). queue_app/artifact_store.py writes and reads them.
+CREATE TABLE blobs (
+    sha256 text PRIMARY KEY CONSTRAINT blobs_sha256_format CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    size bigint NOT NULL CHECK (size >= 0),
+    chunks integer NOT NULL CHECK (chunks >= 0),  -- rows in blob_chunks (0 when stored outside)
+    location text,  -- NULL: in blob_chunks; else the URL of the store holding it (SFQ_ARTIFACT_STORE)
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE blobs IS
+    'Model files by the SHA-256 of their bytes, each stored once; removed when no model links to it.';
+
+CREATE TABLE blob_chunks (
+    sha256 text NOT NULL REFERENCES blobs (sha256) ON DELETE CASCADE,
+    n integer NOT NULL CHECK (n >= 0),
+    bytes bytea NOT NULL,
+    PRIMARY KEY (sha256, n)
+);
+COMMENT ON TABLE blob_chunks IS 'A blob''s bytes in order, 8 MiB a chunk (artifact_store.CHUNK_BYTES).';
+
+-- What each model's file is (recorded when it was trained), and the blob holding it (NULL once evicted).
 CREATE TABLE model_artifacts (
     model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
     format text NOT NULL,
     sha256 text NOT NULL,
     size bigint NOT NULL,
-    bytes bytea NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    blob text REFERENCES blobs (sha256),
+    evicted_at timestamptz
 );
+COMMENT ON COLUMN model_artifacts.blob IS
+    'The blob holding the file''s bytes; NULL once evicted (the file is rebuilt by retraining when needed).';
+COMMENT ON COLUMN model_artifacts.sha256 IS 'The SHA-256 recorded when the model was trained; reads check it.';
+CREATE INDEX model_artifacts_blob ON model_artifacts (blob);
 
 -- One row per attempt at training a model: who ran it, when, and how it ended (completed, failed,
 -- requeued, lost, abandoned). Kept by a trigger on models, so every path is logged the same way.

@@ -15,9 +15,8 @@ from opentelemetry.trace import Span
 from queue_app import gateway, tracing
 from queue_app.errors import SfqError, Unavailable
 from queue_app.vocabulary import SIMULATION_QUEUE
-from workers.daemon import forecasts
+from workers.daemon import forecasts, model_files
 from workers.daemon.data import frame, load_bars
-from workers.modelling import artifacts
 from workers.modelling.backtest import DEFAULT_STRATEGY, BacktestError, backtest, periods_per_year
 from workers.modelling.training import before_lockbox, lockbox_predictions, lockbox_scores
 
@@ -104,7 +103,7 @@ def _lockbox(conn: psycopg.Connection, job: dict[str, Any]) -> tuple[pd.DataFram
     """The stored model's predictions over its lockbox, the bars up to data_end, and their scores."""
     spec = job["spec"]
     bars, context = load_bars(conn, spec, job["data_end"], everything=True)
-    model = artifacts.load(job["artifact"], job["sha256"])
+    model = model_files.load(conn, job["model_id"], spec)
     predictions = lockbox_predictions(spec, model, bars, context)
     return predictions[["predicted"]], bars, {"lockbox": lockbox_scores(spec, predictions, bars)}
 

@@ -12,8 +12,8 @@ import psycopg
 
 from queue_app import gateway
 from queue_app.errors import SfqError
+from workers.daemon import model_files
 from workers.daemon.data import frame, load_bars
-from workers.modelling import artifacts
 from workers.modelling.live import track_record
 from workers.modelling.training import forecast
 
@@ -28,7 +28,7 @@ def run(conn: psycopg.Connection, forecast_id: int) -> None:
         return
     bars, context = load_bars(conn, job["spec"], job["as_of"])
     try:
-        model = artifacts.load(job["artifact"], job["sha256"])
+        model = model_files.load(conn, job["model_id"], job["spec"])
         result = forecast(job["spec"], model, bars, context)
     except Exception as error:  # TrainingError, ArtifactError, an estimator's error: the answer
         reason = str(error) if isinstance(error, SfqError) else repr(error)  # sfq's own say what is wrong

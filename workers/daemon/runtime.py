@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from queue_app import gateway, tracing
+from queue_app import artifact_store, gateway, tracing
 from queue_app.config import Settings
 from queue_app.errors import SfqError, Unavailable
 from queue_app.gateway import Call
@@ -281,7 +281,13 @@ class Runtime:
 
     async def _complete(self, model_id: int, attempt: int, result: TrainingResult) -> bool:
         """Write every result in one transaction, only if this attempt still holds the model (fencing)."""
-        return await gateway.write_result(await self._db(), model_id, attempt, result, artifacts.FORMAT)
+        store = self.settings.artifact_store
+        location = None
+        if store:  # the file to the outside store first: the transaction then only links it
+            location = (await asyncio.to_thread(artifact_store.put, store, result.artifact)).location
+        return await gateway.write_result(
+            await self._db(), model_id, attempt, result, artifacts.FORMAT, location
+        )
 
     async def forecast(self, forecast_id: int) -> None:
         """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""

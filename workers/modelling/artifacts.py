@@ -11,14 +11,14 @@ import importlib
 import io
 import json
 import sys
-from zipfile import ZIP_STORED, ZipFile
+from zipfile import ZIP_STORED, ZipFile, ZipInfo
 
 import skops
 import skops.io as sio
 from skops.io._utils import SaveContext, get_state
 from skops.io.exceptions import UntrustedTypesFoundException
 
-from queue_app.errors import SfqError
+from queue_app.errors import ArtifactError
 
 FORMAT = "skops"
 
@@ -35,18 +35,47 @@ TRUSTED_TYPES = [
 MOVED_TYPES = {"workers.regimes.PerRegime": "workers.modelling.regimes.PerRegime"}
 
 
-class ArtifactError(SfqError):
-    """A model file that is not the one recorded (its SHA-256 differs) or holds types outside the
-    allow-list: refused before or while parsing, never run."""
+__all__ = ["FORMAT", "ArtifactError", "dump", "load"]
+
+
+class _CanonicalZip(ZipFile):
+    """A zip whose entries carry a fixed time (writestr stamps the current one), so the same model is
+    the same bytes whenever it is saved."""
+
+    def writestr(self, zinfo_or_arcname, data, *args, **kwargs):
+        if isinstance(zinfo_or_arcname, str):
+            zinfo_or_arcname = ZipInfo(zinfo_or_arcname, date_time=(1980, 1, 1, 0, 0, 0))
+            zinfo_or_arcname.external_attr = 0o600 << 16
+        return super().writestr(zinfo_or_arcname, data, *args, **kwargs)
+
+
+class _CanonicalContext(SaveContext):
+    """skops' save context, numbering the objects it memoizes in the order it meets them where skops
+    uses their id() (which names each array's file and each shared object's __id__): the same model is
+    the same bytes whatever memory it sits in, so a model trained again hashes to the recorded SHA-256."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.numbers: dict[int, int] = {}
+
+    def memoize(self, obj) -> int:
+        super().memoize(obj)  # keeps obj alive while saving, as skops does
+        return self.numbers.setdefault(id(obj), len(self.numbers) + 1)  # from 1: skops reads 0 as none
+
+    def clear_memo(self) -> None:
+        super().clear_memo()
+        self.numbers.clear()
 
 
 def dump(model) -> bytes:
-    """skops.io.dumps, with its schema written as compact JSON: skops indents it, which turns off the C
-    JSON encoder and took two thirds of a RandomForest's save (and 40 % of its size). The file is the
-    same skops format (`sio.loads` reads either); pyproject pins the skops versions this is checked on."""
+    """skops.io.dumps, canonical and compact: its schema as compact JSON (skops indents it, which turns off
+    the C JSON encoder and took two thirds of a RandomForest's save, and 40 % of its size), objects
+    numbered in order rather than by id() and entries with a fixed time (so the same model is the same
+    bytes: _CanonicalContext). The file is the same skops format (`sio.loads` reads either); pyproject pins
+    the skops versions this is checked on."""
     buffer = io.BytesIO()
-    with ZipFile(buffer, "w", compression=ZIP_STORED) as zip_file:
-        context = SaveContext(zip_file=zip_file)
+    with _CanonicalZip(buffer, "w", compression=ZIP_STORED) as zip_file:
+        context = _CanonicalContext(zip_file=zip_file)
         state = get_state(model, context)
         context.clear_memo()
         state["protocol"] = context.protocol

@@ -1,0 +1,131 @@
+"""Bytes per model by table (issue 15): what a model costs in PostgreSQL when it is queued (its request,
+its row, its queue job), once a worker has written its result (metrics, importances, predictions, the
+link to its file, its default backtest queued) and once that backtest has run, measured as the growth of
+each table (pg_total_relation_size: heap, TOAST and indexes; of which indexes: pg_indexes_size, each
+table rewritten by VACUUM FULL first, so dead row versions are not counted) over a few hundred models,
+divided by their number. The models are real submissions (sfq_submit); their results are
+written by the worker's own write (gateway.write_result_sync) with the result of one real training (a
+Ridge with the default windows on AAPL), and their backtests run by the worker's own code: the rows are
+the sizes a worker writes. Model files are content-addressed, so the file of that one training is stored
+once: its cost is reported apart, for a RandomForest (one blob of its size, whatever the models sharing it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import psycopg
+
+from queue_app import gateway
+from workers.daemon import backtests
+from workers.daemon.data import load_bars
+from workers.modelling import artifacts
+from workers.modelling.training import train, training_end
+
+SHORT_MODELS = 20
+FULL_MODELS = 400
+SPEC = {"symbol": "AAPL", "algorithm": "Ridge"}  # the default windows: 1000 bars to train, 250 held out
+FOREST = {"symbol": "AAPL", "algorithm": "RandomForest"}  # the default forest, for the file's size
+
+SIZES = """
+SELECT c.relname, pg_total_relation_size(c.oid), pg_indexes_size(c.oid)
+  FROM pg_class c
+ WHERE c.relkind = 'r' AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'models'::regclass)
+"""
+
+
+def _sizes(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
+    conn.execute("VACUUM FULL")  # what the live rows take: not the dead versions a model's updates leave
+    return {name: (total, indexes) for name, total, indexes in conn.execute(SIZES).fetchall()}
+
+
+FILE_TABLES = ("blobs", "blob_chunks")  # per distinct file, not per model: reported apart
+
+
+def _growth(before: dict, after: dict, models: int, tables: tuple[str, ...] | None = None) -> dict:
+    """Bytes per model by table (total, of which indexes), for the tables that grew (of `tables`, or but
+    the files' tables)."""
+    grown = {}
+    for name, (total, indexes) in after.items():
+        if (name not in tables) if tables else (name in FILE_TABLES):
+            continue
+        was_total, was_indexes = before.get(name, (0, 0))
+        if total != was_total:
+            grown[name] = ((total - was_total) / models, (indexes - was_indexes) / models)
+    return grown
+
+
+def _trained(conn: psycopg.Connection, request: dict[str, Any]) -> Any:
+    """One real training of `request`, as a worker's training process does it (not stored)."""
+    spec = gateway.run(conn, gateway.get_model(gateway.run(conn, gateway.submit(request, "bench")).model_id))
+    bars, context = load_bars(conn, spec["spec"], training_end(spec["spec"]))
+    return spec["id"], train(spec["spec"], bars, context=context)
+
+
+def scenario(url: str, short: bool) -> dict[str, Any]:
+    models = SHORT_MODELS if short else FULL_MODELS
+    with gateway.connect(url, "sfq-bench", autocommit=True) as conn:
+        forest_id, forest = _trained(
+            conn, {**FOREST, **({"hyperparameters": {"n_estimators": 10}} if short else {})}
+        )
+        _, result = _trained(conn, {**SPEC, "horizon": 2})
+        conn.execute("SELECT sfq_cancel_model(id) FROM models")  # the two trainings' own: not measured
+
+        phases: dict[str, dict[str, tuple[float, float]]] = {}
+        start = _sizes(conn)
+        ids = []
+        for n in range(models):
+            request = {**SPEC, "hyperparameters": {"alpha": 1 + n / 1000}}
+            ids.append(gateway.run(conn, gateway.submit(request, "bench")).model_id)
+        queued = _sizes(conn)
+        phases["queued"] = _growth(start, queued, models)
+
+        for model_id in ids:
+            job_id = gateway.run(conn, gateway.get_model(model_id))["job_id"]
+            claim = gateway.run(
+                conn, gateway.start_model(model_id, job_id, socket.gethostname(), os.getpid())
+            )
+            gateway.write_result_sync(conn, model_id, claim["attempts"], result, artifacts.FORMAT)
+            conn.execute(  # the training job ends as a worker's does
+                "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)", (job_id,)
+            )
+        completed = _sizes(conn)
+        phases["completed (without its file)"] = _growth(queued, completed, models)
+
+        for model_id in ids:
+            backtests.run(conn, gateway.run(conn, gateway.default_backtest(model_id))["id"])
+        backtested = _sizes(conn)
+        phases["its default backtest run"] = _growth(completed, backtested, models)
+
+        before_file = _sizes(conn)
+        conn.execute("UPDATE models SET status = 'completed' WHERE id = %s", (forest_id,))
+        gateway.store_blob(
+            conn,
+            forest_id,
+            gateway.BlobWrite(forest.artifact_sha256, len(forest.artifact), forest.artifact),
+            artifacts.FORMAT,
+        )
+        file_growth = _growth(before_file, _sizes(conn), 1, FILE_TABLES)
+
+    rows = []
+    totals = {}
+    for phase, grown in phases.items():
+        totals[phase] = sum(total for total, _ in grown.values())
+        for table, (total, indexes) in sorted(grown.items(), key=lambda item: -item[1][0]):
+            rows.append(("storage", f"{phase}: {table}", f"{total:.0f} B/model (indexes {indexes:.0f})"))
+        rows.append(("storage", f"{phase}: all tables", f"{totals[phase]:.0f} B/model"))
+    whole = totals["queued"] + totals["completed (without its file)"]
+    rows.append(("storage", "a completed model, without its file: all its rows", f"{whole:.0f} B/model"))
+    whole += totals["its default backtest run"]
+    rows.append(("storage", "... with its default backtest run", f"{whole:.0f} B/model"))
+    file_bytes = sum(total for total, _ in file_growth.values())
+    rows.append(
+        (
+            "storage",
+            f"model file ({FOREST['algorithm']}, {len(forest.artifact)} bytes), once per distinct file",
+            f"{file_bytes:.0f} B",
+        )
+    )
+    return {"rows": rows, "data": {"models": models, "phases": phases, "file": file_growth}}
