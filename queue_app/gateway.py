@@ -509,6 +509,14 @@ def prune_finished_jobs(older_than_s: int, batch: int) -> Call[int]:
     return Call("prune_finished_jobs", {"older_than_s": older_than_s, "batch": batch}, _value)
 
 
+def may_vacuum_queue() -> Call[bool]:
+    return Call("may_vacuum_queue", {}, _value)
+
+
+def vacuum_queue() -> Call[None]:
+    return Call("vacuum_queue", {}, _nothing)
+
+
 def load_bars(symbol: str, timeframe: str, data_end: Any, limit: int) -> Call[list[tuple]]:
     params = {"symbol": symbol, "timeframe": timeframe, "data_end": data_end, "limit": limit}
     return Call("load_bars", params, tuples=True)

@@ -223,6 +223,15 @@ SELECT %(worker_id)s, %(host)s, %(pid)s, %(instance)s FROM beat
 -- Delete up to a batch of finished queue jobs older than the retention; how many went.
 SELECT sfq_prune_finished_jobs(make_interval(secs => %(older_than_s)s), %(batch)s)
 
+-- may_vacuum_queue --
+-- Whether this role may VACUUM the queue's tables (it owns them, or is a superuser).
+SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
+  FROM pg_class c WHERE c.oid IN ('procrastinate_jobs'::regclass, 'procrastinate_events'::regclass)
+
+-- vacuum_queue --
+-- Reclaim the queue tables' dead rows after a prune (outside a transaction; autovacuum may be off).
+VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events
+
 -- get_model --
 -- Everything stored about one model, with its file's SHA-256 and size.
 SELECT m.*, a.sha256 AS artifact_sha256, a.size AS artifact_size

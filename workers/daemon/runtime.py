@@ -346,10 +346,17 @@ class Runtime:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _prune(self) -> None:
-        """Finished jobs past the retention, a batch a transaction (no long lock, no long transaction)."""
+        """Finished jobs past the retention, a batch a transaction (no long lock, no long transaction);
+        then, when any went and this role may, a VACUUM of the queue's tables: their rows are updated
+        twice and deleted once per job, and a server with autovacuum off (or behind) would let the dead
+        ones pile up (docs/BENCHMARKS.md, sustained)."""
         prune = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
-        while await self._run(prune, "rescue") == PRUNE_BATCH:
-            pass
+        pruned = batch = await self._run(prune, "rescue")
+        while batch == PRUNE_BATCH:
+            batch = await self._run(prune, "rescue")
+            pruned += batch
+        if pruned and await self._run(gateway.may_vacuum_queue(), "rescue"):
+            await self._run(gateway.vacuum_queue(), "rescue")
 
     async def _rescue_once(self, own: int | None) -> None:
         """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""
