@@ -82,13 +82,6 @@ def connect(url: str, application_name: str = "sfq", **kwargs: Any) -> psycopg.C
         raise Unavailable("cannot reach the database", str(error).strip()) from None
 
 
-async def connect_async(url: str, application_name: str, **kwargs: Any) -> psycopg.AsyncConnection:
-    try:
-        return await psycopg.AsyncConnection.connect(url, application_name=application_name, **kwargs)
-    except psycopg.OperationalError as error:
-        raise Unavailable("cannot reach the database", str(error).strip()) from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Running a call, and what database errors mean.
 
@@ -531,28 +524,14 @@ def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:
     }
 
 
-async def write_result(
-    conn: psycopg.AsyncConnection, model_id: int, attempt: int, result: Any, artifact_format: str
+def write_result(
+    conn: psycopg.Connection, model_id: int, attempt: int, result: Any, artifact_format: str
 ) -> bool:
     """A training's results in one transaction (metrics, importances, predictions, file, its default
     backtest deferred), only while this attempt holds the model (fencing): False when it does not.
-    `result` has metrics, fold_metrics, timings, importances, predictions, artifact, artifact_sha256."""
-    try:
-        async with conn.transaction(), conn.cursor() as cursor:
-            await cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
-            if await cursor.fetchone() is None:
-                return False
-            for query, rows in _result_writes(model_id, result, artifact_format):
-                await cursor.executemany(QUERIES[query].sql, rows)
-        return True
-    except psycopg.Error as error:
-        raise translate(error) from None
-
-
-def write_result_sync(
-    conn: psycopg.Connection, model_id: int, attempt: int, result: Any, artifact_format: str
-) -> bool:
-    """`write_result` on a synchronous connection (the benchmark's baselines write what a worker writes)."""
+    `result` has metrics, fold_metrics, timings, importances, predictions, artifact, artifact_sha256.
+    The worker daemon's (on its data connection) and the benchmark's baselines' (they write what a worker
+    writes)."""
     try:
         with conn.transaction(), conn.cursor() as cursor:
             cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
@@ -795,7 +774,8 @@ def execute_script(conn: psycopg.Connection, sql: str) -> None:
 
 
 async def run_pooled(pool: psycopg_pool.AsyncConnectionPool, call: Call[T]) -> T:
-    """One call on a connection of the API's pool (the API's endpoints and the dashboard's pages)."""
+    """One call on a connection of a pool: the API's (its endpoints and the dashboard's pages), a worker
+    daemon's queue pool (its heartbeat and rescue)."""
     async with pooled(pool) as conn:
         return await run_async(conn, call)
 
