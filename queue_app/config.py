@@ -88,7 +88,7 @@ def _api_tokens() -> dict[str, str | None]:
     return named
 
 
-# SFQ_POOLER: what stands between the worker daemons and PostgreSQL, and what that allows them.
+# SFQ_POOLER: what stands between the worker daemons (and the API) and PostgreSQL, and what that allows.
 # `transaction` (PgBouncer's pool_mode=transaction, for fleets too large for a connection each to LISTEN):
 # no LISTEN, no prepared statements, no other session state; idle workers poll every SFQ_POLL_INTERVAL_S,
 # which is then the pickup latency, so its default is shorter. README, "More machines".
@@ -111,7 +111,7 @@ class Settings:
     home: Path  # where the private PostgreSQL cluster lives when POSTGRES_URL is unset
     max_jobs_per_child: int
     pool_size: int
-    pooler: str  # SFQ_POOLER: what stands between workers and PostgreSQL (POOLERS)
+    pooler: str  # SFQ_POOLER: what stands between workers (and the API) and PostgreSQL (POOLERS)
     poll_interval_s: float  # with LISTEN a safety net; behind a transaction pooler, the pickup latency
     timeout_s: int  # default training deadline when a request sets no timeout_s
     memory_limit_mb: int  # per training process (resident memory); 0 = no limit
@@ -155,8 +155,9 @@ class Settings:
 
     @property
     def connection_options(self) -> dict[str, object]:
-        """psycopg options of every connection a worker daemon opens: behind a transaction pooler, no
-        prepared statements (each transaction may run on another server session, which lacks them)."""
+        """psycopg options of every connection a worker daemon or the API opens: behind a transaction
+        pooler, no prepared statements (each transaction may run on another server session, which lacks
+        them)."""
         return {} if POOLERS[self.pooler].prepare else {"prepare_threshold": None}
 
     @classmethod

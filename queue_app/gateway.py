@@ -159,14 +159,17 @@ async def pooled(pool: psycopg_pool.AsyncConnectionPool, timeout: float | None =
         raise translate(error) from None
 
 
-def open_pool(url: str, size: int, application_name: str) -> psycopg_pool.AsyncConnectionPool:
+def open_pool(
+    url: str, size: int, application_name: str, options: Mapping[str, Any] | None = None
+) -> psycopg_pool.AsyncConnectionPool:
+    """The API's pool; `options`: psycopg's, for each connection (Settings.connection_options)."""
     return psycopg_pool.AsyncConnectionPool(
         url,
         min_size=1,
         max_size=size,
         open=False,
         timeout=5,
-        kwargs={"autocommit": True, "application_name": application_name},
+        kwargs={"autocommit": True, "application_name": application_name, **(options or {})},
     )
 
 

@@ -20,13 +20,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.conftest import free_port, insert_request, wait_for_jobs, wait_for_models
+from tests.conftest import free_port, insert_request, run_sfq, wait_for_jobs, wait_for_models
 from workers.daemon.child import die_with_parent
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
@@ -327,3 +329,37 @@ def test_a_killed_daemons_job_is_rescued_through_pgbouncer(clean, start_worker, 
         "SELECT attempt, outcome FROM model_attempts WHERE model_id = %s ORDER BY attempt", (model_id,)
     ).fetchall()
     assert attempts == [(1, "lost"), (2, "completed")]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SFQ_POOLER": "session"}, "SFQ_POOLER must be one of none, transaction, got 'session'"),
+        ({"SFQ_POLL_INTERVAL_S": "0.01"}, "SFQ_POLL_INTERVAL_S must be at least 0.1, got 0.01"),
+        ({"SFQ_POLL_INTERVAL_S": "soon"}, "SFQ_POLL_INTERVAL_S must be a number, got 'soon'"),
+    ],
+)
+def test_a_bad_pooler_setting_stops_the_worker_saying_which(clean, database, monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_sfq("worker", "1", url=database, timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (1, f"sfq: {message}")
+    assert clean.execute("SELECT count(*) FROM procrastinate_workers").fetchone() == (0,)
+
+
+def test_the_api_answers_through_pgbouncer_in_transaction_mode(clean, start_api, pgbouncer, monkeypatch):
+    """SFQ_POOLER=transaction: the API's pool prepares no statement either, so the same queries, asked
+    again and again by 8 clients at once on whichever server connection PgBouncer lends, are answered
+    every time."""
+    url, _ = pgbouncer
+    monkeypatch.setenv("SFQ_POOLER", "transaction")
+    with httpx.Client(base_url=start_api(url), timeout=30, follow_redirects=True) as client:
+        ids = []
+        for window in range(300, 306):
+            answer = client.post("/train", json={**FAST, "train_window": window})
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["model_id"])
+        paths = [f"/models/{model_id}" for model_id in ids] + ["/models?limit=20", "/metrics", "/ui"]
+        with ThreadPoolExecutor(8) as clients:
+            statuses = Counter(clients.map(lambda path: client.get(path).status_code, paths * 10))
+    assert statuses == {200: len(paths) * 10}, statuses
