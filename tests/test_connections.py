@@ -309,6 +309,7 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(clean, start_
     assert sampler.most("daemon") <= 2 and sampler.most("listens") == 0
     assert sampler.most("server") <= BOUNCER_POOL_SIZE
     for worker in workers:
+        assert "polling every 1 s, no LISTEN" in worker.output
         assert "prepared statement" not in worker.output, worker.output
 
 

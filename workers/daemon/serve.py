@@ -152,13 +152,17 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
     if signals_received:
         stop_all()
     log.info(
-        "worker %s ready in process %s on %s (queues %s, %s, %s)",
+        "worker %s ready in process %s on %s (queues %s, %s, %s, %s; %s)",
         instance,
         runtime.pid,
         runtime.host,
         TRAINING_QUEUE,
         PREDICTION_QUEUE,
         SIMULATION_QUEUE,
+        STUDY_QUEUE,
+        "LISTEN/NOTIFY"
+        if runtime.settings.listens
+        else f"polling every {runtime.settings.poll_interval_s:g} s, no LISTEN (SFQ_POOLER)",
     )
     notify.notify("READY=1", "STATUS=idle")  # systemd's Type=notify: worker@N is started
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
