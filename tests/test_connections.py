@@ -332,6 +332,21 @@ def test_a_killed_daemons_job_is_rescued_through_pgbouncer(clean, start_worker, 
     assert attempts == [(1, "lost"), (2, "completed")]
 
 
+def test_a_running_model_is_cancelled_through_pgbouncer(clean, start_worker, pgbouncer, database):
+    """Without LISTEN, a cancellation reaches the running job by polling (SFQ_POLL_INTERVAL_S): its
+    training process is killed and the model ends cancelled; the daemon goes on with the next job."""
+    url, _ = pgbouncer
+    worker = start_worker(1, url=url, **POLLED)
+    slow, _, _ = insert_request(clean, {**SLOW, "hyperparameters": json.dumps({"n_estimators": 3000})})
+    worker.wait_for_line(rf"model {slow} starting .* training process (\d+)")
+    cancel = run_sfq("cancel", str(slow), url=database)
+    assert cancel.returncode == 0, cancel.stderr
+    worker.wait_for_line(rf"model {slow}: cancelled; training process killed", timeout=60)
+    assert wait_for_models(clean, [slow])[slow]["status"] == "cancelled"
+    after, _, _ = insert_request(clean, FAST)
+    assert wait_for_models(clean, [after])[after]["status"] == "completed"
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

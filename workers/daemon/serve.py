@@ -76,6 +76,9 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
                 "wait": True,
                 "listen_notify": settings.listens,  # behind a transaction pooler: polling only
                 "fetch_job_polling_interval": settings.poll_interval_s,
+                # A running job's cancellation: NOTIFY wakes a listening worker at once; this is the
+                # safety net, and, without LISTEN, the delay.
+                "abort_job_polling_interval": settings.poll_interval_s,
                 "update_heartbeat_interval": settings.heartbeat_s,
                 "stalled_worker_timeout": settings.rescue_after_s,
                 "additional_context": {"runtime": runtime},
