@@ -101,7 +101,7 @@ def run_job(url: str, model_id: int) -> dict[str, float]:
     result = train(spec, bars, context=context)
     now = time.perf_counter()
     times["train"], clock = now - clock, now
-    gateway.write_result_sync(db, model_id, attempt, result, artifacts.FORMAT)
+    gateway.write_result(db, model_id, attempt, result, artifacts.FORMAT)
     now = time.perf_counter()
     times["write"] = now - clock
     simulation_id = gateway.run(db, gateway.default_backtest(model_id))["id"]  # deferred by the write

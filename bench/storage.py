@@ -4,7 +4,7 @@ link to its file, its default backtest queued) and once that backtest has run, m
 each table (pg_total_relation_size: heap, TOAST and indexes; of which indexes: pg_indexes_size, each
 table rewritten by VACUUM FULL first, so dead row versions are not counted) over a few hundred models,
 divided by their number. The models are real submissions (sfq_submit); their results are
-written by the worker's own write (gateway.write_result_sync) with the result of one real training (a
+written by the worker's own write (gateway.write_result) with the result of one real training (a
 Ridge with the default windows on AAPL), and their backtests run by the worker's own code: the rows are
 the sizes a worker writes. Model files are content-addressed, so the file of that one training is stored
 once: its cost is reported apart, for a RandomForest (one blob of its size, whatever the models sharing it).
@@ -87,7 +87,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             claim = gateway.run(
                 conn, gateway.start_model(model_id, job_id, socket.gethostname(), os.getpid())
             )
-            gateway.write_result_sync(conn, model_id, claim["attempts"], result, artifacts.FORMAT)
+            gateway.write_result(conn, model_id, claim["attempts"], result, artifacts.FORMAT)
             conn.execute(  # the training job ends as a worker's does
                 "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)", (job_id,)
             )

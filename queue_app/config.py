@@ -22,6 +22,16 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw == "":
@@ -78,13 +88,31 @@ def _api_tokens() -> dict[str, str | None]:
     return named
 
 
+# SFQ_POOLER: what stands between the worker daemons (and the API) and PostgreSQL, and what that allows.
+# `transaction` (PgBouncer's pool_mode=transaction, for fleets too large for a connection each to LISTEN):
+# no LISTEN, no prepared statements, no other session state; idle workers poll every SFQ_POLL_INTERVAL_S,
+# which is then the pickup latency, so its default is shorter. README, "More machines".
+@dataclass(frozen=True)
+class Pooler:
+    listen: bool  # LISTEN for new jobs (needs a session of its own)
+    prepare: bool  # psycopg's prepared statements (live in a server session)
+    poll_s: float  # SFQ_POLL_INTERVAL_S's default
+
+
+POOLERS = {
+    "none": Pooler(listen=True, prepare=True, poll_s=5.0),
+    "transaction": Pooler(listen=False, prepare=False, poll_s=1.0),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     postgres_url: str | None
     home: Path  # where the private PostgreSQL cluster lives when POSTGRES_URL is unset
     max_jobs_per_child: int
     pool_size: int
-    poll_interval_s: int  # safety net only: idle workers are woken by LISTEN/NOTIFY
+    pooler: str  # SFQ_POOLER: what stands between workers (and the API) and PostgreSQL (POOLERS)
+    poll_interval_s: float  # with LISTEN a safety net; behind a transaction pooler, the pickup latency
     timeout_s: int  # default training deadline when a request sets no timeout_s
     memory_limit_mb: int  # per training process (resident memory); 0 = no limit
     grace_s: int  # on SIGTERM, how long the running job may finish before it is put back
@@ -106,7 +134,7 @@ class Settings:
             for name, value, low in (
                 ("SFQ_MAX_JOBS_PER_CHILD", self.max_jobs_per_child, 1),
                 ("SFQ_API_POOL_SIZE", self.pool_size, 1),
-                ("SFQ_POLL_INTERVAL_S", self.poll_interval_s, 1),
+                ("SFQ_POLL_INTERVAL_S", self.poll_interval_s, 0.1),
                 ("SFQ_TIMEOUT_S", self.timeout_s, 1),
                 ("SFQ_MEMORY_LIMIT_MB", self.memory_limit_mb, 0),
                 ("SFQ_GRACE_S", self.grace_s, 0),
@@ -117,8 +145,22 @@ class Settings:
             )
             if value < low
         ]
+        if self.pooler not in POOLERS:
+            problems.append(f"SFQ_POOLER must be one of {', '.join(POOLERS)}, got {self.pooler!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def listens(self) -> bool:
+        """Whether worker daemons LISTEN for new jobs (a session feature), rather than only poll."""
+        return POOLERS[self.pooler].listen
+
+    @property
+    def connection_options(self) -> dict[str, object]:
+        """psycopg options of every connection a worker daemon or the API opens: behind a transaction
+        pooler, no prepared statements (each transaction may run on another server session, which lacks
+        them)."""
+        return {} if POOLERS[self.pooler].prepare else {"prepare_threshold": None}
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -127,7 +169,8 @@ class Settings:
             home=Path(os.environ.get("SFQ_HOME", ".sfq")).absolute(),
             max_jobs_per_child=_int("SFQ_MAX_JOBS_PER_CHILD", 10),
             pool_size=_int("SFQ_API_POOL_SIZE", 10),
-            poll_interval_s=_int("SFQ_POLL_INTERVAL_S", 5),
+            pooler=(pooler := os.environ.get("SFQ_POOLER") or "none"),
+            poll_interval_s=_float("SFQ_POLL_INTERVAL_S", POOLERS.get(pooler, POOLERS["none"]).poll_s),
             timeout_s=_int("SFQ_TIMEOUT_S", 3600),
             memory_limit_mb=_int("SFQ_MEMORY_LIMIT_MB", 4096),
             grace_s=_int("SFQ_GRACE_S", 30),

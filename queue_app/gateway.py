@@ -83,13 +83,6 @@ def connect(url: str, application_name: str = "sfq", **kwargs: Any) -> psycopg.C
         raise Unavailable("cannot reach the database", str(error).strip()) from None
 
 
-async def connect_async(url: str, application_name: str, **kwargs: Any) -> psycopg.AsyncConnection:
-    try:
-        return await psycopg.AsyncConnection.connect(url, application_name=application_name, **kwargs)
-    except psycopg.OperationalError as error:
-        raise Unavailable("cannot reach the database", str(error).strip()) from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Running a call, and what database errors mean.
 
@@ -167,14 +160,17 @@ async def pooled(pool: psycopg_pool.AsyncConnectionPool, timeout: float | None =
         raise translate(error) from None
 
 
-def open_pool(url: str, size: int, application_name: str) -> psycopg_pool.AsyncConnectionPool:
+def open_pool(
+    url: str, size: int, application_name: str, options: Mapping[str, Any] | None = None
+) -> psycopg_pool.AsyncConnectionPool:
+    """The API's pool; `options`: psycopg's, for each connection (Settings.connection_options)."""
     return psycopg_pool.AsyncConnectionPool(
         url,
         min_size=1,
         max_size=size,
         open=False,
         timeout=5,
-        kwargs={"autocommit": True, "application_name": application_name},
+        kwargs={"autocommit": True, "application_name": application_name, **(options or {})},
     )
 
 
@@ -589,13 +585,6 @@ def _write_blob(cursor: psycopg.Cursor, blob: BlobWrite) -> None:
             cursor.execute(QUERIES["insert_blob_chunk"].sql, chunk)
 
 
-async def _write_blob_async(cursor: psycopg.AsyncCursor, blob: BlobWrite) -> None:
-    await cursor.execute(QUERIES["insert_blob"].sql, blob.row())
-    if (await cursor.fetchone())[0]:
-        for chunk in blob.chunks():
-            await cursor.execute(QUERIES["insert_blob_chunk"].sql, chunk)
-
-
 def store_blob(conn: psycopg.Connection, model_id: int, blob: BlobWrite, artifact_format: str) -> None:
     """A model file stored and linked to its model in one transaction (the benchmark's and tests' way to
     give a model a file without training it)."""
@@ -668,8 +657,8 @@ def _completion(model_id: int, attempt: int, result: Any) -> dict[str, Any]:
     }
 
 
-async def write_result(
-    conn: psycopg.AsyncConnection,
+def write_result(
+    conn: psycopg.Connection,
     model_id: int,
     attempt: int,
     result: Any,
@@ -679,33 +668,9 @@ async def write_result(
     """A training's results in one transaction (metrics, importances, predictions, file, its default
     backtest deferred), only while this attempt holds the model (fencing): False when it does not.
     `result` has metrics, fold_metrics, timings, importances, predictions, artifact, artifact_sha256; the
-    file goes to blob_chunks, or was put in the outside store at `location` (artifact_store.put)."""
-    try:
-        async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
-            if await cursor.fetchone() is None:
-                return False
-            for query, rows in _result_writes(model_id, result):
-                await cursor.executemany(QUERIES[query].sql, rows)
-            blob = _blob_of(result, location)
-            await _write_blob_async(cursor, blob)
-            await cursor.execute(
-                QUERIES["insert_artifact"].sql, _artifact_row(model_id, blob, artifact_format)
-            )
-        return True
-    except psycopg.Error as error:
-        raise translate(error) from None
-
-
-def write_result_sync(
-    conn: psycopg.Connection,
-    model_id: int,
-    attempt: int,
-    result: Any,
-    artifact_format: str,
-    location: str | None = None,
-) -> bool:
-    """`write_result` on a synchronous connection (the benchmark's baselines write what a worker writes)."""
+    file goes to blob_chunks, or was put in the outside store at `location` (artifact_store.put). The
+    worker daemon's (on its data connection) and the benchmark's baselines' (they write what a worker
+    writes)."""
     try:
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(QUERIES["complete_model"].sql, _completion(model_id, attempt, result))
@@ -983,7 +948,8 @@ def execute_script(conn: psycopg.Connection, sql: str) -> None:
 
 
 async def run_pooled(pool: psycopg_pool.AsyncConnectionPool, call: Call[T]) -> T:
-    """One call on a connection of the API's pool (the API's endpoints and the dashboard's pages)."""
+    """One call on a connection of a pool: the API's (its endpoints and the dashboard's pages), a worker
+    daemon's queue pool (its heartbeat and rescue)."""
     async with pooled(pool) as conn:
         return await run_async(conn, call)
 

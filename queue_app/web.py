@@ -21,7 +21,7 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        pool = gateway.open_pool(url, settings.pool_size, "sfq-api")
+        pool = gateway.open_pool(url, settings.pool_size, "sfq-api", settings.connection_options)
         await pool.open(wait=False)
         app.state.pool = pool
         app.state.rescue_after_s = settings.rescue_after_s

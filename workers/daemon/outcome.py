@@ -52,4 +52,13 @@ class FoldScored:
     fold: dict
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Not an outcome: what the training process sends as each phase starts (written on the model's row
+    by the daemon, which holds the connections)."""
+
+    phase: str
+    fraction: float
+
+
 Outcome = Completed | Failed | Retry | Pruned

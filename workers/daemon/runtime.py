@@ -1,19 +1,26 @@
-"""What a worker daemon does for its jobs (`Runtime`, in every task's context): claim a model, train it in
-the training process, and record how the attempt ended (`_settle`, the one place); run forecasts and
-backtests beside it; and, in its own loop, keep the daemon's heartbeat, rescue the jobs of dead workers
-(sfq_rescue_stalled_jobs, in the database) and prune finished queue jobs, so there is no cron to install.
-Every query goes through queue_app.gateway.
+"""What a worker daemon does for its jobs (`Runtime`, in every task's context): claim a model, load its
+bars, train it in the training process, and record how the attempt ended (`_settle`, the one place); run
+forecasts and backtests beside it; and, in its own loop, keep the daemon's heartbeat, rescue the jobs of
+dead workers (sfq_rescue_stalled_jobs, in the database) and prune finished queue jobs, so there is no cron
+to install. Every query goes through queue_app.gateway.
+
+A daemon holds at most three connections (README, "More machines"): Procrastinate's LISTEN (`listen`,
+none behind a transaction pooler) and its pool of one (`queue`: jobs fetched and finished, heartbeats,
+rescue), and `data`, everything else, one statement or transaction at a time; the training process
+holds none (its bars come through its pipe, its progress goes back through it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from queue_app import artifact_store, gateway, tracing
@@ -22,12 +29,16 @@ from queue_app.errors import SfqError, Unavailable
 from queue_app.gateway import Call
 from queue_app.vocabulary import TRAINING_QUEUE
 from workers.daemon import backtests, forecasts, logs, notify, studies
-from workers.daemon.child import TrainingProcess
+from workers.daemon.app import connection_name
+from workers.daemon.child import CHECK_EVERY_S, TrainingProcess
+from workers.daemon.data import load_bars
 from workers.daemon.outcome import Completed, Failed, Outcome, Pruned, Retry
 from workers.modelling import artifacts
+from workers.modelling.training import training_end
 
 if TYPE_CHECKING:
     import psycopg
+    import psycopg_pool
     from procrastinate.worker import Worker
 
     from workers.modelling.training import TrainingResult
@@ -67,32 +78,48 @@ class Runtime:
         self.settings = settings
         self.host = settings.hostname
         self.pid = os.getpid()
-        self.trainer = TrainingProcess(url, settings.max_jobs_per_child)
+        self.trainer = TrainingProcess(settings.max_jobs_per_child)
         self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
+        self.queue_pool: psycopg_pool.AsyncConnectionPool | None = None  # Procrastinate's, once open
         self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")
-        self._conns: dict[str, psycopg.AsyncConnection] = {}
-        self._side: psycopg.Connection | None = None  # forecasts and backtests, in threads
-        self._side_lock = threading.Lock()
+        self._data: psycopg.Connection | None = None  # in threads, one at a time (`_data_lock`)
+        self._data_lock = threading.Lock()
 
-    async def _db(self, purpose: str = "jobs") -> psycopg.AsyncConnection:
-        """One connection per purpose: the rescue loop must never run inside a job's transaction."""
-        conn = self._conns.get(purpose)
-        if conn is None or conn.closed or conn.broken:
-            conn = self._conns[purpose] = await gateway.connect_async(
-                self.url, f"sfq-worker-{self.instance}-{purpose}", autocommit=True
+    def _data_connection(self) -> psycopg.Connection:
+        """The data connection (under `_data_lock`), opened again when a database restart broke it."""
+        if self._data is None or self._data.closed or self._data.broken:
+            self._data = gateway.connect(
+                self.url,
+                connection_name(self.instance, "data"),
+                autocommit=True,
+                **self.settings.connection_options,
             )
-        return conn
+        return self._data
 
-    async def _run(self, call: Call[T], purpose: str = "jobs") -> T:
-        """Run a gateway call; a connection killed by a database restart is replaced once, transparently."""
+    def _on_data(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """`work` on the data connection, which no other thread uses meanwhile."""
+        with self._data_lock:
+            return work(self._data_connection())
+
+    async def _on_data_async(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """`work` on the data connection, in a thread; a connection a database restart killed is replaced
+        once, transparently (`work` must be safe to run again: a failed statement changed nothing)."""
         for fresh in (False, True):
-            db = await self._db(purpose)
             try:
-                return await gateway.run_async(db, call)
+                return await asyncio.to_thread(self._on_data, work)
             except Unavailable:
-                if fresh or not db.broken:
+                if fresh or (self._data is not None and not self._data.broken):
                     raise
         raise AssertionError("unreachable")
+
+    async def _run(self, call: Call[T]) -> T:
+        """A gateway call on the data connection."""
+        return await self._on_data_async(lambda conn: gateway.run(conn, call))
+
+    async def _run_queue(self, call: Call[T]) -> T:
+        """A gateway call on Procrastinate's pool: the queue's own bookkeeping (heartbeat, rescue), never
+        waiting behind a job's work on the data connection."""
+        return await gateway.run_pooled(self.queue_pool, call)
 
     async def _with_retries(self, what: str, write):
         """A write that must survive a database restart: retried with backoff, then the job is requeued."""
@@ -167,6 +194,12 @@ class Runtime:
         clock: tracing.TrainingClock,
     ) -> Outcome:
         """The training process's outcome for this attempt (no process to train in is a Retry)."""
+        notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
+        await asyncio.to_thread(self._progress, model_id, attempt, "loading", 0.0)
+        try:
+            bars, context = await self._on_data_async(lambda conn: load_bars(conn, spec, training_end(spec)))
+        except Unavailable as error:
+            return Retry(f"while loading bars: {error}")
         try:
             # Recycling the training process waits for it: not on the event loop, heartbeats go on.
             child_pid = await asyncio.get_running_loop().run_in_executor(None, self.trainer.ensure_started)
@@ -181,7 +214,6 @@ class Runtime:
             attempt,
             child_pid,
         )
-        notify.status(f"training model {model_id} (job {job_id}, attempt {attempt})")
         timeout_s = timeout_s or self.settings.timeout_s
         reports = studies.FoldReports(model_id, spec["cv_folds"])
 
@@ -189,13 +221,29 @@ class Runtime:
             clock.fold_ends_ns.append(time.time_ns())
             return self._fold_scored(reports, fold)
 
+        on_progress = functools.partial(self._progress, model_id, attempt)
         clock.sent_ns = time.time_ns()
         try:
             return await self.trainer.train(
-                spec, timeout_s, self.settings.memory_limit_mb, model_id, attempt, on_fold
+                spec, bars, context, timeout_s, self.settings.memory_limit_mb, on_fold, on_progress
             )
         finally:
             clock.answered_ns = time.time_ns()
+
+    def _progress(self, model_id: int, attempt: int, phase: str, fraction: float) -> None:
+        """Progress on the model's row (in the thread that waits for the training): a nicety that never
+        fails or stalls a training, so it is skipped while the data connection is busy for more than a
+        moment, or broken (it opens none)."""
+        if not self._data_lock.acquire(timeout=CHECK_EVERY_S):
+            return
+        try:
+            if self._data is not None and not self._data.broken:
+                with contextlib.suppress(Exception):
+                    gateway.run(
+                        self._data, gateway.report_progress(model_id, attempt, phase, round(fraction, 3))
+                    )
+        finally:
+            self._data_lock.release()
 
     def _fold_scored(self, reports: studies.FoldReports, fold: dict[str, Any]) -> str | None:
         """A CV fold ended (in the thread that waits for the training): the studies it is a trial of
@@ -204,8 +252,7 @@ class Runtime:
         if reports.trials == []:  # a trial of no pruning study: nothing to ask the database
             return None
         try:
-            with self._side_lock:
-                return reports.report(self._side_connection(), fold)
+            return self._on_data(lambda conn: reports.report(conn, fold))
         except Exception as error:
             log.warning(
                 "model %s: fold %s not reported to its studies: %s", reports.model_id, fold.get("fold"), error
@@ -285,22 +332,22 @@ class Runtime:
         location = None
         if store:  # the file to the outside store first: the transaction then only links it
             location = (await asyncio.to_thread(artifact_store.put, store, result.artifact)).location
-        return await gateway.write_result(
-            await self._db(), model_id, attempt, result, artifacts.FORMAT, location
+        return await self._on_data_async(
+            lambda conn: gateway.write_result(conn, model_id, attempt, result, artifacts.FORMAT, location)
         )
 
     async def forecast(self, forecast_id: int) -> None:
-        """A live forecast, in a thread: loading a model and predicting one row takes milliseconds."""
-        await asyncio.to_thread(self._on_side_connection, forecasts.run, forecast_id)
+        """A live forecast: loading a model and predicting one row takes milliseconds."""
+        await self._side_job(forecasts.run, forecast_id)
 
     async def backtest(self, simulation_id: int) -> None:
-        """A backtest, in a thread: vectorised over a few hundred bars, it takes milliseconds."""
-        await asyncio.to_thread(self._on_side_connection, backtests.run, simulation_id)
+        """A backtest: vectorised over a few hundred bars, it takes milliseconds."""
+        await self._side_job(backtests.run, simulation_id)
 
     async def advance_study(self, study_id: int) -> None:
-        """A study's advance, in a thread: Optuna is synchronous; tells and asks take milliseconds."""
+        """A study's advance: Optuna is synchronous; tells and asks take milliseconds."""
         try:
-            await asyncio.to_thread(self._on_side_connection, studies.advance, study_id)
+            await self._side_job(studies.advance, study_id)
         except Exception as error:  # retried (tasks.py); said here, where the operator reads the log
             log.warning("study %s: advance failed: %s: %s", study_id, type(error).__name__, error)
             raise
@@ -308,18 +355,11 @@ class Runtime:
     async def give_up_study(self, study_id: int, reason: str) -> None:
         await self._run(gateway.finish_study(study_id, "failed", reason))
 
-    def _on_side_connection(self, run, object_id: int) -> None:
-        """Forecasts, backtests, study advances and fold reports run one at a time on one connection
-        kept open: connecting anew cost about as much as the backtest itself. A connection a database
-        restart broke fails its job (asking again re-queues it) and is replaced on the next one."""
-        with self._side_lock:
-            run(self._side_connection(), object_id)
-
-    def _side_connection(self) -> psycopg.Connection:
-        """The side connection (under `_side_lock`), opened again when a database restart broke it."""
-        if self._side is None or self._side.closed or self._side.broken:
-            self._side = gateway.connect(self.url, f"sfq-worker-{self.instance}-side", autocommit=True)
-        return self._side
+    async def _side_job(self, run: Callable[[psycopg.Connection, int], None], object_id: int) -> None:
+        """Forecasts, backtests and study advances: synchronous, in a thread, on the data connection
+        (connecting anew cost about as much as a backtest itself). A connection a database restart
+        broke fails its job (asking again re-queues it) and is replaced on the next one."""
+        await asyncio.to_thread(self._on_data, lambda conn: run(conn, object_id))
 
     async def give_up(self, model_id: int, job_id: int, reason: str) -> None:
         await self._run(gateway.give_up_model(model_id, job_id, reason))
@@ -339,7 +379,7 @@ class Runtime:
                 await self._rescue_once(self.worker.worker_id if self.worker else None)
                 await self._retrain_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await self._prune()
+                    await self._prune()  # on the data connection: never holding up the queue's fetches
                     last_prune = time.monotonic()
             except Exception as error:  # the database away, or a query refused: try again next beat
                 log.warning("rescue failed (%s); will try again", error)
@@ -351,20 +391,20 @@ class Runtime:
         twice and deleted once per job, and a server with autovacuum off (or behind) would let the dead
         ones pile up (docs/BENCHMARKS.md, sustained)."""
         prune = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
-        pruned = batch = await self._run(prune, "rescue")
+        pruned = batch = await self._run(prune)
         while batch == PRUNE_BATCH:
-            batch = await self._run(prune, "rescue")
+            batch = await self._run(prune)
             pruned += batch
-        if pruned and await self._run(gateway.may_vacuum_queue(), "rescue"):
-            await self._run(gateway.vacuum_queue(), "rescue")
+        if pruned and await self._run(gateway.may_vacuum_queue()):
+            await self._run(gateway.vacuum_queue())
 
     async def _rescue_once(self, own: int | None) -> None:
         """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""
         if own is not None:
-            await self._run(gateway.heartbeat(own, self.host, self.pid, self.instance), "rescue")
+            await self._run_queue(gateway.heartbeat(own, self.host, self.pid, self.instance))
         stale_after_s = self.settings.rescue_after_s
         rescued = gateway.rescue_stalled_jobs(stale_after_s, self.settings.max_attempts, own)
-        for row in await self._run(rescued, "rescue"):
+        for row in await self._run_queue(rescued):
             log.warning(
                 "rescue: model %s job %s lost its worker: %s (new job %s)",
                 row["model_id"],
@@ -372,7 +412,7 @@ class Runtime:
                 row["outcome"],
                 row["new_job_id"],
             )
-        for row in await self._run(gateway.rescue_stalled_side_jobs(stale_after_s, own), "rescue"):
+        for row in await self._run_queue(gateway.rescue_stalled_side_jobs(stale_after_s, own)):
             log.warning(
                 "rescue: %s %s job %s lost its worker (new job %s)",
                 row["task"],
@@ -398,7 +438,5 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
-        for conn in self._conns.values():
-            await conn.close()
-        if self._side is not None:
-            self._side.close()
+        if self._data is not None:
+            self._data.close()

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 
+from procrastinate.manager import get_channel_for_queues
 from procrastinate.worker import Worker
 
 from queue_app import gateway, tracing
@@ -20,7 +21,7 @@ from queue_app.config import Settings
 from queue_app.errors import NoSchema, Unavailable
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
 from workers.daemon import logs, notify
-from workers.daemon.app import app, connector
+from workers.daemon.app import DaemonConnector, app
 from workers.daemon.child import THREAD_LIMIT_ENV
 from workers.daemon.runtime import Runtime
 
@@ -33,10 +34,10 @@ def limit_threads() -> None:
         os.environ.setdefault(name, value)
 
 
-def check_schema(url: str) -> None:
+def check_schema(url: str, options: dict) -> None:
     """Refuse to start on a database `sfq db upgrade` has not prepared, saying so (rather than failing on
     the first query with a missing table)."""
-    with gateway.connect(url, "sfq-worker-start") as conn:
+    with gateway.connect(url, "sfq-worker-start", **options) as conn:
         ready = gateway.run(conn, gateway.has_sfq_schema())
         database = conn.info.dbname
     if not ready:
@@ -51,7 +52,7 @@ def run(instance: int, url: str, settings: Settings) -> int:
     logs.configure(settings.hostname, instance, settings.log_json)
     tracing.configure("sfq-worker")  # only when the OTEL_* variables ask for traces
     try:
-        check_schema(url)
+        check_schema(url, settings.connection_options)
     except Unavailable as error:  # unreachable, or no sfq schema (NoSchema)
         log.error("worker %s cannot start: %s", instance, error)
         return 1
@@ -66,12 +67,19 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
     child_pid = await asyncio.get_running_loop().run_in_executor(None, runtime.trainer.ensure_started)
     log.info("worker %s: training process %s started", instance, child_pid)
     app.perform_import_paths()  # registers workers.daemon.tasks
-    with app.replace_connector(connector(url, f"sfq-worker-{instance}-queue")):
+    training_queues, side_queues = [TRAINING_QUEUE], [PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE]
+    channels = list(get_channel_for_queues(training_queues + side_queues))
+    queue = DaemonConnector(url, instance, channels, settings.connection_options)
+    with app.replace_connector(queue):
         async with app.open_async():
+            runtime.queue_pool = queue.pool
             common = {
                 "wait": True,
-                "listen_notify": True,
+                "listen_notify": settings.listens,  # behind a transaction pooler: polling only
                 "fetch_job_polling_interval": settings.poll_interval_s,
+                # A running job's cancellation: NOTIFY wakes a listening worker at once; this is the
+                # safety net, and, without LISTEN, the delay.
+                "abort_job_polling_interval": settings.poll_interval_s,
                 "update_heartbeat_interval": settings.heartbeat_s,
                 "stalled_worker_timeout": settings.rescue_after_s,
                 "additional_context": {"runtime": runtime},
@@ -82,14 +90,14 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
             # next trial, does not wait for a training to end.
             trainer = Worker(
                 app,
-                queues=[TRAINING_QUEUE],
+                queues=training_queues,
                 name=f"worker-{instance}@{runtime.host}",
                 concurrency=1,
                 **common,
             )
             predictor = Worker(
                 app,
-                queues=[PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE],
+                queues=side_queues,
                 name=f"predictor-{instance}@{runtime.host}",
                 concurrency=1,
                 **common,
@@ -148,13 +156,17 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
     if signals_received:
         stop_all()
     log.info(
-        "worker %s ready in process %s on %s (queues %s, %s, %s)",
+        "worker %s ready in process %s on %s (queues %s, %s, %s, %s; %s)",
         instance,
         runtime.pid,
         runtime.host,
         TRAINING_QUEUE,
         PREDICTION_QUEUE,
         SIMULATION_QUEUE,
+        STUDY_QUEUE,
+        "LISTEN/NOTIFY"
+        if runtime.settings.listens
+        else f"polling every {runtime.settings.poll_interval_s:g} s, no LISTEN (SFQ_POOLER)",
     )
     notify.notify("READY=1", "STATUS=idle")  # systemd's Type=notify: worker@N is started
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,381 @@
+"""A worker daemon's connections, counted while it works: at most three while training (README, "More
+machines"), none of them the training process's; and the polling mode (SFQ_POOLER=transaction) through a
+real PgBouncer in transaction mode: jobs done, a killed daemon's job rescued, two daemons served by fewer
+server connections than they hold.
+
+Connections are counted two ways, sampled while the daemon trains: by name in pg_stat_activity
+(`sfq-worker:N:role`), and by the TCP sockets that the daemon's process tree (fork server and training
+process included) holds to the server, whatever their name."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.conftest import free_port, insert_request, run_sfq, wait_for_jobs, wait_for_models
+from workers.daemon.child import die_with_parent
+
+FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
+# About 5-10 s of training on one core: long enough to sample, and to kill the daemon during.
+SLOW = {
+    "symbol": "MSFT",
+    "algorithm": "RandomForest",
+    "train_window": 1500,
+    "test_window": 250,
+    "cv_folds": 2,
+    "hyperparameters": json.dumps({"n_estimators": 150}),
+}
+ALPHA = {"type": "float", "low": 0.001, "high": 100.0, "log": True}
+MAX_CONNECTIONS = 3  # per worker daemon while training: listen, queue, data
+POLLED = {"SFQ_POOLER": "transaction", "SFQ_POLL_INTERVAL_S": "1"}
+QUICK_RESCUE = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
+BOUNCER_POOL_SIZE = 2  # server connections PgBouncer may open to the run's database
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting: a process tree's TCP connections (from /proc), pg_stat_activity's rows by name.
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def tcp_connections(pid: int, port: int) -> int:
+    """Established TCP connections to `port` held by `pid` or any of its descendants."""
+    inodes = set()
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{member}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(int(target[8:-1]))
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], int(fields[9])
+            count += inode in inodes and remote_port == port and state == "01"  # 01: ESTABLISHED
+    return count
+
+
+def server_port(url: str) -> int:
+    return int(conninfo_to_dict(url).get("port") or 5432)
+
+
+class Sampler:
+    """Samples, every 20 ms until stopped, what `sample()` returns while `training()` is true."""
+
+    def __init__(self, sample: Callable[[], dict], training: Callable[[], bool]):
+        self.samples: list[dict] = []
+        self._sample, self._training = sample, training
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._training():
+                self.samples.append(self._sample())
+            time.sleep(0.02)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def most(self, key: str) -> int:
+        return max(sample[key] for sample in self.samples)
+
+
+def running(conn: psycopg.Connection, model_id: int) -> bool:
+    return conn.execute("SELECT status = 'running' FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def create_study(conn: psycopg.Connection, n_trials: int) -> int:
+    study = {
+        "base": FAST,
+        "space": {"hyperparameters.alpha": ALPHA},
+        "objective": "cv_ic",
+        "n_trials": n_trials,
+    }
+    return conn.execute("SELECT id FROM sfq_create_study(%s::jsonb)", (json.dumps(study),)).fetchone()[0]
+
+
+def study_state(conn: psycopg.Connection, study_id: int) -> str:
+    return conn.execute("SELECT state FROM studies WHERE id = %s", (study_id,)).fetchone()[0]
+
+
+def forecast_status(conn: psycopg.Connection, forecast_id: int) -> str:
+    return conn.execute("SELECT status FROM model_forecasts WHERE id = %s", (forecast_id,)).fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Directly on PostgreSQL, with LISTEN.
+
+
+def test_a_training_daemon_holds_at_most_three_connections(clean, start_worker, database):
+    """While a training runs, the daemon also answers a forecast, a backtest and a study's advances (its
+    other worker): every connection it holds is sampled; none is the training process's."""
+    worker = start_worker(1)
+    trained, _, _ = insert_request(clean, FAST)
+    assert wait_for_models(clean, [trained])[trained]["status"] == "completed"
+    wait_for_jobs(clean)  # its default backtest too
+
+    by_name = (
+        "SELECT application_name, count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'sfq-worker:1:%%' GROUP BY 1"
+    )
+    port = server_port(database)
+    slow, _, _ = insert_request(clean, SLOW)
+    with psycopg.connect(database, autocommit=True) as sampling:
+
+        def sample() -> dict:
+            named = dict(sampling.execute(by_name).fetchall())
+            return {"named": sum(named.values()), "roles": named, "tcp": tcp_connections(worker.pid, port)}
+
+        with Sampler(sample, lambda: running(sampling, slow)) as sampler:
+            wait_until(lambda: running(clean, slow), "training")
+            forecast = clean.execute("SELECT id FROM sfq_request_forecast(%s)", (trained,)).fetchone()[0]
+            backtest = clean.execute(
+                "SELECT id FROM sfq_request_simulation(%s, 'long_only')", (trained,)
+            ).fetchone()[0]
+            study = create_study(clean, n_trials=2)
+            assert wait_for_models(clean, [slow], timeout=240)[slow]["status"] == "completed"
+    wait_until(lambda: forecast_status(clean, forecast) != "queued", "forecast answered")
+    assert forecast_status(clean, forecast) == "completed"
+    wait_until(lambda: study_state(clean, study) != "running", "study finished", timeout=240)
+    assert study_state(clean, study) == "finished"
+    simulation = "SELECT status FROM simulation_history WHERE id = %s"
+    assert clean.execute(simulation, (backtest,)).fetchone() == ("completed",)
+    roles = Counter()
+    for sample in sampler.samples:
+        roles.update({role.rsplit(":", 1)[1] for role in sample["roles"]})
+    print(
+        f"\nworker 1 while training ({len(sampler.samples)} samples): at most {sampler.most('named')} "
+        f"connections by name, {sampler.most('tcp')} by its processes' sockets; roles seen {dict(roles)}"
+    )
+    assert len(sampler.samples) >= 10, "too few samples while training"
+    assert sampler.most("named") <= MAX_CONNECTIONS and sampler.most("tcp") <= MAX_CONNECTIONS
+    assert set(roles) <= {"listen", "queue", "data"}, roles
+    assert all(count <= 1 for sample in sampler.samples for count in sample["roles"].values())
+    # Every socket the daemon's processes hold is one of its named connections: none unnamed, none
+    # the training process's.
+    assert all(sample["tcp"] <= sample["named"] for sample in sampler.samples), sampler.samples
+
+
+# ---------------------------------------------------------------------------------------------------
+# Behind PgBouncer in transaction mode: polling, no session state.
+
+
+@pytest.fixture
+def pgbouncer(database) -> Iterator[tuple[str, int]]:
+    """A PgBouncer of this test's own in front of the run's server (pool_mode=transaction, at most
+    BOUNCER_POOL_SIZE server connections per database): (the run's database through it, its pid)."""
+    binary = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
+    )
+    if binary is None:
+        pytest.skip("no pgbouncer binary (apt-get install pgbouncer; scripts/setup does as root)")
+    server = conninfo_to_dict(database)
+    user = server.get("user") or os.environ.get("USER", "postgres")
+    port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="sfq-pgbouncer-", dir="/tmp"))
+    home.chmod(0o755)  # readable by the postgres user it runs as when we are root
+    (home / "userlist.txt").write_text(f'"{user}" ""\n')
+    (home / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={server.get('host', '127.0.0.1')} port={server.get('port', 5432)}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {home / 'userlist.txt'}\n"
+        f"pool_mode = transaction\ndefault_pool_size = {BOUNCER_POOL_SIZE}\nmax_client_conn = 100\n"
+    )
+    as_user = ["-u", "postgres"] if os.geteuid() == 0 else []  # PgBouncer refuses to run as root
+    bouncer = subprocess.Popen(
+        [binary, *as_user, str(home / "pgbouncer.ini")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+    )
+    url = make_conninfo(database, host="127.0.0.1", port=str(port))
+    try:
+
+        def answers() -> bool:
+            assert bouncer.poll() is None, bouncer.stdout.read()
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(url, connect_timeout=2):
+                return True
+            return False
+
+        wait_until(answers, "PgBouncer answering", timeout=30)
+        yield url, bouncer.pid
+    finally:
+        bouncer.terminate()
+        bouncer.wait(timeout=10)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def listens(conn: psycopg.Connection) -> list:
+    return conn.execute(
+        "SELECT application_name, query FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
+    ).fetchall()
+
+
+def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(clean, start_worker, pgbouncer, database):
+    """Two daemons through PgBouncer (pool_mode=transaction, 2 server connections): trainings, their
+    backtests, a forecast and a study (transactions holding row locks) all done, picked up by polling
+    (SFQ_POLL_INTERVAL_S=1; nothing LISTENs); each daemon holds 2 connections to PgBouncer while
+    training, and PgBouncer serves the 4 through at most 2."""
+    url, bouncer_pid = pgbouncer
+    workers = [start_worker(1, url=url, **POLLED), start_worker(2, url=url, **POLLED)]
+    trained, _, _ = insert_request(clean, FAST)
+    assert wait_for_models(clean, [trained])[trained]["status"] == "completed"
+
+    bouncer_port, port = server_port(url), server_port(database)
+    slow, _, _ = insert_request(clean, SLOW)
+    with psycopg.connect(database, autocommit=True) as sampling:
+
+        def sample() -> dict:
+            return {
+                "daemon": max(tcp_connections(worker.pid, bouncer_port) for worker in workers),
+                "server": tcp_connections(bouncer_pid, port),
+                "listens": len(listens(sampling)),
+            }
+
+        with Sampler(sample, lambda: running(sampling, slow)) as sampler:
+            wait_until(lambda: running(clean, slow), "training")
+            forecast = clean.execute("SELECT id FROM sfq_request_forecast(%s)", (trained,)).fetchone()[0]
+            study = create_study(clean, n_trials=3)
+            more = [insert_request(clean, {**FAST, "train_window": 300 + i})[0] for i in range(1, 4)]
+            finished = wait_for_models(clean, [slow, *more], timeout=240)
+    assert {model["status"] for model in finished.values()} == {"completed"}, finished
+    wait_until(lambda: study_state(clean, study) != "running", "study finished", timeout=240)
+    assert study_state(clean, study) == "finished"
+    assert clean.execute(
+        "SELECT count(*) FROM study_trials WHERE study_id = %s AND state = 'complete'", (study,)
+    ).fetchone() == (3,)
+    wait_until(lambda: forecast_status(clean, forecast) != "queued", "forecast answered")
+    assert forecast_status(clean, forecast) == "completed"
+    wait_for_jobs(clean, timeout=120)
+    done, backtests = clean.execute(
+        "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FROM simulation_history"
+    ).fetchone()
+    assert done == backtests >= 5 + 3  # every training's default backtest (the study's 3 trials too)
+    assert {m["worker_pid"] for m in finished.values()} <= {w.pid for w in workers}
+    assert listens(clean) == [], "a daemon LISTENs behind a transaction pooler"
+    print(
+        f"\nbehind PgBouncer ({len(sampler.samples)} samples while training): at most "
+        f"{sampler.most('daemon')} connections per daemon, {sampler.most('server')} server connections"
+    )
+    assert len(sampler.samples) >= 10, "too few samples while training"
+    assert sampler.most("daemon") <= 2 and sampler.most("listens") == 0
+    assert sampler.most("server") <= BOUNCER_POOL_SIZE
+    for worker in workers:
+        assert "polling every 1 s, no LISTEN" in worker.output
+        assert "prepared statement" not in worker.output, worker.output
+
+
+def test_a_killed_daemons_job_is_rescued_through_pgbouncer(clean, start_worker, pgbouncer):
+    """kill -9 the daemon that trains; started again, it rescues the job (heartbeats and the rescue's
+    row locks, through the pooler) and trains it to completion: attempt 1 lost, attempt 2 completed."""
+    url, _ = pgbouncer
+    doomed = start_worker(1, url=url, **POLLED, **QUICK_RESCUE)
+    model_id, _, _ = insert_request(clean, SLOW)
+    doomed.wait_for_line(rf"model {model_id} starting .* training process (\d+)")
+    doomed.popen.send_signal(signal.SIGKILL)
+    doomed.popen.wait()
+    again = start_worker(1, url=url, **POLLED, **QUICK_RESCUE)
+    again.wait_for_line(rf"rescue: model {model_id} job \d+ lost its worker: rescued", timeout=120)
+    model = wait_for_models(clean, [model_id], timeout=240)[model_id]
+    assert (model["status"], model["attempts"], model["worker_pid"]) == ("completed", 2, again.pid)
+    attempts = clean.execute(
+        "SELECT attempt, outcome FROM model_attempts WHERE model_id = %s ORDER BY attempt", (model_id,)
+    ).fetchall()
+    assert attempts == [(1, "lost"), (2, "completed")]
+
+
+def test_a_running_model_is_cancelled_through_pgbouncer(clean, start_worker, pgbouncer, database):
+    """Without LISTEN, a cancellation reaches the running job by polling (SFQ_POLL_INTERVAL_S): its
+    training process is killed and the model ends cancelled; the daemon goes on with the next job."""
+    url, _ = pgbouncer
+    worker = start_worker(1, url=url, **POLLED)
+    slow, _, _ = insert_request(clean, {**SLOW, "hyperparameters": json.dumps({"n_estimators": 3000})})
+    worker.wait_for_line(rf"model {slow} starting .* training process (\d+)")
+    cancel = run_sfq("cancel", str(slow), url=database)
+    assert cancel.returncode == 0, cancel.stderr
+    worker.wait_for_line(rf"model {slow}: cancelled; training process killed", timeout=60)
+    assert wait_for_models(clean, [slow])[slow]["status"] == "cancelled"
+    after, _, _ = insert_request(clean, FAST)
+    assert wait_for_models(clean, [after])[after]["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SFQ_POOLER": "session"}, "SFQ_POOLER must be one of none, transaction, got 'session'"),
+        ({"SFQ_POLL_INTERVAL_S": "0.01"}, "SFQ_POLL_INTERVAL_S must be at least 0.1, got 0.01"),
+        ({"SFQ_POLL_INTERVAL_S": "soon"}, "SFQ_POLL_INTERVAL_S must be a number, got 'soon'"),
+    ],
+)
+def test_a_bad_pooler_setting_stops_the_worker_saying_which(clean, database, monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_sfq("worker", "1", url=database, timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (1, f"sfq: {message}")
+    assert clean.execute("SELECT count(*) FROM procrastinate_workers").fetchone() == (0,)
+
+
+def test_the_api_answers_through_pgbouncer_in_transaction_mode(clean, start_api, pgbouncer, monkeypatch):
+    """SFQ_POOLER=transaction: the API's pool prepares no statement either, so the same queries, asked
+    again and again by 8 clients at once on whichever server connection PgBouncer lends, are answered
+    every time."""
+    url, _ = pgbouncer
+    monkeypatch.setenv("SFQ_POOLER", "transaction")
+    with httpx.Client(base_url=start_api(url), timeout=30, follow_redirects=True) as client:
+        ids = []
+        for window in range(300, 306):
+            answer = client.post("/train", json={**FAST, "train_window": window})
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["model_id"])
+        paths = [f"/models/{model_id}" for model_id in ids] + ["/models?limit=20", "/metrics", "/ui"]
+        with ThreadPoolExecutor(8) as clients:
+            statuses = Counter(clients.map(lambda path: client.get(path).status_code, paths * 10))
+    assert statuses == {200: len(paths) * 10}, statuses
