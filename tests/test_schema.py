@@ -357,6 +357,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0015_studies.sql",
         "migrations/0016_strategy_registry.sql",
         "migrations/0017_read_paths.sql",
+        "migrations/0021_enqueue_path.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -539,6 +540,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0015_studies.sql",
         "migrations/0016_strategy_registry.sql",
         "migrations/0017_read_paths.sql",
+        "migrations/0021_enqueue_path.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)
