@@ -164,8 +164,14 @@ def test_concurrent_writers_never_wait_on_a_counter_row_and_folds_keep_counts_ex
     assert clean.execute(
         "SELECT models FROM sfq_model_counts WHERE symbol = 'MSFT' AND status = 'queued'"
     ).fetchone() == (4,)
-    # One transaction in 64 folds on its own: many writing transactions leave few changes behind.
-    for alpha in range(200):
+    # One writing transaction in 256 folds on its own (by its transaction id; the server's other
+    # databases take ids too): insert, one per transaction, until a fold shows in the totals.
+    for alpha in range(40 * 256):
         clean.execute(insert, (alpha + 10,))
-    assert clean.execute("SELECT count(*) FROM sfq_model_count_totals WHERE models > 4").fetchone() == (1,)
+        if alpha % 16 == 0 and clean.execute(
+            "SELECT count(*) FROM sfq_model_count_totals WHERE models > 4"
+        ).fetchone() == (1,):
+            break
+    else:
+        raise AssertionError("10,240 transactions and no fold")
     _counters_match(clean)
