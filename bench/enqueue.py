@@ -1,19 +1,55 @@
-"""Scenario 3: enqueueing. POST /train against a real `sfq api` at concurrency 50 (a minimal keep-alive
-HTTP/1.1 client on raw asyncio streams, so that the client takes little of the machine's CPU); plain
-SQL INSERTs into training_requests, one per transaction and many per statement; a sweep via
-sfq_submit_sweep. No worker runs: only enqueueing is measured."""
+"""Scenario 3: enqueueing, against the size of the database (issue 15). Three ways in, each measured in
+rounds: POST /train against a real `sfq api` at concurrency 50 (a minimal keep-alive HTTP/1.1 client on raw
+asyncio streams, so that the client takes little of the machine's CPU); plain SQL INSERTs into
+training_requests, one per transaction, from SQL_CONNECTIONS connections at once (pgbench, PostgreSQL's own
+load generator: a C client, one statement per transaction); and INSERT ... SELECT of many rows in one
+statement. Then a sweep via sfq_submit_sweep. No worker runs: only enqueueing is measured.
+
+Each size of database (SFQ_BENCH_ENQUEUE_SIZES, comma-separated model counts; the synthetic models of the
+reads scenario, bench/reads.py) is a database of its own, and each round measures every size in turn, in a
+rotating order, so that a noisy moment of a shared machine falls on all sizes alike
+(SFQ_BENCH_ENQUEUE_ROUNDS rounds, at least 3 in a full run). A rate is reported as the median of its rounds
+with their min-max; the chart (docs/bench-enqueue.png) draws each rate against models in the database."""
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench.common import Process, percentile, processes
+from bench import reads
+from bench.common import ROOT, Process, free_port, percentile, processes
+from queue_app import gateway
 from queue_app.config import Settings
+
+SHORT_SIZES = (0, 2_000)
+FULL_SIZES = (0, 1_000_000)
+CHART = ROOT / "docs" / "bench-enqueue.png"
+HTTP_CONCURRENCY = 50
+SQL_CONNECTIONS = 8
+MEASURES = {  # key: what the report calls it
+    "http": f"HTTP POST /train at concurrency {HTTP_CONCURRENCY}, req/s",
+    "sql_one": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, rows/s",
+    "sql_many": "SQL INSERT ... SELECT, many rows in one statement, rows/s",
+}
+GOALS = {"http": 1_000, "sql_one": 2_000, "sql_many": 5_000}  # issue 15, on this 2-core machine
+# One request per transaction, each a new model (alpha drawn from a billion values).
+PGBENCH_SCRIPT = (
+    "\\set a random(1, 1000000000)\n"
+    "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "
+    "VALUES ('MSFT', 'Ridge', jsonb_build_object('alpha', :a * 0.000001));\n"
+)
 
 
 async def _client(port: int, bodies: list[bytes], latencies: list[float], statuses: list[int]) -> None:
@@ -43,7 +79,7 @@ async def _http(port: int, requests: int, concurrency: int, offset: int):
             {
                 "symbol": "AAPL",
                 "algorithm": "Ridge",
-                "hyperparameters": {"alpha": round(0.001 * (offset + i + 1), 6)},
+                "hyperparameters": {"alpha": round(0.000001 * (offset + i + 1), 9)},
             }
         ).encode()
         for i in range(requests)
@@ -57,86 +93,182 @@ async def _http(port: int, requests: int, concurrency: int, offset: int):
     return requests / (time.perf_counter() - start), latencies, statuses
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scenario(url: str, short: bool) -> dict[str, Any]:
-    http_n, sql_n, sweep_n = (100, 100, 100) if short else (5000, 5000, 5000)
-    rows = []
-    with processes() as started:
-        port = _free_port()
-        api = Process(["api", "--port", str(port)], {"POSTGRES_URL": url})
-        started.append(api)
-        api.wait_for_line(r"Uvicorn running on", timeout=60)
-        asyncio.run(_http(port, 50, 50, 10_000_000))  # warm-up: 50 connections, the API's pool filled
-        rate, latencies, statuses = asyncio.run(_http(port, http_n, 50, 0))
-    bad = sum(1 for s in statuses if s != 201)
-    pool = Settings.from_env().pool_size
-    rows.append(
-        (
-            "enqueue",
-            f"HTTP POST /train, {http_n} requests at concurrency 50 (API pool {pool})",
-            f"{rate:.0f} req/s",
-        )
+def pgbench() -> str:
+    """PostgreSQL's pgbench: on the PATH, or with the server's binaries (Debian's /usr/lib/postgresql)."""
+    found = shutil.which("pgbench") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"))), None
     )
-    rows.append(
-        (
-            "enqueue",
-            "HTTP POST /train latency p50 / p99",
-            f"{percentile(latencies, 0.5):.1f} / {percentile(latencies, 0.99):.1f} ms"
-            + (f" ({bad} not 201)" if bad else ""),
+    if not found:
+        raise RuntimeError("the enqueue scenario needs pgbench (PostgreSQL's client programs)")
+    return found
+
+
+def sql_one_per_transaction(url: str, seconds: float, connections: int = SQL_CONNECTIONS) -> float:
+    """Single-row INSERTs into training_requests, one per transaction, from `connections` connections for
+    `seconds` (pgbench): rows a second."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(PGBENCH_SCRIPT)
+        script.flush()
+        result = subprocess.run(
+            [
+                pgbench(),
+                "-n",
+                "-f",
+                script.name,
+                "-c",
+                str(connections),
+                "-j",
+                "2",
+                "-T",
+                f"{seconds:g}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
-    )
-    # Plain SQL as another service would write it: these client statements are the subject of the
-    # measurement, so they run as written, not through sfq's gateway.
+    match = re.search(r"tps = ([0-9.]+)", result.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench printed no rate:\n{result.stdout}\n{result.stderr}")
+    return float(match.group(1))
+
+
+def sql_many_in_one_statement(url: str, rows: int, offset: int) -> float:
+    """`rows` requests in one INSERT ... SELECT: rows a second. Plain SQL as another service would write it:
+    this statement is the subject of the measurement, so it runs as written, not through sfq's gateway."""
     with psycopg.connect(url, autocommit=True) as conn:
-        insert = (
-            "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "
-            "VALUES ('MSFT', 'Ridge', jsonb_build_object('alpha', %s::float8))"
-        )
-        start = time.perf_counter()
-        for i in range(sql_n):
-            conn.execute(insert, (0.001 * (i + 1),))
-        one_each = sql_n / (time.perf_counter() - start)
         start = time.perf_counter()
         conn.execute(
             "INSERT INTO training_requests (symbol, algorithm, hyperparameters) "
-            "SELECT 'IBM', 'Ridge', jsonb_build_object('alpha', i * 0.001) FROM generate_series(1, %s) i",
-            (sql_n,),
+            "SELECT 'IBM', 'Ridge', jsonb_build_object('alpha', (%s + i) * 0.000001) "
+            "FROM generate_series(1, %s) i",
+            (offset, rows),
         )
-        many = sql_n / (time.perf_counter() - start)
-        alphas = [round(0.0001 * (i + 1), 6) for i in range(sweep_n // 10)]
-        grid = {"horizon": list(range(1, 11)), "hyperparameters.alpha": alphas}
+        return rows / (time.perf_counter() - start)
+
+
+def http_rate(port: int, requests: int, offset: int) -> tuple[float, list[float], int]:
+    """POST /train at concurrency 50: requests a second, latencies (ms) and how many were not 201."""
+    rate, latencies, statuses = asyncio.run(_http(port, requests, HTTP_CONCURRENCY, offset))
+    return rate, latencies, sum(1 for s in statuses if s != 201)
+
+
+def _sweep(url: str, size: int) -> dict[str, float]:
+    alphas = [round(0.0001 * (i + 1), 6) for i in range(size // 10)]
+    grid = {"horizon": list(range(1, 11)), "hyperparameters.alpha": alphas}
+    with psycopg.connect(url, autocommit=True) as conn:
         start = time.perf_counter()
-        sweep_id, combinations, created, elapsed_ms = conn.execute(
+        _, combinations, created, elapsed_ms = conn.execute(
             "SELECT id, combinations, created, elapsed_ms FROM sfq_submit_sweep(%s::jsonb, %s::jsonb)",
             (json.dumps({"symbol": "GOOG", "algorithm": "Ridge"}), json.dumps(grid)),
         ).fetchone()
-        sweep_wall = time.perf_counter() - start
-    rows.append(("enqueue", f"SQL INSERT, one per transaction ({sql_n})", f"{one_each:.0f} jobs/s"))
-    rows.append(("enqueue", f"SQL INSERT ... SELECT, {sql_n} rows in one statement", f"{many:.0f} jobs/s"))
+        wall = time.perf_counter() - start
+    return {"sweep_n": combinations, "created": created, "sweep_ms": elapsed_ms, "sweep_wall_ms": wall * 1000}
+
+
+def describe(values: list[float]) -> str:
+    """A rate's median and its range over the rounds."""
+    return f"{percentile(values, 0.5):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def _chart(results: dict[int, dict[str, list[float]]], rounds: int, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results)
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for key, label in MEASURES.items():
+        medians = [percentile(results[s][key], 0.5) for s in sizes]
+        low = [m - min(results[s][key]) for m, s in zip(medians, sizes, strict=True)]
+        high = [max(results[s][key]) - m for m, s in zip(medians, sizes, strict=True)]
+        line = axis.errorbar(
+            [max(s, 1) for s in sizes], medians, yerr=[low, high], marker="o", capsize=4, label=label
+        )
+        axis.axhline(GOALS[key], color=line[0].get_color(), linestyle=":", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel("models in the database (0 drawn at 1)")
+    axis.set_ylabel("enqueued per second (median, bars: min-max)")
+    axis.set_title(f"sfq enqueue rate against the size of the database ({rounds} rounds; dotted: goals)")
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+
+
+def scenario(url: str, short: bool) -> dict[str, Any]:
+    sizes = SHORT_SIZES if short else FULL_SIZES
+    if os.environ.get("SFQ_BENCH_ENQUEUE_SIZES"):
+        sizes = tuple(int(s) for s in os.environ["SFQ_BENCH_ENQUEUE_SIZES"].split(","))
+    rounds = int(os.environ.get("SFQ_BENCH_ENQUEUE_ROUNDS", 1 if short else 3))
+    http_n, sql_s, many_n, sweep_n = (100, 1, 100, 100) if short else (5000, 15, 5000, 5000)
+    pgbench()  # refused before anything is filled
+    base = conninfo_to_dict(url)["dbname"]
+    server = make_conninfo(url, dbname="postgres")
+    urls = {}
+    for models in sizes:  # each size a copy of the scenario's database, filled to it
+        urls[models] = gateway.recreate_database(server, f"{base}_{models}", template=base)
+        reads.fill(urls[models], models, 0)
+    results: dict[int, dict[str, list[float]]] = {m: {key: [] for key in MEASURES} for m in sizes}
+    latencies: dict[int, list[float]] = {m: [] for m in sizes}
+    refused = 0
+    try:
+        with processes() as started:
+            ports = {}
+            for models in sizes:
+                ports[models] = free_port()
+                api = Process(["api", "--port", str(ports[models])], {"POSTGRES_URL": urls[models]})
+                started.append(api)
+                api.wait_for_line(r"Uvicorn running on", timeout=60)
+                http_rate(ports[models], HTTP_CONCURRENCY, 500_000_000)  # warm-up: the API's pool filled
+            for r in range(rounds):
+                order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]
+                for models in order:
+                    offset = (r + 1) * 10_000_000
+                    rate, times, bad = http_rate(ports[models], http_n, offset)
+                    results[models]["http"].append(rate)
+                    latencies[models] += times
+                    refused += bad
+                    results[models]["sql_one"].append(sql_one_per_transaction(urls[models], sql_s))
+                    results[models]["sql_many"].append(
+                        sql_many_in_one_statement(urls[models], many_n, offset)
+                    )
+        sweep = _sweep(urls[sizes[-1]], sweep_n)
+    finally:
+        for models in sizes:
+            gateway.drop_database(server, f"{base}_{models}")
+    pool = Settings.from_env().pool_size
+    rows = []
+    for models in sizes:
+        for key, label in MEASURES.items():
+            rows.append(("enqueue", f"{label}, {models:,} models", describe(results[models][key])))
+        rows.append(
+            (
+                "enqueue",
+                f"HTTP POST /train latency p50 / p99, {models:,} models (API pool {pool})",
+                f"{percentile(latencies[models], 0.5):.1f} / {percentile(latencies[models], 0.99):.1f} ms"
+                + (f" ({refused} not 201)" if refused else ""),
+            )
+        )
     rows.append(
         (
             "enqueue",
-            f"sweep of {combinations} combinations ({created} models): elapsed_ms / client wall",
-            f"{elapsed_ms:.0f} ms / {sweep_wall * 1000:.0f} ms ({created / sweep_wall:.0f} jobs/s)",
+            f"sweep of {sweep['sweep_n']} combinations ({sweep['created']} models) at {sizes[-1]:,} models: "
+            "elapsed_ms / client wall",
+            f"{sweep['sweep_ms']:.0f} ms / {sweep['sweep_wall_ms']:.0f} ms "
+            f"({sweep['created'] / sweep['sweep_wall_ms'] * 1000:.0f} jobs/s)",
         )
     )
+    chart = CHART if not short else Path(tempfile.mkdtemp()) / "enqueue.png"  # short: drawn, then dropped
+    _chart(results, rounds, chart)
     return {
         "rows": rows,
         "data": {
-            "http_rate": rate,
-            "http_p50": percentile(latencies, 0.5),
-            "http_p99": percentile(latencies, 0.99),
-            "sql_one": one_each,
-            "sql_many": many,
-            "sweep_ms": elapsed_ms,
-            "sweep_wall_ms": sweep_wall * 1000,
-            "sweep_n": combinations,
+            "rounds": rounds,
+            "results": results,
+            **sweep,
+            "chart": None if short else str(chart.relative_to(ROOT)),
         },
     }

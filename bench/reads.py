@@ -79,7 +79,7 @@ RETURNING sweep_id
 """
 
 
-def _fill(url: str, models: int, have: int) -> None:
+def fill(url: str, models: int, have: int) -> None:
     """From `have` models to `models`, with their attempts and jobs; counters recounted."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")  # no triggers while filling: recounted below
@@ -188,7 +188,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     have = 0
     for models in sizes:
         start = time.perf_counter()
-        _fill(url, models, have)
+        fill(url, models, have)
         fill_s[models], have = time.perf_counter() - start, models
         paths = _paths(url, models)
         with processes() as started:

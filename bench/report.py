@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.common import CORES, DEFAULT_OUTPUT_NAME, percentile
+from bench.enqueue import GOALS as ENQUEUE_GOALS
+from bench.enqueue import MEASURES as ENQUEUE_MEASURES
 from bench.scaleout import describe
 
 MARKER = "<!-- analysis: written by hand, kept when `python -m bench` rewrites the part above -->"
@@ -56,21 +58,30 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         )
     enq = data.get("enqueue")
     if enq:
-        out.append(
-            (
-                "HTTP enqueue ≥ 1,000 req/s",
-                f"{enq['http_rate']:.0f} req/s",
-                _verdict(enq["http_rate"] >= 1000),
+        results = enq["results"]
+        sizes = sorted(results, key=int)
+        for key, goal in ENQUEUE_GOALS.items():
+            medians = {size: percentile(results[size][key], 0.5) for size in sizes}
+            slowest = min(medians, key=medians.get)
+            out.append(
+                (
+                    f"{ENQUEUE_MEASURES[key]} ≥ {goal:,} at every size",
+                    f"slowest: {medians[slowest]:,.0f} at {int(slowest):,} models "
+                    f"(median of {enq['rounds']} rounds, {min(results[slowest][key]):,.0f}-"
+                    f"{max(results[slowest][key]):,.0f})",
+                    _verdict(medians[slowest] >= goal),
+                )
             )
-        )
-        out.append(
-            (
-                "SQL enqueue ≥ 5,000 jobs/s",
-                f"{enq['sql_one']:.0f} one per transaction, {enq['sql_many']:.0f} many per statement",
-                f"one per transaction {_verdict(enq['sql_one'] >= 5000)}, many per statement "
-                f"{_verdict(enq['sql_many'] >= 5000)}",
-            )
-        )
+            if len(sizes) > 1:
+                fall = 1 - medians[sizes[-1]] / medians[sizes[0]]
+                out.append(
+                    (
+                        f"{ENQUEUE_MEASURES[key]}: falls ≤ 10% from {int(sizes[0]):,} "
+                        f"to {int(sizes[-1]):,} models",
+                        f"{fall:+.1%} (medians {medians[sizes[0]]:,.0f} and {medians[sizes[-1]]:,.0f})",
+                        _verdict(fall <= 0.10),
+                    )
+                )
         out.append(
             (
                 f"{enq['sweep_n']}-job sweep < 1 s",

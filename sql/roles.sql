@@ -85,8 +85,14 @@ GRANT SELECT, INSERT ON blob_chunks TO sfq_worker;
 GRANT UPDATE (blob, evicted_at) ON model_artifacts TO sfq_worker;
 GRANT INSERT, UPDATE ON model_attempts TO sfq_worker;  -- the attempt log (trigger on models, rescue)
 -- The counters (sql/schema/counts.sql: triggers on models and procrastinate_jobs, run as the writer).
-GRANT SELECT, INSERT, UPDATE ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_worker;
-GRANT EXECUTE ON FUNCTION sfq_add_model_counts, sfq_duration_bucket, sfq_duration_bounds, sfq_training_seconds
+-- A writer adds to its changes and now and then folds every backend's into the totals (0021).
+GRANT SELECT ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_worker;
+GRANT SELECT, INSERT, UPDATE ON sfq_model_count_totals, sfq_training_duration_totals, sfq_job_count_totals
+    TO sfq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sfq_model_count_changes, sfq_training_duration_changes, sfq_job_count_changes
+    TO sfq_worker;
+GRANT EXECUTE ON FUNCTION sfq_add_model_counts, sfq_duration_bucket, sfq_duration_bounds, sfq_training_seconds,
+    sfq_fold_counts, sfq_fold_counts_lock, sfq_fold_counts_now_and_then
     TO sfq_worker;
 GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price, error, job_id)
     ON model_forecasts TO sfq_worker;

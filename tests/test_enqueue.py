@@ -448,3 +448,41 @@ def test_same_request_over_http_cli_and_sql_has_one_fingerprint_and_trains_once(
         ("sql", True),
     ]
     assert len(jobs(clean)) == 1
+
+
+def test_idle_workers_are_woken_once_a_statement_and_not_while_a_fetchable_job_waits(clean, database):
+    """sfq_notify_new_jobs (queue.sql) in place of Procrastinate's notification per job: a notifying
+    transaction commits only after the previous one's commit, so each enqueue notifying serialised them."""
+    with psycopg.connect(database, autocommit=True) as listener:
+        listener.execute("LISTEN procrastinate_any_queue_v1")
+        listener.execute('LISTEN "procrastinate_queue_v1#training"')
+        listener.execute("LISTEN sfq_test_end")
+
+        def enqueue(count: int) -> list[tuple[str, dict]]:
+            clean.execute(
+                "INSERT INTO training_requests (symbol, algorithm, hyperparameters)"
+                " SELECT 'AAPL', 'Ridge', jsonb_build_object('alpha', random()) FROM generate_series(1, %s)",
+                (count,),
+            )
+            clean.execute("NOTIFY sfq_test_end")  # delivered after the statement's notifications
+            heard = []
+            for note in listener.notifies(timeout=10):
+                if note.channel == "sfq_test_end":
+                    return heard
+                heard.append((note.channel, json.loads(note.payload)))
+            raise AssertionError(f"no end of notifications after {heard}")
+
+        heard = enqueue(3)  # an empty queue: one notification per channel for the statement's three jobs
+        first = clean.execute("SELECT min(id) FROM procrastinate_jobs").fetchone()[0]
+        expected = {"type": "job_inserted", "job_id": first}
+        assert sorted(heard) == [
+            ("procrastinate_any_queue_v1", expected),
+            ("procrastinate_queue_v1#training", expected),
+        ]
+        assert enqueue(1) == []  # jobs a worker could fetch wait already: no worker sleeps on them
+        clean.execute("UPDATE procrastinate_jobs SET status = 'doing'")
+        assert len(enqueue(1)) == 2  # every job taken: workers may sleep
+        clean.execute(
+            "UPDATE procrastinate_jobs SET status = 'todo', scheduled_at = now() + interval '1 hour'"
+        )
+        assert len(enqueue(1)) == 2  # only jobs scheduled later wait: a fetch finds none of them

@@ -135,3 +135,43 @@ def test_bad_leaderboard_parameters_are_422_naming_the_parameter(clean, api):
     page = api.get("/models", params={"limit": 1}).json()
     assert page["total"] == 1 and page["next"] is not None
     assert api.get("/models", params={"after": page["next"]}).json()["models"] == []
+
+
+def test_concurrent_writers_never_wait_on_a_counter_row_and_folds_keep_counts_exact(clean, database):
+    """Each backend adds to its own rows of the changes (0021): a writer holding its transaction open does
+    not hold up another writer of the same counters, and folding the changes into the totals, with a
+    writer's rows locked meanwhile, changes no count."""
+    insert = (
+        "INSERT INTO training_requests (symbol, algorithm, hyperparameters)"
+        " VALUES ('MSFT', 'Ridge', jsonb_build_object('alpha', %s::float8))"
+    )
+    with psycopg.connect(database) as held, psycopg.connect(database, autocommit=True) as other:
+        held.execute(insert, (0.5,))
+        held.commit()
+        held.execute(insert, (1.5,))  # open: its counter rows locked, its model uncommitted
+        other.execute("SET lock_timeout = '2s'")  # waiting on a row lock would fail the statement
+        for alpha in (2.5, 3.5):
+            other.execute(insert, (alpha,))
+        assert other.execute("SELECT sfq_fold_counts()").fetchone() == (True,)  # skips `held`'s rows
+        _counters_match(other)
+        held.commit()
+    _counters_match(clean)
+    assert clean.execute("SELECT count(*) FROM sfq_model_count_changes").fetchone() != (0,)  # `held`'s
+    assert clean.execute("SELECT sfq_fold_counts()").fetchone() == (True,)
+    for changes in ("sfq_model_count_changes", "sfq_job_count_changes", "sfq_training_duration_changes"):
+        assert clean.execute(f"SELECT count(*) FROM {changes}").fetchone() == (0,), changes
+    _counters_match(clean)
+    assert clean.execute(
+        "SELECT models FROM sfq_model_counts WHERE symbol = 'MSFT' AND status = 'queued'"
+    ).fetchone() == (4,)
+    # One writing transaction in 256 folds on its own (by its transaction id; the server's other
+    # databases take ids too): insert, one per transaction, until a fold shows in the totals.
+    for alpha in range(40 * 256):
+        clean.execute(insert, (alpha + 10,))
+        if alpha % 16 == 0 and clean.execute(
+            "SELECT count(*) FROM sfq_model_count_totals WHERE models > 4"
+        ).fetchone() == (1,):
+            break
+    else:
+        raise AssertionError("10,240 transactions and no fold")
+    _counters_match(clean)

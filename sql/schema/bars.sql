@@ -44,9 +44,12 @@ CREATE OR REPLACE TRIGGER bars_backfilled AFTER INSERT ON bars
     FOR EACH STATEMENT EXECUTE FUNCTION sfq_note_bar_revisions();
 
 -- The revisions of these symbols' bars of one timeframe, {symbol: revision}, or null when none was ever
--- revised (a spec then hashes as before revisions were counted).
+-- revised (a spec then hashes as before revisions were counted). PL/pgSQL, so that its plan is cached: as a
+-- SQL function (an aggregate, never inlined) it was planned at every request.
 CREATE OR REPLACE FUNCTION sfq_bar_revisions(symbols text[], tf text) RETURNS jsonb
-    LANGUAGE sql STABLE AS $$
-    SELECT jsonb_object_agg(symbol, revision ORDER BY symbol)
-      FROM bar_revisions WHERE timeframe = tf AND symbol = ANY (symbols)
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT jsonb_object_agg(symbol, revision ORDER BY symbol)
+              FROM bar_revisions WHERE timeframe = tf AND symbol = ANY (symbols));
+END;
 $$;

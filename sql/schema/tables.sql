@@ -602,33 +602,68 @@ CREATE INDEX strategy_retrains_undecided ON strategy_retrains (model_id) WHERE v
 COMMENT ON TABLE strategy_retrains IS
     'Every retrain a policy asked for, and its champion/challenger decision with both values.';
 -- Counters kept by statement-level triggers (sql/schema/counts.sql): what users are shown without a scan.
+-- Each counter is a total plus the changes not folded into it yet, one row per key and backend (the
+-- server process of the connection that made them: no two open transactions share one, so concurrent
+-- enqueues never wait on each other's counter row); now and then a writer folds the changes into the
+-- totals. The views sfq_model_counts, sfq_training_durations and sfq_job_counts (counts.sql) add both up.
 
 -- Models by symbol, algorithm and status: the leaderboard's total for any of its filters.
-CREATE TABLE sfq_model_counts (
+CREATE TABLE sfq_model_count_totals (
     symbol text NOT NULL,
     algorithm text NOT NULL,
     status sfq_model_status NOT NULL,
     models bigint NOT NULL,
     PRIMARY KEY (symbol, algorithm, status)
 );
-COMMENT ON TABLE sfq_model_counts IS 'How many models have each symbol, algorithm and status (kept by triggers).';
+COMMENT ON TABLE sfq_model_count_totals IS
+    'How many models have each symbol, algorithm and status, up to the changes not folded in yet.';
+CREATE TABLE sfq_model_count_changes (
+    symbol text NOT NULL,
+    algorithm text NOT NULL,
+    status sfq_model_status NOT NULL,
+    models bigint NOT NULL,
+    backend integer NOT NULL,  -- pg_backend_pid() of the writer
+    PRIMARY KEY (symbol, algorithm, status, backend)
+) WITH (fillfactor = 50);  -- room for HOT updates: a backend's row is rewritten in place
+COMMENT ON TABLE sfq_model_count_changes IS
+    'Changes to sfq_model_count_totals not folded in yet (added by triggers, folded by sfq_fold_counts).';
 
 -- Completed models' training times by algorithm and histogram bucket (GET /metrics).
-CREATE TABLE sfq_training_durations (
+CREATE TABLE sfq_training_duration_totals (
     algorithm text NOT NULL,
     le double precision NOT NULL,  -- the bucket's upper bound in seconds (sfq_duration_bounds), or infinity
     models bigint NOT NULL,
     seconds double precision NOT NULL,
     PRIMARY KEY (algorithm, le)
 );
-COMMENT ON TABLE sfq_training_durations IS
-    'Completed models by algorithm and training-time bucket, with their seconds (kept by triggers).';
+COMMENT ON TABLE sfq_training_duration_totals IS
+    'Completed models by algorithm and training-time bucket, with their seconds, up to the changes not folded in yet.';
+CREATE TABLE sfq_training_duration_changes (
+    algorithm text NOT NULL,
+    le double precision NOT NULL,
+    models bigint NOT NULL,
+    seconds double precision NOT NULL,
+    backend integer NOT NULL,  -- pg_backend_pid() of the writer
+    PRIMARY KEY (algorithm, le, backend)
+) WITH (fillfactor = 50);  -- room for HOT updates: a backend's row is rewritten in place
+COMMENT ON TABLE sfq_training_duration_changes IS
+    'Changes to sfq_training_duration_totals not folded in yet (added by triggers, folded by sfq_fold_counts).';
 
 -- Queue jobs by queue and status (GET /metrics, `sfq status`, the dashboard).
-CREATE TABLE sfq_job_counts (
+CREATE TABLE sfq_job_count_totals (
     queue_name text NOT NULL,
     status procrastinate_job_status NOT NULL,
     jobs bigint NOT NULL,
     PRIMARY KEY (queue_name, status)
 );
-COMMENT ON TABLE sfq_job_counts IS 'How many queue jobs each queue has in each status (kept by triggers).';
+COMMENT ON TABLE sfq_job_count_totals IS
+    'How many queue jobs each queue has in each status, up to the changes not folded in yet.';
+CREATE TABLE sfq_job_count_changes (
+    queue_name text NOT NULL,
+    status procrastinate_job_status NOT NULL,
+    jobs bigint NOT NULL,
+    backend integer NOT NULL,  -- pg_backend_pid() of the writer
+    PRIMARY KEY (queue_name, status, backend)
+) WITH (fillfactor = 50);  -- room for HOT updates: a backend's row is rewritten in place
+COMMENT ON TABLE sfq_job_count_changes IS
+    'Changes to sfq_job_count_totals not folded in yet (added by triggers, folded by sfq_fold_counts).';
