@@ -224,13 +224,18 @@ SELECT %(worker_id)s, %(host)s, %(pid)s, %(instance)s FROM beat
 SELECT sfq_prune_finished_jobs(make_interval(secs => %(older_than_s)s), %(batch)s)
 
 -- may_vacuum_queue --
--- Whether this role may VACUUM the queue's tables (it owns them, or is a superuser).
+-- Whether this role may VACUUM the queue's tables and the counters' changes (it owns them, or is a superuser).
 SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
-  FROM pg_class c WHERE c.oid IN ('procrastinate_jobs'::regclass, 'procrastinate_events'::regclass)
+  FROM pg_class c
+ WHERE c.oid IN ('procrastinate_jobs'::regclass, 'procrastinate_events'::regclass,
+                 'sfq_job_count_changes'::regclass, 'sfq_model_count_changes'::regclass,
+                 'sfq_training_duration_changes'::regclass)
 
 -- vacuum_queue --
--- Reclaim the queue tables' dead rows after a prune (outside a transaction; autovacuum may be off).
-VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events
+-- Reclaim the dead rows of the queue's tables and the counters' changes (each job updates its row twice
+-- and is deleted once; folds delete changes) after a prune: outside a transaction; autovacuum may be off.
+VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events, sfq_job_count_changes, sfq_model_count_changes,
+                 sfq_training_duration_changes
 
 -- get_model --
 -- Everything stored about one model, with its file's SHA-256 and size.
