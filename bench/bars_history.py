@@ -23,7 +23,8 @@ from pathlib import Path
 import psycopg
 
 from bench.bars_parquet import write_bars
-from queue_app import db, gateway
+from bench.common import scratch_database
+from queue_app import gateway
 from workers.daemon.data import frame
 
 BARS_PER_YEAR = 252 * 390
@@ -75,13 +76,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     server = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"sfq_bench_history_{os.getpid()}"
-    url = server.rsplit("/", 1)[0] + f"/{name}"
     per_symbol = args.years * BARS_PER_YEAR
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        db.upgrade(url)
+    with scratch_database(server, "sfq_bench_history") as url:
         seconds: list[float] = []
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             path = Path(tmp) / "bars.parquet"
@@ -116,9 +112,6 @@ def main() -> None:
             f"(min {min(timings[1:]):.0f}, max {max(timings[1:]):.0f}, {ROUNDS - 1} rounds)",
             flush=True,
         )
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 if __name__ == "__main__":

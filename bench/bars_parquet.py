@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from queue_app import db
+from bench.common import scratch_database
 
 CHUNK = 1_000_000
 
@@ -77,8 +77,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     server = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"sfq_bench_parquet_{os.getpid()}"
-    url = server.rsplit("/", 1)[0] + f"/{name}"
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "bars.parquet"
         began = time.monotonic()
@@ -88,10 +86,7 @@ def main() -> None:
             f"in {time.monotonic() - began:.1f} s",
             flush=True,
         )
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        try:
-            db.upgrade(url)
+        with scratch_database(server, "sfq_bench_parquet") as url:
             began = time.monotonic()
             result = subprocess.run(
                 [sys.executable, "-m", "queue_app.cli", "bars", "import", str(path), "--symbol", "SYN"]
@@ -116,9 +111,6 @@ def main() -> None:
                     " (SELECT coalesce(sum(revision), 0) FROM bar_revisions)"
                 ).fetchone()
             print(f"bars stored: {count:,}; bar revisions: {revisions}")
-        finally:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,20 @@ class Databases:
             gateway.drop_database(self.server_url, name)
 
 
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database with sfq's schema (`db.upgrade`), its URL; dropped at the end."""
+    from queue_app import db
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    url = gateway.recreate_database(server_url, name)
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        gateway.drop_database(server_url, name)
+
+
 def server_of(url: str) -> str:
     """The server's maintenance database (for CREATE/DROP DATABASE)."""
     params = conninfo_to_dict(url)
