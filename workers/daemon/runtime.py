@@ -371,19 +371,24 @@ class Runtime:
         Our own heartbeat goes on here because Procrastinate stops its heartbeat at the start of a
         shutdown, while the running job may still need the grace period to finish.
         """
-        last_prune = -math.inf
+        last_prune, pruning = -math.inf, None
         while self.worker is None or self.worker.worker_id is None:  # registered within moments of start
             await asyncio.sleep(0.1)
-        while True:
-            try:
-                await self._rescue_once(self.worker.worker_id if self.worker else None)
-                await self._retrain_due()
-                if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await self._prune()  # on the data connection: never holding up the queue's fetches
-                    last_prune = time.monotonic()
-            except Exception as error:  # the database away, or a query refused: try again next beat
-                log.warning("rescue failed (%s); will try again", error)
-            await asyncio.sleep(self.settings.heartbeat_s)
+        try:
+            while True:
+                try:
+                    await self._rescue_once(self.worker.worker_id if self.worker else None)
+                    await self._retrain_due()
+                except Exception as error:  # the database away, or a query refused: try again next beat
+                    log.warning("rescue failed (%s); will try again", error)
+                # Pruning on the data connection, beside this loop: it never holds up the queue's fetches,
+                # and a long backtest or a model file's rebuild there never holds up our heartbeat.
+                if time.monotonic() - last_prune > PRUNE_EVERY_S and (pruning is None or pruning.done()):
+                    pruning, last_prune = asyncio.create_task(self._prune()), time.monotonic()
+                await asyncio.sleep(self.settings.heartbeat_s)
+        finally:
+            if pruning is not None:
+                pruning.cancel()
 
     async def _prune(self) -> None:
         """Finished jobs past the retention, a batch a transaction (no long lock, no long transaction);
@@ -391,12 +396,15 @@ class Runtime:
         twice and deleted once per job, and a server with autovacuum off (or behind) would let the dead
         ones pile up (docs/BENCHMARKS.md, sustained)."""
         prune = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
-        pruned = batch = await self._run(prune)
-        while batch == PRUNE_BATCH:
-            batch = await self._run(prune)
-            pruned += batch
-        if pruned and await self._run(gateway.may_vacuum_queue()):
-            await self._run(gateway.vacuum_queue())
+        try:
+            pruned = batch = await self._run(prune)
+            while batch == PRUNE_BATCH:
+                batch = await self._run(prune)
+                pruned += batch
+            if pruned and await self._run(gateway.may_vacuum_queue()):
+                await self._run(gateway.vacuum_queue())
+        except Exception as error:  # the database away: the next round prunes what is left
+            log.warning("pruning finished jobs failed (%s); will try again", error)
 
     async def _rescue_once(self, own: int | None) -> None:
         """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""
@@ -424,7 +432,7 @@ class Runtime:
     async def _retrain_due(self) -> None:
         """The weekly and cron retrain policies that are due: each daemon asks on every beat, and the
         database retrains once per due time whoever asks first (sql/schema/retrains.sql sfq_retrain_due)."""
-        for row in await self._run(gateway.retrain_due(), "rescue"):
+        for row in await self._run_queue(gateway.retrain_due()):
             log.info(
                 "retrain %s of %s/%s (%s, due %s): model %s%s",
                 row["id"],
