@@ -345,7 +345,7 @@ def score(actual: np.ndarray, predicted: np.ndarray, actual_change: np.ndarray, 
     return {
         "rmse": finite(math.sqrt(mean_squared_error(actual, predicted))),
         "mae": finite(mean_absolute_error(actual, predicted)),
-        "r2": finite(r2_score(actual_change, predicted_change)),
+        "r2": finite(r2_score(actual_change, predicted_change)) if len(actual) > 1 else None,  # undefined
         "directional_accuracy": finite(
             np.mean(np.sign(predicted_change[moved]) == np.sign(actual_change[moved]))
             if moved.any()
