@@ -48,7 +48,11 @@ EXPECTED = {
         "with its default backtest run",
         "once per distinct file",
     ],
-    "sustained": ["rate (workers never idle)", "procrastinate_jobs: size", "bounded: peak size"],
+    "sustained": [
+        "rate (workers never idle)",
+        "procrastinate_jobs: size",
+        "bounded: peak bytes per held job",
+    ],
 }
 
 
