@@ -75,20 +75,14 @@ END;
 $$;
 
 -- ---------------------------------------------------------------------------------------------------
--- Waking idle workers: one notification per statement and queue, and none when the queue already had a job
--- a worker could fetch (Procrastinate's own trigger, disabled below, notified every new job). A transaction
--- that notifies holds a lock from its commit's start to its end, so notifying transactions commit one at a
--- time, each waiting for the previous one's WAL flush: with a notification per enqueue, concurrent enqueues
--- were no faster than one connection (issue 15). A worker sleeps only after a fetch found nothing, so a
--- fetchable job already waiting means that no worker sleeps on it: either its own notification woke the
--- sleepers, or every worker has been busy since. The exception, a race: the waiting job fetched, and that
--- worker's next fetch done, between this statement and its commit; then this job waits for the poll
--- (SFQ_POLL_INTERVAL_S, the safety net) or the next notification.
--- Sorting is off in it so that the look-up reads the fetch's index in order, however stale the statistics
--- (planned for the few rows an unanalysed table seems to hold, it read every waiting job, then sorted
--- them); and JIT, which the cost of a plan with sorting off would call for (300 ms a statement).
+-- Waking idle workers: one notification per statement and queue (Procrastinate's own trigger, disabled
+-- below, notified every new job). A transaction that notifies holds a lock from its commit's start to its
+-- end, so notifying transactions commit one at a time, each waiting for the previous one's WAL flush: with
+-- a notification per job, a statement of many jobs paid it many times (issue 15). Every statement notifies,
+-- even while jobs wait: a worker that fetched before this statement committed and found nothing sleeps,
+-- and only this notification wakes it (skipping it left a second worker idle beside a waiting job).
 CREATE OR REPLACE FUNCTION sfq_notify_new_jobs() RETURNS trigger
-    LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $$
+    LANGUAGE plpgsql AS $$
 DECLARE
     queue text;
     first_job bigint;
@@ -97,15 +91,6 @@ BEGIN
     FOR queue, first_job IN
         SELECT n.queue_name, min(n.id) FROM inserted n WHERE n.status = 'todo' GROUP BY 1
     LOOP
-        -- A job a fetch would take (procrastinate_fetch_job_v2's conditions), enqueued before these: looked
-        -- for in the fetch's order, from its index of waiting jobs (the first one is taken, almost always).
-        PERFORM FROM procrastinate_jobs j
-          WHERE j.status = 'todo' AND j.queue_name = queue AND j.id < first_job
-            AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-            AND (j.lock IS NULL OR NOT EXISTS (
-                     SELECT FROM procrastinate_jobs o WHERE o.lock = j.lock AND o.status = 'doing'))
-          ORDER BY j.priority DESC, j.id LIMIT 1;
-        CONTINUE WHEN FOUND;
         payload := json_build_object('type', 'job_inserted', 'job_id', first_job)::text;  -- Procrastinate's
         PERFORM pg_notify('procrastinate_queue_v1#' || queue, payload);
         PERFORM pg_notify('procrastinate_any_queue_v1', payload);
