@@ -301,10 +301,13 @@ def test_api_role_serves_every_endpoint_and_cannot_write_tables(roles, start_api
             assert api.get(f"/models/{model_id}/{path}").status_code == 200, path
         assert api.get("/models", params={"sort": "ic"}).json()["total"] >= 1
         assert api.get("/metrics").status_code == 200
-        forecast = api.post(f"/models/{model_id}/predict")
+        # A worker answers within 120 s even on a loaded machine (its first forecast imports scikit-learn).
+        forecast = api.post(f"/models/{model_id}/predict?wait=120", timeout=150)
         assert forecast.status_code == 200 and forecast.json()["status"] == "completed", forecast.text
         assert api.get(f"/forecasts/{forecast.json()['id']}").status_code == 200
-        simulation = api.post("/simulate", json={"model_id": model_id, "strategy": "long_only"})
+        simulation = api.post(
+            "/simulate?wait=120", json={"model_id": model_id, "strategy": "long_only"}, timeout=150
+        )
         assert simulation.status_code == 200 and simulation.json()["status"] == "completed", simulation.text
         assert api.get(f"/simulations/{simulation.json()['id']}").status_code == 200
         assert api.post(f"/models/{model_id}/cancel").status_code == 409

@@ -367,7 +367,7 @@ def test_the_decay_flag_is_stored_with_the_live_record_and_served_by_the_api_and
     assert (forecasts, realised, metrics["decay"]["n"]) == (16, 14, 14)
     assert metrics["decay"]["decayed"] is None and metrics["decay"]["reason"].startswith("no backtest")
 
-    asked = api.post("/simulate?wait=120", json={"model_id": model, "strategy": "long_short"})
+    asked = api.post("/simulate?wait=120", json={"model_id": model, "strategy": "long_short"}, timeout=150)
     assert asked.status_code == 200, asked.text
     backtest = asked.json()["metrics"]
     deadline = time.monotonic() + 60

@@ -295,22 +295,26 @@ def test_a_killed_worker_loses_no_trial_and_counts_none_twice(clean, start_worke
     victim = start_worker(1, **quick)
     start_worker(2, **quick)
     deadline = time.monotonic() + 120
-    while not clean.execute(
-        "SELECT 1 FROM models m JOIN study_trials t ON t.model_id = m.id"
-        " WHERE t.study_id = %s AND m.status = 'running' AND m.worker_pid = %s",
-        (study_id, victim.pid),
-    ).fetchone():
+    while not (
+        running := clean.execute(
+            "SELECT m.id FROM models m JOIN study_trials t ON t.model_id = m.id"
+            " WHERE t.study_id = %s AND m.status = 'running' AND m.worker_pid = %s",
+            (study_id, victim.pid),
+        ).fetchone()
+    ):
         assert time.monotonic() < deadline, victim.output
         time.sleep(0.05)
     victim.popen.send_signal(signal.SIGKILL)
     ended = wait_for_study(clean, study_id)
     assert ended == {"state": "finished", "reason": "6 trials of 6", "trials": {"complete": 6}}, ended
-    rescued = clean.execute(
-        "SELECT count(*) FROM study_trials t JOIN models m ON m.id = t.model_id"
-        " WHERE t.study_id = %s AND m.attempts = 2",
-        (study_id,),
-    ).fetchone()[0]
-    assert rescued == 1
+    # The victim's trial was lost with it and trained again: its attempt on the victim ends 'lost' (on a
+    # loaded machine a late heartbeat may have handed on another trial too: counted there, not here).
+    outcomes = clean.execute(
+        "SELECT array_agg(a.outcome ORDER BY a.attempt), m.status FROM model_attempts a"
+        " JOIN models m ON m.id = a.model_id WHERE a.model_id = %s GROUP BY m.status",
+        running,
+    ).fetchone()
+    assert "lost" in outcomes[0] and outcomes[1] == "completed", outcomes
     assert (
         clean.execute(
             "SELECT count(DISTINCT model_id) FROM study_trials WHERE study_id = %s", (study_id,)
