@@ -25,6 +25,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from queue_app.errors import ConfigError
+from queue_app.vocabulary import TRAINING_PHASES
 
 SYSTEM = "procrastinate"  # messaging.system: the queue sfq's jobs go through
 # OTEL_TRACES_EXPORTER's names, as the SDK's entry points call them ("otlp": over HTTP unless
@@ -48,10 +49,6 @@ def requested() -> bool:
         os.environ.get(name, "").strip()
         for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 def configure(service: str) -> bool:
@@ -204,8 +201,6 @@ def failed(span: Span, reason: str) -> None:
     span.set_status(Status(StatusCode.ERROR, reason))
 
 
-# The training process's phases in order (workers/modelling/training.py TrainingResult.timings).
-PHASES = ("features", "cv", "fit", "evaluate", "importance", "serialize")
 _PHASE_SPANS = {"cv": "cross-validation"}
 
 
@@ -228,7 +223,7 @@ def training_spans(clock: TrainingClock, timings: Mapping[str, float] | None, fo
         return
     train = _tracer.start_span("train", start_time=clock.sent_ns)
     within = trace.set_span_in_context(train)
-    durations = [(phase, int(timings[phase] * 1e9)) for phase in PHASES if phase in (timings or {})]
+    durations = [(phase, int(timings[phase] * 1e9)) for phase in TRAINING_PHASES if phase in (timings or {})]
     at = max(clock.sent_ns, clock.answered_ns - sum(d for _, d in durations))
     if durations:
         _tracer.start_span("load bars", context=within, start_time=clock.sent_ns).end(end_time=at)

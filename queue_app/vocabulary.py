@@ -38,6 +38,9 @@ TRAINING_QUEUE, TRAIN_TASK = "training", "train_model"
 PREDICTION_QUEUE, PREDICT_TASK = "prediction", "predict_model"
 SIMULATION_QUEUE, SIMULATE_TASK = "simulation", "simulate_model"
 STUDY_QUEUE, ADVANCE_TASK = "study", "advance_study"
+# A training's phases in order, each timed from the end of the one before (workers/modelling/training.py
+# TrainingResult.timings): what a traced training's spans and the per-job cost benchmark break it into.
+TRAINING_PHASES = ("features", "cv", "fit", "evaluate", "importance", "serialize")
 # A study's trial (study_trials' CHECK): asked and training, or how it ended; `reused` took the result of a
 # live model with the same fingerprint instead of training again.
 TRIAL_STATES = ("running", "complete", "pruned", "failed", "reused")
