@@ -121,15 +121,25 @@ class Sending:
     def recording(self) -> bool:
         return self.span.is_recording()
 
-    def sent(self, model_ids: list[int], job_ids: list[int]) -> None:
+    @staticmethod
+    def new_models(answer: Any) -> list[int]:
+        """The models a submission's answer (a Submission, or a batch's list of them) created, whose jobs
+        `sent` names: the deduplicated ones were there already."""
+        return [s.model_id for s in _submissions(answer) if not s.deduplicated]
+
+    def sent(self, answer: Any, job_ids: list[int]) -> None:
         """The models that serve the submission, and the jobs deferred for the new ones among them (none:
         existing models serve it all)."""
         if len(job_ids) == 1:
             self.span.set_attribute("messaging.message.id", str(job_ids[0]))
         elif len(job_ids) > 1:
             self.span.set_attribute("messaging.batch.message_count", len(job_ids))
-        self.span.set_attribute("sfq.model.ids", model_ids)
+        self.span.set_attribute("sfq.model.ids", [s.model_id for s in _submissions(answer)])
         self.span.set_attribute("sfq.deduplicated", not job_ids)
+
+
+def _submissions(answer: Any) -> list[Any]:
+    return answer if isinstance(answer, list) else [answer]
 
 
 @contextlib.contextmanager

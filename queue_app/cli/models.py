@@ -69,9 +69,7 @@ def _sending(
         with tracing.sending(TRAINING_QUEUE, request, carrier) as sending:
             answer = gateway.run(conn, submit(sending.request, "cli"))
             if sending.recording:
-                submissions = answer if isinstance(answer, list) else [answer]
-                new = [s.model_id for s in submissions if not s.deduplicated]
-                sending.sent([s.model_id for s in submissions], gateway.run(conn, gateway.model_jobs(new)))
+                sending.sent(answer, gateway.run(conn, gateway.model_jobs(sending.new_models(answer))))
         return answer
 
     return send
