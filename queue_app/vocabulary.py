@@ -1,4 +1,5 @@
-"""Words the database, the core and the front ends share: model statuses, queues and tasks.
+"""Words the database, the core and the front ends share: model statuses, queues and tasks, a training's
+phases.
 
 The model statuses are the database's `sfq_model_status` enum (tests/test_contract.py keeps the two
 equal); the queue and task names are what the database defers (sql/schema) and the workers run.
