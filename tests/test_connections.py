@@ -28,6 +28,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench.common import descendants
 from tests.conftest import (
     QUICK_RESCUE,
     SLOW,
@@ -52,25 +53,10 @@ BOUNCER_POOL_SIZE = 2  # server connections PgBouncer may open to the run's data
 # Counting: a process tree's TCP connections (from /proc), pg_stat_activity's rows by name.
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
-
-
 def tcp_connections(pid: int, port: int) -> int:
     """Established TCP connections to `port` held by `pid` or any of its descendants."""
     inodes = set()
-    for member in process_tree(pid):
+    for member in [pid, *descendants(pid)]:
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{member}/fd"):
                 with contextlib.suppress(OSError):
