@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
-from bench.bars_parquet import write_bars
+from bench.bars_parquet import sfq_import, write_bars
 from bench.common import scratch_database
 from queue_app import gateway
 from workers.daemon.data import frame
@@ -33,25 +31,7 @@ ROUNDS = 7
 
 def _import(url: str, path: Path, symbol: str) -> float:
     began = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "queue_app.cli",
-            "bars",
-            "import",
-            str(path),
-            "--symbol",
-            symbol,
-            "--timeframe",
-            "1m",
-        ],
-        env={**os.environ, "POSTGRES_URL": url},
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        sys.exit(f"import of {symbol} failed: {result.stderr}")
+    sfq_import(url, path, symbol)
     return time.monotonic() - began
 
 

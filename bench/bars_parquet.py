@@ -69,6 +69,21 @@ def write_bars(path: Path, rows: int, seed: int = 16, session: bool = False) -> 
             price = float(close[-1])
 
 
+def sfq_import(url: str, path: Path, symbol: str) -> subprocess.CompletedProcess:
+    """The real CLI, `sfq bars import FILE --symbol SYMBOL --timeframe 1m`, as a child process into the
+    database at `url`; exits saying why when the import fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "queue_app.cli", "bars", "import", str(path), "--symbol", symbol]
+        + ["--timeframe", "1m"],
+        env={**os.environ, "POSTGRES_URL": url},
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        sys.exit(f"import of {symbol} failed: {result.stderr}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -88,17 +103,9 @@ def main() -> None:
         )
         with scratch_database(server, "sfq_bench_parquet") as url:
             began = time.monotonic()
-            result = subprocess.run(
-                [sys.executable, "-m", "queue_app.cli", "bars", "import", str(path), "--symbol", "SYN"]
-                + ["--timeframe", "1m"],
-                env={**os.environ, "POSTGRES_URL": url},
-                capture_output=True,
-                text=True,
-            )
+            result = sfq_import(url, path, "SYN")
             elapsed = time.monotonic() - began
             peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            if result.returncode != 0:
-                sys.exit(f"import failed: {result.stderr}")
             print(result.stdout.strip())
             print(
                 f"import: {args.rows:,} rows in {elapsed:.1f} s = {args.rows / elapsed:,.0f} rows/s; "

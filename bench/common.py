@@ -12,11 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -285,3 +287,25 @@ def redis_reachable() -> bool:
         return bool(redis.Redis.from_url(redis_url(), socket_connect_timeout=1).ping())
     except Exception:
         return False
+
+
+def new_figure(rows: int = 1, figsize: tuple[float, float] = (10, 6), **subplots: Any) -> tuple[Any, Any]:
+    """A chart's matplotlib figure and its axes (`rows` of them, one above the other), without pyplot:
+    headless, and no global state to close."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, 1, **subplots)
+
+
+def save_chart(figure: Any, path: Path, short: bool) -> str | None:
+    """The chart drawn to `path` (under docs/), and that path from the repository's root for the report;
+    --short draws it to a temporary file, removed at once (the drawing is what the short run checks), and
+    names none."""
+    figure.tight_layout()
+    if short:
+        with tempfile.TemporaryDirectory(prefix="sfq-bench-chart-") as folder:
+            figure.savefig(Path(folder) / path.name, dpi=100)
+        return None
+    figure.savefig(path, dpi=100)
+    return str(path.relative_to(ROOT))

@@ -11,8 +11,8 @@ from typing import Any
 from bench import jobs
 from bench.scaleout import run_pool, run_sfq
 from queue_app import gateway
+from queue_app.vocabulary import TRAINING_PHASES
 
-PHASES = ("features", "cv", "fit", "evaluate", "importance", "serialize")
 BASELINE_PHASES = ("load", "train", "write", "backtest")
 
 
@@ -33,7 +33,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
         job = span + times["write"] + times["backtest"]
         total_cv_fit += timings["cv"] + timings["fit"]
         other = job - sum(timings.values()) - sum(times[k] for k in ("load", "write", "backtest"))
-        parts = [f"{name} {100 * timings[name] / job:.1f}%" for name in PHASES]
+        parts = [f"{name} {100 * timings[name] / job:.1f}%" for name in TRAINING_PHASES]
         parts += [f"{k} {100 * times[k] / job:.1f}%" for k in ("load", "write", "backtest")]
         parts.append(f"other {100 * other / job:.1f}%")
         overhead = 1 - (timings["cv"] + timings["fit"]) / job

@@ -22,14 +22,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import reads
-from bench.common import ROOT, Process, free_port, percentile, processes
+from bench.common import ROOT, Process, free_port, new_figure, percentile, processes, save_chart
 from queue_app import gateway
 from queue_app.config import Settings
 
@@ -171,14 +170,9 @@ def describe(values: list[float]) -> str:
     return f"{percentile(values, 0.5):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
-def _chart(results: dict[int, dict[str, list[float]]], rounds: int, output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _chart(results: dict[int, dict[str, list[float]]], rounds: int, short: bool) -> str | None:
     sizes = sorted(results)
-    figure, axis = plt.subplots(figsize=(9, 5.5))
+    figure, axis = new_figure(figsize=(9, 5.5))
     for key, label in MEASURES.items():
         medians = [percentile(results[s][key], 0.5) for s in sizes]
         low = [m - min(results[s][key]) for m, s in zip(medians, sizes, strict=True)]
@@ -193,9 +187,7 @@ def _chart(results: dict[int, dict[str, list[float]]], rounds: int, output: Path
     axis.set_ylabel("enqueued per second (median, bars: min-max)")
     axis.set_title(f"sfq enqueue rate against the size of the database ({rounds} rounds; dotted: goals)")
     axis.legend(fontsize=8, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
+    return save_chart(figure, CHART, short)
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
@@ -261,14 +253,12 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             f"({sweep['created'] / sweep['sweep_wall_ms'] * 1000:.0f} jobs/s)",
         )
     )
-    chart = CHART if not short else Path(tempfile.mkdtemp()) / "enqueue.png"  # short: drawn, then dropped
-    _chart(results, rounds, chart)
     return {
         "rows": rows,
         "data": {
             "rounds": rounds,
             "results": results,
             **sweep,
-            "chart": None if short else str(chart.relative_to(ROOT)),
+            "chart": _chart(results, rounds, short),
         },
     }

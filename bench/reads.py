@@ -11,15 +11,13 @@ report in a full run."""
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
-from bench.common import ROOT, Process, free_port, percentile, processes
+from bench.common import ROOT, Process, free_port, new_figure, percentile, processes, save_chart
 from queue_app import gateway, monitor
 
 SHORT_SIZES = (0, 2_000)
@@ -151,14 +149,9 @@ def _measure(url: str, port: int, paths: dict[str, str], repeats: int) -> dict[s
     return {label: values[1:] for label, values in timings.items()}
 
 
-def _chart(results: dict[int, dict[str, list[float]]], output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _chart(results: dict[int, dict[str, list[float]]], short: bool) -> str | None:
     sizes = sorted(results)
-    figure, axis = plt.subplots(figsize=(10, 6))
+    figure, axis = new_figure(figsize=(10, 6))
     for label in results[sizes[-1]]:
         measured = [s for s in sizes if label in results[s]]
         axis.plot(
@@ -173,9 +166,7 @@ def _chart(results: dict[int, dict[str, list[float]]], output: Path) -> None:
     axis.set_ylabel("p50 latency, ms")
     axis.set_title("sfq read paths against the size of the database")
     axis.legend(fontsize=7, loc="upper left")
-    figure.tight_layout()
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
+    return save_chart(figure, CHART, short)
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
@@ -202,14 +193,12 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
         for label, values in timings.items():
             p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
             rows.append(("reads", f"{label}, {models} models", f"{p50:.1f} / {p99:.1f} ms (p50 / p99)"))
-    chart = CHART if not short else Path(tempfile.mkdtemp()) / "reads.png"  # short: drawn, then dropped
-    _chart(results, chart)
     return {
         "rows": rows,
         "data": {
             "repeats": repeats,
             "fill_s": fill_s,
             "results": results,
-            "chart": None if short else str(chart.relative_to(ROOT)),
+            "chart": _chart(results, short),
         },
     }

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import CORES, ROOT, Process, processes
+from bench.common import CORES, ROOT, Process, new_figure, processes, save_chart
 from bench.noop import SFQ_TASK, _defer
 from queue_app.vocabulary import TRAINING_QUEUE
 
@@ -68,14 +68,9 @@ def _sample(conn: psycopg.Connection, deferred: int) -> dict[str, Any]:
     }
 
 
-def _chart(samples: list[dict[str, Any]], output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _chart(samples: list[dict[str, Any]], short: bool) -> str | None:
     minutes = [s["t"] / 60 for s in samples]
-    figure, (size_axis, dead_axis, rate_axis) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    figure, (size_axis, dead_axis, rate_axis) = new_figure(3, figsize=(10, 9), sharex=True)
     for table in TABLES:
         size_axis.plot(minutes, [s["tables"][table]["bytes"] / 2**20 for s in samples], label=table)
         dead_axis.plot(minutes, [s["tables"][table]["dead"] for s in samples], label=table)
@@ -88,9 +83,7 @@ def _chart(samples: list[dict[str, Any]], output: Path) -> None:
     rate_axis.plot(minutes, [_rate(samples, i) for i in range(len(samples))], color="black")
     rate_axis.set_ylabel("no-op jobs/s (last minute)")
     rate_axis.set_xlabel("minutes")
-    figure.tight_layout()
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
+    return save_chart(figure, CHART, short)
 
 
 def _total(sample: dict[str, Any]) -> int:
@@ -178,8 +171,6 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             f"{'yes' if bounded else 'NO'} ({peak_last:,.0f} vs {peak_middle:,.0f} B)",
         )
     )
-    chart = CHART if not short else Path(tempfile.mkdtemp()) / "sustained.png"  # short: drawn, then dropped
-    _chart(samples, chart)
     return {
         "rows": rows,
         "data": {
@@ -189,6 +180,6 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             "jobs_left": left,
             "bounded": bounded,
             "samples": samples,
-            "chart": None if short else str(chart.relative_to(ROOT)),
+            "chart": _chart(samples, short),
         },
     }

@@ -11,7 +11,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 import psycopg
@@ -110,13 +110,19 @@ def chunks(conn: psycopg.Connection | None, row: dict[str, Any]) -> Iterator[byt
 
 def read(conn: psycopg.Connection, row: dict[str, Any]) -> bytes:
     """The whole file, checked against the recorded SHA-256 (ArtifactError naming the model otherwise)."""
-    digest = hashlib.sha256()
     data = io.BytesIO()
+    copy(conn, row, data)
+    return data.getvalue()
+
+
+def copy(conn: psycopg.Connection | None, row: dict[str, Any], out: BinaryIO) -> None:
+    """The file written to `out` a chunk at a time, then checked against the recorded SHA-256
+    (ArtifactError naming the model otherwise: what was written is not the model's file)."""
+    digest = hashlib.sha256()
     for piece in chunks(conn, row):
         digest.update(piece)
-        data.write(piece)
+        out.write(piece)
     check(row["model_id"], row["sha256"], digest.hexdigest())
-    return data.getvalue()
 
 
 def check(model_id: int, recorded: str, actual: str) -> None:

@@ -568,10 +568,6 @@ class BlobWrite:
         }
 
 
-def _artifact_row(model_id: int, blob: BlobWrite, artifact_format: str) -> dict[str, Any]:
-    return {"model_id": model_id, "format": artifact_format, "sha256": blob.sha256, "size": blob.size}
-
-
 def _blob_of(result: Any, location: str | None) -> BlobWrite:
     """The result's file as a blob: its bytes, or where the worker stored them outside already."""
     data = None if location else result.artifact
@@ -585,13 +581,19 @@ def _write_blob(cursor: psycopg.Cursor, blob: BlobWrite) -> None:
             cursor.execute(QUERIES["insert_blob_chunk"].sql, chunk)
 
 
+def _link_blob(cursor: psycopg.Cursor, model_id: int, blob: BlobWrite, artifact_format: str) -> None:
+    """The blob stored (unless the same bytes are), then recorded as the model's file."""
+    _write_blob(cursor, blob)
+    row = {"model_id": model_id, "format": artifact_format, "sha256": blob.sha256, "size": blob.size}
+    cursor.execute(QUERIES["insert_artifact"].sql, row)
+
+
 def store_blob(conn: psycopg.Connection, model_id: int, blob: BlobWrite, artifact_format: str) -> None:
     """A model file stored and linked to its model in one transaction (the benchmark's and tests' way to
     give a model a file without training it)."""
     try:
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
-            _write_blob(cursor, blob)
-            cursor.execute(QUERIES["insert_artifact"].sql, _artifact_row(model_id, blob, artifact_format))
+            _link_blob(cursor, model_id, blob, artifact_format)
     except psycopg.Error as error:
         raise translate(error) from None
 
@@ -678,9 +680,7 @@ def write_result(
                 return False
             for query, rows in _result_writes(model_id, result):
                 cursor.executemany(QUERIES[query].sql, rows)
-            blob = _blob_of(result, location)
-            _write_blob(cursor, blob)
-            cursor.execute(QUERIES["insert_artifact"].sql, _artifact_row(model_id, blob, artifact_format))
+            _link_blob(cursor, model_id, _blob_of(result, location), artifact_format)
         return True
     except psycopg.Error as error:
         raise translate(error) from None

@@ -25,6 +25,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from queue_app.errors import ConfigError
+from queue_app.vocabulary import TRAINING_PHASES
 
 SYSTEM = "procrastinate"  # messaging.system: the queue sfq's jobs go through
 # OTEL_TRACES_EXPORTER's names, as the SDK's entry points call them ("otlp": over HTTP unless
@@ -48,10 +49,6 @@ def requested() -> bool:
         os.environ.get(name, "").strip()
         for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 def configure(service: str) -> bool:
@@ -124,15 +121,25 @@ class Sending:
     def recording(self) -> bool:
         return self.span.is_recording()
 
-    def sent(self, model_ids: list[int], job_ids: list[int]) -> None:
+    @staticmethod
+    def new_models(answer: Any) -> list[int]:
+        """The models a submission's answer (a Submission, or a batch's list of them) created, whose jobs
+        `sent` names: the deduplicated ones were there already."""
+        return [s.model_id for s in _submissions(answer) if not s.deduplicated]
+
+    def sent(self, answer: Any, job_ids: list[int]) -> None:
         """The models that serve the submission, and the jobs deferred for the new ones among them (none:
         existing models serve it all)."""
         if len(job_ids) == 1:
             self.span.set_attribute("messaging.message.id", str(job_ids[0]))
         elif len(job_ids) > 1:
             self.span.set_attribute("messaging.batch.message_count", len(job_ids))
-        self.span.set_attribute("sfq.model.ids", model_ids)
+        self.span.set_attribute("sfq.model.ids", [s.model_id for s in _submissions(answer)])
         self.span.set_attribute("sfq.deduplicated", not job_ids)
+
+
+def _submissions(answer: Any) -> list[Any]:
+    return answer if isinstance(answer, list) else [answer]
 
 
 @contextlib.contextmanager
@@ -204,8 +211,6 @@ def failed(span: Span, reason: str) -> None:
     span.set_status(Status(StatusCode.ERROR, reason))
 
 
-# The training process's phases in order (workers/modelling/training.py TrainingResult.timings).
-PHASES = ("features", "cv", "fit", "evaluate", "importance", "serialize")
 _PHASE_SPANS = {"cv": "cross-validation"}
 
 
@@ -228,7 +233,7 @@ def training_spans(clock: TrainingClock, timings: Mapping[str, float] | None, fo
         return
     train = _tracer.start_span("train", start_time=clock.sent_ns)
     within = trace.set_span_in_context(train)
-    durations = [(phase, int(timings[phase] * 1e9)) for phase in PHASES if phase in (timings or {})]
+    durations = [(phase, int(timings[phase] * 1e9)) for phase in TRAINING_PHASES if phase in (timings or {})]
     at = max(clock.sent_ns, clock.answered_ns - sum(d for _, d in durations))
     if durations:
         _tracer.start_span("load bars", context=within, start_time=clock.sent_ns).end(end_time=at)

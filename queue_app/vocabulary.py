@@ -1,4 +1,5 @@
-"""Words the database, the core and the front ends share: model statuses, queues and tasks.
+"""Words the database, the core and the front ends share: model statuses, queues and tasks, a training's
+phases.
 
 The model statuses are the database's `sfq_model_status` enum (tests/test_contract.py keeps the two
 equal); the queue and task names are what the database defers (sql/schema) and the workers run.
@@ -38,6 +39,9 @@ TRAINING_QUEUE, TRAIN_TASK = "training", "train_model"
 PREDICTION_QUEUE, PREDICT_TASK = "prediction", "predict_model"
 SIMULATION_QUEUE, SIMULATE_TASK = "simulation", "simulate_model"
 STUDY_QUEUE, ADVANCE_TASK = "study", "advance_study"
+# A training's phases in order, each timed from the end of the one before (workers/modelling/training.py
+# TrainingResult.timings): what a traced training's spans and the per-job cost benchmark break it into.
+TRAINING_PHASES = ("features", "cv", "fit", "evaluate", "importance", "serialize")
 # A study's trial (study_trials' CHECK): asked and training, or how it ended; `reused` took the result of a
 # live model with the same fingerprint instead of training again.
 TRIAL_STATES = ("running", "complete", "pruned", "failed", "reused")

@@ -597,8 +597,9 @@ SELECT id, timings, extract(epoch FROM finished_at - started_at)::float8 AS seco
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
 -- prediction_series_size --
--- How many walk-forward predictions these models store, and their bytes (what the benchmark reports; the
--- axes counted whole for each model, though models predicting the same bars share them).
+-- How many out-of-sample predictions these models store (held-out or walk-forward), and their bytes (what
+-- the walk-forward benchmark reports; the axes counted whole for each model, though models predicting the
+-- same bars share them).
 SELECT coalesce(sum(cardinality(s.predicted)), 0)::bigint AS predictions,
        coalesce(sum(pg_column_size(s.predicted) + pg_column_size(s.first_ts) + pg_column_size(s.model_id)
                      + coalesce(pg_column_size(s.seconds) + pg_column_size(s.actual),

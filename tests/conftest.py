@@ -6,6 +6,7 @@ database (sfq_test_<random>), upgrades it, loads the sample bars, and drops it a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,16 @@ from workers.daemon.child import die_with_parent
 ROOT = Path(__file__).resolve().parent.parent
 # Workers in tests poll rarely, so a job that starts at once was woken by LISTEN/NOTIFY.
 TEST_ENV = {"SFQ_POLL_INTERVAL_S": "300", "PYTHONUNBUFFERED": "1"}
+# A training of about 5-10 s on one core (with a symbol): long enough to interrupt, kill or sample.
+SLOW = {
+    "algorithm": "RandomForest",
+    "train_window": 1500,
+    "test_window": 250,
+    "cv_folds": 2,
+    "hyperparameters": json.dumps({"n_estimators": 150}),
+}
+# Rescue quickly in tests: heartbeats every second, a worker silent for 3 s is presumed dead.
+QUICK_RESCUE = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 
 
 PRIVATE_CLUSTER = pytest.StashKey[Path]()
@@ -257,16 +268,37 @@ def wait_for_models(conn: psycopg.Connection, model_ids: list[int], timeout: flo
     raise AssertionError(f"models {model_ids} not finished within {timeout} s: {rows}")
 
 
-def run_sfq(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real CLI against the database at `url`."""
+def run_sfq(*args: str, url: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """Run the real CLI against the database at `url`, with `env` added to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "queue_app.cli", *args],
-        env={**os.environ, "POSTGRES_URL": url},
+        env={**os.environ, "POSTGRES_URL": url, **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def taken_by(conn: psycopg.Connection, model_id: int, workers: list[Process]) -> tuple[Process, Process]:
+    """(the worker whose pid the model's row shows, the other one), once a worker has taken the job."""
+    deadline = time.monotonic() + 180
+    while (
+        pid := conn.execute("SELECT worker_pid FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+    ) is None:
+        assert time.monotonic() < deadline, [w.output for w in workers]
+        time.sleep(0.05)
+    (taker,) = [w for w in workers if w.pid == pid]
+    (other,) = [w for w in workers if w.pid != pid]
+    return taker, other
 
 
 def wait_for_jobs(conn: psycopg.Connection, timeout: float = 30) -> dict[int, str]:

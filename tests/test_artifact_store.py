@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -14,7 +13,7 @@ import pytest
 
 from queue_app import artifact_store, gateway
 from queue_app.errors import ArtifactError
-from tests.conftest import insert_request
+from tests.conftest import insert_request, wait_until
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
 
@@ -78,7 +77,7 @@ def test_collecting_blobs_keeps_one_a_model_links_to_meanwhile(clean, database):
         writer.execute(gateway.QUERIES["insert_blob"].sql, blob.row())  # the same bytes: row locked
         with ThreadPoolExecutor(1) as pool:
             collected = pool.submit(lambda: gateway.run(clean, gateway.collect_blobs()))
-            wait_until(lambda: _waiting_on_a_lock(database), "the collection waits for the writer")
+            wait_until(lambda: _waiting_on_a_lock(database), "the collection waiting for the writer", 30)
             writer.execute(
                 gateway.QUERIES["insert_artifact"].sql,
                 {"model_id": second, "format": "skops", "sha256": blob.sha256, "size": blob.size},
@@ -97,10 +96,3 @@ def _waiting_on_a_lock(database: str) -> bool:
     query += " AND datname = current_database()"
     with psycopg.connect(database, autocommit=True) as watcher:
         return watcher.execute(query).fetchone()[0] > 0
-
-
-def wait_until(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)

@@ -28,23 +28,24 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.conftest import free_port, insert_request, run_sfq, wait_for_jobs, wait_for_models
+from bench.common import descendants
+from tests.conftest import (
+    QUICK_RESCUE,
+    SLOW,
+    free_port,
+    insert_request,
+    run_sfq,
+    wait_for_jobs,
+    wait_for_models,
+    wait_until,
+)
 from workers.daemon.child import die_with_parent
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
-# About 5-10 s of training on one core: long enough to sample, and to kill the daemon during.
-SLOW = {
-    "symbol": "MSFT",
-    "algorithm": "RandomForest",
-    "train_window": 1500,
-    "test_window": 250,
-    "cv_folds": 2,
-    "hyperparameters": json.dumps({"n_estimators": 150}),
-}
+SLOW_MSFT = {"symbol": "MSFT", **SLOW}  # long enough to sample, and to kill the daemon during
 ALPHA = {"type": "float", "low": 0.001, "high": 100.0, "log": True}
 MAX_CONNECTIONS = 3  # per worker daemon while training: listen, queue, data
 POLLED = {"SFQ_POOLER": "transaction", "SFQ_POLL_INTERVAL_S": "1"}
-QUICK_RESCUE = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 BOUNCER_POOL_SIZE = 2  # server connections PgBouncer may open to the run's database
 
 
@@ -52,25 +53,10 @@ BOUNCER_POOL_SIZE = 2  # server connections PgBouncer may open to the run's data
 # Counting: a process tree's TCP connections (from /proc), pg_stat_activity's rows by name.
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
-
-
 def tcp_connections(pid: int, port: int) -> int:
     """Established TCP connections to `port` held by `pid` or any of its descendants."""
     inodes = set()
-    for member in process_tree(pid):
+    for member in [pid, *descendants(pid)]:
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{member}/fd"):
                 with contextlib.suppress(OSError):
@@ -121,13 +107,6 @@ def running(conn: psycopg.Connection, model_id: int) -> bool:
     return conn.execute("SELECT status = 'running' FROM models WHERE id = %s", (model_id,)).fetchone()[0]
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
-        time.sleep(0.05)
-
-
 def create_study(conn: psycopg.Connection, n_trials: int) -> int:
     study = {
         "base": FAST,
@@ -163,7 +142,7 @@ def test_a_training_daemon_holds_at_most_three_connections(clean, start_worker, 
         " WHERE datname = current_database() AND application_name LIKE 'sfq-worker:1:%%' GROUP BY 1"
     )
     port = server_port(database)
-    slow, _, _ = insert_request(clean, SLOW)
+    slow, _, _ = insert_request(clean, SLOW_MSFT)
     with psycopg.connect(database, autocommit=True) as sampling:
 
         def sample() -> dict:
@@ -270,7 +249,7 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(clean, start_
     assert wait_for_models(clean, [trained])[trained]["status"] == "completed"
 
     bouncer_port, port = server_port(url), server_port(database)
-    slow, _, _ = insert_request(clean, SLOW)
+    slow, _, _ = insert_request(clean, SLOW_MSFT)
     with psycopg.connect(database, autocommit=True) as sampling:
 
         def sample() -> dict:
@@ -318,7 +297,7 @@ def test_a_killed_daemons_job_is_rescued_through_pgbouncer(clean, start_worker, 
     row locks, through the pooler) and trains it to completion: attempt 1 lost, attempt 2 completed."""
     url, _ = pgbouncer
     doomed = start_worker(1, url=url, **POLLED, **QUICK_RESCUE)
-    model_id, _, _ = insert_request(clean, SLOW)
+    model_id, _, _ = insert_request(clean, SLOW_MSFT)
     doomed.wait_for_line(rf"model {model_id} starting .* training process (\d+)")
     doomed.popen.send_signal(signal.SIGKILL)
     doomed.popen.wait()
@@ -337,7 +316,7 @@ def test_a_running_model_is_cancelled_through_pgbouncer(clean, start_worker, pgb
     training process is killed and the model ends cancelled; the daemon goes on with the next job."""
     url, _ = pgbouncer
     worker = start_worker(1, url=url, **POLLED)
-    slow, _, _ = insert_request(clean, {**SLOW, "hyperparameters": json.dumps({"n_estimators": 3000})})
+    slow, _, _ = insert_request(clean, {**SLOW_MSFT, "hyperparameters": json.dumps({"n_estimators": 3000})})
     worker.wait_for_line(rf"model {slow} starting .* training process (\d+)")
     cancel = run_sfq("cancel", str(slow), url=database)
     assert cancel.returncode == 0, cancel.stderr

@@ -452,7 +452,9 @@ def test_same_request_over_http_cli_and_sql_has_one_fingerprint_and_trains_once(
 
 def test_idle_workers_are_woken_once_a_statement_even_while_jobs_wait(clean, database):
     """sfq_notify_new_jobs (queue.sql) in place of Procrastinate's notification per job: a notifying
-    transaction commits only after the previous one's commit, so each enqueue notifying serialised them."""
+    transaction commits only after the previous one's commit, so a notification per job serialised a
+    statement of many; and a statement notifies even while jobs wait (a worker that fetched before it
+    committed sleeps until a notification wakes it)."""
     with psycopg.connect(database, autocommit=True) as listener:
         listener.execute("LISTEN procrastinate_any_queue_v1")
         listener.execute('LISTEN "procrastinate_queue_v1#training"')

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
 import psycopg
 
 from queue_app import embedded
-from tests.conftest import Process, insert_request, wait_for_jobs, wait_for_models
+from tests.conftest import SLOW, Process, insert_request, wait_for_jobs, wait_for_models
 
-SLOW = {
-    "symbol": "AAPL",
-    "algorithm": "RandomForest",
-    "train_window": 1500,
-    "test_window": 250,
-    "cv_folds": 2,
-    "hyperparameters": json.dumps({"n_estimators": 150}),
-}
 QUICK = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "5", "SFQ_POLL_INTERVAL_S": "2"}
 
 
@@ -29,7 +20,7 @@ def test_database_restart_while_training(private_cluster, start_api):
         fleet.wait_for_line(r"worker 1 ready")
         api = start_api(url)
         with psycopg.connect(url, autocommit=True) as conn:
-            model_id, _, _ = insert_request(conn, SLOW)
+            model_id, _, _ = insert_request(conn, {"symbol": "AAPL", **SLOW})
         fleet.wait_for_line(rf"model {model_id} starting")
 
         embedded.stop(home)

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from tests.conftest import insert_request, wait_for_jobs, wait_for_models
+from tests.conftest import QUICK_RESCUE, SLOW, insert_request, taken_by, wait_for_jobs, wait_for_models
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
-# About 5-10 s of training on one core: long enough to interrupt.
-SLOW = {
-    "algorithm": "RandomForest",
-    "train_window": 1500,
-    "test_window": 250,
-    "cv_folds": 2,
-    "hyperparameters": json.dumps({"n_estimators": 150}),
-}
-# Rescue quickly in tests: heartbeats every second, a worker silent for 3 s is presumed dead.
-QUICK_RESCUE = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 
 
 def alive(pid: int) -> bool:
@@ -40,19 +29,6 @@ def attempt_log(conn, model_id: int) -> list[tuple[int, str]]:
 
 def training_pid(worker, model_id: int) -> int:
     return int(worker.wait_for_line(rf"model {model_id} starting .* training process (\d+)").group(1))
-
-
-def taken_by(conn, model_id: int, workers: list) -> tuple:
-    """(the worker whose pid the model's row shows, the other one), once a worker has taken the job."""
-    deadline = time.monotonic() + 180
-    while (
-        pid := conn.execute("SELECT worker_pid FROM models WHERE id = %s", (model_id,)).fetchone()[0]
-    ) is None:
-        assert time.monotonic() < deadline, [w.output for w in workers]
-        time.sleep(0.05)
-    (taker,) = [w for w in workers if w.pid == pid]
-    (other,) = [w for w in workers if w.pid != pid]
-    return taker, other
 
 
 def test_timeout_kills_training_and_worker_goes_on(clean, start_worker):

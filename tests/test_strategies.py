@@ -332,7 +332,7 @@ def _gauges(text: str, strategy: str, alias: str) -> dict[str, str]:
 
 
 def test_the_decay_flag_is_stored_with_the_live_record_and_served_by_the_api_and_metrics(
-    clean, database, api, start_worker
+    clean, api, start_worker
 ):
     symbol = "DECAY"
     news = copy_bars(clean, symbol, keep_last=16)

@@ -4,12 +4,9 @@ SQL or CLI) and of its model's training and backtest are one trace, in the messa
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,17 +22,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from queue_app import bars, db
-from tests.conftest import ROOT, Process, free_port, insert_request, wait_for_models
+from tests.conftest import (
+    QUICK_RESCUE,
+    SLOW,
+    Process,
+    free_port,
+    insert_request,
+    run_sfq,
+    taken_by,
+    wait_for_models,
+)
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 3}
-# About 5-10 s of training on one core (tests/test_resilience.py): long enough to interrupt.
-SLOW = {
-    "algorithm": "RandomForest",
-    "train_window": 1500,
-    "test_window": 250,
-    "cv_folds": 2,
-    "hyperparameters": json.dumps({"n_estimators": 150}),
-}
 KINDS = {SpanProto.SPAN_KIND_PRODUCER: "producer", SpanProto.SPAN_KIND_CONSUMER: "consumer"}
 
 
@@ -291,17 +289,8 @@ def test_sql_insert_with_traceparent_joins_the_callers_trace(traced, receiver, c
 
 def test_cli_submit_sends_in_the_trace_of_TRACEPARENT(traced, receiver, conn, database):
     traceparent, trace_id, caller_span = _traceparent()
-    env = {**os.environ, "POSTGRES_URL": database, "TRACEPARENT": traceparent, **receiver.env()}
-    spec = _unique(3)
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in spec.items()]
-    done = subprocess.run(
-        [sys.executable, "-m", "queue_app.cli", "submit", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in _unique(3).items()]
+    done = run_sfq("submit", *args, url=database, TRACEPARENT=traceparent, **receiver.env())
     assert done.returncode == 0, done.stderr
     model_id = int(done.stdout.split()[1])
     send = _one(receiver.wait_for(trace_id, ["send training"]), "send training")
@@ -398,7 +387,7 @@ def test_a_rescued_job_is_a_new_span_with_the_same_parent_and_link(make_database
     """A worker killed mid-training exports nothing more; the job another worker's rescue defers in its
     place is processed in a span under the request's stored context, linked to it, naming the new job."""
     url = _database_of_its_own(make_database)
-    env = {"POSTGRES_URL": url, "SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3", **receiver.env()}
+    env = {"POSTGRES_URL": url, **QUICK_RESCUE, **receiver.env()}
     workers = [Process(["worker", str(n)], env) for n in (1, 2)]
     try:
         for worker in workers:
@@ -406,7 +395,8 @@ def test_a_rescued_job_is_a_new_span_with_the_same_parent_and_link(make_database
         traceparent, trace_id, caller_span = _traceparent()
         with psycopg.connect(url, autocommit=True) as conn:
             model_id, _, _ = insert_request(conn, {"symbol": "AAPL", **SLOW, "traceparent": traceparent})
-            doomed = _taker(conn, model_id, workers)
+            doomed, _ = taken_by(conn, model_id, workers)
+            doomed.wait_for_line(rf"model {model_id} starting")
             doomed.popen.send_signal(signal.SIGKILL)
             model = wait_for_models(conn, [model_id], timeout=180)[model_id]
             assert (model["status"], model["attempts"]) == ("completed", 2)
@@ -424,19 +414,6 @@ def test_a_rescued_job_is_a_new_span_with_the_same_parent_and_link(make_database
     assert process["parent_span_id"] == caller_span
     assert process["links"] == [(trace_id, caller_span)]
     assert not process["error"]
-
-
-def _taker(conn: psycopg.Connection, model_id: int, workers: list[Process]) -> Process:
-    """The worker whose pid the model's row shows, once one has taken its job and started training."""
-    deadline = time.monotonic() + 180
-    while (
-        pid := conn.execute("SELECT worker_pid FROM models WHERE id = %s", (model_id,)).fetchone()[0]
-    ) is None:
-        assert time.monotonic() < deadline, [w.output for w in workers]
-        time.sleep(0.05)
-    (taker,) = [w for w in workers if w.pid == pid]
-    taker.wait_for_line(rf"model {model_id} starting")
-    return taker
 
 
 def test_without_otel_variables_nothing_is_traced_or_stored(make_database, receiver):

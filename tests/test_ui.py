@@ -27,9 +27,10 @@ from selenium.common.exceptions import (  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"
 )
+pytestmark = needs_chromium
 
 FAST = {"train_window": 300, "test_window": 60, "cv_folds": 3}
 SIZES = {"laptop": (1280, 800), "phone": (390, 844)}

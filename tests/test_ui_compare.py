@@ -14,8 +14,6 @@ import pytest
 from queue_app.lineage import spec_changes, spec_differences
 from tests.conftest import wait_for_jobs, wait_for_models
 from tests.test_ui import (
-    CHROMIUM,
-    DRIVER,
     FAST,
     By,
     _cells,
@@ -27,10 +25,7 @@ from tests.test_ui import (
     _text,
     _until,
     browser,  # noqa: F401  (the fixture)
-)
-
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"
+    needs_chromium,
 )
 
 

@@ -16,8 +16,6 @@ from psycopg.types.json import Jsonb
 from tests.conftest import wait_for_jobs, wait_for_models
 from tests.test_strategies import copy_bars, insert_bar, wait_for_record
 from tests.test_ui import (
-    CHROMIUM,
-    DRIVER,
     By,
     _cells,
     _drawn,
@@ -25,11 +23,10 @@ from tests.test_ui import (
     _screenshots,
     _text,
     browser,  # noqa: F401  (the fixture)
+    needs_chromium,
 )
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"
-)
+pytestmark = needs_chromium
 
 REASON = "first <b>live</b> model & its test"  # shown as text, never as markup
 

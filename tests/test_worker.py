@@ -194,7 +194,7 @@ def test_sigterm_stops_an_idle_worker_cleanly(start_worker):
     assert "worker 1 stopped" in worker.output
 
 
-def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean, database):
+def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean):
     """Procrastinate aborts a job by cancelling its task: the training process dies and the task sees
     CancelledError, never an error of the waiting thread and the event loop closing the pipe together
     (that race once turned a cancel into a requeue)."""

@@ -70,9 +70,7 @@ async def _send(
     with tracing.sending(TRAINING_QUEUE, body, request.headers) as sending:
         answer = await call(request, submit(sending.request, "http"))
         if sending.recording:
-            submissions = answer if isinstance(answer, list) else [answer]
-            new = [s.model_id for s in submissions if not s.deduplicated]
-            sending.sent([s.model_id for s in submissions], await call(request, gateway.model_jobs(new)))
+            sending.sent(answer, await call(request, gateway.model_jobs(sending.new_models(answer))))
     return answer
 
 

@@ -64,6 +64,7 @@ STUDY = {
 # A strategy's name: a-z, 0-9, _ or - (the database checks it: sql/schema/strategies.sql).
 NAME_SCHEMA = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}
 NAME = {"name": "name", "in": "path", "required": True, "schema": NAME_SCHEMA}
+ALIAS = {"name": "alias", "in": "path", "required": True, "schema": NAME_SCHEMA}  # production, candidate, ...
 
 
 def _error_schema() -> dict:
@@ -419,10 +420,7 @@ OPENAPI = {
                     "404": _response("A path that names no route (an empty or a slashed name)"),
                     "409": _response("The model is not completed"),
                 },
-                parameters=[
-                    NAME,
-                    {"name": "alias", "in": "path", "required": True, "schema": NAME_SCHEMA},
-                ],
+                parameters=[NAME, ALIAS],
                 requestBody=_json_body(
                     {
                         "type": "object",
@@ -447,10 +445,7 @@ OPENAPI = {
                     "403": _response("The database role may not set a production alias's policy"),
                     "404": _response("Unknown strategy or alias"),
                 },
-                parameters=[
-                    NAME,
-                    {"name": "alias", "in": "path", "required": True, "schema": NAME_SCHEMA},
-                ],
+                parameters=[NAME, ALIAS],
                 requestBody=_json_body(
                     {
                         "type": "object",

@@ -4,7 +4,6 @@ predictions | artifact | predict`: models in, and everything about them out."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -69,9 +68,7 @@ def _sending(
         with tracing.sending(TRAINING_QUEUE, request, carrier) as sending:
             answer = gateway.run(conn, submit(sending.request, "cli"))
             if sending.recording:
-                submissions = answer if isinstance(answer, list) else [answer]
-                new = [s.model_id for s in submissions if not s.deduplicated]
-                sending.sent([s.model_id for s in submissions], gateway.run(conn, gateway.model_jobs(new)))
+                sending.sent(answer, gateway.run(conn, gateway.model_jobs(sending.new_models(answer))))
         return answer
 
     return send
@@ -145,14 +142,9 @@ def cmd_artifact(args: argparse.Namespace) -> None:
         )
     artifact_store.present(artifact)
     output = Path(args.output or f"model-{args.model_id}.{artifact['format']}")
-    with connect(args) as conn:  # a chunk at a time, checked against the recorded SHA-256 as it goes
-        digest = hashlib.sha256()
-        with output.open("wb") as out:
-            for piece in artifact_store.chunks(conn, artifact):
-                digest.update(piece)
-                out.write(piece)
     try:
-        artifact_store.check(args.model_id, artifact["sha256"], digest.hexdigest())
+        with connect(args) as conn, output.open("wb") as out:  # a chunk at a time, checked as it goes
+            artifact_store.copy(conn, artifact, out)
     except ArtifactError:
         output.unlink()
         raise

@@ -47,8 +47,7 @@ BEGIN
                    PARTITION BY m.symbol
                    ORDER BY CASE WHEN descending THEN -v.value ELSE v.value END, m.id DESC) AS place
           FROM models m
-         CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(m.metrics -> metric) = 'number'
-                                         THEN (m.metrics ->> metric)::double precision END AS value) v
+         CROSS JOIN LATERAL (SELECT sfq_metric_value(m.metrics, metric) AS value) v
          WHERE m.status = 'completed' AND v.value IS NOT NULL
     ), chosen AS (
         SELECT a.model_id FROM model_artifacts a

@@ -143,19 +143,20 @@ CREATE OR REPLACE FUNCTION sfq_check_retrain_policy(policy jsonb, OUT canonical 
     LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     kinds jsonb := '{"every_n_bars": ["n"], "weekly": ["weekday", "time"], "cron": ["cron"]}';
+    kind_names text := (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(kinds) k);
     weekdays text[] := ARRAY['sunday', 'monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday'];
     kind text;
     extra text;
     hhmm text[];
 BEGIN
     IF policy IS NULL OR jsonb_typeof(policy) <> 'object' THEN
-        PERFORM sfq_reject_policy('policy', format('must be a JSON object with a kind (%s), got %s',
-            (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(kinds) k), coalesce(policy::text, 'null')));
+        PERFORM sfq_reject_policy('policy', format('must be a JSON object with a kind (%s), got %s', kind_names,
+                                                   coalesce(policy::text, 'null')));
     END IF;
     kind := policy->>'kind';
     IF kind IS NULL OR jsonb_typeof(policy->'kind') <> 'string' OR NOT kinds ? kind THEN
-        PERFORM sfq_reject_policy('policy.kind', format('must be one of %s, got %s',
-            (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(kinds) k), coalesce(policy->'kind', 'null')));
+        PERFORM sfq_reject_policy('policy.kind', format('must be one of %s, got %s', kind_names,
+                                                        coalesce(policy->'kind', 'null')));
     END IF;
     SELECT k INTO extra FROM jsonb_object_keys(policy) k
      WHERE k <> 'kind' AND NOT kinds->kind ? k ORDER BY k LIMIT 1;
@@ -251,7 +252,8 @@ BEGIN
 END;
 $$;
 
--- A metric of a model's stored metrics, NULL when it is not a number.
+-- A metric of a model's stored metrics, NULL when it is not a number (the champion/challenger's values, and
+-- the retention's ranking: artifacts.sql).
 CREATE OR REPLACE FUNCTION sfq_metric_value(metrics jsonb, metric text) RETURNS double precision
     LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN jsonb_typeof(metrics->metric) = 'number' THEN (metrics->>metric)::double precision END

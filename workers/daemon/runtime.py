@@ -6,8 +6,8 @@ to install. Every query goes through queue_app.gateway.
 
 A daemon holds at most three connections (README, "More machines"): Procrastinate's LISTEN (`listen`,
 none behind a transaction pooler) and its pool of one (`queue`: jobs fetched and finished, heartbeats,
-rescue), and `data`, everything else, one statement or transaction at a time; the training process
-holds none (its bars come through its pipe, its progress goes back through it).
+rescue, the retrain policies' due check), and `data`, everything else, one statement or transaction at a
+time; the training process holds none (its bars come through its pipe, its progress goes back through it).
 """
 
 from __future__ import annotations
