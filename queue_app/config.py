@@ -3,6 +3,7 @@ value raises ConfigError naming the variable."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -27,9 +28,12 @@ def _float(name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):  # nan would pass every "at least" check (nan < low is False)
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+    return value
 
 
 def _bool(name: str, default: bool) -> bool:

@@ -331,7 +331,8 @@ def test_a_running_model_is_cancelled_through_pgbouncer(clean, start_worker, pgb
     [
         ({"SFQ_POOLER": "session"}, "SFQ_POOLER must be one of none, transaction, got 'session'"),
         ({"SFQ_POLL_INTERVAL_S": "0.01"}, "SFQ_POLL_INTERVAL_S must be at least 0.1, got 0.01"),
-        ({"SFQ_POLL_INTERVAL_S": "soon"}, "SFQ_POLL_INTERVAL_S must be a number, got 'soon'"),
+        ({"SFQ_POLL_INTERVAL_S": "soon"}, "SFQ_POLL_INTERVAL_S must be a finite number, got 'soon'"),
+        ({"SFQ_POLL_INTERVAL_S": "nan"}, "SFQ_POLL_INTERVAL_S must be a finite number, got 'nan'"),
     ],
 )
 def test_a_bad_pooler_setting_stops_the_worker_saying_which(clean, database, monkeypatch, env, message):
