@@ -75,33 +75,115 @@ END;
 $$;
 
 -- ---------------------------------------------------------------------------------------------------
--- Waking idle workers: one notification per statement and queue (Procrastinate's own trigger, disabled
--- below, notified every new job). A transaction that notifies holds a lock from its commit's start to its
--- end, so notifying transactions commit one at a time, each waiting for the previous one's WAL flush: with
--- a notification per job, a statement of many jobs paid it many times (issue 15). Every statement notifies,
--- even while jobs wait: a worker that fetched before this statement committed and found nothing sleeps,
--- and only this notification wakes it (skipping it left a second worker idle beside a waiting job).
-CREATE OR REPLACE FUNCTION sfq_notify_new_jobs() RETURNS trigger
+-- Waking idle workers, and only when one may sleep (Procrastinate's trigger, disabled below, notified every
+-- new job). A transaction that notifies holds a lock from its commit's start to its end, WAL flush
+-- included, so notifying transactions commit one at a time: with a notification per enqueue, concurrent
+-- enqueues were no faster than one connection (issue 15). A worker only sleeps (until a notification or
+-- SFQ_POLL_INTERVAL_S) after a fetch found nothing; so an enqueue notifies unless no worker of its queue
+-- is asleep or can fall asleep before the job is visible. That is decided with two advisory locks a
+-- queue, which, unlike rows, are seen by other transactions at once:
+--   - "asleep" (keys hashtext('sfq_asleep'), hashtext(queue)): held in share mode, at session level, by
+--     every listening worker of the queue from just before its last empty fetch until a fetch gives it a
+--     job;
+--   - "barrier" (hashtext('sfq_barrier'), hashtext(queue)): held in share mode by every enqueue that did
+--     not notify, from its decision to its commit. A worker takes it exclusively (and lets it go) after
+--     taking "asleep" and before that last fetch, so it waits for those enqueues to commit, and its fetch sees
+--     their jobs; an enqueue that comes while the worker waits for it cannot take it and notifies.
+-- An enqueue skips its notification only if it takes "barrier" and finds "asleep" free (taken and
+-- let go at once). A worker that sleeps holds "asleep" from before its barrier: an enqueue that decided
+-- after the barrier saw it held and notified; one that decided before committed before the worker's
+-- fetch, which saw its job (the proof in docs/BENCHMARKS.md, "Enqueue at scale").
+-- The decision is made at commit (a deferred trigger), once per transaction and queue, so that "barrier"
+-- is held only while the commit is written, not while its transaction goes on; a worker waits for it
+-- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. The keys are two int4s,
+-- apart from the one-bigint keys sfq uses elsewhere; spelled out here, for the deferred trigger runs as
+-- whoever commits, who may execute no sfq function.
+
+CREATE OR REPLACE FUNCTION sfq_wake_sleepers() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
-    queue text;
-    first_job bigint;
+    decided text := coalesce(current_setting('sfq.woken_queues', true), '');
+    queue integer := hashtext(NEW.queue_name);
     payload text;
 BEGIN
-    FOR queue, first_job IN
-        SELECT n.queue_name, min(n.id) FROM inserted n WHERE n.status = 'todo' GROUP BY 1
-    LOOP
-        payload := json_build_object('type', 'job_inserted', 'job_id', first_job)::text;  -- Procrastinate's
-        PERFORM pg_notify('procrastinate_queue_v1#' || queue, payload);
-        PERFORM pg_notify('procrastinate_any_queue_v1', payload);
-    END LOOP;
+    IF position(',' || NEW.queue_name || ',' IN decided) > 0 THEN
+        RETURN NULL;  -- this transaction's first job of the queue decided for all of them
+    END IF;
+    PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
+    IF pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue) THEN  -- (not one AND: no order)
+        IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
+            PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
+            RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
+        END IF;
+    END IF;
+    payload := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;  -- Procrastinate's
+    PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
     RETURN NULL;
 END;
 $$;
 
-CREATE OR REPLACE TRIGGER sfq_jobs_notify_inserted AFTER INSERT ON procrastinate_jobs
-    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION sfq_notify_new_jobs();
+DROP TRIGGER IF EXISTS sfq_jobs_wake_sleepers ON procrastinate_jobs;
+CREATE CONSTRAINT TRIGGER sfq_jobs_wake_sleepers AFTER INSERT ON procrastinate_jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'todo')
+    EXECUTE FUNCTION sfq_wake_sleepers();
 ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1;
+
+-- A listening worker's fetch (Procrastinate's fetch_job, through workers/daemon/app.py): a job of
+-- `queues` or none, and whether the worker is now registered asleep on them ("asleep" held; `registered`:
+-- what the caller believes). A fetch that finds nothing while the worker is not registered registers it,
+-- waits at the barrier and fetches again (its own statement: a snapshot after the barrier); a job found
+-- while registered lets "asleep" go. `asleep` NULL: an enqueue held the barrier longer than lock_timeout
+-- (a slow commit, or one whose deferred decision was made immediate): not registered, fetch again soon.
+-- Whether the session holds "asleep" is read from pg_locks, not believed: a pool that replaced its
+-- connection lost the lock with it.
+CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, registered boolean,
+                                         OUT job procrastinate_jobs, OUT asleep boolean)
+    LANGUAGE plpgsql SET lock_timeout = '1s' AS $$
+DECLARE
+    keys integer[] := ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(queues) AS q ORDER BY 1);
+    key integer;
+    held integer[];
+BEGIN
+    IF queues IS NULL THEN
+        RAISE EXCEPTION 'sfq_fetch_job needs the queues a worker may sleep on';
+    END IF;
+    job := procrastinate_fetch_job_v2(queues, worker);
+    IF job.id IS NULL THEN
+        held := ARRAY(SELECT l.objid::integer FROM pg_locks l
+                       WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
+                         AND l.mode = 'ShareLock' AND l.objsubid = 2
+                         AND l.classid = hashtext('sfq_asleep')::oid);
+        IF keys <@ held THEN
+            asleep := true;  -- registered, and past the barrier, before an earlier fetch
+            RETURN;
+        END IF;
+        FOREACH key IN ARRAY keys LOOP
+            CONTINUE WHEN key = ANY(held);
+            PERFORM pg_advisory_lock_shared(hashtext('sfq_asleep'), key);
+        END LOOP;
+        BEGIN
+            FOREACH key IN ARRAY keys LOOP
+                PERFORM pg_advisory_xact_lock(hashtext('sfq_barrier'), key);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            FOREACH key IN ARRAY keys LOOP
+                PERFORM pg_advisory_unlock_shared(hashtext('sfq_asleep'), key);
+            END LOOP;
+            asleep := NULL;
+            RETURN;
+        END;
+        job := procrastinate_fetch_job_v2(queues, worker);
+        registered := true;
+    END IF;
+    IF job.id IS NOT NULL AND registered THEN
+        FOREACH key IN ARRAY keys LOOP
+            PERFORM pg_advisory_unlock_shared(hashtext('sfq_asleep'), key);
+        END LOOP;
+    END IF;
+    asleep := job.id IS NULL;
+END;
+$$;
 
 -- ---------------------------------------------------------------------------------------------------
 -- Rescue: every worker daemon calls sfq_rescue_stalled_jobs and sfq_rescue_stalled_side_jobs every few
