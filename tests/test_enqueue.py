@@ -511,6 +511,9 @@ def test_enqueues_notify_once_a_transaction_and_only_while_a_worker_may_be_aslee
             enqueue(clean, 1)
         assert listener.heard(clean) == notified(first)
 
+        enqueue(worker, 1)  # from the session of a worker asleep (its rescues): its own lock hides from it
+        assert listener.heard(clean) == notified(newest_job(clean))
+
         assert fetch(worker, True) == (4, False)  # a job fetched: the worker is no longer asleep
         enqueue(clean, 1)
         assert listener.heard(clean) == []

@@ -95,7 +95,9 @@ $$;
 -- fetch, which saw its job (the proof in docs/BENCHMARKS.md, "Enqueue at scale").
 -- The decision is made at commit (a deferred trigger), once per transaction and queue, so that "barrier"
 -- is held only while the commit is written, not while its transaction goes on; a worker waits for it
--- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. The keys are two int4s,
+-- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. A session that ever slept
+-- (a daemon's queue connection, sfq.sleeper_session) always notifies: the probe would not see its own
+-- "asleep" locks, and its enqueues are few (a rescue's new jobs). The keys are two int4s,
 -- apart from the one-bigint keys sfq uses elsewhere; spelled out here, for the deferred trigger runs as
 -- whoever commits, who may execute no sfq function.
 
@@ -110,10 +112,13 @@ BEGIN
         RETURN NULL;  -- this transaction's first job of the queue decided for all of them
     END IF;
     PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
-    IF pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue) THEN  -- (not one AND: no order)
-        IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
-            PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
-            RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
+    -- Nested, not one AND: SQL does not fix the order in which an AND's terms are evaluated.
+    IF current_setting('sfq.sleeper_session', true) IS DISTINCT FROM 'on' THEN
+        IF pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue) THEN
+            IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
+                PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
+                RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
+            END IF;
         END IF;
     END IF;
     payload := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;  -- Procrastinate's
@@ -158,6 +163,7 @@ BEGIN
             asleep := true;  -- registered, and past the barrier, before an earlier fetch
             RETURN;
         END IF;
+        PERFORM set_config('sfq.sleeper_session', 'on', false);
         FOREACH key IN ARRAY keys LOOP
             CONTINUE WHEN key = ANY(held);
             PERFORM pg_advisory_lock_shared(hashtext('sfq_asleep'), key);
