@@ -226,7 +226,7 @@ def _chart(results: dict[int, dict[str, list[float]]], rounds: int, output: Path
     axis.set_xlabel("models in the database (0 drawn at 1)")
     axis.set_ylabel("enqueued per second (median, bars: min-max)")
     axis.set_title(f"sfq enqueue rate against the size of the database ({rounds} rounds; dotted: goals)")
-    axis.legend(fontsize=8, loc="lower left")
+    axis.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.26))  # between the lines, here
     figure.tight_layout()
     figure.savefig(output, dpi=100)
     plt.close(figure)
