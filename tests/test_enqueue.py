@@ -13,6 +13,7 @@ import pytest
 
 from queue_app import gateway
 from queue_app.errors import Rejected
+from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
 from tests.conftest import ROOT, insert_request
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
@@ -519,6 +520,21 @@ def test_enqueues_notify_once_a_transaction_and_only_while_a_worker_may_be_aslee
         assert listener.heard(clean) == []
         held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
         assert worker.execute(held).fetchone()[0] == 0
+
+
+def test_only_the_queues_of_sfqs_daemons_skip_their_notification(clean, database):
+    """Only sfq's daemons register asleep: a job of any other queue (a plain Procrastinate worker's, as
+    the no-op benchmark runs one) notifies whether or not a worker is asleep."""
+    listener = Listener(database)
+    with listener.conn:
+        for queue in (TRAINING_QUEUE, PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, "bench_bare"):
+            (job_id,) = clean.execute(
+                "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, 'noop', 0, NULL, NULL, '{}', NULL)"
+                "::procrastinate_job_to_defer_v1]))",
+                (queue,),
+            ).fetchone()
+            heard = [channel for channel, payload in listener.heard(clean) if payload["job_id"] == job_id]
+            assert heard == ([] if queue != "bench_bare" else ["procrastinate_any_queue_v1"]), queue
 
 
 def waiting_at_the_barrier(conn: psycopg.Connection, pid: int) -> bool:

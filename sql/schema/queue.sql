@@ -97,7 +97,8 @@ $$;
 -- is held only while the commit is written, not while its transaction goes on; a worker waits for it
 -- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. A session that ever slept
 -- (a daemon's queue connection, sfq.sleeper_session) always notifies: the probe would not see its own
--- "asleep" locks, and its enqueues are few (a rescue's new jobs). The keys are two int4s,
+-- "asleep" locks, and its enqueues are few (a rescue's new jobs). A job of another queue always notifies:
+-- only sfq's daemons register asleep (a plain Procrastinate worker, as the no-op benchmark runs, does not). The keys are two int4s,
 -- apart from the one-bigint keys sfq uses elsewhere; spelled out here, for the deferred trigger runs as
 -- whoever commits, who may execute no sfq function.
 
@@ -113,7 +114,8 @@ BEGIN
     END IF;
     PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
     -- Nested, not one AND: SQL does not fix the order in which an AND's terms are evaluated.
-    IF current_setting('sfq.sleeper_session', true) IS DISTINCT FROM 'on' THEN
+    IF NEW.queue_name IN ('training', 'prediction', 'simulation', 'study')  -- sfq's daemons' (vocabulary.py)
+       AND current_setting('sfq.sleeper_session', true) IS DISTINCT FROM 'on' THEN
         IF pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue) THEN
             IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
                 PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
