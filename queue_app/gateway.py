@@ -487,10 +487,10 @@ def give_up_model(model_id: int, job_id: int, error: str) -> Call[None]:
     return Call("give_up_model", params, _nothing)
 
 
-def fetch_job(queues: Sequence[str], worker_id: int, registered: bool) -> Call[Row]:
+def fetch_job(queues: Sequence[str], worker_id: int) -> Call[Row]:
     """A listening worker's fetch in place of Procrastinate's: on the connection whose session holds the
     worker's "asleep" locks (sql/schema/queue.sql, sfq_fetch_job)."""
-    params = {"queues": list(queues), "worker_id": worker_id, "registered": registered}
+    params = {"queues": list(queues), "worker_id": worker_id}
     return Call("fetch_job", params, _one)
 
 

@@ -479,11 +479,9 @@ def enqueue(conn: psycopg.Connection, count: int) -> None:
     )
 
 
-def fetch(conn: psycopg.Connection, registered: bool) -> tuple[int | None, bool | None]:
+def fetch(conn: psycopg.Connection) -> tuple[int | None, bool | None]:
     """A worker's fetch on the training queue (sfq_fetch_job): the job's id, and whether it is asleep."""
-    return conn.execute(
-        "SELECT (job).id, asleep FROM sfq_fetch_job(ARRAY['training'], NULL, %s)", (registered,)
-    ).fetchone()
+    return conn.execute("SELECT (job).id, asleep FROM sfq_fetch_job(ARRAY['training'], NULL)").fetchone()
 
 
 def notified(job_id: int) -> list[tuple[str, dict]]:
@@ -502,7 +500,15 @@ def test_enqueues_notify_once_a_transaction_and_only_while_a_worker_may_be_aslee
     with listener.conn, psycopg.connect(database, autocommit=True) as worker:
         enqueue(clean, 3)  # no worker asleep: no notification
         assert listener.heard(clean) == []
-        assert [fetch(worker, False) for _ in range(4)] == [(1, False), (2, False), (3, False), (None, True)]
+        assert [fetch(worker) for _ in range(5)] == [
+            (1, False),
+            (2, False),
+            (3, False),
+            (None, True),
+            (None, True),
+        ]
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        assert worker.execute(held).fetchone()[0] == 1  # asleep once, however often it fetches in vain
 
         enqueue(clean, 3)  # a worker asleep: one notification per channel for the statement's three jobs
         assert listener.heard(clean) == notified(newest_job(clean) - 2)
@@ -515,10 +521,9 @@ def test_enqueues_notify_once_a_transaction_and_only_while_a_worker_may_be_aslee
         enqueue(worker, 1)  # from the session of a worker asleep (its rescues): its own lock hides from it
         assert listener.heard(clean) == notified(newest_job(clean))
 
-        assert fetch(worker, True) == (4, False)  # a job fetched: the worker is no longer asleep
+        assert fetch(worker) == (4, False)  # a job fetched: the worker is no longer asleep
         enqueue(clean, 1)
         assert listener.heard(clean) == []
-        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
         assert worker.execute(held).fetchone()[0] == 0
 
 
@@ -535,6 +540,25 @@ def test_only_the_queues_of_sfqs_daemons_skip_their_notification(clean, database
             ).fetchone()
             heard = [channel for channel, payload in listener.heard(clean) if payload["job_id"] == job_id]
             assert heard == ([] if queue != "bench_bare" else ["procrastinate_any_queue_v1"]), queue
+
+
+def test_a_worker_of_several_queues_sleeps_on_each_once_and_wakes_from_each(clean, database):
+    """The daemon's side worker fetches from three queues: registered asleep on each, once; a job of any of
+    them is notified while it sleeps, and fetching it wakes it from all three."""
+    side = "ARRAY['prediction', 'simulation', 'study']"
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    listener = Listener(database)
+    with listener.conn, psycopg.connect(database, autocommit=True) as worker:
+        fetch_side = f"SELECT (job).id, asleep FROM sfq_fetch_job({side}, NULL)"
+        assert [worker.execute(fetch_side).fetchone() for _ in range(2)] == [(None, True), (None, True)]
+        assert worker.execute(held).fetchone()[0] == 3
+        (job_id,) = clean.execute(
+            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('simulation', 'noop', 0, NULL, NULL, '{}',"
+            " NULL)::procrastinate_job_to_defer_v1]))"
+        ).fetchone()
+        assert [channel for channel, _ in listener.heard(clean)] == ["procrastinate_any_queue_v1"]
+        assert worker.execute(fetch_side).fetchone() == (job_id, False)
+        assert worker.execute(held).fetchone()[0] == 0
 
 
 def waiting_at_the_barrier(conn: psycopg.Connection, pid: int) -> bool:
@@ -559,7 +583,7 @@ def test_a_worker_falling_asleep_waits_for_an_enqueue_that_did_not_notify(clean,
             enqueuer.execute("SET CONSTRAINTS sfq_jobs_wake_sleepers IMMEDIATE")
             enqueue(enqueuer, 1)  # no worker asleep yet: decided, no notification; barrier held
             skipped = newest_job(enqueuer)
-            falling_asleep = pool.submit(fetch, worker, False)
+            falling_asleep = pool.submit(fetch, worker)
             deadline = time.monotonic() + 10
             while not waiting_at_the_barrier(clean, worker.info.backend_pid):
                 assert time.monotonic() < deadline and not falling_asleep.done(), "no wait at the barrier"
@@ -575,9 +599,9 @@ def test_a_worker_waits_at_the_barrier_at_most_a_second_then_fetches_again(clean
         enqueuer.execute("SET CONSTRAINTS sfq_jobs_wake_sleepers IMMEDIATE")
         enqueue(enqueuer, 1)
         start = time.monotonic()
-        assert fetch(worker, False) == (None, None)  # not asleep: its daemon fetches again at once
+        assert fetch(worker) == (None, None)  # not asleep: its daemon fetches again at once
         assert 1 <= time.monotonic() - start < 5
         held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
         assert worker.execute(held).fetchone()[0] == 0
         enqueuer.commit()
-        assert fetch(worker, False) == (newest_job(clean), False)
+        assert fetch(worker) == (newest_job(clean), False)

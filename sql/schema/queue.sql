@@ -137,59 +137,71 @@ CREATE CONSTRAINT TRIGGER sfq_jobs_wake_sleepers AFTER INSERT ON procrastinate_j
 ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1;
 
 -- A listening worker's fetch (Procrastinate's fetch_job, through workers/daemon/app.py): a job of
--- `queues` or none, and whether the worker is now registered asleep on them ("asleep" held; `registered`:
--- what the caller believes). A fetch that finds nothing while the worker is not registered registers it,
--- waits at the barrier and fetches again (its own statement: a snapshot after the barrier); a job found
--- while registered lets "asleep" go. `asleep` NULL: an enqueue held the barrier longer than lock_timeout
--- (a slow commit, or one whose deferred decision was made immediate): not registered, fetch again soon.
--- Whether the session holds "asleep" is read from pg_locks, not believed: a pool that replaced its
--- connection lost the lock with it.
-CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, registered boolean,
-                                         OUT job procrastinate_jobs, OUT asleep boolean)
+-- `queues` or none, and whether the worker is now registered asleep on them. A fetch that finds nothing
+-- while the worker is not registered registers it (takes "asleep"), waits at the barrier and fetches
+-- again (its own statement: a snapshot after the barrier); a job found while registered lets "asleep" go.
+-- `asleep` NULL: an enqueue held the barrier longer than lock_timeout (a slow commit, or one whose
+-- decision was made immediate): not registered, to fetch again soon. The "asleep" keys the session holds
+-- are kept in its setting sfq.asleep_keys (',k1,k2,': the daemon's two workers share the session), not
+-- read from pg_locks, whose every read copies the server's whole lock table: a setting rolls back with
+-- an error, the lock does not, but an error here stops the daemon, and its connection with it.
+CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, OUT job procrastinate_jobs,
+                                         OUT asleep boolean)
     LANGUAGE plpgsql SET lock_timeout = '1s' AS $$
 DECLARE
     keys integer[] := ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(queues) AS q ORDER BY 1);
+    held text := coalesce(current_setting('sfq.asleep_keys', true), '');
     key integer;
-    held integer[];
 BEGIN
     IF queues IS NULL THEN
         RAISE EXCEPTION 'sfq_fetch_job needs the queues a worker may sleep on';
     END IF;
     job := procrastinate_fetch_job_v2(queues, worker);
     IF job.id IS NULL THEN
-        held := ARRAY(SELECT l.objid::integer FROM pg_locks l
-                       WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
-                         AND l.mode = 'ShareLock' AND l.objsubid = 2
-                         AND l.classid = hashtext('sfq_asleep')::oid);
-        IF keys <@ held THEN
+        IF keys <@ ARRAY(SELECT k::integer FROM unnest(string_to_array(held, ',')) AS k WHERE k <> '') THEN
             asleep := true;  -- registered, and past the barrier, before an earlier fetch
             RETURN;
         END IF;
         PERFORM set_config('sfq.sleeper_session', 'on', false);
         FOREACH key IN ARRAY keys LOOP
-            CONTINUE WHEN key = ANY(held);
+            CONTINUE WHEN position(',' || key || ',' IN held) > 0;
             PERFORM pg_advisory_lock_shared(hashtext('sfq_asleep'), key);
+            held := held || ',' || key || ',';
         END LOOP;
+        PERFORM set_config('sfq.asleep_keys', held, false);
         BEGIN
             FOREACH key IN ARRAY keys LOOP
                 PERFORM pg_advisory_xact_lock(hashtext('sfq_barrier'), key);
             END LOOP;
         EXCEPTION WHEN lock_not_available THEN
-            FOREACH key IN ARRAY keys LOOP
-                PERFORM pg_advisory_unlock_shared(hashtext('sfq_asleep'), key);
-            END LOOP;
+            PERFORM sfq_wake_up(keys);
             asleep := NULL;
             RETURN;
         END;
         job := procrastinate_fetch_job_v2(queues, worker);
-        registered := true;
+        IF job.id IS NULL THEN
+            asleep := true;
+            RETURN;
+        END IF;
     END IF;
-    IF job.id IS NOT NULL AND registered THEN
-        FOREACH key IN ARRAY keys LOOP
-            PERFORM pg_advisory_unlock_shared(hashtext('sfq_asleep'), key);
-        END LOOP;
-    END IF;
-    asleep := job.id IS NULL;
+    PERFORM sfq_wake_up(keys);
+    asleep := false;
+END;
+$$;
+
+-- A worker registered asleep on these queues' keys no longer is (sfq_fetch_job): its "asleep" locks go.
+CREATE OR REPLACE FUNCTION sfq_wake_up(keys integer[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    held text := coalesce(current_setting('sfq.asleep_keys', true), '');
+    key integer;
+BEGIN
+    FOREACH key IN ARRAY keys LOOP
+        CONTINUE WHEN position(',' || key || ',' IN held) = 0;
+        PERFORM pg_advisory_unlock_shared(hashtext('sfq_asleep'), key);
+        held := replace(held, ',' || key || ',', '');
+    END LOOP;
+    PERFORM set_config('sfq.asleep_keys', held, false);
 END;
 $$;
 

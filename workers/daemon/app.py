@@ -59,7 +59,6 @@ class DaemonConnector(procrastinate.PsycopgConnector):
             configure=self._new_connection,
         )
         self._listens = listens
-        self._asleep: set[int] = set()  # the workers whose "asleep" locks the queue connection holds
         self._heard = 0  # notifications dispatched so far
         self._wakes: set[asyncio.Task] = set()
         self._listen_kwargs = {"application_name": connection_name(instance, "listen"), **options}
@@ -88,23 +87,18 @@ class DaemonConnector(procrastinate.PsycopgConnector):
     async def execute_query_one_async(self, query: str, **arguments: Any) -> dict[str, Any]:
         if query != PROCRASTINATE_FETCH or not self._listens:
             return await super().execute_query_one_async(query, **arguments)
-        worker, heard = arguments["worker_id"], self._heard
+        heard = self._heard
+        call = gateway.fetch_job(arguments["queues"], arguments["worker_id"])
         async with self.pool.connection() as connection:
-            call = gateway.fetch_job(arguments["queues"], worker, worker in self._asleep)
             row = await gateway.run_async(connection, call)
         asleep = row.pop("asleep")
-        if asleep:
-            self._asleep.add(worker)
-        else:
-            self._asleep.discard(worker)
         if row["id"] is None and (asleep is None or self._heard != heard):
             self._wake_soon()
         return row
 
     async def _new_connection(self, connection: psycopg.AsyncConnection) -> None:
         """A new queue connection holds no "asleep" lock (one it replaces took them along): every worker is
-        taken as awake, and woken to fetch, and register, again."""
-        self._asleep.clear()
+        woken to fetch, and register, again."""
         self._wake_soon()
 
     def _wake_soon(self) -> None:
