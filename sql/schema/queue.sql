@@ -87,8 +87,8 @@ $$;
 --     job;
 --   - "barrier" (hashtext('sfq_barrier'), hashtext(queue)): held in share mode by every enqueue that did
 --     not notify, from its decision to its commit. A worker takes it exclusively (and lets it go) after
---     taking "asleep" and before that last fetch, so it waits for those enqueues to commit, and its fetch sees
---     their jobs; an enqueue that comes while the worker waits for it cannot take it and notifies.
+--     taking "asleep" and before that last fetch, so it waits for those enqueues to commit, and its fetch
+--     sees their jobs; an enqueue that comes while the worker waits for it cannot take it and notifies.
 -- An enqueue skips its notification only if it takes "barrier" and finds "asleep" free (taken and
 -- let go at once). A worker that sleeps holds "asleep" from before its barrier: an enqueue that decided
 -- after the barrier saw it held and notified; one that decided before committed before the worker's
@@ -97,10 +97,10 @@ $$;
 -- is held only while the commit is written, not while its transaction goes on; a worker waits for it
 -- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. A session that ever slept
 -- (a daemon's queue connection, sfq.sleeper_session) always notifies: the probe would not see its own
--- "asleep" locks, and its enqueues are few (a rescue's new jobs). A job of another queue always notifies:
--- only sfq's daemons register asleep (a plain Procrastinate worker, as the no-op benchmark runs, does not). The keys are two int4s,
--- apart from the one-bigint keys sfq uses elsewhere; spelled out here, for the deferred trigger runs as
--- whoever commits, who may execute no sfq function.
+-- "asleep" locks, and its enqueues are few (a rescue's new jobs). A job of another queue always
+-- notifies: only sfq's daemons register asleep (a plain Procrastinate worker, as the no-op benchmark
+-- runs, does not). The keys are two int4s, apart from the one-bigint keys sfq uses elsewhere; spelled
+-- out here, for the deferred trigger runs as whoever commits, who may execute no sfq function.
 
 CREATE OR REPLACE FUNCTION sfq_wake_sleepers() RETURNS trigger
     LANGUAGE plpgsql AS $$
