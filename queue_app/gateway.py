@@ -487,6 +487,13 @@ def give_up_model(model_id: int, job_id: int, error: str) -> Call[None]:
     return Call("give_up_model", params, _nothing)
 
 
+def fetch_job(queues: Sequence[str], worker_id: int) -> Call[Row]:
+    """A listening worker's fetch in place of Procrastinate's: on the connection whose session holds the
+    worker's "asleep" locks (sql/schema/queue.sql, sfq_fetch_job)."""
+    params = {"queues": list(queues), "worker_id": worker_id}
+    return Call("fetch_job", params, _one)
+
+
 def heartbeat(worker_id: int, host: str, pid: int, instance: int) -> Call[None]:
     params = {"worker_id": worker_id, "host": host, "pid": pid, "instance": instance}
     return Call("heartbeat", params, _nothing)

@@ -210,6 +210,12 @@ UPDATE models
 SELECT model_id, old_job_id, new_job_id, outcome
   FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s, %(own_worker)s)
 
+-- fetch_job --
+-- A listening worker's fetch (Procrastinate's fetch_job's columns), and whether it is registered asleep.
+SELECT (f.job).id, (f.job).status, (f.job).task_name, (f.job).priority, (f.job).lock, (f.job).queueing_lock,
+       (f.job).args, (f.job).scheduled_at, (f.job).queue_name, (f.job).attempts, (f.job).worker_id, f.asleep
+  FROM sfq_fetch_job(%(queues)s::varchar[], %(worker_id)s) AS f
+
 -- heartbeat --
 -- The worker's own heartbeat, kept up while a job finishes after Procrastinate's has stopped (shutdown),
 -- and who it is (host, pid) for `sfq status`; workers gone for a day are forgotten.

@@ -112,7 +112,7 @@ GRANT SELECT, INSERT ON procrastinate_events TO sfq_worker;
 GRANT SELECT, UPDATE ON procrastinate_periodic_defers TO sfq_worker;  -- a pruned job is unlinked from it
 GRANT USAGE ON SEQUENCE procrastinate_jobs_id_seq, procrastinate_events_id_seq TO sfq_worker;
 GRANT EXECUTE ON FUNCTION
-    procrastinate_fetch_job_v2, procrastinate_finish_job_v1, procrastinate_retry_job_v2,
+    procrastinate_fetch_job_v2, sfq_fetch_job, sfq_wake_up, procrastinate_finish_job_v1, procrastinate_retry_job_v2,
     procrastinate_register_worker_v1, procrastinate_unregister_worker_v1, procrastinate_update_heartbeat_v1,
     procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
     sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 
 from queue_app import gateway
 from queue_app.errors import Rejected
+from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
 from tests.conftest import ROOT, insert_request
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
@@ -450,37 +453,155 @@ def test_same_request_over_http_cli_and_sql_has_one_fingerprint_and_trains_once(
     assert len(jobs(clean)) == 1
 
 
-def test_idle_workers_are_woken_once_a_statement_even_while_jobs_wait(clean, database):
-    """sfq_notify_new_jobs (queue.sql) in place of Procrastinate's notification per job: a notifying
-    transaction commits only after the previous one's commit, so a notification per job serialised a
-    statement of many; and a statement notifies even while jobs wait (a worker that fetched before it
-    committed sleeps until a notification wakes it)."""
-    with psycopg.connect(database, autocommit=True) as listener:
-        listener.execute("LISTEN procrastinate_any_queue_v1")
-        listener.execute('LISTEN "procrastinate_queue_v1#training"')
-        listener.execute("LISTEN sfq_test_end")
+class Listener:
+    """A LISTEN on Procrastinate's channels of the training queue: what one enqueue notified."""
 
-        def enqueue(count: int) -> list[tuple[str, dict]]:
-            clean.execute(
-                "INSERT INTO training_requests (symbol, algorithm, hyperparameters)"
-                " SELECT 'AAPL', 'Ridge', jsonb_build_object('alpha', random()) FROM generate_series(1, %s)",
-                (count,),
-            )
-            clean.execute("NOTIFY sfq_test_end")  # delivered after the statement's notifications
-            heard = []
-            for note in listener.notifies(timeout=10):
-                if note.channel == "sfq_test_end":
-                    return heard
-                heard.append((note.channel, json.loads(note.payload)))
-            raise AssertionError(f"no end of notifications after {heard}")
+    def __init__(self, url: str):
+        self.conn = psycopg.connect(url, autocommit=True)
+        for channel in ("procrastinate_any_queue_v1", '"procrastinate_queue_v1#training"', "sfq_test_end"):
+            self.conn.execute(f"LISTEN {channel}")
 
-        heard = enqueue(3)  # an empty queue: one notification per channel for the statement's three jobs
-        first = clean.execute("SELECT min(id) FROM procrastinate_jobs").fetchone()[0]
-        expected = {"type": "job_inserted", "job_id": first}
-        assert sorted(heard) == [
-            ("procrastinate_any_queue_v1", expected),
-            ("procrastinate_queue_v1#training", expected),
+    def heard(self, conn: psycopg.Connection) -> list[tuple[str, dict]]:
+        conn.execute("NOTIFY sfq_test_end")  # delivered after every notification committed before it
+        heard = []
+        for note in self.conn.notifies(timeout=10):
+            if note.channel == "sfq_test_end":
+                return sorted(heard)
+            heard.append((note.channel, json.loads(note.payload)))
+        raise AssertionError(f"no end of notifications after {heard}")
+
+
+def enqueue(conn: psycopg.Connection, count: int) -> None:
+    conn.execute(
+        "INSERT INTO training_requests (symbol, algorithm, hyperparameters)"
+        " SELECT 'AAPL', 'Ridge', jsonb_build_object('alpha', random()) FROM generate_series(1, %s)",
+        (count,),
+    )
+
+
+def fetch(conn: psycopg.Connection) -> tuple[int | None, bool | None]:
+    """A worker's fetch on the training queue (sfq_fetch_job): the job's id, and whether it is asleep."""
+    return conn.execute("SELECT (job).id, asleep FROM sfq_fetch_job(ARRAY['training'], NULL)").fetchone()
+
+
+def notified(job_id: int) -> list[tuple[str, dict]]:
+    payload = {"type": "job_inserted", "job_id": job_id}
+    return [("procrastinate_any_queue_v1", payload), ("procrastinate_queue_v1#training", payload)]
+
+
+def newest_job(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT max(id) FROM procrastinate_jobs").fetchone()[0]
+
+
+def test_enqueues_notify_once_a_transaction_and_only_while_a_worker_may_be_asleep(clean, database):
+    """sfq_wake_sleepers (queue.sql) in place of Procrastinate's notification per job: a notifying
+    transaction commits only after the previous one's commit, so each enqueue notifying serialised them."""
+    listener = Listener(database)
+    with listener.conn, psycopg.connect(database, autocommit=True) as worker:
+        enqueue(clean, 3)  # no worker asleep: no notification
+        assert listener.heard(clean) == []
+        assert [fetch(worker) for _ in range(5)] == [
+            (1, False),
+            (2, False),
+            (3, False),
+            (None, True),
+            (None, True),
         ]
-        # Jobs waiting already: notified all the same (a worker that fetched before this statement
-        # committed sleeps, and only this notification wakes it).
-        assert len(enqueue(1)) == 2
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        assert worker.execute(held).fetchone()[0] == 1  # asleep once, however often it fetches in vain
+
+        enqueue(clean, 3)  # a worker asleep: one notification per channel for the statement's three jobs
+        assert listener.heard(clean) == notified(newest_job(clean) - 2)
+        with clean.transaction():  # and one for the transaction's statements
+            enqueue(clean, 1)
+            first = newest_job(clean)
+            enqueue(clean, 1)
+        assert listener.heard(clean) == notified(first)
+
+        enqueue(worker, 1)  # from the session of a worker asleep (its rescues): its own lock hides from it
+        assert listener.heard(clean) == notified(newest_job(clean))
+
+        assert fetch(worker) == (4, False)  # a job fetched: the worker is no longer asleep
+        enqueue(clean, 1)
+        assert listener.heard(clean) == []
+        assert worker.execute(held).fetchone()[0] == 0
+
+
+def test_only_the_queues_of_sfqs_daemons_skip_their_notification(clean, database):
+    """Only sfq's daemons register asleep: a job of any other queue (a plain Procrastinate worker's, as
+    the no-op benchmark runs one) notifies whether or not a worker is asleep."""
+    listener = Listener(database)
+    with listener.conn:
+        for queue in (TRAINING_QUEUE, PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, "bench_bare"):
+            (job_id,) = clean.execute(
+                "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, 'noop', 0, NULL, NULL, '{}', NULL)"
+                "::procrastinate_job_to_defer_v1]))",
+                (queue,),
+            ).fetchone()
+            heard = [channel for channel, payload in listener.heard(clean) if payload["job_id"] == job_id]
+            assert heard == ([] if queue != "bench_bare" else ["procrastinate_any_queue_v1"]), queue
+
+
+def test_a_worker_of_several_queues_sleeps_on_each_once_and_wakes_from_each(clean, database):
+    """The daemon's side worker fetches from three queues: registered asleep on each, once; a job of any of
+    them is notified while it sleeps, and fetching it wakes it from all three."""
+    side = "ARRAY['prediction', 'simulation', 'study']"
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    listener = Listener(database)
+    with listener.conn, psycopg.connect(database, autocommit=True) as worker:
+        fetch_side = f"SELECT (job).id, asleep FROM sfq_fetch_job({side}, NULL)"
+        assert [worker.execute(fetch_side).fetchone() for _ in range(2)] == [(None, True), (None, True)]
+        assert worker.execute(held).fetchone()[0] == 3
+        (job_id,) = clean.execute(
+            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('simulation', 'noop', 0, NULL, NULL, '{}',"
+            " NULL)::procrastinate_job_to_defer_v1]))"
+        ).fetchone()
+        assert [channel for channel, _ in listener.heard(clean)] == ["procrastinate_any_queue_v1"]
+        assert worker.execute(fetch_side).fetchone() == (job_id, False)
+        assert worker.execute(held).fetchone()[0] == 0
+
+
+def waiting_at_the_barrier(conn: psycopg.Connection, pid: int) -> bool:
+    return conn.execute(
+        "SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = %s", (pid,)
+    ).fetchone()[0]
+
+
+def test_a_worker_falling_asleep_waits_for_an_enqueue_that_did_not_notify(clean, database):
+    """The race that left a worker asleep beside a waiting job: its fetch before the enqueue's commit
+    found nothing. Registered asleep, it waits at the barrier for that commit, then fetches the job; an
+    enqueue that comes meanwhile notifies. (The decision is made at commit; made immediate here, so that
+    the commit can be held back.)"""
+    listener = Listener(database)
+    with (
+        listener.conn,
+        psycopg.connect(database, autocommit=True) as worker,
+        psycopg.connect(database, autocommit=True) as enqueuer,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        with enqueuer.transaction():
+            enqueuer.execute("SET CONSTRAINTS sfq_jobs_wake_sleepers IMMEDIATE")
+            enqueue(enqueuer, 1)  # no worker asleep yet: decided, no notification; barrier held
+            skipped = newest_job(enqueuer)
+            falling_asleep = pool.submit(fetch, worker)
+            deadline = time.monotonic() + 10
+            while not waiting_at_the_barrier(clean, worker.info.backend_pid):
+                assert time.monotonic() < deadline and not falling_asleep.done(), "no wait at the barrier"
+                time.sleep(0.01)
+            enqueue(clean, 1)  # meanwhile, and committed: the waiting worker counts as asleep
+            assert listener.heard(clean) == notified(newest_job(clean))
+        assert falling_asleep.result(timeout=10) == (skipped, False)
+        assert listener.heard(clean) == []
+
+
+def test_a_worker_waits_at_the_barrier_at_most_a_second_then_fetches_again(clean, database):
+    with psycopg.connect(database, autocommit=True) as worker, psycopg.connect(database) as enqueuer:
+        enqueuer.execute("SET CONSTRAINTS sfq_jobs_wake_sleepers IMMEDIATE")
+        enqueue(enqueuer, 1)
+        start = time.monotonic()
+        assert fetch(worker) == (None, None)  # not asleep: its daemon fetches again at once
+        assert 1 <= time.monotonic() - start < 5
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        assert worker.execute(held).fetchone()[0] == 0
+        enqueuer.commit()
+        assert fetch(worker) == (newest_job(clean), False)

@@ -75,33 +75,135 @@ END;
 $$;
 
 -- ---------------------------------------------------------------------------------------------------
--- Waking idle workers: one notification per statement and queue (Procrastinate's own trigger, disabled
--- below, notified every new job). A transaction that notifies holds a lock from its commit's start to its
--- end, so notifying transactions commit one at a time, each waiting for the previous one's WAL flush: with
--- a notification per job, a statement of many jobs paid it many times (issue 15). Every statement notifies,
--- even while jobs wait: a worker that fetched before this statement committed and found nothing sleeps,
--- and only this notification wakes it (skipping it left a second worker idle beside a waiting job).
-CREATE OR REPLACE FUNCTION sfq_notify_new_jobs() RETURNS trigger
+-- Waking idle workers, and only when one may sleep (Procrastinate's trigger, disabled below, notified every
+-- new job). A transaction that notifies holds a lock from its commit's start to its end, WAL flush
+-- included, so notifying transactions commit one at a time: with a notification per enqueue, concurrent
+-- enqueues were no faster than one connection (issue 15). A worker only sleeps (until a notification or
+-- SFQ_POLL_INTERVAL_S) after a fetch found nothing; so an enqueue notifies unless no worker of its queue
+-- is asleep or can fall asleep before the job is visible. That is decided with two advisory locks a
+-- queue, which, unlike rows, are seen by other transactions at once:
+--   - "asleep" (keys hashtext('sfq_asleep'), hashtext(queue)): held in share mode, at session level, by
+--     every listening worker of the queue from just before its last empty fetch until a fetch gives it a
+--     job;
+--   - "barrier" (hashtext('sfq_barrier'), hashtext(queue)): held in share mode by every enqueue that did
+--     not notify, from its decision to its commit. A worker takes it exclusively (and lets it go) after
+--     taking "asleep" and before that last fetch, so it waits for those enqueues to commit, and its fetch
+--     sees their jobs; an enqueue that comes while the worker waits for it cannot take it and notifies.
+-- An enqueue skips its notification only if it takes "barrier" and finds "asleep" free (taken and
+-- let go at once). A worker that sleeps holds "asleep" from before its barrier: an enqueue that decided
+-- after the barrier saw it held and notified; one that decided before committed before the worker's
+-- fetch, which saw its job (the proof in docs/BENCHMARKS.md, "Enqueue at scale").
+-- The decision is made at commit (a deferred trigger), once per transaction and queue, so that "barrier"
+-- is held only while the commit is written, not while its transaction goes on; a worker waits for it
+-- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. A session that ever slept
+-- (a daemon's queue connection, sfq.sleeper_session) always notifies: the probe would not see its own
+-- "asleep" locks, and its enqueues are few (a rescue's new jobs). A job of another queue always
+-- notifies: only sfq's daemons register asleep (a plain Procrastinate worker, as the no-op benchmark
+-- runs, does not). The keys are two int4s, apart from the one-bigint keys sfq uses elsewhere; spelled
+-- out here, for the deferred trigger runs as whoever commits, who may execute no sfq function.
+
+CREATE OR REPLACE FUNCTION sfq_wake_sleepers() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
-    queue text;
-    first_job bigint;
+    decided text := coalesce(current_setting('sfq.woken_queues', true), '');
+    queue integer := hashtext(NEW.queue_name);
     payload text;
 BEGIN
-    FOR queue, first_job IN
-        SELECT n.queue_name, min(n.id) FROM inserted n WHERE n.status = 'todo' GROUP BY 1
-    LOOP
-        payload := json_build_object('type', 'job_inserted', 'job_id', first_job)::text;  -- Procrastinate's
-        PERFORM pg_notify('procrastinate_queue_v1#' || queue, payload);
-        PERFORM pg_notify('procrastinate_any_queue_v1', payload);
-    END LOOP;
+    IF position(',' || NEW.queue_name || ',' IN decided) > 0 THEN
+        RETURN NULL;  -- this transaction's first job of the queue decided for all of them
+    END IF;
+    PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
+    -- Nested, not one AND: SQL does not fix the order in which an AND's terms are evaluated.
+    IF NEW.queue_name IN ('training', 'prediction', 'simulation', 'study')  -- sfq's daemons' (vocabulary.py)
+       AND current_setting('sfq.sleeper_session', true) IS DISTINCT FROM 'on' THEN
+        IF pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue) THEN
+            IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
+                PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
+                RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
+            END IF;
+        END IF;
+    END IF;
+    payload := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;  -- Procrastinate's
+    PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
     RETURN NULL;
 END;
 $$;
 
-CREATE OR REPLACE TRIGGER sfq_jobs_notify_inserted AFTER INSERT ON procrastinate_jobs
-    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION sfq_notify_new_jobs();
+DROP TRIGGER IF EXISTS sfq_jobs_wake_sleepers ON procrastinate_jobs;
+CREATE CONSTRAINT TRIGGER sfq_jobs_wake_sleepers AFTER INSERT ON procrastinate_jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'todo')
+    EXECUTE FUNCTION sfq_wake_sleepers();
 ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1;
+
+-- A listening worker's fetch (Procrastinate's fetch_job, through workers/daemon/app.py): a job of
+-- `queues` or none, and whether the worker is now registered asleep on them. A fetch that finds nothing
+-- while the worker is not registered registers it (takes "asleep"), waits at the barrier and fetches
+-- again (its own statement: a snapshot after the barrier); a job found while registered lets "asleep" go.
+-- `asleep` NULL: an enqueue held the barrier longer than lock_timeout (a slow commit, or one whose
+-- decision was made immediate): not registered, to fetch again soon. The "asleep" keys the session holds
+-- are kept in its setting sfq.asleep_keys (',k1,k2,': the daemon's two workers share the session), not
+-- read from pg_locks, whose every read copies the server's whole lock table: a setting rolls back with
+-- an error, the lock does not, but an error here stops the daemon, and its connection with it.
+CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, OUT job procrastinate_jobs,
+                                         OUT asleep boolean)
+    LANGUAGE plpgsql SET lock_timeout = '1s' AS $$
+DECLARE
+    keys integer[] := ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(queues) AS q ORDER BY 1);
+    held text := coalesce(current_setting('sfq.asleep_keys', true), '');
+    key integer;
+BEGIN
+    IF queues IS NULL THEN
+        RAISE EXCEPTION 'sfq_fetch_job needs the queues a worker may sleep on';
+    END IF;
+    job := procrastinate_fetch_job_v2(queues, worker);
+    IF job.id IS NULL THEN
+        IF keys <@ ARRAY(SELECT k::integer FROM unnest(string_to_array(held, ',')) AS k WHERE k <> '') THEN
+            asleep := true;  -- registered, and past the barrier, before an earlier fetch
+            RETURN;
+        END IF;
+        PERFORM set_config('sfq.sleeper_session', 'on', false);
+        FOREACH key IN ARRAY keys LOOP
+            CONTINUE WHEN position(',' || key || ',' IN held) > 0;
+            PERFORM pg_advisory_lock_shared(hashtext('sfq_asleep'), key);
+            held := held || ',' || key || ',';
+        END LOOP;
+        PERFORM set_config('sfq.asleep_keys', held, false);
+        BEGIN
+            FOREACH key IN ARRAY keys LOOP
+                PERFORM pg_advisory_xact_lock(hashtext('sfq_barrier'), key);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM sfq_wake_up(keys);
+            asleep := NULL;
+            RETURN;
+        END;
+        job := procrastinate_fetch_job_v2(queues, worker);
+        IF job.id IS NULL THEN
+            asleep := true;
+            RETURN;
+        END IF;
+    END IF;
+    PERFORM sfq_wake_up(keys);
+    asleep := false;
+END;
+$$;
+
+-- A worker registered asleep on these queues' keys no longer is (sfq_fetch_job): its "asleep" locks go.
+CREATE OR REPLACE FUNCTION sfq_wake_up(keys integer[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    held text := coalesce(current_setting('sfq.asleep_keys', true), '');
+    key integer;
+BEGIN
+    FOREACH key IN ARRAY keys LOOP
+        CONTINUE WHEN position(',' || key || ',' IN held) = 0;
+        PERFORM pg_advisory_unlock_shared(hashtext('sfq_asleep'), key);
+        held := replace(held, ',' || key || ',', '');
+    END LOOP;
+    PERFORM set_config('sfq.asleep_keys', held, false);
+END;
+$$;
 
 -- ---------------------------------------------------------------------------------------------------
 -- Rescue: every worker daemon calls sfq_rescue_stalled_jobs and sfq_rescue_stalled_side_jobs every few

@@ -14,12 +14,16 @@ from typing import Any
 
 import procrastinate
 import psycopg
+from procrastinate import sql as procrastinate_sql
 from procrastinate.connector import Notify
+
+from queue_app import gateway
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths=["workers.daemon.tasks"])
 
 _WAKE_UP = json.dumps({"type": "job_inserted", "job_id": None})
 ANY_QUEUE = "procrastinate_any_queue_v1"
+PROCRASTINATE_FETCH = procrastinate_sql.queries["fetch_job"]
 
 CATCH_UP_AGAIN_S = 1.0
 
@@ -39,15 +43,24 @@ class DaemonConnector(procrastinate.PsycopgConnector):
     while the listening connection was down, would otherwise wait for the next poll. The second wake
     covers a first one that lands while the worker is still fetching (the worker clears its wake-up flag
     after each fetch, so that wake would be lost).
+
+    A listening daemon's workers fetch with sfq_fetch_job (sql/schema/queue.sql), which registers a worker
+    asleep on its queues before the fetch it may sleep after: enqueues notify only while some worker may
+    be asleep. A notification heard while a fetch was on its way, or a fetch that could not register,
+    wakes the workers again once the fetch has returned (Procrastinate would clear that wake).
     """
 
-    def __init__(self, url: str, instance: int, channels: list[str], options: dict[str, Any]):
+    def __init__(self, url: str, instance: int, channels: list[str], options: dict[str, Any], listens: bool):
         super().__init__(
             conninfo=url,
             min_size=1,
             max_size=1,
             kwargs={"application_name": connection_name(instance, "queue"), **options},
+            configure=self._new_connection,
         )
+        self._listens = listens
+        self._heard = 0  # notifications dispatched so far
+        self._wakes: set[asyncio.Task] = set()
         self._listen_kwargs = {"application_name": connection_name(instance, "listen"), **options}
         self._url = url
         self._channels = channels
@@ -71,7 +84,31 @@ class DaemonConnector(procrastinate.PsycopgConnector):
             if not self._subscribers:
                 self._listener.cancel()
 
+    async def execute_query_one_async(self, query: str, **arguments: Any) -> dict[str, Any]:
+        if query != PROCRASTINATE_FETCH or not self._listens:
+            return await super().execute_query_one_async(query, **arguments)
+        heard = self._heard
+        call = gateway.fetch_job(arguments["queues"], arguments["worker_id"])
+        async with self.pool.connection() as connection:
+            row = await gateway.run_async(connection, call)
+        asleep = row.pop("asleep")
+        if row["id"] is None and (asleep is None or self._heard != heard):
+            self._wake_soon()
+        return row
+
+    async def _new_connection(self, connection: psycopg.AsyncConnection) -> None:
+        """A new queue connection holds no "asleep" lock (one it replaces took them along): every worker is
+        woken to fetch, and register, again."""
+        self._wake_soon()
+
+    def _wake_soon(self) -> None:
+        """Every worker woken once the running fetch (if any) has returned and cleared its wake-up flag."""
+        task = asyncio.get_running_loop().create_task(self._dispatch(ANY_QUEUE, _WAKE_UP))
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
     async def _dispatch(self, channel: str, payload: str) -> None:
+        self._heard += 1
         for channels, on_notification in list(self._subscribers):
             if channel == ANY_QUEUE or channel in channels:
                 await on_notification(channel=channel, payload=payload)

@@ -69,7 +69,7 @@ async def _serve(instance: int, url: str, settings: Settings) -> bool:
     app.perform_import_paths()  # registers workers.daemon.tasks
     training_queues, side_queues = [TRAINING_QUEUE], [PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE]
     channels = list(get_channel_for_queues(training_queues + side_queues))
-    queue = DaemonConnector(url, instance, channels, settings.connection_options)
+    queue = DaemonConnector(url, instance, channels, settings.connection_options, settings.listens)
     with app.replace_connector(queue):
         async with app.open_async():
             runtime.queue_pool = queue.pool
