@@ -8,6 +8,7 @@ written by the worker's own write (gateway.write_result) with the result of one 
 Ridge with the default windows on AAPL), and their backtests run by the worker's own code: the rows are
 the sizes a worker writes. Model files are content-addressed, so the file of that one training is stored
 once: its cost is reported apart, for a RandomForest (one blob of its size, whatever the models sharing it).
+A completed model's bytes are also split in two: its own record, and its results (RESULT_TABLES).
 """
 
 from __future__ import annotations
@@ -30,31 +31,42 @@ SPEC = {"symbol": "AAPL", "algorithm": "Ridge"}  # the default windows: 1000 bar
 FOREST = {"symbol": "AAPL", "algorithm": "RandomForest"}  # the default forest, for the file's size
 
 SIZES = """
-SELECT c.relname, pg_total_relation_size(c.oid), pg_indexes_size(c.oid)
+SELECT c.relname, pg_total_relation_size(c.oid), pg_indexes_size(c.oid),
+       coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
   FROM pg_class c
  WHERE c.relkind = 'r' AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'models'::regclass)
 """
 
 
-def _sizes(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
+def _sizes(conn: psycopg.Connection) -> dict[str, tuple[int, int, int]]:
     conn.execute("VACUUM FULL")  # what the live rows take: not the dead versions a model's updates leave
-    return {name: (total, indexes) for name, total, indexes in conn.execute(SIZES).fetchall()}
+    return {name: (total, indexes, toast) for name, total, indexes, toast in conn.execute(SIZES).fetchall()}
 
 
 FILE_TABLES = ("blobs", "blob_chunks")  # per distinct file, not per model: reported apart
+# What a completed model's results are, apart from its own record (its models row, request, jobs, attempt
+# and file link): its predictions, feature importances and queued default backtest, and its fold metrics,
+# the one value of a models row large enough to be stored out of line (the models table's TOAST).
+RESULT_TABLES = ("model_prediction_series", "prediction_axes", "model_features", "simulation_history")
 
 
 def _growth(before: dict, after: dict, models: int, tables: tuple[str, ...] | None = None) -> dict:
-    """Bytes per model by table (total, of which indexes), for the tables that grew (of `tables`, or but
-    the files' tables)."""
+    """Bytes per model by table (total, of which indexes, of which TOAST), for the tables that grew (of
+    `tables`, or but the files' tables)."""
     grown = {}
-    for name, (total, indexes) in after.items():
+    for name, sizes in after.items():
         if (name not in tables) if tables else (name in FILE_TABLES):
             continue
-        was_total, was_indexes = before.get(name, (0, 0))
-        if total != was_total:
-            grown[name] = ((total - was_total) / models, (indexes - was_indexes) / models)
+        was = before.get(name, (0, 0, 0))
+        if sizes[0] != was[0]:
+            grown[name] = tuple((now - then) / models for now, then in zip(sizes, was, strict=True))
     return grown
+
+
+def _results(completed: dict) -> float:
+    """Of a model's completion, the bytes of its results (RESULT_TABLES and the models table's TOAST)."""
+    results = sum(total for name, (total, _, _) in completed.items() if name in RESULT_TABLES)
+    return results + completed.get("models", (0, 0, 0))[2]
 
 
 def _trained(conn: psycopg.Connection, request: dict[str, Any]) -> Any:
@@ -112,15 +124,32 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     rows = []
     totals = {}
     for phase, grown in phases.items():
-        totals[phase] = sum(total for total, _ in grown.values())
-        for table, (total, indexes) in sorted(grown.items(), key=lambda item: -item[1][0]):
-            rows.append(("storage", f"{phase}: {table}", f"{total:.0f} B/model (indexes {indexes:.0f})"))
+        totals[phase] = sum(total for total, _, _ in grown.values())
+        for table, (total, indexes, toast) in sorted(grown.items(), key=lambda item: -item[1][0]):
+            parts = f"indexes {indexes:.0f}" + (f", TOAST {toast:.0f}" if toast else "")
+            rows.append(("storage", f"{phase}: {table}", f"{total:.0f} B/model ({parts})"))
         rows.append(("storage", f"{phase}: all tables", f"{totals[phase]:.0f} B/model"))
+    results = _results(phases["completed (without its file)"])
+    record = totals["queued"] + totals["completed (without its file)"] - results
+    rows.append(
+        (
+            "storage",
+            "a completed model's own record (models but its TOAST, request, jobs, attempt, file link)",
+            f"{record:.0f} B/model",
+        )
+    )
+    rows.append(
+        (
+            "storage",
+            "its results (predictions, features, fold metrics in models' TOAST, default backtest queued)",
+            f"{results:.0f} B/model",
+        )
+    )
     whole = totals["queued"] + totals["completed (without its file)"]
     rows.append(("storage", "a completed model, without its file: all its rows", f"{whole:.0f} B/model"))
     whole += totals["its default backtest run"]
     rows.append(("storage", "... with its default backtest run", f"{whole:.0f} B/model"))
-    file_bytes = sum(total for total, _ in file_growth.values())
+    file_bytes = sum(total for total, _, _ in file_growth.values())
     rows.append(
         (
             "storage",

@@ -22,3 +22,7 @@ DROP TABLE features_log;
 COMMENT ON COLUMN training_requests.spec IS
     'Not kept (NULL): the canonical spec that was hashed is its model''s, models.spec (since 0025).';
 UPDATE training_requests SET spec = NULL WHERE spec IS NOT NULL;
+
+-- Every lookup by fingerprint (a request's, a sweep's, the DuckDB import's) is of the live model, which
+-- models_fingerprint_live answers: the index of every model's fingerprint served none (140 B a model).
+DROP INDEX models_fingerprint;
