@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import psycopg
@@ -38,8 +39,24 @@ SELECT c.relname, pg_total_relation_size(c.oid), pg_indexes_size(c.oid),
 """
 
 
+# Every transaction that was running when the writes measured ended: no snapshot may see their dead
+# versions any more. Any transaction of the server counts, another database's too (our own snapshot's
+# horizon is the oldest transaction running anywhere): another benchmark's long one kept 900 B a model of
+# dead versions that VACUUM FULL must copy.
+OLDER_ENDED = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::text::xid8"
+WRITTEN = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
+WAIT_S = 900.0
+
+
 def _sizes(conn: psycopg.Connection) -> dict[str, tuple[int, int, int]]:
-    conn.execute("VACUUM FULL")  # what the live rows take: not the dead versions a model's updates leave
+    """What the live rows take (VACUUM FULL: not the dead versions a model's updates leave)."""
+    written = conn.execute(WRITTEN).fetchone()[0]
+    deadline = time.monotonic() + WAIT_S
+    while not conn.execute(OLDER_ENDED, (written,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a transaction older than xid {written} still runs after {WAIT_S:.0f} s")
+        time.sleep(0.2)
+    conn.execute("VACUUM FULL")
     return {name: (total, indexes, toast) for name, total, indexes, toast in conn.execute(SIZES).fetchall()}
 
 
