@@ -693,7 +693,7 @@ $$;
 
 -- The row trigger: canonical request, then its model (a new one, or the live one with its fingerprint).
 -- The new model's job is deferred by training_requests_defer, at the end of the statement. The request
--- row keeps no spec (0025): it is its model's (models.spec, of the same fingerprint), 0.8 KB a request less.
+-- row keeps no spec (0025): it is its model's (models.spec, of the same fingerprint), 1 KB a request less.
 CREATE OR REPLACE FUNCTION sfq_accept_training_request() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN

@@ -124,7 +124,7 @@ COMMENT ON COLUMN models.traceparent IS
     'The W3C trace context of the request that made the model: its training and backtests are spans of that trace.';
 
 -- One live model per fingerprint; a failed or cancelled model may be submitted again.
--- Every lookup by fingerprint is of the live model (0025 dropped the index of all of them: 140 B a model).
+-- Every lookup by fingerprint is of the live model (0025 dropped the index of all of them: about 100 B a model).
 CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
     WHERE status NOT IN ('failed', 'cancelled');
 -- The leaderboard's filters and sorts (0017): a filter then the id order; each stored metric it sorts on
@@ -178,7 +178,7 @@ CREATE INDEX models_retrain_of ON models (retrain_of) WHERE retrain_of IS NOT NU
 CREATE UNIQUE INDEX models_imported_from ON models (imported_from) WHERE imported_from IS NOT NULL;
 
 -- A model's feature importances, one row of arrays in rank order (0025: a row per feature took 1.5 KB a
--- model, this one about 0.4); read a row per feature through the view features_log (sql/schema/models.sql).
+-- model, this one about 0.5); read a row per feature through the view features_log (sql/schema/models.sql).
 CREATE TABLE model_features (
     model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
     method text NOT NULL,  -- impurity, abs_coefficient, permutation or legacy
