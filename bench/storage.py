@@ -8,12 +8,14 @@ written by the worker's own write (gateway.write_result) with the result of one 
 Ridge with the default windows on AAPL), and their backtests run by the worker's own code: the rows are
 the sizes a worker writes. Model files are content-addressed, so the file of that one training is stored
 once: its cost is reported apart, for a RandomForest (one blob of its size, whatever the models sharing it).
+A completed model's bytes are also split in two: its own record, and its results (RESULT_TABLES).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import psycopg
@@ -30,31 +32,59 @@ SPEC = {"symbol": "AAPL", "algorithm": "Ridge"}  # the default windows: 1000 bar
 FOREST = {"symbol": "AAPL", "algorithm": "RandomForest"}  # the default forest, for the file's size
 
 SIZES = """
-SELECT c.relname, pg_total_relation_size(c.oid), pg_indexes_size(c.oid)
+SELECT c.relname, pg_total_relation_size(c.oid), pg_indexes_size(c.oid),
+       coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
   FROM pg_class c
  WHERE c.relkind = 'r' AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'models'::regclass)
 """
 
 
-def _sizes(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    conn.execute("VACUUM FULL")  # what the live rows take: not the dead versions a model's updates leave
-    return {name: (total, indexes) for name, total, indexes in conn.execute(SIZES).fetchall()}
+# Every transaction that was running when the writes measured ended: no snapshot may see their dead
+# versions any more. Any transaction of the server counts, another database's too (our own snapshot's
+# horizon is the oldest transaction running anywhere): another benchmark's long one kept 900 B a model of
+# dead versions that VACUUM FULL must copy.
+OLDER_ENDED = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::text::xid8"
+WRITTEN = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
+WAIT_S = 900.0
+
+
+def _sizes(conn: psycopg.Connection, wait: bool) -> dict[str, tuple[int, int, int]]:
+    """What the live rows take (VACUUM FULL: not the dead versions a model's updates leave); without
+    `wait` (the short run, not for conclusions), whatever an older transaction keeps too."""
+    written = conn.execute(WRITTEN).fetchone()[0]
+    deadline = time.monotonic() + WAIT_S
+    while wait and not conn.execute(OLDER_ENDED, (written,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a transaction older than xid {written} still runs after {WAIT_S:.0f} s")
+        time.sleep(0.2)
+    conn.execute("VACUUM FULL")
+    return {name: (total, indexes, toast) for name, total, indexes, toast in conn.execute(SIZES).fetchall()}
 
 
 FILE_TABLES = ("blobs", "blob_chunks")  # per distinct file, not per model: reported apart
+# What a completed model's results are, apart from its own record (its models row, request, jobs, attempt
+# and file link): its predictions, feature importances and queued default backtest, and its fold metrics,
+# the one value of a models row large enough to be stored out of line (the models table's TOAST).
+RESULT_TABLES = ("model_prediction_series", "prediction_axes", "model_features", "simulation_history")
 
 
 def _growth(before: dict, after: dict, models: int, tables: tuple[str, ...] | None = None) -> dict:
-    """Bytes per model by table (total, of which indexes), for the tables that grew (of `tables`, or but
-    the files' tables)."""
+    """Bytes per model by table (total, of which indexes, of which TOAST), for the tables that grew (of
+    `tables`, or but the files' tables)."""
     grown = {}
-    for name, (total, indexes) in after.items():
+    for name, sizes in after.items():
         if (name not in tables) if tables else (name in FILE_TABLES):
             continue
-        was_total, was_indexes = before.get(name, (0, 0))
-        if total != was_total:
-            grown[name] = ((total - was_total) / models, (indexes - was_indexes) / models)
+        was = before.get(name, (0, 0, 0))
+        if sizes[0] != was[0]:
+            grown[name] = tuple((now - then) / models for now, then in zip(sizes, was, strict=True))
     return grown
+
+
+def _results(completed: dict) -> float:
+    """Of a model's completion, the bytes of its results (RESULT_TABLES and the models table's TOAST)."""
+    results = sum(total for name, (total, _, _) in completed.items() if name in RESULT_TABLES)
+    return results + completed.get("models", (0, 0, 0))[2]
 
 
 def _trained(conn: psycopg.Connection, request: dict[str, Any]) -> Any:
@@ -74,12 +104,12 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
         conn.execute("SELECT sfq_cancel_model(id) FROM models")  # the two trainings' own: not measured
 
         phases: dict[str, dict[str, tuple[float, float]]] = {}
-        start = _sizes(conn)
+        start = _sizes(conn, not short)
         ids = []
         for n in range(models):
             request = {**SPEC, "hyperparameters": {"alpha": 1 + n / 1000}}
             ids.append(gateway.run(conn, gateway.submit(request, "bench")).model_id)
-        queued = _sizes(conn)
+        queued = _sizes(conn, not short)
         phases["queued"] = _growth(start, queued, models)
 
         for model_id in ids:
@@ -91,15 +121,15 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             conn.execute(  # the training job ends as a worker's does
                 "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)", (job_id,)
             )
-        completed = _sizes(conn)
+        completed = _sizes(conn, not short)
         phases["completed (without its file)"] = _growth(queued, completed, models)
 
         for model_id in ids:
             backtests.run(conn, gateway.run(conn, gateway.default_backtest(model_id))["id"])
-        backtested = _sizes(conn)
+        backtested = _sizes(conn, not short)
         phases["its default backtest run"] = _growth(completed, backtested, models)
 
-        before_file = _sizes(conn)
+        before_file = _sizes(conn, not short)
         conn.execute("UPDATE models SET status = 'completed' WHERE id = %s", (forest_id,))
         gateway.store_blob(
             conn,
@@ -107,20 +137,37 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             gateway.BlobWrite(forest.artifact_sha256, len(forest.artifact), forest.artifact),
             artifacts.FORMAT,
         )
-        file_growth = _growth(before_file, _sizes(conn), 1, FILE_TABLES)
+        file_growth = _growth(before_file, _sizes(conn, not short), 1, FILE_TABLES)
 
     rows = []
     totals = {}
     for phase, grown in phases.items():
-        totals[phase] = sum(total for total, _ in grown.values())
-        for table, (total, indexes) in sorted(grown.items(), key=lambda item: -item[1][0]):
-            rows.append(("storage", f"{phase}: {table}", f"{total:.0f} B/model (indexes {indexes:.0f})"))
+        totals[phase] = sum(total for total, _, _ in grown.values())
+        for table, (total, indexes, toast) in sorted(grown.items(), key=lambda item: -item[1][0]):
+            parts = f"indexes {indexes:.0f}" + (f", TOAST {toast:.0f}" if toast else "")
+            rows.append(("storage", f"{phase}: {table}", f"{total:.0f} B/model ({parts})"))
         rows.append(("storage", f"{phase}: all tables", f"{totals[phase]:.0f} B/model"))
+    results = _results(phases["completed (without its file)"])
+    record = totals["queued"] + totals["completed (without its file)"] - results
+    rows.append(
+        (
+            "storage",
+            "a completed model's own record (models but its TOAST, request, jobs, attempt, file link)",
+            f"{record:.0f} B/model",
+        )
+    )
+    rows.append(
+        (
+            "storage",
+            "its results (predictions, features, fold metrics in models' TOAST, default backtest queued)",
+            f"{results:.0f} B/model",
+        )
+    )
     whole = totals["queued"] + totals["completed (without its file)"]
     rows.append(("storage", "a completed model, without its file: all its rows", f"{whole:.0f} B/model"))
     whole += totals["its default backtest run"]
     rows.append(("storage", "... with its default backtest run", f"{whole:.0f} B/model"))
-    file_bytes = sum(total for total, _ in file_growth.values())
+    file_bytes = sum(total for total, _, _ in file_growth.values())
     rows.append(
         (
             "storage",

@@ -532,11 +532,21 @@ def load_context_bars(
     return Call("load_context_bars", params, tuples=True)
 
 
+def _importances(model_id: int, ranked: list[dict[str, Any]]) -> dict[str, Any]:
+    """A training's importances (every feature's, ranked 1..n, by one method) as model_features' row."""
+    return {
+        "model_id": model_id,
+        "method": ranked[0]["method"],
+        "features": [row["feature"] for row in ranked],
+        "importances": [row["importance"] for row in ranked],
+    }
+
+
 def _result_writes(model_id: int, result: Any) -> list[tuple[str, list[dict[str, Any]]]]:
     """What a training's result writes after complete_model, by named query (each with its rows); then
     its file (_write_blob and insert_artifact)."""
     return [
-        ("insert_feature_importance", [{"model_id": model_id, **row} for row in result.importances]),
+        ("insert_feature_importances", [_importances(model_id, result.importances)]),
         *_series_writes(model_id, _series(result)),
         ("request_default_simulation", [{"model_id": model_id}]),
     ]
@@ -905,7 +915,7 @@ def copy_simulations(conn: psycopg.Connection) -> contextlib.AbstractContextMana
 
 
 def import_features() -> Call[int]:
-    return Call("import_features", {}, int, rowcount=True)
+    return Call("import_features", {}, _value)
 
 
 def import_simulations(file: str) -> Call[int]:

@@ -101,15 +101,20 @@ UPDATE models m
 COPY legacy_features (legacy_model_id, model_id, feature, importance, logged_at) FROM STDIN
 
 -- import_features --
--- The latest row per legacy model and feature, ranked by importance (1 = most important); a model's
--- features already in features_log stay as they are.
-INSERT INTO features_log (model_id, feature, importance, rank, method)
-SELECT model_id, feature, importance,
-       row_number() OVER (PARTITION BY legacy_model_id ORDER BY importance DESC, feature), 'legacy'
-  FROM (SELECT DISTINCT ON (legacy_model_id, feature) *
-          FROM legacy_features
-         ORDER BY legacy_model_id, feature, logged_at DESC NULLS LAST) AS latest
-ON CONFLICT (model_id, feature) DO NOTHING
+-- The latest row per legacy model and feature, ranked by importance (1 = most important); a model with
+-- features already keeps them as they are. How many features were inserted.
+WITH inserted AS (
+    INSERT INTO model_features (model_id, method, features, importances)
+    SELECT model_id, 'legacy', array_agg(feature ORDER BY importance DESC, feature),
+           array_agg(importance ORDER BY importance DESC, feature)
+      FROM (SELECT DISTINCT ON (legacy_model_id, feature) *
+              FROM legacy_features
+             ORDER BY legacy_model_id, feature, logged_at DESC NULLS LAST) AS latest
+     GROUP BY model_id
+    ON CONFLICT (model_id) DO NOTHING
+    RETURNING cardinality(features) AS features
+)
+SELECT coalesce(sum(features), 0)::integer FROM inserted
 
 -- copy_simulations --
 -- COPY legacy backtests into their temporary table.

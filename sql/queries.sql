@@ -135,10 +135,10 @@ UPDATE models
  WHERE id = %(model_id)s AND status = 'running' AND attempts = %(attempt)s
 RETURNING id
 
--- insert_feature_importance --
--- One feature's importance in a training's result.
-INSERT INTO features_log (model_id, feature, importance, rank, method)
-VALUES (%(model_id)s, %(feature)s, %(importance)s, %(rank)s, %(method)s)
+-- insert_feature_importances --
+-- A training's feature importances, most important first (the view features_log ranks them by position).
+INSERT INTO model_features (model_id, method, features, importances)
+VALUES (%(model_id)s, %(method)s, %(features)s, %(importances)s)
 
 -- insert_prediction_axes --
 -- The bars and actual values of a training's predictions, unless another model's are the same ones.

@@ -76,7 +76,7 @@ GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_
 GRANT EXECUTE ON FUNCTION sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject TO sfq_worker;
 GRANT UPDATE (status, started_at, finished_at, error, attempts, worker_host, worker_pid, metrics, fold_metrics,
               timings, progress, job_id) ON models TO sfq_worker;
-GRANT INSERT ON features_log, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
+GRANT INSERT ON model_features, model_predictions, model_prediction_series, model_artifacts TO sfq_worker;
 GRANT SELECT, INSERT ON prediction_axes TO sfq_worker;  -- predictions' shared bars and actual values (0020)
 -- Model files (0020): a new blob or the same bytes' row (insert_blob locks it with an UPDATE), its chunks,
 -- and an evicted file's blob linked back once rebuilt.

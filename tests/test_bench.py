@@ -46,6 +46,8 @@ EXPECTED = {
     "storage": [
         "queued: all tables",
         "completed (without its file): all tables",
+        "a completed model's own record",
+        "its results (predictions, features, fold metrics",
         "a completed model, without its file: all its rows",
         "with its default backtest run",
         "once per distinct file",

@@ -363,6 +363,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0020_artifact_store.sql",
         "migrations/0021_enqueue_path.sql",
         "migrations/0023_prune_in_batches.sql",
+        "migrations/0025_compact_model_rows.sql",
         "migrations/0026_wake_only_sleepers.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
@@ -564,6 +565,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0020_artifact_store.sql",
         "migrations/0021_enqueue_path.sql",
         "migrations/0023_prune_in_batches.sql",
+        "migrations/0025_compact_model_rows.sql",
         "migrations/0026_wake_only_sleepers.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]

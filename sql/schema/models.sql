@@ -129,3 +129,13 @@ $$;
 
 CREATE OR REPLACE TRIGGER models_log_attempt AFTER UPDATE OF attempts, status ON models
     FOR EACH ROW EXECUTE FUNCTION sfq_log_attempt();
+
+-- A model's feature importances a row per feature, as the table of that name held them before 0025 (the
+-- API, the UI, plain SQL and the DuckDB import's counts read them so): model_features keeps one row of
+-- arrays per model, rank = position.
+CREATE OR REPLACE VIEW features_log AS
+SELECT f.model_id, i.feature, i.importance, i.rank::integer AS rank, f.method
+  FROM model_features f
+ CROSS JOIN LATERAL unnest(f.features, f.importances) WITH ORDINALITY AS i(feature, importance, rank);
+COMMENT ON VIEW features_log IS
+    'Each model''s feature importances, a row per feature, rank 1 the most important (stored in model_features).';

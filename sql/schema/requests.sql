@@ -692,7 +692,8 @@ $$;
 -- Both triggers run as the owner (a submitter may not create models or defer jobs).
 
 -- The row trigger: canonical request, then its model (a new one, or the live one with its fingerprint).
--- The new model's job is deferred by training_requests_defer, at the end of the statement.
+-- The new model's job is deferred by training_requests_defer, at the end of the statement. The request
+-- row keeps no spec (0025): it is its model's (models.spec, of the same fingerprint), 1 KB a request less.
 CREATE OR REPLACE FUNCTION sfq_accept_training_request() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
@@ -704,7 +705,7 @@ BEGIN
         NEW.model_id := (sfq_insert_models(ARRAY[sfq_new_model(NEW)]))[1];
         IF NEW.model_id IS NOT NULL THEN
             NEW.deduplicated := false;
-            RETURN NEW;
+            EXIT;
         END IF;
 
         -- Same fingerprint already live: that model serves this request. (Loop if it just failed.)
@@ -712,9 +713,11 @@ BEGIN
          WHERE fingerprint = NEW.fingerprint AND status NOT IN ('failed', 'cancelled');
         IF NEW.model_id IS NOT NULL THEN
             NEW.deduplicated := true;
-            RETURN NEW;
+            EXIT;
         END IF;
     END LOOP;
+    NEW.spec := NULL;
+    RETURN NEW;
 END;
 $$;
 

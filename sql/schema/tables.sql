@@ -124,9 +124,9 @@ COMMENT ON COLUMN models.traceparent IS
     'The W3C trace context of the request that made the model: its training and backtests are spans of that trace.';
 
 -- One live model per fingerprint; a failed or cancelled model may be submitted again.
+-- Every lookup by fingerprint is of the live model (0025 dropped the index of all of them: about 100 B a model).
 CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
     WHERE status NOT IN ('failed', 'cancelled');
-CREATE INDEX models_fingerprint ON models (fingerprint);
 -- The leaderboard's filters and sorts (0017): a filter then the id order; each stored metric it sorts on
 -- (vocabulary.SORTABLE_METRICS), over the completed models.
 CREATE INDEX models_status ON models (status, id);
@@ -177,13 +177,14 @@ CREATE INDEX models_retrain_of ON models (retrain_of) WHERE retrain_of IS NOT NU
 -- index does it for the failed and cancelled ones, which the fingerprint index leaves out.
 CREATE UNIQUE INDEX models_imported_from ON models (imported_from) WHERE imported_from IS NOT NULL;
 
-CREATE TABLE features_log (
-    model_id bigint NOT NULL REFERENCES models (id) ON DELETE CASCADE,
-    feature text NOT NULL,
-    importance double precision NOT NULL,
-    rank integer NOT NULL,
-    method text NOT NULL,  -- impurity, abs_coefficient or permutation
-    PRIMARY KEY (model_id, feature)
+-- A model's feature importances, one row of arrays in rank order (0025: a row per feature took 1.5 KB a
+-- model, this one about 0.5); read a row per feature through the view features_log (sql/schema/models.sql).
+CREATE TABLE model_features (
+    model_id bigint PRIMARY KEY REFERENCES models (id) ON DELETE CASCADE,
+    method text NOT NULL,  -- impurity, abs_coefficient, permutation or legacy
+    features text[] NOT NULL,  -- most important first: a feature's rank is its position
+    importances double precision[] NOT NULL,
+    CHECK (cardinality(features) = cardinality(importances))
 );
 
 CREATE TABLE model_predictions (
@@ -304,7 +305,7 @@ CREATE TABLE training_requests (
     deduplicated boolean,
     run integer DEFAULT 1,
     retrain_of bigint,
-    spec jsonb,  -- the canonical spec that was hashed (filled in, like fingerprint)
+    spec jsonb,  -- the canonical spec while the request is accepted; not kept (0025): its model's spec
     priority integer DEFAULT 0,
     execution_lag integer DEFAULT 1,
     evaluation jsonb DEFAULT '{"kind": "holdout"}',
@@ -354,6 +355,8 @@ COMMENT ON COLUMN training_requests.traceparent IS
 COMMENT ON COLUMN training_requests.evaluation IS
     'How the model is judged out of sample: {"kind": "holdout"} (the last test_window bars) or '
     '{"kind": "walk_forward", "refit_every": 21, "window": "expanding" | "sliding", "start": null}.';
+COMMENT ON COLUMN training_requests.spec IS
+    'Not kept (NULL): the canonical spec that was hashed is its model''s, models.spec (since 0025).';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Live forecasts (POST /models/{id}/predict): a worker loads the stored model and predicts from the
