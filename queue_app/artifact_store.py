@@ -111,11 +111,11 @@ def chunks(conn: psycopg.Connection | None, row: dict[str, Any]) -> Iterator[byt
 def read(conn: psycopg.Connection, row: dict[str, Any]) -> bytes:
     """The whole file, checked against the recorded SHA-256 (ArtifactError naming the model otherwise)."""
     data = io.BytesIO()
-    copy(conn, row, data)
+    write_to(conn, row, data)
     return data.getvalue()
 
 
-def copy(conn: psycopg.Connection | None, row: dict[str, Any], out: BinaryIO) -> None:
+def write_to(conn: psycopg.Connection | None, row: dict[str, Any], out: BinaryIO) -> None:
     """The file written to `out` a chunk at a time, then checked against the recorded SHA-256
     (ArtifactError naming the model otherwise: what was written is not the model's file)."""
     digest = hashlib.sha256()

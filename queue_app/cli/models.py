@@ -144,7 +144,7 @@ def cmd_artifact(args: argparse.Namespace) -> None:
     output = Path(args.output or f"model-{args.model_id}.{artifact['format']}")
     try:
         with connect(args) as conn, output.open("wb") as out:  # a chunk at a time, checked as it goes
-            artifact_store.copy(conn, artifact, out)
+            artifact_store.write_to(conn, artifact, out)
     except ArtifactError:
         output.unlink()
         raise
