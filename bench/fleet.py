@@ -51,8 +51,9 @@ from workers.daemon.outcome import Outcome, Pruned, Retry
 
 SIZES, SHORT_SIZES = (50, 100, 200, 500), (4, 8)
 PER_PROCESS = 25  # daemons per process at most
-IDLE_S, SAMPLES, SPACING_S = 60, 200, 0.2
-BURST_PER_DAEMON, BURST_MIN = 10, 1000
+IDLE_S, SAMPLES, SPACING_S = 30, 200, 0.2
+BURST_PER_DAEMON, BURST_MIN = 4, 1000
+HOLD_WAIT_S = 120  # for the daemons to be killed to hold a training job each
 SETTINGS = {"SFQ_HEARTBEAT_S": "5", "SFQ_RESCUE_AFTER_S": "20"}  # sfq's defaults, stated
 SHORT_SETTINGS = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 SERVER = {"max_connections": "1700", "shared_preload_libraries": "pg_stat_statements"}
@@ -163,16 +164,21 @@ def _stop(fleet: list[Process]) -> None:
         process.stop()
 
 
-def _idle(counters: _Counters, fleet: list[Process], seconds: float) -> dict[str, float]:
-    cpu, python, (calls, fetches) = (
-        counters.cpu_s(),
-        sum(process_cpu_s(p.pid) for p in fleet),
-        counters.calls(),
-    )
-    start = time.monotonic()
-    time.sleep(seconds)
+def _idle(
+    conn: psycopg.Connection, counters: _Counters, fleet: list[Process], seconds: float
+) -> dict[str, float]:
+    """The idle fleet's costs over `seconds`, and the oldest heartbeat seen in them (read every second):
+    a daemon's event loop that falls behind is seen there first."""
+    cpu, python, (calls, fetches) = counters.cpu_s(), _python_cpu_s(fleet), counters.calls()
+    start, oldest = time.monotonic(), 0.0
+    while (elapsed := time.monotonic() - start) < seconds:
+        (age,) = conn.execute(
+            "SELECT extract(epoch FROM now() - min(last_heartbeat))::float8 FROM procrastinate_workers"
+        ).fetchone()
+        oldest = max(oldest, age)
+        time.sleep(min(1.0, seconds - elapsed))
     elapsed = time.monotonic() - start
-    cpu, python = counters.cpu_s() - cpu, sum(process_cpu_s(p.pid) for p in fleet) - python
+    cpu, python = counters.cpu_s() - cpu, _python_cpu_s(fleet) - python
     after = counters.calls()
     (connections,) = counters.conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
@@ -184,7 +190,12 @@ def _idle(counters: _Counters, fleet: list[Process], seconds: float) -> dict[str
         "queries_per_s": (after[0] - calls) / elapsed,
         "polls_per_s": (after[1] - fetches) / elapsed,
         "connections": connections,
+        "oldest_heartbeat_s": oldest,
     }
+
+
+def _python_cpu_s(fleet: list[Process]) -> float:
+    return sum(process_cpu_s(p.pid) for p in fleet)
 
 
 def _pickups(
@@ -205,40 +216,61 @@ def _pickups(
     return [(starts[i] - committed[i]) * 1000 for i in committed], herd
 
 
+# The training jobs the processes' daemons are running, with their models' attempts so far.
+HELD = """
+SELECT j.id, m.id, m.attempts
+  FROM procrastinate_jobs j JOIN sfq_workers w ON w.worker_id = j.worker_id JOIN models m ON m.job_id = j.id
+ WHERE j.status = 'doing' AND j.task_name = 'train_model' AND w.pid = ANY(%s)
+"""
+LOST = "SELECT count(*) FROM model_attempts WHERE outcome = 'lost'"
+
+
 def _rescue(
     url: str, conn: psycopg.Connection, fleet: list[Process], size: int, rescue_after_s: int
 ) -> dict[str, Any]:
-    """Every daemon holds a training job; the first tenth of the processes is killed, the others released;
-    seconds from the kill until each dead daemon's job was taken up again."""
-    submit(url, [{**REQUEST, "run": run} for run in range(1, size + 1)])
-    deadline = time.monotonic() + 300
-    while conn.execute("SELECT count(*) FROM models WHERE status = 'running'").fetchone()[0] < size:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the fleet did not take a training job each within 300 s")
-        time.sleep(0.1)
+    """Every daemon is given a training job to hold; once each daemon of the first tenth of the processes
+    holds one (or after HOLD_WAIT_S, with what they hold), those processes are killed and the others
+    released: the seconds from the kill until each of the dead daemons' jobs was taken up again (its
+    model's next attempt started). A live daemon whose heartbeat came later than SFQ_RESCUE_AFTER_S had
+    its job handed on too: counted, as `lost_before_kill`."""
     doomed = fleet[: max(1, len(fleet) // 10)]
-    held = [
-        model_id
-        for (model_id,) in conn.execute(
-            "SELECT id FROM models WHERE status = 'running' AND worker_pid = ANY(%s)",
-            ([p.pid for p in doomed],),
-        )
-    ]
+    pids = [p.pid for p in doomed]
+    daemons = size // len(fleet) * len(doomed)
+    submit(url, [{**REQUEST, "run": run} for run in range(1, size + 1)])
+    deadline = time.monotonic() + HOLD_WAIT_S
+    while len(held := conn.execute(HELD, (pids,)).fetchall()) < daemons and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (running,) = conn.execute("SELECT count(*) FROM models WHERE status = 'running'").fetchone()
+    (lost,) = conn.execute(LOST).fetchone()
     for process in doomed:
         os.kill(process.pid, signal.SIGKILL)
     killed = time.monotonic()
+    held = conn.execute(HELD, (pids,)).fetchall()  # what they held when they died
     for process in fleet[len(doomed) :]:
         process.send("release")
+    attempts = {model_id: attempt for _, model_id, attempt in held}
     taken: dict[int, float] = {}
-    while len(taken) < len(held):
+    failed: set[int] = set()  # lost SFQ_MAX_ATTEMPTS times (late heartbeats, then the kill): not retried
+    while len(taken) + len(failed) < len(attempts):
         if time.monotonic() - killed > 10 * rescue_after_s:
-            raise RuntimeError(f"{len(held) - len(taken)} of {len(held)} jobs not taken up again")
-        for (model_id,) in conn.execute(
-            "SELECT id FROM models WHERE id = ANY(%s) AND attempts >= 2", (held,)
+            raise RuntimeError(f"{len(attempts) - len(taken)} of {len(attempts)} jobs not taken up again")
+        for model_id, attempt, status in conn.execute(
+            "SELECT id, attempts, status::text FROM models WHERE id = ANY(%s)", (list(attempts),)
         ):
-            taken.setdefault(model_id, time.monotonic() - killed)
+            if attempt > attempts[model_id]:
+                taken.setdefault(model_id, time.monotonic() - killed)
+            elif status == "failed":
+                failed.add(model_id)
         time.sleep(0.05)
-    return {"killed": len(held), "first_s": min(taken.values()), "all_s": max(taken.values())}
+    return {
+        "daemons_killed": daemons,
+        "killed": len(attempts),
+        "running_at_kill": running,
+        "lost_before_kill": lost,
+        "failed": len(failed),
+        "first_s": min(taken.values(), default=math.nan),
+        "all_s": max(taken.values(), default=math.nan),
+    }
 
 
 def _measure(
@@ -254,7 +286,7 @@ def _measure(
             with psycopg.connect(url, autocommit=True) as conn:
                 _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3), 120)  # every daemon has fetched
                 time.sleep(2 * int(settings["SFQ_HEARTBEAT_S"]))  # start-up over: wakes, first beats
-                idle = _idle(counters, fleet, 3 if short else IDLE_S)
+                idle = _idle(conn, counters, fleet, 3 if short else IDLE_S)
                 latencies, herd = _pickups(conn, counters, log, samples, spacing, idle["polls_per_s"])
                 start = time.perf_counter()
                 throughput = burst / (
@@ -356,6 +388,11 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             ),
             (
                 "fleet",
+                f"{name}: oldest heartbeat while idle (every {settings['SFQ_HEARTBEAT_S']} s expected)",
+                f"{r['oldest_heartbeat_s']:.1f} s",
+            ),
+            (
+                "fleet",
                 f"{name}: pickup p50 / p99 ({r['samples']} jobs, one every {r['spacing_s']:g} s)",
                 f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms",
             ),
@@ -367,9 +404,12 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             ("fleet", f"{name}: NOTIFY herd, fetches per job", f"{r['herd']:.1f}"),
             (
                 "fleet",
-                f"{name}: rescue of {r['rescue_killed']} killed daemons' jobs, first / all taken up",
+                f"{name}: rescue, {r['rescue_daemons_killed']} killed daemons, first / all taken up",
                 f"{r['rescue_first_s']:.1f} / {r['rescue_all_s']:.1f} s = "
-                f"{r['rescue_all_s'] / rescue_after_s:.2f} x SFQ_RESCUE_AFTER_S",
+                f"{r['rescue_all_s'] / rescue_after_s:.2f} x SFQ_RESCUE_AFTER_S ({r['rescue_killed']} jobs; "
+                f"{r['rescue_running_at_kill']} of {size} daemons busy at the kill; "
+                f"{r['rescue_lost_before_kill']} jobs of live daemons handed on before it, heartbeat late; "
+                f"{r['rescue_failed']} models failed, lost too often)",
             ),
         ]
     chart = CHART if not short else Path(tempfile.mkdtemp()) / "fleet.png"  # short: drawn, then dropped

@@ -8,6 +8,9 @@ from typing import Any
 from bench.common import CORES, DEFAULT_OUTPUT_NAME, percentile
 from bench.enqueue import GOALS as ENQUEUE_GOALS
 from bench.enqueue import MEASURES as ENQUEUE_MEASURES
+from bench.fleet import GOAL_IDLE_CPU as FLEET_IDLE_CPU
+from bench.fleet import GOAL_P99_MS as FLEET_P99_MS
+from bench.fleet import GOAL_RESCUE_X as FLEET_RESCUE_X
 from bench.scaleout import describe
 
 MARKER = "<!-- analysis: written by hand, kept when `python -m bench` rewrites the part above -->"
@@ -132,6 +135,28 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                 _verdict(sustained["bounded"]),
             )
         )
+    fleet = data.get("fleet")
+    if fleet:
+        largest = max(fleet["results"])
+        at = fleet["results"][largest]
+        rescue_x = at["rescue_all_s"] / fleet["rescue_after_s"]
+        out += [
+            (
+                f"fleet of {largest} daemons: pickup p99 < {FLEET_P99_MS} ms",
+                f"{at['p99_ms']:.1f} ms (p50 {at['p50_ms']:.1f} ms)",
+                _verdict(at["p99_ms"] < FLEET_P99_MS),
+            ),
+            (
+                f"fleet of {largest} daemons: rescue within {FLEET_RESCUE_X} x SFQ_RESCUE_AFTER_S",
+                f"{at['rescue_all_s']:.1f} s = {rescue_x:.2f} x {fleet['rescue_after_s']} s",
+                _verdict(rescue_x <= FLEET_RESCUE_X),
+            ),
+            (
+                f"fleet of {largest} daemons: idle database CPU < {FLEET_IDLE_CPU}% of a core",
+                f"{at['cpu_pct']:.1f}%",
+                _verdict(at["cpu_pct"] < FLEET_IDLE_CPU),
+            ),
+        ]
     reads = data.get("reads")
     if reads:
         largest = max(reads["results"])
