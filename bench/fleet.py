@@ -228,10 +228,12 @@ def _pickups(
     return [(starts[i] - committed[i]) * 1000 for i in committed], herd
 
 
-# The training jobs the processes' daemons are running, with their models' attempts so far.
+# The training jobs the processes' daemons are running and have started their models' attempts for
+# (start_model: the model's worker_pid is theirs), with the attempts so far.
 HELD = """
 SELECT j.id, m.id, m.attempts
-  FROM procrastinate_jobs j JOIN sfq_workers w ON w.worker_id = j.worker_id JOIN models m ON m.job_id = j.id
+  FROM procrastinate_jobs j JOIN sfq_workers w ON w.worker_id = j.worker_id
+  JOIN models m ON m.job_id = j.id AND m.status = 'running' AND m.worker_pid = w.pid
  WHERE j.status = 'doing' AND j.task_name = 'train_model' AND w.pid = ANY(%s)
 """
 LOST = "SELECT count(*) FROM model_attempts WHERE outcome = 'lost'"
@@ -240,20 +242,24 @@ LOST = "SELECT count(*) FROM model_attempts WHERE outcome = 'lost'"
 def _rescue(
     url: str, conn: psycopg.Connection, fleet: list[Process], size: int, rescue_after_s: int
 ) -> dict[str, Any]:
-    """Every daemon is given a training job to hold; once each daemon of the first tenth of the processes
-    holds one (or after HOLD_WAIT_S, with what they hold), those processes are killed and the others
-    released: the seconds from the kill until each of the dead daemons' jobs was taken up again (its
-    model's next attempt started). A live daemon whose heartbeat came later than SFQ_RESCUE_AFTER_S had
-    its job handed on too: counted, as `lost_before_kill`."""
+    """Every daemon is given a training job to hold; once each holds one (or after HOLD_WAIT_S, with what
+    they hold), the first tenth of the processes is killed and the others released: the seconds from the
+    kill until each of the dead daemons' jobs was taken up again (its model's next attempt started). A
+    live daemon whose heartbeat came later than SFQ_RESCUE_AFTER_S had its job handed on too: counted,
+    as `lost_before_kill`."""
     doomed = fleet[: max(1, len(fleet) // 10)]
     pids = [p.pid for p in doomed]
-    daemons = size // len(fleet) * len(doomed)
     submit(url, [{**REQUEST, "run": run} for run in range(1, size + 1)])
     deadline = time.monotonic() + HOLD_WAIT_S
-    while len(held := conn.execute(HELD, (pids,)).fetchall()) < daemons and time.monotonic() < deadline:
+    running = 0
+    while running < size and time.monotonic() < deadline:
         time.sleep(0.1)
+        (running,) = conn.execute(
+            "SELECT count(*) FROM models m JOIN sfq_workers w ON w.pid = m.worker_pid"
+            " JOIN procrastinate_jobs j ON j.id = m.job_id AND j.worker_id = w.worker_id"
+            " WHERE m.status = 'running' AND j.status = 'doing'"
+        ).fetchone()
     _alive(fleet, "the training jobs' start")
-    (running,) = conn.execute("SELECT count(*) FROM models WHERE status = 'running'").fetchone()
     (lost,) = conn.execute(LOST).fetchone()
     for process in doomed:
         os.kill(process.pid, signal.SIGKILL)
@@ -276,7 +282,7 @@ def _rescue(
                 failed.add(model_id)
         time.sleep(0.05)
     return {
-        "daemons_killed": daemons,
+        "daemons_killed": size // len(fleet) * len(doomed),
         "killed": len(attempts),
         "running_at_kill": running,
         "lost_before_kill": lost,
