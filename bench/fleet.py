@@ -215,7 +215,11 @@ def _python_cpu_s(fleet: list[Process]) -> float:
 def _pickups(
     conn: psycopg.Connection, counters: _Counters, log: Path, samples: int, spacing: float, polls_per_s: float
 ):
-    """Latencies (ms) of `samples` jobs deferred one at a time, and fetches per job beyond the polls."""
+    """Latencies (ms) of `samples` jobs deferred one at a time, and fetches per job: all of them less the
+    side-queue workers' polls. Each daemon's two workers poll every SFQ_POLL_INTERVAL_S while idle (the
+    idle window's rate); a training job's notification wakes the training worker alone, and a wake
+    restarts its poll timer, so with a job every `spacing` s only the side-queue worker's half of the
+    polls goes on."""
     _, fetches = counters.calls()
     start = time.monotonic()
     committed: dict[int, float] = {}
@@ -225,7 +229,7 @@ def _pickups(
         time.sleep(spacing)
     _wait_done(conn, list(committed), 120)
     elapsed = time.monotonic() - start
-    herd = (counters.calls()[1] - fetches - polls_per_s * elapsed) / samples
+    herd = (counters.calls()[1] - fetches - polls_per_s / 2 * elapsed) / samples
     starts = _starts(log)
     return [(starts[i] - committed[i]) * 1000 for i in committed], herd
 
