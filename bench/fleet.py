@@ -1,6 +1,7 @@
 """Scenario: a fleet of worker daemons against one PostgreSQL (issue 15 part 4): 50, 100, 200 and 500
 daemons (--short: 4 and 8), LISTEN/NOTIFY, SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_S at their defaults
-(--short: 1 and 3 s, so that a rescue fits in seconds).
+(--short: 1 and 3 s, so that a rescue fits in seconds). SFQ_BENCH_FLEET_SIZES=500 runs the sizes given
+(docs/bench-fleet.png is then left as it is).
 
 Each daemon is sfq's own (workers.daemon.serve: its connector and two connections, its two Procrastinate
 workers, its heartbeat and rescue loop); several share a process (`python -m bench.fleet FIRST COUNT`),
@@ -380,6 +381,8 @@ def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path
 def scenario(url: str, short: bool) -> dict[str, Any]:
     del url  # the fleet needs more connections than the shared server has: a private cluster
     sizes, settings = (SHORT_SIZES, SHORT_SETTINGS) if short else (SIZES, SETTINGS)
+    chosen = os.environ.get("SFQ_BENCH_FLEET_SIZES")  # e.g. "500": one size again, its chart not kept
+    sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
     rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])
     results: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
@@ -451,7 +454,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     rows += [
         ("fleet", f"{size} daemons: not measured", error.replace("|", "/")) for size, error in failed.items()
     ]
-    chart = CHART if not short else Path(tempfile.mkdtemp()) / "fleet.png"  # short: drawn, then dropped
+    chart = CHART if not (short or chosen) else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
     _chart(results, rescue_after_s, chart)
     return {
         "rows": rows,
@@ -460,7 +463,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             "rescue_after_s": rescue_after_s,
             "results": results,
             "failed": failed,
-            "chart": None if short else str(chart.relative_to(ROOT)),
+            "chart": None if short or chosen else str(chart.relative_to(ROOT)),
         },
     }
 
