@@ -26,12 +26,25 @@ SCENARIOS = (
     "reads",
     "storage",
     "sustained",
+    "fleet",
 )
 DEFAULT_OUTPUT = common.ROOT / common.DEFAULT_OUTPUT_NAME
 
 
 def _scenario(name: str):
-    from bench import cost, enqueue, memory, noop, reads, scaleout, storage, studies, sustained, walkforward
+    from bench import (
+        cost,
+        enqueue,
+        fleet,
+        memory,
+        noop,
+        reads,
+        scaleout,
+        storage,
+        studies,
+        sustained,
+        walkforward,
+    )
 
     return {
         "scaleout": scaleout.scenario,
@@ -44,6 +57,7 @@ def _scenario(name: str):
         "reads": reads.scenario,
         "storage": storage.scenario,
         "sustained": sustained.scenario,
+        "fleet": fleet.scenario,
     }[name]
 
 

@@ -8,6 +8,10 @@ from typing import Any
 from bench.common import CORES, DEFAULT_OUTPUT_NAME, percentile
 from bench.enqueue import GOALS as ENQUEUE_GOALS
 from bench.enqueue import MEASURES as ENQUEUE_MEASURES
+from bench.fleet import GOAL_IDLE_CPU as FLEET_IDLE_CPU
+from bench.fleet import GOAL_P99_MS as FLEET_P99_MS
+from bench.fleet import GOAL_RESCUE_X as FLEET_RESCUE_X
+from bench.fleet import GOAL_SIZE as FLEET_SIZE
 from bench.scaleout import describe
 
 MARKER = "<!-- analysis: written by hand, kept when `python -m bench` rewrites the part above -->"
@@ -132,6 +136,28 @@ def goals(data: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                 _verdict(sustained["bounded"]),
             )
         )
+    fleet = data.get("fleet")
+    if fleet:
+        at = fleet["results"].get(FLEET_SIZE) or fleet["results"].get(str(FLEET_SIZE))
+        why = fleet["failed"].get(FLEET_SIZE) or fleet["failed"].get(str(FLEET_SIZE)) or "not run"
+        rescue_x = at and at["rescue_all_s"] / fleet["rescue_after_s"]
+        out += [
+            (
+                f"fleet of {FLEET_SIZE} daemons: pickup p99 < {FLEET_P99_MS} ms",
+                f"{at['p99_ms']:.1f} ms (p50 {at['p50_ms']:.1f} ms)" if at else why,
+                _verdict(at and at["p99_ms"] < FLEET_P99_MS),
+            ),
+            (
+                f"fleet of {FLEET_SIZE} daemons: rescue within {FLEET_RESCUE_X} x SFQ_RESCUE_AFTER_S",
+                f"{at['rescue_all_s']:.1f} s = {rescue_x:.2f} x {fleet['rescue_after_s']} s" if at else why,
+                _verdict(at and rescue_x <= FLEET_RESCUE_X),
+            ),
+            (
+                f"fleet of {FLEET_SIZE} daemons: idle database CPU < {FLEET_IDLE_CPU}% of a core",
+                f"{at['cpu_pct']:.1f}%" if at else why,
+                _verdict(at and at["cpu_pct"] < FLEET_IDLE_CPU),
+            ),
+        ]
     reads = data.get("reads")
     if reads:
         largest = max(reads["results"])

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from queue_app.errors import Unavailable
@@ -102,8 +103,9 @@ def is_running(home: Path) -> bool:
     return _run([str(find_bindir() / "pg_ctl"), "status", "-D", str(data)], _owner()).returncode == 0
 
 
-def ensure_running(home: Path, *, quiet: bool = False) -> str:
-    """Create the cluster if needed, start it if stopped, and return its URL."""
+def ensure_running(home: Path, *, quiet: bool = False, server: Mapping[str, str] | None = None) -> str:
+    """Create the cluster if needed, start it if stopped, and return its URL. `server`: settings that
+    override sfq's when it starts (the fleet benchmark's cluster: more connections, pg_stat_statements)."""
     bindir, owner = find_bindir(), _owner()
     data, sockets, log = _paths(home)
     say = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
@@ -140,7 +142,10 @@ def ensure_running(home: Path, *, quiet: bool = False) -> str:
             os.chown(sockets, owner.pw_uid, owner.pw_gid)
             log.touch()
             os.chown(log, owner.pw_uid, owner.pw_gid)
-        options = f"-c listen_addresses='' -k {sockets} -p {PORT} -c max_connections=200 -c fsync=on"
+        settings = {"max_connections": "200", "fsync": "on", **(server or {})}
+        options = f"-c listen_addresses='' -k {sockets} -p {PORT} " + " ".join(
+            f"-c {name}={value}" for name, value in settings.items()
+        )
         result = _run(
             [str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-o", options], owner
         )

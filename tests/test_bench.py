@@ -57,6 +57,15 @@ EXPECTED = {
         "procrastinate_jobs: size",
         "bounded: peak bytes per held job",
     ],
+    "fleet": [
+        "settings",
+        "idle database CPU",
+        "pickup p50 / p99",
+        "throughput",
+        "oldest heartbeat while idle",
+        "NOTIFY herd, fetches per job",
+        "killed daemons, first / all taken up",
+    ],
 }
 
 

@@ -28,6 +28,18 @@ PROCRASTINATE_FETCH = procrastinate_sql.queries["fetch_job"]
 CATCH_UP_AGAIN_S = 1.0
 
 
+def own_app(connector: procrastinate.PsycopgConnector) -> procrastinate.App:
+    """An App of one daemon's own, on its own connector, with `app`'s tasks (the same registry): several
+    daemons can then share a process, each with its own connections (the fleet benchmark, bench/fleet.py),
+    where `app.replace_connector` swaps the one app's connector for all. Procrastinate deprecated its
+    `with_connector`, which did the same, because a task's link back to `app` defers through `app`'s
+    connector; sfq's jobs are deferred by the database, never through a daemon's app."""
+    daemon = procrastinate.App(connector=connector, import_paths=app.import_paths)
+    daemon.tasks = app.tasks
+    daemon.periodic_registry = app.periodic_registry
+    return daemon
+
+
 def connection_name(instance: int, role: str) -> str:
     """What pg_stat_activity's application_name shows for a daemon's connection: `sfq-worker:N:role`."""
     return f"sfq-worker:{instance}:{role}"

@@ -72,13 +72,15 @@ class Requeue(SfqError):
 class Runtime:
     """What a job needs from its daemon: the database, the training child, settings, and who we are."""
 
-    def __init__(self, url: str, instance: int, settings: Settings):
+    def __init__(self, url: str, instance: int, settings: Settings, trainer: TrainingProcess | None = None):
+        """`trainer`: where models train; a stand-in with its methods that trains nothing lets the fleet
+        benchmark (bench/fleet.py) run hundreds of daemons without a scikit-learn process each."""
         self.url = url
         self.instance = instance
         self.settings = settings
         self.host = settings.hostname
         self.pid = os.getpid()
-        self.trainer = TrainingProcess(settings.max_jobs_per_child)
+        self.trainer = trainer or TrainingProcess(settings.max_jobs_per_child)
         self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
         self.queue_pool: psycopg_pool.AsyncConnectionPool | None = None  # Procrastinate's, once open
         self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")

@@ -9,9 +9,11 @@ What each job does is `Runtime`'s (runtime.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 
 from procrastinate.manager import get_channel_for_queues
 from procrastinate.worker import Worker
@@ -21,7 +23,7 @@ from queue_app.config import Settings
 from queue_app.errors import NoSchema, Unavailable
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
 from workers.daemon import logs, notify
-from workers.daemon.app import DaemonConnector, app
+from workers.daemon.app import DaemonConnector, app, own_app
 from workers.daemon.child import THREAD_LIMIT_ENV
 from workers.daemon.runtime import Runtime
 
@@ -61,66 +63,87 @@ def run(instance: int, url: str, settings: Settings) -> int:
 
 async def _serve(instance: int, url: str, settings: Settings) -> bool:
     """Run until stopped; True when a signal asked for it."""
-    runtime = Runtime(url, instance, settings)
+    return await serve([Runtime(url, instance, settings)])
+
+
+async def serve(runtimes: list[Runtime]) -> bool:
+    """Run these daemons on this event loop until stopped; True when a signal asked for it. `sfq worker N`
+    runs one; the fleet benchmark (bench/fleet.py) runs many in a process, each with its own connections,
+    workers and rescue loop, as separate processes would have them."""
+    app.perform_import_paths()  # registers workers.daemon.tasks
+    async with contextlib.AsyncExitStack() as stack:
+        daemons = [(runtime, await stack.enter_async_context(_daemon(runtime))) for runtime in runtimes]
+        watchdog = asyncio.create_task(notify.watchdog_forever())  # systemd's WatchdogSec=
+        try:
+            asked = await _run_until_signalled(daemons)
+        finally:
+            watchdog.cancel()
+    for runtime in runtimes:
+        log.info("worker %s stopped%s", runtime.instance, "" if asked else " on its own (database lost?)")
+    return asked
+
+
+@contextlib.asynccontextmanager
+async def _daemon(runtime: Runtime) -> AsyncIterator[list[Worker]]:
+    """One daemon's parts, from its training process to its rescue loop, open while the block runs: its
+    two Procrastinate workers, on an app and connections of its own (app.own_app)."""
+    instance, settings = runtime.instance, runtime.settings
     # Before READY: the fork server imports scikit-learn once and the first training process is forked,
     # so the first job does not wait for either.
     child_pid = await asyncio.get_running_loop().run_in_executor(None, runtime.trainer.ensure_started)
     log.info("worker %s: training process %s started", instance, child_pid)
-    app.perform_import_paths()  # registers workers.daemon.tasks
     training_queues, side_queues = [TRAINING_QUEUE], [PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE]
     channels = list(get_channel_for_queues(training_queues + side_queues))
-    queue = DaemonConnector(url, instance, channels, settings.connection_options, settings.listens)
-    with app.replace_connector(queue):
-        async with app.open_async():
-            runtime.queue_pool = queue.pool
-            common = {
-                "wait": True,
-                "listen_notify": settings.listens,  # behind a transaction pooler: polling only
-                "fetch_job_polling_interval": settings.poll_interval_s,
-                # A running job's cancellation: NOTIFY wakes a listening worker at once; this is the
-                # safety net, and, without LISTEN, the delay.
-                "abort_job_polling_interval": settings.poll_interval_s,
-                "update_heartbeat_interval": settings.heartbeat_s,
-                "stalled_worker_timeout": settings.rescue_after_s,
-                "additional_context": {"runtime": runtime},
-                "install_signal_handlers": False,
-            }
-            # Training: one job at a time (one core). Forecasts, backtests and study advances: beside it
-            # (milliseconds each), so that a strategy asking for a prediction, or a study asking for its
-            # next trial, does not wait for a training to end.
-            trainer = Worker(
-                app,
-                queues=training_queues,
-                name=f"worker-{instance}@{runtime.host}",
-                concurrency=1,
-                **common,
-            )
-            predictor = Worker(
-                app,
-                queues=side_queues,
-                name=f"predictor-{instance}@{runtime.host}",
-                concurrency=1,
-                **common,
-            )
-            runtime.worker = trainer
-            rescuer = asyncio.create_task(runtime.rescue_forever())
-            watchdog = asyncio.create_task(notify.watchdog_forever())  # systemd's WatchdogSec=
-            try:
-                asked = await _run_until_signalled([trainer, predictor], instance, runtime)
-            finally:
-                rescuer.cancel()
-                await runtime.close()
-                watchdog.cancel()
-    log.info("worker %s stopped%s", instance, "" if asked else " on its own (database lost?)")
-    return asked
+    queue = DaemonConnector(runtime.url, instance, channels, settings.connection_options, settings.listens)
+    daemon_app = own_app(queue)
+    async with daemon_app.open_async():
+        runtime.queue_pool = queue.pool
+        common = {
+            "wait": True,
+            "listen_notify": settings.listens,  # behind a transaction pooler: polling only
+            "fetch_job_polling_interval": settings.poll_interval_s,
+            # A running job's cancellation: NOTIFY wakes a listening worker at once; this is the
+            # safety net, and, without LISTEN, the delay.
+            "abort_job_polling_interval": settings.poll_interval_s,
+            "update_heartbeat_interval": settings.heartbeat_s,
+            "stalled_worker_timeout": settings.rescue_after_s,
+            "additional_context": {"runtime": runtime},
+            "install_signal_handlers": False,
+        }
+        # Training: one job at a time (one core). Forecasts, backtests and study advances: beside it
+        # (milliseconds each), so that a strategy asking for a prediction, or a study asking for its
+        # next trial, does not wait for a training to end.
+        trainer = Worker(
+            daemon_app,
+            queues=training_queues,
+            name=f"worker-{instance}@{runtime.host}",
+            concurrency=1,
+            **common,
+        )
+        predictor = Worker(
+            daemon_app,
+            queues=side_queues,
+            name=f"predictor-{instance}@{runtime.host}",
+            concurrency=1,
+            **common,
+        )
+        runtime.worker = trainer
+        rescuer = asyncio.create_task(runtime.rescue_forever())
+        try:
+            yield [trainer, predictor]
+        finally:
+            rescuer.cancel()
+            await runtime.close()
 
 
-async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Runtime) -> bool:
-    """First SIGTERM/SIGINT: take no new job and let the running one finish within the grace period;
-    then, or at a second signal, stop it and put its job back in the queue. When one worker stops on
-    its own (database lost), the others stop too, and the daemon exits for its supervisor to restart."""
+async def _run_until_signalled(daemons: list[tuple[Runtime, list[Worker]]]) -> bool:
+    """First SIGTERM/SIGINT: take no new job and let the running ones finish within the grace period;
+    then, or at a second signal, stop them and put their jobs back in the queue. When one worker stops on
+    its own (database lost), the others stop too, and the process exits for its supervisor to restart."""
     loop = asyncio.get_running_loop()
     signals_received = 0
+    runtimes = [runtime for runtime, _ in daemons]
+    workers = [worker for _, own in daemons for worker in own]
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
 
     def stop_all() -> None:
@@ -128,25 +151,30 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
             worker.stop()
 
     def interrupt() -> None:
-        runtime.trainer.interrupt(f"worker {instance} shut down")
+        for runtime in runtimes:
+            runtime.trainer.interrupt(f"worker {runtime.instance} shut down")
 
     def on_signal(signum: int) -> None:
         nonlocal signals_received
         signals_received += 1
         if signals_received == 1:
-            grace = runtime.settings.grace_s
-            runtime.stopping = True
+            grace = runtimes[0].settings.grace_s
             notify.notify("STOPPING=1", f"STATUS=stopping: the running job has {grace} s to finish")
-            log.info(
-                "worker %s: %s received; stopping (running job has %s s to finish)",
-                instance,
-                signal.Signals(signum).name,
-                grace,
-            )
+            for runtime in runtimes:
+                runtime.stopping = True
+                log.info(
+                    "worker %s: %s received; stopping (running job has %s s to finish)",
+                    runtime.instance,
+                    signal.Signals(signum).name,
+                    grace,
+                )
             stop_all()
             loop.call_later(grace, interrupt)
         else:
-            log.warning("worker %s: second signal, putting the running job back in the queue", instance)
+            for runtime in runtimes:
+                log.warning(
+                    "worker %s: second signal, putting the running job back in the queue", runtime.instance
+                )
             interrupt()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -155,19 +183,20 @@ async def _run_until_signalled(workers: list[Worker], instance: int, runtime: Ru
     await asyncio.sleep(0)
     if signals_received:
         stop_all()
-    log.info(
-        "worker %s ready in process %s on %s (queues %s, %s, %s, %s; %s)",
-        instance,
-        runtime.pid,
-        runtime.host,
-        TRAINING_QUEUE,
-        PREDICTION_QUEUE,
-        SIMULATION_QUEUE,
-        STUDY_QUEUE,
-        "LISTEN/NOTIFY"
-        if runtime.settings.listens
-        else f"polling every {runtime.settings.poll_interval_s:g} s, no LISTEN (SFQ_POOLER)",
-    )
+    for runtime in runtimes:
+        log.info(
+            "worker %s ready in process %s on %s (queues %s, %s, %s, %s; %s)",
+            runtime.instance,
+            runtime.pid,
+            runtime.host,
+            TRAINING_QUEUE,
+            PREDICTION_QUEUE,
+            SIMULATION_QUEUE,
+            STUDY_QUEUE,
+            "LISTEN/NOTIFY"
+            if runtime.settings.listens
+            else f"polling every {runtime.settings.poll_interval_s:g} s, no LISTEN (SFQ_POOLER)",
+        )
     notify.notify("READY=1", "STATUS=idle")  # systemd's Type=notify: worker@N is started
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for worker, task in zip(workers, tasks, strict=True):

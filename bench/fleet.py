@@ -1,0 +1,472 @@
+"""Scenario: a fleet of worker daemons against one PostgreSQL (issue 15 part 4): 50, 100, 200 and 500
+daemons (--short: 4 and 8), LISTEN/NOTIFY, SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_S at their defaults
+(--short: 1 and 3 s, so that a rescue fits in seconds). SFQ_BENCH_FLEET_SIZES=500 runs the sizes given
+(docs/bench-fleet.png is then left as it is).
+
+Each daemon is sfq's own (workers.daemon.serve: its connector and two connections, its two Procrastinate
+workers, its heartbeat and rescue loop); several share a process (`python -m bench.fleet FIRST COUNT`),
+each with its own connections, and none has a training process: `HeldTrainer` stands in for it. The
+fleet's jobs are bench.noop's no-op task, and, for the rescue, real sfq training jobs whose trainer holds
+them until the bench releases their process.
+
+The database is a private cluster (queue_app.embedded) started for the scenario in a temporary folder:
+500 daemons hold 1,000 to 1,500 connections, ten times the shared server's max_connections. It has
+pg_stat_statements, which counts the queries. The server's database the scenario is given is not used.
+
+Per fleet size, on a fresh copy of the schema:
+- idle database CPU: utime + stime of the postmaster and all its children (/proc) over IDLE_S with no
+  job, as a share of one core, and per daemon; the queries per second in that window;
+- pickup latency: SAMPLES no-op jobs deferred one at a time, SPACING_S apart, while the fleet idles;
+  the time.time() at the task's start minus the one when the deferring commit returned (bench.noop);
+- jobs/s: BURST_PER_DAEMON no-op jobs per daemon (at least BURST_MIN) deferred in one statement,
+  drained by the fleet;
+- the NOTIFY herd: fetch queries (procrastinate_fetch_job_v2) per job in the pickup phase, less the
+  idle window's rate of polls over its length;
+- rescue: every daemon holds a training job; the processes holding a tenth of the daemons are killed
+  with SIGKILL at once and the others released; the time until every job of the dead daemons has been
+  taken up again (its model's next attempt started, after sfq_rescue_stalled_jobs handed it on), as a
+  multiple of SFQ_RESCUE_AFTER_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import ROOT, Databases, Process, children, percentile, process_cpu_s
+from bench.jobs import submit
+from bench.noop import SFQ_TASK, _defer, _starts, _wait_done
+from queue_app import embedded
+from queue_app.vocabulary import TRAINING_QUEUE
+from workers.daemon.outcome import Outcome, Pruned, Retry
+
+SIZES, SHORT_SIZES = (50, 100, 200, 500), (4, 8)
+PER_PROCESS = 25  # daemons per process at most
+IDLE_S, SAMPLES, SPACING_S = 30, 200, 0.2
+BURST_PER_DAEMON, BURST_MIN = 4, 1000
+HOLD_WAIT_S = 120  # for the daemons to be killed to hold a training job each
+SETTINGS = {"SFQ_HEARTBEAT_S": "5", "SFQ_RESCUE_AFTER_S": "20"}  # sfq's defaults, stated
+SHORT_SETTINGS = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
+SERVER = {"max_connections": "1700", "shared_preload_libraries": "pg_stat_statements"}
+FETCH = "%procrastinate_fetch_job%"
+REQUEST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 2}
+CHART = ROOT / "docs" / "bench-fleet.png"
+GOAL_SIZE, GOAL_P99_MS, GOAL_RESCUE_X, GOAL_IDLE_CPU = 500, 100, 2, 10  # issue 15
+
+
+class HeldTrainer:
+    """A daemon's trainer that trains nothing: a model's job is held until `released` (the line
+    `release` on the process's stdin), then ends as Pruned (the model cancelled, saying why: the
+    quietest end that needs no training result); at a shutdown, the job goes back to the queue, as the
+    training process's would."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.interrupted: str | None = None
+
+    def ensure_started(self) -> int:
+        return os.getpid()
+
+    async def train(self, *job: Any, **callbacks: Any) -> Outcome:
+        await self.released.wait()
+        if self.interrupted:
+            return Retry(f"interrupted: {self.interrupted}", at_once=True)
+        return Pruned("released by the fleet benchmark", [])
+
+    def interrupt(self, reason: str) -> None:
+        self.interrupted = reason
+        self.released.set()
+
+    def close(self) -> None:
+        pass
+
+
+async def _serve_fleet(first: int, count: int) -> bool:
+    """Daemons first..first+count-1 in this process until a signal; `release` on stdin releases every
+    held job (a thread reads it: a daemon thread, so that a blocked read never holds up the exit)."""
+    from queue_app.config import Settings, database_url
+    from workers.daemon import logs, serve
+    from workers.daemon.runtime import Runtime
+
+    settings = Settings.from_env()
+    logs.configure(settings.hostname, first, settings.log_json)
+    trainers = [HeldTrainer() for _ in range(count)]
+    loop, url = asyncio.get_running_loop(), database_url(settings)
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "release":
+                for trainer in trainers:
+                    loop.call_soon_threadsafe(trainer.released.set)
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    return await serve.serve([Runtime(url, first + i, settings, t) for i, t in enumerate(trainers)])
+
+
+def _layout(size: int) -> tuple[int, int]:
+    """(processes, daemons in each): a multiple of ten processes, so that killing a tenth of them kills
+    10% of the daemons; a tiny fleet (--short) runs in two, and one is killed."""
+    if size < 10:
+        return 2, size // 2
+    processes = 10 * math.ceil(size / (10 * PER_PROCESS))
+    assert size % processes == 0, size
+    return processes, size // processes
+
+
+class _Counters:
+    """What the cluster has spent: CPU seconds (/proc: the postmaster, with its reaped children, and every
+    live child) and statements (pg_stat_statements, every database), read on a connection of its own."""
+
+    def __init__(self, server_url: str):
+        self.conn = psycopg.connect(server_url, autocommit=True)
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        (backend,) = self.conn.execute("SELECT pg_backend_pid()").fetchone()
+        self.postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    def cpu_s(self) -> float:
+        return sum(process_cpu_s(pid) for pid in [self.postmaster, *children(self.postmaster)])
+
+    def calls(self) -> tuple[int, int]:
+        """(all statements, fetches) counted so far."""
+        return self.conn.execute(
+            "SELECT coalesce(sum(calls), 0)::bigint,"
+            "       coalesce(sum(calls) FILTER (WHERE query LIKE %s), 0)::bigint FROM pg_stat_statements",
+            (FETCH,),
+        ).fetchone()
+
+
+def _start(url: str, size: int, env: dict[str, str]) -> list[Process]:
+    processes, each = _layout(size)
+    fleet = [
+        Process([str(1 + i * each), str(each)], {"POSTGRES_URL": url, **env}, module="bench.fleet")
+        for i in range(processes)
+    ]
+    for i, process in enumerate(fleet):
+        process.wait_for_line(rf"worker {(i + 1) * each} ready ", timeout=600)
+    return fleet
+
+
+def _alive(fleet: list[Process], phase: str) -> None:
+    """Every process of the fleet still runs, or the figures are not the whole fleet's: which one stopped
+    (a daemon whose worker stops on its own stops its process: serve._run_until_signalled), and why."""
+    for process in fleet:
+        if process.popen.poll() is not None:
+            first, count = process.popen.args[-2:]
+            raise RuntimeError(
+                f"after {phase}: the process of daemons {first}+{count} exited ({process.popen.returncode}): "
+                + " / ".join(line for line in process.lines if "ERROR" in line or "Error" in line)[-600:]
+            )
+
+
+def _stop(fleet: list[Process], grace_s: float = 30) -> None:
+    """SIGTERM to every process at once, SIGKILL to those still there `grace_s` later (each waited for
+    in turn, with its own timeout, took minutes at 500)."""
+    for process in fleet:
+        if process.popen.poll() is None:
+            process.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in fleet:
+        process.stop(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def _idle(
+    conn: psycopg.Connection, counters: _Counters, fleet: list[Process], seconds: float
+) -> dict[str, float]:
+    """The idle fleet's costs over `seconds`, and the oldest heartbeat seen in them (read every second):
+    a daemon's event loop that falls behind is seen there first."""
+    cpu, python, (calls, fetches) = counters.cpu_s(), _python_cpu_s(fleet), counters.calls()
+    start, oldest = time.monotonic(), 0.0
+    while (elapsed := time.monotonic() - start) < seconds:
+        (age,) = conn.execute(
+            "SELECT extract(epoch FROM now() - min(last_heartbeat))::float8 FROM procrastinate_workers"
+        ).fetchone()
+        oldest = max(oldest, age)
+        time.sleep(min(1.0, seconds - elapsed))
+    elapsed = time.monotonic() - start
+    cpu, python = counters.cpu_s() - cpu, _python_cpu_s(fleet) - python
+    after = counters.calls()
+    (connections,) = counters.conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    ).fetchone()
+    return {
+        "seconds": elapsed,
+        "cpu_pct": 100 * cpu / elapsed,
+        "fleet_cpu_pct": 100 * python / elapsed,
+        "queries_per_s": (after[0] - calls) / elapsed,
+        "polls_per_s": (after[1] - fetches) / elapsed,
+        "connections": connections,
+        "oldest_heartbeat_s": oldest,
+    }
+
+
+def _python_cpu_s(fleet: list[Process]) -> float:
+    return sum(process_cpu_s(p.pid) for p in fleet)
+
+
+def _pickups(
+    conn: psycopg.Connection, counters: _Counters, log: Path, samples: int, spacing: float, polls_per_s: float
+):
+    """Latencies (ms) of `samples` jobs deferred one at a time, and fetches per job: all of them less the
+    side-queue workers' polls. Each daemon's two workers poll every SFQ_POLL_INTERVAL_S while idle (the
+    idle window's rate); a training job's notification wakes the training worker alone, and a wake
+    restarts its poll timer, so with a job every `spacing` s only the side-queue worker's half of the
+    polls goes on."""
+    _, fetches = counters.calls()
+    start = time.monotonic()
+    committed: dict[int, float] = {}
+    for _ in range(samples):
+        (job_id,) = _defer(conn, TRAINING_QUEUE, SFQ_TASK, 1)
+        committed[job_id] = time.time()
+        time.sleep(spacing)
+    _wait_done(conn, list(committed), 120)
+    elapsed = time.monotonic() - start
+    herd = (counters.calls()[1] - fetches - polls_per_s / 2 * elapsed) / samples
+    starts = _starts(log)
+    return [(starts[i] - committed[i]) * 1000 for i in committed], herd
+
+
+# The training jobs the processes' daemons are running and have started their models' attempts for
+# (start_model: the model's worker_pid is theirs), with the attempts so far.
+HELD = """
+SELECT j.id, m.id, m.attempts
+  FROM procrastinate_jobs j JOIN sfq_workers w ON w.worker_id = j.worker_id
+  JOIN models m ON m.job_id = j.id AND m.status = 'running' AND m.worker_pid = w.pid
+ WHERE j.status = 'doing' AND j.task_name = 'train_model' AND w.pid = ANY(%s)
+"""
+LOST = "SELECT count(*) FROM model_attempts WHERE outcome = 'lost'"
+
+
+def _rescue(
+    url: str, conn: psycopg.Connection, fleet: list[Process], size: int, rescue_after_s: int
+) -> dict[str, Any]:
+    """Every daemon is given a training job to hold; once each holds one (or after HOLD_WAIT_S, with what
+    they hold), the first tenth of the processes is killed and the others released: the seconds from the
+    kill until each of the dead daemons' jobs was taken up again (its model's next attempt started). A
+    live daemon whose heartbeat came later than SFQ_RESCUE_AFTER_S had its job handed on too: counted,
+    as `lost_before_kill`."""
+    doomed = fleet[: max(1, len(fleet) // 10)]
+    pids = [p.pid for p in doomed]
+    submit(url, [{**REQUEST, "run": run} for run in range(1, size + 1)])
+    deadline = time.monotonic() + HOLD_WAIT_S
+    running = 0
+    while running < size and time.monotonic() < deadline:
+        time.sleep(0.1)
+        (running,) = conn.execute(
+            "SELECT count(*) FROM models m JOIN sfq_workers w ON w.pid = m.worker_pid"
+            " JOIN procrastinate_jobs j ON j.id = m.job_id AND j.worker_id = w.worker_id"
+            " WHERE m.status = 'running' AND j.status = 'doing'"
+        ).fetchone()
+    _alive(fleet, "the training jobs' start")
+    (lost,) = conn.execute(LOST).fetchone()
+    for process in doomed:
+        os.kill(process.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    held = conn.execute(HELD, (pids,)).fetchall()  # what they held when they died
+    for process in fleet[len(doomed) :]:
+        process.send("release")
+    attempts = {model_id: attempt for _, model_id, attempt in held}
+    taken: dict[int, float] = {}
+    failed: set[int] = set()  # lost SFQ_MAX_ATTEMPTS times (late heartbeats, then the kill): not retried
+    while len(taken) + len(failed) < len(attempts):
+        if time.monotonic() - killed > 10 * rescue_after_s:
+            raise RuntimeError(f"{len(attempts) - len(taken)} of {len(attempts)} jobs not taken up again")
+        for model_id, attempt, status in conn.execute(
+            "SELECT id, attempts, status::text FROM models WHERE id = ANY(%s)", (list(attempts),)
+        ):
+            if attempt > attempts[model_id]:
+                taken.setdefault(model_id, time.monotonic() - killed)
+            elif status == "failed":
+                failed.add(model_id)
+        time.sleep(0.05)
+    return {
+        "daemons_killed": size // len(fleet) * len(doomed),
+        "killed": len(attempts),
+        "running_at_kill": running,
+        "lost_before_kill": lost,
+        "failed": len(failed),
+        "first_s": min(taken.values(), default=math.nan),
+        "all_s": max(taken.values(), default=math.nan),
+    }
+
+
+def _measure(
+    url: str, size: int, short: bool, settings: dict[str, str], counters: _Counters
+) -> dict[str, Any]:
+    samples, spacing = (20, 0.05) if short else (SAMPLES, SPACING_S)
+    burst = 50 if short else max(BURST_MIN, BURST_PER_DAEMON * size)
+    with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-") as tmp:
+        log = Path(tmp) / "noop.log"
+        log.touch()
+        fleet = _start(url, size, {"BENCH_NOOP_LOG": str(log), **settings})
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3), 120)  # every daemon has fetched
+                time.sleep(2 * int(settings["SFQ_HEARTBEAT_S"]))  # start-up over: wakes, first beats
+                _alive(fleet, "start")
+                idle = _idle(conn, counters, fleet, 3 if short else IDLE_S)
+                _alive(fleet, "idle")
+                latencies, herd = _pickups(conn, counters, log, samples, spacing, idle["polls_per_s"])
+                _alive(fleet, "pickups")
+                start = time.perf_counter()
+                throughput = burst / (
+                    _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, burst), 600) - start
+                )
+                _alive(fleet, "burst")
+                rescue = _rescue(url, conn, fleet, size, int(settings["SFQ_RESCUE_AFTER_S"]))
+        finally:
+            _stop(fleet)
+    return {
+        "processes": len(fleet),
+        **idle,
+        "samples": samples,
+        "spacing_s": spacing,
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "burst": burst,
+        "jobs_per_s": throughput,
+        "herd": herd,
+        **{f"rescue_{key}": value for key, value in rescue.items()},
+    }
+
+
+def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results)
+    figure, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    panels = [
+        ("pickup latency, ms (idle fleet)", [("p50", "p50_ms"), ("p99", "p99_ms")], GOAL_P99_MS),
+        ("no-op jobs/s (a burst)", [("jobs/s", "jobs_per_s")], None),
+        ("idle database CPU, % of a core", [("all daemons", "cpu_pct")], GOAL_IDLE_CPU),
+        ("idle queries/s", [("queries/s", "queries_per_s")], None),
+        ("NOTIFY herd: fetches per job", [("fetches per job", "herd")], None),
+        (
+            f"rescue, multiples of SFQ_RESCUE_AFTER_S = {rescue_after_s} s",
+            [("all taken up", "rescue_all_s"), ("first taken up", "rescue_first_s")],
+            GOAL_RESCUE_X,
+        ),
+    ]
+    for axis, (title, lines, goal) in zip(axes.flat, panels, strict=True):
+        for label, key in lines:
+            scale = rescue_after_s if key.startswith("rescue") else 1
+            axis.plot(sizes, [results[n][key] / scale for n in sizes], marker="o", label=label)
+        if goal is not None:
+            axis.axhline(goal, color="red", linestyle="--", linewidth=1, label=f"goal at 500: {goal}")
+        if title.startswith("NOTIFY"):
+            axis.plot(sizes, sizes, color="grey", linestyle=":", linewidth=1, label="one per daemon")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("daemons")
+        axis.set_xticks(sizes)
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8)
+    figure.suptitle("sfq worker daemons against one PostgreSQL (LISTEN/NOTIFY, no-op jobs)")
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+
+
+def scenario(url: str, short: bool) -> dict[str, Any]:
+    del url  # the fleet needs more connections than the shared server has: a private cluster
+    sizes, settings = (SHORT_SIZES, SHORT_SETTINGS) if short else (SIZES, SETTINGS)
+    chosen = os.environ.get("SFQ_BENCH_FLEET_SIZES")  # e.g. "500": one size again, its chart not kept
+    sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
+    rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])
+    results: dict[int, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
+    with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-pg-") as home:
+        os.chmod(home, 0o755)  # run as root, PostgreSQL runs as `postgres` and must reach its folder
+        server = embedded.ensure_running(Path(home), quiet=True, server=SERVER)
+        try:
+            counters, databases = _Counters(server), Databases(server)
+            try:
+                for size in sizes:
+                    print(f"bench: fleet of {size} daemons ...", file=sys.stderr, flush=True)
+                    try:
+                        with databases.scenario(f"fleet{size}") as database:
+                            results[size] = _measure(database, size, short, settings, counters)
+                    except Exception as error:  # the other sizes' figures stand; this one says why not
+                        if short:
+                            raise
+                        failed[size] = f"{type(error).__name__}: {error}"
+                    print(f"bench: fleet of {size}: {results.get(size) or failed[size]}", file=sys.stderr)
+            finally:
+                databases.close()
+                counters.conn.close()
+        finally:
+            embedded.stop(Path(home))
+    rows = [
+        (
+            "fleet",
+            "settings",
+            f"SFQ_HEARTBEAT_S={settings['SFQ_HEARTBEAT_S']}, SFQ_RESCUE_AFTER_S={rescue_after_s}, "
+            f"LISTEN/NOTIFY, private cluster with max_connections={SERVER['max_connections']}",
+        )
+    ]
+    for size, r in results.items():
+        name = f"{size} daemons ({r['processes']} processes)"
+        rows += [
+            (
+                "fleet",
+                f"{name}: idle database CPU ({r['seconds']:.0f} s), per daemon; queries/s; connections",
+                f"{r['cpu_pct']:.1f}% of a core, {r['cpu_pct'] / size:.3f}% per daemon; "
+                f"{r['queries_per_s']:.0f} queries/s; {r['connections']} connections "
+                f"(the daemons' Python: {r['fleet_cpu_pct']:.1f}% of a core)",
+            ),
+            (
+                "fleet",
+                f"{name}: oldest heartbeat while idle (every {settings['SFQ_HEARTBEAT_S']} s expected)",
+                f"{r['oldest_heartbeat_s']:.1f} s",
+            ),
+            (
+                "fleet",
+                f"{name}: pickup p50 / p99 ({r['samples']} jobs, one every {r['spacing_s']:g} s)",
+                f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms",
+            ),
+            (
+                "fleet",
+                f"{name}: throughput ({r['burst']} no-op jobs at once)",
+                f"{r['jobs_per_s']:.0f} jobs/s",
+            ),
+            ("fleet", f"{name}: NOTIFY herd, fetches per job", f"{r['herd']:.1f}"),
+            (
+                "fleet",
+                f"{name}: rescue, {r['rescue_daemons_killed']} killed daemons, first / all taken up",
+                f"{r['rescue_first_s']:.1f} / {r['rescue_all_s']:.1f} s = "
+                f"{r['rescue_all_s'] / rescue_after_s:.2f} x SFQ_RESCUE_AFTER_S ({r['rescue_killed']} jobs; "
+                f"{r['rescue_running_at_kill']} of {size} daemons busy at the kill; "
+                f"{r['rescue_lost_before_kill']} jobs of live daemons handed on before it, heartbeat late; "
+                f"{r['rescue_failed']} models failed, lost too often)",
+            ),
+        ]
+    rows += [
+        ("fleet", f"{size} daemons: not measured", error.replace("|", "/")) for size, error in failed.items()
+    ]
+    chart = CHART if not (short or chosen) else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
+    _chart(results, rescue_after_s, chart)
+    return {
+        "rows": rows,
+        "data": {
+            "settings": settings,
+            "rescue_after_s": rescue_after_s,
+            "results": results,
+            "failed": failed,
+            "chart": None if short or chosen else str(chart.relative_to(ROOT)),
+        },
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(0 if asyncio.run(_serve_fleet(int(sys.argv[1]), int(sys.argv[2]))) else 1)
