@@ -186,7 +186,9 @@ def test_a_training_daemon_holds_at_most_three_connections(clean, start_worker, 
 @pytest.fixture
 def pgbouncer(database) -> Iterator[tuple[str, int]]:
     """A PgBouncer of this test's own in front of the run's server (pool_mode=transaction, at most
-    BOUNCER_POOL_SIZE server connections per database): (the run's database through it, its pid)."""
+    BOUNCER_POOL_SIZE server connections per database): (the run's database through it, its pid).
+    Tests ask for it before start_worker and start_api: fixtures end in reverse order, so their daemons
+    stop while PgBouncer still answers (stopped after it, each one waited out Process.stop's 30 s)."""
     binary = shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
     )
@@ -238,7 +240,7 @@ def listens(conn: psycopg.Connection) -> list:
     ).fetchall()
 
 
-def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(clean, start_worker, pgbouncer, database):
+def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(pgbouncer, clean, start_worker, database):
     """Two daemons through PgBouncer (pool_mode=transaction, 2 server connections): trainings, their
     backtests, a forecast and a study (transactions holding row locks) all done, picked up by polling
     (SFQ_POLL_INTERVAL_S=1; nothing LISTENs); each daemon holds 2 connections to PgBouncer while
@@ -292,7 +294,7 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(clean, start_
         assert "prepared statement" not in worker.output, worker.output
 
 
-def test_a_killed_daemons_job_is_rescued_through_pgbouncer(clean, start_worker, pgbouncer):
+def test_a_killed_daemons_job_is_rescued_through_pgbouncer(pgbouncer, clean, start_worker):
     """kill -9 the daemon that trains; started again, it rescues the job (heartbeats and the rescue's
     row locks, through the pooler) and trains it to completion: attempt 1 lost, attempt 2 completed."""
     url, _ = pgbouncer
@@ -311,7 +313,7 @@ def test_a_killed_daemons_job_is_rescued_through_pgbouncer(clean, start_worker, 
     assert attempts == [(1, "lost"), (2, "completed")]
 
 
-def test_a_running_model_is_cancelled_through_pgbouncer(clean, start_worker, pgbouncer, database):
+def test_a_running_model_is_cancelled_through_pgbouncer(pgbouncer, clean, start_worker, database):
     """Without LISTEN, a cancellation reaches the running job by polling (SFQ_POLL_INTERVAL_S): its
     training process is killed and the model ends cancelled; the daemon goes on with the next job."""
     url, _ = pgbouncer
@@ -343,7 +345,7 @@ def test_a_bad_pooler_setting_stops_the_worker_saying_which(clean, database, mon
     assert clean.execute("SELECT count(*) FROM procrastinate_workers").fetchone() == (0,)
 
 
-def test_the_api_answers_through_pgbouncer_in_transaction_mode(clean, start_api, pgbouncer, monkeypatch):
+def test_the_api_answers_through_pgbouncer_in_transaction_mode(pgbouncer, clean, start_api, monkeypatch):
     """SFQ_POOLER=transaction: the API's pool prepares no statement either, so the same queries, asked
     again and again by 8 clients at once on whichever server connection PgBouncer lends, are answered
     every time."""

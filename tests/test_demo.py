@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 
+import pytest
 from psycopg import sql
 
 from tests.conftest import ROOT, TEST_ENV
@@ -57,6 +58,7 @@ def test_demo_trains_on_every_worker_and_stops_cleanly(server_url):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.mark.slow  # the README's command runs the demo above and test_strategies.py's live records
 def test_live_demo_forecasts_each_new_bar_and_prints_the_live_record(server_url):
     """`sfq demo --live` (issue 16): a strategy promoted, AAPL's two held-back days imported one at a time,
     a forecast made by a worker for each, the one their bars realise filled in, the live record printed."""

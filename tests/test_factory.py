@@ -62,9 +62,10 @@ def test_every_trained_model_is_backtested_and_simulate_adds_others(clean, api, 
     ).fetchone()[0]
     assert default["period_start"] >= test_start
 
-    other = api.post(
-        "/simulate",
+    other = api.post(  # ?wait=120: answered when the worker has run it (the default 10 s ran out under load)
+        "/simulate?wait=120",
         json={"model_id": model_id, "strategy": "long_only", "params": {"threshold": 0.001, "cost_bps": 20}},
+        timeout=130,
     )
     assert other.status_code == 200, other.text
     body = other.json()
