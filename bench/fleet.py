@@ -20,8 +20,8 @@ Per fleet size, on a fresh copy of the schema:
   the time.time() at the task's start minus the one when the deferring commit returned (bench.noop);
 - jobs/s: BURST_PER_DAEMON no-op jobs per daemon (at least BURST_MIN) deferred in one statement,
   drained by the fleet;
-- the NOTIFY herd: fetch queries (procrastinate_fetch_job_v2) per job in the pickup phase, less the
-  idle window's rate of polls over its length;
+- the NOTIFY herd: fetch queries (sfq_fetch_job, or procrastinate_fetch_job_v2 when polling) per job
+  in the pickup phase, less the idle window's rate of polls over its length;
 - rescue: every daemon holds a training job; the processes holding a tenth of the daemons are killed
   with SIGKILL at once and the others released; the time until every job of the dead daemons has been
   taken up again (its model's next attempt started, after sfq_rescue_stalled_jobs handed it on), as a
@@ -58,7 +58,8 @@ HOLD_WAIT_S = 120  # for the daemons to be killed to hold a training job each
 SETTINGS = {"SFQ_HEARTBEAT_S": "5", "SFQ_RESCUE_AFTER_S": "20"}  # sfq's defaults, stated
 SHORT_SETTINGS = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 SERVER = {"max_connections": "1700", "shared_preload_libraries": "pg_stat_statements"}
-FETCH = "%procrastinate_fetch_job%"
+# A worker's fetch: a listening daemon's sfq_fetch_job (0026), or Procrastinate's own when polling.
+FETCH = r"(sfq_fetch_job|procrastinate_fetch_job_v\d+)\("
 REQUEST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 2}
 CHART = ROOT / "docs" / "bench-fleet.png"
 GOAL_SIZE, GOAL_P99_MS, GOAL_RESCUE_X, GOAL_IDLE_CPU = 500, 100, 2, 10  # issue 15
@@ -140,7 +141,7 @@ class _Counters:
         """(all statements, fetches) counted so far."""
         return self.conn.execute(
             "SELECT coalesce(sum(calls), 0)::bigint,"
-            "       coalesce(sum(calls) FILTER (WHERE query LIKE %s), 0)::bigint FROM pg_stat_statements",
+            "       coalesce(sum(calls) FILTER (WHERE query ~ %s), 0)::bigint FROM pg_stat_statements",
             (FETCH,),
         ).fetchone()
 
