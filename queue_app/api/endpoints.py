@@ -251,10 +251,9 @@ async def simulate(request: Request) -> JSON:
     body = await http.json_body(request)
     http.only(body, "model_id", "strategy", "params", "priority")
     model_id = http.model_id(body, "model_id")
-    strategy = body.get("strategy", "long_short")
-    if not isinstance(strategy, str):
-        raise Rejected(f"strategy must be a string, got {strategy!r}", "strategy")
-    asked = gateway.request_simulation(model_id, strategy, body.get("params", {}), http.priority(body, 0))
+    strategy = http.text(body.get("strategy", "long_short"), "strategy", "a strategy's name")
+    simulation_params = http.holdable(body.get("params", {}), "params")
+    asked = gateway.request_simulation(model_id, strategy, simulation_params, http.priority(body, 0))
     wait_s = params.integer(request.query_params, "wait", SIMULATION_WAIT_S, 0, 300)
     queued = await call(request, asked)
     simulation = await _until_answered(request, gateway.get_simulation(queued["id"]), wait_s)

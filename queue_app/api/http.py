@@ -119,6 +119,21 @@ def boolean(body: dict[str, Any], field: str) -> bool:
     return value
 
 
+def holdable(value: Any, field: str) -> Any:
+    """A JSON value the database can hold as jsonb (which, like text, has no NUL character, in keys or
+    strings), or a 422 naming the field."""
+    if isinstance(value, str):
+        text(value, field, "a string")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            text(key, field, "an object whose keys are strings")
+            holdable(item, f"{field}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            holdable(item, f"{field}[{index}]")
+    return value
+
+
 def text(value: Any, field: str, what: str) -> str:
     """A string the database can hold as text (PostgreSQL's text has no NUL character), or a 422 naming
     the field; `what` says what it should be."""
