@@ -45,7 +45,7 @@ import psycopg
 
 from bench.common import ROOT, Databases, Process, children, percentile, process_cpu_s
 from bench.jobs import submit
-from bench.noop import SFQ_TASK, _defer, _starts, _wait_done
+from bench.noop import SFQ_TASK, _defer, _wait_done, pickup_latencies
 from queue_app import embedded
 from queue_app.vocabulary import TRAINING_QUEUE
 from workers.daemon.outcome import Outcome, Pruned, Retry
@@ -224,16 +224,10 @@ def _pickups(
     polls goes on."""
     _, fetches = counters.calls()
     start = time.monotonic()
-    committed: dict[int, float] = {}
-    for _ in range(samples):
-        (job_id,) = _defer(conn, TRAINING_QUEUE, SFQ_TASK, 1)
-        committed[job_id] = time.time()
-        time.sleep(spacing)
-    _wait_done(conn, list(committed), 120)
+    latencies = pickup_latencies(conn, TRAINING_QUEUE, SFQ_TASK, log, samples, spacing, 120)
     elapsed = time.monotonic() - start
     herd = (counters.calls()[1] - fetches - polls_per_s / 2 * elapsed) / samples
-    starts = _starts(log)
-    return [(starts[i] - committed[i]) * 1000 for i in committed], herd
+    return latencies, herd
 
 
 # The training jobs the processes' daemons are running and have started their models' attempts for

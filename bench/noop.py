@@ -93,15 +93,23 @@ def _measure(url: str, queue: str, task: str, log: Path, jobs: int, samples: int
         t0 = time.perf_counter()
         ids = _defer(conn, queue, task, jobs)
         throughput = jobs / (_wait_done(conn, ids, 600) - t0)
-        committed: dict[int, float] = {}
-        for _ in range(samples):
-            (job_id,) = _defer(conn, queue, task, 1)
-            committed[job_id] = time.time()
-            time.sleep(spacing)
-        _wait_done(conn, list(committed), 60)
-    starts = _starts(log)
-    latencies = [(starts[i] - committed[i]) * 1000 for i in committed]
+        latencies = pickup_latencies(conn, queue, task, log, samples, spacing, 60)
     return throughput, percentile(latencies, 0.5), percentile(latencies, 0.99)
+
+
+def pickup_latencies(
+    conn: psycopg.Connection, queue: str, task: str, log: Path, samples: int, spacing: float, timeout: float
+) -> list[float]:
+    """Pickup latency (ms) of `samples` jobs deferred one at a time, `spacing` s apart: each job's start
+    (logged by the task) minus the time its deferring commit returned."""
+    committed: dict[int, float] = {}
+    for _ in range(samples):
+        (job_id,) = _defer(conn, queue, task, 1)
+        committed[job_id] = time.time()
+        time.sleep(spacing)
+    _wait_done(conn, list(committed), timeout)
+    starts = _starts(log)
+    return [(starts[i] - committed[i]) * 1000 for i in committed]
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
