@@ -494,18 +494,27 @@ def fetch_job(queues: Sequence[str], worker_id: int) -> Call[Row]:
     return Call("fetch_job", params, _one)
 
 
-def heartbeat(worker_id: int, host: str, pid: int, instance: int) -> Call[None]:
-    params = {"worker_id": worker_id, "host": host, "pid": pid, "instance": instance}
-    return Call("heartbeat", params, _nothing)
-
-
-def rescue_stalled_jobs(stale_after_s: float, max_attempts: int, own_worker: int | None) -> Call[list[Row]]:
-    params = {"stale_after_s": stale_after_s, "max_attempts": max_attempts, "own_worker": own_worker}
-    return Call("rescue_stalled_jobs", params)
-
-
-def rescue_stalled_side_jobs(stale_after_s: float, own_worker: int | None) -> Call[list[Row]]:
-    return Call("rescue_stalled_side_jobs", {"stale_after_s": stale_after_s, "own_worker": own_worker})
+def beat(
+    workers: Sequence[int],
+    host: str,
+    pid: int,
+    instance: int,
+    stale_after_s: float,
+    max_attempts: int,
+    round_every_s: float,
+) -> Call[list[Row]]:
+    """A daemon's beat (sql/schema/queue.sql, sfq_beat): the heartbeats of `workers` (the training worker's
+    first), and the fleet's round if no daemon ran it for `round_every_s`: its rows (`kind`, `what`)."""
+    params = {
+        "workers": list(workers),
+        "host": host,
+        "pid": pid,
+        "instance": instance,
+        "stale_after_s": stale_after_s,
+        "max_attempts": max_attempts,
+        "round_every_s": round_every_s,
+    }
+    return Call("beat", params)
 
 
 def prune_finished_jobs(older_than_s: int, batch: int) -> Call[int]:
@@ -797,10 +806,6 @@ def strategy_retrain_policies(name: str) -> Call[list[Row]]:
 def strategy_retrains(name: str, limit: int | None = None) -> Call[list[Row]]:
     """A strategy's retrains and their decisions, newest first; all of them when `limit` is None."""
     return Call("strategy_retrains", {"name": name, "limit": limit})
-
-
-def retrain_due() -> Call[list[Row]]:
-    return Call("retrain_due")
 
 
 def live_record_inputs(model_id: int) -> Call[Row | None]:

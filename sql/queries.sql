@@ -205,25 +205,17 @@ UPDATE models
    SET status = 'failed', finished_at = now(), error = %(error)s
  WHERE id = %(model_id)s AND job_id = %(job_id)s AND status IN ('queued', 'running')
 
--- rescue_stalled_jobs --
--- Hand the training jobs of dead workers on (sfq_rescue_stalled_jobs); one row per job.
-SELECT model_id, old_job_id, new_job_id, outcome
-  FROM sfq_rescue_stalled_jobs(%(stale_after_s)s, %(max_attempts)s, %(own_worker)s)
-
 -- fetch_job --
 -- A listening worker's fetch (Procrastinate's fetch_job's columns), and whether it is registered asleep.
 SELECT (f.job).id, (f.job).status, (f.job).task_name, (f.job).priority, (f.job).lock, (f.job).queueing_lock,
        (f.job).args, (f.job).scheduled_at, (f.job).queue_name, (f.job).attempts, (f.job).worker_id, f.asleep
   FROM sfq_fetch_job(%(queues)s::varchar[], %(worker_id)s) AS f
 
--- heartbeat --
--- The worker's own heartbeat, kept up while a job finishes after Procrastinate's has stopped (shutdown),
--- and who it is (host, pid) for `sfq status`; workers gone for a day are forgotten.
-WITH beat AS (SELECT procrastinate_update_heartbeat_v1(%(worker_id)s)),
-forget AS (DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day')
-INSERT INTO sfq_workers (worker_id, host, pid, instance)
-SELECT %(worker_id)s, %(host)s, %(pid)s, %(instance)s FROM beat
-    ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid
+-- beat --
+-- A daemon's beat: its workers' heartbeats, and the fleet's round when it is due (sfq_beat); the round's rows.
+SELECT kind, what
+  FROM sfq_beat(%(workers)s::bigint[], %(host)s, %(pid)s, %(instance)s, %(stale_after_s)s, %(max_attempts)s,
+                %(round_every_s)s)
 
 -- prune_finished_jobs --
 -- Delete up to a batch of finished queue jobs older than the retention; how many went.
@@ -491,10 +483,6 @@ SELECT DISTINCT ON (m.id) m.id AS model_id, s.equity_curve
                                        (SELECT parameters FROM sfq_strategies WHERE name = 'long_short'))
  WHERE sm.sweep_id = %(sweep_id)s
  ORDER BY m.id
-
--- rescue_stalled_side_jobs --
--- Hand the forecast and backtest jobs of dead workers on; one row per job.
-SELECT task, object_id, old_job_id, new_job_id FROM sfq_rescue_stalled_side_jobs(%(stale_after_s)s, %(own_worker)s)
 
 -- unfinished_models --
 -- The ids of every queued and running model.
@@ -796,10 +784,6 @@ SELECT alias, kind, policy, cron, objective, sfq_retrain_objectives()->objective
 SELECT id, alias, cause, due_at, source_model_id, model_id, error, objective, direction, tolerance, requested_at,
        champion_model_id, champion_value, challenger_value, verdict, reason, history_id, decided_at
   FROM strategy_retrains WHERE strategy = %(name)s ORDER BY id DESC LIMIT %(limit)s
-
--- retrain_due --
--- Retrain each weekly or cron policy that is due, once per due time (sfq_retrain_due).
-SELECT id, strategy, alias, cause, due_at, model_id, error FROM sfq_retrain_due()
 
 -- live_record_inputs --
 -- What a model's live record needs: its spec and its symbol's calendar.

@@ -67,7 +67,7 @@ GRANT SELECT ON retrain_policies, strategy_retrains TO sfq_submitter;
 GRANT EXECUTE ON FUNCTION sfq_set_retrain_policy TO sfq_submitter;
 
 -- sfq_worker: its queries in sql/queries.sql (start, load, progress, complete, fail, requeue, forecasts,
--- backtests, heartbeat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
+-- backtests, beat, rescue, prune) and Procrastinate's worker (fetch, finish, retry, register,
 -- heartbeat, prune stalled workers; its triggers write procrastinate_events as the worker).
 GRANT SELECT ON models, bars, features_log, model_predictions, model_prediction_series, model_artifacts,
                 model_attempts, model_forecasts, simulation_history, symbol_calendars, sfq_workers,
@@ -99,6 +99,7 @@ GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price,
 GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)
     ON simulation_history TO sfq_worker;
 GRANT INSERT, UPDATE, DELETE ON sfq_workers TO sfq_worker;
+GRANT SELECT, UPDATE ON sfq_fleet_round TO sfq_worker;  -- when the fleet's round last ran (sfq_beat)
 -- Studies: a worker advances them (workers/daemon/studies.py): Optuna's journal, the trials it asks for
 -- (each a training request of a running study, sfq_submit_trial: a worker submits nothing else) and the
 -- study's end.
@@ -119,7 +120,8 @@ GRANT EXECUTE ON FUNCTION
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
     sfq_request_simulation,  -- a completed model's default backtest
     sfq_submit_trial, sfq_defer_study_advance,  -- a study's trials, and the rescue of its advance
-    sfq_retrain_due  -- the weekly and cron retrain policies that are due (on every heartbeat)
+    sfq_retrain_due,  -- the weekly and cron retrain policies that are due (the fleet's round)
+    sfq_beat  -- a daemon's heartbeat, and the fleet's round when it is due
     TO sfq_worker;
 
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.

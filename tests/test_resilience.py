@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import psycopg
 import pytest
 
 from tests.conftest import QUICK_RESCUE, SLOW, insert_request, taken_by, wait_for_jobs, wait_for_models
@@ -178,6 +179,53 @@ def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):
         "worker lost 3 times (last: job 1); not retried",
     )
     assert clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
+
+
+def test_the_fleets_round_runs_once_a_period_whoever_beats(clean, database):
+    """sfq_beat: every daemon's beat keeps its workers' heartbeats; only the first beat after the period
+    runs the round (here: rescues a job whose worker is gone), and a beat while another daemon's round is
+    under way skips it without waiting."""
+    beat = "SELECT kind, (what->>'model_id')::bigint FROM sfq_beat(%s, 'host', %s, %s, 20, 3, 60)"
+    daemons = [
+        [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0] for _ in range(2)]
+        for _ in range(3)
+    ]
+    clean.execute("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'")
+
+    def stall() -> int:
+        """A model whose job is `doing` on a worker that is gone."""
+        model, _, _ = insert_request(clean, {"symbol": "AAPL", "run": stall.runs, **FAST})
+        stall.runs += 1
+        clean.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL"
+            " WHERE (args->>'model_id')::bigint = %s",
+            (model,),
+        )
+        clean.execute("UPDATE models SET status = 'running', attempts = 1 WHERE id = %s", (model,))
+        return model
+
+    stall.runs = 1
+    clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    first = stall()
+    assert clean.execute(beat, (daemons[0], 1, 1)).fetchall() == [("rescued", first)]
+    second = stall()
+    assert clean.execute(beat, (daemons[1], 1, 2)).fetchall() == []  # within the period: no round
+    fresh = (
+        "SELECT id FROM procrastinate_workers WHERE last_heartbeat > now() - interval '1 minute' ORDER BY id"
+    )
+    assert [w for (w,) in clean.execute(fresh)] == sorted(daemons[0] + daemons[1])
+    assert {w for (w,) in clean.execute("SELECT worker_id FROM sfq_workers")} == {
+        daemons[0][0],
+        daemons[1][0],
+    }
+
+    clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    with psycopg.connect(database) as other:  # its round under way, not committed
+        assert other.execute(beat, (daemons[1], 1, 2)).fetchall() == [("rescued", second)]
+        clean.execute("SET lock_timeout = '1s'")  # it would wait on the round's row: it skips it
+        assert clean.execute(beat, (daemons[2], 1, 3)).fetchall() == []
+        clean.execute("RESET lock_timeout")
+    assert clean.execute("SELECT status::text FROM models WHERE id = %s", (second,)).fetchone() == ("queued",)
 
 
 def _age_events(conn, ago: str) -> None:

@@ -247,7 +247,7 @@ def test_worker_role_trains_rescues_forecasts_and_cannot_change_the_schema(roles
             }
             assert time.monotonic() < deadline, worker.output
             time.sleep(0.05)
-    assert "permission denied" not in worker.output and "rescue failed" not in worker.output, worker.output
+    assert "permission denied" not in worker.output and "beat failed" not in worker.output, worker.output
 
     refused(
         roles.login["sfq_worker"],

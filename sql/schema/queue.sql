@@ -326,6 +326,40 @@ BEGIN
 END;
 $$;
 
+-- A worker daemon's beat, every SFQ_HEARTBEAT_S (workers/daemon/runtime.py): one statement. The heartbeats
+-- of its Procrastinate workers (`workers`, the training worker's first) and who it is, for `sfq status`;
+-- then, when no daemon has run it for `round_every_s`, the fleet's round: the jobs of workers silent for
+-- `stale_after_s` handed on, the weekly and cron retrain policies that are due retrained, and workers gone
+-- for a day forgotten. The daemon whose beat comes first after the period runs the round (a concurrent one
+-- skips the locked row): every daemon ran it on every beat before (0027), 4 transactions a beat each, which
+-- grew with the fleet and made most of an idle fleet's database time at 500 daemons (issue 15). The round's
+-- rows, for the daemon's log: `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued'
+-- (sfq_rescue_stalled_side_jobs') or 'retrained' (a strategy_retrains row), as JSON.
+CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
+                                    stale_after_s double precision, max_attempts integer,
+                                    round_every_s double precision)
+    RETURNS TABLE (kind text, what jsonb)
+    LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = ANY(workers);
+    INSERT INTO sfq_workers (worker_id, host, pid, instance)
+    VALUES (workers[1], sfq_beat.host, sfq_beat.pid, sfq_beat.instance)
+        ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid;
+    PERFORM FROM sfq_fleet_round WHERE ran_at < now() - make_interval(secs => round_every_s)
+        FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;  -- another daemon ran the round within the period, or runs it now
+    END IF;
+    UPDATE sfq_fleet_round SET ran_at = now();
+    DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
+    -- Never the caller's own jobs: its heartbeats are fresh now, but its workers' rows may have been
+    -- pruned as stalled (Procrastinate's prune_stalled_workers) while the database was away.
+    RETURN QUERY SELECT 'rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
+    RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
+    RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
+END;
+$$;
+
 -- ---------------------------------------------------------------------------------------------------
 -- Retention.
 

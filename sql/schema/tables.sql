@@ -454,6 +454,14 @@ CREATE TABLE sfq_workers (
     last_seen timestamptz NOT NULL DEFAULT now()
 );
 
+-- When the fleet's round (rescue, due retrains, forgetting old workers: sfq_beat) last ran, one row: the
+-- first daemon to beat after the period runs it, the others skip it.
+CREATE TABLE sfq_fleet_round (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    ran_at timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO sfq_fleet_round DEFAULT VALUES;
+
 -- ---------------------------------------------------------------------------------------------------
 -- Studies: a search over spec fields (Optuna's samplers and pruners), each trial an sfq model. The study
 -- is advanced by the workers (an advance_study job whenever a trial ends), never by a long-lived driver.

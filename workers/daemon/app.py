@@ -47,7 +47,7 @@ def connection_name(instance: int, role: str) -> str:
 
 class DaemonConnector(procrastinate.PsycopgConnector):
     """Procrastinate's connections of one worker daemon: a pool of one (`queue`: fetching, finishing and
-    retrying jobs, heartbeats, rescue) and one LISTEN connection (`listen`) shared by the daemon's
+    retrying jobs, the daemon's beat) and one LISTEN connection (`listen`) shared by the daemon's
     workers, where Procrastinate would open one per worker. Only the channels given here are listened to.
 
     Each time the LISTEN starts (at start-up and after a reconnect), and once more a moment later, every
@@ -67,7 +67,9 @@ class DaemonConnector(procrastinate.PsycopgConnector):
             conninfo=url,
             min_size=1,
             max_size=1,
-            kwargs={"application_name": connection_name(instance, "queue"), **options},
+            # Autocommit: each of Procrastinate's queries, and the daemon's beat, is one statement, which
+            # without it would be three (BEGIN, the statement, COMMIT), most of an idle fleet's statements.
+            kwargs={"application_name": connection_name(instance, "queue"), "autocommit": True, **options},
             configure=self._new_connection,
         )
         self._listens = listens

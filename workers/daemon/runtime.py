@@ -1,13 +1,13 @@
 """What a worker daemon does for its jobs (`Runtime`, in every task's context): claim a model, load its
 bars, train it in the training process, and record how the attempt ended (`_settle`, the one place); run
-forecasts and backtests beside it; and, in its own loop, keep the daemon's heartbeat, rescue the jobs of
-dead workers (sfq_rescue_stalled_jobs, in the database) and prune finished queue jobs, so there is no cron
-to install. Every query goes through queue_app.gateway.
+forecasts and backtests beside it; and, in its own loop, beat (the daemon's heartbeat and, when it is due,
+the fleet's round: the jobs of dead workers rescued, due retrains; sfq_beat, in the database) and prune
+finished queue jobs, so there is no cron to install. Every query goes through queue_app.gateway.
 
 A daemon holds at most three connections (README, "More machines"): Procrastinate's LISTEN (`listen`,
-none behind a transaction pooler) and its pool of one (`queue`: jobs fetched and finished, heartbeats,
-rescue, the retrain policies' due check), and `data`, everything else, one statement or transaction at a
-time; the training process holds none (its bars come through its pipe, its progress goes back through it).
+none behind a transaction pooler) and its pool of one (`queue`: jobs fetched and finished, the beat), and
+`data`, everything else, one statement or transaction at a time; the training process holds none (its
+bars come through its pipe, its progress goes back through it).
 """
 
 from __future__ import annotations
@@ -53,6 +53,21 @@ WRITE_RETRIES_S = (0.5, 1, 2, 4, 8, 16, 32)
 # Finished jobs past the retention are pruned every minute, a batch a transaction until none is left:
 # between two rounds the queue's tables grow by a minute of jobs at most (docs/BENCHMARKS.md, sustained).
 PRUNE_EVERY_S, PRUNE_BATCH = 60, 10_000
+# How the daemon logs each row of the fleet's round (sfq_beat: `kind`, and `what`'s fields).
+ROUND_LOG = {
+    "rescued": (
+        logging.WARNING,
+        "rescue: model {model_id} job {old_job_id} lost its worker: {outcome} (new job {new_job_id})",
+    ),
+    "side rescued": (
+        logging.WARNING,
+        "rescue: {task} {object_id} job {old_job_id} lost its worker (new job {new_job_id})",
+    ),
+    "retrained": (
+        logging.INFO,
+        "retrain {id} of {strategy}/{alias} ({cause}, due {due_at}): model {model_id}{refused}",
+    ),
+}
 
 
 class ModelFailed(SfqError):
@@ -81,7 +96,7 @@ class Runtime:
         self.host = settings.hostname
         self.pid = os.getpid()
         self.trainer = trainer or TrainingProcess(settings.max_jobs_per_child)
-        self.worker: Worker | None = None  # set once the Procrastinate worker exists (for its id)
+        self.workers: list[Worker] = []  # the daemon's Procrastinate workers, the training one first
         self.queue_pool: psycopg_pool.AsyncConnectionPool | None = None  # Procrastinate's, once open
         self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")
         self._data: psycopg.Connection | None = None  # in threads, one at a time (`_data_lock`)
@@ -367,22 +382,21 @@ class Runtime:
         await self._run(gateway.give_up_model(model_id, job_id, reason))
 
     async def rescue_forever(self) -> None:
-        """Keep our heartbeat, hand the jobs of dead workers on, retrain the strategies whose weekly or cron
-        retrain policy is due, and prune old finished jobs.
+        """Beat, and prune old finished jobs.
 
-        Our own heartbeat goes on here because Procrastinate stops its heartbeat at the start of a
-        shutdown, while the running job may still need the grace period to finish.
+        The beat (sfq_beat) keeps our workers' heartbeats, Procrastinate's own being rare
+        (serve.py): it goes on while a running job may still finish in the grace period after
+        Procrastinate stops its heartbeat at the start of a shutdown.
         """
         last_prune, pruning = -math.inf, None
-        while self.worker is None or self.worker.worker_id is None:  # registered within moments of start
+        while not self.workers or any(w.worker_id is None for w in self.workers):  # registered at start
             await asyncio.sleep(0.1)
         try:
             while True:
                 try:
-                    await self._rescue_once(self.worker.worker_id if self.worker else None)
-                    await self._retrain_due()
+                    await self._beat([w.worker_id for w in self.workers])
                 except Exception as error:  # the database away, or a query refused: try again next beat
-                    log.warning("rescue failed (%s); will try again", error)
+                    log.warning("beat failed (%s); will try again", error)
                 # Pruning on the data connection, beside this loop: it never holds up the queue's fetches,
                 # and a long backtest or a model file's rebuild there never holds up our heartbeat.
                 if time.monotonic() - last_prune > PRUNE_EVERY_S and (pruning is None or pruning.done()):
@@ -408,43 +422,26 @@ class Runtime:
         except Exception as error:  # the database away: the next round prunes what is left
             log.warning("pruning finished jobs failed (%s); will try again", error)
 
-    async def _rescue_once(self, own: int | None) -> None:
-        """Our heartbeat, then the training, forecast and backtest jobs of workers silent for too long."""
-        if own is not None:
-            await self._run_queue(gateway.heartbeat(own, self.host, self.pid, self.instance))
-        stale_after_s = self.settings.rescue_after_s
-        rescued = gateway.rescue_stalled_jobs(stale_after_s, self.settings.max_attempts, own)
-        for row in await self._run_queue(rescued):
-            log.warning(
-                "rescue: model %s job %s lost its worker: %s (new job %s)",
-                row["model_id"],
-                row["old_job_id"],
-                row["outcome"],
-                row["new_job_id"],
-            )
-        for row in await self._run_queue(gateway.rescue_stalled_side_jobs(stale_after_s, own)):
-            log.warning(
-                "rescue: %s %s job %s lost its worker (new job %s)",
-                row["task"],
-                row["object_id"],
-                row["old_job_id"],
-                row["new_job_id"],
-            )
-
-    async def _retrain_due(self) -> None:
-        """The weekly and cron retrain policies that are due: each daemon asks on every beat, and the
-        database retrains once per due time whoever asks first (sql/schema/retrains.sql sfq_retrain_due)."""
-        for row in await self._run_queue(gateway.retrain_due()):
-            log.info(
-                "retrain %s of %s/%s (%s, due %s): model %s%s",
-                row["id"],
-                row["strategy"],
-                row["alias"],
-                row["cause"],
-                row["due_at"].isoformat(),
-                row["model_id"],
-                f" refused: {row['error']}" if row["error"] else "",
-            )
+    async def _beat(self, workers: list[int]) -> None:
+        """Our heartbeats, then the fleet's round if it is due: the rescue of the training, forecast,
+        backtest and study jobs of workers silent for SFQ_RESCUE_AFTER_S, and the weekly and cron retrain
+        policies that are due (once per due time: sql/schema/retrains.sql). The round runs at most once
+        per half heartbeat for the whole fleet, so a dead worker's job waits at most that longer."""
+        settings = self.settings
+        beat = gateway.beat(
+            workers,
+            self.host,
+            self.pid,
+            self.instance,
+            settings.rescue_after_s,
+            settings.max_attempts,
+            settings.heartbeat_s / 2,
+        )
+        for row in await self._run_queue(beat):
+            level, template = ROUND_LOG[row["kind"]]
+            what = row["what"]
+            refused = f" refused: {what['error']}" if what.get("error") else ""
+            log.log(level, template.format_map({**what, "refused": refused}))
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)

@@ -28,6 +28,8 @@ from workers.daemon.child import THREAD_LIMIT_ENV
 from workers.daemon.runtime import Runtime
 
 log = logging.getLogger("sfq.worker")
+# Procrastinate's own heartbeat of each worker: as good as off (a day), the daemon's beat keeps them.
+PROCRASTINATE_HEARTBEAT_S = 86_400
 
 
 def limit_threads() -> None:
@@ -105,7 +107,9 @@ async def _daemon(runtime: Runtime) -> AsyncIterator[list[Worker]]:
             # A running job's cancellation: NOTIFY wakes a listening worker at once; this is the
             # safety net, and, without LISTEN, the delay.
             "abort_job_polling_interval": settings.poll_interval_s,
-            "update_heartbeat_interval": settings.heartbeat_s,
+            # The daemon's beat keeps both workers' heartbeats in one statement (Runtime.rescue_forever,
+            # sfq_beat); each worker's own would be one more a beat.
+            "update_heartbeat_interval": PROCRASTINATE_HEARTBEAT_S,
             "stalled_worker_timeout": settings.rescue_after_s,
             "additional_context": {"runtime": runtime},
             "install_signal_handlers": False,
@@ -127,7 +131,7 @@ async def _daemon(runtime: Runtime) -> AsyncIterator[list[Worker]]:
             concurrency=1,
             **common,
         )
-        runtime.worker = trainer
+        runtime.workers = [trainer, predictor]
         rescuer = asyncio.create_task(runtime.rescue_forever())
         try:
             yield [trainer, predictor]
