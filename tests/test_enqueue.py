@@ -605,3 +605,29 @@ def test_a_worker_waits_at_the_barrier_at_most_a_second_then_fetches_again(clean
         assert worker.execute(held).fetchone()[0] == 0
         enqueuer.commit()
         assert fetch(worker) == (newest_job(clean), False)
+
+
+def test_a_fetch_waits_on_a_row_for_as_long_as_it_takes_only_the_barrier_is_timed(clean, database):
+    """A fetch that takes a job writes the job counters' row of its session (sql/schema/counts.sql), which
+    a fold going on in another transaction may hold: the fetch waits for it. The second's lock timeout of
+    the barrier applied to the whole fetch, and a fold in a long transaction stopped a worker (the fleet
+    benchmark at 500 daemons: "canceling statement due to lock timeout")."""
+    waiting = (
+        "SELECT wait_event_type = 'Lock' AND now() - query_start > interval '1.5 s'"
+        " FROM pg_stat_activity WHERE pid = %s"
+    )
+    with (
+        psycopg.connect(database, autocommit=True) as worker,
+        psycopg.connect(database) as folder,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        enqueue(clean, 2)
+        assert fetch(worker) == (newest_job(clean) - 1, False)  # the worker's session has a counters' row
+        assert folder.execute("SELECT sfq_fold_counts()").fetchone() == (True,)  # and the fold holds it
+        fetching = pool.submit(fetch, worker)
+        deadline = time.monotonic() + 60
+        while not clean.execute(waiting, (worker.info.backend_pid,)).fetchone()[0]:
+            assert time.monotonic() < deadline and not fetching.done(), fetching.result()
+            time.sleep(0.05)
+        folder.commit()
+        assert fetching.result(timeout=30) == (newest_job(clean), False)

@@ -147,10 +147,11 @@ ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_j
 -- an error, the lock does not, but an error here stops the daemon, and its connection with it.
 CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, OUT job procrastinate_jobs,
                                          OUT asleep boolean)
-    LANGUAGE plpgsql SET lock_timeout = '1s' AS $$
+    LANGUAGE plpgsql AS $$
 DECLARE
     keys integer[] := ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(queues) AS q ORDER BY 1);
     held text := coalesce(current_setting('sfq.asleep_keys', true), '');
+    usual_timeout text := current_setting('lock_timeout');
     key integer;
 BEGIN
     IF queues IS NULL THEN
@@ -170,9 +171,13 @@ BEGIN
         END LOOP;
         PERFORM set_config('sfq.asleep_keys', held, false);
         BEGIN
+            -- At the barrier only: a fetch may also wait on a row (a counter's, while a fold's transaction
+            -- goes on), and a lock timeout there would stop the worker.
+            PERFORM set_config('lock_timeout', '1s', true);
             FOREACH key IN ARRAY keys LOOP
                 PERFORM pg_advisory_xact_lock(hashtext('sfq_barrier'), key);
             END LOOP;
+            PERFORM set_config('lock_timeout', usual_timeout, true);
         EXCEPTION WHEN lock_not_available THEN
             PERFORM sfq_wake_up(keys);
             asleep := NULL;
