@@ -163,8 +163,9 @@ BEGIN
         SELECT s.worker_id, s.channel INTO sleeper FROM sfq_sleepers s
          WHERE s.queue_name = NEW.queue_name LIMIT 1 FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
-        IF pg_try_advisory_lock(hashtext('sfq_sleeper'), (sleeper.worker_id % 2147483648)::integer) THEN
-            PERFORM pg_advisory_unlock(hashtext('sfq_sleeper'), (sleeper.worker_id % 2147483648)::integer);
+        -- Shared: two enqueues probing one worker's two rows at once both find a gone worker gone.
+        IF pg_try_advisory_lock_shared(hashtext('sfq_sleeper'), (sleeper.worker_id % 2147483648)::integer) THEN
+            PERFORM pg_advisory_unlock_shared(hashtext('sfq_sleeper'), (sleeper.worker_id % 2147483648)::integer);
             DELETE FROM sfq_sleepers s WHERE s.worker_id = sleeper.worker_id AND s.queue_name = NEW.queue_name;
             CONTINUE;  -- its worker is gone, or awake
         END IF;
