@@ -119,8 +119,9 @@ $$;
 -- (it may roll back), or a row without a channel (a daemon from before 0028), notifies Procrastinate's
 -- channels, as before 0028: every listening worker of the queue wakes. Jobs beyond the sleepers are left
 -- to the workers woken, each fetching again when its job ends (Procrastinate's worker loop).
--- A notification to a worker that dies before it fetches is lost: the other sleepers' polls
--- (SFQ_POLL_INTERVAL_S) take the job up. SECURITY DEFINER: the deferred trigger runs as whoever commits,
+-- A wake that reaches a worker dead since the probe, or busy (its fetch took another job as this one
+-- committed), leaves the job to a later fetch: that worker's when its job ends, or any sleeper's poll
+-- (SFQ_POLL_INTERVAL_S). SECURITY DEFINER: the deferred trigger runs as whoever commits,
 -- who may not read sfq_sleepers.
 
 CREATE OR REPLACE FUNCTION sfq_wake_sleepers() RETURNS trigger
@@ -132,6 +133,7 @@ DECLARE
     barrier_held boolean;
     taken boolean := false;
     sleeper record;
+    lock_key integer;
     payload text;
 BEGIN
     IF position(',' || NEW.queue_name || ',' IN decided) > 0 THEN
@@ -151,8 +153,8 @@ BEGIN
                     RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
                 END IF;
             END IF;
-            PERFORM set_config('sfq.waking_queues',
-                               waking || ',' || NEW.queue_name || CASE WHEN barrier_held THEN ':s,' ELSE ':b,' END, true);
+            PERFORM set_config('sfq.waking_queues', waking || ',' || NEW.queue_name
+                               || CASE WHEN barrier_held THEN ':s,' ELSE ':b,' END, true);  -- s: holds it
         ELSE
             taken := true;  -- to the broadcast
         END IF;
@@ -164,9 +166,11 @@ BEGIN
          WHERE s.queue_name = NEW.queue_name LIMIT 1 FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
         -- Shared: two enqueues probing one worker's two rows at once both find a gone worker gone.
-        IF pg_try_advisory_lock_shared(hashtext('sfq_sleeper'), (sleeper.worker_id % 2147483648)::integer) THEN
-            PERFORM pg_advisory_unlock_shared(hashtext('sfq_sleeper'), (sleeper.worker_id % 2147483648)::integer);
-            DELETE FROM sfq_sleepers s WHERE s.worker_id = sleeper.worker_id AND s.queue_name = NEW.queue_name;
+        lock_key := (sleeper.worker_id % 2147483648)::integer;  -- "sleeper"'s second key
+        IF pg_try_advisory_lock_shared(hashtext('sfq_sleeper'), lock_key) THEN
+            PERFORM pg_advisory_unlock_shared(hashtext('sfq_sleeper'), lock_key);
+            DELETE FROM sfq_sleepers s
+             WHERE s.worker_id = sleeper.worker_id AND s.queue_name = NEW.queue_name;
             CONTINUE;  -- its worker is gone, or awake
         END IF;
         taken := true;
@@ -179,7 +183,8 @@ BEGIN
         RETURN NULL;
     END LOOP;
     PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
-    IF NOT taken AND barrier_held AND NOT EXISTS (SELECT 1 FROM sfq_sleepers s WHERE s.queue_name = NEW.queue_name) THEN
+    IF NOT taken AND barrier_held
+       AND NOT EXISTS (SELECT 1 FROM sfq_sleepers s WHERE s.queue_name = NEW.queue_name) THEN
         RETURN NULL;  -- every sleeper woken; one falling asleep waits at the barrier for this commit
     END IF;
     payload := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;  -- Procrastinate's
