@@ -51,10 +51,17 @@ MEASURES = {  # key: what the report calls it
     "sql_many": "SQL INSERT ... SELECT, many rows in one statement, rows/s",
 }
 GOALS = {"http": 1_000, "sql_one": 2_000, "sql_one_asleep": 2_000, "sql_many": 5_000}  # issue 15, 2 cores
-# A listening worker of the training queue registered asleep, as sfq_fetch_job registers it (the "asleep"
-# lock, sql/schema/queue.sql): every enqueue notifies while it is held. No worker runs in this scenario,
-# so without it no enqueue notifies: what a fleet whose workers are all busy sees.
-ASLEEP = "SELECT pg_advisory_lock_shared(hashtext('sfq_asleep'), hashtext('training'))"
+# A listening worker of the training queue registered asleep, as sfq_fetch_job registers a daemon from
+# before 0028 (its "asleep" and "sleeper" locks, and its row without a channel: sql/schema/queue.sql): every
+# enqueue notifies while it is held (a daemon of 0028 is woken by one enqueue, then registers again). No
+# worker runs in this scenario, so without it no enqueue notifies: what a fleet whose workers are all busy
+# sees. Worker id 0: no Procrastinate worker has it.
+ASLEEP = (
+    "SELECT pg_advisory_lock_shared(hashtext('sfq_asleep'), hashtext('training')),"
+    " pg_advisory_lock(hashtext('sfq_sleeper'), 0)",
+    "INSERT INTO sfq_sleepers (worker_id, queue_name) VALUES (0, 'training')",
+)
+AWAKE = "DELETE FROM sfq_sleepers WHERE worker_id = 0"
 # One request per transaction, each a new model (alpha drawn from a billion values).
 PGBENCH_SCRIPT = (
     "\\set a random(1, 1000000000)\n"
@@ -162,8 +169,12 @@ def measuring() -> Iterator[None]:
 def worker_asleep(url: str) -> Iterator[None]:
     """While inside, a worker of the training queue seems asleep to every enqueue (ASLEEP)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(ASLEEP)
-        yield
+        for statement in ASLEEP:
+            conn.execute(statement)
+        try:
+            yield
+        finally:
+            conn.execute(AWAKE)
 
 
 def sql_many_in_one_statement(url: str, rows: int, offset: int) -> float:

@@ -218,15 +218,16 @@ def _pickups(
     conn: psycopg.Connection, counters: _Counters, log: Path, samples: int, spacing: float, polls_per_s: float
 ):
     """Latencies (ms) of `samples` jobs deferred one at a time, and fetches per job: all of them less the
-    side-queue workers' polls. Each daemon's two workers poll every SFQ_POLL_INTERVAL_S while idle (the
-    idle window's rate); a training job's notification wakes the training worker alone, and a wake
-    restarts its poll timer, so with a job every `spacing` s only the side-queue worker's half of the
-    polls goes on."""
+    idle polls. Each daemon's two workers poll every SFQ_POLL_INTERVAL_S while idle (the idle window's
+    rate); since 0028 a training job's notification wakes one training worker, and the others poll on as
+    while idle. (Before 0028 it woke every daemon's training worker, whose wake restarted its poll timer:
+    with a job every `spacing` s only the side-queue workers' half of the polls went on, and that half
+    was subtracted.)"""
     _, fetches = counters.calls()
     start = time.monotonic()
     latencies = pickup_latencies(conn, TRAINING_QUEUE, SFQ_TASK, log, samples, spacing, 120)
     elapsed = time.monotonic() - start
-    herd = (counters.calls()[1] - fetches - polls_per_s / 2 * elapsed) / samples
+    herd = (counters.calls()[1] - fetches - polls_per_s * elapsed) / samples
     return latencies, herd
 
 

@@ -487,11 +487,17 @@ def give_up_model(model_id: int, job_id: int, error: str) -> Call[None]:
     return Call("give_up_model", params, _nothing)
 
 
-def fetch_job(queues: Sequence[str], worker_id: int) -> Call[Row]:
+def fetch_job(queues: Sequence[str], worker_id: int, channel: str | None) -> Call[Row]:
     """A listening worker's fetch in place of Procrastinate's: on the connection whose session holds the
-    worker's "asleep" locks (sql/schema/queue.sql, sfq_fetch_job)."""
-    params = {"queues": list(queues), "worker_id": worker_id}
+    worker's "asleep" locks (sql/schema/queue.sql, sfq_fetch_job); `channel`: the one its daemon listens to,
+    where an enqueue wakes this worker alone."""
+    params = {"queues": list(queues), "worker_id": worker_id, "channel": channel}
     return Call("fetch_job", params, _one)
+
+
+def stop_sleeping(queues: Sequence[str], worker_id: int) -> Call[None]:
+    """A listening worker that stops is no longer asleep: an enqueue wakes another (sfq_wake_up)."""
+    return Call("stop_sleeping", {"queues": list(queues), "worker_id": worker_id}, _nothing)
 
 
 def beat(

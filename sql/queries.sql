@@ -209,7 +209,11 @@ UPDATE models
 -- A listening worker's fetch (Procrastinate's fetch_job's columns), and whether it is registered asleep.
 SELECT (f.job).id, (f.job).status, (f.job).task_name, (f.job).priority, (f.job).lock, (f.job).queueing_lock,
        (f.job).args, (f.job).scheduled_at, (f.job).queue_name, (f.job).attempts, (f.job).worker_id, f.asleep
-  FROM sfq_fetch_job(%(queues)s::varchar[], %(worker_id)s) AS f
+  FROM sfq_fetch_job(%(queues)s::varchar[], %(worker_id)s, %(channel)s) AS f
+
+-- stop_sleeping --
+-- A listening worker that stops: its "asleep" and "sleeper" locks and its sfq_sleepers rows go.
+SELECT sfq_wake_up(ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(%(queues)s::varchar[]) AS q), %(worker_id)s)
 
 -- beat --
 -- A daemon's beat: its workers' heartbeats, and the fleet's round when it is due (sfq_beat); the round's rows.

@@ -99,6 +99,8 @@ GRANT UPDATE (status, finished_at, prediction, reference_close, predicted_price,
 GRANT UPDATE (status, finished_at, error, metrics, equity_curve, period_start, period_end, job_id)
     ON simulation_history TO sfq_worker;
 GRANT INSERT, UPDATE, DELETE ON sfq_workers TO sfq_worker;
+-- A listening worker's rows while it sleeps (sfq_fetch_job registers it, sfq_wake_up lets them go, 0028).
+GRANT SELECT, INSERT, UPDATE, DELETE ON sfq_sleepers TO sfq_worker;
 GRANT SELECT, UPDATE ON sfq_fleet_round TO sfq_worker;  -- when the fleet's round last ran (sfq_beat)
 -- Studies: a worker advances them (workers/daemon/studies.py): Optuna's journal, the trials it asks for
 -- (each a training request of a running study, sfq_submit_trial: a worker submits nothing else) and the

@@ -142,8 +142,8 @@ def clean(conn) -> psycopg.Connection:
     """An empty queue: no models, requests, sweeps, studies or jobs (bars stay)."""
     conn.execute(
         "TRUNCATE models, training_requests, model_features, model_predictions, model_artifacts, blobs,"
-        " sweeps, studies, sfq_workers, procrastinate_jobs, procrastinate_events, procrastinate_workers"
-        " RESTART IDENTITY CASCADE"
+        " sweeps, studies, sfq_workers, sfq_sleepers, procrastinate_jobs, procrastinate_events,"
+        " procrastinate_workers RESTART IDENTITY CASCADE"
     )
     return conn
 

@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from queue_app import gateway
 from queue_app.errors import Rejected
@@ -454,12 +457,14 @@ def test_same_request_over_http_cli_and_sql_has_one_fingerprint_and_trains_once(
 
 
 class Listener:
-    """A LISTEN on Procrastinate's channels of the training queue: what one enqueue notified."""
+    """A LISTEN on Procrastinate's channels of the training queue, and on `channels` (sleeping workers'
+    own, 0028): what one enqueue notified."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, channels: Iterable[str] = ()):
         self.conn = psycopg.connect(url, autocommit=True)
-        for channel in ("procrastinate_any_queue_v1", '"procrastinate_queue_v1#training"', "sfq_test_end"):
-            self.conn.execute(f"LISTEN {channel}")
+        own = ("procrastinate_any_queue_v1", "procrastinate_queue_v1#training", "sfq_test_end")
+        for channel in (*own, *channels):
+            self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
     def heard(self, conn: psycopg.Connection) -> list[tuple[str, dict]]:
         conn.execute("NOTIFY sfq_test_end")  # delivered after every notification committed before it
@@ -479,9 +484,27 @@ def enqueue(conn: psycopg.Connection, count: int) -> None:
     )
 
 
-def fetch(conn: psycopg.Connection) -> tuple[int | None, bool | None]:
-    """A worker's fetch on the training queue (sfq_fetch_job): the job's id, and whether it is asleep."""
-    return conn.execute("SELECT (job).id, asleep FROM sfq_fetch_job(ARRAY['training'], NULL)").fetchone()
+_workers: weakref.WeakKeyDictionary[psycopg.Connection, int] = weakref.WeakKeyDictionary()
+
+
+def worker_id(conn: psycopg.Connection) -> int:
+    """The Procrastinate worker this session fetches as (registered at its first fetch)."""
+    if conn not in _workers:
+        (_workers[conn],) = conn.execute(
+            "SELECT worker_id FROM procrastinate_register_worker_v1()"
+        ).fetchone()
+    return _workers[conn]
+
+
+def fetch(
+    conn: psycopg.Connection, channel: str | None = None, queues: Sequence[str] = ("training",)
+) -> tuple[int | None, bool | None]:
+    """A worker's fetch (sfq_fetch_job), on the training queue unless told: the job's id, and whether it is
+    asleep. `channel`: where it is woken alone (its daemon's); without, as a daemon from before 0028."""
+    return conn.execute(
+        "SELECT (job).id, asleep FROM sfq_fetch_job(%s::varchar[], %s, %s)",
+        (list(queues), worker_id(conn), channel),
+    ).fetchone()
 
 
 def notified(job_id: int) -> list[tuple[str, dict]]:
@@ -508,7 +531,7 @@ def test_enqueues_notify_once_a_transaction_and_only_while_a_worker_may_be_aslee
             (None, True),
         ]
         held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-        assert worker.execute(held).fetchone()[0] == 1  # asleep once, however often it fetches in vain
+        assert worker.execute(held).fetchone()[0] == 2  # asleep and sleeper once, however often it fetches
 
         enqueue(clean, 3)  # a worker asleep: one notification per channel for the statement's three jobs
         assert listener.heard(clean) == notified(newest_job(clean) - 2)
@@ -545,19 +568,18 @@ def test_only_the_queues_of_sfqs_daemons_skip_their_notification(clean, database
 def test_a_worker_of_several_queues_sleeps_on_each_once_and_wakes_from_each(clean, database):
     """The daemon's side worker fetches from three queues: registered asleep on each, once; a job of any of
     them is notified while it sleeps, and fetching it wakes it from all three."""
-    side = "ARRAY['prediction', 'simulation', 'study']"
+    side = ("prediction", "simulation", "study")
     held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
     listener = Listener(database)
     with listener.conn, psycopg.connect(database, autocommit=True) as worker:
-        fetch_side = f"SELECT (job).id, asleep FROM sfq_fetch_job({side}, NULL)"
-        assert [worker.execute(fetch_side).fetchone() for _ in range(2)] == [(None, True), (None, True)]
-        assert worker.execute(held).fetchone()[0] == 3
+        assert [fetch(worker, queues=side) for _ in range(2)] == [(None, True), (None, True)]
+        assert worker.execute(held).fetchone()[0] == 4  # asleep on each queue, and sleeper
         (job_id,) = clean.execute(
             "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('simulation', 'noop', 0, NULL, NULL, '{}',"
             " NULL)::procrastinate_job_to_defer_v1]))"
         ).fetchone()
         assert [channel for channel, _ in listener.heard(clean)] == ["procrastinate_any_queue_v1"]
-        assert worker.execute(fetch_side).fetchone() == (job_id, False)
+        assert fetch(worker, queues=side) == (job_id, False)
         assert worker.execute(held).fetchone()[0] == 0
 
 
@@ -631,3 +653,150 @@ def test_a_fetch_waits_on_a_row_for_as_long_as_it_takes_only_the_barrier_is_time
             time.sleep(0.05)
         folder.commit()
         assert fetching.result(timeout=30) == (newest_job(clean), False)
+
+
+# One sleeper woken a job (0028): each listening worker registers asleep with its daemon's own channel.
+CHANNELS = [f"sfq_wake_v1#test{i}" for i in range(3)]
+
+
+def woken(job_id: int, channel: str) -> tuple[str, dict]:
+    return (channel, {"type": "job_inserted", "job_id": job_id, "queue": "training"})
+
+
+def fetch_each(conns: list[psycopg.Connection]) -> list[tuple[int | None, bool | None]]:
+    """Each sleeper's fetch, with its channel."""
+    return [fetch(conn, channel) for conn, channel in zip(conns, CHANNELS, strict=True)]
+
+
+def rows(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
+    return conn.execute("SELECT worker_id, queue_name, channel FROM sfq_sleepers ORDER BY 1, 2").fetchall()
+
+
+@pytest.fixture
+def sleepers(clean, database) -> Iterator[tuple[Listener, list[psycopg.Connection]]]:
+    """Three workers of the training queue asleep, each with its own channel (CHANNELS), and a LISTEN on
+    those and on Procrastinate's."""
+    listener = Listener(database, CHANNELS)
+    conns = [psycopg.connect(database, autocommit=True) for _ in CHANNELS]
+    try:
+        assert fetch_each(conns) == [(None, True)] * 3
+        assert rows(clean) == [
+            (worker_id(conn), "training", c) for conn, c in zip(conns, CHANNELS, strict=True)
+        ]
+        yield listener, conns
+    finally:
+        for conn in [listener.conn, *conns]:
+            conn.close()
+
+
+def test_one_job_wakes_one_sleeper_on_its_own_channel_not_all(clean, sleepers):
+    """Procrastinate's channels reach every listening daemon (a herd of fetches at each job); one job now
+    notifies one sleeper's channel, and the others sleep on."""
+    listener, conns = sleepers
+    enqueue(clean, 1)
+    first = newest_job(clean)
+    heard = listener.heard(clean)
+    assert len(heard) == 1 and heard[0] in [woken(first, channel) for channel in CHANNELS]
+    chosen = CHANNELS.index(heard[0][0])
+    assert len(rows(clean)) == 2  # its row went with the notification
+    assert fetch(conns[chosen], CHANNELS[chosen]) == (first, False)  # it fetches the job
+    assert len(rows(clean)) == 2
+    enqueue(clean, 1)  # the next job, the next sleeper: never the one now busy
+    (second,) = listener.heard(clean)
+    assert second[0] != CHANNELS[chosen] and second == woken(newest_job(clean), second[0])
+
+
+def test_a_woken_worker_that_finds_nothing_registers_again(clean, sleepers):
+    """Woken, but the job went to a worker that was not asleep (a busy one fetching as its job ended): the
+    woken worker fetches nothing and writes its row again, to be woken by the next job."""
+    listener, conns = sleepers
+    enqueue(clean, 1)
+    ((channel, payload),) = listener.heard(clean)
+    with psycopg.connect(clean.info.dsn, autocommit=True) as busy:
+        assert fetch(busy) == (payload["job_id"], False)  # not registered (it had a job): takes it
+    woken_worker = conns[CHANNELS.index(channel)]
+    assert fetch(woken_worker, channel) == (None, True)
+    assert len(rows(clean)) == 3 and (worker_id(woken_worker), "training", channel) in rows(clean)
+    assert listener.heard(clean) == []  # nothing notified by registering again
+
+
+def test_two_concurrent_enqueues_wake_two_different_sleepers(clean, database, sleepers):
+    """The first enqueue's sleeper row is taken (FOR UPDATE) until it commits: a second one that commits
+    meanwhile skips it and wakes another sleeper."""
+    listener, _ = sleepers
+    with psycopg.connect(database) as first:
+        first.execute("SET CONSTRAINTS sfq_jobs_wake_sleepers IMMEDIATE")  # decided now, committed later
+        enqueue(first, 1)
+        first_job = newest_job(first)
+        enqueue(clean, 1)  # decides and commits while the first holds its sleeper's row
+        second_job = newest_job(clean)
+        ((second_channel, _),) = listener.heard(clean)
+        first.commit()
+    ((first_channel, _),) = listener.heard(clean)
+    assert first_channel != second_channel
+    assert {first_channel, second_channel} <= set(CHANNELS)
+    assert listener.heard(clean) == []
+    assert [r[2] for r in rows(clean)] == [c for c in CHANNELS if c not in (first_channel, second_channel)]
+    assert first_job != second_job
+
+
+def test_a_dead_sleepers_row_is_passed_over_and_strands_no_job(clean, database, sleepers):
+    """A killed daemon leaves its rows; its session's "sleeper" lock went with it: the row is deleted and the
+    next sleeper woken. With no live sleeper left, nobody holds "asleep": no notification is needed."""
+    listener, conns = sleepers
+    dead = conns[0]
+    dead_pid, dead_worker = dead.info.backend_pid, worker_id(dead)
+    clean.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
+    deadline = time.monotonic() + 10
+    while clean.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (dead_pid,)).fetchone()[0]:
+        assert time.monotonic() < deadline, "the terminated session is still there"
+        time.sleep(0.01)
+    assert (dead_worker, "training", CHANNELS[0]) in rows(clean)  # left behind
+    for _ in range(2):  # whatever order the rows are tried in, the dead one is never woken
+        enqueue(clean, 1)
+        ((channel, payload),) = listener.heard(clean)
+        assert channel != CHANNELS[0] and payload["job_id"] == newest_job(clean)
+        # The live worker woken fetches the job: it waits for no poll.
+        assert fetch(conns[CHANNELS.index(channel)], channel) == (newest_job(clean), False)
+        if not any(r[0] == dead_worker for r in rows(clean)):
+            break
+    else:
+        raise AssertionError("the dead sleeper's row was never passed over")
+
+
+def test_a_bulk_insert_wakes_as_many_sleepers_as_it_has_jobs_and_no_more(clean, sleepers):
+    """One statement of two jobs wakes two sleepers; one of five wakes the last sleeper and notifies no
+    more (the rest are left to the workers woken, and a worker falling asleep meanwhile would wait at
+    the barrier for this commit)."""
+    listener, conns = sleepers
+    enqueue(clean, 2)
+    two = listener.heard(clean)
+    assert len(two) == 2 and len({channel for channel, _ in two}) == 2
+    assert {payload["job_id"] for _, payload in two} == {newest_job(clean) - 1, newest_job(clean)}
+    assert all(payload["queue"] == "training" for _, payload in two)
+    (last,) = [c for c in CHANNELS if c not in {channel for channel, _ in two}]
+    assert [r[2] for r in rows(clean)] == [last]
+    enqueue(clean, 5)
+    assert listener.heard(clean) == [woken(newest_job(clean) - 4, last)]
+    assert rows(clean) == []
+    # Every woken worker fetches a job (and, after it, the next: Procrastinate's loop); nothing notified.
+    assert [asleep for _, asleep in fetch_each(conns)] == [False] * 3
+    assert fetch_each(conns) == [
+        (newest_job(clean) - 3, False),
+        (newest_job(clean) - 2, False),
+        (newest_job(clean) - 1, False),
+    ]
+    assert listener.heard(clean) == []
+
+
+def test_a_worker_registers_its_own_channel_over_an_old_row_of_its_id(clean, database, sleepers):
+    """Worker ids can begin again (a restored database, the tests' RESTART IDENTITY): a row left by a dead
+    daemon under the same id gets the live daemon's channel, or every wake would go to the dead one."""
+    listener, conns = sleepers
+    reused = worker_id(conns[0])
+    conns[0].close()  # its session and locks gone, its row left
+    with psycopg.connect(database, autocommit=True) as again:
+        _workers[again] = reused
+        assert fetch(again, "sfq_wake_v1#again") == (None, True)
+        assert (reused, "training", "sfq_wake_v1#again") in rows(clean)
+        assert len(rows(clean)) == 3

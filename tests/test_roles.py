@@ -43,6 +43,7 @@ DEFINERS = (
     "sfq_set_retrain_policy",
     "sfq_retrain_due",
     "sfq_retrain_ended",
+    "sfq_wake_sleepers",
 )
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import time
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from queue_app import artifact_store
@@ -176,6 +179,31 @@ def test_one_worker_per_core_spreads_jobs(clean, start_worker):
     finished = wait_for_models(clean, ids, timeout=180)
     assert {m["status"] for m in finished.values()} == {"completed"}
     assert {m["worker_pid"] for m in finished.values()} == {w.pid for w in workers}
+
+
+def test_a_job_wakes_one_idle_daemon_alone_on_its_own_channel(clean, database, start_worker):
+    """0028: each daemon's workers register asleep with the daemon's own channel; a job notifies one of
+    them there, not Procrastinate's channels (which every daemon listens to); a stopping daemon's workers
+    are asleep no more."""
+    workers = [start_worker(1), start_worker(2)]
+    deadline = time.monotonic() + 60
+    while len(rows := clean.execute("SELECT queue_name, channel FROM sfq_sleepers").fetchall()) < 8:
+        assert time.monotonic() < deadline, f"not every worker asleep: {rows}"
+        time.sleep(0.05)
+    channels = {channel for _, channel in rows}
+    assert len(rows) == 8 and len(channels) == 2  # training + 3 side queues, a daemon's channel each
+    with psycopg.connect(database, autocommit=True) as listener:
+        for channel in [*channels, "procrastinate_any_queue_v1", "procrastinate_queue_v1#training"]:
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        model_id, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+        (job_id,) = clean.execute("SELECT job_id FROM models WHERE id = %s", (model_id,)).fetchone()
+        assert wait_for_models(clean, [model_id], timeout=60)[model_id]["status"] == "completed"
+        notes = [(note.channel, json.loads(note.payload)) for note in listener.notifies(timeout=1)]
+    heard = [(channel, payload) for channel, payload in notes if payload["job_id"] == job_id]
+    assert len(heard) == 1 and heard[0][0] in channels and heard[0][1]["queue"] == "training", notes
+    for worker in workers:
+        assert worker.stop() == 0
+    assert clean.execute("SELECT count(*) FROM sfq_sleepers").fetchone()[0] == 0
 
 
 def test_training_process_is_recycled_after_max_jobs(clean, start_worker):

@@ -93,35 +93,99 @@ $$;
 -- let go at once). A worker that sleeps holds "asleep" from before its barrier: an enqueue that decided
 -- after the barrier saw it held and notified; one that decided before committed before the worker's
 -- fetch, which saw its job (the proof in docs/BENCHMARKS.md, "Enqueue at scale").
--- The decision is made at commit (a deferred trigger), once per transaction and queue, so that "barrier"
--- is held only while the commit is written, not while its transaction goes on; a worker waits for it
--- at most lock_timeout (sfq_fetch_job), then fetches again rather than sleep. A session that ever slept
--- (a daemon's queue connection, sfq.sleeper_session) always notifies: the probe would not see its own
--- "asleep" locks, and its enqueues are few (a rescue's new jobs). A job of another queue always
--- notifies: only sfq's daemons register asleep (a plain Procrastinate worker, as the no-op benchmark
--- runs, does not). The keys are two int4s, apart from the one-bigint keys sfq uses elsewhere; spelled
--- out here, for the deferred trigger runs as whoever commits, who may execute no sfq function.
+-- The decision is made at commit (a deferred trigger), so that "barrier" is held only while the commit
+-- is written, not while its transaction goes on; a worker waits for it at most lock_timeout
+-- (sfq_fetch_job), then fetches again rather than sleep. A session that ever slept (a daemon's queue
+-- connection, sfq.sleeper_session) always notifies: the probe would not see its own "asleep" locks, and
+-- its enqueues are few (a rescue's new jobs). A job of another queue always notifies: only sfq's daemons
+-- register asleep (a plain Procrastinate worker, as the no-op benchmark runs, does not). The keys are two
+-- int4s, apart from the one-bigint keys sfq uses elsewhere.
+--
+-- Whom to wake (0028): Procrastinate's channels reach every listening daemon, and each fetched (about 100
+-- fetches a job at 500 daemons). So a worker that sleeps also has a row a queue in sfq_sleepers, with the
+-- channel its daemon LISTENs to (workers/daemon/app.py), written by the fetch it sleeps after (visible
+-- when that fetch commits), and holds a third lock, "sleeper" (hashtext('sfq_sleeper'), its worker id),
+-- from then until a fetch gives it a job. An enqueue that must notify takes, for each of its jobs of the
+-- queue, one row (FOR UPDATE SKIP LOCKED: a concurrent enqueue takes another), deletes the worker's rows
+-- and notifies its channel alone; a row whose "sleeper" lock is free is a worker gone (its session ended)
+-- or awake: deleted, and the next one tried. A woken worker fetches after the commit: it takes a job, or
+-- all were taken. Whoever it takes, each job notified has a fetch of its own after its commit, so no job
+-- waits while its queue's sleepers sleep (a fetch that takes another job leaves its own to that job's).
+-- A worker that fetched nothing and finds its rows gone registers again, past the barrier.
+-- With no row left to take, the enqueue that holds "barrier" notifies no more: every worker then asleep
+-- was woken by a row (and fetches again past the barrier, after this commit, if it finds nothing), and
+-- one that registers waits at the barrier for this commit. One that does not hold it (a worker is at
+-- the barrier, or between it and the commit of its rows), or that finds a row another transaction holds
+-- (it may roll back), or a row without a channel (a daemon from before 0028), notifies Procrastinate's
+-- channels, as before 0028: every listening worker of the queue wakes. Jobs beyond the sleepers are left
+-- to the workers woken, each fetching again when its job ends (Procrastinate's worker loop).
+-- A wake that reaches a worker dead since the probe, or busy (its fetch took another job as this one
+-- committed), leaves the job to a later fetch: that worker's when its job ends, or any sleeper's poll
+-- (SFQ_POLL_INTERVAL_S). SECURITY DEFINER: the deferred trigger runs as whoever commits,
+-- who may not read sfq_sleepers.
 
 CREATE OR REPLACE FUNCTION sfq_wake_sleepers() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     decided text := coalesce(current_setting('sfq.woken_queues', true), '');
-    queue integer := hashtext(NEW.queue_name);
+    waking text;
+    queue integer;
+    barrier_held boolean;
+    taken boolean := false;
+    sleeper record;
+    lock_key integer;
     payload text;
 BEGIN
     IF position(',' || NEW.queue_name || ',' IN decided) > 0 THEN
-        RETURN NULL;  -- this transaction's first job of the queue decided for all of them
+        RETURN NULL;  -- decided for all of this transaction's jobs of the queue
     END IF;
-    PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
-    -- Nested, not one AND: SQL does not fix the order in which an AND's terms are evaluated.
-    IF NEW.queue_name IN ('training', 'prediction', 'simulation', 'study')  -- sfq's daemons' (vocabulary.py)
-       AND current_setting('sfq.sleeper_session', true) IS DISTINCT FROM 'on' THEN
-        IF pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue) THEN
-            IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
-                PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
-                RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
+    waking := coalesce(current_setting('sfq.waking_queues', true), '');
+    IF position(',' || NEW.queue_name || ':' IN waking) = 0 THEN  -- this transaction's first job of the queue
+        queue := hashtext(NEW.queue_name);
+        -- Nested, not one AND: SQL does not fix the order in which an AND's terms are evaluated.
+        IF NEW.queue_name IN ('training', 'prediction', 'simulation', 'study')  -- sfq's daemons' (vocabulary.py)
+           AND current_setting('sfq.sleeper_session', true) IS DISTINCT FROM 'on' THEN
+            barrier_held := pg_try_advisory_xact_lock_shared(hashtext('sfq_barrier'), queue);
+            IF barrier_held THEN
+                IF pg_try_advisory_lock(hashtext('sfq_asleep'), queue) THEN
+                    PERFORM pg_advisory_unlock(hashtext('sfq_asleep'), queue);
+                    PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
+                    RETURN NULL;  -- no worker asleep on this queue, and none falls asleep before this commits
+                END IF;
             END IF;
+            PERFORM set_config('sfq.waking_queues', waking || ',' || NEW.queue_name
+                               || CASE WHEN barrier_held THEN ':s,' ELSE ':b,' END, true);  -- s: holds it
+        ELSE
+            taken := true;  -- to the broadcast
         END IF;
+    ELSE
+        barrier_held := position(',' || NEW.queue_name || ':s,' IN waking) > 0;
+    END IF;
+    WHILE NOT taken LOOP
+        SELECT s.worker_id, s.channel INTO sleeper FROM sfq_sleepers s
+         WHERE s.queue_name = NEW.queue_name LIMIT 1 FOR UPDATE SKIP LOCKED;
+        EXIT WHEN NOT FOUND;
+        -- Shared: two enqueues probing one worker's two rows at once both find a gone worker gone.
+        lock_key := (sleeper.worker_id % 2147483648)::integer;  -- "sleeper"'s second key
+        IF pg_try_advisory_lock_shared(hashtext('sfq_sleeper'), lock_key) THEN
+            PERFORM pg_advisory_unlock_shared(hashtext('sfq_sleeper'), lock_key);
+            DELETE FROM sfq_sleepers s
+             WHERE s.worker_id = sleeper.worker_id AND s.queue_name = NEW.queue_name;
+            CONTINUE;  -- its worker is gone, or awake
+        END IF;
+        taken := true;
+        EXIT WHEN sleeper.channel IS NULL;  -- a daemon from before 0028: the broadcast
+        DELETE FROM sfq_sleepers s WHERE (s.worker_id, s.queue_name) IN (
+            SELECT t.worker_id, t.queue_name FROM sfq_sleepers t
+             WHERE t.worker_id = sleeper.worker_id FOR UPDATE SKIP LOCKED);
+        PERFORM pg_notify(sleeper.channel, json_build_object(
+            'type', 'job_inserted', 'job_id', NEW.id, 'queue', NEW.queue_name)::text);
+        RETURN NULL;
+    END LOOP;
+    PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
+    IF NOT taken AND barrier_held
+       AND NOT EXISTS (SELECT 1 FROM sfq_sleepers s WHERE s.queue_name = NEW.queue_name) THEN
+        RETURN NULL;  -- every sleeper woken; one falling asleep waits at the barrier for this commit
     END IF;
     payload := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;  -- Procrastinate's
     PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
@@ -139,37 +203,46 @@ ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_j
 -- A listening worker's fetch (Procrastinate's fetch_job, through workers/daemon/app.py): a job of
 -- `queues` or none, and whether the worker is now registered asleep on them. A fetch that finds nothing
 -- while the worker is not registered registers it (takes "asleep"), waits at the barrier and fetches
--- again (its own statement: a snapshot after the barrier); a job found while registered lets "asleep" go.
--- `asleep` NULL: an enqueue held the barrier longer than lock_timeout (a slow commit, or one whose
--- decision was made immediate): not registered, to fetch again soon. The "asleep" keys the session holds
--- are kept in its setting sfq.asleep_keys (',k1,k2,': the daemon's two workers share the session), not
+-- again (its own statement: a snapshot after the barrier), then takes "sleeper" and writes its rows
+-- (`channel`: its daemon's; NULL, an older daemon's call, is woken by the broadcast); a registered
+-- worker whose rows an enqueue took (it was woken) does the same from the barrier on. A job found while
+-- registered lets the locks and rows go. `asleep` NULL: an enqueue held the barrier (or a row) longer
+-- than lock_timeout (a slow commit, or one whose decision was made immediate): not registered, to fetch
+-- again soon. The "asleep" keys the session holds are kept in its setting sfq.asleep_keys (',k1,k2,':
+-- the daemon's two workers share the session), the workers holding "sleeper" in sfq.sleeper_workers, not
 -- read from pg_locks, whose every read copies the server's whole lock table: a setting rolls back with
 -- an error, the lock does not, but an error here stops the daemon, and its connection with it.
-CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, OUT job procrastinate_jobs,
-                                         OUT asleep boolean)
+CREATE OR REPLACE FUNCTION sfq_fetch_job(queues varchar[], worker bigint, channel text DEFAULT NULL,
+                                         OUT job procrastinate_jobs, OUT asleep boolean)
     LANGUAGE plpgsql AS $$
 DECLARE
+    names varchar[] := ARRAY(SELECT DISTINCT q FROM unnest(queues) AS q ORDER BY 1);
     keys integer[] := ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(queues) AS q ORDER BY 1);
     held text := coalesce(current_setting('sfq.asleep_keys', true), '');
     usual_timeout text := current_setting('lock_timeout');
+    sleepers text := coalesce(current_setting('sfq.sleeper_workers', true), '');
     key integer;
 BEGIN
-    IF queues IS NULL THEN
-        RAISE EXCEPTION 'sfq_fetch_job needs the queues a worker may sleep on';
+    IF queues IS NULL OR worker IS NULL THEN
+        RAISE EXCEPTION 'sfq_fetch_job needs the queues a worker may sleep on, and the worker';
     END IF;
     job := procrastinate_fetch_job_v2(queues, worker);
     IF job.id IS NULL THEN
         IF keys <@ ARRAY(SELECT k::integer FROM unnest(string_to_array(held, ',')) AS k WHERE k <> '') THEN
-            asleep := true;  -- registered, and past the barrier, before an earlier fetch
-            RETURN;
+            IF (SELECT count(*) FROM sfq_sleepers s WHERE s.worker_id = worker) >= cardinality(names) THEN
+                asleep := true;  -- registered, past the barrier, before an earlier fetch: its rows wait
+                RETURN;
+            END IF;
+            -- Woken by an enqueue that took its rows, and nothing left to fetch: registers again.
+        ELSE
+            PERFORM set_config('sfq.sleeper_session', 'on', false);
+            FOREACH key IN ARRAY keys LOOP
+                CONTINUE WHEN position(',' || key || ',' IN held) > 0;
+                PERFORM pg_advisory_lock_shared(hashtext('sfq_asleep'), key);
+                held := held || ',' || key || ',';
+            END LOOP;
+            PERFORM set_config('sfq.asleep_keys', held, false);
         END IF;
-        PERFORM set_config('sfq.sleeper_session', 'on', false);
-        FOREACH key IN ARRAY keys LOOP
-            CONTINUE WHEN position(',' || key || ',' IN held) > 0;
-            PERFORM pg_advisory_lock_shared(hashtext('sfq_asleep'), key);
-            held := held || ',' || key || ',';
-        END LOOP;
-        PERFORM set_config('sfq.asleep_keys', held, false);
         BEGIN
             -- At the barrier only: a fetch may also wait on a row (a counter's, while a fold's transaction
             -- goes on), and a lock timeout there would stop the worker.
@@ -179,26 +252,44 @@ BEGIN
             END LOOP;
             PERFORM set_config('lock_timeout', usual_timeout, true);
         EXCEPTION WHEN lock_not_available THEN
-            PERFORM sfq_wake_up(keys);
+            PERFORM sfq_wake_up(keys, worker);
             asleep := NULL;
             RETURN;
         END;
         job := procrastinate_fetch_job_v2(queues, worker);
         IF job.id IS NULL THEN
+            IF position(',' || worker || ',' IN sleepers) = 0 THEN
+                PERFORM pg_advisory_lock(hashtext('sfq_sleeper'), (worker % 2147483648)::integer);
+                PERFORM set_config('sfq.sleeper_workers', sleepers || ',' || worker || ',', false);
+            END IF;
+            BEGIN
+                PERFORM set_config('lock_timeout', '1s', true);  -- as at the barrier
+                INSERT INTO sfq_sleepers (worker_id, queue_name, channel)
+                SELECT worker, q, channel FROM unnest(names) AS q
+                    ON CONFLICT (worker_id, queue_name) DO UPDATE SET channel = EXCLUDED.channel
+                 WHERE sfq_sleepers.channel IS DISTINCT FROM EXCLUDED.channel;  -- an old row of its id
+                PERFORM set_config('lock_timeout', usual_timeout, true);
+            EXCEPTION WHEN lock_not_available THEN  -- an enqueue taking its old row has not committed yet
+                PERFORM sfq_wake_up(keys, worker);
+                asleep := NULL;
+                RETURN;
+            END;
             asleep := true;
             RETURN;
         END IF;
     END IF;
-    PERFORM sfq_wake_up(keys);
+    PERFORM sfq_wake_up(keys, worker);
     asleep := false;
 END;
 $$;
 
--- A worker registered asleep on these queues' keys no longer is (sfq_fetch_job): its "asleep" locks go.
-CREATE OR REPLACE FUNCTION sfq_wake_up(keys integer[]) RETURNS void
+-- A worker registered asleep on these queues' keys no longer is (sfq_fetch_job): its "asleep" and
+-- "sleeper" locks go, and its rows (but one an enqueue is taking: that enqueue deletes it).
+CREATE OR REPLACE FUNCTION sfq_wake_up(keys integer[], worker bigint) RETURNS void
     LANGUAGE plpgsql AS $$
 DECLARE
     held text := coalesce(current_setting('sfq.asleep_keys', true), '');
+    sleepers text := coalesce(current_setting('sfq.sleeper_workers', true), '');
     key integer;
 BEGIN
     FOREACH key IN ARRAY keys LOOP
@@ -207,6 +298,12 @@ BEGIN
         held := replace(held, ',' || key || ',', '');
     END LOOP;
     PERFORM set_config('sfq.asleep_keys', held, false);
+    IF position(',' || worker || ',' IN sleepers) > 0 THEN
+        PERFORM pg_advisory_unlock(hashtext('sfq_sleeper'), (worker % 2147483648)::integer);
+        PERFORM set_config('sfq.sleeper_workers', replace(sleepers, ',' || worker || ',', ''), false);
+        DELETE FROM sfq_sleepers s WHERE (s.worker_id, s.queue_name) IN (
+            SELECT t.worker_id, t.queue_name FROM sfq_sleepers t WHERE t.worker_id = worker FOR UPDATE SKIP LOCKED);
+    END IF;
 END;
 $$;
 

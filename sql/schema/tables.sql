@@ -462,6 +462,17 @@ CREATE TABLE sfq_fleet_round (
 );
 INSERT INTO sfq_fleet_round DEFAULT VALUES;
 
+-- Listening workers asleep, one row a queue, each woken alone through its daemon's own channel (0028;
+-- sql/schema/queue.sql, "Waking idle workers"). Unlogged: a row means nothing once its session is gone,
+-- and registering asleep writes no WAL.
+CREATE UNLOGGED TABLE sfq_sleepers (
+    worker_id bigint NOT NULL,  -- procrastinate_workers.id
+    queue_name varchar(128) NOT NULL,
+    channel text,  -- LISTENed to by the worker's daemon; NULL: an older daemon's, woken by the broadcast
+    PRIMARY KEY (worker_id, queue_name)
+);
+CREATE INDEX sfq_sleepers_queue ON sfq_sleepers (queue_name);
+
 -- ---------------------------------------------------------------------------------------------------
 -- Studies: a search over spec fields (Optuna's samplers and pruners), each trial an sfq model. The study
 -- is advanced by the workers (an advance_study job whenever a trial ends), never by a long-lived driver.

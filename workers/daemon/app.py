@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -23,7 +24,10 @@ app = procrastinate.App(connector=procrastinate.PsycopgConnector(), import_paths
 
 _WAKE_UP = json.dumps({"type": "job_inserted", "job_id": None})
 ANY_QUEUE = "procrastinate_any_queue_v1"
+QUEUE_CHANNEL = "procrastinate_queue_v1#"  # + a queue's name: Procrastinate's channel of that queue
+WAKE_CHANNEL = "sfq_wake_v1#"  # + a daemon's token: where an enqueue wakes one of its workers (0028)
 PROCRASTINATE_FETCH = procrastinate_sql.queries["fetch_job"]
+PROCRASTINATE_UNREGISTER = procrastinate_sql.queries["unregister_worker"]
 
 CATCH_UP_AGAIN_S = 1.0
 
@@ -60,6 +64,12 @@ class DaemonConnector(procrastinate.PsycopgConnector):
     asleep on its queues before the fetch it may sleep after: enqueues notify only while some worker may
     be asleep. A notification heard while a fetch was on its way, or a fetch that could not register,
     wakes the workers again once the fetch has returned (Procrastinate would clear that wake).
+
+    The listening connection also listens to the daemon's own channel (`wake_channel`), which its workers
+    register asleep with: an enqueue wakes one sleeping worker a job there, not every daemon (0028). Its
+    notification names the job's queue, and goes to the worker of that queue. A worker that stops (the
+    daemon's shutdown, while its other worker may still finish a job) is no longer asleep: an enqueue
+    does not wake it in vain.
     """
 
     def __init__(self, url: str, instance: int, channels: list[str], options: dict[str, Any], listens: bool):
@@ -78,6 +88,8 @@ class DaemonConnector(procrastinate.PsycopgConnector):
         self._listen_kwargs = {"application_name": connection_name(instance, "listen"), **options}
         self._url = url
         self._channels = channels
+        self.wake_channel = WAKE_CHANNEL + secrets.token_hex(8)
+        self._queues: dict[int, list[str]] = {}  # worker id -> its queues, once it fetched
         self._subscribers: list[tuple[frozenset[str], Notify]] = []
         self._listener: asyncio.Task | None = None
 
@@ -90,7 +102,9 @@ class DaemonConnector(procrastinate.PsycopgConnector):
         subscriber = (wanted, on_notification)
         self._subscribers.append(subscriber)
         if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(super().listen_notify(self._dispatch, self._channels))
+            self._listener = asyncio.create_task(
+                super().listen_notify(self._dispatch, [*self._channels, self.wake_channel])
+            )
         try:
             await asyncio.shield(self._listener)
         finally:
@@ -102,13 +116,20 @@ class DaemonConnector(procrastinate.PsycopgConnector):
         if query != PROCRASTINATE_FETCH or not self._listens:
             return await super().execute_query_one_async(query, **arguments)
         heard = self._heard
-        call = gateway.fetch_job(arguments["queues"], arguments["worker_id"])
+        self._queues[arguments["worker_id"]] = arguments["queues"]
+        call = gateway.fetch_job(arguments["queues"], arguments["worker_id"], self.wake_channel)
         async with self.pool.connection() as connection:
             row = await gateway.run_async(connection, call)
         asleep = row.pop("asleep")
         if row["id"] is None and (asleep is None or self._heard != heard):
             self._wake_soon()
         return row
+
+    async def execute_query_async(self, query: str, **arguments: Any) -> None:
+        if query == PROCRASTINATE_UNREGISTER and (queues := self._queues.pop(arguments["worker_id"], None)):
+            async with self.pool.connection() as connection:
+                await gateway.run_async(connection, gateway.stop_sleeping(queues, arguments["worker_id"]))
+        await super().execute_query_async(query, **arguments)
 
     async def _new_connection(self, connection: psycopg.AsyncConnection) -> None:
         """A new queue connection holds no "asleep" lock (one it replaces took them along): every worker is
@@ -123,6 +144,8 @@ class DaemonConnector(procrastinate.PsycopgConnector):
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         self._heard += 1
+        if channel == self.wake_channel:  # one worker woken: the one of the job's queue
+            channel = QUEUE_CHANNEL + json.loads(payload)["queue"]
         for channels, on_notification in list(self._subscribers):
             if channel == ANY_QUEUE or channel in channels:
                 await on_notification(channel=channel, payload=payload)
