@@ -118,8 +118,7 @@ class DaemonConnector(procrastinate.PsycopgConnector):
         heard = self._heard
         self._queues[arguments["worker_id"]] = arguments["queues"]
         call = gateway.fetch_job(arguments["queues"], arguments["worker_id"], self.wake_channel)
-        async with self.pool.connection() as connection:
-            row = await gateway.run_async(connection, call)
+        row = await gateway.run_pooled(self.pool, call)
         asleep = row.pop("asleep")
         if row["id"] is None and (asleep is None or self._heard != heard):
             self._wake_soon()
@@ -127,8 +126,7 @@ class DaemonConnector(procrastinate.PsycopgConnector):
 
     async def execute_query_async(self, query: str, **arguments: Any) -> None:
         if query == PROCRASTINATE_UNREGISTER and (queues := self._queues.pop(arguments["worker_id"], None)):
-            async with self.pool.connection() as connection:
-                await gateway.run_async(connection, gateway.stop_sleeping(queues, arguments["worker_id"]))
+            await gateway.run_pooled(self.pool, gateway.stop_sleeping(queues, arguments["worker_id"]))
         await super().execute_query_async(query, **arguments)
 
     async def _new_connection(self, connection: psycopg.AsyncConnection) -> None:
