@@ -104,7 +104,10 @@ class Pooler:
 
 
 POOLERS = {
-    "none": Pooler(listen=True, prepare=True, poll_s=5.0),
+    # Listening, a job's insert wakes a sleeper, and one whose time comes unheard (a retry, a scheduled
+    # job, a wake that missed) the fleet's round, every SFQ_HEARTBEAT_S or sooner (sfq_beat): the poll is a
+    # last net, whose every fetch is most of an idle fleet's database time (issue 15).
+    "none": Pooler(listen=True, prepare=True, poll_s=30.0),
     "transaction": Pooler(listen=False, prepare=False, poll_s=1.0),
 }
 

@@ -123,7 +123,8 @@ GRANT EXECUTE ON FUNCTION
     sfq_request_simulation,  -- a completed model's default backtest
     sfq_submit_trial, sfq_defer_study_advance,  -- a study's trials, and the rescue of its advance
     sfq_retrain_due,  -- the weekly and cron retrain policies that are due (the fleet's round)
-    sfq_beat  -- a daemon's heartbeat, and the fleet's round when it is due
+    sfq_beat,  -- a daemon's heartbeat, and the fleet's round when it is due
+    sfq_wake_one_sleeper, sfq_wake_every_worker  -- the round's wake for a due job none was woken for
     TO sfq_worker;
 
 -- sfq_api: what the read endpoints and GET /metrics show; changes only through the operations.

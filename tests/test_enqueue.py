@@ -800,3 +800,62 @@ def test_a_worker_registers_its_own_channel_over_an_old_row_of_its_id(clean, dat
         assert fetch(again, "sfq_wake_v1#again") == (None, True)
         assert (reused, "training", "sfq_wake_v1#again") in rows(clean)
         assert len(rows(clean)) == 3
+
+
+def round_now(conn: psycopg.Connection, workers: list[int]) -> list[tuple[str, dict]]:
+    """A daemon's beat (sfq_beat) on `conn`, as the first since the period: it runs the fleet's round."""
+    conn.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    return conn.execute("SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60)", (workers,)).fetchall()
+
+
+def test_the_fleets_round_wakes_a_sleeper_for_a_job_that_came_due_unheard(clean, database, sleepers):
+    """A retry's or a scheduled job's time comes with no insert, so no enqueue wakes anyone: the fleet's
+    round does (a sleeper a due job), and a listening worker's poll is only the last net. The round may run
+    on a sleeping worker's own session (a daemon's queue connection): that worker is asleep, not gone."""
+    listener, conns = sleepers
+    enqueue(clean, 2)  # two sleepers woken, and busy with the jobs: one left asleep
+    busy = [CHANNELS.index(channel) for channel, _ in listener.heard(clean)]
+    for i in busy:
+        assert fetch(conns[i], CHANNELS[i])[1] is False
+    (last,) = [i for i in range(3) if i not in busy]
+    with clean.transaction():
+        enqueue(clean, 1)
+        later = newest_job(clean)
+        clean.execute(
+            "UPDATE procrastinate_jobs SET scheduled_at = now() + interval '1 hour' WHERE id = %s", (later,)
+        )
+    assert listener.heard(clean) == [woken(later, CHANNELS[last])]  # woken at its insert, in vain:
+    assert fetch(conns[last], CHANNELS[last]) == (None, True)  # not due; asleep again
+    own_workers = [worker_id(conns[last]), worker_id(clean)]
+    assert round_now(conns[last], own_workers) == []  # nothing due: nobody woken
+    assert listener.heard(clean) == []
+
+    clean.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = now() - interval '1 second' WHERE id = %s", (later,)
+    )
+    assert listener.heard(clean) == []  # its time came: no insert, no wake
+    assert round_now(conns[last], own_workers) == [("woken", {"workers": 1})]
+    assert listener.heard(clean) == [woken(later, CHANNELS[last])]
+    assert fetch(conns[last], CHANNELS[last]) == (later, False)
+    assert round_now(conns[last], own_workers) == []  # nobody asleep now
+
+
+def test_the_round_wakes_no_more_sleepers_than_due_jobs_nor_for_a_job_its_lock_holds(clean, sleepers):
+    """A due job a sleeper each, up to the jobs there are; a job whose lock a running job holds waits for
+    it (procrastinate_fetch_job_v2 would not give it), so nobody is woken for it."""
+    listener, conns = sleepers
+    with clean.transaction():
+        enqueue(clean, 3)
+        clean.execute("UPDATE procrastinate_jobs SET scheduled_at = now() + interval '1 hour'")
+    due = [newest_job(clean) - 2, newest_job(clean) - 1, newest_job(clean)]
+    assert len(listener.heard(clean)) == 3  # each sleeper woken in vain...
+    assert fetch_each(conns) == [(None, True)] * 3  # ...and asleep again
+    clean.execute("UPDATE procrastinate_jobs SET lock = 'held' WHERE id = %s", (due[2],))
+    clean.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args, status)"
+        " VALUES ('elsewhere', 'running', 'held', '{}', 'doing')"
+    )
+    clean.execute("UPDATE procrastinate_jobs SET scheduled_at = NULL WHERE id = ANY(%s)", (due,))
+    assert round_now(clean, [worker_id(clean)] * 2) == [("woken", {"workers": 2})]
+    assert sorted(payload["job_id"] for _, payload in listener.heard(clean)) == due[:2]
+    assert len(rows(clean)) == 1

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from queue_app import artifact_store
-from tests.conftest import insert_request, wait_for_jobs, wait_for_models
+from tests.conftest import insert_request, wait_for_jobs, wait_for_models, wait_until
 from workers.daemon.child import TrainingProcess
 from workers.daemon.data import load_bars
 from workers.modelling import artifacts
@@ -204,6 +204,24 @@ def test_a_job_wakes_one_idle_daemon_alone_on_its_own_channel(clean, database, s
     for worker in workers:
         assert worker.stop() == 0
     assert clean.execute("SELECT count(*) FROM sfq_sleepers").fetchone()[0] == 0
+
+
+def test_a_job_that_comes_due_while_every_worker_sleeps_starts_without_a_poll(clean, start_worker):
+    """A retry's or a scheduled job's time comes with no insert to notify: the fleet's round (a daemon's
+    beat, every SFQ_HEARTBEAT_S) wakes a sleeper for it, long before the next poll (300 s in tests). Its
+    insert wakes the training worker, which finds it not due yet and sleeps again; the daemon's catch-up
+    wakes (LISTEN's start, and 1 s after) are long over when it comes due 10 s later."""
+    start_worker(1, SFQ_HEARTBEAT_S="1", SFQ_RESCUE_AFTER_S="5")
+    sleeping = "SELECT count(*) FROM sfq_sleepers"
+    wait_until(lambda: clean.execute(sleeping).fetchone()[0] == 4, "every worker asleep")
+    with clean.transaction():
+        model_id, _, _ = insert_request(clean, {"symbol": "MSFT", **FAST})
+        clean.execute(
+            "UPDATE procrastinate_jobs SET scheduled_at = now() + interval '10 s'"
+            " WHERE id = (SELECT job_id FROM models WHERE id = %s)",
+            (model_id,),
+        )
+    assert wait_for_models(clean, [model_id], timeout=120)[model_id]["status"] == "completed"
 
 
 def test_training_process_is_recycled_after_max_jobs(clean, start_worker):

@@ -120,8 +120,8 @@ $$;
 -- channels, as before 0028: every listening worker of the queue wakes. Jobs beyond the sleepers are left
 -- to the workers woken, each fetching again when its job ends (Procrastinate's worker loop).
 -- A wake that reaches a worker dead since the probe, or busy (its fetch took another job as this one
--- committed), leaves the job to a later fetch: that worker's when its job ends, or any sleeper's poll
--- (SFQ_POLL_INTERVAL_S). SECURITY DEFINER: the deferred trigger runs as whoever commits,
+-- committed), leaves the job to a later fetch: that worker's when its job ends, or a sleeper's that the
+-- fleet's next round wakes (sfq_beat). SECURITY DEFINER: the deferred trigger runs as whoever commits,
 -- who may not read sfq_sleepers.
 
 CREATE OR REPLACE FUNCTION sfq_wake_sleepers() RETURNS trigger
@@ -132,9 +132,7 @@ DECLARE
     queue integer;
     barrier_held boolean;
     taken boolean := false;
-    sleeper record;
-    lock_key integer;
-    payload text;
+    woken boolean;
 BEGIN
     IF position(',' || NEW.queue_name || ',' IN decided) > 0 THEN
         RETURN NULL;  -- decided for all of this transaction's jobs of the queue
@@ -161,36 +159,71 @@ BEGIN
     ELSE
         barrier_held := position(',' || NEW.queue_name || ':s,' IN waking) > 0;
     END IF;
-    WHILE NOT taken LOOP
-        SELECT s.worker_id, s.channel INTO sleeper FROM sfq_sleepers s
-         WHERE s.queue_name = NEW.queue_name LIMIT 1 FOR UPDATE SKIP LOCKED;
-        EXIT WHEN NOT FOUND;
-        -- Shared: two enqueues probing one worker's two rows at once both find a gone worker gone.
-        lock_key := (sleeper.worker_id % 2147483648)::integer;  -- "sleeper"'s second key
-        IF pg_try_advisory_lock_shared(hashtext('sfq_sleeper'), lock_key) THEN
-            PERFORM pg_advisory_unlock_shared(hashtext('sfq_sleeper'), lock_key);
-            DELETE FROM sfq_sleepers s
-             WHERE s.worker_id = sleeper.worker_id AND s.queue_name = NEW.queue_name;
-            CONTINUE;  -- its worker is gone, or awake
+    IF NOT taken THEN
+        woken := sfq_wake_one_sleeper(NEW.queue_name, NEW.id);
+        IF woken THEN
+            RETURN NULL;
         END IF;
-        taken := true;
-        EXIT WHEN sleeper.channel IS NULL;  -- a daemon from before 0028: the broadcast
-        DELETE FROM sfq_sleepers s WHERE (s.worker_id, s.queue_name) IN (
-            SELECT t.worker_id, t.queue_name FROM sfq_sleepers t
-             WHERE t.worker_id = sleeper.worker_id FOR UPDATE SKIP LOCKED);
-        PERFORM pg_notify(sleeper.channel, json_build_object(
-            'type', 'job_inserted', 'job_id', NEW.id, 'queue', NEW.queue_name)::text);
-        RETURN NULL;
-    END LOOP;
+        taken := woken IS NULL;  -- a daemon from before 0028: the broadcast
+    END IF;
     PERFORM set_config('sfq.woken_queues', decided || ',' || NEW.queue_name || ',', true);
     IF NOT taken AND barrier_held
        AND NOT EXISTS (SELECT 1 FROM sfq_sleepers s WHERE s.queue_name = NEW.queue_name) THEN
         RETURN NULL;  -- every sleeper woken; one falling asleep waits at the barrier for this commit
     END IF;
-    payload := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;  -- Procrastinate's
-    PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
-    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+    PERFORM sfq_wake_every_worker(NEW.queue_name, NEW.id);
     RETURN NULL;
+END;
+$$;
+
+-- One sleeper of `queue` woken for `job` (an enqueue's trigger, and the fleet's round for a job that
+-- became due unheard): a row taken FOR UPDATE SKIP LOCKED (a concurrent caller takes another), its
+-- worker's rows deleted and its daemon's channel notified. A row whose "sleeper" lock is free is a worker
+-- gone (its session ended) or awake: deleted, and the next one tried. True when one was woken, false when
+-- no row was left to take, NULL for a row without a channel (a daemon from before 0028: the caller wakes
+-- every worker, sfq_wake_every_worker).
+CREATE OR REPLACE FUNCTION sfq_wake_one_sleeper(queue varchar, job bigint) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    sleeper record;
+    lock_key integer;
+BEGIN
+    LOOP
+        SELECT s.worker_id, s.channel INTO sleeper FROM sfq_sleepers s
+         WHERE s.queue_name = queue LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+        -- Shared: two enqueues probing one worker's two rows at once both find a gone worker gone. Not
+        -- a worker of this session (a daemon's round): its own lock would be granted it.
+        lock_key := (sleeper.worker_id % 2147483648)::integer;  -- "sleeper"'s second key
+        IF position(',' || sleeper.worker_id || ',' IN coalesce(current_setting('sfq.sleeper_workers', true), '')) = 0
+           AND pg_try_advisory_lock_shared(hashtext('sfq_sleeper'), lock_key) THEN
+            PERFORM pg_advisory_unlock_shared(hashtext('sfq_sleeper'), lock_key);
+            DELETE FROM sfq_sleepers s WHERE s.worker_id = sleeper.worker_id AND s.queue_name = queue;
+            CONTINUE;  -- its worker is gone, or awake
+        END IF;
+        IF sleeper.channel IS NULL THEN
+            RETURN NULL;
+        END IF;
+        DELETE FROM sfq_sleepers s WHERE (s.worker_id, s.queue_name) IN (
+            SELECT t.worker_id, t.queue_name FROM sfq_sleepers t
+             WHERE t.worker_id = sleeper.worker_id FOR UPDATE SKIP LOCKED);
+        PERFORM pg_notify(sleeper.channel, json_build_object(
+            'type', 'job_inserted', 'job_id', job, 'queue', queue)::text);
+        RETURN true;
+    END LOOP;
+END;
+$$;
+
+-- Every listening worker of `queue` woken for `job`, on Procrastinate's own channels (as before 0028).
+CREATE OR REPLACE FUNCTION sfq_wake_every_worker(queue varchar, job bigint) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    payload text := json_build_object('type', 'job_inserted', 'job_id', job)::text;  -- Procrastinate's
+BEGIN
+    PERFORM pg_notify('procrastinate_queue_v1#' || queue, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
 END;
 $$;
 
@@ -431,17 +464,23 @@ $$;
 -- A worker daemon's beat, every SFQ_HEARTBEAT_S (workers/daemon/runtime.py): one statement. The heartbeats
 -- of its Procrastinate workers (`workers`, the training worker's first) and who it is, for `sfq status`;
 -- then, when no daemon has run it for `round_every_s`, the fleet's round: the jobs of workers silent for
--- `stale_after_s` handed on, the weekly and cron retrain policies that are due retrained, and workers gone
--- for a day forgotten. The daemon whose beat comes first after the period runs the round (a concurrent one
--- skips the locked row): every daemon ran it on every beat before (0027), 4 transactions a beat each, which
--- grew with the fleet and made most of an idle fleet's database time at 500 daemons (issue 15). The round's
--- rows, for the daemon's log: `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued'
--- (sfq_rescue_stalled_side_jobs') or 'retrained' (a strategy_retrains row), as JSON.
+-- `stale_after_s` handed on, the weekly and cron retrain policies that are due retrained, workers gone for
+-- a day forgotten, and a sleeping worker woken for each due job that none was woken for. The daemon whose
+-- beat comes first after the period runs the round (a concurrent one skips the locked row): every daemon
+-- ran it on every beat before (0027), 4 transactions a beat each, which grew with the fleet and made most
+-- of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for the daemon's log:
+-- `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued' (sfq_rescue_stalled_side_jobs'),
+-- 'retrained' (a strategy_retrains row) or 'woken' (how many workers), as JSON.
 CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
                                     stale_after_s double precision, max_attempts integer,
                                     round_every_s double precision)
     RETURNS TABLE (kind text, what jsonb)
     LANGUAGE plpgsql AS $$
+DECLARE
+    due_queue varchar;
+    due_job bigint;
+    woken boolean;
+    woke integer := 0;
 BEGIN
     UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = ANY(workers);
     INSERT INTO sfq_workers (worker_id, host, pid, instance)
@@ -459,6 +498,29 @@ BEGIN
     RETURN QUERY SELECT 'rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
     RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
     RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
+    -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is
+    -- inserted then), or a wake reached a worker whose fetch had just taken another job. A sleeper each,
+    -- as many as sleep on the queue; so a listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last
+    -- net. A job whose lock a running job holds waits for it (as procrastinate_fetch_job_v2 does).
+    FOR due_queue IN SELECT DISTINCT s.queue_name FROM sfq_sleepers s LOOP
+        FOR due_job IN SELECT j.id FROM procrastinate_jobs j
+                        WHERE j.queue_name = due_queue AND j.status = 'todo'
+                          AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+                          AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
+                                           WHERE d.lock = j.lock AND d.status = 'doing')
+                        ORDER BY j.priority DESC, j.id
+                        LIMIT (SELECT count(*) FROM sfq_sleepers s WHERE s.queue_name = due_queue) LOOP
+            woken := sfq_wake_one_sleeper(due_queue, due_job);
+            IF woken IS NULL THEN
+                PERFORM sfq_wake_every_worker(due_queue, due_job);
+            END IF;
+            EXIT WHEN woken IS NOT TRUE;
+            woke := woke + 1;
+        END LOOP;
+    END LOOP;
+    IF woke > 0 THEN
+        RETURN QUERY SELECT 'woken'::text, jsonb_build_object('workers', woke);
+    END IF;
 END;
 $$;
 

@@ -67,6 +67,7 @@ ROUND_LOG = {
         logging.INFO,
         "retrain {id} of {strategy}/{alias} ({cause}, due {due_at}): model {model_id}{refused}",
     ),
+    "woken": (logging.DEBUG, "round: {workers} sleeping worker(s) woken for due jobs none was woken for"),
 }
 
 
