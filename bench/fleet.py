@@ -137,6 +137,15 @@ class _Counters:
     def cpu_s(self) -> float:
         return sum(process_cpu_s(pid) for pid in [self.postmaster, *children(self.postmaster)])
 
+    def by_statement(self) -> dict[str, int]:
+        """Calls so far of each statement (its text's first words), every database."""
+        return dict(
+            self.conn.execute(
+                "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 48), sum(calls)::bigint"
+                " FROM pg_stat_statements GROUP BY 1"
+            ).fetchall()
+        )
+
     def calls(self) -> tuple[int, int]:
         """(all statements, fetches) counted so far."""
         return self.conn.execute(
@@ -186,6 +195,7 @@ def _idle(
     """The idle fleet's costs over `seconds`, and the oldest heartbeat seen in them (read every second):
     a daemon's event loop that falls behind is seen there first."""
     cpu, python, (calls, fetches) = counters.cpu_s(), _python_cpu_s(fleet), counters.calls()
+    statements = counters.by_statement()
     start, oldest = time.monotonic(), 0.0
     while (elapsed := time.monotonic() - start) < seconds:
         (age,) = conn.execute(
@@ -196,6 +206,7 @@ def _idle(
     elapsed = time.monotonic() - start
     cpu, python = counters.cpu_s() - cpu, _python_cpu_s(fleet) - python
     after = counters.calls()
+    rates = {q: (n - statements.get(q, 0)) / elapsed for q, n in counters.by_statement().items()}
     (connections,) = counters.conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
     ).fetchone()
@@ -207,6 +218,7 @@ def _idle(
         "polls_per_s": (after[1] - fetches) / elapsed,
         "connections": connections,
         "oldest_heartbeat_s": oldest,
+        "top_statements": sorted(rates.items(), key=lambda item: -item[1])[:6],
     }
 
 
@@ -420,6 +432,11 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
                 f"{r['cpu_pct']:.1f}% of a core, {r['cpu_pct'] / size:.3f}% per daemon; "
                 f"{r['queries_per_s']:.0f} queries/s; {r['connections']} connections "
                 f"(the daemons' Python: {r['fleet_cpu_pct']:.1f}% of a core)",
+            ),
+            (
+                "fleet",
+                f"{name}: idle statements/s, the most called",
+                "; ".join(f"`{query.replace('|', '/')}` {rate:.1f}" for query, rate in r["top_statements"]),
             ),
             (
                 "fleet",

@@ -62,6 +62,7 @@ EXPECTED = {
     "fleet": [
         "settings",
         "idle database CPU",
+        "idle statements/s, the most called",
         "pickup p50 / p99",
         "throughput",
         "oldest heartbeat while idle",
