@@ -367,6 +367,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0026_wake_only_sleepers.sql",
         "migrations/0027_one_round_a_fleet.sql",
         "migrations/0028_wake_one_sleeper.sql",
+        "migrations/0029_fetch_probes_locks_by_index.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -571,6 +572,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0026_wake_only_sleepers.sql",
         "migrations/0027_one_round_a_fleet.sql",
         "migrations/0028_wake_one_sleeper.sql",
+        "migrations/0029_fetch_probes_locks_by_index.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)
