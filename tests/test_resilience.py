@@ -228,6 +228,23 @@ def test_the_fleets_round_runs_once_a_period_whoever_beats(clean, database):
     assert clean.execute("SELECT status::text FROM models WHERE id = %s", (second,)).fetchone() == ("queued",)
 
 
+def test_a_beat_alone_does_not_wait_for_the_disk_but_the_fleets_round_does(clean):
+    """Most of an idle fleet's commits are beats: a beat without the round commits without waiting for
+    its WAL to be flushed (a crash loses a heartbeat the next beat writes again); a round's rescues and
+    retrains are durable; the setting ends with the beat's transaction."""
+    workers = [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0] for _ in range(2)]
+    beat = "SELECT count(*) FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60)"
+    setting = "SELECT current_setting('synchronous_commit')"
+    clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    for rounds, during in ((1, "on"), (0, "off")):  # the round (it rescues nothing here), then a beat alone
+        with clean.transaction():
+            assert clean.execute(beat, (workers,)).fetchone()[0] == 0
+            assert clean.execute(setting).fetchone()[0] == during
+            ran = "SELECT count(*) FROM sfq_fleet_round WHERE ran_at = now()"  # the transaction's time
+            assert clean.execute(ran).fetchone()[0] == rounds
+    assert clean.execute(setting).fetchone()[0] == "on"
+
+
 def _age_events(conn, ago: str) -> None:
     """Every event so far happened `ago`: pruning reads event ids and times as rising together."""
     conn.execute("UPDATE procrastinate_events SET at = now() - %s::interval", (ago,))
