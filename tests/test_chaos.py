@@ -143,7 +143,10 @@ def test_chaos_every_model_completes_exactly_once(private_cluster):
         elapsed = time.monotonic() - started
 
         with psycopg.connect(url, autocommit=True) as conn:
-            wait_for_jobs(conn, timeout=60)
+            try:
+                wait_for_jobs(conn, timeout=60)
+            except AssertionError as stuck:
+                raise AssertionError(f"{stuck}\n{fleet.output[-12000:]}") from None
             written = dict(
                 conn.execute(
                     "SELECT model_id, count(*) FROM model_attempts WHERE outcome = 'completed' GROUP BY 1"

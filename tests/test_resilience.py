@@ -181,6 +181,44 @@ def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):
     assert clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
 
 
+def test_a_job_left_doing_after_its_model_ended_is_closed_by_the_round(clean):
+    """A live worker's job still `doing` though its model ended (Procrastinate could not record the job's
+    end across a database restart, test_chaos): the round closes it as its model ended once the model has
+    been finished for the rescue's threshold, retrains nothing, and leaves a job whose model just ended."""
+    worker = clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]  # heartbeat now
+    models = {
+        name: insert_request(clean, {"symbol": "AAPL", "run": run, **FAST})[0]
+        for run, name in enumerate("abc", 1)
+    }
+    clean.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (worker,))
+    for name, status, ended in [
+        ("a", "completed", "1 hour"),
+        ("b", "failed", "1 hour"),
+        ("c", "completed", "0"),
+    ]:
+        clean.execute(
+            "UPDATE models SET status = %s, finished_at = now() - %s::interval WHERE id = %s",
+            (status, ended, models[name]),
+        )
+    beating = clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]
+    rows = clean.execute(
+        "SELECT kind, (what->>'model_id')::bigint, what->>'outcome', what->>'new_job_id'"
+        " FROM sfq_beat(ARRAY[%s], 'host', 1, 1, 20, 3, 0)",
+        (beating,),
+    ).fetchall()
+    assert sorted(rows) == sorted(
+        ("closed", models[name], f"closed: its model ended ({status}) over 20 s ago, the job never did", None)
+        for name, status in [("a", "completed"), ("b", "failed")]
+    )
+    jobs = dict(
+        clean.execute("SELECT (args->>'model_id')::bigint, status::text FROM procrastinate_jobs").fetchall()
+    )
+    assert jobs == {models["a"]: "succeeded", models["b"]: "failed", models["c"]: "doing"}
+    assert (
+        clean.execute("SELECT count(*) FROM models WHERE status IN ('queued', 'running')").fetchone()[0] == 0
+    )
+
+
 def test_the_fleets_round_runs_once_a_period_whoever_beats(clean, database):
     """sfq_beat: every daemon's beat keeps its workers' heartbeats; only the first beat after the period
     runs the round (here: rescues a job whose worker is gone), and a beat while another daemon's round is

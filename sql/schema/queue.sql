@@ -424,6 +424,31 @@ BEGIN
         new_job_id := (SELECT m.job_id FROM models m WHERE m.id = stalled.model_id AND m.status = 'queued');
         RETURN NEXT;
     END LOOP;
+
+    -- The other way round: a job still `doing` though its model finished over `stale_after_s` ago, its
+    -- worker alive (so not rescued above). Procrastinate's worker could not record the job's end (the
+    -- database restarted between the model's result and the job's end: found by test_chaos) and will not
+    -- try again; the job is closed as its model ended, nothing is retrained.
+    FOR stalled IN
+        SELECT j.id, m.id AS model_id, m.status
+          FROM procrastinate_jobs j
+          JOIN models m ON m.id = (j.args->>'model_id')::bigint
+         WHERE j.status = 'doing' AND j.task_name = 'train_model'
+           AND m.status NOT IN ('queued', 'running')
+           AND m.finished_at < now() - make_interval(secs => stale_after_s)
+           FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        UPDATE procrastinate_jobs
+           SET status = CASE WHEN stalled.status = 'completed' THEN 'succeeded' ELSE 'failed' END
+                        ::procrastinate_job_status
+         WHERE id = stalled.id;
+        model_id := stalled.model_id;
+        old_job_id := stalled.id;
+        new_job_id := NULL;
+        outcome := format('closed: its model ended (%s) over %s s ago, the job never did', stalled.status,
+                          stale_after_s);
+        RETURN NEXT;
+    END LOOP;
 END;
 $$;
 
@@ -479,8 +504,9 @@ $$;
 -- beat comes first after the period runs the round (a concurrent one skips the locked row): every daemon
 -- ran it on every beat before (0027), 4 transactions a beat each, which grew with the fleet and made most
 -- of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for the daemon's log:
--- `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued' (sfq_rescue_stalled_side_jobs'),
--- 'retrained' (a strategy_retrains row) or 'woken' (how many workers), as JSON.
+-- `kind` 'rescued' (sfq_rescue_stalled_jobs' row; 'closed' for a job left open after its model ended),
+-- 'side rescued' (sfq_rescue_stalled_side_jobs'), 'retrained' (a strategy_retrains row) or 'woken' (how
+-- many workers), as JSON.
 CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
                                     stale_after_s double precision, max_attempts integer,
                                     round_every_s double precision)
@@ -509,7 +535,9 @@ BEGIN
     DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
     -- Never the caller's own jobs: its heartbeats are fresh now, but its workers' rows may have been
     -- pruned as stalled (Procrastinate's prune_stalled_workers) while the database was away.
-    RETURN QUERY SELECT 'rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
+    RETURN QUERY SELECT CASE WHEN r.new_job_id IS NULL AND r.outcome LIKE 'closed:%' THEN 'closed' ELSE 'rescued' END,
+                        to_jsonb(r)
+                   FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
     RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
     RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
     -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is

@@ -59,6 +59,7 @@ ROUND_LOG = {
         logging.WARNING,
         "rescue: model {model_id} job {old_job_id} lost its worker: {outcome} (new job {new_job_id})",
     ),
+    "closed": (logging.WARNING, "rescue: model {model_id} job {old_job_id} {outcome}"),
     "side rescued": (
         logging.WARNING,
         "rescue: {task} {object_id} job {old_job_id} lost its worker (new job {new_job_id})",
