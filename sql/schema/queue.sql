@@ -355,7 +355,7 @@ $$;
 -- seconds (no cron to install). A job in `doing` whose worker's heartbeat is older than `stale_after_s`
 -- (or whose worker row is gone) is closed as failed and its model (forecast, backtest) gets a new job.
 
--- Give a model whose job is gone a new one, or fail it when its workers were lost too often., or fail it when its workers were lost too often.
+-- Give a model whose job is gone a new one, or fail it when its workers were lost too often.
 CREATE OR REPLACE FUNCTION sfq_hand_on(model bigint, old_job bigint, max_attempts integer) RETURNS text
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -535,8 +535,7 @@ BEGIN
     DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
     -- Never the caller's own jobs: its heartbeats are fresh now, but its workers' rows may have been
     -- pruned as stalled (Procrastinate's prune_stalled_workers) while the database was away.
-    RETURN QUERY SELECT CASE WHEN r.new_job_id IS NULL AND r.outcome LIKE 'closed:%' THEN 'closed' ELSE 'rescued' END,
-                        to_jsonb(r)
+    RETURN QUERY SELECT CASE WHEN r.outcome LIKE 'closed:%' THEN 'closed' ELSE 'rescued' END, to_jsonb(r)
                    FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
     RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
     RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
