@@ -55,7 +55,6 @@ PER_PROCESS = 25  # daemons per process at most
 IDLE_S, SAMPLES, SPACING_S = 30, 200, 0.2
 BURST_PER_DAEMON, BURST_MIN = 4, 1000
 HOLD_WAIT_S = 120  # for the daemons to be killed to hold a training job each
-SETTINGS = {"SFQ_HEARTBEAT_S": "5", "SFQ_RESCUE_AFTER_S": "20"}  # sfq's defaults, stated
 SHORT_SETTINGS = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 SERVER = {"max_connections": "1700", "shared_preload_libraries": "pg_stat_statements"}
 # A worker's fetch: a listening daemon's sfq_fetch_job (0026), or Procrastinate's own when polling.
@@ -386,9 +385,18 @@ def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path
     plt.close(figure)
 
 
+def _settings() -> dict[str, str]:
+    """The daemons' heartbeat and rescue threshold: sfq's defaults (queue_app/config.py), or this process's
+    SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_S to compare others; stated in the table."""
+    from queue_app.config import Settings
+
+    settings = Settings.from_env()
+    return {"SFQ_HEARTBEAT_S": str(settings.heartbeat_s), "SFQ_RESCUE_AFTER_S": str(settings.rescue_after_s)}
+
+
 def scenario(url: str, short: bool) -> dict[str, Any]:
     del url  # the fleet needs more connections than the shared server has: a private cluster
-    sizes, settings = (SHORT_SIZES, SHORT_SETTINGS) if short else (SIZES, SETTINGS)
+    sizes, settings = (SHORT_SIZES, SHORT_SETTINGS) if short else (SIZES, _settings())
     chosen = os.environ.get("SFQ_BENCH_FLEET_SIZES")  # e.g. "500": one size again, its chart not kept
     sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
     rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])

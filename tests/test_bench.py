@@ -73,7 +73,8 @@ EXPECTED = {
 
 
 # The scenarios whose short mode takes longest (scale-out alone took 262 of 594 s, beside a loaded machine,
-# 2026-12-02; the fleet's 50-90 s) run in `scripts/test -m slow`, each on its own (its own 300 s), by their
+# 2026-12-02; the fleet's 50-90 s; the cost, memory and walk-forward ones 13-17 s each on a quiet machine,
+# 2026-12-03, training real models) run in `scripts/test -m slow`, each on its own (its own 300 s), by their
 # --scenario name and their table's label; the README's command runs the short mode of every other one.
 SLOW = {
     "scaleout": "scale-out",
@@ -81,6 +82,9 @@ SLOW = {
     "studies": "studies",
     "sustained": "sustained",
     "fleet": "fleet",
+    "cost": "per-job cost",
+    "memory": "memory",
+    "walkforward": "walk-forward",
 }
 
 

@@ -294,6 +294,8 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(pgbouncer, cl
         assert "prepared statement" not in worker.output, worker.output
 
 
+# `scripts/test -m slow`: polling behind PgBouncer above and test_resilience's rescue are its counterparts.
+@pytest.mark.slow
 def test_a_killed_daemons_job_is_rescued_through_pgbouncer(pgbouncer, clean, start_worker):
     """kill -9 the daemon that trains; started again, it rescues the job (heartbeats and the rescue's
     row locks, through the pooler) and trains it to completion: attempt 1 lost, attempt 2 completed."""

@@ -555,7 +555,12 @@ SCHEMATHESIS_BUDGET = {
 }
 
 
-def test_schemathesis_finds_no_server_error(clean, start_api):
+# The whole budget (over 1,000 requests) in `scripts/test -m slow`; `scripts/test` sends two fifths of each
+# operation's share (README, "Tests").
+@pytest.mark.parametrize(
+    "share", [pytest.param(1.0, marks=pytest.mark.slow), 0.4], ids=["whole-budget", "two-fifths"]
+)
+def test_schemathesis_finds_no_server_error(clean, start_api, share):
     url = start_api()
     for symbol in SYMBOLS:  # models to find, list and sort (ids 1..8, small ids are generated often)
         for algorithm in ("Ridge", "RandomForest"):
@@ -600,11 +605,11 @@ def test_schemathesis_finds_no_server_error(clean, start_api):
         call()
 
     for (label, mode), examples in SCHEMATHESIS_BUDGET.items():
-        exercise(label, mode, examples)
+        exercise(label, mode, max(1, round(examples * share)))
     total = sum(sent.values())
     print(f"\nschemathesis: {total} requests in {time.monotonic() - started:.1f} s: {dict(sent)}")
     print(f"statuses: {dict(sorted(statuses.items()))}")
-    assert total >= 1000
+    assert total >= 1000 * share
     assert not [key for key in statuses if key[1] >= 500]
 
 

@@ -136,7 +136,12 @@ def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, start_
     assert "rescue:" not in worker.output + watcher.output
 
 
-@pytest.mark.parametrize("second_signal", [False, True], ids=["grace-period-ends", "second-sigterm"])
+# A second SIGTERM in `scripts/test -m slow`; the grace period's end, the same requeue, in `scripts/test`.
+@pytest.mark.parametrize(
+    "second_signal",
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["grace-period-ends", "second-sigterm"],
+)
 def test_interrupted_job_goes_back_to_the_queue(clean, start_worker, second_signal):
     worker = start_worker(1, SFQ_GRACE_S="1" if not second_signal else "600")
     model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})

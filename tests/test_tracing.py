@@ -350,6 +350,8 @@ def _database_of_its_own(make_database) -> str:
     return url
 
 
+# `scripts/test -m slow` (README, "Tests"): the rescued job's span below is its counterpart in `scripts/test`.
+@pytest.mark.slow
 def test_a_retried_attempt_is_a_new_span_with_the_same_parent_and_link(make_database, receiver):
     """A worker stopped mid-training puts the job back (its span ends in error); the next attempt, on
     another worker, is a new "process training" span under the same stored context, linked to it."""
