@@ -226,17 +226,28 @@ def _python_cpu_s(fleet: list[Process]) -> float:
 
 
 def _pickups(
-    conn: psycopg.Connection, counters: _Counters, log: Path, samples: int, spacing: float, polls_per_s: float
+    conn: psycopg.Connection,
+    counters: _Counters,
+    log: Path,
+    samples: int,
+    spacing: float,
+    polls_per_s: float,
+    poll_s: float,
 ):
     """Latencies (ms) of `samples` jobs deferred one at a time, and fetches per job: all of them less the
     idle polls. Each daemon's two workers poll every SFQ_POLL_INTERVAL_S while idle (the idle window's
     rate); since 0028 a training job's notification wakes one training worker, and the others poll on as
     while idle. (Before 0028 it woke every daemon's training worker, whose wake restarted its poll timer:
     with a job every `spacing` s only the side-queue workers' half of the polls went on, and that half
-    was subtracted.)"""
+    was subtracted.) The window is a whole number of poll intervals, as the idle one is: a worker's polls
+    come at the same phase every interval, and daemons started together poll together, so a window of
+    1.5 intervals counted from 1 to 2 polls a worker (0 to 5 fetches a job at 500 daemons, 2026-12-03)."""
     _, fetches = counters.calls()
     start = time.monotonic()
     latencies = pickup_latencies(conn, TRAINING_QUEUE, SFQ_TASK, log, samples, spacing, 120)
+    if poll_s:
+        elapsed = time.monotonic() - start
+        time.sleep(max(0.0, math.ceil(elapsed / poll_s) * poll_s - elapsed))
     elapsed = time.monotonic() - start
     herd = (counters.calls()[1] - fetches - polls_per_s * elapsed) / samples
     return latencies, herd
@@ -320,9 +331,11 @@ def _measure(
                 _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3), 120)  # every daemon has fetched
                 time.sleep(2 * int(settings["SFQ_HEARTBEAT_S"]))  # start-up over: wakes, first beats
                 _alive(fleet, "start")
-                idle = _idle(conn, counters, fleet, 3 if short else IDLE_S)
+                poll_s = float(settings.get("SFQ_POLL_INTERVAL_S", 0))  # 0 (short): no whole polls
+                idle_s = poll_s * math.ceil(IDLE_S / poll_s) if poll_s else 3  # whole polls, as below
+                idle = _idle(conn, counters, fleet, idle_s)
                 _alive(fleet, "idle")
-                latencies, herd = _pickups(conn, counters, log, samples, spacing, idle["polls_per_s"])
+                latencies, herd = _pickups(conn, counters, log, samples, spacing, idle["polls_per_s"], poll_s)
                 _alive(fleet, "pickups")
                 start = time.perf_counter()
                 throughput = burst / (
@@ -386,12 +399,16 @@ def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path
 
 
 def _settings() -> dict[str, str]:
-    """The daemons' heartbeat and rescue threshold: sfq's defaults (queue_app/config.py), or this process's
-    SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_S to compare others; stated in the table."""
+    """The daemons' heartbeat, rescue threshold and poll: sfq's defaults (queue_app/config.py), or this
+    process's SFQ_HEARTBEAT_S, SFQ_RESCUE_AFTER_S and SFQ_POLL_INTERVAL_S to compare others; stated."""
     from queue_app.config import Settings
 
     settings = Settings.from_env()
-    return {"SFQ_HEARTBEAT_S": str(settings.heartbeat_s), "SFQ_RESCUE_AFTER_S": str(settings.rescue_after_s)}
+    return {
+        "SFQ_HEARTBEAT_S": str(settings.heartbeat_s),
+        "SFQ_RESCUE_AFTER_S": str(settings.rescue_after_s),
+        "SFQ_POLL_INTERVAL_S": f"{settings.poll_interval_s:g}",
+    }
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
@@ -428,7 +445,8 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             "fleet",
             "settings",
             f"SFQ_HEARTBEAT_S={settings['SFQ_HEARTBEAT_S']}, SFQ_RESCUE_AFTER_S={rescue_after_s}, "
-            f"LISTEN/NOTIFY, private cluster with max_connections={SERVER['max_connections']}",
+            f"SFQ_POLL_INTERVAL_S={settings.get('SFQ_POLL_INTERVAL_S', 'default')}, LISTEN/NOTIFY, "
+            f"private cluster with max_connections={SERVER['max_connections']}",
         )
     ]
     for size, r in results.items():
