@@ -186,16 +186,16 @@ def test_rescue_gives_up_after_max_attempts_and_skips_finished_models(clean):
     assert clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
 
 
-def test_a_job_left_doing_after_its_model_ended_is_closed_by_the_round(clean):
-    """A live worker's job still `doing` though its model ended (Procrastinate could not record the job's
-    end across a database restart, test_chaos): the round closes it as its model ended once the model has
-    been finished for the rescue's threshold, retrains nothing, and leaves a job whose model just ended."""
+def test_a_job_left_doing_after_its_model_or_backtest_ended_is_closed_by_the_round(clean):
+    """A live worker's job still `doing` though what it ran ended (Procrastinate could not record the job's
+    end across a database restart, test_chaos): the round closes it as its model or backtest ended once
+    that has been over for the rescue's threshold, runs nothing again, and leaves a job whose model just
+    ended."""
     worker = clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]  # heartbeat now
     models = {
         name: insert_request(clean, {"symbol": "AAPL", "run": run, **FAST})[0]
         for run, name in enumerate("abc", 1)
     }
-    clean.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (worker,))
     for name, status, ended in [
         ("a", "completed", "1 hour"),
         ("b", "failed", "1 hour"),
@@ -205,20 +205,32 @@ def test_a_job_left_doing_after_its_model_ended_is_closed_by_the_round(clean):
             "UPDATE models SET status = %s, finished_at = now() - %s::interval WHERE id = %s",
             (status, ended, models[name]),
         )
+    (backtest,) = clean.execute("SELECT id FROM sfq_request_simulation(%s)", (models["a"],)).fetchone()
+    clean.execute(
+        "UPDATE simulation_history SET status = 'completed', finished_at = now() - interval '1 hour'"
+        " WHERE id = %s",
+        (backtest,),
+    )
+    clean.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (worker,))
     beating = clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]
     rows = clean.execute(
-        "SELECT kind, (what->>'model_id')::bigint, what->>'outcome', what->>'new_job_id'"
-        " FROM sfq_beat(ARRAY[%s], 'host', 1, 1, 20, 3, 0)",
+        "SELECT what->>'task', (what->>'object_id')::bigint, what->>'ended'"
+        " FROM sfq_beat(ARRAY[%s], 'host', 1, 1, 20, 3, 0) WHERE kind = 'closed'",
         (beating,),
     ).fetchall()
     assert sorted(rows) == sorted(
-        ("closed", models[name], f"closed: its model ended ({status}) over 20 s ago, the job never did", None)
-        for name, status in [("a", "completed"), ("b", "failed")]
+        [
+            ("train_model", models["a"], "completed"),
+            ("train_model", models["b"], "failed"),
+            ("simulate_model", backtest, "completed"),
+        ]
     )
-    jobs = dict(
-        clean.execute("SELECT (args->>'model_id')::bigint, status::text FROM procrastinate_jobs").fetchall()
-    )
-    assert jobs == {models["a"]: "succeeded", models["b"]: "failed", models["c"]: "doing"}
+    jobs = dict(clean.execute("SELECT id, status::text FROM procrastinate_jobs").fetchall())
+    assert sorted(jobs.values()) == ["doing", "failed", "succeeded", "succeeded"]
+    assert clean.execute(
+        "SELECT j.status::text FROM procrastinate_jobs j JOIN models m ON m.job_id = j.id WHERE m.id = %s",
+        (models["c"],),
+    ).fetchone() == ("doing",)
     assert (
         clean.execute("SELECT count(*) FROM models WHERE status IN ('queued', 'running')").fetchone()[0] == 0
     )

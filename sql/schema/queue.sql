@@ -424,32 +424,41 @@ BEGIN
         new_job_id := (SELECT m.job_id FROM models m WHERE m.id = stalled.model_id AND m.status = 'queued');
         RETURN NEXT;
     END LOOP;
-
-    -- The other way round: a job still `doing` though its model finished over `stale_after_s` ago, its
-    -- worker alive (so not rescued above). Procrastinate's worker could not record the job's end (the
-    -- database restarted between the model's result and the job's end: found by test_chaos) and will not
-    -- try again; the job is closed as its model ended, nothing is retrained.
-    FOR stalled IN
-        SELECT j.id, m.id AS model_id, m.status
-          FROM procrastinate_jobs j
-          JOIN models m ON m.id = (j.args->>'model_id')::bigint
-         WHERE j.status = 'doing' AND j.task_name = 'train_model'
-           AND m.status NOT IN ('queued', 'running')
-           AND m.finished_at < now() - make_interval(secs => stale_after_s)
-           FOR UPDATE OF j SKIP LOCKED
-    LOOP
-        UPDATE procrastinate_jobs
-           SET status = CASE WHEN stalled.status = 'completed' THEN 'succeeded' ELSE 'failed' END
-                        ::procrastinate_job_status
-         WHERE id = stalled.id;
-        model_id := stalled.model_id;
-        old_job_id := stalled.id;
-        new_job_id := NULL;
-        outcome := format('closed: its model ended (%s) over %s s ago, the job never did', stalled.status,
-                          stale_after_s);
-        RETURN NEXT;
-    END LOOP;
 END;
+$$;
+
+-- Jobs still `doing` though what they ran ended over `stale_after_s` ago (a model, a forecast, a backtest),
+-- their worker alive, so not rescued: Procrastinate's worker could not record the job's end (the database
+-- restarted between the result's write and the job's end: found by test_chaos) and will not try again. Each
+-- is closed as its object ended (completed: succeeded; failed or cancelled: failed); nothing runs again.
+CREATE OR REPLACE FUNCTION sfq_close_ended_jobs(stale_after_s double precision)
+    RETURNS TABLE (task text, object_id bigint, job_id bigint, ended text)
+    LANGUAGE sql AS $$
+    WITH ended AS (
+        SELECT j.id, j.task_name::text AS task, o.id AS object_id, o.status::text AS ended
+          FROM procrastinate_jobs j
+          JOIN models o ON o.id = (j.args->>'model_id')::bigint
+         WHERE j.status = 'doing' AND j.task_name = 'train_model' AND o.status NOT IN ('queued', 'running')
+           AND o.finished_at < now() - make_interval(secs => stale_after_s)
+        UNION ALL
+        SELECT j.id, j.task_name::text, o.id, o.status
+          FROM procrastinate_jobs j
+          JOIN model_forecasts o ON o.id = (j.args->>'forecast_id')::bigint
+         WHERE j.status = 'doing' AND j.task_name = 'predict_model' AND o.status <> 'queued'
+           AND o.finished_at < now() - make_interval(secs => stale_after_s)
+        UNION ALL
+        SELECT j.id, j.task_name::text, o.id, o.status
+          FROM procrastinate_jobs j
+          JOIN simulation_history o ON o.id = (j.args->>'simulation_id')::bigint
+         WHERE j.status = 'doing' AND j.task_name = 'simulate_model' AND o.status <> 'queued'
+           AND o.finished_at < now() - make_interval(secs => stale_after_s)
+    )
+    UPDATE procrastinate_jobs j
+       SET status = (CASE WHEN e.ended = 'completed' THEN 'succeeded' ELSE 'failed' END)
+                    ::procrastinate_job_status
+      FROM ended e
+     WHERE j.id = e.id AND j.status = 'doing'
+    RETURNING e.task, e.object_id, j.id, e.ended;
 $$;
 
 -- Forecasts and backtests whose worker died: their job is closed and a new one deferred. Both are
@@ -504,9 +513,8 @@ $$;
 -- beat comes first after the period runs the round (a concurrent one skips the locked row): every daemon
 -- ran it on every beat before (0027), 4 transactions a beat each, which grew with the fleet and made most
 -- of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for the daemon's log:
--- `kind` 'rescued' (sfq_rescue_stalled_jobs' row; 'closed' for a job left open after its model ended),
--- 'side rescued' (sfq_rescue_stalled_side_jobs'), 'retrained' (a strategy_retrains row) or 'woken' (how
--- many workers), as JSON.
+-- `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued' (sfq_rescue_stalled_side_jobs'), 'closed'
+-- (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains row) or 'woken' (how many workers), as JSON.
 CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
                                     stale_after_s double precision, max_attempts integer,
                                     round_every_s double precision)
@@ -535,9 +543,9 @@ BEGIN
     DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
     -- Never the caller's own jobs: its heartbeats are fresh now, but its workers' rows may have been
     -- pruned as stalled (Procrastinate's prune_stalled_workers) while the database was away.
-    RETURN QUERY SELECT CASE WHEN r.outcome LIKE 'closed:%' THEN 'closed' ELSE 'rescued' END, to_jsonb(r)
-                   FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
+    RETURN QUERY SELECT 'rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
     RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
+    RETURN QUERY SELECT 'closed'::text, to_jsonb(r) FROM sfq_close_ended_jobs(stale_after_s) r;
     RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
     -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is
     -- inserted then), or a wake reached a worker whose fetch had just taken another job. A sleeper each,

@@ -59,7 +59,10 @@ ROUND_LOG = {
         logging.WARNING,
         "rescue: model {model_id} job {old_job_id} lost its worker: {outcome} (new job {new_job_id})",
     ),
-    "closed": (logging.WARNING, "rescue: model {model_id} job {old_job_id} {outcome}"),
+    "closed": (
+        logging.WARNING,
+        "rescue: {task} {object_id} job {job_id} was still running after its end ({ended}): job closed",
+    ),
     "side rescued": (
         logging.WARNING,
         "rescue: {task} {object_id} job {old_job_id} lost its worker (new job {new_job_id})",
