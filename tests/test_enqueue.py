@@ -840,6 +840,20 @@ def test_the_fleets_round_wakes_a_sleeper_for_a_job_that_came_due_unheard(clean,
     assert round_now(conns[last], own_workers) == []  # nobody asleep now
 
 
+def test_the_round_leaves_a_job_just_deferred_to_its_own_wake(clean, sleepers):
+    """A job deferred now has woken a sleeper, whose fetch may not have come yet: the round wakes nobody
+    else for it (a second sleeper would find nothing). Still waiting a round's period later, it went
+    unheard (its wake reached a worker that took another job): then the round wakes a sleeper for it."""
+    listener, conns = sleepers
+    enqueue(clean, 1)
+    assert len(listener.heard(clean)) == 1  # its own wake; the woken worker has not fetched yet
+    assert round_now(clean, [worker_id(clean)] * 2) == []
+    assert listener.heard(clean) == []
+    clean.execute("UPDATE procrastinate_events SET at = at - interval '2 minutes'")  # a period is 60 s here
+    assert round_now(clean, [worker_id(clean)] * 2) == [("woken", {"workers": 1})]
+    assert [payload["job_id"] for _, payload in listener.heard(clean)] == [newest_job(clean)]
+
+
 def test_the_round_wakes_no_more_sleepers_than_due_jobs_nor_for_a_job_its_lock_holds(clean, sleepers):
     """A due job a sleeper each, up to the jobs there are; a job whose lock a running job holds waits for
     it (procrastinate_fetch_job_v2 would not give it), so nobody is woken for it."""
@@ -855,7 +869,7 @@ def test_the_round_wakes_no_more_sleepers_than_due_jobs_nor_for_a_job_its_lock_h
         "INSERT INTO procrastinate_jobs (queue_name, task_name, lock, args, status)"
         " VALUES ('elsewhere', 'running', 'held', '{}', 'doing')"
     )
-    clean.execute("UPDATE procrastinate_jobs SET scheduled_at = NULL WHERE id = ANY(%s)", (due,))
+    clean.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = ANY(%s)", (due,))  # due
     assert round_now(clean, [worker_id(clean)] * 2) == [("woken", {"workers": 2})]
     assert sorted(payload["job_id"] for _, payload in listener.heard(clean)) == due[:2]
     assert len(rows(clean)) == 1

@@ -548,13 +548,19 @@ BEGIN
     RETURN QUERY SELECT 'closed'::text, to_jsonb(r) FROM sfq_close_ended_jobs(stale_after_s) r;
     RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
     -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is
-    -- inserted then), or a wake reached a worker whose fetch had just taken another job. A sleeper each,
-    -- as many as sleep on the queue; so a listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last
-    -- net. A job whose lock a running job holds waits for it (as procrastinate_fetch_job_v2 does).
+    -- inserted then), or a wake reached a worker whose fetch had just taken another job (a job deferred
+    -- over a period ago and still waiting; a younger one's own wake may be on its way, and a second
+    -- sleeper woken for it found nothing: test_worker, 2026-12-03). A sleeper each, as many as sleep on
+    -- the queue; so a listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last net. A job whose lock
+    -- a running job holds waits for it (as procrastinate_fetch_job_v2 does).
     FOR due_queue IN SELECT DISTINCT s.queue_name FROM sfq_sleepers s LOOP
         FOR due_job IN SELECT j.id FROM procrastinate_jobs j
                         WHERE j.queue_name = due_queue AND j.status = 'todo'
-                          AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+                          AND (j.scheduled_at <= now()
+                               OR j.scheduled_at IS NULL
+                                  AND EXISTS (SELECT 1 FROM procrastinate_events e
+                                               WHERE e.job_id = j.id AND e.type = 'deferred'
+                                                 AND e.at < now() - make_interval(secs => round_every_s)))
                           AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
                                            WHERE d.lock = j.lock AND d.status = 'doing')
                         ORDER BY j.priority DESC, j.id
