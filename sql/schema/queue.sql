@@ -435,22 +435,19 @@ CREATE OR REPLACE FUNCTION sfq_close_ended_jobs(stale_after_s double precision)
     RETURNS TABLE (task text, object_id bigint, job_id bigint, ended text)
     LANGUAGE sql AS $$
     WITH ended AS (
-        SELECT j.id, j.task_name::text AS task, o.id AS object_id, o.status::text AS ended
+        SELECT j.id, j.task_name::text AS task, o.id AS object_id, o.status AS ended
           FROM procrastinate_jobs j
-          JOIN models o ON o.id = (j.args->>'model_id')::bigint
-         WHERE j.status = 'doing' AND j.task_name = 'train_model' AND o.status NOT IN ('queued', 'running')
-           AND o.finished_at < now() - make_interval(secs => stale_after_s)
-        UNION ALL
-        SELECT j.id, j.task_name::text, o.id, o.status
-          FROM procrastinate_jobs j
-          JOIN model_forecasts o ON o.id = (j.args->>'forecast_id')::bigint
-         WHERE j.status = 'doing' AND j.task_name = 'predict_model' AND o.status <> 'queued'
-           AND o.finished_at < now() - make_interval(secs => stale_after_s)
-        UNION ALL
-        SELECT j.id, j.task_name::text, o.id, o.status
-          FROM procrastinate_jobs j
-          JOIN simulation_history o ON o.id = (j.args->>'simulation_id')::bigint
-         WHERE j.status = 'doing' AND j.task_name = 'simulate_model' AND o.status <> 'queued'
+          JOIN LATERAL (
+                SELECT m.id, m.status::text, m.finished_at FROM models m
+                 WHERE j.task_name = 'train_model' AND m.id = (j.args->>'model_id')::bigint
+                UNION ALL
+                SELECT f.id, f.status, f.finished_at FROM model_forecasts f
+                 WHERE j.task_name = 'predict_model' AND f.id = (j.args->>'forecast_id')::bigint
+                UNION ALL
+                SELECT b.id, b.status, b.finished_at FROM simulation_history b
+                 WHERE j.task_name = 'simulate_model' AND b.id = (j.args->>'simulation_id')::bigint
+               ) o ON true
+         WHERE j.status = 'doing' AND o.status NOT IN ('queued', 'running')
            AND o.finished_at < now() - make_interval(secs => stale_after_s)
     )
     UPDATE procrastinate_jobs j
