@@ -217,7 +217,7 @@ def describe(values: list[float]) -> str:
 
 def _chart(results: dict[int, dict[str, list[float]]], rounds: int, short: bool) -> str | None:
     sizes = sorted(results)
-    figure, axis = new_figure(figsize=(9, 5.5))
+    figure, axis = new_figure(figsize=(9, 6.5))
     for key, label in MEASURES.items():
         medians = [percentile(results[s][key], 0.5) for s in sizes]
         low = [m - min(results[s][key]) for m, s in zip(medians, sizes, strict=True)]
@@ -231,7 +231,7 @@ def _chart(results: dict[int, dict[str, list[float]]], rounds: int, short: bool)
     axis.set_xlabel("models in the database (0 drawn at 1)")
     axis.set_ylabel("enqueued per second (median, bars: min-max)")
     axis.set_title(f"sfq enqueue rate against the size of the database ({rounds} rounds; dotted: goals)")
-    axis.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.26))  # between the lines, here
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below: off every line
     return save_chart(figure, CHART, short)
 
 
