@@ -57,7 +57,9 @@ END;
 $$;
 
 -- Folds every backend's changes into the totals, unless another transaction is folding (then it skips:
--- no writer ever waits for a fold). Rows another open transaction is writing are left for the next fold.
+-- no fold waits for another). Rows another open transaction is writing are left for the next fold. A
+-- backend whose rows this fold took waits, at its next counted write, for the folding transaction to end:
+-- a fold runs inside a writing transaction (sfq_fold_counts_now_and_then), so for as long as that one runs.
 -- Returns whether it folded.
 CREATE OR REPLACE FUNCTION sfq_fold_counts() RETURNS boolean
     LANGUAGE plpgsql AS $$
