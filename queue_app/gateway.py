@@ -535,6 +535,10 @@ def vacuum_queue() -> Call[None]:
     return Call("vacuum_queue", {}, _nothing)
 
 
+def vacuum_beats() -> Call[None]:
+    return Call("vacuum_beats", {}, _nothing)
+
+
 def load_bars(symbol: str, timeframe: str, data_end: Any, limit: int) -> Call[list[tuple]]:
     params = {"symbol": symbol, "timeframe": timeframe, "data_end": data_end, "limit": limit}
     return Call("load_bars", params, tuples=True)

@@ -9,7 +9,16 @@ import time
 import psycopg
 import pytest
 
-from tests.conftest import QUICK_RESCUE, SLOW, insert_request, taken_by, wait_for_jobs, wait_for_models
+from queue_app import gateway
+from tests.conftest import (
+    QUICK_RESCUE,
+    SLOW,
+    insert_request,
+    taken_by,
+    wait_for_jobs,
+    wait_for_models,
+    wait_until,
+)
 
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 
@@ -298,6 +307,68 @@ def test_a_beat_alone_does_not_wait_for_the_disk_but_the_fleets_round_does(clean
             ran = "SELECT count(*) FROM sfq_fleet_round WHERE ran_at = now()"  # the transaction's time
             assert clean.execute(ran).fetchone()[0] == rounds
     assert clean.execute(setting).fetchone()[0] == "on"
+
+
+BEATS_TABLES = ("procrastinate_workers", "sfq_workers", "sfq_sleepers", "sfq_fleet_round")  # queue.sql
+BEATS_DEAD_ROWS = "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relname = ANY(%s)"
+
+
+def _dead_rows_in_the_beats_tables(conn, rows: int) -> None:
+    """`rows` dead rows in sfq_workers, counted in the statistics at once (not at the session's next
+    flush, up to a second later)."""
+    conn.execute(
+        "INSERT INTO sfq_workers (worker_id, host, pid, instance)"
+        " SELECT -g, 'gone', 1, 1 FROM generate_series(1, %s) g",
+        (rows,),
+    )
+    conn.execute("DELETE FROM sfq_workers WHERE host = 'gone'")
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")  # the flush happens as this session goes idle after the statement above
+
+
+def test_the_round_asks_for_a_vacuum_of_the_beats_tables_once_their_dead_rows_pile_up(clean):
+    """An idle fleet prunes no job, so no VACUUM follows a prune: with autovacuum off, every beat's dead
+    rows would stay. The round asks for a VACUUM once the beats' tables hold over 1,000 dead rows beyond
+    their live ones, and no more after it."""
+    workers = [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0] for _ in range(2)]
+    beat = "SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind = 'vacuum'"
+    due = "UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'"
+    _dead_rows_in_the_beats_tables(clean, 500)
+    clean.execute(due)
+    assert clean.execute(beat, (workers,)).fetchall() == []  # under the threshold
+    _dead_rows_in_the_beats_tables(clean, 1_000)
+    clean.execute(due)
+    [(_, what)] = clean.execute(beat, (workers,)).fetchall()
+    assert what["dead_rows"] >= 1_500
+    assert clean.execute(beat, (workers,)).fetchall() == []  # within the period: no round, no ask
+
+    def vacuumed() -> bool:
+        """A VACUUM removes them unless a transaction older than them still runs on the server."""
+        gateway.run(clean, gateway.vacuum_beats())
+        return clean.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0] < 100
+
+    wait_until(vacuumed, "the beats' tables vacuumed", timeout=60)
+    clean.execute(due)
+    assert clean.execute(beat, (workers,)).fetchall() == []
+
+
+def test_a_daemon_vacuums_the_beats_tables_when_the_round_asks(clean, start_worker):
+    """The daemon whose beat ran the round VACUUMs the beats' tables (autovacuum off for them here, so
+    only the daemon can)."""
+    for table in BEATS_TABLES:
+        clean.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    try:
+        worker = start_worker(1, **QUICK_RESCUE)
+        _dead_rows_in_the_beats_tables(clean, 2_000)
+        worker.wait_for_line(r"round: \d+ dead rows in the beats' tables: vacuuming them", timeout=60)
+        wait_until(
+            lambda: clean.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0] < 100,
+            "the beats' tables vacuumed",
+            timeout=60,
+        )
+    finally:
+        for table in BEATS_TABLES:
+            clean.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
 
 def _age_events(conn, ago: str) -> None:

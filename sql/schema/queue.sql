@@ -511,7 +511,8 @@ $$;
 -- ran it on every beat before (0027), 4 transactions a beat each, which grew with the fleet and made most
 -- of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for the daemon's log:
 -- `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued' (sfq_rescue_stalled_side_jobs'), 'closed'
--- (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains row) or 'woken' (how many workers), as JSON.
+-- (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains row), 'woken' (how many workers) or 'vacuum'
+-- (the beats' tables' dead rows, past the threshold below), as JSON.
 CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
                                     stale_after_s double precision, max_attempts integer,
                                     round_every_s double precision)
@@ -573,6 +574,17 @@ BEGIN
     IF woke > 0 THEN
         RETURN QUERY SELECT 'woken'::text, jsonb_build_object('workers', woke);
     END IF;
+    -- The beats' own tables: every beat leaves dead row versions in them (two procrastinate_workers rows,
+    -- whose indexed last_heartbeat rules out HOT updates, and a sfq_workers row a daemon), and sleepers come
+    -- and go. An idle fleet prunes no job, so no VACUUM follows a prune; on a server with autovacuum off (or
+    -- behind) they would pile up, 150 a second at 500 daemons. Past the threshold, the daemon that ran the
+    -- round VACUUMs them (workers/daemon/runtime.py: not possible in here). The threshold, 1,000 dead rows
+    -- beyond the live ones, is half an hour to an hour of one daemon's beats every 10 s, 20 s of 500's.
+    RETURN QUERY SELECT 'vacuum'::text, jsonb_build_object('dead_rows', sum(t.n_dead_tup))
+      FROM pg_stat_user_tables t
+     WHERE t.relid IN ('procrastinate_workers'::regclass, 'sfq_workers'::regclass, 'sfq_sleepers'::regclass,
+                       'sfq_fleet_round'::regclass)
+    HAVING sum(t.n_dead_tup) > 1000 + sum(t.n_live_tup);
 END;
 $$;
 

@@ -72,6 +72,7 @@ ROUND_LOG = {
         "retrain {id} of {strategy}/{alias} ({cause}, due {due_at}): model {model_id}{refused}",
     ),
     "woken": (logging.DEBUG, "round: {workers} sleeping worker(s) woken for due jobs none was woken for"),
+    "vacuum": (logging.INFO, "round: {dead_rows} dead rows in the beats' tables: vacuuming them"),
 }
 
 
@@ -398,40 +399,48 @@ class Runtime:
             await asyncio.sleep(0.1)
         try:
             while True:
+                vacuum = False
                 try:
-                    await self._beat([w.worker_id for w in self.workers])
+                    vacuum = await self._beat([w.worker_id for w in self.workers])
                 except Exception as error:  # the database away, or a query refused: try again next beat
                     log.warning("beat failed (%s); will try again", error)
                 # Pruning on the data connection, beside this loop: it never holds up the queue's fetches,
                 # and a long backtest or a model file's rebuild there never holds up our heartbeat.
-                if time.monotonic() - last_prune > PRUNE_EVERY_S and (pruning is None or pruning.done()):
-                    pruning, last_prune = asyncio.create_task(self._prune()), time.monotonic()
+                prune = time.monotonic() - last_prune > PRUNE_EVERY_S
+                if (prune or vacuum) and (pruning is None or pruning.done()):
+                    pruning = asyncio.create_task(self._prune(prune, vacuum))
+                    last_prune = time.monotonic() if prune else last_prune
                 await asyncio.sleep(self.settings.heartbeat_s)
         finally:
             if pruning is not None:
                 pruning.cancel()
 
-    async def _prune(self) -> None:
+    async def _prune(self, prune: bool, vacuum: bool) -> None:
         """Finished jobs past the retention, a batch a transaction (no long lock, no long transaction);
-        then, when any went and this role may, a VACUUM of the queue's tables: their rows are updated
-        twice and deleted once per job, and a server with autovacuum off (or behind) would let the dead
-        ones pile up (docs/BENCHMARKS.md, sustained)."""
-        prune = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
+        then, when any went or the fleet's round asked (`vacuum`: the beats' tables' dead rows), and this
+        role may, a VACUUM of the queue's tables: a job's row is updated twice and deleted once, a beat
+        updates its workers' rows, and a server with autovacuum off (or behind) would let the dead ones
+        pile up (docs/BENCHMARKS.md, sustained)."""
+        call = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
         try:
-            pruned = batch = await self._run(prune)
+            pruned = batch = await self._run(call) if prune else 0
             while batch == PRUNE_BATCH:
-                batch = await self._run(prune)
+                batch = await self._run(call)
                 pruned += batch
-            if pruned and await self._run(gateway.may_vacuum_queue()):
-                await self._run(gateway.vacuum_queue())
+            if (pruned or vacuum) and await self._run(gateway.may_vacuum_queue()):
+                if pruned:
+                    await self._run(gateway.vacuum_queue())
+                if vacuum:
+                    await self._run(gateway.vacuum_beats())
         except Exception as error:  # the database away: the next round prunes what is left
             log.warning("pruning finished jobs failed (%s); will try again", error)
 
-    async def _beat(self, workers: list[int]) -> None:
+    async def _beat(self, workers: list[int]) -> bool:
         """Our heartbeats, then the fleet's round if it is due: the rescue of the training, forecast,
         backtest and study jobs of workers silent for SFQ_RESCUE_AFTER_S, and the weekly and cron retrain
         policies that are due (once per due time: sql/schema/retrains.sql). The round runs at most once
-        per half heartbeat for the whole fleet, so a dead worker's job waits at most that longer."""
+        per half heartbeat for the whole fleet, so a dead worker's job waits at most that longer. True
+        when the round asks this daemon to VACUUM the beats' tables."""
         settings = self.settings
         beat = gateway.beat(
             workers,
@@ -442,11 +451,13 @@ class Runtime:
             settings.max_attempts,
             settings.heartbeat_s / 2,
         )
-        for row in await self._run_queue(beat):
+        rows = await self._run_queue(beat)
+        for row in rows:
             level, template = ROUND_LOG[row["kind"]]
             what = row["what"]
             refused = f" refused: {what['error']}" if what.get("error") else ""
             log.log(level, template.format_map({**what, "refused": refused}))
+        return any(row["kind"] == "vacuum" for row in rows)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
