@@ -360,7 +360,7 @@ def test_a_daemon_vacuums_the_beats_tables_when_the_round_asks(clean, start_work
     try:
         worker = start_worker(1, **QUICK_RESCUE)
         _dead_rows_in_the_beats_tables(clean, 2_000)
-        worker.wait_for_line(r"round: \d+ dead rows in the beats' tables: vacuuming them", timeout=60)
+        worker.wait_for_line(r"round: \d+ dead rows in the beats' tables: a VACUUM is due", timeout=60)
         wait_until(
             lambda: clean.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0] < 100,
             "the beats' tables vacuumed",

@@ -72,7 +72,7 @@ ROUND_LOG = {
         "retrain {id} of {strategy}/{alias} ({cause}, due {due_at}): model {model_id}{refused}",
     ),
     "woken": (logging.DEBUG, "round: {workers} sleeping worker(s) woken for due jobs none was woken for"),
-    "vacuum": (logging.INFO, "round: {dead_rows} dead rows in the beats' tables: vacuuming them"),
+    "vacuum": (logging.INFO, "round: {dead_rows} dead rows in the beats' tables: a VACUUM is due"),
 }
 
 
