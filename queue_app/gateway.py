@@ -535,6 +535,10 @@ def vacuum_queue() -> Call[None]:
     return Call("vacuum_queue", {}, _nothing)
 
 
+def may_vacuum_beats() -> Call[bool]:
+    return Call("may_vacuum_beats", {}, _value)
+
+
 def vacuum_beats() -> Call[None]:
     return Call("vacuum_beats", {}, _nothing)
 

@@ -226,14 +226,19 @@ SELECT kind, what
 SELECT sfq_prune_finished_jobs(make_interval(secs => %(older_than_s)s), %(batch)s)
 
 -- may_vacuum_queue --
--- Whether this role may VACUUM the queue's tables, the counters' changes and the beats' tables (it owns
--- them, or is a superuser).
+-- Whether this role may VACUUM the queue's tables and the counters' changes (it owns them, or is a superuser).
 SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
   FROM pg_class c
  WHERE c.oid IN ('procrastinate_jobs'::regclass, 'procrastinate_events'::regclass,
                  'sfq_job_count_changes'::regclass, 'sfq_model_count_changes'::regclass,
-                 'sfq_training_duration_changes'::regclass, 'procrastinate_workers'::regclass,
-                 'sfq_workers'::regclass, 'sfq_sleepers'::regclass, 'sfq_fleet_round'::regclass)
+                 'sfq_training_duration_changes'::regclass)
+
+-- may_vacuum_beats --
+-- Whether this role may VACUUM the beats' tables (it owns them, or is a superuser).
+SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
+  FROM pg_class c
+ WHERE c.oid IN ('procrastinate_workers'::regclass, 'sfq_workers'::regclass, 'sfq_sleepers'::regclass,
+                 'sfq_fleet_round'::regclass)
 
 -- vacuum_queue --
 -- Reclaim the dead rows of the queue's tables and the counters' changes (each job updates its row twice
@@ -243,8 +248,9 @@ VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events, sfq_job_count_changes
 
 -- vacuum_beats --
 -- Reclaim the dead rows of the beats' tables (each beat updates its workers' rows; sleepers come and go)
--- when the fleet's round asks (sfq_beat's 'vacuum'): outside a transaction; autovacuum may be off.
-VACUUM procrastinate_workers, sfq_workers, sfq_sleepers, sfq_fleet_round
+-- when the fleet's round asks (sfq_beat's 'vacuum'): outside a transaction; autovacuum may be off. A table
+-- another VACUUM holds is skipped: that one does it.
+VACUUM (SKIP_LOCKED) procrastinate_workers, sfq_workers, sfq_sleepers, sfq_fleet_round
 
 -- get_model --
 -- Everything stored about one model, with its file's SHA-256 and size.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -313,6 +315,18 @@ BEATS_TABLES = ("procrastinate_workers", "sfq_workers", "sfq_sleepers", "sfq_fle
 BEATS_DEAD_ROWS = "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relname = ANY(%s)"
 
 
+@contextlib.contextmanager
+def no_autovacuum_of_the_beats_tables(conn) -> Iterator[None]:
+    """Only sfq VACUUMs the beats' tables meanwhile, whatever the server's autovacuum setting."""
+    for table in BEATS_TABLES:
+        conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    try:
+        yield
+    finally:
+        for table in BEATS_TABLES:
+            conn.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
 def _dead_rows_in_the_beats_tables(conn, rows: int) -> None:
     """`rows` dead rows in sfq_workers, counted in the statistics at once (not at the session's next
     flush, up to a second later)."""
@@ -326,6 +340,10 @@ def _dead_rows_in_the_beats_tables(conn, rows: int) -> None:
     conn.execute("SELECT 1")  # the flush happens as this session goes idle after the statement above
 
 
+def _beats_dead_rows(conn) -> int:
+    return conn.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0]
+
+
 def test_the_round_asks_for_a_vacuum_of_the_beats_tables_once_their_dead_rows_pile_up(clean):
     """An idle fleet prunes no job, so no VACUUM follows a prune: with autovacuum off, every beat's dead
     rows would stay. The round asks for a VACUUM once the beats' tables hold over 1,000 dead rows beyond
@@ -333,42 +351,34 @@ def test_the_round_asks_for_a_vacuum_of_the_beats_tables_once_their_dead_rows_pi
     workers = [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0] for _ in range(2)]
     beat = "SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind = 'vacuum'"
     due = "UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'"
-    _dead_rows_in_the_beats_tables(clean, 500)
-    clean.execute(due)
-    assert clean.execute(beat, (workers,)).fetchall() == []  # under the threshold
-    _dead_rows_in_the_beats_tables(clean, 1_000)
-    clean.execute(due)
-    [(_, what)] = clean.execute(beat, (workers,)).fetchall()
-    assert what["dead_rows"] >= 1_500
-    assert clean.execute(beat, (workers,)).fetchall() == []  # within the period: no round, no ask
+    with no_autovacuum_of_the_beats_tables(clean):
+        _dead_rows_in_the_beats_tables(clean, 500)
+        clean.execute(due)
+        assert clean.execute(beat, (workers,)).fetchall() == []  # under the threshold
+        _dead_rows_in_the_beats_tables(clean, 1_000)
+        clean.execute(due)
+        [(_, what)] = clean.execute(beat, (workers,)).fetchall()
+        assert what["dead_rows"] >= 1_500
+        assert clean.execute(beat, (workers,)).fetchall() == []  # within the period: no round, no ask
 
-    def vacuumed() -> bool:
-        """A VACUUM removes them unless a transaction older than them still runs on the server."""
-        gateway.run(clean, gateway.vacuum_beats())
-        return clean.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0] < 100
+        def vacuumed() -> bool:
+            """A VACUUM removes them unless a transaction older than them still runs on the server."""
+            gateway.run(clean, gateway.vacuum_beats())
+            return _beats_dead_rows(clean) < 100
 
-    wait_until(vacuumed, "the beats' tables vacuumed", timeout=60)
-    clean.execute(due)
-    assert clean.execute(beat, (workers,)).fetchall() == []
+        wait_until(vacuumed, "the beats' tables vacuumed", timeout=60)
+        clean.execute(due)
+        assert clean.execute(beat, (workers,)).fetchall() == []
 
 
 def test_a_daemon_vacuums_the_beats_tables_when_the_round_asks(clean, start_worker):
     """The daemon whose beat ran the round VACUUMs the beats' tables (autovacuum off for them here, so
     only the daemon can)."""
-    for table in BEATS_TABLES:
-        clean.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
-    try:
+    with no_autovacuum_of_the_beats_tables(clean):
         worker = start_worker(1, **QUICK_RESCUE)
         _dead_rows_in_the_beats_tables(clean, 2_000)
-        worker.wait_for_line(r"round: \d+ dead rows in the beats' tables: a VACUUM is due", timeout=60)
-        wait_until(
-            lambda: clean.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0] < 100,
-            "the beats' tables vacuumed",
-            timeout=60,
-        )
-    finally:
-        for table in BEATS_TABLES:
-            clean.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+        worker.wait_for_line(r"vacuumed the beats' tables \(\d+ dead rows\)", timeout=60)
+        wait_until(lambda: _beats_dead_rows(clean) < 100, "the beats' tables vacuumed", timeout=60)
 
 
 def _age_events(conn, ago: str) -> None:

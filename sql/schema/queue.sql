@@ -574,12 +574,13 @@ BEGIN
     IF woke > 0 THEN
         RETURN QUERY SELECT 'woken'::text, jsonb_build_object('workers', woke);
     END IF;
-    -- The beats' own tables: every beat leaves dead row versions in them (two procrastinate_workers rows,
-    -- whose indexed last_heartbeat rules out HOT updates, and a sfq_workers row a daemon), and sleepers come
-    -- and go. An idle fleet prunes no job, so no VACUUM follows a prune; on a server with autovacuum off (or
-    -- behind) they would pile up, 150 a second at 500 daemons. Past the threshold, the daemon that ran the
-    -- round VACUUMs them (workers/daemon/runtime.py: not possible in here). The threshold, 1,000 dead rows
-    -- beyond the live ones, is half an hour to an hour of one daemon's beats every 10 s, 20 s of 500's.
+    -- The beats' own tables: every beat leaves dead row versions in them (two procrastinate_workers rows a
+    -- daemon, whose indexed last_heartbeat rules out HOT updates, so only a VACUUM removes them and their
+    -- index entries; sfq_workers' and sfq_fleet_round's are HOT, pruned as pages are read), and sleepers
+    -- come and go. An idle fleet prunes no job, so no VACUUM follows a prune; on a server with autovacuum
+    -- off (or behind) they would pile up, 100 a second at 500 daemons. Past the threshold, the daemon that
+    -- ran the round VACUUMs them (workers/daemon/runtime.py: not possible in here). The threshold, 1,000
+    -- dead rows beyond the live ones, is about an hour of one daemon's beats every 10 s, 35 s of 500's.
     RETURN QUERY SELECT 'vacuum'::text, jsonb_build_object('dead_rows', sum(t.n_dead_tup))
       FROM pg_stat_user_tables t
      WHERE t.relid IN ('procrastinate_workers'::regclass, 'sfq_workers'::regclass, 'sfq_sleepers'::regclass,

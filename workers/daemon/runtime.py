@@ -72,7 +72,7 @@ ROUND_LOG = {
         "retrain {id} of {strategy}/{alias} ({cause}, due {due_at}): model {model_id}{refused}",
     ),
     "woken": (logging.DEBUG, "round: {workers} sleeping worker(s) woken for due jobs none was woken for"),
-    "vacuum": (logging.INFO, "round: {dead_rows} dead rows in the beats' tables: a VACUUM is due"),
+    "vacuum": (logging.DEBUG, "round: {dead_rows} dead rows in the beats' tables: a VACUUM is due"),
 }
 
 
@@ -107,6 +107,7 @@ class Runtime:
         self.stopping = False  # a signal asked us to stop (systemd's STATUS= then stays "stopping")
         self._data: psycopg.Connection | None = None  # in threads, one at a time (`_data_lock`)
         self._data_lock = threading.Lock()
+        self._said_no_vacuum = False  # the beats' tables need a VACUUM this role may not run: said once
 
     def _data_connection(self) -> psycopg.Connection:
         """The data connection (under `_data_lock`), opened again when a database restart broke it."""
@@ -394,53 +395,59 @@ class Runtime:
         (serve.py): it goes on while a running job may still finish in the grace period after
         Procrastinate stops its heartbeat at the start of a shutdown.
         """
-        last_prune, pruning = -math.inf, None
+        last_prune, tidying = -math.inf, None
         while not self.workers or any(w.worker_id is None for w in self.workers):  # registered at start
             await asyncio.sleep(0.1)
         try:
             while True:
-                vacuum = False
+                dead_rows = None
                 try:
-                    vacuum = await self._beat([w.worker_id for w in self.workers])
+                    dead_rows = await self._beat([w.worker_id for w in self.workers])
                 except Exception as error:  # the database away, or a query refused: try again next beat
                     log.warning("beat failed (%s); will try again", error)
-                # Pruning on the data connection, beside this loop: it never holds up the queue's fetches,
+                # Tidying on the data connection, beside this loop: it never holds up the queue's fetches,
                 # and a long backtest or a model file's rebuild there never holds up our heartbeat.
                 prune = time.monotonic() - last_prune > PRUNE_EVERY_S
-                if (prune or vacuum) and (pruning is None or pruning.done()):
-                    pruning = asyncio.create_task(self._prune(prune, vacuum))
+                if (prune or dead_rows) and (tidying is None or tidying.done()):
+                    tidying = asyncio.create_task(self._tidy(prune, dead_rows))
                     last_prune = time.monotonic() if prune else last_prune
                 await asyncio.sleep(self.settings.heartbeat_s)
         finally:
-            if pruning is not None:
-                pruning.cancel()
+            if tidying is not None:
+                tidying.cancel()
 
-    async def _prune(self, prune: bool, vacuum: bool) -> None:
-        """Finished jobs past the retention, a batch a transaction (no long lock, no long transaction);
-        then, when any went or the fleet's round asked (`vacuum`: the beats' tables' dead rows), and this
-        role may, a VACUUM of the queue's tables: a job's row is updated twice and deleted once, a beat
-        updates its workers' rows, and a server with autovacuum off (or behind) would let the dead ones
-        pile up (docs/BENCHMARKS.md, sustained)."""
+    async def _tidy(self, prune: bool, dead_rows: int | None) -> None:
+        """`prune`: finished jobs past the retention, a batch a transaction (no long lock, no long
+        transaction), then, when any went and this role may, a VACUUM of the queue's tables (a job's row
+        is updated twice and deleted once). `dead_rows`: the fleet's round asked for a VACUUM of the beats'
+        tables (an idle fleet prunes nothing, and its beats update their rows); a role that may not says so
+        once. A server with autovacuum off (or behind) would let the dead rows pile up (docs/BENCHMARKS.md,
+        sustained)."""
         call = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
         try:
             pruned = batch = await self._run(call) if prune else 0
             while batch == PRUNE_BATCH:
                 batch = await self._run(call)
                 pruned += batch
-            if (pruned or vacuum) and await self._run(gateway.may_vacuum_queue()):
-                if pruned:
-                    await self._run(gateway.vacuum_queue())
-                if vacuum:
-                    await self._run(gateway.vacuum_beats())
+            if pruned and await self._run(gateway.may_vacuum_queue()):
+                await self._run(gateway.vacuum_queue())
+            if dead_rows and await self._run(gateway.may_vacuum_beats()):
+                await self._run(gateway.vacuum_beats())
+                log.info("vacuumed the beats' tables (%s dead rows)", dead_rows)
+            elif dead_rows and not self._said_no_vacuum:
+                log.warning(
+                    "the beats' tables need a VACUUM this role may not run: autovacuum's or their owner's"
+                )
+                self._said_no_vacuum = True
         except Exception as error:  # the database away: the next round prunes what is left
-            log.warning("pruning finished jobs failed (%s); will try again", error)
+            log.warning("pruning or vacuuming failed (%s); will try again", error)
 
-    async def _beat(self, workers: list[int]) -> bool:
+    async def _beat(self, workers: list[int]) -> int | None:
         """Our heartbeats, then the fleet's round if it is due: the rescue of the training, forecast,
         backtest and study jobs of workers silent for SFQ_RESCUE_AFTER_S, and the weekly and cron retrain
         policies that are due (once per due time: sql/schema/retrains.sql). The round runs at most once
-        per half heartbeat for the whole fleet, so a dead worker's job waits at most that longer. True
-        when the round asks this daemon to VACUUM the beats' tables."""
+        per half heartbeat for the whole fleet, so a dead worker's job waits at most that longer. The
+        beats' tables' dead rows when the round asks this daemon to VACUUM them."""
         settings = self.settings
         beat = gateway.beat(
             workers,
@@ -451,13 +458,17 @@ class Runtime:
             settings.max_attempts,
             settings.heartbeat_s / 2,
         )
-        rows = await self._run_queue(beat)
-        for row in rows:
-            level, template = ROUND_LOG[row["kind"]]
+        dead_rows = None
+        for row in await self._run_queue(beat):
             what = row["what"]
+            if row["kind"] not in ROUND_LOG:  # from a newer schema than this daemon's code
+                log.info("round: %s %s", row["kind"], what)
+                continue
+            level, template = ROUND_LOG[row["kind"]]
             refused = f" refused: {what['error']}" if what.get("error") else ""
             log.log(level, template.format_map({**what, "refused": refused}))
-        return any(row["kind"] == "vacuum" for row in rows)
+            dead_rows = what["dead_rows"] if row["kind"] == "vacuum" else dead_rows
+        return dead_rows
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
