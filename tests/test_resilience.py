@@ -127,7 +127,25 @@ def test_stalled_worker_that_comes_back_cannot_write_its_result(clean, start_wor
     ).fetchone()
     assert counts == (13, 250, 1, "completed")  # written once, by attempt 2
     assert attempt_log(clean, model_id) == [(1, "lost"), (2, "completed")]
-    assert stalled.popen.poll() is None  # the stale worker survives its refused write
+    assert stalled.popen.poll() is None, stalled.output  # the stale worker survives its refused write
+
+
+def test_a_worker_presumed_dead_that_comes_back_fetches_as_itself(clean):
+    """The round prunes a silent worker's row; a worker that was only stopped and comes back fetches again
+    as itself: its row is put back, so the job's worker_id holds (the fetch failed on the foreign key and
+    stopped the daemon: test_stalled_worker_that_comes_back_cannot_write_its_result, now and then)."""
+    worker = clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]
+    clean.execute("DELETE FROM procrastinate_workers WHERE id = %s", (worker,))
+    model, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    fetch = "SELECT (job).id FROM sfq_fetch_job(ARRAY['training']::varchar[], %s)"
+    assert (
+        clean.execute(fetch, (worker,)).fetchone()[0]
+        == (clean.execute("SELECT job_id FROM models WHERE id = %s", (model,)).fetchone()[0])
+    )
+    assert (
+        clean.execute("SELECT count(*) FROM procrastinate_workers WHERE id = %s", (worker,)).fetchone()[0]
+        == 1
+    )
 
 
 def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, start_worker):

@@ -265,6 +265,13 @@ BEGIN
     IF queues IS NULL OR worker IS NULL THEN
         RAISE EXCEPTION 'sfq_fetch_job needs the queues a worker may sleep on, and the worker';
     END IF;
+    -- A worker the round presumed dead (silent past SFQ_RESCUE_AFTER_S: its row pruned, its jobs handed on)
+    -- that was only stopped (SIGSTOP, a long pause) fetches again as itself: its row back, or the job's
+    -- worker_id fails the foreign key and stops the daemon. Its late results are refused (fencing) as before.
+    IF NOT EXISTS (SELECT 1 FROM procrastinate_workers w WHERE w.id = worker) THEN
+        INSERT INTO procrastinate_workers (id, last_heartbeat) OVERRIDING SYSTEM VALUE VALUES (worker, now())
+            ON CONFLICT DO NOTHING;
+    END IF;
     IF (SELECT count(*) FROM sfq_sleepers s WHERE s.worker_id = worker) < cardinality(names) THEN
         PERFORM set_config('plan_cache_mode', 'force_custom_plan', true);  -- woken, or busy
     END IF;
