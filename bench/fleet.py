@@ -1,7 +1,9 @@
 """Scenario: a fleet of worker daemons against one PostgreSQL (issue 15 part 4): 50, 100, 200 and 500
 daemons (--short: 4 and 8), LISTEN/NOTIFY, SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_S at their defaults
 (--short: 1 and 3 s, so that a rescue fits in seconds). SFQ_BENCH_FLEET_SIZES=500 runs the sizes given
-(docs/bench-fleet.png is then left as it is).
+(docs/bench-fleet.png is then left as it is). With SFQ_POOLER=transaction the daemons poll (every
+SFQ_POLL_INTERVAL_S, 1 s by default) through a PgBouncer of the scenario's own in transaction mode
+(bench.pooler: POOL_SIZE server connections), and the chart is not kept either.
 
 Each daemon is sfq's own (workers.daemon.serve: its connector and two connections, its two Procrastinate
 workers, its heartbeat and rescue loop); several share a process (`python -m bench.fleet FIRST COUNT`),
@@ -15,7 +17,8 @@ pg_stat_statements, which counts the queries. The server's database the scenario
 
 Per fleet size, on a fresh copy of the schema:
 - idle database CPU: utime + stime of the postmaster and all its children (/proc) over IDLE_S with no
-  job, as a share of one core, and per daemon; the queries per second in that window;
+  job, as a share of one core, and per daemon (PgBouncer's, when there is one, apart); the queries per
+  second in that window;
 - pickup latency: SAMPLES no-op jobs deferred one at a time, SPACING_S apart, while the fleet idles;
   the time.time() at the task's start minus the one when the deferring commit returned (bench.noop);
 - jobs/s: BURST_PER_DAEMON no-op jobs per daemon (at least BURST_MIN) deferred in one statement,
@@ -31,6 +34,8 @@ Per fleet size, on a fresh copy of the schema:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import os
 import signal
@@ -46,6 +51,7 @@ import psycopg
 from bench.common import ROOT, Databases, Process, children, percentile, process_cpu_s
 from bench.jobs import submit
 from bench.noop import SFQ_TASK, _defer, _wait_done, pickup_latencies
+from bench.pooler import Bouncer, pgbouncer
 from queue_app import embedded
 from queue_app.vocabulary import TRAINING_QUEUE
 from workers.daemon.outcome import Outcome, Pruned, Retry
@@ -57,6 +63,9 @@ BURST_PER_DAEMON, BURST_MIN = 4, 1000
 HOLD_WAIT_S = 120  # for the daemons to be killed to hold a training job each
 SHORT_SETTINGS = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "3"}
 SERVER = {"max_connections": "1700", "shared_preload_libraries": "pg_stat_statements"}
+# PgBouncer's server connections to the fleet's database (its default_pool_size); SFQ_BENCH_FLEET_POOL_SIZE
+# to compare others.
+POOL_SIZE = int(os.environ.get("SFQ_BENCH_FLEET_POOL_SIZE", "50"))
 # A worker's fetch: a listening daemon's sfq_fetch_job (0026), or Procrastinate's own when polling.
 FETCH = r"(sfq_fetch_job|procrastinate_fetch_job_v\d+)\("
 REQUEST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 2}
@@ -127,7 +136,8 @@ class _Counters:
     """What the cluster has spent: CPU seconds (/proc: the postmaster, with its reaped children, and every
     live child) and statements (pg_stat_statements, every database), read on a connection of its own."""
 
-    def __init__(self, server_url: str):
+    def __init__(self, server_url: str, pooler: Bouncer | None):
+        self.pooler = pooler
         self.conn = psycopg.connect(server_url, autocommit=True)
         self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         (backend,) = self.conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -135,6 +145,9 @@ class _Counters:
 
     def cpu_s(self) -> float:
         return sum(process_cpu_s(pid) for pid in [self.postmaster, *children(self.postmaster)])
+
+    def pooler_cpu_s(self) -> float:
+        return process_cpu_s(self.pooler.pid) if self.pooler else 0.0
 
     def by_statement(self) -> dict[str, int]:
         """Calls so far of each statement (its text's first words), every database."""
@@ -160,8 +173,12 @@ def _start(url: str, size: int, env: dict[str, str]) -> list[Process]:
         Process([str(1 + i * each), str(each)], {"POSTGRES_URL": url, **env}, module="bench.fleet")
         for i in range(processes)
     ]
-    for i, process in enumerate(fleet):
-        process.wait_for_line(rf"worker {(i + 1) * each} ready ", timeout=600)
+    try:
+        for i, process in enumerate(fleet):
+            process.wait_for_line(rf"worker {(i + 1) * each} ready ", timeout=600)
+    except BaseException:  # the ones that did start must not run on against the next size
+        _stop(fleet)
+        raise
     return fleet
 
 
@@ -193,7 +210,8 @@ def _idle(
 ) -> dict[str, float]:
     """The idle fleet's costs over `seconds`, and the oldest heartbeat seen in them (read every second):
     a daemon's event loop that falls behind is seen there first."""
-    cpu, python, (calls, fetches) = counters.cpu_s(), _python_cpu_s(fleet), counters.calls()
+    cpu, pooler, python = counters.cpu_s(), counters.pooler_cpu_s(), _python_cpu_s(fleet)
+    calls, fetches = counters.calls()
     statements = counters.by_statement()
     start, oldest = time.monotonic(), 0.0
     while (elapsed := time.monotonic() - start) < seconds:
@@ -203,7 +221,8 @@ def _idle(
         oldest = max(oldest, age)
         time.sleep(min(1.0, seconds - elapsed))
     elapsed = time.monotonic() - start
-    cpu, python = counters.cpu_s() - cpu, _python_cpu_s(fleet) - python
+    cpu, pooler = counters.cpu_s() - cpu, counters.pooler_cpu_s() - pooler
+    python = _python_cpu_s(fleet) - python
     after = counters.calls()
     rates = {q: (n - statements.get(q, 0)) / elapsed for q, n in counters.by_statement().items()}
     (connections,) = counters.conn.execute(
@@ -212,6 +231,7 @@ def _idle(
     return {
         "seconds": elapsed,
         "cpu_pct": 100 * cpu / elapsed,
+        "pooler_cpu_pct": 100 * pooler / elapsed,
         "fleet_cpu_pct": 100 * python / elapsed,
         "queries_per_s": (after[0] - calls) / elapsed,
         "polls_per_s": (after[1] - fetches) / elapsed,
@@ -318,28 +338,37 @@ def _rescue(
 
 
 def _measure(
-    url: str, size: int, short: bool, settings: dict[str, str], counters: _Counters
+    url: str, size: int, short: bool, settings: dict[str, str], counters: _Counters, measured: dict[str, Any]
 ) -> dict[str, Any]:
+    """The size's figures; `measured` holds those of the phases done so far, for when a later one fails."""
     samples, spacing = (20, 0.05) if short else (SAMPLES, SPACING_S)
     burst = 50 if short else max(BURST_MIN, BURST_PER_DAEMON * size)
     with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-") as tmp:
         log = Path(tmp) / "noop.log"
         log.touch()
-        fleet = _start(url, size, {"BENCH_NOOP_LOG": str(log), **settings})
+        daemons_url = counters.pooler.url(url) if counters.pooler else url
+        fleet = _start(daemons_url, size, {"BENCH_NOOP_LOG": str(log), **settings})
         try:
             with psycopg.connect(url, autocommit=True) as conn:
-                _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3), 120)  # every daemon has fetched
+                alive = functools.partial(_alive, fleet, "a wait for jobs")
+                _wait_done(
+                    conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3), 120, alive
+                )  # every daemon fetched
                 time.sleep(2 * int(settings["SFQ_HEARTBEAT_S"]))  # start-up over: wakes, first beats
                 _alive(fleet, "start")
                 poll_s = float(settings.get("SFQ_POLL_INTERVAL_S", 0))  # 0 (short): no whole polls
                 idle_s = poll_s * math.ceil(IDLE_S / poll_s) if poll_s else 3  # whole polls, as below
                 idle = _idle(conn, counters, fleet, idle_s)
+                measured.update(idle)
                 _alive(fleet, "idle")
                 latencies, herd = _pickups(conn, counters, log, samples, spacing, idle["polls_per_s"], poll_s)
+                measured.update(
+                    p50_ms=percentile(latencies, 0.5), p99_ms=percentile(latencies, 0.99), herd=herd
+                )
                 _alive(fleet, "pickups")
                 start = time.perf_counter()
                 throughput = burst / (
-                    _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, burst), 600) - start
+                    _wait_done(conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, burst), 600, alive) - start
                 )
                 _alive(fleet, "burst")
                 rescue = _rescue(url, conn, fleet, size, int(settings["SFQ_RESCUE_AFTER_S"]))
@@ -399,8 +428,9 @@ def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path
 
 
 def _settings() -> dict[str, str]:
-    """The daemons' heartbeat, rescue threshold and poll: sfq's defaults (queue_app/config.py), or this
-    process's SFQ_HEARTBEAT_S, SFQ_RESCUE_AFTER_S and SFQ_POLL_INTERVAL_S to compare others; stated."""
+    """The daemons' heartbeat, rescue threshold, poll and pooler: sfq's defaults (queue_app/config.py), or
+    this process's SFQ_HEARTBEAT_S, SFQ_RESCUE_AFTER_S, SFQ_POLL_INTERVAL_S and SFQ_POOLER to compare
+    others; stated."""
     from queue_app.config import Settings
 
     settings = Settings.from_env()
@@ -408,55 +438,72 @@ def _settings() -> dict[str, str]:
         "SFQ_HEARTBEAT_S": str(settings.heartbeat_s),
         "SFQ_RESCUE_AFTER_S": str(settings.rescue_after_s),
         "SFQ_POLL_INTERVAL_S": f"{settings.poll_interval_s:g}",
+        "SFQ_POOLER": settings.pooler,
     }
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
     del url  # the fleet needs more connections than the shared server has: a private cluster
-    sizes, settings = (SHORT_SIZES, SHORT_SETTINGS) if short else (SIZES, _settings())
+    chosen_settings = _settings()
+    short_settings = {**SHORT_SETTINGS, "SFQ_POOLER": chosen_settings["SFQ_POOLER"]}
+    sizes, settings = (SHORT_SIZES, short_settings) if short else (SIZES, chosen_settings)
     chosen = os.environ.get("SFQ_BENCH_FLEET_SIZES")  # e.g. "500": one size again, its chart not kept
     sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
     rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])
+    pooled = settings.get("SFQ_POOLER") == "transaction"
     results: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-pg-") as home:
         os.chmod(home, 0o755)  # run as root, PostgreSQL runs as `postgres` and must reach its folder
         server = embedded.ensure_running(Path(home), quiet=True, server=SERVER)
         try:
-            counters, databases = _Counters(server), Databases(server)
-            try:
+            with contextlib.ExitStack() as stack:
+                clients = 3 * max(sizes) + 100  # each daemon's two, and room
+                pooler = stack.enter_context(pgbouncer(server, POOL_SIZE, clients)) if pooled else None
+                counters, databases = _Counters(server, pooler), Databases(server)
+                stack.callback(counters.conn.close)
+                stack.callback(databases.close)
                 for size in sizes:
                     print(f"bench: fleet of {size} daemons ...", file=sys.stderr, flush=True)
+                    measured: dict[str, Any] = {}
                     try:
                         with databases.scenario(f"fleet{size}") as database:
-                            results[size] = _measure(database, size, short, settings, counters)
+                            results[size] = _measure(database, size, short, settings, counters, measured)
                     except Exception as error:  # the other sizes' figures stand; this one says why not
                         if short:
                             raise
-                        failed[size] = f"{type(error).__name__}: {error}"
+                        before = ", ".join(
+                            f"{k} {v:.1f}" for k, v in measured.items() if isinstance(v, float)
+                        )
+                        failed[size] = f"{type(error).__name__}: {error}" + (
+                            f" (before it: {before})" * bool(before)
+                        )
                     print(f"bench: fleet of {size}: {results.get(size) or failed[size]}", file=sys.stderr)
-            finally:
-                databases.close()
-                counters.conn.close()
         finally:
             embedded.stop(Path(home))
+    way = (
+        f"polling through PgBouncer (transaction mode, {POOL_SIZE} server connections)"
+        if pooled
+        else "LISTEN/NOTIFY"
+    )
     rows = [
         (
             "fleet",
             "settings",
             f"SFQ_HEARTBEAT_S={settings['SFQ_HEARTBEAT_S']}, SFQ_RESCUE_AFTER_S={rescue_after_s}, "
-            f"SFQ_POLL_INTERVAL_S={settings.get('SFQ_POLL_INTERVAL_S', 'default')}, LISTEN/NOTIFY, "
+            f"SFQ_POLL_INTERVAL_S={settings.get('SFQ_POLL_INTERVAL_S', 'default')}, {way}, "
             f"private cluster with max_connections={SERVER['max_connections']}",
         )
     ]
     for size, r in results.items():
         name = f"{size} daemons ({r['processes']} processes)"
+        bouncer = f"PgBouncer {r['pooler_cpu_pct']:.1f}% more; " if pooled else ""
         rows += [
             (
                 "fleet",
                 f"{name}: idle database CPU ({r['seconds']:.0f} s), per daemon; queries/s; connections",
                 f"{r['cpu_pct']:.1f}% of a core, {r['cpu_pct'] / size:.3f}% per daemon; "
-                f"{r['queries_per_s']:.0f} queries/s; {r['connections']} connections "
+                f"{bouncer}{r['queries_per_s']:.0f} queries/s; {r['connections']} connections "
                 f"(the daemons' Python: {r['fleet_cpu_pct']:.1f}% of a core)",
             ),
             (
@@ -493,7 +540,8 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     rows += [
         ("fleet", f"{size} daemons: not measured", error.replace("|", "/")) for size, error in failed.items()
     ]
-    chart = CHART if not (short or chosen) else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
+    kept = not (short or chosen or pooled)
+    chart = CHART if kept else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
     _chart(results, rescue_after_s, chart)
     return {
         "rows": rows,
@@ -502,7 +550,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             "rescue_after_s": rescue_after_s,
             "results": results,
             "failed": failed,
-            "chart": None if short or chosen else str(chart.relative_to(ROOT)),
+            "chart": None if not kept else str(chart.relative_to(ROOT)),
         },
     }
 

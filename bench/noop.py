@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,16 @@ def _starts(path: Path) -> dict[int, float]:
     return found
 
 
-def _wait_done(conn: psycopg.Connection, ids: list[int], timeout: float) -> float:
+def _wait_done(
+    conn: psycopg.Connection, ids: list[int], timeout: float, check: Callable[[], None] | None = None
+) -> float:
+    """When every job of `ids` is done; `check` (raising when whatever runs them has died) in between."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if gateway.run(conn, gateway.jobs_left(ids)) == 0:
             return time.perf_counter()
+        if check:
+            check()
         time.sleep(0.02)
     raise RuntimeError(f"no-op jobs not done within {timeout} s")
 

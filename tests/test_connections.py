@@ -12,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,20 +23,19 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
+from bench import pooler
 from bench.common import descendants
 from tests.conftest import (
     QUICK_RESCUE,
     SLOW,
-    free_port,
     insert_request,
     run_sfq,
     wait_for_jobs,
     wait_for_models,
     wait_until,
 )
-from workers.daemon.child import die_with_parent
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
 SLOW_MSFT = {"symbol": "MSFT", **SLOW}  # long enough to sample, and to kill the daemon during
@@ -189,48 +185,10 @@ def pgbouncer(database) -> Iterator[tuple[str, int]]:
     BOUNCER_POOL_SIZE server connections per database): (the run's database through it, its pid).
     Tests ask for it before start_worker and start_api: fixtures end in reverse order, so their daemons
     stop while PgBouncer still answers (stopped after it, each one waited out Process.stop's 30 s)."""
-    binary = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
-    )
-    if binary is None:
+    if pooler.binary() is None:
         pytest.skip("no pgbouncer binary (apt-get install pgbouncer; scripts/setup does as root)")
-    server = conninfo_to_dict(database)
-    user = server.get("user") or os.environ.get("USER", "postgres")
-    port = free_port()
-    home = Path(tempfile.mkdtemp(prefix="sfq-pgbouncer-", dir="/tmp"))
-    home.chmod(0o755)  # readable by the postgres user it runs as when we are root
-    (home / "userlist.txt").write_text(f'"{user}" ""\n')
-    (home / "pgbouncer.ini").write_text(
-        "[databases]\n"
-        f"* = host={server.get('host', '127.0.0.1')} port={server.get('port', 5432)}\n"
-        "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = trust\nauth_file = {home / 'userlist.txt'}\n"
-        f"pool_mode = transaction\ndefault_pool_size = {BOUNCER_POOL_SIZE}\nmax_client_conn = 100\n"
-    )
-    as_user = ["-u", "postgres"] if os.geteuid() == 0 else []  # PgBouncer refuses to run as root
-    bouncer = subprocess.Popen(
-        [binary, *as_user, str(home / "pgbouncer.ini")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-    )
-    url = make_conninfo(database, host="127.0.0.1", port=str(port))
-    try:
-
-        def answers() -> bool:
-            assert bouncer.poll() is None, bouncer.stdout.read()
-            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(url, connect_timeout=2):
-                return True
-            return False
-
-        wait_until(answers, "PgBouncer answering", timeout=30)
-        yield url, bouncer.pid
-    finally:
-        bouncer.terminate()
-        bouncer.wait(timeout=10)
-        shutil.rmtree(home, ignore_errors=True)
+    with pooler.pgbouncer(database, BOUNCER_POOL_SIZE, 100) as bouncer:
+        yield bouncer.url(database), bouncer.pid
 
 
 def listens(conn: psycopg.Connection) -> list:
