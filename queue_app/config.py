@@ -96,6 +96,9 @@ def _api_tokens() -> dict[str, str | None]:
 # `transaction` (PgBouncer's pool_mode=transaction, for fleets too large for a connection each to LISTEN):
 # no LISTEN, no prepared statements, no other session state; idle workers poll every SFQ_POLL_INTERVAL_S,
 # which is then the pickup latency, so its default is shorter. README, "More machines".
+POOLED_NAME = "sfq"  # every connection's application_name behind a transaction pooler
+
+
 @dataclass(frozen=True)
 class Pooler:
     listen: bool  # LISTEN for new jobs (needs a session of its own)
@@ -164,10 +167,15 @@ class Settings:
 
     @property
     def connection_options(self) -> dict[str, object]:
-        """psycopg options of every connection a worker daemon or the API opens: behind a transaction
-        pooler, no prepared statements (each transaction may run on another server session, which lacks
-        them)."""
-        return {} if POOLERS[self.pooler].prepare else {"prepare_threshold": None}
+        """psycopg options of every connection a worker daemon or the API opens, over its own: behind a
+        transaction pooler, no prepared statements (each transaction may run on another server session,
+        which lacks them), and one application_name for all (PgBouncer sets a server session's name to
+        its client's each time it passes to a client of another name: at 500 polling daemons, each named
+        its own, 1,950 of the 2,980 statements a second were those SETs, docs/BENCHMARKS.md; a server
+        session's name there says only which client had it last)."""
+        if POOLERS[self.pooler].prepare:
+            return {}
+        return {"prepare_threshold": None, "application_name": POOLED_NAME}
 
     @classmethod
     def from_env(cls) -> Settings:

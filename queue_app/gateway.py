@@ -76,9 +76,12 @@ QUERIES: dict[str, Query] = {
 }
 
 
-def connect(url: str, application_name: str = "sfq", **kwargs: Any) -> psycopg.Connection:
+def connect(
+    url: str, application_name: str = "sfq", options: Mapping[str, Any] | None = None, **kwargs: Any
+) -> psycopg.Connection:
+    """A connection named `application_name`; `options` (Settings.connection_options) override."""
     try:
-        return psycopg.connect(url, application_name=application_name, **kwargs)
+        return psycopg.connect(url, **{"application_name": application_name, **kwargs, **(options or {})})
     except psycopg.OperationalError as error:
         raise Unavailable("cannot reach the database", str(error).strip()) from None
 

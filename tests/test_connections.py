@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bench import pooler
 from bench.common import descendants
+from queue_app.config import POOLED_NAME
 from tests.conftest import (
     QUICK_RESCUE,
     SLOW,
@@ -191,6 +192,13 @@ def pgbouncer(database) -> Iterator[tuple[str, int]]:
         yield bouncer.url(database), bouncer.pid
 
 
+# The names of sfq's sessions on the server (the test's own are unnamed).
+SFQ_NAMES = (
+    "SELECT DISTINCT application_name FROM pg_stat_activity"
+    " WHERE datname = current_database() AND application_name LIKE 'sfq%'"
+)
+
+
 def listens(conn: psycopg.Connection) -> list:
     return conn.execute(
         "SELECT application_name, query FROM pg_stat_activity"
@@ -217,6 +225,7 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(pgbouncer, cl
                 "daemon": max(tcp_connections(worker.pid, bouncer_port) for worker in workers),
                 "server": tcp_connections(bouncer_pid, port),
                 "listens": len(listens(sampling)),
+                "names": {name for (name,) in sampling.execute(SFQ_NAMES)},
             }
 
         with Sampler(sample, lambda: running(sampling, slow)) as sampler:
@@ -247,6 +256,9 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(pgbouncer, cl
     assert len(sampler.samples) >= 10, "too few samples while training"
     assert sampler.most("daemon") <= 2 and sampler.most("listens") == 0
     assert sampler.most("server") <= BOUNCER_POOL_SIZE
+    # One name for every connection: PgBouncer SETs a server session's name whenever it passes to a
+    # client named otherwise (config.Settings.connection_options).
+    assert set().union(*(sample["names"] for sample in sampler.samples)) == {POOLED_NAME}
     for worker in workers:
         assert "polling every 1 s, no LISTEN" in worker.output
         assert "prepared statement" not in worker.output, worker.output

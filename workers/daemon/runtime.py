@@ -115,8 +115,8 @@ class Runtime:
             self._data = gateway.connect(
                 self.url,
                 connection_name(self.instance, "data"),
+                self.settings.connection_options,
                 autocommit=True,
-                **self.settings.connection_options,
             )
         return self._data
 

@@ -41,7 +41,7 @@ def limit_threads() -> None:
 def check_schema(url: str, options: dict) -> None:
     """Refuse to start on a database `sfq db upgrade` has not prepared, saying so (rather than failing on
     the first query with a missing table)."""
-    with gateway.connect(url, "sfq-worker-start", **options) as conn:
+    with gateway.connect(url, "sfq-worker-start", options) as conn:
         ready = gateway.run(conn, gateway.has_sfq_schema())
         database = conn.info.dbname
     if not ready:
