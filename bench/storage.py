@@ -8,7 +8,10 @@ written by the worker's own write (gateway.write_result) with the result of one 
 Ridge with the default windows on AAPL), and their backtests run by the worker's own code: the rows are
 the sizes a worker writes. Model files are content-addressed, so the file of that one training is stored
 once: its cost is reported apart, for a RandomForest (one blob of its size, whatever the models sharing it).
-A completed model's bytes are also split in two: its own record, and its results (RESULT_TABLES).
+A completed model's bytes are also split in two: its own record, and its results (RESULT_TABLES). Last,
+what stays once the job retention has passed (SFQ_JOB_RETENTION_S: the queue's finished jobs and events,
+and the accepted requests, are pruned by the workers' own prune; here their times are moved back past it
+and the same functions called): the steady state of a database that has run for longer than that.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import psycopg
 
 from queue_app import gateway
+from queue_app.config import Settings
 from workers.daemon import backtests
 from workers.daemon.data import load_bars
 from workers.modelling import artifacts
@@ -94,6 +98,25 @@ def _trained(conn: psycopg.Connection, request: dict[str, Any]) -> Any:
     return spec["id"], train(spec["spec"], bars, context=context)
 
 
+def _past_the_retention(conn: psycopg.Connection, ids: list[int]) -> None:
+    """The models' backtest jobs end as a worker's do, then every job event and request is dated past the
+    retention and the workers' prune runs (workers/daemon/runtime.py), until nothing is left to prune."""
+    conn.execute(
+        "SELECT procrastinate_finish_job_v1(j.id, 'succeeded', false) FROM procrastinate_jobs j"
+        " JOIN simulation_history s ON s.job_id = j.id WHERE s.model_id = ANY(%s) AND j.status = 'todo'",
+        (ids,),
+    )
+    past = Settings.from_env().job_retention_s + 3600
+    conn.execute("UPDATE procrastinate_events SET at = at - make_interval(secs => %s)", (past,))
+    conn.execute(
+        "UPDATE training_requests SET received_at = received_at - make_interval(secs => %s)", (past,)
+    )
+    retention = past - 3600
+    for call in (gateway.prune_finished_jobs(retention, 10_000), gateway.prune_requests(retention, 10_000)):
+        while gateway.run(conn, call):
+            pass
+
+
 def scenario(url: str, short: bool) -> dict[str, Any]:
     models = SHORT_MODELS if short else FULL_MODELS
     with gateway.connect(url, "sfq-bench", autocommit=True) as conn:
@@ -128,6 +151,9 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             backtests.run(conn, gateway.run(conn, gateway.default_backtest(model_id))["id"])
         backtested = _sizes(conn, not short)
         phases["its default backtest run"] = _growth(completed, backtested, models)
+
+        _past_the_retention(conn, ids)
+        phases["past the job retention"] = _growth(backtested, _sizes(conn, not short), models)
 
         before_file = _sizes(conn, not short)
         conn.execute("UPDATE models SET status = 'completed' WHERE id = %s", (forest_id,))
@@ -167,6 +193,17 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     rows.append(("storage", "a completed model, without its file: all its rows", f"{whole:.0f} B/model"))
     whole += totals["its default backtest run"]
     rows.append(("storage", "... with its default backtest run", f"{whole:.0f} B/model"))
+    pruned = totals["past the job retention"]
+    rows.append(
+        (
+            "storage",
+            "past the job retention: a completed model's own record (its jobs, events and request pruned)",
+            f"{record + pruned:.0f} B/model",
+        )
+    )
+    rows.append(
+        ("storage", "... all its rows, with its default backtest run", f"{whole + pruned:.0f} B/model")
+    )
     file_bytes = sum(total for total, _, _ in file_growth.values())
     rows.append(
         (

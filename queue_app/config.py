@@ -129,7 +129,7 @@ class Settings:
     heartbeat_s: int  # how often a worker proves it is alive
     rescue_after_s: int  # a running job whose worker has been silent this long goes to another worker
     max_attempts: int  # a model whose worker was lost this many times fails instead of running again
-    job_retention_s: int  # finished queue jobs older than this are pruned (models are kept)
+    job_retention_s: int  # finished queue jobs and accepted requests older than this are pruned (models kept)
     hostname: str  # recorded with every result; SFQ_HOSTNAME overrides the machine's name
     api_tokens: tuple[str, ...] = field(repr=False)  # none: the API is open (docs/security.md); never shown
     api_token_names: tuple[str | None, ...] = field(repr=False)  # each token's name (`name:token`), or None

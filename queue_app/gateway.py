@@ -530,6 +530,10 @@ def prune_finished_jobs(older_than_s: int, batch: int) -> Call[int]:
     return Call("prune_finished_jobs", {"older_than_s": older_than_s, "batch": batch}, _value)
 
 
+def prune_requests(older_than_s: int, batch: int) -> Call[int]:
+    return Call("prune_requests", {"older_than_s": older_than_s, "batch": batch}, _value)
+
+
 def may_vacuum_queue() -> Call[bool]:
     return Call("may_vacuum_queue", {}, _value)
 

@@ -225,11 +225,16 @@ SELECT kind, what
 -- Delete up to a batch of finished queue jobs older than the retention; how many went.
 SELECT sfq_prune_finished_jobs(make_interval(secs => %(older_than_s)s), %(batch)s)
 
+-- prune_requests --
+-- Delete up to a batch of the oldest accepted requests received before the retention; how many went.
+SELECT sfq_prune_requests(make_interval(secs => %(older_than_s)s), %(batch)s)
+
 -- may_vacuum_queue --
--- Whether this role may VACUUM the queue's tables and the counters' changes (it owns them, or is a superuser).
+-- Whether this role may VACUUM the queue's tables, the requests and the counters' changes (it owns them, or
+-- is a superuser).
 SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
   FROM pg_class c
- WHERE c.oid IN ('procrastinate_jobs'::regclass, 'procrastinate_events'::regclass,
+ WHERE c.oid IN ('procrastinate_jobs'::regclass, 'procrastinate_events'::regclass, 'training_requests'::regclass,
                  'sfq_job_count_changes'::regclass, 'sfq_model_count_changes'::regclass,
                  'sfq_training_duration_changes'::regclass)
 
@@ -241,10 +246,11 @@ SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
                  'sfq_fleet_round'::regclass)
 
 -- vacuum_queue --
--- Reclaim the dead rows of the queue's tables and the counters' changes (each job updates its row twice
--- and is deleted once; folds delete changes) after a prune: outside a transaction; autovacuum may be off.
-VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events, sfq_job_count_changes, sfq_model_count_changes,
-                 sfq_training_duration_changes
+-- Reclaim the dead rows of the queue's tables, the requests and the counters' changes (each job updates its
+-- row twice and is deleted once; requests are deleted; folds delete changes) after a prune: outside a
+-- transaction; autovacuum may be off.
+VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events, training_requests, sfq_job_count_changes,
+                 sfq_model_count_changes, sfq_training_duration_changes
 
 -- vacuum_beats --
 -- Reclaim the dead rows of the beats' tables (each beat updates its workers' rows; sleepers come and go)

@@ -120,7 +120,7 @@ GRANT EXECUTE ON FUNCTION
     procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
     sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
     sfq_close_ended_jobs,  -- the round's close of a job left running after its model, forecast or backtest
-    sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs,
+    sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs, sfq_prune_requests,
     sfq_request_simulation,  -- a completed model's default backtest
     sfq_submit_trial, sfq_defer_study_advance,  -- a study's trials, and the rescue of its advance
     sfq_retrain_due,  -- the weekly and cron retrain policies that are due (the fleet's round)

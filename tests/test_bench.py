@@ -53,6 +53,8 @@ EXPECTED = {
         "a completed model, without its file: all its rows",
         "with its default backtest run",
         "once per distinct file",
+        "past the job retention: a completed model's own record",
+        "all its rows, with its default backtest run",
     ],
     "sustained": [
         "rate (workers never idle)",

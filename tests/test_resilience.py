@@ -446,3 +446,19 @@ def test_pruning_goes_a_batch_at_a_time_and_keeps_what_a_periodic_task_points_at
     assert left == {periodic, recent}
     events = clean.execute("SELECT count(*) FROM procrastinate_events WHERE job_id = ANY(%s)", (old,))
     assert events.fetchone()[0] == 0
+
+
+def test_pruning_removes_requests_past_the_retention_a_batch_at_a_time_and_keeps_their_models(clean):
+    """Requests are the inbox, not the record: the three received 30 days ago go with batch 2 (two, then
+    the last), a recent one stays, and every model, its spec and its trace context stay."""
+    ids = [insert_request(clean, {"symbol": s, **FAST})[0] for s in ("AAPL", "MSFT", "IBM", "SPY")]
+    clean.execute(
+        "UPDATE training_requests SET received_at = now() - interval '30 days' WHERE model_id = ANY(%s)",
+        (ids[:3],),
+    )
+    models = "SELECT id, spec, traceparent FROM models ORDER BY id"
+    before = clean.execute(models).fetchall()
+    prune = "SELECT sfq_prune_requests(interval '7 days', 2)"
+    assert [clean.execute(prune).fetchone()[0] for _ in range(3)] == [2, 1, 0]
+    assert clean.execute("SELECT model_id FROM training_requests").fetchall() == [(ids[3],)]
+    assert clean.execute(models).fetchall() == before and len(before) == 4

@@ -44,6 +44,7 @@ DEFINERS = (
     "sfq_retrain_due",
     "sfq_retrain_ended",
     "sfq_wake_sleepers",
+    "sfq_prune_requests",
 )
 
 

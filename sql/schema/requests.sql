@@ -753,3 +753,24 @@ $$;
 
 CREATE OR REPLACE TRIGGER training_requests_defer AFTER INSERT ON training_requests
     REFERENCING NEW TABLE AS accepted FOR EACH STATEMENT EXECUTE FUNCTION sfq_defer_training_requests();
+
+-- Retention: a request's row is the inbox's, not the model's record (its model keeps the spec, the trace
+-- context and everything a reader reads; nothing reads a request back once accepted), so it goes with the
+-- queue jobs, after SFQ_JOB_RETENTION_S: about 650 B a model (docs/BENCHMARKS.md, bytes per model).
+-- Up to `batch` of the oldest requests by id, those received before the retention, in one transaction;
+-- how many went: the caller calls again until fewer than `batch` go. Its cost follows what is pruned (the
+-- primary key's first `batch` entries), not the table; a request received out of id order waits for a
+-- later call. SECURITY DEFINER: the workers that prune may not delete requests otherwise.
+CREATE OR REPLACE FUNCTION sfq_prune_requests(older_than interval, batch integer DEFAULT 10000)
+    RETURNS integer
+    LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    WITH oldest AS (
+        SELECT r.id FROM training_requests r
+         WHERE r.id IN (SELECT o.id FROM training_requests o ORDER BY o.id LIMIT batch)
+           AND r.received_at < now() - older_than
+           FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM training_requests r USING oldest o WHERE r.id = o.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$$;

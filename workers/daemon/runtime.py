@@ -417,18 +417,24 @@ class Runtime:
                 tidying.cancel()
 
     async def _tidy(self, prune: bool, dead_rows: int | None) -> None:
-        """`prune`: finished jobs past the retention, a batch a transaction (no long lock, no long
-        transaction), then, when any went and this role may, a VACUUM of the queue's tables (a job's row
-        is updated twice and deleted once). `dead_rows`: the fleet's round asked for a VACUUM of the beats'
-        tables (an idle fleet prunes nothing, and its beats update their rows); a role that may not says so
-        once. A server with autovacuum off (or behind) would let the dead rows pile up (docs/BENCHMARKS.md,
-        sustained)."""
-        call = gateway.prune_finished_jobs(self.settings.job_retention_s, PRUNE_BATCH)
+        """`prune`: finished jobs, then accepted requests, past the retention, a batch a transaction (no
+        long lock, no long transaction), then, when any went and this role may, a VACUUM of the queue's
+        tables and the requests (a job's row is updated twice and deleted once). `dead_rows`: the fleet's
+        round asked for a VACUUM of the beats' tables (an idle fleet prunes nothing, and its beats update
+        their rows); a role that may not says so once. A server with autovacuum off (or behind) would let
+        the dead rows pile up (docs/BENCHMARKS.md, sustained)."""
+        retention = self.settings.job_retention_s
+        calls = (
+            gateway.prune_finished_jobs(retention, PRUNE_BATCH),
+            gateway.prune_requests(retention, PRUNE_BATCH),
+        )
         try:
-            pruned = batch = await self._run(call) if prune else 0
-            while batch == PRUNE_BATCH:
-                batch = await self._run(call)
-                pruned += batch
+            pruned = 0
+            for call in calls if prune else ():
+                batch = PRUNE_BATCH
+                while batch == PRUNE_BATCH:
+                    batch = await self._run(call)
+                    pruned += batch
             if pruned and await self._run(gateway.may_vacuum_queue()):
                 await self._run(gateway.vacuum_queue())
             if dead_rows and await self._run(gateway.may_vacuum_beats()):
