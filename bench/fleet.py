@@ -526,7 +526,14 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
                 f"{name}: throughput ({r['burst']} no-op jobs at once)",
                 f"{r['jobs_per_s']:.0f} jobs/s",
             ),
-            ("fleet", f"{name}: NOTIFY herd, fetches per job", f"{r['herd']:.1f}"),
+            (
+                "fleet",
+                f"{name}: NOTIFY herd, fetches per job",
+                # Polling, a job's fetches are the polls it interrupts: busy workers poll less than idle ones.
+                f"none, no NOTIFY (fetches per job less the idle polls: {r['herd']:.1f})"
+                if pooled
+                else f"{r['herd']:.1f}",
+            ),
             (
                 "fleet",
                 f"{name}: rescue, {r['rescue_daemons_killed']} killed daemons, first / all taken up",
