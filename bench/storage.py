@@ -67,8 +67,9 @@ def _sizes(conn: psycopg.Connection, wait: bool) -> dict[str, tuple[int, int, in
 
 FILE_TABLES = ("blobs", "blob_chunks")  # per distinct file, not per model: reported apart
 # What a completed model's results are, apart from its own record (its models row, request, jobs, attempt
-# and file link): its predictions, feature importances and queued default backtest, and its fold metrics,
-# the one value of a models row large enough to be stored out of line (the models table's TOAST).
+# and file link): its predictions, feature importances and queued default backtest, and its fold metrics
+# (a value of its models row: inline and compressed since 0030, its stored size; in the models table's
+# TOAST before).
 RESULT_TABLES = ("model_prediction_series", "prediction_axes", "model_features", "simulation_history")
 
 
@@ -85,10 +86,11 @@ def _growth(before: dict, after: dict, models: int, tables: tuple[str, ...] | No
     return grown
 
 
-def _results(completed: dict) -> float:
-    """Of a model's completion, the bytes of its results (RESULT_TABLES and the models table's TOAST)."""
+def _results(completed: dict, fold_metrics: float) -> float:
+    """Of a model's completion, the bytes of its results (RESULT_TABLES, and its fold metrics: the models
+    table's TOAST when they went there, else `fold_metrics`, their stored size in the row)."""
     results = sum(total for name, (total, _, _) in completed.items() if name in RESULT_TABLES)
-    return results + completed.get("models", (0, 0, 0))[2]
+    return results + (completed.get("models", (0, 0, 0))[2] or fold_metrics)
 
 
 def _trained(conn: psycopg.Connection, request: dict[str, Any]) -> Any:
@@ -146,6 +148,9 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             )
         completed = _sizes(conn, not short)
         phases["completed (without its file)"] = _growth(queued, completed, models)
+        (fold_metrics,) = conn.execute(
+            "SELECT avg(pg_column_size(fold_metrics)) FROM models WHERE id = ANY(%s)", (ids,)
+        ).fetchone()
 
         for model_id in ids:
             backtests.run(conn, gateway.run(conn, gateway.default_backtest(model_id))["id"])
@@ -173,19 +178,19 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             parts = f"indexes {indexes:.0f}" + (f", TOAST {toast:.0f}" if toast else "")
             rows.append(("storage", f"{phase}: {table}", f"{total:.0f} B/model ({parts})"))
         rows.append(("storage", f"{phase}: all tables", f"{totals[phase]:.0f} B/model"))
-    results = _results(phases["completed (without its file)"])
+    results = _results(phases["completed (without its file)"], float(fold_metrics or 0))
     record = totals["queued"] + totals["completed (without its file)"] - results
     rows.append(
         (
             "storage",
-            "a completed model's own record (models but its TOAST, request, jobs, attempt, file link)",
+            "a completed model's own record (models but its fold metrics, request, jobs, attempt, file link)",
             f"{record:.0f} B/model",
         )
     )
     rows.append(
         (
             "storage",
-            "its results (predictions, features, fold metrics in models' TOAST, default backtest queued)",
+            "its results (predictions, features, fold metrics, default backtest queued)",
             f"{results:.0f} B/model",
         )
     )
