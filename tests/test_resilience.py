@@ -450,15 +450,18 @@ def test_pruning_goes_a_batch_at_a_time_and_keeps_what_a_periodic_task_points_at
 
 def test_pruning_removes_requests_past_the_retention_a_batch_at_a_time_and_keeps_their_models(clean):
     """Requests are the inbox, not the record: the three received 30 days ago go with batch 2 (two, then
-    the last), a recent one stays, and every model, its spec and its trace context stay."""
-    ids = [insert_request(clean, {"symbol": s, **FAST})[0] for s in ("AAPL", "MSFT", "IBM", "SPY")]
-    clean.execute(
-        "UPDATE training_requests SET received_at = now() - interval '30 days' WHERE model_id = ANY(%s)",
-        (ids[:3],),
-    )
+    the last), a recent one stays, and every model, its spec and its trace context stay. The prune reads
+    up to the first request inside the retention and stops there: an old request after it waits."""
+    ids = [insert_request(clean, {"symbol": s, **FAST})[0] for s in ("AAPL", "MSFT", "IBM", "SPY", "QQQ")]
+    age = "UPDATE training_requests SET received_at = now() - interval '30 days' WHERE model_id = ANY(%s)"
+    clean.execute(age, ([*ids[:3], ids[4]],))
     models = "SELECT id, spec, traceparent FROM models ORDER BY id"
     before = clean.execute(models).fetchall()
     prune = "SELECT sfq_prune_requests(interval '7 days', 2)"
     assert [clean.execute(prune).fetchone()[0] for _ in range(3)] == [2, 1, 0]
-    assert clean.execute("SELECT model_id FROM training_requests").fetchall() == [(ids[3],)]
-    assert clean.execute(models).fetchall() == before and len(before) == 4
+    left = "SELECT model_id FROM training_requests ORDER BY id"
+    assert clean.execute(left).fetchall() == [(ids[3],), (ids[4],)]
+    clean.execute(age, ([ids[3]],))
+    assert clean.execute(prune).fetchone()[0] == 2
+    assert clean.execute(left).fetchall() == []
+    assert clean.execute(models).fetchall() == before and len(before) == 5

@@ -754,23 +754,36 @@ $$;
 CREATE OR REPLACE TRIGGER training_requests_defer AFTER INSERT ON training_requests
     REFERENCING NEW TABLE AS accepted FOR EACH STATEMENT EXECUTE FUNCTION sfq_defer_training_requests();
 
--- Retention: a request's row is the inbox's, not the model's record (its model keeps the spec, the trace
+-- Retention: a request's row is the inbox, not the model's record (its model keeps the spec, the trace
 -- context and everything a reader reads; nothing reads a request back once accepted), so it goes with the
 -- queue jobs, after SFQ_JOB_RETENTION_S: about 650 B a model (docs/BENCHMARKS.md, bytes per model).
--- Up to `batch` of the oldest requests by id, those received before the retention, in one transaction;
--- how many went: the caller calls again until fewer than `batch` go. Its cost follows what is pruned (the
--- primary key's first `batch` entries), not the table; a request received out of id order waits for a
--- later call. SECURITY DEFINER: the workers that prune may not delete requests otherwise.
+-- Up to `batch` requests received before the retention, in one transaction; how many went: the caller
+-- calls again until fewer than `batch` go. Like the jobs' prune, its cost follows what is to be pruned,
+-- not the table: ids and receipt times rise together, so the requests to prune are the ones before the
+-- first inside the retention (`boundary`, found by reading the primary key up to it). A request whose
+-- id came before an older one's (a transaction that began later and inserted first) goes with its
+-- neighbours, seconds early. One pruner at a time (others return 0 at once). SECURITY DEFINER: the
+-- workers that prune may not delete requests otherwise.
 CREATE OR REPLACE FUNCTION sfq_prune_requests(older_than interval, batch integer DEFAULT 10000)
     RETURNS integer
-    LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-    WITH oldest AS (
-        SELECT r.id FROM training_requests r
-         WHERE r.id IN (SELECT o.id FROM training_requests o ORDER BY o.id LIMIT batch)
-           AND r.received_at < now() - older_than
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    boundary bigint;
+    pruned integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('sfq_prune_requests')) THEN
+        RETURN 0;
+    END IF;
+    SELECT r.id INTO boundary FROM training_requests r WHERE r.received_at >= now() - older_than
+     ORDER BY r.id LIMIT 1;
+    boundary := coalesce(boundary, 9223372036854775807);
+    WITH victims AS (
+        SELECT r.id FROM training_requests r WHERE r.id < boundary ORDER BY r.id LIMIT batch
            FOR UPDATE SKIP LOCKED
     ), gone AS (
-        DELETE FROM training_requests r USING oldest o WHERE r.id = o.id RETURNING 1
+        DELETE FROM training_requests r USING victims v WHERE r.id = v.id RETURNING 1
     )
-    SELECT count(*)::integer FROM gone
+    SELECT count(*)::integer INTO pruned FROM gone;
+    RETURN pruned;
+END;
 $$;

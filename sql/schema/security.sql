@@ -19,7 +19,9 @@
 --   - sfq_set_retrain_policy, sfq_retrain_due (retrains.sql), and sfq_retrain_ended, the models trigger that
 --     decides a retrain (champion/challenger) in the transaction that records its model's end.
 --   - sfq_wake_sleepers (queue.sql), the deferred procrastinate_jobs trigger that wakes a sleeping worker
---     a job: it runs at commit as whoever enqueued, who may not read or delete sfq_sleepers' rows.
+--     a job: it runs at commit as whoever enqueued, who may not read or delete sfq_sleepers' rows;
+--   - sfq_prune_requests (requests.sql), the workers' prune of accepted requests past the retention: a
+--     worker may not delete requests otherwise.
 -- tests/test_roles.py checks that exactly these are SECURITY DEFINER, with that search_path.
 --
 -- PostgreSQL lets PUBLIC execute every new function; no sfq or Procrastinate function stays executable by
