@@ -475,9 +475,10 @@ def test_sfq_new_model_maps_each_request_column_to_the_model_column_of_the_same_
 
 
 def test_a_models_row_keeps_its_long_values_inline_and_compressed(clean):
-    """0030: every column of models that PostgreSQL could move out of line is MAIN, and the table compresses
-    from 256 B a row: a completed model's fold metrics (about 2 KB of JSON) are compressed inside the row,
-    and the models table's TOAST stays empty (before 0030 they went there, 942 B a model)."""
+    """0030: every column of models that PostgreSQL could move out of line is MAIN, and a row over the
+    TOAST threshold (about 2 KB, as a completed model's) is compressed down toward 256 B: its fold metrics
+    (about 2 KB of JSON) are compressed inside the row, and the models table's TOAST stays empty (before
+    0030 they went there, 942 B a model)."""
     columns = clean.execute(
         "SELECT a.attname, a.attstorage FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
         " WHERE a.attrelid = 'models'::regclass AND a.attnum > 0 AND NOT a.attisdropped"

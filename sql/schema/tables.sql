@@ -123,12 +123,14 @@ COMMENT ON COLUMN models.lockbox_looks IS 'How many times the model''s lockbox e
 COMMENT ON COLUMN models.traceparent IS
     'The W3C trace context of the request that made the model: its training and backtests are spans of that trace.';
 
--- A models row keeps its values inline, compressed with lz4 once the row is over 256 B (0030), not out of
--- line in the TOAST table, whose row and index cost more than they save at these sizes: a completed
--- model's fold metrics took 942 B out of line and take 781 B inline, and its spec, which PostgreSQL's
--- default (pglz, tried from about 2 KB a row) left as it was, 613 B instead of 768. MAIN: out of line
--- only when the row would not fit a page otherwise. Every column that can be long is MAIN, a later one
--- too (tests/test_schema.py): an EXTENDED one would be moved out of line whole. lz4 where the server has it.
+-- A models row over about 2 KB (PostgreSQL's fixed threshold for TOAST: a completed model's row is) keeps
+-- its values inline, compressed with lz4 down toward 256 B a row (0030), not out of line in the TOAST
+-- table, whose row and index cost more than they save at these sizes: a completed model's fold metrics
+-- took 942 B out of line and take 781 B inline, and its spec, which PostgreSQL's default (pglz, and only
+-- until the row is under 2 KB) left as it was, 613 B instead of 768. A queued model's row (about 1.6 KB)
+-- is not compressed. MAIN: out of line only when the row would not fit a page otherwise. Every column
+-- that can be long is MAIN, a later one too (tests/test_schema.py): an EXTENDED one would be moved out of
+-- line whole. lz4 where the server has it. Rows written before 0030 keep their values as they were.
 ALTER TABLE models SET (toast_tuple_target = 256);
 DO $$
 DECLARE
