@@ -70,8 +70,8 @@ def _sizes(conn: psycopg.Connection, wait: bool) -> dict[str, tuple[int, int, in
 FILE_TABLES = ("blobs", "blob_chunks")  # per distinct file, not per model: reported apart
 # What a completed model's results are, apart from its own record (its models row, request, jobs, attempt
 # and file link): its predictions, feature importances and queued default backtest, and its fold metrics
-# (a value of its models row: inline and compressed since 0030, its stored size; in the models table's
-# TOAST before).
+# (a value of its models row: the models table's TOAST, where a completed row's largest value goes; their
+# stored size in the row, were they kept there).
 RESULT_TABLES = ("model_prediction_series", "prediction_axes", "model_features", "simulation_history")
 
 

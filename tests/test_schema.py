@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import random
 import zipfile
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from procrastinate.schema import SchemaManager
 from psycopg.types.json import Jsonb
 
 from queue_app import bars, db, gateway
-from tests.conftest import ROOT, insert_request
+from tests.conftest import ROOT
 from workers.modelling import contract
 from workers.modelling.algorithms import ALGORITHMS
 from workers.modelling.backtest import STRATEGIES
@@ -374,7 +373,6 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0027_one_round_a_fleet.sql",
         "migrations/0028_wake_one_sleeper.sql",
         "migrations/0029_fetch_probes_locks_by_index.sql",
-        "migrations/0030_models_compressed_inline.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -472,37 +470,6 @@ def test_sfq_new_model_maps_each_request_column_to_the_model_column_of_the_same_
         0,
         None,
     )
-
-
-def test_a_models_row_keeps_its_long_values_inline_and_compressed(clean):
-    """0030: every column of models that PostgreSQL could move out of line is MAIN, and a row over the
-    TOAST threshold (about 2 KB, as a completed model's) is compressed down toward 256 B: its fold metrics
-    (about 2 KB of JSON) are compressed inside the row, and the models table's TOAST stays empty (before
-    0030 they went there, 942 B a model)."""
-    columns = clean.execute(
-        "SELECT a.attname, a.attstorage FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE a.attrelid = 'models'::regclass AND a.attnum > 0 AND NOT a.attisdropped"
-        "   AND t.typstorage <> 'p'"
-    ).fetchall()
-    assert {"spec", "metrics", "fold_metrics", "fingerprint"} <= {name for name, _ in columns}
-    assert [name for name, storage in columns if storage != "m"] == []
-    (options,) = clean.execute("SELECT reloptions FROM pg_class WHERE oid = 'models'::regclass").fetchone()
-    assert "toast_tuple_target=256" in options
-    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
-    metrics = {f"metric_{k}": random.random() for k in range(20)}  # a completed model's, 20 of them
-    folds = [{f"metric_{k}": random.random() for k in range(20)} for _ in range(5)]
-    clean.execute(
-        "UPDATE models SET metrics = %s, fold_metrics = %s WHERE id = %s",
-        (Jsonb(metrics), Jsonb(folds), model_id),
-    )
-    stored, text, toast = clean.execute(
-        "SELECT pg_column_size(fold_metrics), octet_length(fold_metrics::text),"
-        "       pg_relation_size((SELECT reltoastrelid FROM pg_class WHERE oid = 'models'::regclass))"
-        "  FROM models WHERE id = %s",
-        (model_id,),
-    ).fetchone()
-    assert text > 2000 and stored < 0.8 * text, (stored, text)
-    assert toast == 0
 
 
 def test_sfq_insert_models_inserts_in_order_skips_live_fingerprints_and_returns_the_new_ids(conn):
@@ -611,7 +578,6 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0027_one_round_a_fleet.sql",
         "migrations/0028_wake_one_sleeper.sql",
         "migrations/0029_fetch_probes_locks_by_index.sql",
-        "migrations/0030_models_compressed_inline.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

@@ -123,32 +123,6 @@ COMMENT ON COLUMN models.lockbox_looks IS 'How many times the model''s lockbox e
 COMMENT ON COLUMN models.traceparent IS
     'The W3C trace context of the request that made the model: its training and backtests are spans of that trace.';
 
--- A models row over about 2 KB (PostgreSQL's fixed threshold for TOAST: a completed model's row is) keeps
--- its values inline, compressed with lz4 down toward 256 B a row (0030), not out of line in the TOAST
--- table, whose row and index cost more than they save at these sizes: a completed model's fold metrics
--- took 942 B out of line and take 781 B inline, and its spec, which PostgreSQL's default (pglz, and only
--- until the row is under 2 KB) left as it was, 613 B instead of 768. A queued model's row (about 1.6 KB)
--- is not compressed. MAIN: out of line only when the row would not fit a page otherwise. Every column
--- that can be long is MAIN, a later one too (tests/test_schema.py): an EXTENDED one would be moved out of
--- line whole. lz4 where the server has it. Rows written before 0030 keep their values as they were.
-ALTER TABLE models SET (toast_tuple_target = 256);
-DO $$
-DECLARE
-    col name;
-BEGIN
-    FOR col IN SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                WHERE a.attrelid = 'models'::regclass AND a.attnum > 0 AND NOT a.attisdropped
-                  AND t.typstorage <> 'p'
-    LOOP
-        EXECUTE format('ALTER TABLE models ALTER COLUMN %I SET STORAGE MAIN', col);
-        BEGIN
-            EXECUTE format('ALTER TABLE models ALTER COLUMN %I SET COMPRESSION lz4', col);
-        EXCEPTION WHEN feature_not_supported THEN  -- a server built without lz4: pglz, its default
-        END;
-    END LOOP;
-END;
-$$;
-
 -- One live model per fingerprint; a failed or cancelled model may be submitted again.
 -- Every lookup by fingerprint is of the live model (0025 dropped the index of all of them: about 100 B a model).
 CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
