@@ -351,9 +351,8 @@ def _measure(
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 alive = functools.partial(_alive, fleet, "a wait for jobs")
-                _wait_done(
-                    conn, _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3), 120, alive
-                )  # every daemon fetched
+                warm_up = _defer(conn, TRAINING_QUEUE, SFQ_TASK, 3)  # done once every daemon has fetched
+                _wait_done(conn, warm_up, 120, alive)
                 time.sleep(2 * int(settings["SFQ_HEARTBEAT_S"]))  # start-up over: wakes, first beats
                 _alive(fleet, "start")
                 poll_s = float(settings.get("SFQ_POLL_INTERVAL_S", 0))  # 0 (short): no whole polls
