@@ -442,6 +442,8 @@ def _settings() -> dict[str, str]:
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
+    from queue_app.config import POOLERS
+
     del url  # the fleet needs more connections than the shared server has: a private cluster
     chosen_settings = _settings()
     short_settings = {**SHORT_SETTINGS, "SFQ_POOLER": chosen_settings["SFQ_POOLER"]}
@@ -449,7 +451,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     chosen = os.environ.get("SFQ_BENCH_FLEET_SIZES")  # e.g. "500": one size again, its chart not kept
     sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
     rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])
-    pooled = settings.get("SFQ_POOLER") == "transaction"
+    pooled = not POOLERS[settings["SFQ_POOLER"]].listen  # behind a transaction pooler: polling
     results: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-pg-") as home:

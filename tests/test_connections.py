@@ -192,13 +192,10 @@ def pgbouncer(database) -> Iterator[str]:
         yield bouncer.url(database)
 
 
-SERVER_SESSIONS = (
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s"
-)
-# The names of sfq's sessions on the server (the test's own are unnamed).
-SFQ_NAMES = (
-    "SELECT DISTINCT application_name FROM pg_stat_activity"
-    " WHERE datname = current_database() AND application_name LIKE 'sfq%'"
+# sfq's sessions on the server by name, how many of each (the test's own are unnamed).
+SFQ_SESSIONS = (
+    "SELECT application_name, count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND application_name LIKE 'sfq%' GROUP BY 1"
 )
 
 
@@ -224,13 +221,14 @@ def test_polling_daemons_work_behind_pgbouncer_in_transaction_mode(pgbouncer, cl
     with psycopg.connect(database, autocommit=True) as sampling:
 
         def sample() -> dict:
+            sessions = dict(sampling.execute(SFQ_SESSIONS).fetchall())
             return {
                 "daemon": max(tcp_connections(worker.pid, bouncer_port) for worker in workers),
                 # PgBouncer's server sessions, whatever the way it reaches the server (TCP, or the
                 # private cluster's Unix socket): every one is named as its clients are.
-                "server": sampling.execute(SERVER_SESSIONS, (POOLED_NAME,)).fetchone()[0],
+                "server": sessions.get(POOLED_NAME, 0),
                 "listens": len(listens(sampling)),
-                "names": {name for (name,) in sampling.execute(SFQ_NAMES)},
+                "names": set(sessions),
             }
 
         with Sampler(sample, lambda: running(sampling, slow)) as sampler:
