@@ -9,7 +9,9 @@ process included) holds to the server, whatever their name."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -37,6 +39,7 @@ from tests.conftest import (
     wait_for_models,
     wait_until,
 )
+from workers.daemon.app import POLL_SPREAD, PROCRASTINATE_FETCH, DaemonConnector, SpreadPollingWorker, own_app
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60}
 SLOW_MSFT = {"symbol": "MSFT", **SLOW}  # long enough to sample, and to kill the daemon during
@@ -301,6 +304,46 @@ def test_a_running_model_is_cancelled_through_pgbouncer(pgbouncer, clean, start_
     assert wait_for_models(clean, [slow])[slow]["status"] == "cancelled"
     after, _, _ = insert_request(clean, FAST)
     assert wait_for_models(clean, [after])[after]["status"] == "completed"
+
+
+def test_an_idle_workers_polls_are_spread_around_the_interval(database):
+    """Each wait between an idle worker's polls is drawn within 1 -/+ POLL_SPREAD of the interval
+    (SpreadPollingWorker), so that a fleet's daemons that emptied the queue together do not poll together
+    (docs/BENCHMARKS.md, the fleet behind PgBouncer). Procrastinate's own worker waits the whole interval
+    every time: none of its fetches follows the last sooner. A daemon's worker, polling (no LISTEN) a queue
+    of its own on the run's database through the daemon's connector; its fetches timed there."""
+    interval, polls = 0.2, 31
+    fetched: list[float] = []
+
+    class Timed(DaemonConnector):
+        async def execute_query_one_async(self, query: str, **arguments):
+            if query == PROCRASTINATE_FETCH:
+                fetched.append(time.monotonic())
+            return await super().execute_query_one_async(query, **arguments)
+
+    async def poll() -> None:
+        polling = own_app(Timed(database, 1, [], {}, listens=False))
+        async with polling.open_async():
+            worker = SpreadPollingWorker(
+                polling,
+                queues=["sfq-test-polls"],
+                listen_notify=False,
+                fetch_job_polling_interval=interval,
+                install_signal_handlers=False,
+            )
+            running = asyncio.create_task(worker.run())
+            deadline = time.monotonic() + 120
+            while len(fetched) < polls and not running.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await running
+
+    asyncio.run(poll())
+    assert len(fetched) >= polls
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fetched)]
+    assert min(gaps) >= interval * (1 - POLL_SPREAD)  # a wait, then the fetch: never shorter than the least
+    # Drawn, 40 % of the waits are under 0.9 of the interval: fewer than 3 of 30 has odds of 5 in 100,000.
+    assert sum(gap < 0.9 * interval for gap in gaps) >= 3, gaps
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -17,6 +18,7 @@ import procrastinate
 import psycopg
 from procrastinate import sql as procrastinate_sql
 from procrastinate.connector import Notify
+from procrastinate.worker import Worker
 
 from queue_app import gateway
 
@@ -30,6 +32,25 @@ PROCRASTINATE_FETCH = procrastinate_sql.queries["fetch_job"]
 PROCRASTINATE_UNREGISTER = procrastinate_sql.queries["unregister_worker"]
 
 CATCH_UP_AGAIN_S = 1.0
+POLL_SPREAD = 0.5  # an idle worker's wait between polls: the interval times 1 -/+ this, drawn at each wait
+
+
+class SpreadPollingWorker(Worker):
+    """Procrastinate's worker with its idle polls spread: each wait between two polls is drawn within
+    1 -/+ POLL_SPREAD of the interval (the same mean, so the same cost), where Procrastinate's waits the
+    same time every round. A fleet's workers that started, or emptied the queue, together would poll in
+    step, and a job submitted between two volleys would wait most of an interval however large the fleet.
+    Spread, the polls of N idle workers fall about interval / N apart, and that is a job's wait (500
+    daemons polling every 5 s: 10 ms; docs/BENCHMARKS.md, the fleet behind PgBouncer). Procrastinate reads
+    `fetch_job_polling_interval` before each wait (Worker._run_loop)."""
+
+    @property
+    def fetch_job_polling_interval(self) -> float:
+        return self._poll_interval_s * random.uniform(1 - POLL_SPREAD, 1 + POLL_SPREAD)
+
+    @fetch_job_polling_interval.setter
+    def fetch_job_polling_interval(self, seconds: float) -> None:
+        self._poll_interval_s = seconds
 
 
 def own_app(connector: procrastinate.PsycopgConnector) -> procrastinate.App:

@@ -23,7 +23,7 @@ from queue_app.config import Settings
 from queue_app.errors import NoSchema, Unavailable
 from queue_app.vocabulary import PREDICTION_QUEUE, SIMULATION_QUEUE, STUDY_QUEUE, TRAINING_QUEUE
 from workers.daemon import logs, notify
-from workers.daemon.app import DaemonConnector, app, own_app
+from workers.daemon.app import DaemonConnector, SpreadPollingWorker, app, own_app
 from workers.daemon.child import THREAD_LIMIT_ENV
 from workers.daemon.runtime import Runtime
 
@@ -117,14 +117,14 @@ async def _daemon(runtime: Runtime) -> AsyncIterator[list[Worker]]:
         # Training: one job at a time (one core). Forecasts, backtests and study advances: beside it
         # (milliseconds each), so that a strategy asking for a prediction, or a study asking for its
         # next trial, does not wait for a training to end.
-        trainer = Worker(
+        trainer = SpreadPollingWorker(
             daemon_app,
             queues=training_queues,
             name=f"worker-{instance}@{runtime.host}",
             concurrency=1,
             **common,
         )
-        predictor = Worker(
+        predictor = SpreadPollingWorker(
             daemon_app,
             queues=side_queues,
             name=f"predictor-{instance}@{runtime.host}",
