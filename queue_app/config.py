@@ -94,8 +94,9 @@ def _api_tokens() -> dict[str, str | None]:
 
 # SFQ_POOLER: what stands between the worker daemons (and the API) and PostgreSQL, and what that allows.
 # `transaction` (PgBouncer's pool_mode=transaction, for fleets too large for a connection each to LISTEN):
-# no LISTEN, no prepared statements, no other session state; idle workers poll every SFQ_POLL_INTERVAL_S,
-# which is then the pickup latency, so its default is shorter. README, "More machines".
+# no LISTEN, no prepared statements, no other session state; idle workers poll every SFQ_POLL_INTERVAL_S
+# (on average: workers.daemon.app.SpreadPollingWorker), which then sets the pickup latency (about the
+# interval / N for N idle daemons), so its default is shorter. README, "More machines".
 POOLED_NAME = "sfq"  # every connection's application_name behind a transaction pooler
 
 
