@@ -259,9 +259,10 @@ def _pickups(
     rate); since 0028 a training job's notification wakes one training worker, and the others poll on as
     while idle. (Before 0028 it woke every daemon's training worker, whose wake restarted its poll timer:
     with a job every `spacing` s only the side-queue workers' half of the polls went on, and that half
-    was subtracted.) The window is a whole number of poll intervals, as the idle one is: a worker's polls
-    come at the same phase every interval, and daemons started together poll together, so a window of
-    1.5 intervals counted from 1 to 2 polls a worker (0 to 5 fetches a job at 500 daemons, 2026-12-03)."""
+    was subtracted.) The window is a whole number of poll intervals, as the idle one is: when a worker's
+    polls came at the same phase every interval (before 52b373b spread them), a window of 1.5 intervals
+    counted from 1 to 2 polls a worker (0 to 5 fetches a job at 500 daemons, 2026-12-03); spread, whole
+    intervals still count each worker's polls over the same span as the idle rate does."""
     _, fetches = counters.calls()
     start = time.monotonic()
     latencies = pickup_latencies(conn, TRAINING_QUEUE, SFQ_TASK, log, samples, spacing, 120)

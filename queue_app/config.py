@@ -123,7 +123,7 @@ class Settings:
     max_jobs_per_child: int
     pool_size: int
     pooler: str  # SFQ_POOLER: what stands between workers (and the API) and PostgreSQL (POOLERS)
-    poll_interval_s: float  # with LISTEN a safety net; behind a transaction pooler, the pickup latency
+    poll_interval_s: float  # with LISTEN a safety net; behind a transaction pooler, sets the pickup latency
     timeout_s: int  # default training deadline when a request sets no timeout_s
     memory_limit_mb: int  # per training process (resident memory); 0 = no limit
     grace_s: int  # on SIGTERM, how long the running job may finish before it is put back
