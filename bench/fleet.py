@@ -3,7 +3,7 @@ daemons (--short: 4 and 8), LISTEN/NOTIFY, SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_
 (--short: 1 and 3 s, so that a rescue fits in seconds). SFQ_BENCH_FLEET_SIZES=500 runs the sizes given
 (docs/bench-fleet.png is then left as it is). With SFQ_POOLER=transaction the daemons poll (every
 SFQ_POLL_INTERVAL_S, 1 s by default) through a PgBouncer of the scenario's own in transaction mode
-(bench.pooler: POOL_SIZE server connections), and the chart is not kept either.
+(bench.pooler: POOL_SIZE server connections), and the chart is docs/bench-fleet-pgbouncer.png.
 
 Each daemon is sfq's own (workers.daemon.serve: its connector and two connections, its two Procrastinate
 workers, its heartbeat and rescue loop); several share a process (`python -m bench.fleet FIRST COUNT`),
@@ -69,7 +69,8 @@ POOL_SIZE = int(os.environ.get("SFQ_BENCH_FLEET_POOL_SIZE", "50"))
 # A worker's fetch: a listening daemon's sfq_fetch_job (0026), or Procrastinate's own when polling.
 FETCH = r"(sfq_fetch_job|procrastinate_fetch_job_v\d+)\("
 REQUEST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 2}
-CHART = ROOT / "docs" / "bench-fleet.png"
+# The full run's chart, by the way the daemons reach PostgreSQL: directly, listening, or through PgBouncer.
+CHARTS = {False: ROOT / "docs" / "bench-fleet.png", True: ROOT / "docs" / "bench-fleet-pgbouncer.png"}
 GOAL_SIZE, GOAL_P99_MS, GOAL_RESCUE_X, GOAL_IDLE_CPU = 500, 100, 2, 10  # issue 15
 
 
@@ -388,7 +389,11 @@ def _measure(
     }
 
 
-def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path) -> None:
+def _chart(
+    results: dict[int, dict[str, Any]], rescue_after_s: int, poll_s: float | None, output: Path
+) -> None:
+    """The measures against the fleet's size; polling every `poll_s` (None: listening), with PgBouncer's
+    CPU and the mean wait of spread polls (interval / N: workers.daemon.app.SpreadPollingWorker)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -399,9 +404,17 @@ def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path
     panels = [
         ("pickup latency, ms (idle fleet)", [("p50", "p50_ms"), ("p99", "p99_ms")], GOAL_P99_MS),
         ("no-op jobs/s (a burst)", [("jobs/s", "jobs_per_s")], None),
-        ("idle database CPU, % of a core", [("all daemons", "cpu_pct")], GOAL_IDLE_CPU),
+        (
+            "idle database CPU, % of a core",
+            [("all daemons", "cpu_pct")] + [("PgBouncer", "pooler_cpu_pct")] * (poll_s is not None),
+            GOAL_IDLE_CPU,
+        ),
         ("idle queries/s", [("queries/s", "queries_per_s")], None),
-        ("NOTIFY herd: fetches per job", [("fetches per job", "herd")], None),
+        (
+            "fetches per job, less the idle polls (no NOTIFY)" if poll_s else "NOTIFY herd: fetches per job",
+            [("fetches per job", "herd")],
+            None,
+        ),
         (
             f"rescue, multiples of SFQ_RESCUE_AFTER_S = {rescue_after_s} s",
             [("all taken up", "rescue_all_s"), ("first taken up", "rescue_first_s")],
@@ -416,12 +429,16 @@ def _chart(results: dict[int, dict[str, Any]], rescue_after_s: int, output: Path
             axis.axhline(goal, color="red", linestyle="--", linewidth=1, label=f"goal at 500: {goal}")
         if title.startswith("NOTIFY"):
             axis.plot(sizes, sizes, color="grey", linestyle=":", linewidth=1, label="one per daemon")
+        if title.startswith("pickup") and poll_s:
+            mean_ms = [1000 * poll_s / n for n in sizes]
+            axis.plot(sizes, mean_ms, color="grey", linestyle=":", linewidth=1, label="interval / N (mean)")
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("daemons")
         axis.set_xticks(sizes)
         axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
-    figure.suptitle("sfq worker daemons against one PostgreSQL (LISTEN/NOTIFY, no-op jobs)")
+    way = f"polling every {poll_s:g} s through PgBouncer" if poll_s else "LISTEN/NOTIFY"
+    figure.suptitle(f"sfq worker daemons against one PostgreSQL ({way}, no-op jobs)")
     figure.tight_layout()
     figure.savefig(output, dpi=100)
     plt.close(figure)
@@ -549,9 +566,9 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     rows += [
         ("fleet", f"{size} daemons: not measured", error.replace("|", "/")) for size, error in failed.items()
     ]
-    kept = not (short or chosen or pooled)
-    chart = CHART if kept else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
-    _chart(results, rescue_after_s, chart)
+    kept = not (short or chosen)
+    chart = CHARTS[pooled] if kept else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
+    _chart(results, rescue_after_s, float(settings["SFQ_POLL_INTERVAL_S"]) if pooled else None, chart)
     return {
         "rows": rows,
         "data": {
