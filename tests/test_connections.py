@@ -345,8 +345,8 @@ def test_an_idle_workers_polls_are_spread_around_the_interval(database):
     waits = [sent - answered for (_, answered), (sent, _) in itertools.pairwise(fetches)]
     assert min(waits) >= interval * (1 - POLL_SPREAD)  # a wait is never shorter than the least drawn
     # Drawn anew each time: of 40 waits, about 16 under 0.9 of the interval and 16 over 1.1. Fewer than 3
-    # under has odds of 1 in 2 million, 1 in 1,000 were every wait 30 ms late on a busy machine (which
-    # only lengthens a wait: the second count can but gain).
+    # under has odds of 1 in 2 million, or 1 in 1,000 if a busy machine made every wait 30 ms late (a
+    # late wait can only add to the count over 1.1).
     assert sum(wait < 0.9 * interval for wait in waits) >= 3, waits
     assert sum(wait > 1.1 * interval for wait in waits) >= 3, waits
 
