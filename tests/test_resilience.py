@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -148,17 +149,30 @@ def test_a_worker_presumed_dead_that_comes_back_fetches_as_itself(clean):
     )
 
 
+# Heartbeats every second, a worker silent for 8 s presumed dead, and a training that lasts longer than
+# that: with QUICK_RESCUE's 3 s, a stopping worker was rescued once in about ten clean-clone CI runs
+# (2026-12-03; its beats kept within 1.02 s of each other under four CPU hogs here, so not CPU alone).
+STOPPING_RESCUE = {"SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "8"}
+LONGER = {**SLOW, "hyperparameters": json.dumps({"n_estimators": 600})}  # about 15 s here, alone
+
+
 def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, start_worker):
     """The stopping worker keeps its heartbeat while its job finishes, though the job outlasts the
     rescue threshold and another worker is watching."""
     # Both run before the job is queued (a watcher started later may come up after the job is done,
     # on a loaded machine); the one that takes it is stopped as its training starts.
-    workers = [start_worker(n, SFQ_GRACE_S="120", **QUICK_RESCUE) for n in (1, 2)]
-    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **SLOW})
+    workers = [start_worker(n, SFQ_GRACE_S="120", **STOPPING_RESCUE) for n in (1, 2)]
+    model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **LONGER})
     worker, watcher = taken_by(clean, model_id, workers)
     training_pid(worker, model_id)
+    (stopped_at,) = clean.execute("SELECT now()").fetchone()
     assert worker.stop(timeout=180) == 0
     model = wait_for_models(clean, [model_id], timeout=5)[model_id]
+    (outlasted,) = clean.execute(
+        "SELECT extract(epoch FROM finished_at - %s)::float FROM models WHERE id = %s", (stopped_at, model_id)
+    ).fetchone()
+    too_soon = f"the job ended {outlasted:.1f} s after the stop: too soon to tell"
+    assert outlasted > int(STOPPING_RESCUE["SFQ_RESCUE_AFTER_S"]), too_soon
     assert (model["status"], model["attempts"]) == ("completed", 1)
     assert attempt_log(clean, model_id) == [(1, "completed")]
     assert "stopping (running job has 120 s to finish)" in worker.output
