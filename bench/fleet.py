@@ -470,6 +470,8 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
     rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])
     pooled = not POOLERS[settings["SFQ_POOLER"]].listen  # behind a transaction pooler: polling
+    # Every poll's interval, the short run's too (its settings leave the daemons' own): the chart's.
+    poll_s = float(chosen_settings["SFQ_POLL_INTERVAL_S"]) if pooled else None
     results: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-pg-") as home:
@@ -568,7 +570,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     ]
     kept = not (short or chosen)
     chart = CHARTS[pooled] if kept else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
-    _chart(results, rescue_after_s, float(settings["SFQ_POLL_INTERVAL_S"]) if pooled else None, chart)
+    _chart(results, rescue_after_s, poll_s, chart)
     return {
         "rows": rows,
         "data": {
