@@ -30,10 +30,10 @@ BATCH = 500_000  # rows per INSERT statement while filling
 # Each row a model: status by its position (about 90% completed), timestamps over the year before now,
 # held-out metrics drawn at random for the completed ones.
 FILL_MODELS = """
-INSERT INTO models (fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
-                    hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
-                    context_symbols, alpha_grid, l1_ratio_grid, regime_configs, status, error, submitted_at,
-                    started_at, finished_at, worker_host, worker_pid, attempts, metrics)
+INSERT INTO models (fingerprint, spec_extra, symbol, timeframe, target_col, target_transform, horizon,
+                    algorithm, hyperparameters, features, train_window, test_window, data_end, cv_folds,
+                    cv_strategy, context_symbols, alpha_grid, l1_ratio_grid, regime_configs, status, error,
+                    submitted_at, started_at, finished_at, worker_host, worker_pid, attempts, metrics)
 SELECT 'bench-' || g, '{"bench": true}', 'SYM' || (g %% 50), '1d', 'close', 'log_return', 1 + g %% 5,
        (%(algorithms)s::text[])[1 + g %% 8], '{}', '{}', 1000, 250, now(), 5, 'expanding', '{}', '{}', '{}',
        '[]', s.status, CASE WHEN s.status = 'failed' THEN 'synthetic failure' END, t.at,

@@ -98,7 +98,7 @@ UPDATE models
        worker_host = %(host)s, worker_pid = %(pid)s,
        progress = jsonb_build_object('phase', 'starting', 'fraction', 0, 'at', now())
  WHERE id = %(model_id)s AND status IN ('queued', 'running') AND job_id = %(job_id)s
-RETURNING attempts, spec, timeout_s, fingerprint, algorithm, traceparent
+RETURNING attempts, models.spec, timeout_s, fingerprint, algorithm, traceparent
 
 -- load_bars --
 -- The last bars up to the model's pinned data end, oldest first, in one query.
@@ -260,7 +260,7 @@ VACUUM (SKIP_LOCKED) procrastinate_workers, sfq_workers, sfq_sleepers, sfq_fleet
 
 -- get_model --
 -- Everything stored about one model, with its file's SHA-256 and size.
-SELECT m.*, a.sha256 AS artifact_sha256, a.size AS artifact_size
+SELECT m.*, m.spec, a.sha256 AS artifact_sha256, a.size AS artifact_size
   FROM models m LEFT JOIN model_artifacts a ON a.model_id = m.id
  WHERE m.id = %(model_id)s
 
@@ -580,7 +580,7 @@ SELECT ts, close / first_value(close) OVER (ORDER BY ts) AS equity
 
 -- compared_models --
 -- The models of the dashboard's comparison page, by id: status, spec and held-out metrics.
-SELECT id, status::text, symbol, timeframe, algorithm, target_col, horizon, spec, metrics
+SELECT id, status::text, symbol, timeframe, algorithm, target_col, horizon, models.spec, metrics
   FROM models WHERE id = ANY(%(model_ids)s) ORDER BY id
 
 -- default_backtests --
@@ -834,7 +834,7 @@ UPDATE procrastinate_jobs SET status = 'cancelled'
 -- model_forecasts_with_bars --
 -- A model's forecasts, oldest first, with the bars their realised value needs after as_of and those there.
 SELECT f.id, f.as_of, f.status, f.prediction, f.predicted_price, f.realised, f.realised_at, f.error,
-       coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon AS needs,
+       coalesce((m.spec_extra->>'execution_lag')::integer, 0) + m.horizon AS needs,
        (SELECT count(*) FROM bars b WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe
                                       AND b.ts > f.as_of) AS bars_after
   FROM model_forecasts f JOIN models m ON m.id = f.model_id

@@ -135,6 +135,8 @@ GRANT SELECT ON models, features_log, model_predictions, model_prediction_series
                 strategy_alias_history, model_live_records, retrain_policies, strategy_retrains
     TO sfq_api;
 GRANT SELECT ON sfq_model_counts, sfq_training_durations, sfq_job_counts TO sfq_api;  -- counts (0017)
+-- A model's spec, rebuilt from its row (`m.spec`, sql/schema/models.sql), for those who read every column.
+GRANT EXECUTE ON FUNCTION spec(models), sfq_spec_of_columns, sfq_utc_text TO sfq_worker, sfq_api;
 GRANT SELECT ON blobs, blob_chunks TO sfq_api;  -- GET /models/{id}/artifact streams a file's chunks
 GRANT SELECT ON prediction_axes TO sfq_api;  -- GET /models/{id}/predictions (0020)
 GRANT EXECUTE ON FUNCTION sfq_duration_bounds TO sfq_api;  -- GET /metrics' histogram

@@ -262,7 +262,7 @@ def test_execution_lag_is_fingerprinted_and_lag_0_is_the_label_every_model_had_b
     fingerprints)."""
     base = {"symbol": "AAPL", **FAST}
     default = clean.execute(
-        "SELECT spec FROM models WHERE id = %s", (insert_request(clean, base)[0],)
+        "SELECT models.spec FROM models WHERE id = %s", (insert_request(clean, base)[0],)
     ).fetchone()[0]
     assert default["execution_lag"] == 1 and default["spec_version"] == 2
     model, lag_1, deduplicated = insert_request(clean, {**base, "execution_lag": 1})
@@ -270,7 +270,7 @@ def test_execution_lag_is_fingerprinted_and_lag_0_is_the_label_every_model_had_b
     _, lag_2, _ = insert_request(clean, {**base, "execution_lag": 2})
     lag_0_model, lag_0, _ = insert_request(clean, {**base, "execution_lag": 0})
     assert len({lag_0, lag_1, lag_2}) == 3
-    spec = clean.execute("SELECT spec FROM models WHERE id = %s", (lag_0_model,)).fetchone()[0]
+    spec = clean.execute("SELECT models.spec FROM models WHERE id = %s", (lag_0_model,)).fetchone()[0]
     assert "execution_lag" not in spec and spec["spec_version"] == 1
     # A retrain or an evolution of such a model keeps its lag.
     request = clean.execute(
@@ -290,15 +290,55 @@ def test_a_walk_forward_is_fingerprinted_with_every_setting_and_holdout_as_befor
         fingerprint,
         True,
     )
-    spec = clean.execute("SELECT spec FROM models WHERE id = %s", (walk,)).fetchone()[0]
+    spec = clean.execute("SELECT models.spec FROM models WHERE id = %s", (walk,)).fetchone()[0]
     assert spec["evaluation"] == spelled_out
-    assert (
-        "evaluation" not in clean.execute("SELECT spec FROM models WHERE id = %s", (holdout,)).fetchone()[0]
-    )
+    spec_of = "SELECT m.spec FROM models m WHERE id = %s"
+    assert "evaluation" not in clean.execute(spec_of, (holdout,)).fetchone()[0]
     sliding = {**spelled_out, "window": "sliding", "start": "2010-01-04T00:00:00+00:00"}
     other, _, _ = insert_request(clean, {**base, "evaluation": json.dumps(sliding)})
-    stored = clean.execute("SELECT spec->'evaluation' FROM models WHERE id = %s", (other,)).fetchone()[0]
+    stored = clean.execute("SELECT m.spec->'evaluation' FROM models m WHERE id = %s", (other,)).fetchone()[0]
     assert stored == {**sliding, "start": "2010-01-04T00:00:00.000000Z"} and other != walk
+
+
+def test_a_models_spec_is_rebuilt_from_its_columns_and_hashes_to_its_fingerprint(clean):
+    """models.spec is a function of the row (0031): the columns and spec_extra, which keeps only the fields
+    no column holds. Every kind of request gets that compact row, and its spec is the one hashed."""
+    base = {"symbol": "AAPL", **FAST}
+    requests = [
+        base,
+        {**base, "execution_lag": 0},
+        {**base, "run": 3, "lockbox_start": "2012-06-01", "timeout_s": 60},
+        {**base, "evaluation": json.dumps({"kind": "walk_forward", "refit_every": 10})},
+        {**base, "algorithm": "ElasticNet", "alpha_grid": [0.1, 1.0], "l1_ratio_grid": [0.5]},
+        {**base, "context_symbols": ["MSFT"], "regime_configs": json.dumps([{"kind": "trend"}])},
+        {**base, "hyperparameters": json.dumps({"alpha": 2.50}), "features": ["ret_1", "rsi_14"]},
+        {**base, "symbol": "msft ", "timeframe": "1d", "data_end": "2011-03-04 15:30:00-05", "horizon": 3},
+    ]
+    ids = [insert_request(clean, request)[0] for request in requests]
+    rows = clean.execute(
+        "SELECT spec_extra, encode(sha256(convert_to(m.spec::text, 'UTF8')), 'hex') = fingerprint"
+        " FROM models m WHERE id = ANY(%s) ORDER BY id",
+        (ids,),
+    ).fetchall()
+    assert len(rows) == len(requests)
+    for extra, hashes_to_fingerprint in rows:
+        assert hashes_to_fingerprint
+        assert set(extra) <= {"spec_version", "execution_lag", "bars_revision", "lockbox_start", "evaluation"}
+    assert [sorted(extra) for extra, _ in rows[:4]] == [
+        ["execution_lag", "spec_version"],
+        [],
+        ["execution_lag", "lockbox_start", "spec_version"],
+        ["evaluation", "execution_lag", "spec_version"],
+    ]
+
+
+def test_a_spec_kept_whole_is_read_back_whole(clean):
+    """A model made before 0031 keeps the spec it hashed, whole, in spec_extra (it has `symbol`, which the
+    fields beside the columns never have): m.spec gives it back as it was, not rebuilt from the columns."""
+    whole = {"symbol": "A", "spec_version": 1, "made_by": "an older sfq"}
+    model, _, _ = insert_request(clean, {"symbol": "AAPL", **FAST})
+    clean.execute("UPDATE models SET spec_extra = %s WHERE id = %s", (json.dumps(whole), model))
+    assert clean.execute("SELECT m.spec FROM models m WHERE id = %s", (model,)).fetchone()[0] == whole
 
 
 def test_a_revised_bar_makes_the_same_request_train_again(clean):
@@ -327,7 +367,7 @@ def test_a_revised_bar_makes_the_same_request_train_again(clean):
     assert clean.execute(revisions).fetchall() == [("GOOG", 1)]
     second, revised, deduplicated = insert_request(clean, request)
     assert (second != first, revised != fingerprint, deduplicated) == (True, True, False)
-    spec = clean.execute("SELECT spec FROM models WHERE id = %s", (second,)).fetchone()[0]
+    spec = clean.execute("SELECT models.spec FROM models WHERE id = %s", (second,)).fetchone()[0]
     assert spec["bars_revision"] == {"GOOG": 1}
     assert insert_request(clean, request)[:3] == (second, revised, True)  # stable until the next revision
 
@@ -341,7 +381,7 @@ def test_a_revised_bar_makes_the_same_request_train_again(clean):
     clean.execute(appended)
     assert clean.execute(revisions).fetchall() == [("GOOG", 3)]
     context = {"symbol": "IBM", **FAST, "data_end": "2010-06-30", "context_symbols": ["GOOG"]}
-    spec_of = "SELECT spec->'bars_revision' FROM models WHERE id = %s"
+    spec_of = "SELECT models.spec->'bars_revision' FROM models WHERE id = %s"
     assert clean.execute(spec_of, (insert_request(clean, context)[0],)).fetchone()[0] == {"GOOG": 3}
     # Leave the bars as found (the other tests share them).
     clean.execute("DELETE FROM bars WHERE symbol = 'GOOG' AND ts = '2030-01-02'")

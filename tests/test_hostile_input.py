@@ -744,8 +744,8 @@ def test_sql_insert_stores_or_refuses_hostile_text_cleanly(clean):
             model_id, fingerprint, _ = insert_request(clean, columns)
             value = columns["hyperparameters"].obj["scoring"]
             assert clean.execute(
-                "SELECT hyperparameters->>'scoring', spec->'hyperparameters'->>'scoring'"
-                " FROM models WHERE id = %s",
+                "SELECT hyperparameters->>'scoring', m.spec->'hyperparameters'->>'scoring'"
+                " FROM models m WHERE id = %s",
                 (model_id,),
             ).fetchone() == (value, value), label
             stored += 1

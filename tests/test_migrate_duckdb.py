@@ -144,7 +144,7 @@ def imported_models(conn: psycopg.Connection) -> dict[int, dict]:
     """Legacy id -> its model row."""
     with conn.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute(
-            "SELECT * FROM models WHERE imported_from LIKE 'duckdb:legacy.duckdb#%'"
+            "SELECT m.*, m.spec FROM models m WHERE imported_from LIKE 'duckdb:legacy.duckdb#%'"
         ).fetchall()
     return {int(row["imported_from"].rpartition("#")[2]): row for row in rows}
 

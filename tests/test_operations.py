@@ -62,8 +62,8 @@ def test_retrain_moves_data_end_to_the_latest_bar_and_links_the_models(clean, ap
     new_id = retrained.json()["model_id"]
     row = clean.execute(
         "SELECT data_end, retrain_of, run,"
-        " spec - 'data_end' = (SELECT spec - 'data_end' FROM models WHERE id = %s)"
-        " FROM models WHERE id = %s",
+        " m.spec - 'data_end' = (SELECT o.spec - 'data_end' FROM models o WHERE o.id = %s)"
+        " FROM models m WHERE id = %s",
         (old["model_id"], new_id),
     ).fetchone()
     assert row == (latest, old["model_id"], 1, True)
@@ -125,9 +125,8 @@ def test_evolution_chain_merges_overrides_and_lineage_shows_changes_and_metric_m
     assert cli.returncode == 0, cli.stderr
     grandchild_id = int(cli.stdout.split()[1])
 
-    specs = {
-        r[0]: (r[1], r[2]) for r in clean.execute("SELECT id, spec, parent_model_id FROM models").fetchall()
-    }
+    rows = clean.execute("SELECT id, m.spec, parent_model_id FROM models m").fetchall()
+    specs = {r[0]: (r[1], r[2]) for r in rows}
     parent_spec, child_spec = specs[parent["model_id"]][0], specs[child_id][0]
     assert specs[child_id][1] == parent["model_id"] and specs[grandchild_id][1] == child_id
     assert child_spec["hyperparameters"] == {**parent_spec["hyperparameters"], "alpha": 0.01}

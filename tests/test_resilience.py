@@ -473,7 +473,7 @@ def test_pruning_removes_requests_past_the_retention_a_batch_at_a_time_and_keeps
     ids = [insert_request(clean, {"symbol": s, **FAST})[0] for s in ("AAPL", "MSFT", "IBM", "SPY", "QQQ")]
     age = "UPDATE training_requests SET received_at = now() - interval '30 days' WHERE model_id = ANY(%s)"
     clean.execute(age, ([*ids[:3], ids[4]],))
-    models = "SELECT id, spec, traceparent FROM models ORDER BY id"
+    models = "SELECT id, models.spec, traceparent FROM models ORDER BY id"
     before = clean.execute(models).fetchall()
     prune = "SELECT sfq_prune_requests(interval '7 days', 2)"
     assert [clean.execute(prune).fetchone()[0] for _ in range(3)] == [2, 1, 0]

@@ -373,6 +373,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0027_one_round_a_fleet.sql",
         "migrations/0028_wake_one_sleeper.sql",
         "migrations/0029_fetch_probes_locks_by_index.sql",
+        "migrations/0031_spec_from_columns.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -398,6 +399,14 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
             "       'model:' || m.id, jsonb_build_object('model_id', m.id), m.priority))"
         )
         assert unqueued.fetchall() == []  # every queued model has its job, old or new, the same way
+        # 0031: a model made before keeps its whole spec, a new one its columns and the rest; both read back
+        # as the spec hashed into their fingerprint.
+        specs = conn.execute(
+            "SELECT m.spec_extra ? 'symbol', count(*), count(*) FILTER"
+            " (WHERE encode(sha256(convert_to(m.spec::text, 'UTF8')), 'hex') = fingerprint)"
+            " FROM models m GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert [(whole, n == hashed) for whole, n, hashed in specs] == [(False, True), (True, True)]
 
 
 def test_the_upgrade_moves_existing_model_files_into_blobs(databases):
@@ -455,14 +464,17 @@ def test_the_comparison_sees_a_left_over_function_a_missing_index_and_a_changed_
 
 def test_sfq_new_model_maps_each_request_column_to_the_model_column_of_the_same_name(conn):
     request = conn.execute(
-        "SELECT to_jsonb(r), to_jsonb(sfq_new_model(r)) FROM sfq_canonical_request("
+        "SELECT to_jsonb(r), to_jsonb(sfq_new_model(r)), spec(sfq_new_model(r)) = r.spec"
+        " FROM sfq_canonical_request("
         " jsonb_populate_record(NULL::training_requests, sfq_request_defaults()"
         "   || %s::jsonb)) r",
         (json.dumps({"symbol": "AAPL", "timeout_s": 60, "priority": 7, "run": 2, **FAST}),),
     ).fetchone()
-    as_request, as_model = request
+    as_request, as_model, spec_given_back = request
     shared = set(as_request) & set(as_model) - {"id"}
-    assert {"fingerprint", "spec", "priority", "run", "timeout_s", "data_end"} <= shared
+    assert {"fingerprint", "priority", "run", "timeout_s", "data_end"} <= shared
+    # The spec is the model's columns and the fields no column holds (0031): given back whole.
+    assert as_model["spec_extra"] == {"spec_version": 2, "execution_lag": 1} and spec_given_back
     assert {k: as_model[k] for k in shared} == {k: as_request[k] for k in shared}
     assert (as_model["id"], as_model["status"], as_model["attempts"], as_model["job_id"]) == (
         None,
@@ -578,6 +590,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0027_one_round_a_fleet.sql",
         "migrations/0028_wake_one_sleeper.sql",
         "migrations/0029_fetch_probes_locks_by_index.sql",
+        "migrations/0031_spec_from_columns.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

@@ -28,7 +28,7 @@ def submit(conn, **fields) -> dict:
 
 
 def model(conn, model_id: int) -> dict:
-    return conn.execute("SELECT spec FROM models WHERE id = %s", (model_id,)).fetchone()[0]
+    return conn.execute("SELECT models.spec FROM models WHERE id = %s", (model_id,)).fetchone()[0]
 
 
 @pytest.mark.parametrize(

@@ -229,7 +229,7 @@ def test_every_new_bar_forecasts_the_aliased_models_and_builds_a_live_record(
         ).fetchall(),
         columns=["ts", "open", "high", "low", "close", "volume"],
     ).set_index("ts")
-    spec_row = clean.execute("SELECT spec FROM models WHERE id = %s", (model,)).fetchone()[0]
+    spec_row = clean.execute("SELECT models.spec FROM models WHERE id = %s", (model,)).fetchone()[0]
     expected, _ = label(bars, spec_row)
     stored = clean.execute(
         "SELECT as_of, realised FROM model_forecasts"

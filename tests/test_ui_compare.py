@@ -83,7 +83,7 @@ def test_compare_page(clean, start_api, start_worker, browser, tmp_path):  # noq
     # The spec fields that differ, exactly: read from the database, by the test's own comparison.
     specs = {
         model_id: _flat(spec)
-        for model_id, spec in clean.execute("SELECT id, spec FROM models WHERE id = ANY(%s)", (ids,))
+        for model_id, spec in clean.execute("SELECT id, models.spec FROM models WHERE id = ANY(%s)", (ids,))
     }
     fields = sorted({k for s in specs.values() for k in s})
     differing = [k for k in fields if len({repr(s.get(k)) for s in specs.values()}) > 1]

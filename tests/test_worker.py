@@ -248,7 +248,7 @@ def test_cancelling_a_training_kills_it_and_stays_a_cancellation(clean):
         clean,
         {"symbol": "AAPL", "algorithm": "RandomForest", "hyperparameters": Jsonb({"n_estimators": 3000})},
     )
-    (spec,) = clean.execute("SELECT spec FROM models WHERE id = %s", (model_id,)).fetchone()
+    (spec,) = clean.execute("SELECT models.spec FROM models WHERE id = %s", (model_id,)).fetchone()
     bars, context = load_bars(clean, spec, training_end(spec))
     trainer = TrainingProcess(max_jobs=10)
 

@@ -8,6 +8,16 @@
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
 
+-- What a model stores of its canonical spec beside its columns (models.spec_extra): the fields no column
+-- holds (sfq_spec_column_fields), and spec_version when it is not the columns' 1. `hashed` is the spec
+-- sfq_canonical_request built from the same columns (sfq_spec_of_columns, then those fields): spec() gives
+-- it back byte for byte (tests/test_enqueue.py hashes every kind of request's back to its fingerprint).
+CREATE OR REPLACE FUNCTION sfq_spec_extra(hashed jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN hashed->'spec_version' = '1' THEN hashed - sfq_spec_column_fields() - 'spec_version'
+                ELSE hashed - sfq_spec_column_fields() END
+$$;
+
 -- A canonical request's model, not inserted yet: the request -> model mapping, written once. Every column
 -- of models in its order (a row type is positional: tables.sql says so); a column a request does not set
 -- takes the table's default. Inlined where it is called.
@@ -15,7 +25,7 @@ CREATE OR REPLACE FUNCTION sfq_new_model(r training_requests) RETURNS models
     LANGUAGE sql STABLE AS $$
     SELECT ROW(
         NULL,                    -- id: the INSERT's
-        r.fingerprint, r.spec, r.symbol, r.timeframe, r.target_col, r.target_transform, r.horizon,
+        r.fingerprint, r.symbol, r.timeframe, r.target_col, r.target_transform, r.horizon,
         r.algorithm, r.hyperparameters, r.features, r.train_window, r.test_window, r.data_end, r.cv_folds,
         r.cv_strategy, r.context_symbols, r.alpha_grid, r.l1_ratio_grid, r.regime_configs, r.parent_model_id,
         'queued',                -- status
@@ -31,8 +41,23 @@ CREATE OR REPLACE FUNCTION sfq_new_model(r training_requests) RETURNS models
         r.priority,
         NULL,                    -- progress
         0,                       -- lockbox_looks
-        r.traceparent
+        r.traceparent,
+        sfq_spec_extra(r.spec)   -- spec_extra
     )::models
+$$;
+
+-- A model's spec, the one hashed into its fingerprint: its columns' fields (sfq_spec_of_columns, the
+-- formula the request's spec was built with) and the others (spec_extra); or spec_extra whole, a spec kept
+-- as it was hashed (it has `symbol`, which the other fields never have: a model made before 0031). Named `spec` so that `m.spec` reads it as it read the column it replaced
+-- (0031: the spec repeated the columns, about 770 B of a 2 KB row); an unqualified `spec` does not.
+CREATE OR REPLACE FUNCTION spec(m models) RETURNS jsonb
+    LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN m.spec_extra ? 'symbol' THEN m.spec_extra
+                ELSE sfq_spec_of_columns(
+                         m.symbol, m.timeframe, m.target_col, m.target_transform, m.horizon, m.algorithm,
+                         m.hyperparameters, m.features, m.train_window, m.test_window, m.data_end, m.cv_folds,
+                         m.cv_strategy, m.context_symbols, m.alpha_grid, m.l1_ratio_grid, m.regime_configs, m.run)
+                     || m.spec_extra END
 $$;
 
 -- The one INSERT INTO models. Candidates are inserted in the order given, each unless a live model has its
@@ -50,17 +75,18 @@ DECLARE
 BEGIN
     WITH inserted AS (
         INSERT INTO models (
-            fingerprint, spec, symbol, timeframe, target_col, target_transform, horizon, algorithm,
+            fingerprint, symbol, timeframe, target_col, target_transform, horizon, algorithm,
             hyperparameters, features, train_window, test_window, data_end, cv_folds, cv_strategy,
             context_symbols, alpha_grid, l1_ratio_grid, regime_configs, parent_model_id, status, error,
             submitted_at, started_at, finished_at, worker_host, worker_pid, attempts, metrics, fold_metrics,
-            timings, timeout_s, job_id, retrain_of, run, imported_from, priority, progress, traceparent)
-        SELECT c.fingerprint, c.spec, c.symbol, c.timeframe, c.target_col, c.target_transform, c.horizon,
+            timings, timeout_s, job_id, retrain_of, run, imported_from, priority, progress, traceparent,
+            spec_extra)
+        SELECT c.fingerprint, c.symbol, c.timeframe, c.target_col, c.target_transform, c.horizon,
                c.algorithm, c.hyperparameters, c.features, c.train_window, c.test_window, c.data_end, c.cv_folds,
                c.cv_strategy, c.context_symbols, c.alpha_grid, c.l1_ratio_grid, c.regime_configs,
                c.parent_model_id, c.status, c.error, c.submitted_at, c.started_at, c.finished_at, c.worker_host,
                c.worker_pid, c.attempts, c.metrics, c.fold_metrics, c.timings, c.timeout_s, c.job_id,
-               c.retrain_of, c.run, c.imported_from, c.priority, c.progress, c.traceparent
+               c.retrain_of, c.run, c.imported_from, c.priority, c.progress, c.traceparent, c.spec_extra
           FROM unnest(candidates) AS c
         ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING
         RETURNING id
@@ -101,9 +127,9 @@ CREATE OR REPLACE FUNCTION sfq_model_request(m models) RETURNS jsonb
         'regime_configs', m.regime_configs, 'run', m.run, 'timeout_s', m.timeout_s,
         'parent_model_id', m.parent_model_id,
         -- A spec without it (spec_version 1) measured its label from the signal's close: lag 0.
-        'execution_lag', coalesce((m.spec->>'execution_lag')::integer, 0),
-        'evaluation', coalesce(m.spec->'evaluation', '{"kind": "holdout"}'),
-        'lockbox_start', m.spec->>'lockbox_start')
+        'execution_lag', coalesce((m.spec_extra->>'execution_lag')::integer, 0),
+        'evaluation', coalesce(m.spec_extra->'evaluation', '{"kind": "holdout"}'),
+        'lockbox_start', m.spec_extra->>'lockbox_start')
 $$;
 
 -- One row per attempt at training a model (model_attempts): opened when attempts grows, closed when

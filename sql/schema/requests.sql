@@ -301,6 +301,43 @@ BEGIN
 END;
 $$;
 
+-- The spec's fields that a model's columns hold, as sfq_canonical_request hashes them: one formula for the
+-- request's spec and for the model's (models.sql: spec(models) rebuilds it from the model's row).
+CREATE OR REPLACE FUNCTION sfq_spec_of_columns(
+    symbol text, timeframe text, target_col text, target_transform text, horizon integer, algorithm text,
+    hyperparameters jsonb, features text[], train_window integer, test_window integer, data_end timestamptz,
+    cv_folds integer, cv_strategy text, context_symbols text[], alpha_grid double precision[],
+    l1_ratio_grid double precision[], regime_configs jsonb, run integer) RETURNS jsonb
+    LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'spec_version', 1,
+        'symbol', symbol, 'timeframe', timeframe,
+        'target_col', target_col, 'target_transform', target_transform, 'horizon', horizon,
+        'algorithm', algorithm, 'hyperparameters', hyperparameters, 'features', to_jsonb(features),
+        'train_window', train_window, 'test_window', test_window,
+        'data_end', sfq_utc_text(data_end),
+        'cv_folds', cv_folds, 'cv_strategy', cv_strategy,
+        'context_symbols', to_jsonb(context_symbols),
+        'alpha_grid', to_jsonb(alpha_grid), 'l1_ratio_grid', to_jsonb(l1_ratio_grid),
+        'regime_configs', regime_configs
+    ) || CASE WHEN run > 1 THEN jsonb_build_object('run', run) ELSE '{}' END  -- run 1 hashes as before
+$$;
+
+-- The fields sfq_spec_of_columns gives but spec_version (which another field's presence raises to 2), read
+-- from it once per `sfq db upgrade` and written into sfq_spec_column_fields() as a constant: a model's row
+-- stores its spec without them (sfq_spec_extra, models.sql).
+DO $generate$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE FUNCTION sfq_spec_column_fields() RETURNS text[] LANGUAGE sql IMMUTABLE'
+                   ' PARALLEL SAFE AS $body$ SELECT %L::text[] $body$',
+                   ARRAY(SELECT f FROM jsonb_object_keys(sfq_spec_of_columns(
+                             '', '', '', '', 1, '', '{}', '{}', 1, 1, NULL, 1, '', '{}', '{}', '{}', '[]', 2)) f
+                          WHERE f <> 'spec_version' ORDER BY f));
+END;
+$generate$;
+COMMENT ON FUNCTION sfq_spec_column_fields() IS
+    'The spec''s fields a model''s columns hold (but spec_version): generated from sfq_spec_of_columns by requests.sql.';
+
 -- Validate a request, fill in defaults, canonicalise, and compute its spec and fingerprint, without
 -- enqueueing anything. `pin_data_end` pins data_end to the latest bar at or before it (the default
 -- way in); the DuckDB import keeps the legacy data_end as it was. `known_hyperparameters`: the
@@ -520,18 +557,10 @@ BEGIN
     IF pin_data_end THEN
         revisions := sfq_bar_revisions(r.symbol || r.context_symbols, r.timeframe);
     END IF;
-    r.spec := jsonb_build_object(
-        'spec_version', 1,
-        'symbol', r.symbol, 'timeframe', r.timeframe,
-        'target_col', r.target_col, 'target_transform', r.target_transform, 'horizon', r.horizon,
-        'algorithm', r.algorithm, 'hyperparameters', r.hyperparameters, 'features', to_jsonb(r.features),
-        'train_window', r.train_window, 'test_window', r.test_window,
-        'data_end', sfq_utc_text(r.data_end),
-        'cv_folds', r.cv_folds, 'cv_strategy', r.cv_strategy,
-        'context_symbols', to_jsonb(r.context_symbols),
-        'alpha_grid', to_jsonb(r.alpha_grid), 'l1_ratio_grid', to_jsonb(r.l1_ratio_grid),
-        'regime_configs', r.regime_configs
-    ) || CASE WHEN r.run > 1 THEN jsonb_build_object('run', r.run) ELSE '{}' END  -- run 1 hashes as before
+    r.spec := sfq_spec_of_columns(
+        r.symbol, r.timeframe, r.target_col, r.target_transform, r.horizon, r.algorithm, r.hyperparameters,
+        r.features, r.train_window, r.test_window, r.data_end, r.cv_folds, r.cv_strategy, r.context_symbols,
+        r.alpha_grid, r.l1_ratio_grid, r.regime_configs, r.run)
       -- execution_lag 0 is the label every model had before the field (from the signal's close), and
       -- hashes as before; from 1 on (the default) it is hashed, under spec_version 2.
       || CASE WHEN r.execution_lag > 0

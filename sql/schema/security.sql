@@ -36,7 +36,7 @@ BEGIN
     FOR fn IN
         SELECT p.oid FROM pg_proc p
          WHERE p.pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'models'::regclass)
-           AND p.proname ~ '^(sfq|procrastinate)_'
+           AND (p.proname ~ '^(sfq|procrastinate)_' OR p.proname = 'spec')  -- spec(models): models.sql
     LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
     END LOOP;

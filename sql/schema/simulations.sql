@@ -71,7 +71,7 @@ CREATE OR REPLACE FUNCTION sfq_request_lockbox(model bigint) RETURNS simulation_
 DECLARE
     m models := sfq_model(model);
 BEGIN
-    IF m.spec->>'lockbox_start' IS NULL THEN
+    IF m.spec_extra->>'lockbox_start' IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = format('model %s has no lockbox: its request set no lockbox_start', model);
     END IF;

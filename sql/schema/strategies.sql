@@ -165,13 +165,13 @@ BEGIN
               JOIN model_forecasts f2 ON f2.model_id = m.id AND f2.realised IS NULL
              CROSS JOIN LATERAL (SELECT b.close FROM bars b
                                   WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe AND b.ts >= f2.as_of
-                                  ORDER BY b.ts OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) LIMIT 1) e
+                                  ORDER BY b.ts OFFSET coalesce((m.spec_extra->>'execution_lag')::integer, 0) LIMIT 1) e
              CROSS JOIN LATERAL (SELECT b.ts, CASE m.target_col WHEN 'open' THEN b.open WHEN 'high' THEN b.high
                                                                  WHEN 'low' THEN b.low ELSE b.close END AS price
                                    FROM bars b
                                   WHERE b.symbol = m.symbol AND b.timeframe = m.timeframe AND b.ts >= f2.as_of
                                   ORDER BY b.ts
-                                 OFFSET coalesce((m.spec->>'execution_lag')::integer, 0) + m.horizon LIMIT 1) x
+                                 OFFSET coalesce((m.spec_extra->>'execution_lag')::integer, 0) + m.horizon LIMIT 1) x
            ) r
      WHERE f.id = r.id;
 

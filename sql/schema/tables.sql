@@ -79,7 +79,6 @@ CREATE TYPE sfq_model_status AS ENUM ('queued', 'running', 'completed', 'failed'
 CREATE TABLE models (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     fingerprint text NOT NULL,
-    spec jsonb NOT NULL,  -- the canonical spec that was hashed into the fingerprint
     symbol text NOT NULL,
     timeframe text NOT NULL,
     target_col text NOT NULL,
@@ -117,8 +116,12 @@ CREATE TABLE models (
     priority integer NOT NULL DEFAULT 0,
     progress jsonb,      -- {"phase", "fraction", "at"} of the training under way
     lockbox_looks integer NOT NULL DEFAULT 0,
-    traceparent text
+    traceparent text,
+    spec_extra jsonb NOT NULL  -- what of the spec no column holds (0031): models.spec, sql/schema/models.sql
 );
+COMMENT ON COLUMN models.spec_extra IS
+    'The hashed spec''s fields that no column holds (spec_version 2, execution_lag, bars_revision, lockbox_start, '
+    'evaluation), or the whole spec when the columns do not rebuild it. models.spec (a function) is the spec.';
 COMMENT ON COLUMN models.lockbox_looks IS 'How many times the model''s lockbox evaluation was asked for.';
 COMMENT ON COLUMN models.traceparent IS
     'The W3C trace context of the request that made the model: its training and backtests are spans of that trace.';
