@@ -280,6 +280,12 @@ def build_through_every_migration(url: str, procrastinate_schema: str, procrasti
             " context_symbols, alpha_grid, l1_ratio_grid, regime_configs, run, 'failed', 'legacy',"
             " 'duckdb:old.duckdb#1' FROM models WHERE id = 1"
         )
+        conn.execute(  # its spec as the old service wrote it (horizon 1.0): its columns do not give it back
+            "UPDATE models m SET spec = s.spec,"
+            "       fingerprint = encode(sha256(convert_to(s.spec::text, 'UTF8')), 'hex')"
+            " FROM (SELECT id, spec || jsonb_build_object('horizon', horizon::numeric(4, 1)) AS spec"
+            "       FROM models WHERE imported_from = 'duckdb:old.duckdb#1') s WHERE m.id = s.id"
+        )
 
         apply_migration(conn, "0005_simulations_sweeps.sql")
         load_registry(conn, "sfq_strategies")
@@ -391,6 +397,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         assert (convention, sharpe) == ("legacy", "-2.2")
         again = conn.execute("SELECT id, convention, status FROM sfq_request_simulation(1)").fetchone()
         assert again[0] != old and again[1:] == ("label", "queued")
+        first_after = conn.execute("SELECT max(id) + 1 FROM models").fetchone()[0]
         write_after_the_upgrade(conn)
         unqueued = conn.execute(
             "SELECT m.id FROM models m LEFT JOIN procrastinate_jobs j ON j.id = m.job_id"
@@ -399,14 +406,19 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
             "       'model:' || m.id, jsonb_build_object('model_id', m.id), m.priority))"
         )
         assert unqueued.fetchall() == []  # every queued model has its job, old or new, the same way
-        # 0031: a model made before keeps its whole spec, a new one its columns and the rest; both read back
-        # as the spec hashed into their fingerprint.
+        # 0031: a model's row keeps its columns and the rest of its spec, or the whole spec where the columns
+        # would not give it back byte for byte; either reads back as the spec hashed into its fingerprint.
         specs = conn.execute(
-            "SELECT m.spec_extra ? 'symbol', count(*), count(*) FILTER"
+            "SELECT m.spec_extra ? 'symbol', m.id < %s, count(*), count(*) FILTER"
             " (WHERE encode(sha256(convert_to(m.spec::text, 'UTF8')), 'hex') = fingerprint)"
-            " FROM models m GROUP BY 1 ORDER BY 1"
+            " FROM models m GROUP BY 1, 2 ORDER BY 1, 2",
+            (first_after,),
         ).fetchall()
-        assert [(whole, n == hashed) for whole, n, hashed in specs] == [(False, True), (True, True)]
+        assert [(whole, before, n == hashed) for whole, before, n, hashed in specs] == [
+            (False, False, True),  # made after the upgrade
+            (False, True, True),  # made before and compacted by 0031
+            (True, True, True),  # the import's, whose columns do not give its spec back: kept whole
+        ]
 
 
 def test_the_upgrade_moves_existing_model_files_into_blobs(databases):
