@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from queue_app import gateway
 from queue_app.errors import Rejected
@@ -315,12 +316,27 @@ def test_a_models_spec_is_rebuilt_from_its_columns_and_hashes_to_its_fingerprint
         {**base, "symbol": "msft ", "timeframe": "1d", "data_end": "2011-03-04 15:30:00-05", "horizon": 3},
     ]
     ids = [insert_request(clean, request)[0] for request in requests]
+    # The other ways in: a sweep, a forced retrain, an evolution, a symbol without bars (data_end NULL),
+    # and a client whose floats print rounded (extra_float_digits 0) hashing the same grid as the others.
+    clean.execute(
+        "SELECT sfq_submit_sweep(%s, %s)", (Jsonb({"symbol": "MSFT", **FAST}), Jsonb({"horizon": [2, 4]}))
+    )
+    clean.execute("SELECT sfq_retrain(%s, true)", (ids[0],))
+    clean.execute("""SELECT sfq_evolve(%s, '{"horizon": 5}')""", (ids[1],))
+    insert_request(clean, {"symbol": "ZZZZ", **FAST})
+    grid = {**base, "algorithm": "Lasso", "alpha_grid": [0.30000000000000004, 1.0]}
+    clean.execute("SET extra_float_digits = 0")
+    rounded = insert_request(clean, grid)
+    clean.execute("RESET extra_float_digits")
+    assert insert_request(clean, grid) == (*rounded[:2], True)
+    clean.execute("SET extra_float_digits = 0")  # and read back the same, however this client prints floats
     rows = clean.execute(
         "SELECT spec_extra, encode(sha256(convert_to(m.spec::text, 'UTF8')), 'hex') = fingerprint"
-        " FROM models m WHERE id = ANY(%s) ORDER BY id",
-        (ids,),
+        " FROM models m ORDER BY id"
     ).fetchall()
-    assert len(rows) == len(requests)
+    clean.execute("RESET extra_float_digits")
+    assert len(rows) == len(requests) + 6
+    assert clean.execute("SELECT count(*) FROM models WHERE data_end IS NULL").fetchone()[0] == 1
     for extra, hashes_to_fingerprint in rows:
         assert hashes_to_fingerprint
         assert set(extra) <= {"spec_version", "execution_lag", "bars_revision", "lockbox_start", "evaluation"}

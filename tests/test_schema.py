@@ -419,6 +419,19 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
             (False, True, True),  # made before and compacted by 0031
             (True, True, True),  # the import's, whose columns do not give its spec back: kept whole
         ]
+        # DROP COLUMN only hides a column: 0031 rewrites the table, so no row keeps the spec's bytes.
+        conn.execute("CREATE EXTENSION pageinspect")
+        kept = conn.execute(
+            "SELECT count(*) FILTER (WHERE i.t_attrs[3] IS NOT NULL), count(*)"
+            " FROM generate_series(0, pg_relation_size('models') / 8192 - 1) AS page,"
+            "      heap_page_item_attrs(get_raw_page('models', page::integer), 'models'::regclass) AS i"
+            " WHERE i.lp_len > 0 AND i.t_attrs IS NOT NULL"
+        ).fetchone()
+        conn.execute("DROP EXTENSION pageinspect")
+        dropped = conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'models'::regclass AND attnum = 3"
+        )
+        assert dropped.fetchone()[0] == "........pg.dropped.3........" and kept[0] == 0 and kept[1] > 10
 
 
 def test_the_upgrade_moves_existing_model_files_into_blobs(databases):

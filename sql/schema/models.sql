@@ -11,9 +11,9 @@
 -- What a model stores of its canonical spec beside its columns (models.spec_extra): the fields no column
 -- holds (sfq_spec_column_fields), and spec_version when it is not the columns' 1. `hashed` is the spec
 -- sfq_canonical_request built from the same columns (sfq_spec_of_columns, then those fields): spec() gives
--- it back byte for byte (tests/test_enqueue.py hashes every kind of request's back to its fingerprint).
+-- it back byte for byte (tests/test_enqueue.py hashes the models of every way in back to their fingerprints).
 CREATE OR REPLACE FUNCTION sfq_spec_extra(hashed jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE AS $$
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN hashed->'spec_version' = '1' THEN hashed - sfq_spec_column_fields() - 'spec_version'
                 ELSE hashed - sfq_spec_column_fields() END
 $$;
@@ -51,7 +51,7 @@ $$;
 -- as it was hashed (it has `symbol`, which the other fields never have: a model made before 0031). Named `spec` so that `m.spec` reads it as it read the column it replaced
 -- (0031: the spec repeated the columns, about 770 B of a 2 KB row); an unqualified `spec` does not.
 CREATE OR REPLACE FUNCTION spec(m models) RETURNS jsonb
-    LANGUAGE sql STABLE AS $$
+    LANGUAGE sql STABLE PARALLEL SAFE SET extra_float_digits = 1 AS $$  -- as sfq_canonical_request wrote them
     SELECT CASE WHEN m.spec_extra ? 'symbol' THEN m.spec_extra
                 ELSE sfq_spec_of_columns(
                          m.symbol, m.timeframe, m.target_col, m.target_transform, m.horizon, m.algorithm,

@@ -302,13 +302,16 @@ END;
 $$;
 
 -- The spec's fields that a model's columns hold, as sfq_canonical_request hashes them: one formula for the
--- request's spec and for the model's (models.sql: spec(models) rebuilds it from the model's row).
+-- request's spec and for the model's (models.sql: spec(models) rebuilds it from the model's row). Frozen
+-- for the models made: spec() rebuilds theirs with it, so a change would change their specs and break
+-- their fingerprints; a new field must rebuild as before where it is absent (as `run` does at 1). The
+-- grids' floats are written as extra_float_digits says: both callers fix it (SET extra_float_digits).
 CREATE OR REPLACE FUNCTION sfq_spec_of_columns(
     symbol text, timeframe text, target_col text, target_transform text, horizon integer, algorithm text,
     hyperparameters jsonb, features text[], train_window integer, test_window integer, data_end timestamptz,
     cv_folds integer, cv_strategy text, context_symbols text[], alpha_grid double precision[],
     l1_ratio_grid double precision[], regime_configs jsonb, run integer) RETURNS jsonb
-    LANGUAGE sql STABLE AS $$
+    LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT jsonb_build_object(
         'spec_version', 1,
         'symbol', symbol, 'timeframe', timeframe,
@@ -345,7 +348,8 @@ COMMENT ON FUNCTION sfq_spec_column_fields() IS
 CREATE OR REPLACE FUNCTION sfq_canonical_request(r training_requests, pin_data_end boolean DEFAULT true,
                                                  known_hyperparameters jsonb DEFAULT NULL)
     RETURNS training_requests
-    LANGUAGE plpgsql STABLE AS $$
+    -- The shortest digits that give a float back (PostgreSQL's default), whatever the client set.
+    LANGUAGE plpgsql STABLE SET extra_float_digits = 1 AS $$
 DECLARE
     unknown text[];
     given_hyperparameters jsonb;
