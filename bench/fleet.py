@@ -2,7 +2,8 @@
 daemons (--short: 4 and 8), LISTEN/NOTIFY, SFQ_HEARTBEAT_S and SFQ_RESCUE_AFTER_S at their defaults
 (--short: 1 and 3 s, so that a rescue fits in seconds). SFQ_BENCH_FLEET_SIZES=500 runs the sizes given
 (docs/bench-fleet.png is then left as it is). With SFQ_POOLER=transaction the daemons poll (every
-SFQ_POLL_INTERVAL_S, 1 s by default) through a PgBouncer of the scenario's own in transaction mode
+SFQ_POLL_INTERVAL_S, 1 s by default, or the fleet's size times SFQ_POLL_GAP_S if longer) through a
+PgBouncer of the scenario's own in transaction mode
 (bench.pooler: POOL_SIZE server connections), and the chart is docs/bench-fleet-pgbouncer.png.
 
 Each daemon is sfq's own (workers.daemon.serve: its connector and two connections, its two Procrastinate
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -357,7 +359,8 @@ def _measure(
                 _wait_done(conn, warm_up, 120, alive)
                 time.sleep(2 * int(settings["SFQ_HEARTBEAT_S"]))  # start-up over: wakes, first beats
                 _alive(fleet, "start")
-                poll_s = float(settings.get("SFQ_POLL_INTERVAL_S", 0))  # 0 (short): no whole polls
+                # The daemons' mean wait at this size (0, short: no whole polls)
+                poll_s = _interval_for(settings, size) if "SFQ_POLL_INTERVAL_S" in settings else 0.0
                 idle_s = poll_s * math.ceil(IDLE_S / poll_s) if poll_s else 3  # whole polls, as below
                 idle = _idle(conn, counters, fleet, idle_s)
                 measured.update(idle)
@@ -390,10 +393,11 @@ def _measure(
 
 
 def _chart(
-    results: dict[int, dict[str, Any]], rescue_after_s: int, poll_s: float | None, output: Path
+    results: dict[int, dict[str, Any]], rescue_after_s: int, polling: dict[str, str] | None, output: Path
 ) -> None:
-    """The measures against the fleet's size; polling every `poll_s` (None: listening), with PgBouncer's
-    CPU and the mean wait of spread polls (interval / N: workers.daemon.app.SpreadPollingWorker)."""
+    """The measures against the fleet's size; polling with the settings `polling` (None: listening),
+    with PgBouncer's CPU and the mean wait of spread polls (interval / N: SpreadPollingWorker)."""
+    poll_s = float(polling["SFQ_POLL_INTERVAL_S"]) if polling else None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -430,14 +434,18 @@ def _chart(
         if title.startswith("NOTIFY"):
             axis.plot(sizes, sizes, color="grey", linestyle=":", linewidth=1, label="one per daemon")
         if title.startswith("pickup") and poll_s:
-            mean_ms = [1000 * poll_s / n for n in sizes]
+            mean_ms = [1000 * _interval_for(polling, n) / n for n in sizes]
             axis.plot(sizes, mean_ms, color="grey", linestyle=":", linewidth=1, label="interval / N (mean)")
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("daemons")
         axis.set_xticks(sizes)
         axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
-    way = f"polling every {poll_s:g} s through PgBouncer" if poll_s else "LISTEN/NOTIFY"
+    way = (
+        f"polling every {poll_s:g} s or N x {polling['SFQ_POLL_GAP_S']} s through PgBouncer"
+        if polling
+        else "LISTEN/NOTIFY"
+    )
     figure.suptitle(f"sfq worker daemons against one PostgreSQL ({way}, no-op jobs)")
     figure.tight_layout()
     figure.savefig(output, dpi=100)
@@ -455,8 +463,21 @@ def _settings() -> dict[str, str]:
         "SFQ_HEARTBEAT_S": str(settings.heartbeat_s),
         "SFQ_RESCUE_AFTER_S": str(settings.rescue_after_s),
         "SFQ_POLL_INTERVAL_S": f"{settings.poll_interval_s:g}",
+        "SFQ_POLL_GAP_S": f"{settings.poll_gap_s:g}",
         "SFQ_POOLER": settings.pooler,
     }
+
+
+def _interval_for(settings: dict[str, str], daemons: int) -> float:
+    """An idle worker's mean wait in a fleet of `daemons` under these settings (Runtime.pace's rule)."""
+    from queue_app.config import Settings
+
+    chosen = dataclasses.replace(
+        Settings.from_env(),
+        poll_interval_s=float(settings["SFQ_POLL_INTERVAL_S"]),
+        poll_gap_s=float(settings.get("SFQ_POLL_GAP_S", 0)),
+    )
+    return chosen.poll_interval_for(daemons)
 
 
 def scenario(url: str, short: bool) -> dict[str, Any]:
@@ -470,8 +491,8 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     sizes = tuple(int(size) for size in chosen.split(",")) if chosen else sizes
     rescue_after_s = int(settings["SFQ_RESCUE_AFTER_S"])
     pooled = not POOLERS[settings["SFQ_POOLER"]].listen  # behind a transaction pooler: polling
-    # Every poll's interval, the short run's too (its settings leave the daemons' own): the chart's.
-    poll_s = float(chosen_settings["SFQ_POLL_INTERVAL_S"]) if pooled else None
+    # The polls' settings, the short run's too (its settings leave the daemons' own): the chart's.
+    polling = chosen_settings if pooled else None
     results: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="sfq-bench-fleet-pg-") as home:
@@ -512,7 +533,8 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
             "fleet",
             "settings",
             f"SFQ_HEARTBEAT_S={settings['SFQ_HEARTBEAT_S']}, SFQ_RESCUE_AFTER_S={rescue_after_s}, "
-            f"SFQ_POLL_INTERVAL_S={settings.get('SFQ_POLL_INTERVAL_S', 'default')}, {way}, "
+            f"SFQ_POLL_INTERVAL_S={settings.get('SFQ_POLL_INTERVAL_S', 'default')}, "
+            f"SFQ_POLL_GAP_S={settings.get('SFQ_POLL_GAP_S', 'default')}, {way}, "
             f"private cluster with max_connections={SERVER['max_connections']}",
         )
     ]
@@ -570,7 +592,7 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
     ]
     kept = not (short or chosen)
     chart = CHARTS[pooled] if kept else Path(tempfile.mkdtemp()) / "fleet.png"  # drawn, not kept
-    _chart(results, rescue_after_s, poll_s, chart)
+    _chart(results, rescue_after_s, polling, chart)
     return {
         "rows": rows,
         "data": {

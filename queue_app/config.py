@@ -95,8 +95,9 @@ def _api_tokens() -> dict[str, str | None]:
 # SFQ_POOLER: what stands between the worker daemons (and the API) and PostgreSQL, and what that allows.
 # `transaction` (PgBouncer's pool_mode=transaction, for fleets too large for a connection each to LISTEN):
 # no LISTEN, no prepared statements, no other session state; idle workers poll every SFQ_POLL_INTERVAL_S
-# (on average: workers.daemon.app.SpreadPollingWorker), which then sets the pickup latency (about the
-# interval / N for N idle daemons), so its default is shorter. README, "More machines".
+# (on average: workers.daemon.app.SpreadPollingWorker), or the fleet's daemons times SFQ_POLL_GAP_S if
+# longer, which then sets the pickup latency (about the interval / N for N idle daemons), so its default
+# is shorter. README, "More machines".
 POOLED_NAME = "sfq"  # every connection's application_name behind a transaction pooler
 
 
@@ -124,6 +125,9 @@ class Settings:
     pool_size: int
     pooler: str  # SFQ_POOLER: what stands between workers (and the API) and PostgreSQL (POOLERS)
     poll_interval_s: float  # with LISTEN a safety net; behind a transaction pooler, sets the pickup latency
+    # The fleet's polls of a queue come this far apart at most, on average: each idle worker waits at least
+    # the fleet's daemons times it (workers/daemon/runtime.py, Runtime.pace); 0: SFQ_POLL_INTERVAL_S alone
+    poll_gap_s: float
     timeout_s: int  # default training deadline when a request sets no timeout_s
     memory_limit_mb: int  # per training process (resident memory); 0 = no limit
     grace_s: int  # on SIGTERM, how long the running job may finish before it is put back
@@ -146,6 +150,7 @@ class Settings:
                 ("SFQ_MAX_JOBS_PER_CHILD", self.max_jobs_per_child, 1),
                 ("SFQ_API_POOL_SIZE", self.pool_size, 1),
                 ("SFQ_POLL_INTERVAL_S", self.poll_interval_s, 0.1),
+                ("SFQ_POLL_GAP_S", self.poll_gap_s, 0),
                 ("SFQ_TIMEOUT_S", self.timeout_s, 1),
                 ("SFQ_MEMORY_LIMIT_MB", self.memory_limit_mb, 0),
                 ("SFQ_GRACE_S", self.grace_s, 0),
@@ -160,6 +165,11 @@ class Settings:
             problems.append(f"SFQ_POOLER must be one of {', '.join(POOLERS)}, got {self.pooler!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def poll_interval_for(self, daemons: int) -> float:
+        """An idle worker's mean wait between polls in a fleet of `daemons`: SFQ_POLL_INTERVAL_S, or the
+        fleet's size times SFQ_POLL_GAP_S if longer (the fleet then polls a queue about that often)."""
+        return max(self.poll_interval_s, daemons * self.poll_gap_s)
 
     @property
     def listens(self) -> bool:
@@ -187,6 +197,7 @@ class Settings:
             pool_size=_int("SFQ_API_POOL_SIZE", 10),
             pooler=(pooler := os.environ.get("SFQ_POOLER") or "none"),
             poll_interval_s=_float("SFQ_POLL_INTERVAL_S", POOLERS.get(pooler, POOLERS["none"]).poll_s),
+            poll_gap_s=_float("SFQ_POLL_GAP_S", 0.01),
             timeout_s=_int("SFQ_TIMEOUT_S", 3600),
             memory_limit_mb=_int("SFQ_MEMORY_LIMIT_MB", 4096),
             grace_s=_int("SFQ_GRACE_S", 30),

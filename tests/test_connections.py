@@ -351,6 +351,24 @@ def test_an_idle_workers_polls_are_spread_around_the_interval(database):
     assert sum(wait > 1.1 * interval for wait in waits) >= 3, waits
 
 
+def test_idle_workers_poll_less_often_as_the_fleet_grows(clean, start_worker):
+    """Each daemon paces its idle polls by the fleet's size, as the fleet's round counts it: at least the
+    daemons that beat within the rescue threshold times SFQ_POLL_GAP_S, never under SFQ_POLL_INTERVAL_S.
+    39 other daemons' rows (as their beats leave them), then none."""
+    clean.execute(
+        "INSERT INTO sfq_workers (worker_id, host, pid, instance)"
+        " SELECT 1000000 + i, 'elsewhere', i, 1 FROM generate_series(1, 39) i"
+    )
+    pace = {"SFQ_POLL_GAP_S": "0.1", "SFQ_HEARTBEAT_S": "1", "SFQ_RESCUE_AFTER_S": "600"}
+    worker = start_worker(1, **POLLED, **pace)
+    worker.wait_for_line(
+        r"worker 1: polling every 4 s when idle \(a fleet of 40 daemons, SFQ_POLL_GAP_S 0.1\)"
+    )
+    clean.execute("DELETE FROM sfq_workers WHERE host = 'elsewhere'")
+    worker.wait_for_line(r"worker 1: polling every 1 s when idle \(a fleet of 1 daemon, SFQ_POLL_GAP_S 0.1\)")
+    assert clean.execute("SELECT daemons FROM sfq_fleet_round").fetchone() == (1,)
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -358,6 +376,7 @@ def test_an_idle_workers_polls_are_spread_around_the_interval(database):
         ({"SFQ_POLL_INTERVAL_S": "0.01"}, "SFQ_POLL_INTERVAL_S must be at least 0.1, got 0.01"),
         ({"SFQ_POLL_INTERVAL_S": "soon"}, "SFQ_POLL_INTERVAL_S must be a finite number, got 'soon'"),
         ({"SFQ_POLL_INTERVAL_S": "nan"}, "SFQ_POLL_INTERVAL_S must be a finite number, got 'nan'"),
+        ({"SFQ_POLL_GAP_S": "-0.01"}, "SFQ_POLL_GAP_S must be at least 0, got -0.01"),
     ],
 )
 def test_a_bad_pooler_setting_stops_the_worker_saying_which(clean, database, monkeypatch, env, message):

@@ -859,9 +859,11 @@ def test_a_worker_registers_its_own_channel_over_an_old_row_of_its_id(clean, dat
 
 
 def round_now(conn: psycopg.Connection, workers: list[int]) -> list[tuple[str, dict]]:
-    """A daemon's beat (sfq_beat) on `conn`, as the first since the period: it runs the fleet's round."""
+    """A daemon's beat (sfq_beat) on `conn`, as the first since the period: the fleet's round's rows (not
+    the fleet's size, which every beat reads)."""
     conn.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
-    return conn.execute("SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60)", (workers,)).fetchall()
+    beat = "SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind <> 'fleet'"
+    return conn.execute(beat, (workers,)).fetchall()
 
 
 def test_the_fleets_round_wakes_a_sleeper_for_a_job_that_came_due_unheard(clean, database, sleepers):

@@ -535,6 +535,8 @@ BEGIN
     INSERT INTO sfq_workers (worker_id, host, pid, instance)
     VALUES (workers[1], sfq_beat.host, sfq_beat.pid, sfq_beat.instance)
         ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid;
+    -- The fleet's size as the last round counted it: each daemon paces its idle polls by it (SFQ_POLL_GAP_S).
+    RETURN QUERY SELECT 'fleet'::text, jsonb_build_object('daemons', r.daemons) FROM sfq_fleet_round r;
     PERFORM FROM sfq_fleet_round WHERE ran_at < now() - make_interval(secs => round_every_s)
         FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
@@ -544,7 +546,10 @@ BEGIN
         PERFORM set_config('synchronous_commit', 'off', true);
         RETURN;
     END IF;
-    UPDATE sfq_fleet_round SET ran_at = now();
+    UPDATE sfq_fleet_round
+       SET ran_at = now(),
+           daemons = (SELECT count(*) FROM sfq_workers w
+                       WHERE w.last_seen >= now() - make_interval(secs => stale_after_s));
     DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
     -- Never the caller's own jobs: its heartbeats are fresh now, but its workers' rows may have been
     -- pruned as stalled (Procrastinate's prune_stalled_workers) while the database was away.

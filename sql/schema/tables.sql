@@ -461,7 +461,8 @@ CREATE TABLE sfq_workers (
 -- first daemon to beat after the period runs it, the others skip it.
 CREATE TABLE sfq_fleet_round (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
-    ran_at timestamptz NOT NULL DEFAULT '-infinity'
+    ran_at timestamptz NOT NULL DEFAULT '-infinity',
+    daemons integer NOT NULL DEFAULT 0  -- the daemons that beat within the rescue threshold, at the round (0032)
 );
 INSERT INTO sfq_fleet_round DEFAULT VALUES;
 

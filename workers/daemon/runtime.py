@@ -108,6 +108,7 @@ class Runtime:
         self._data: psycopg.Connection | None = None  # in threads, one at a time (`_data_lock`)
         self._data_lock = threading.Lock()
         self._said_no_vacuum = False  # the beats' tables need a VACUUM this role may not run: said once
+        self.poll_interval_s = settings.poll_interval_s  # the idle workers' mean wait now (pace)
 
     def _data_connection(self) -> psycopg.Connection:
         """The data connection (under `_data_lock`), opened again when a database restart broke it."""
@@ -448,6 +449,28 @@ class Runtime:
         except Exception as error:  # the database away: the next round prunes what is left
             log.warning("pruning or vacuuming failed (%s); will try again", error)
 
+    def pace(self, daemons: int) -> None:
+        """The idle workers' mean wait between polls: SFQ_POLL_INTERVAL_S, or the fleet's size (its last
+        round's count) times SFQ_POLL_GAP_S if longer, so that the fleet polls a queue about that often at
+        most, however many daemons join it: each poll costs the database the same, and the polls of N idle
+        workers come about their interval / N apart (README, "More machines")."""
+        interval = self.settings.poll_interval_for(daemons)
+        if interval != self.poll_interval_s:
+            # A fleet's count moves by a daemon or two: said at INFO when the wait moves by a tenth.
+            moved = abs(interval - self.poll_interval_s) >= 0.1 * self.poll_interval_s
+            log.log(
+                logging.INFO if moved else logging.DEBUG,
+                "worker %s: polling every %g s when idle (a fleet of %s daemon%s, SFQ_POLL_GAP_S %g)",
+                self.instance,
+                interval,
+                daemons,
+                "" if daemons == 1 else "s",
+                self.settings.poll_gap_s,
+            )
+            self.poll_interval_s = interval
+            for worker in self.workers:
+                worker.fetch_job_polling_interval = interval
+
     async def _beat(self, workers: list[int]) -> int | None:
         """Our heartbeats, then the fleet's round if it is due: the rescue of the training, forecast,
         backtest and study jobs of workers silent for SFQ_RESCUE_AFTER_S, and the weekly and cron retrain
@@ -467,6 +490,9 @@ class Runtime:
         dead_rows = None
         for row in await self._run_queue(beat):
             what = row["what"]
+            if row["kind"] == "fleet":
+                self.pace(what["daemons"])
+                continue
             if row["kind"] not in ROUND_LOG:  # from a newer schema than this daemon's code
                 log.info("round: %s %s", row["kind"], what)
                 continue
