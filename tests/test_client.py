@@ -13,7 +13,7 @@ import pytest
 
 from queue_app.client import Client, ModelId, StudyId, SweepId, WaitTimeout
 from queue_app.errors import Conflict, Forbidden, NotFound, Rejected, Unavailable
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_until
 from tests.test_layers import imported
 
 FAST = {"symbol": "AAPL", "algorithm": "Ridge", "train_window": 300, "test_window": 60, "cv_folds": 3}
@@ -116,6 +116,10 @@ def test_a_sweep_its_winner_promoted_on_a_token_protected_api(
 
         assert sfq.wait(sweep, timeout=120, poll=0.2) == {"completed": 3}
         assert "sweep" in capsys.readouterr().err  # tqdm's text bar, on a terminal or a file
+        # A model's default backtest is queued when its training ends, and runs a moment later.
+        wait_until(
+            lambda: anonymous.sweep_leaderboard(sweep)["backtest.sharpe"].notna().all(), "backtests run"
+        )
         board = anonymous.sweep_leaderboard(sweep)  # reads stay open
         assert list(board.index) == [1, 2, 3] and sorted(board["hyperparameters.alpha"]) == [0.1, 1.0, 10.0]
         assert board["backtest.sharpe"].is_monotonic_decreasing
