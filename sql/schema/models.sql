@@ -48,8 +48,9 @@ $$;
 
 -- A model's spec, the one hashed into its fingerprint: its columns' fields (sfq_spec_of_columns, the
 -- formula the request's spec was built with) and the others (spec_extra); or spec_extra whole, a spec kept
--- as it was hashed (it has `symbol`, which the other fields never have: a model made before 0031). Named `spec` so that `m.spec` reads it as it read the column it replaced
--- (0031: the spec repeated the columns, about 770 B of a 2 KB row); an unqualified `spec` does not.
+-- as it was hashed (it has `symbol`, which the other fields never have: a model made before 0031). Named
+-- `spec` so that `m.spec` reads it as it read the column it replaced (0031: the spec repeated the columns,
+-- about 770 B of a 2 KB row); an unqualified `spec` does not.
 CREATE OR REPLACE FUNCTION spec(m models) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE SET extra_float_digits = 1 AS $$  -- as sfq_canonical_request wrote them
     SELECT CASE WHEN m.spec_extra ? 'symbol' THEN m.spec_extra
