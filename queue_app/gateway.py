@@ -276,8 +276,18 @@ def submit_sweep(base: Any, grid: Any, priority: int, via: str) -> Call[Row]:
 # Reading models and their results.
 
 
+def _model(rows: list[Row]) -> Row | None:
+    """A model as its readers see it: `spec` whole, not `spec_extra` (the part of it that no column holds,
+    which is how the row stores it since 0031)."""
+    if not rows:
+        return None
+    model = dict(rows[0])
+    del model["spec_extra"]
+    return model
+
+
 def get_model(model_id: int) -> Call[Row | None]:
-    return Call("get_model", {"model_id": model_id}, _first)
+    return Call("get_model", {"model_id": model_id}, _model)
 
 
 def model_status(model_id: int) -> Call[str | None]:

@@ -64,6 +64,7 @@ def test_get_model_and_unknown_ids(clean, api):
         created["fingerprint"],
     )
     assert model["spec"]["train_window"] == 300 and model["hyperparameters"]["alpha"] == 1.0
+    assert "spec_extra" not in model  # how the row stores the spec (0031), not part of the model
     missing = api.get("/models/999999")
     assert missing.status_code == 404 and missing.json()["error"] == "no model with id 999999"
     assert api.get("/models/abc").status_code == 404
