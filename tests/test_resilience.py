@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -331,6 +332,57 @@ def test_the_fleets_round_runs_once_a_period_whoever_beats(clean, database):
         assert clean.execute(beat, (daemons[2], 1, 3)).fetchall() == []
         clean.execute("RESET lock_timeout")
     assert clean.execute("SELECT status::text FROM models WHERE id = %s", (second,)).fetchone() == ("queued",)
+
+
+def test_a_daemon_whose_round_waits_is_not_presumed_dead_by_the_next_round(clean, database):
+    """A round can wait longer than the rescue threshold (here for the row of a model whose result is
+    being written). The heartbeats of the daemon that ran it are written as its beat ends, so the next
+    round does not take it for dead and hand its running job on (they were stamped at the beat's start)."""
+    stale_s = 2
+    beat = (
+        "SELECT kind, (what->>'model_id')::bigint FROM sfq_beat(%s, 'host', 1, 1, %s, 3, 60)"
+        " WHERE kind <> 'fleet'"
+    )
+    waiting, watching = (
+        [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0] for _ in range(2)]
+        for _ in range(2)
+    )
+    running = insert_request(clean, {"symbol": "AAPL", "run": 1, **FAST})[0]  # on the waiting daemon
+    orphan = insert_request(clean, {"symbol": "AAPL", "run": 2, **FAST})[0]  # its worker gone
+    for model, worker in ((running, waiting[0]), (orphan, None)):
+        clean.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+            " WHERE (args->>'model_id')::bigint = %s",
+            (worker, model),
+        )
+        clean.execute("UPDATE models SET status = 'running', attempts = 1 WHERE id = %s", (model,))
+    clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    rounds: list = []
+    with psycopg.connect(database, autocommit=True) as daemon, psycopg.connect(database) as writer:
+        writer.execute("SELECT 1 FROM models WHERE id = %s FOR UPDATE", (orphan,))  # its result's write
+
+        def beat_once() -> None:
+            try:
+                rounds.append(daemon.execute(beat, (waiting, stale_s)).fetchall())
+            except Exception as error:  # said by the assertion below
+                rounds.append(error)
+
+        thread = threading.Thread(target=beat_once)
+        thread.start()
+        blocked = (
+            "SELECT query_start FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+            " AND clock_timestamp() > query_start + make_interval(secs => %s)"
+        )
+        pid = daemon.info.backend_pid
+        wait_until(lambda: clean.execute(blocked, (pid, stale_s + 0.5)).fetchone(), "a round longer than 2 s")
+        writer.commit()
+        thread.join()
+    assert rounds == [[("rescued", orphan)]]
+    clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    assert clean.execute(beat, (watching, stale_s)).fetchall() == []
+    assert clean.execute("SELECT status::text FROM models WHERE id = %s", (running,)).fetchone() == (
+        "running",
+    )
 
 
 def test_a_beat_alone_does_not_wait_for_the_disk_but_the_fleets_round_does(clean):

@@ -520,6 +520,11 @@ $$;
 -- `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued' (sfq_rescue_stalled_side_jobs'), 'closed'
 -- (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains row), 'woken' (how many workers) or 'vacuum'
 -- (the beats' tables' dead rows, past the threshold below), as JSON.
+-- The heartbeats are written last, at the clock, not at the statement's start: a round can take a while (it
+-- waits for a model row a result's write holds, or rescues or retrains many), and a heartbeat stamped at
+-- its start was as old as the round when it committed, so the next round presumed the daemon that ran the
+-- slow one dead and handed its running job on (tests/test_resilience.py). While a daemon's round goes on,
+-- no other daemon runs one (the locked row), so none judges its heartbeats meanwhile.
 CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
                                     stale_after_s double precision, max_attempts integer,
                                     round_every_s double precision)
@@ -531,7 +536,6 @@ DECLARE
     woken boolean;
     woke integer := 0;
 BEGIN
-    UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = ANY(workers);
     INSERT INTO sfq_workers (worker_id, host, pid, instance)
     VALUES (workers[1], sfq_beat.host, sfq_beat.pid, sfq_beat.instance)
         ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid;
@@ -544,60 +548,65 @@ BEGIN
         -- its WAL to reach the disk: a server crash loses at most the last beats, which the next ones
         -- write again (most of an idle fleet's commits: issue 15 part 4). A round's commit is durable.
         PERFORM set_config('synchronous_commit', 'off', true);
-        RETURN;
-    END IF;
-    UPDATE sfq_fleet_round
-       SET ran_at = now(),
-           daemons = (SELECT count(*) FROM sfq_workers w
-                       WHERE w.last_seen >= now() - make_interval(secs => stale_after_s));
-    DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
-    -- Never the caller's own jobs: its heartbeats are fresh now, but its workers' rows may have been
-    -- pruned as stalled (Procrastinate's prune_stalled_workers) while the database was away.
-    RETURN QUERY SELECT 'rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
-    RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r) FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
-    RETURN QUERY SELECT 'closed'::text, to_jsonb(r) FROM sfq_close_ended_jobs(stale_after_s) r;
-    RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
-    -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is
-    -- inserted then), or a wake reached a worker whose fetch had just taken another job (a job deferred
-    -- over a period ago and still waiting; a younger one's own wake may be on its way, and a second
-    -- sleeper woken for it found nothing: test_worker, 2026-12-03). A sleeper each, as many as sleep on
-    -- the queue; so a listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last net. A job whose lock
-    -- a running job holds waits for it (as procrastinate_fetch_job_v2 does).
-    FOR due_queue IN SELECT DISTINCT s.queue_name FROM sfq_sleepers s LOOP
-        FOR due_job IN SELECT j.id FROM procrastinate_jobs j
-                        WHERE j.queue_name = due_queue AND j.status = 'todo'
-                          AND (j.scheduled_at <= now()
-                               OR j.scheduled_at IS NULL
-                                  AND EXISTS (SELECT 1 FROM procrastinate_events e
-                                               WHERE e.job_id = j.id AND e.type = 'deferred'
-                                                 AND e.at < now() - make_interval(secs => round_every_s)))
-                          AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
-                                           WHERE d.lock = j.lock AND d.status = 'doing')
-                        ORDER BY j.priority DESC, j.id
-                        LIMIT (SELECT count(*) FROM sfq_sleepers s WHERE s.queue_name = due_queue) LOOP
-            woken := sfq_wake_one_sleeper(due_queue, due_job);
-            IF woken IS NULL THEN
-                PERFORM sfq_wake_every_worker(due_queue, due_job);
-            END IF;
-            EXIT WHEN woken IS NOT TRUE;
-            woke := woke + 1;
+    ELSE
+        UPDATE sfq_fleet_round
+           SET ran_at = now(),
+               daemons = (SELECT count(*) FROM sfq_workers w
+                           WHERE w.last_seen >= now() - make_interval(secs => stale_after_s));
+        DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
+        -- Never the caller's own jobs: its heartbeats are written at the end of this beat, and its workers'
+        -- rows may have been pruned as stalled (Procrastinate's prune_stalled_workers) while the database
+        -- was away.
+        RETURN QUERY SELECT 'rescued'::text, to_jsonb(r)
+                       FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
+        RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r)
+                       FROM sfq_rescue_stalled_side_jobs(stale_after_s, workers[2]) r;
+        RETURN QUERY SELECT 'closed'::text, to_jsonb(r) FROM sfq_close_ended_jobs(stale_after_s) r;
+        RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
+        -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is
+        -- inserted then), or a wake reached a worker whose fetch had just taken another job (a job
+        -- deferred over a period ago and still waiting; a younger one's own wake may be on its way, and a
+        -- second sleeper woken for it found nothing: test_worker, 2026-12-03). A sleeper each, as many as
+        -- sleep on the queue; so a listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last net. A
+        -- job whose lock a running job holds waits for it (as procrastinate_fetch_job_v2 does).
+        FOR due_queue IN SELECT DISTINCT s.queue_name FROM sfq_sleepers s LOOP
+            FOR due_job IN SELECT j.id FROM procrastinate_jobs j
+                            WHERE j.queue_name = due_queue AND j.status = 'todo'
+                              AND (j.scheduled_at <= now()
+                                   OR j.scheduled_at IS NULL
+                                      AND EXISTS (SELECT 1 FROM procrastinate_events e
+                                                   WHERE e.job_id = j.id AND e.type = 'deferred'
+                                                     AND e.at < now() - make_interval(secs => round_every_s)))
+                              AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
+                                               WHERE d.lock = j.lock AND d.status = 'doing')
+                            ORDER BY j.priority DESC, j.id
+                            LIMIT (SELECT count(*) FROM sfq_sleepers s WHERE s.queue_name = due_queue) LOOP
+                woken := sfq_wake_one_sleeper(due_queue, due_job);
+                IF woken IS NULL THEN
+                    PERFORM sfq_wake_every_worker(due_queue, due_job);
+                END IF;
+                EXIT WHEN woken IS NOT TRUE;
+                woke := woke + 1;
+            END LOOP;
         END LOOP;
-    END LOOP;
-    IF woke > 0 THEN
-        RETURN QUERY SELECT 'woken'::text, jsonb_build_object('workers', woke);
+        IF woke > 0 THEN
+            RETURN QUERY SELECT 'woken'::text, jsonb_build_object('workers', woke);
+        END IF;
+        -- The beats' own tables: every beat leaves dead row versions in them (two procrastinate_workers
+        -- rows a daemon, whose indexed last_heartbeat rules out HOT updates, so only a VACUUM removes them
+        -- and their index entries; sfq_workers' and sfq_fleet_round's are HOT, pruned as pages are read),
+        -- and sleepers come and go. An idle fleet prunes no job, so no VACUUM follows a prune; on a server
+        -- with autovacuum off (or behind) they would pile up, 100 a second at 500 daemons. Past the
+        -- threshold, the daemon that ran the round VACUUMs them (workers/daemon/runtime.py: not possible in
+        -- here). The threshold, 1,000 dead rows beyond the live ones, is about an hour of one daemon's beats
+        -- every 10 s, 35 s of 500's.
+        RETURN QUERY SELECT 'vacuum'::text, jsonb_build_object('dead_rows', sum(t.n_dead_tup))
+          FROM pg_stat_user_tables t
+         WHERE t.relid IN ('procrastinate_workers'::regclass, 'sfq_workers'::regclass,
+                           'sfq_sleepers'::regclass, 'sfq_fleet_round'::regclass)
+        HAVING sum(t.n_dead_tup) > 1000 + sum(t.n_live_tup);
     END IF;
-    -- The beats' own tables: every beat leaves dead row versions in them (two procrastinate_workers rows a
-    -- daemon, whose indexed last_heartbeat rules out HOT updates, so only a VACUUM removes them and their
-    -- index entries; sfq_workers' and sfq_fleet_round's are HOT, pruned as pages are read), and sleepers
-    -- come and go. An idle fleet prunes no job, so no VACUUM follows a prune; on a server with autovacuum
-    -- off (or behind) they would pile up, 100 a second at 500 daemons. Past the threshold, the daemon that
-    -- ran the round VACUUMs them (workers/daemon/runtime.py: not possible in here). The threshold, 1,000
-    -- dead rows beyond the live ones, is about an hour of one daemon's beats every 10 s, 35 s of 500's.
-    RETURN QUERY SELECT 'vacuum'::text, jsonb_build_object('dead_rows', sum(t.n_dead_tup))
-      FROM pg_stat_user_tables t
-     WHERE t.relid IN ('procrastinate_workers'::regclass, 'sfq_workers'::regclass, 'sfq_sleepers'::regclass,
-                       'sfq_fleet_round'::regclass)
-    HAVING sum(t.n_dead_tup) > 1000 + sum(t.n_live_tup);
+    UPDATE procrastinate_workers SET last_heartbeat = clock_timestamp() WHERE id = ANY(workers);
 END;
 $$;
 
