@@ -334,10 +334,12 @@ def test_the_fleets_round_runs_once_a_period_whoever_beats(clean, database):
     assert clean.execute("SELECT status::text FROM models WHERE id = %s", (second,)).fetchone() == ("queued",)
 
 
-def test_a_daemon_whose_round_waits_is_not_presumed_dead_by_the_next_round(clean, database):
+def test_a_daemon_whose_round_waits_is_not_presumed_dead_meanwhile_or_after(clean, database):
     """A round can wait longer than the rescue threshold (here for the row of a model whose result is
-    being written). The heartbeats of the daemon that ran it are written as its beat ends, so the next
-    round does not take it for dead and hand its running job on (they were stamped at the beat's start)."""
+    being written). The heartbeats of the daemon that runs it are written as its beat ends, so the next
+    round does not take it for dead and hand its running job on (they were stamped at the beat's start);
+    and its workers' rows are locked meanwhile, so a worker starting then (Procrastinate's prune of
+    stalled workers) waits and keeps them, rather than deleting them and orphaning the running job."""
     stale_s = 2
     beat = (
         "SELECT kind, (what->>'model_id')::bigint FROM sfq_beat(%s, 'host', 1, 1, %s, 3, 60)"
@@ -349,35 +351,52 @@ def test_a_daemon_whose_round_waits_is_not_presumed_dead_by_the_next_round(clean
     )
     running = insert_request(clean, {"symbol": "AAPL", "run": 1, **FAST})[0]  # on the waiting daemon
     orphan = insert_request(clean, {"symbol": "AAPL", "run": 2, **FAST})[0]  # its worker gone
+    job_of = "SELECT id, worker_id FROM procrastinate_jobs WHERE (args->>'model_id')::bigint = %s"
     for model, worker in ((running, waiting[0]), (orphan, None)):
-        clean.execute(
-            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
-            " WHERE (args->>'model_id')::bigint = %s",
-            (worker, model),
-        )
+        clean.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+                      (worker, clean.execute(job_of, (model,)).fetchone()[0]))  # fmt: skip
         clean.execute("UPDATE models SET status = 'running', attempts = 1 WHERE id = %s", (model,))
     clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
-    rounds: list = []
-    with psycopg.connect(database, autocommit=True) as daemon, psycopg.connect(database) as writer:
-        writer.execute("SELECT 1 FROM models WHERE id = %s FOR UPDATE", (orphan,))  # its result's write
+    results: dict[str, object] = {}
 
-        def beat_once() -> None:
+    def in_thread(name: str, conn: psycopg.Connection, query: str, params: tuple) -> threading.Thread:
+        def run() -> None:
             try:
-                rounds.append(daemon.execute(beat, (waiting, stale_s)).fetchall())
-            except Exception as error:  # said by the assertion below
-                rounds.append(error)
+                results[name] = conn.execute(query, params).fetchall()
+            except Exception as error:  # said by the assertions below
+                results[name] = error
 
-        thread = threading.Thread(target=beat_once)
+        thread = threading.Thread(target=run)
         thread.start()
-        blocked = (
-            "SELECT query_start FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
-            " AND clock_timestamp() > query_start + make_interval(secs => %s)"
+        return thread
+
+    waits = (
+        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+        " AND clock_timestamp() > query_start + make_interval(secs => %s)"
+    )
+    with (
+        psycopg.connect(database, autocommit=True) as daemon,
+        psycopg.connect(database, autocommit=True) as starter,
+        psycopg.connect(database) as writer,
+    ):
+        writer.execute("SELECT 1 FROM models WHERE id = %s FOR UPDATE", (orphan,))  # its result's write
+        threads = [in_thread("round", daemon, beat, (waiting, stale_s))]
+        round_pid, starter_pid = daemon.info.backend_pid, starter.info.backend_pid
+        wait_until(lambda: clean.execute(waits, (round_pid, stale_s + 0.5)).fetchone(), "a round over 2 s")
+        clean.execute(
+            "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = ANY(%s)", (watching,)
         )
-        pid = daemon.info.backend_pid
-        wait_until(lambda: clean.execute(blocked, (pid, stale_s + 0.5)).fetchone(), "a round longer than 2 s")
+        prune = "SELECT worker_id FROM procrastinate_prune_stalled_workers_v1(%s)"
+        threads.append(in_thread("prune", starter, prune, (stale_s,)))
+        wait_until(
+            lambda: "prune" in results or clean.execute(waits, (starter_pid, 0)).fetchone(),
+            "the prune done or waiting",
+        )
         writer.commit()
-        thread.join()
-    assert rounds == [[("rescued", orphan)]]
+        for thread in threads:
+            thread.join()
+    assert results == {"round": [("rescued", orphan)], "prune": []}
+    assert clean.execute(job_of, (running,)).fetchone()[1] == waiting[0]
     clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
     assert clean.execute(beat, (watching, stale_s)).fetchall() == []
     assert clean.execute("SELECT status::text FROM models WHERE id = %s", (running,)).fetchone() == (

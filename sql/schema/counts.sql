@@ -182,7 +182,9 @@ BEGIN
         INSERT INTO sfq_job_count_changes AS c (queue_name, status, jobs, backend)
         SELECT queue_name::text, status, count(*), pg_backend_pid() FROM new_rows GROUP BY 1, 2
             ON CONFLICT (queue_name, status, backend) DO UPDATE SET jobs = c.jobs + excluded.jobs;
-        PERFORM sfq_fold_counts_now_and_then();
+        IF FOUND THEN  -- not for an INSERT of no job
+            PERFORM sfq_fold_counts_now_and_then();
+        END IF;
         RETURN NULL;
     ELSIF TG_OP = 'UPDATE' THEN  -- as sfq_count_models: unchanged rows cancel out
         SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs

@@ -509,22 +509,25 @@ BEGIN
 END;
 $$;
 
--- A worker daemon's beat, every SFQ_HEARTBEAT_S (workers/daemon/runtime.py): one statement. The heartbeats
--- of its Procrastinate workers (`workers`, the training worker's first) and who it is, for `sfq status`;
--- then, when no daemon has run it for `round_every_s`, the fleet's round: the jobs of workers silent for
--- `stale_after_s` handed on, the weekly and cron retrain policies that are due retrained, workers gone for
--- a day forgotten, and a sleeping worker woken for each due job that none was woken for. The daemon whose
--- beat comes first after the period runs the round (a concurrent one skips the locked row): every daemon
--- ran it on every beat before (0027), 4 transactions a beat each, which grew with the fleet and made most
--- of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for the daemon's log:
--- `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued' (sfq_rescue_stalled_side_jobs'), 'closed'
--- (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains row), 'woken' (how many workers) or 'vacuum'
--- (the beats' tables' dead rows, past the threshold below), as JSON.
+-- A worker daemon's beat, every SFQ_HEARTBEAT_S (workers/daemon/runtime.py): one statement. Who it is, for
+-- `sfq status`; when no daemon has run it for `round_every_s`, the fleet's round; and, last, the heartbeats
+-- of its Procrastinate workers (`workers`, the training worker's first). The round: the jobs of workers
+-- silent for `stale_after_s` handed on, the weekly and cron retrain policies that are due retrained,
+-- workers gone for a day forgotten, and a sleeping worker woken for each due job that none was woken for.
+-- The daemon whose beat comes first after the period runs the round (a concurrent one skips the locked
+-- row): every daemon ran it on every beat before (0027), 4 transactions a beat each, which grew with the
+-- fleet and made most of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for
+-- the daemon's log: `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued'
+-- (sfq_rescue_stalled_side_jobs'), 'closed' (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains
+-- row), 'woken' (how many workers) or 'vacuum' (the beats' tables' dead rows, past the threshold below),
+-- as JSON.
 -- The heartbeats are written last, at the clock, not at the statement's start: a round can take a while (it
 -- waits for a model row a result's write holds, or rescues or retrains many), and a heartbeat stamped at
 -- its start was as old as the round when it committed, so the next round presumed the daemon that ran the
 -- slow one dead and handed its running job on (tests/test_resilience.py). While a daemon's round goes on,
--- no other daemon runs one (the locked row), so none judges its heartbeats meanwhile.
+-- no other daemon runs one (the locked row), and its workers' rows are locked from the round's start: a
+-- worker that starts meanwhile (Procrastinate's prune of stalled workers, at every Worker.run) waits for
+-- them, then finds them fresh, rather than deleting the rows of a daemon whose round is long.
 CREATE OR REPLACE FUNCTION sfq_beat(workers bigint[], host text, pid integer, instance integer,
                                     stale_after_s double precision, max_attempts integer,
                                     round_every_s double precision)
@@ -553,10 +556,10 @@ BEGIN
            SET ran_at = now(),
                daemons = (SELECT count(*) FROM sfq_workers w
                            WHERE w.last_seen >= now() - make_interval(secs => stale_after_s));
+        PERFORM FROM procrastinate_workers WHERE id = ANY(workers) ORDER BY id FOR NO KEY UPDATE;
         DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
-        -- Never the caller's own jobs: its heartbeats are written at the end of this beat, and its workers'
-        -- rows may have been pruned as stalled (Procrastinate's prune_stalled_workers) while the database
-        -- was away.
+        -- Never the caller's own jobs: its heartbeats are written at the end of this beat, so during its
+        -- round they are as old as its last beat.
         RETURN QUERY SELECT 'rescued'::text, to_jsonb(r)
                        FROM sfq_rescue_stalled_jobs(stale_after_s, max_attempts, workers[1]) r;
         RETURN QUERY SELECT 'side rescued'::text, to_jsonb(r)

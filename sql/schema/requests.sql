@@ -343,7 +343,7 @@ COMMENT ON FUNCTION sfq_spec_column_fields() IS
 
 -- The default feature set, as a request without `features` gets it (sorted as sfq_canonical_request sorts a
 -- given set), read from sfq_features (registry.sql) once per `sfq db upgrade` and written as a constant:
--- reading the table took 11 µs of every request's canonical form.
+-- reading the table took 11 µs a call in a loop, about 5 µs of a request's canonical form.
 DO $generate$
 BEGIN
     EXECUTE format('CREATE OR REPLACE FUNCTION sfq_default_features() RETURNS text[] LANGUAGE sql IMMUTABLE'

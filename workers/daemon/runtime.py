@@ -472,11 +472,12 @@ class Runtime:
                 worker.fetch_job_polling_interval = interval
 
     async def _beat(self, workers: list[int]) -> int | None:
-        """Our heartbeats, then the fleet's round if it is due: the rescue of the training, forecast,
-        backtest and study jobs of workers silent for SFQ_RESCUE_AFTER_S, and the weekly and cron retrain
-        policies that are due (once per due time: sql/schema/retrains.sql). The round runs at most once
-        per half heartbeat for the whole fleet, so a dead worker's job waits at most that longer. The
-        beats' tables' dead rows when the round asks this daemon to VACUUM them."""
+        """The fleet's round if it is due, then our heartbeats (sfq_beat, which writes them last). The
+        round: the rescue of the training, forecast, backtest and study jobs of workers silent for
+        SFQ_RESCUE_AFTER_S, and the weekly and cron retrain policies that are due (once per due time:
+        sql/schema/retrains.sql). It runs at most once per half heartbeat for the whole fleet, so a dead
+        worker's job waits at most that longer. The beats' tables' dead rows when the round asks this
+        daemon to VACUUM them."""
         settings = self.settings
         beat = gateway.beat(
             workers,
