@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -213,6 +214,33 @@ class Process:
                 self.popen.wait()
         self._reader.join(timeout=5)
         return self.popen.returncode
+
+
+class Sampler:
+    """Samples, every `every_s` until stopped, what `sample()` returns while `training()` is true."""
+
+    def __init__(self, sample: Callable[[], Any], training: Callable[[], bool], every_s: float = 0.02):
+        self.samples: list[Any] = []
+        self._sample, self._training, self._every_s = sample, training, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._training():
+                self.samples.append(self._sample())
+            time.sleep(self._every_s)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def most(self, key: str) -> int:
+        return max(sample[key] for sample in self.samples)
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ import itertools
 import json
 import os
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from queue_app.config import POOLED_NAME
 from tests.conftest import (
     QUICK_RESCUE,
     SLOW,
+    Sampler,
     insert_request,
     run_sfq,
     wait_for_jobs,
@@ -81,33 +81,6 @@ def tcp_connections(pid: int, port: int) -> list[str]:
 
 def server_port(url: str) -> int:
     return int(conninfo_to_dict(url).get("port") or 5432)
-
-
-class Sampler:
-    """Samples, every 20 ms until stopped, what `sample()` returns while `training()` is true."""
-
-    def __init__(self, sample: Callable[[], dict], training: Callable[[], bool]):
-        self.samples: list[dict] = []
-        self._sample, self._training = sample, training
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._training():
-                self.samples.append(self._sample())
-            time.sleep(0.02)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def most(self, key: str) -> int:
-        return max(sample[key] for sample in self.samples)
 
 
 def running(conn: psycopg.Connection, model_id: int) -> bool:

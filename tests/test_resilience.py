@@ -6,9 +6,9 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -17,6 +17,7 @@ from queue_app import gateway
 from tests.conftest import (
     QUICK_RESCUE,
     SLOW,
+    Sampler,
     insert_request,
     taken_by,
     wait_for_jobs,
@@ -171,27 +172,6 @@ SELECT clock_timestamp()::time(2),
 """
 
 
-@contextlib.contextmanager
-def timeline(url: str) -> Iterator[list[tuple]]:
-    """Every 0.2 s while the block runs: each worker's heartbeat age, the training jobs (status, worker)
-    and the daemons' busy connections, for a failure to be explained by."""
-    rows: list[tuple] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            while not done.wait(0.2):
-                rows.append(conn.execute(TIMELINE).fetchone())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield rows
-    finally:
-        done.set()
-        sampler.join()
-
-
 @pytest.mark.slow
 def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, database, start_worker):
     """The stopping worker keeps its heartbeat while its job finishes, though the job outlasts the
@@ -199,14 +179,21 @@ def test_sigterm_lets_the_running_job_finish_without_being_rescued(clean, databa
     # Both run before the job is queued (a watcher started later may come up after the job is done,
     # on a loaded machine); the one that takes it is stopped as its training starts.
     workers = [start_worker(n, SFQ_GRACE_S="120", **STOPPING_RESCUE) for n in (1, 2)]
-    with timeline(database) as samples:
+    sampling = psycopg.connect(database, autocommit=True)  # the timeline's, in the sampler's thread
+    with (
+        sampling,
+        Sampler(lambda: sampling.execute(TIMELINE).fetchone(), lambda: True, every_s=0.2) as timeline,
+    ):
         model_id, _, _ = insert_request(clean, {"symbol": "AAPL", **LONGER})
         worker, watcher = taken_by(clean, model_id, workers)
         training_pid(worker, model_id)
         (stopped_at,) = clean.execute("SELECT now()").fetchone()
         assert worker.stop(timeout=180) == 0
         model = wait_for_models(clean, [model_id], timeout=5)[model_id]
-    said = "\n".join(map(str, samples)) + f"\n--- stopped:\n{worker.output}\n--- watcher:\n{watcher.output}"
+    said = (
+        "\n".join(map(str, timeline.samples))
+        + f"\n--- stopped:\n{worker.output}\n--- watcher:\n{watcher.output}"
+    )
     (outlasted,) = clean.execute(
         "SELECT extract(epoch FROM finished_at - %s)::float FROM models WHERE id = %s", (stopped_at, model_id)
     ).fetchone()
@@ -391,45 +378,31 @@ def test_a_daemon_whose_round_waits_is_not_presumed_dead_meanwhile_or_after(clea
                       (worker, clean.execute(job_of, (model,)).fetchone()[0]))  # fmt: skip
         clean.execute("UPDATE models SET status = 'running', attempts = 1 WHERE id = %s", (model,))
     clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
-    results: dict[str, object] = {}
-
-    def in_thread(name: str, conn: psycopg.Connection, query: str, params: tuple) -> threading.Thread:
-        def run() -> None:
-            try:
-                results[name] = conn.execute(query, params).fetchall()
-            except Exception as error:  # said by the assertions below
-                results[name] = error
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        return thread
-
     waits = (
         "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
         " AND clock_timestamp() > query_start + make_interval(secs => %s)"
     )
+    prune = "SELECT worker_id FROM procrastinate_prune_stalled_workers_v1(%s)"
     with (
         psycopg.connect(database, autocommit=True) as daemon,
         psycopg.connect(database, autocommit=True) as starter,
         psycopg.connect(database) as writer,
+        ThreadPoolExecutor(2) as pool,
     ):
         writer.execute("SELECT 1 FROM models WHERE id = %s FOR UPDATE", (orphan,))  # its result's write
-        threads = [in_thread("round", daemon, beat, (waiting, stale_s))]
+        beating = pool.submit(lambda: daemon.execute(beat, (waiting, stale_s)).fetchall())
         round_pid, starter_pid = daemon.info.backend_pid, starter.info.backend_pid
         wait_until(lambda: clean.execute(waits, (round_pid, stale_s + 0.5)).fetchone(), "a round over 2 s")
         clean.execute(
             "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = ANY(%s)", (watching,)
         )
-        prune = "SELECT worker_id FROM procrastinate_prune_stalled_workers_v1(%s)"
-        threads.append(in_thread("prune", starter, prune, (stale_s,)))
+        pruning = pool.submit(lambda: starter.execute(prune, (stale_s,)).fetchall())
         wait_until(
-            lambda: "prune" in results or clean.execute(waits, (starter_pid, 0)).fetchone(),
+            lambda: pruning.done() or clean.execute(waits, (starter_pid, 0)).fetchone(),
             "the prune done or waiting",
         )
         writer.commit()
-        for thread in threads:
-            thread.join()
-    assert results == {"round": [("rescued", orphan)], "prune": []}
+        assert (beating.result(timeout=60), pruning.result(timeout=60)) == ([("rescued", orphan)], [])
     assert clean.execute(job_of, (running,)).fetchone()[1] == waiting[0]
     clean.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
     assert clean.execute(beat, (watching, stale_s)).fetchall() == []
