@@ -125,6 +125,9 @@ def _paths(url: str, models: int) -> dict[str, str]:
         "/models?sort=ic&limit=20",
         "/models?sort=rmse&order=asc&symbol=SYM7&limit=20",
         "/models?status=failed&algorithm=KNN&limit=20",
+        # A symbol with an algorithm never run on it (SYM7's models are of the odd-numbered algorithms).
+        "/models?symbol=SYM7&algorithm=Ridge&limit=20",
+        "/models?sort=ic&symbol=SYM7&algorithm=Ridge&limit=20",
     )
     paths = {f"GET {path}": path for path in leaderboard}
     if models:  # an offset past the end is refused

@@ -283,25 +283,50 @@ SELECT coalesce(sum(models), 0)::bigint AS total
 
 -- list_models --
 -- Filter, sort by id or by a stored metric (a leaderboard), paginate by offset or after a row (keyset).
--- The completed models with the metric come first, by it then id, the others last by id: two parts, each
--- read in order from an index ({key}: the metric's indexed expression, or NULL for the id order; {order}
--- ASC or DESC, {after} < or >; composed by gateway.list_models), the second only once the first runs out
--- (a nested loop over the parts, in their order). after_*: the row the page starts after (part 0: one
--- with the metric, 1: one without).
+-- The completed models with the metric come first, by it then id, the others last by id: two parts, the
+-- second only once the first runs out (a nested loop over the parts, in their order). {key}: the metric's
+-- indexed expression, or NULL for the id order; {order} ASC or DESC, {after} < or >; composed by
+-- gateway.list_models. after_*: the row the page starts after (part 0: one with the metric, 1: one
+-- without). The first part is read one of two ways, chosen from the counters (sql/schema/counts.sql) of
+-- the completed models that match (m) and of all of them (c), for a page that ends `wanted` rows in:
+-- walking the metric's index until the page is full touches about wanted x c / m rows, so a filter that
+-- few models match (a symbol with an algorithm nobody ran on it) would walk the whole index; then the
+-- matching models are read through the filters' indexes and sorted, about m rows. The cheaper is taken:
+-- the walk when m x m >= wanted x c. Neither touches more rows than the other's estimate says.
 SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
        data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
        parent_model_id, progress, part, sort_value
   FROM (VALUES (0), (1)) AS parts(part)
+ CROSS JOIN (
+        SELECT coalesce(sum(models) FILTER (
+                   WHERE (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+                     AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)), 0) ^ 2
+               >= (%(limit)s + %(offset)s) * coalesce(sum(models), 0) AS walk
+          FROM sfq_model_counts WHERE status = 'completed') AS counted
  CROSS JOIN LATERAL (
         (SELECT *, {key} AS sort_value
            FROM models
-          WHERE parts.part = 0 AND status = 'completed' AND {key} IS NOT NULL
+          WHERE parts.part = 0 AND counted.walk AND status = 'completed' AND {key} IS NOT NULL
             AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
             AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
             AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
             AND (%(after_part)s::integer IS NULL
                  OR %(after_part)s = 0 AND ({key}, id) {after} (%(after_value)s::double precision, %(after_id)s))
           ORDER BY {key} {order}, id {order}
+          LIMIT %(limit)s + %(offset)s)
+        UNION ALL
+        (SELECT *
+           FROM (SELECT *, {key} AS sort_value  -- OFFSET 0: read by the filters, not in the metric's order
+                   FROM models
+                  WHERE parts.part = 0 AND NOT counted.walk AND status = 'completed' AND {key} IS NOT NULL
+                    AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
+                    AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+                    AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+                    AND (%(after_part)s::integer IS NULL
+                         OR %(after_part)s = 0
+                            AND ({key}, id) {after} (%(after_value)s::double precision, %(after_id)s))
+                 OFFSET 0) AS matching
+          ORDER BY sort_value {order}, id {order}
           LIMIT %(limit)s + %(offset)s)
         UNION ALL
         (SELECT *, NULL::double precision

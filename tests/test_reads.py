@@ -76,6 +76,21 @@ def test_counters_equal_a_count_of_the_rows_after_every_kind_of_change(clean):
     assert clean.execute("SELECT count(*) FROM sfq_model_counts WHERE models <> 0").fetchone() == (0,)
 
 
+def _executed(conn: psycopg.Connection, call: gateway.Call) -> list[dict]:
+    """The plan nodes a call's statement ran (EXPLAIN ANALYZE): a part not chosen shows no loops, or no
+    rows (a Sort above the part's gate runs, on nothing)."""
+    plan = conn.execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + call.statement().as_string(conn), call.params
+    ).fetchone()[0][0]["Plan"]
+    nodes, todo = [], [plan]
+    while todo:
+        node = todo.pop()
+        if node.get("Actual Loops", 0) > 0:
+            nodes.append(node)
+            todo += node.get("Plans", [])
+    return nodes
+
+
 def test_each_sortable_metric_is_read_in_order_from_its_index(clean):
     _fill(clean, 1, 50)
     clean.execute("ANALYZE models")
@@ -83,14 +98,32 @@ def test_each_sortable_metric_is_read_in_order_from_its_index(clean):
     clean.execute("SET enable_sort = off")  # the order must come from an index, or the plan shows a Sort
     for metric in SORTABLE_METRICS:
         for order in ("asc", "desc"):
-            call = gateway.list_models(params.ModelQuery.parse({"sort": metric, "order": order}))
-            plan = "\n".join(
-                row[0]
-                for row in clean.execute(
-                    "EXPLAIN " + call.statement().as_string(clean), call.params
-                ).fetchall()
-            )
-            assert f"models_metric_{metric}" in plan and "Sort" not in plan, (metric, order, plan)
+            query = params.ModelQuery.parse({"sort": metric, "order": order, "limit": "10"})
+            ran = _executed(clean, gateway.list_models(query))
+            indexes = {node.get("Index Name") for node in ran}
+            assert f"models_metric_{metric}" in indexes, (metric, order, ran)
+            sorted_rows = [node for node in ran if node["Node Type"] == "Sort" and node["Actual Rows"]]
+            assert not sorted_rows, (metric, order, ran)
+
+
+def test_a_leaderboard_of_a_pair_few_models_have_reads_that_pair_not_the_metric_index(clean):
+    _fill(clean, 1, 800)  # symbol g % 50, algorithm g % 8: an odd symbol never has an even algorithm
+    clean.execute("ANALYZE models")
+    clean.execute("SET enable_seqscan = off")
+    absent = {"symbol": "SYM7", "algorithm": ALGORITHMS[0], "sort": "ic", "limit": "20"}
+    present = {**absent, "algorithm": ALGORITHMS[7]}  # g % 200 = 7: 4 models of 800, all completed
+    for given, expected in ((absent, 0), (present, 4)):
+        ran = _executed(clean, gateway.list_models(params.ModelQuery.parse(given)))
+        read = {node["Index Name"] for node in ran if node.get("Index Name", "").startswith("models_")}
+        assert read == {"models_symbol_algorithm"}, (given, ran)  # neither the metric's nor one filter's
+        touched = sum(
+            node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+            for node in ran
+            if node.get("Relation Name") == "models"
+        )
+        assert touched <= 2 * expected, (given, touched)
+    broad = _executed(clean, gateway.list_models(params.ModelQuery.parse({"sort": "ic", "limit": "20"})))
+    assert "models_metric_ic" in {node.get("Index Name") for node in broad}  # a page early in the index
 
 
 def _walk(conn: psycopg.Connection, given: dict[str, str], by_cursor: bool) -> list[int]:
@@ -106,13 +139,40 @@ def _walk(conn: psycopg.Connection, given: dict[str, str], by_cursor: bool) -> l
         where = {"after": after} if by_cursor else {"offset": str(len(seen))}
 
 
-def test_keyset_pages_walk_the_same_order_as_offsets_models_without_the_metric_last(clean):
+def _ranked(conn: psycopg.Connection, given: dict[str, str]) -> list[int]:
+    """The leaderboard's order, computed here from every matching row: the completed models with the
+    metric by it then id, the others after them by id, all in the order asked."""
+    rows = conn.execute(
+        "SELECT id, status::text, metrics->%s FROM models"
+        " WHERE (%s::text IS NULL OR symbol = %s) AND (%s::text IS NULL OR algorithm = %s)",
+        (given.get("sort", "id"), *[given.get(f) for f in ("symbol", "symbol", "algorithm", "algorithm")]),
+    ).fetchall()
+    descending = given.get("order", "desc") == "desc"
+    ranked = sorted(
+        ((value, id_) for id_, status, value in rows if status == "completed" and isinstance(value, float)),
+        reverse=descending,
+    )
+    rest = sorted((id_ for id_, status, value in rows if (value, id_) not in ranked), reverse=descending)
+    return [id_ for _, id_ in ranked] + rest
+
+
+def test_pages_follow_the_leaderboard_order_however_the_first_part_is_read(clean):
+    """By cursor and by offset, for filters that many models match (the metric's index walked) and that
+    few do (their models read and sorted, from some offset on for every filter), the same order."""
     _fill(clean, 1, 60)  # 90% completed with every metric; a few with an equal ic (ties broken by id)
     clean.execute("UPDATE models SET metrics = metrics || '{\"ic\": 0.25}' WHERE id IN (3, 13, 23)")
     clean.execute("UPDATE models SET metrics = metrics - 'r2' WHERE id IN (5, 6)")
-    for given in ({}, {"sort": "ic"}, {"sort": "r2", "order": "asc"}, {"sort": "ic", "algorithm": "Ridge"}):
+    for given in (
+        {},
+        {"sort": "ic"},
+        {"sort": "r2", "order": "asc"},
+        {"sort": "ic", "algorithm": "Ridge"},
+        {"sort": "mae", "order": "asc", "symbol": "SYM7"},
+        {"sort": "ic", "symbol": "SYM7", "algorithm": ALGORITHMS[7]},
+        {"sort": "ic", "symbol": "SYM7", "algorithm": ALGORITHMS[0]},  # none
+    ):
         by_cursor, by_offset = _walk(clean, given, True), _walk(clean, given, False)
-        assert by_cursor == by_offset and len(set(by_cursor)) == len(by_cursor), given
+        assert by_cursor == by_offset == _ranked(clean, given), given
         expected = gateway.run(clean, gateway.count_models(params.ModelQuery.parse(given)))
         assert len(by_cursor) == expected, given
     ranked = _walk(clean, {"sort": "r2", "order": "asc"}, True)

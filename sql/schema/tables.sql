@@ -135,6 +135,8 @@ CREATE UNIQUE INDEX models_fingerprint_live ON models (fingerprint)
 CREATE INDEX models_status ON models (status, id);
 CREATE INDEX models_symbol ON models (symbol, id);
 CREATE INDEX models_algorithm ON models (algorithm, id);
+-- A symbol with an algorithm (0033): the pair's models, whichever of them are few.
+CREATE INDEX models_symbol_algorithm ON models (symbol, algorithm, id);
 CREATE INDEX models_metric_directional_accuracy ON models
     ((CASE WHEN jsonb_typeof(metrics -> 'directional_accuracy') = 'number' THEN (metrics ->> 'directional_accuracy')::double precision END), id)
     WHERE status = 'completed';
