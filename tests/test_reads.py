@@ -106,16 +106,23 @@ def test_each_sortable_metric_is_read_in_order_from_its_index(clean):
             assert not sorted_rows, (metric, order, ran)
 
 
-def test_a_leaderboard_of_a_pair_few_models_have_reads_that_pair_not_the_metric_index(clean):
+def test_a_filter_few_models_match_reads_those_models_not_an_index_walk(clean):
+    """A symbol with an algorithm that few or no models have, or a status few models of a symbol have: the
+    page reads about the matching rows (from the pair's index, or the filters' together), where walking
+    the metric's index, or one filter's, until a page is full would read all of its rows."""
     _fill(clean, 1, 800)  # symbol g % 50, algorithm g % 8: an odd symbol never has an even algorithm
+    clean.execute("UPDATE models SET status = 'failed' WHERE id = 8")  # SYM8's one failure
     clean.execute("ANALYZE models")
     clean.execute("SET enable_seqscan = off")
     absent = {"symbol": "SYM7", "algorithm": ALGORITHMS[0], "sort": "ic", "limit": "20"}
     present = {**absent, "algorithm": ALGORITHMS[7]}  # g % 200 = 7: 4 models of 800, all completed
-    for given, expected in ((absent, 0), (present, 4)):
+    failed = {"status": "failed", "symbol": "SYM8", "limit": "20"}
+    for given, expected in ((absent, 0), (present, 4), (failed, 1)):
         ran = _executed(clean, gateway.list_models(params.ModelQuery.parse(given)))
         read = {node["Index Name"] for node in ran if node.get("Index Name", "").startswith("models_")}
-        assert read == {"models_symbol_algorithm"}, (given, ran)  # neither the metric's nor one filter's
+        assert not {name for name in read if name.startswith("models_metric_")}, (given, ran)
+        if "algorithm" in given:  # the pair's index, or none when the counters count no such model
+            assert read == ({"models_symbol_algorithm"} if expected else set()), (given, ran)
         touched = sum(
             node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
             for node in ran
