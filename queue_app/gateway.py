@@ -352,18 +352,50 @@ def metric_key(metric: str | None) -> pgsql.Composable:
     return pgsql.SQL(value).format(name=name)
 
 
-def list_models(query: ModelQuery) -> Call[list[Row]]:
+@dataclass(frozen=True)
+class Counted:
+    """What the counters say of a leaderboard's filters (count_models): the models that match (`total`), the
+    completed ones among them, and the completed models and all models in the database."""
+
+    total: int
+    completed: int
+    all_completed: int
+    everything: int
+
+    def walks(self, part: int, wanted: int) -> bool | None:
+        """How list_models reads a part of a page that ends `wanted` rows in: None, not at all (no model
+        counted); True, walking an index in the page's order until the page is full (about wanted x c / m
+        rows for m matching models among the c it walks), or False, reading the m matching models through
+        the filters' indexes and sorting them, when that is fewer rows (m x m < wanted x c): a symbol with
+        an algorithm nobody ran on it walked the whole metric index, 2.2 s at 1 M models."""
+        matching, among = (self.completed, self.all_completed) if part == 0 else (self.total, self.everything)
+        if matching == 0:
+            return None
+        return matching * matching >= wanted * among
+
+
+def list_models(query: ModelQuery, counted: Counted) -> Call[list[Row]]:
+    """A page of the leaderboard, each part read the way `counted` (count_models of the same query) says."""
     ascending = query.order == "asc"
     compose = {
         "key": metric_key(None if query.sort == "id" else query.sort),
         "order": pgsql.SQL("ASC" if ascending else "DESC"),
         "after": pgsql.SQL(">" if ascending else "<"),
     }
+    for part in (0, 1):
+        walks = counted.walks(part, query.limit + query.offset)
+        compose[f"walk{part}"] = pgsql.Literal(walks is True)
+        compose[f"sort{part}"] = pgsql.Literal(walks is False)
     return Call("list_models", query.sql_params(), compose=compose)
 
 
-def count_models(query: ModelQuery) -> Call[int]:
-    return Call("count_models", query.sql_params(), _value)
+def count_models(query: ModelQuery) -> Call[Counted]:
+    return Call("count_models", query.sql_params(), lambda rows: Counted(**rows[0]))
+
+
+def leaderboard(conn: psycopg.Connection, query: ModelQuery) -> list[Row]:
+    """A page of the leaderboard on one connection: its counts, then the page read as they say."""
+    return run(conn, list_models(query, run(conn, count_models(query))))
 
 
 def models_progress(model_ids: Sequence[int]) -> Call[list[Row]]:

@@ -274,48 +274,35 @@ SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last
   FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe
 
 -- count_models --
--- The total behind a page of list_models (same filters), from the counters (sql/schema/counts.sql).
-SELECT coalesce(sum(models), 0)::bigint AS total
-  FROM sfq_model_counts
- WHERE (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
-   AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
-   AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+-- What the counters (sql/schema/counts.sql) say of a page of list_models' filters: how many models match
+-- (total) and how many of them are completed, with the completed models and all models in the database.
+SELECT coalesce(sum(models) FILTER (WHERE matches), 0)::bigint AS total,
+       coalesce(sum(models) FILTER (WHERE matches AND status = 'completed'), 0)::bigint AS completed,
+       coalesce(sum(models) FILTER (WHERE status = 'completed'), 0)::bigint AS all_completed,
+       coalesce(sum(models), 0)::bigint AS everything
+  FROM (SELECT models, status,
+               (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
+               AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+               AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s) AS matches
+          FROM sfq_model_counts) AS c
 
 -- list_models --
 -- Filter, sort by id or by a stored metric (a leaderboard), paginate by offset or after a row (keyset).
 -- The completed models with the metric come first, by it then id, the others last by id: two parts, the
 -- second only once the first runs out (a nested loop over the parts, in their order). {key}: the metric's
--- indexed expression, or NULL for the id order; {order} ASC or DESC, {after} < or >; composed by
--- gateway.list_models. after_*: the row the page starts after (part 0: one with the metric, 1: one
--- without).
--- Each part is read one of two ways, chosen from the counters (sql/schema/counts.sql): of the models the
--- part may hold (m: for part 0 the completed ones that match the filters, for part 1 all that match) and
--- of those it is read among (c: the completed ones, all). Walking an index in the page's order until the
--- page, `wanted` rows in, is full touches about wanted x c / m rows: the whole index when few match (a
--- symbol with an algorithm nobody ran on it, a status no model of that symbol has). So the walk is taken
--- when m x m >= wanted x c, else the matching models are read through the filters' indexes (about m rows)
--- and sorted; a part that counts no model is not read at all.
+-- indexed expression, or NULL for the id order; {order} ASC or DESC, {after} < or >. after_*: the row the
+-- page starts after (part 0: one with the metric, 1: one without). Each part is read one way, or not at
+-- all: {walk0} and {walk1} walk an index in the page's order, {sort0} and {sort1} read the matching models
+-- through the filters' indexes and sort them; gateway.list_models sets the one it chose from count_models
+-- to TRUE, the others to FALSE (a part set to FALSE is no part of the plan).
 SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, horizon, fingerprint,
        data_end, submitted_at, started_at, finished_at, attempts, worker_host, worker_pid, error, metrics,
        parent_model_id, progress, part, sort_value
   FROM (VALUES (0), (1)) AS parts(part)
- CROSS JOIN (
-        SELECT m0 > 0 AS part0, m0 ^ 2 >= wanted * c0 AS walk0, m1 > 0 AS part1, m1 ^ 2 >= wanted * c1 AS walk1
-          FROM (SELECT %(limit)s + %(offset)s AS wanted,
-                       coalesce(sum(models) FILTER (WHERE status = 'completed' AND matches), 0) AS m0,
-                       coalesce(sum(models) FILTER (WHERE status = 'completed'), 0) AS c0,
-                       coalesce(sum(models) FILTER (WHERE matches), 0) AS m1,
-                       coalesce(sum(models), 0) AS c1
-                  FROM (SELECT models,
-                               status,
-                               (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
-                               AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
-                               AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s) AS matches
-                          FROM sfq_model_counts) AS c) AS n) AS counted
  CROSS JOIN LATERAL (
         (SELECT *, {key} AS sort_value
            FROM models
-          WHERE parts.part = 0 AND counted.part0 AND counted.walk0 AND status = 'completed' AND {key} IS NOT NULL
+          WHERE parts.part = 0 AND {walk0} AND status = 'completed' AND {key} IS NOT NULL
             AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
             AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
             AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
@@ -324,25 +311,20 @@ SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, h
           ORDER BY {key} {order}, id {order}
           LIMIT %(limit)s + %(offset)s)
         UNION ALL
-        (SELECT *
-           FROM (SELECT *, {key} AS sort_value  -- OFFSET 0: read by the filters, not in the page's order
-                   FROM models
-                  WHERE parts.part = 0 AND counted.part0 AND NOT counted.walk0
-                    AND status = 'completed' AND {key} IS NOT NULL
-                    AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
-                    AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
-                    AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
-                    AND (%(after_part)s::integer IS NULL
-                         OR %(after_part)s = 0
-                            AND ({key}, id) {after} (%(after_value)s::double precision, %(after_id)s))
-                 OFFSET 0) AS matching
-          ORDER BY sort_value {order}, id {order}
+        (SELECT *, {key} AS sort_value
+           FROM models
+          WHERE parts.part = 0 AND {sort0} AND status = 'completed' AND {key} IS NOT NULL
+            AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
+            AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+            AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+            AND (%(after_part)s::integer IS NULL
+                 OR %(after_part)s = 0 AND ({key}, id) {after} (%(after_value)s::double precision, %(after_id)s))
+          ORDER BY ({key}, id) {order}  -- the same order, as a row: no index has it, so read by the filters
           LIMIT %(limit)s + %(offset)s)
         UNION ALL
         (SELECT *, NULL::double precision
            FROM models
-          WHERE parts.part = 1 AND counted.part1 AND counted.walk1
-            AND NOT (status = 'completed' AND {key} IS NOT NULL)
+          WHERE parts.part = 1 AND {walk1} AND NOT (status = 'completed' AND {key} IS NOT NULL)
             AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
             AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
             AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
@@ -350,17 +332,14 @@ SELECT id, status, symbol, timeframe, algorithm, target_col, target_transform, h
           ORDER BY id {order}
           LIMIT %(limit)s + %(offset)s)
         UNION ALL
-        (SELECT *
-           FROM (SELECT *, NULL::double precision AS sort_value
-                   FROM models
-                  WHERE parts.part = 1 AND counted.part1 AND NOT counted.walk1
-                    AND NOT (status = 'completed' AND {key} IS NOT NULL)
-                    AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
-                    AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
-                    AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
-                    AND (%(after_part)s::integer IS NULL OR %(after_part)s = 0 OR id {after} %(after_id)s)
-                 OFFSET 0) AS matching
-          ORDER BY id {order}
+        (SELECT *, NULL::double precision
+           FROM models
+          WHERE parts.part = 1 AND {sort1} AND NOT (status = 'completed' AND {key} IS NOT NULL)
+            AND (%(status)s::text IS NULL OR status = %(status)s::sfq_model_status)
+            AND (%(symbol)s::text IS NULL OR symbol = upper(%(symbol)s))
+            AND (%(algorithm)s::text IS NULL OR algorithm = %(algorithm)s)
+            AND (%(after_part)s::integer IS NULL OR %(after_part)s = 0 OR id {after} %(after_id)s)
+          ORDER BY id + 0 {order}  -- the same order, not the index's: read by the filters
           LIMIT %(limit)s + %(offset)s)) AS page
  LIMIT %(limit)s OFFSET %(offset)s
 

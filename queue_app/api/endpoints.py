@@ -191,9 +191,10 @@ async def list_models(request: Request) -> JSON:
     """Filter, paginate (by offset, or after the row a page's `next` names), and sort by id or by a stored
     metric (a leaderboard). The total is the counters' (no scan); an offset past it is refused."""
     query = params.ModelQuery.parse(request.query_params)
-    total = await call(request, gateway.count_models(query))
+    counted = await call(request, gateway.count_models(query))
+    total = counted.total
     query.within(total)
-    rows, after = query.page(await call(request, gateway.list_models(query)))
+    rows, after = query.page(await call(request, gateway.list_models(query, counted)))
     for row in rows:
         row["url"] = _model_url(request, row["id"])
     page = {"models": rows, "total": total, "limit": query.limit, "offset": query.offset, "next": after}

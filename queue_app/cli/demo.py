@@ -197,7 +197,7 @@ def _train(conn: psycopg.Connection, model_ids: list[int]) -> None:
     )
     _say("leaderboard (held-out test window, sorted by directional accuracy)")
     ranked = params.ModelQuery(sort="directional_accuracy", limit=len(model_ids))
-    print(leaderboard(gateway.run(conn, gateway.list_models(ranked))))
+    print(leaderboard(gateway.leaderboard(conn, ranked)))
 
 
 def run(settings: Settings, workers: int) -> None:
@@ -211,7 +211,7 @@ def run(settings: Settings, workers: int) -> None:
         with gateway.connect(url, autocommit=True) as conn:
             _submit_sql(conn, model_ids)
             _train(conn, model_ids)
-            _evolve_and_predict(conn, api_url, gateway.run(conn, gateway.list_models(BEST))[0]["id"])
+            _evolve_and_predict(conn, api_url, gateway.leaderboard(conn, BEST)[0]["id"])
         _say(f"the models stay in database {DEMO_DATABASE}: POSTGRES_URL='{url}' sfq models")
     finally:
         _stop_all(processes, settings, started_cluster)

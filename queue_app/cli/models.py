@@ -161,7 +161,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     given = {"sort": args.sort, "order": args.order, "limit": str(args.limit), "status": args.status}
     query = params.ModelQuery.parse({key: value for key, value in given.items() if value is not None})
-    print(render.leaderboard(run(args, gateway.list_models(query))))
+    with connect(args) as conn:
+        print(render.leaderboard(gateway.leaderboard(conn, query)))
 
 
 def cmd_model(args: argparse.Namespace) -> None:

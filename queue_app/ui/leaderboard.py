@@ -60,8 +60,9 @@ async def models(request: Request) -> HTMLResponse:
     page_no = max(int(raw_page), 1) if re.fullmatch(r"[0-9]{1,6}", raw_page) else 1
     given.update(limit=str(PAGE_SIZE), offset=str((page_no - 1) * PAGE_SIZE))
     query, notes = params.lenient(params.ModelQuery.parse, given)
-    found = await gateway.run_pooled(request.app.state.pool, gateway.list_models(query))
-    total = await gateway.run_pooled(request.app.state.pool, gateway.count_models(query))
+    counted = await gateway.run_pooled(request.app.state.pool, gateway.count_models(query))
+    found = await gateway.run_pooled(request.app.state.pool, gateway.list_models(query, counted))
+    total = counted.total
     here = {
         "status": query.status,
         "symbol": query.symbol,
