@@ -171,37 +171,29 @@ BEGIN
 END;
 $$;
 
+-- A statement's jobs in, out, or moved between statuses (an update's unchanged rows cancel out), added to
+-- this backend's rows in one INSERT each: no arrays built first (every enqueue, fetch and finish fires it;
+-- the INSERT's form took 16 µs less an enqueue than the arrays', and about 20 µs less a status change).
 CREATE OR REPLACE FUNCTION sfq_count_jobs() RETURNS trigger
     LANGUAGE plpgsql AS $$
-DECLARE
-    queues text[];
-    statuses procrastinate_job_status[];
-    jobs bigint[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN  -- every enqueue's: one statement, not the arrays' two (16 µs less a request)
+    IF TG_OP = 'INSERT' THEN
         INSERT INTO sfq_job_count_changes AS c (queue_name, status, jobs, backend)
         SELECT queue_name::text, status, count(*), pg_backend_pid() FROM new_rows GROUP BY 1, 2
             ON CONFLICT (queue_name, status, backend) DO UPDATE SET jobs = c.jobs + excluded.jobs;
-        IF FOUND THEN  -- not for an INSERT of no job
-            PERFORM sfq_fold_counts_now_and_then();
-        END IF;
-        RETURN NULL;
-    ELSIF TG_OP = 'UPDATE' THEN  -- as sfq_count_models: unchanged rows cancel out
-        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
-          FROM (SELECT queue_name, status, sum(sign) AS n
-                  FROM (SELECT queue_name::text, status, 1 AS sign FROM new_rows
-                        UNION ALL SELECT queue_name::text, status, -1 FROM old_rows) AS versions
-                 GROUP BY 1, 2 HAVING sum(sign) <> 0) AS grouped;
-    ELSE
-        SELECT array_agg(queue_name), array_agg(status), array_agg(n) INTO queues, statuses, jobs
-          FROM (SELECT queue_name::text, status, -count(*) AS n FROM old_rows GROUP BY 1, 2) AS grouped;
-    END IF;
-    IF queues IS NOT NULL THEN
+    ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO sfq_job_count_changes AS c (queue_name, status, jobs, backend)
-        SELECT d.queue_name, d.status, sum(d.n), pg_backend_pid()
-          FROM unnest(queues, statuses, jobs) AS d(queue_name, status, n)
-         GROUP BY 1, 2 HAVING sum(d.n) <> 0
+        SELECT queue_name, status, sum(sign), pg_backend_pid()
+          FROM (SELECT queue_name::text, status, 1 AS sign FROM new_rows
+                UNION ALL SELECT queue_name::text, status, -1 FROM old_rows) AS versions
+         GROUP BY 1, 2 HAVING sum(sign) <> 0
             ON CONFLICT (queue_name, status, backend) DO UPDATE SET jobs = c.jobs + excluded.jobs;
+    ELSE
+        INSERT INTO sfq_job_count_changes AS c (queue_name, status, jobs, backend)
+        SELECT queue_name::text, status, -count(*), pg_backend_pid() FROM old_rows GROUP BY 1, 2
+            ON CONFLICT (queue_name, status, backend) DO UPDATE SET jobs = c.jobs + excluded.jobs;
+    END IF;
+    IF FOUND THEN  -- not for a statement that moved no job
         PERFORM sfq_fold_counts_now_and_then();
     END IF;
     RETURN NULL;
