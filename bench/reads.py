@@ -140,6 +140,14 @@ def _paths(url: str, models: int) -> dict[str, str]:
     paths["sfq status (its queries, in process)"] = "status"
     for page in ("/ui/", "/ui/models", "/ui/models?sort=ic"):
         paths[f"GET {page}"] = page
+    # The dashboard's "next" from the middle (keyset), and the page of the deep offset by its number.
+    paths["GET /ui/models?sort=ic&page=(the middle's)&after=(the middle)"] = (
+        f"/ui/models?sort=ic&page={models * 9 // 20 // 25 + 2}{after}"
+    )
+    if models:
+        paths["GET /ui/models?sort=ic&page=(min(10000, the middle) / 25 + 1)"] = (
+            f"/ui/models?sort=ic&page={deep // 25 + 1}"
+        )
     if models:  # one model, and a sweep: none to read in an empty database
         paths["GET /models/{id}"] = f"/models/{some}"
         paths["GET /ui/models/{id}"] = f"/ui/models/{some}"

@@ -5,10 +5,15 @@ benchmark's business: `python -m bench --scenario reads`.)"""
 
 from __future__ import annotations
 
+import html
+import re
+
 import psycopg
 
 from bench.reads import ALGORITHMS, FILL_MODELS
 from queue_app import gateway, params
+from queue_app.ui.html import url
+from queue_app.ui.leaderboard import PAGE_SIZE
 from queue_app.vocabulary import SORTABLE_METRICS
 
 COUNTED = {
@@ -189,6 +194,33 @@ def test_pages_follow_the_leaderboard_order_however_the_first_part_is_read(clean
         assert len(by_cursor) == expected.total, given
     ranked = _walk(clean, {"sort": "r2", "order": "asc"}, True)
     assert set(ranked[-9:]) >= {5, 6}  # without r2: after every model with it
+
+
+def _dashboard_page(api, href: str) -> tuple[list[int], str | None]:
+    """The models the dashboard's models page lists, in order, and where its "next" leads (None: none)."""
+    response = api.get(href)
+    assert response.status_code == 200, response.text
+    ids = [int(i) for i in re.findall(r'<input type="checkbox" name="id" value="([0-9]+)"', response.text)]
+    following = re.search(r'<a href="([^"]+)">next →</a>', response.text)
+    return ids, html.unescape(following.group(1)) if following else None
+
+
+def test_the_dashboards_next_page_starts_after_the_last_row_shown(clean, api):
+    """The models page's "next" names the last row shown (`after`, keyset) and the pages it leads to are
+    the leaderboard's order to its end; a page asked for by its number is the same page, read by offset."""
+    _fill(clean, 1, 3 * PAGE_SIZE + 7)
+    for given in ({}, {"sort": "ic"}, {"sort": "rmse", "order": "asc"}, {"sort": "ic", "algorithm": "Ridge"}):
+        expected, shown, pages = _ranked(clean, given), [], []
+        href: str | None = url("/ui/models", **given)
+        while href is not None:
+            ids, href = _dashboard_page(api, href)
+            assert href is None or "after=" in href, href
+            shown += ids
+            pages.append(ids)
+        assert shown == expected, given
+        assert len(pages) == -(-len(expected) // PAGE_SIZE), given
+        if len(pages) > 2:
+            assert _dashboard_page(api, url("/ui/models", **given, page=3))[0] == pages[2], given
 
 
 def test_bad_leaderboard_parameters_are_422_naming_the_parameter(clean, api):

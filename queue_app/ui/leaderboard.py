@@ -1,8 +1,11 @@
 """The dashboard's models page: GET /models' filters and sort (queue_app.params.ModelQuery), 25 a page.
-A bad parameter is shown with the API's message and left out."""
+"next" starts after the last row shown (keyset: the thousandth page as fast as the second); a page asked for
+by its number alone, and "previous", start `offset` rows in. A bad parameter is shown with the API's
+message and left out."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -58,10 +61,16 @@ async def models(request: Request) -> HTMLResponse:
     given = {key: value.strip() for key, value in request.query_params.items() if value.strip()}
     raw_page = given.pop("page", "")
     page_no = max(int(raw_page), 1) if re.fullmatch(r"[0-9]{1,6}", raw_page) else 1
-    given.update(limit=str(PAGE_SIZE), offset=str((page_no - 1) * PAGE_SIZE))
+    offset = (page_no - 1) * PAGE_SIZE
+    keyset = "after" in given  # reached by "next": the page starts after the row its `after` names
+    given.update(limit=str(PAGE_SIZE), **({} if keyset else {"offset": str(offset)}))
     query, notes = params.lenient(params.ModelQuery.parse, given)
+    if keyset and query.after is None:  # a bad `after`, left out: the page by its number
+        query = dataclasses.replace(query, offset=offset)
     counted = await gateway.run_pooled(request.app.state.pool, gateway.count_models(query))
-    found = await gateway.run_pooled(request.app.state.pool, gateway.list_models(query, counted))
+    found, after = query.page(
+        await gateway.run_pooled(request.app.state.pool, gateway.list_models(query, counted))
+    )
     total = counted.total
     here = {
         "status": query.status,
@@ -83,8 +92,8 @@ async def models(request: Request) -> HTMLResponse:
     nav = [f"page {page_no} of {pages} ({total} models)"]
     if page_no > 1:
         nav.insert(0, link(url("/ui/models", **here, page=page_no - 1), "← previous"))
-    if page_no < pages:
-        nav.append(link(url("/ui/models", **here, page=page_no + 1), "next →"))
+    if page_no < pages and after is not None:
+        nav.append(link(url("/ui/models", **here, page=page_no + 1, after=after), "next →"))
     errors = "".join(f'<p class="error">{esc(note)}</p>' for note in notes)
     body = section(
         "Leaderboard",
