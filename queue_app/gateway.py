@@ -584,6 +584,10 @@ def vacuum_queue() -> Call[None]:
     return Call("vacuum_queue", {}, _nothing)
 
 
+def analyze_jobs() -> Call[None]:
+    return Call("analyze_jobs", {}, _nothing)
+
+
 def may_vacuum_beats() -> Call[bool]:
     return Call("may_vacuum_beats", {}, _value)
 

@@ -252,6 +252,11 @@ SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER'))
 VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events, training_requests, sfq_job_count_changes,
                  sfq_model_count_changes, sfq_training_duration_changes
 
+-- analyze_jobs --
+-- New statistics for procrastinate_jobs when the fleet's round asks (sfq_beat's 'analyze'): every session's
+-- cached plans on it are made again, for the table as it now is.
+ANALYZE procrastinate_jobs
+
 -- vacuum_beats --
 -- Reclaim the dead rows of the beats' tables (each beat updates its workers' rows; sleepers come and go)
 -- when the fleet's round asks (sfq_beat's 'vacuum'): outside a transaction; autovacuum may be off. A table

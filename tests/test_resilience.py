@@ -564,3 +564,74 @@ def test_pruning_removes_requests_past_the_retention_a_batch_at_a_time_and_keeps
     assert clean.execute(prune).fetchone()[0] == 2
     assert clean.execute(left).fetchall() == []
     assert clean.execute(models).fetchall() == before and len(before) == 5
+
+
+# A job of a queue no sfq daemon serves: its insert adds an event, whose key is checked against the job.
+JOB_NOBODY_RUNS = (
+    "INSERT INTO procrastinate_jobs (queue_name, task_name, args) VALUES ('nobody', 'noop', '{}')"
+)
+
+
+@contextlib.contextmanager
+def jobs_analyzed_empty(conn) -> Iterator[None]:
+    """procrastinate_jobs' statistics say it is empty (it is), and only sfq analyzes it meanwhile."""
+    conn.execute("ALTER TABLE procrastinate_jobs SET (autovacuum_enabled = off)")
+    conn.execute("ANALYZE procrastinate_jobs")
+    try:
+        yield
+    finally:
+        conn.execute("ALTER TABLE procrastinate_jobs RESET (autovacuum_enabled)")
+
+
+def _jobs_nobody_runs(conn, jobs: int) -> None:
+    """`jobs` more jobs in one statement, counted in the statistics at once."""
+    conn.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+        " SELECT 'nobody', 'noop', '{}' FROM generate_series(1, %s)",
+        (jobs,),
+    )
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")  # the flush happens as this session goes idle after the statement above
+
+
+def _scans_of_the_jobs_by_one_insert(conn) -> int:
+    """Sequential scans of procrastinate_jobs while this session inserts one job (its event's key check):
+    this backend's counts not yet flushed to the statistics, before and after."""
+    scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'procrastinate_jobs'"
+    with conn.transaction():
+        before = conn.execute(scans).fetchone()[0]
+        conn.execute(JOB_NOBODY_RUNS)
+        return conn.execute(scans).fetchone()[0] - before
+
+
+def test_the_round_asks_for_an_analyze_once_the_jobs_outgrow_their_statistics(clean):
+    """Statistics that say the queue is empty, while it holds over twice what they say plus 1,000 jobs:
+    the round asks for an ANALYZE, once; not before, and not after one."""
+    workers = [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]]
+    beat = "SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind = 'analyze'"
+    due = "UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'"
+    with jobs_analyzed_empty(clean):
+        _jobs_nobody_runs(clean, 900)
+        clean.execute(due)
+        assert clean.execute(beat, (workers,)).fetchall() == []  # under the threshold
+        _jobs_nobody_runs(clean, 600)
+        clean.execute(due)
+        assert clean.execute(beat, (workers,)).fetchall() == [("analyze", {"rows": 1_500, "estimated": 0})]
+        assert clean.execute(beat, (workers,)).fetchall() == []  # within the period: no round, no ask
+        gateway.run(clean, gateway.analyze_jobs())
+        clean.execute(due)
+        assert clean.execute(beat, (workers,)).fetchall() == []
+
+
+def test_a_daemon_analyzes_the_jobs_and_sessions_stop_scanning_them_for_each_key(clean, start_worker):
+    """A long-lived session whose plans were made while the statistics said the queue was empty checks
+    each new event's key by scanning every job; once the daemon has analyzed the table (the round's ask),
+    by its index (docs/BENCHMARKS.md, "Why HTTP at 0 models was slower")."""
+    with jobs_analyzed_empty(clean):
+        for _ in range(8):  # the check's plan: after five, one for any key, made for an empty table
+            clean.execute(JOB_NOBODY_RUNS)
+        _jobs_nobody_runs(clean, 1_500)
+        assert _scans_of_the_jobs_by_one_insert(clean) >= 1
+        worker = start_worker(1, **QUICK_RESCUE)
+        worker.wait_for_line(r"analyzed procrastinate_jobs \(\d+ rows, its statistics said 0\)", timeout=60)
+        assert _scans_of_the_jobs_by_one_insert(clean) == 0

@@ -519,8 +519,8 @@ $$;
 -- fleet and made most of an idle fleet's database time at 500 daemons (issue 15). The round's rows, for
 -- the daemon's log: `kind` 'rescued' (sfq_rescue_stalled_jobs' row), 'side rescued'
 -- (sfq_rescue_stalled_side_jobs'), 'closed' (sfq_close_ended_jobs'), 'retrained' (a strategy_retrains
--- row), 'woken' (how many workers) or 'vacuum' (the beats' tables' dead rows, past the threshold below),
--- as JSON.
+-- row), 'woken' (how many workers), 'vacuum' (the beats' tables' dead rows, past the threshold below) or
+-- 'analyze' (procrastinate_jobs' rows, past the threshold below, and the rows its statistics say), as JSON.
 -- The heartbeats are written last, at the clock, not at the statement's start: a round can take a while (it
 -- waits for a model row a result's write holds, or rescues or retrains many), and a heartbeat stamped at
 -- its start was as old as the round when it committed, so the next round presumed the daemon that ran the
@@ -608,6 +608,19 @@ BEGIN
          WHERE t.relid IN ('procrastinate_workers'::regclass, 'sfq_workers'::regclass,
                            'sfq_sleepers'::regclass, 'sfq_fleet_round'::regclass)
         HAVING sum(t.n_dead_tup) > 1000 + sum(t.n_live_tup);
+        -- The jobs' statistics. A session keeps the plans it made for procrastinate_jobs as its statistics
+        -- then said it was, the check of each new event's key to its job among them: made while they said
+        -- the table was nearly empty, that check scans every job, for each job deferred or moved, until
+        -- something analyzes the table again (docs/BENCHMARKS.md, "Why HTTP at 0 models was slower").
+        -- Autovacuum analyzes it once a tenth of it changed; off or behind, once it holds over twice the
+        -- rows its statistics say, plus 1,000, the daemon that ran the round analyzes it (a few times as
+        -- the queue grows tenfold; a table that shrank is left alone: an estimate too high never turned
+        -- a lookup by key into a scan).
+        RETURN QUERY SELECT 'analyze'::text,
+                            jsonb_build_object('rows', t.n_live_tup, 'estimated', greatest(c.reltuples, 0)::bigint)
+          FROM pg_stat_user_tables t JOIN pg_class c ON c.oid = t.relid
+         WHERE t.relid = 'procrastinate_jobs'::regclass
+           AND t.n_live_tup > 1000 + 2 * greatest(c.reltuples, 0);
     END IF;
     UPDATE procrastinate_workers SET last_heartbeat = clock_timestamp() WHERE id = ANY(workers);
 END;

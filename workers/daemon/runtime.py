@@ -73,6 +73,10 @@ ROUND_LOG = {
     ),
     "woken": (logging.DEBUG, "round: {workers} sleeping worker(s) woken for due jobs none was woken for"),
     "vacuum": (logging.DEBUG, "round: {dead_rows} dead rows in the beats' tables: a VACUUM is due"),
+    "analyze": (
+        logging.DEBUG,
+        "round: procrastinate_jobs holds {rows} rows, its statistics say {estimated}: an ANALYZE is due",
+    ),
 }
 
 
@@ -401,29 +405,30 @@ class Runtime:
             await asyncio.sleep(0.1)
         try:
             while True:
-                dead_rows = None
+                asks: dict[str, dict] = {}
                 try:
-                    dead_rows = await self._beat([w.worker_id for w in self.workers])
+                    asks = await self._beat([w.worker_id for w in self.workers])
                 except Exception as error:  # the database away, or a query refused: try again next beat
                     log.warning("beat failed (%s); will try again", error)
                 # Tidying on the data connection, beside this loop: it never holds up the queue's fetches,
                 # and a long backtest or a model file's rebuild there never holds up our heartbeat.
                 prune = time.monotonic() - last_prune > PRUNE_EVERY_S
-                if (prune or dead_rows) and (tidying is None or tidying.done()):
-                    tidying = asyncio.create_task(self._tidy(prune, dead_rows))
+                if (prune or asks) and (tidying is None or tidying.done()):
+                    tidying = asyncio.create_task(self._tidy(prune, asks))
                     last_prune = time.monotonic() if prune else last_prune
                 await asyncio.sleep(self.settings.heartbeat_s)
         finally:
             if tidying is not None:
                 tidying.cancel()
 
-    async def _tidy(self, prune: bool, dead_rows: int | None) -> None:
+    async def _tidy(self, prune: bool, asks: dict[str, dict]) -> None:
         """`prune`: finished jobs, then accepted requests, past the retention, a batch a transaction (no
         long lock, no long transaction), then, when any went and this role may, a VACUUM of the queue's
-        tables and the requests (a job's row is updated twice and deleted once). `dead_rows`: the fleet's
-        round asked for a VACUUM of the beats' tables (an idle fleet prunes nothing, and its beats update
-        their rows); a role that may not says so once. A server with autovacuum off (or behind) would let
-        the dead rows pile up (docs/BENCHMARKS.md, sustained)."""
+        tables and the requests (a job's row is updated twice and deleted once). `asks`: what the fleet's
+        round asked this daemon to do, by kind: 'vacuum', the beats' tables (an idle fleet prunes nothing,
+        and its beats update their rows); 'analyze', the jobs' statistics (sfq_beat). A role that may not
+        says so once. A server with autovacuum off (or behind) would let the dead rows pile up
+        (docs/BENCHMARKS.md, sustained), and the sessions' plans for the jobs go stale."""
         retention = self.settings.job_retention_s
         calls = (
             gateway.prune_finished_jobs(retention, PRUNE_BATCH),
@@ -436,8 +441,17 @@ class Runtime:
                 while batch == PRUNE_BATCH:
                     batch = await self._run(call)
                     pruned += batch
-            if pruned and await self._run(gateway.may_vacuum_queue()):
-                await self._run(gateway.vacuum_queue())
+            if (pruned or "analyze" in asks) and await self._run(gateway.may_vacuum_queue()):
+                if pruned:
+                    await self._run(gateway.vacuum_queue())  # with ANALYZE
+                else:
+                    await self._run(gateway.analyze_jobs())
+                    log.info(
+                        "analyzed procrastinate_jobs (%s rows, its statistics said %s)",
+                        asks["analyze"]["rows"],
+                        asks["analyze"]["estimated"],
+                    )
+            dead_rows = asks.get("vacuum", {}).get("dead_rows")
             if dead_rows and await self._run(gateway.may_vacuum_beats()):
                 await self._run(gateway.vacuum_beats())
                 log.info("vacuumed the beats' tables (%s dead rows)", dead_rows)
@@ -471,13 +485,13 @@ class Runtime:
             for worker in self.workers:
                 worker.fetch_job_polling_interval = interval
 
-    async def _beat(self, workers: list[int]) -> int | None:
+    async def _beat(self, workers: list[int]) -> dict[str, dict]:
         """The fleet's round if it is due, then our heartbeats (sfq_beat, which writes them last). The
         round: the rescue of the training, forecast, backtest and study jobs of workers silent for
         SFQ_RESCUE_AFTER_S, and the weekly and cron retrain policies that are due (once per due time:
         sql/schema/retrains.sql). It runs at most once per half heartbeat for the whole fleet, so a dead
-        worker's job waits at most that longer. The beats' tables' dead rows when the round asks this
-        daemon to VACUUM them."""
+        worker's job waits at most that longer. What the round asks this daemon to do, by kind (a VACUUM
+        of the beats' tables, an ANALYZE of the jobs: _tidy)."""
         settings = self.settings
         beat = gateway.beat(
             workers,
@@ -488,7 +502,7 @@ class Runtime:
             settings.max_attempts,
             settings.heartbeat_s / 2,
         )
-        dead_rows = None
+        asks = {}
         for row in await self._run_queue(beat):
             what = row["what"]
             if row["kind"] == "fleet":
@@ -500,8 +514,9 @@ class Runtime:
             level, template = ROUND_LOG[row["kind"]]
             refused = f" refused: {what['error']}" if what.get("error") else ""
             log.log(level, template.format_map({**what, "refused": refused}))
-            dead_rows = what["dead_rows"] if row["kind"] == "vacuum" else dead_rows
-        return dead_rows
+            if row["kind"] in ("vacuum", "analyze"):
+                asks[row["kind"]] = what
+        return asks
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.trainer.close)
