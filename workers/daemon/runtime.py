@@ -427,8 +427,9 @@ class Runtime:
         tables and the requests (a job's row is updated twice and deleted once). `asks`: what the fleet's
         round asked this daemon to do, by kind: 'vacuum', the beats' tables (an idle fleet prunes nothing,
         and its beats update their rows); 'analyze', the jobs' statistics (sfq_beat). A role that may not
-        says so once. A server with autovacuum off (or behind) would let the dead rows pile up
-        (docs/BENCHMARKS.md, sustained), and the sessions' plans for the jobs go stale."""
+        VACUUM the beats' tables says so once; one that may not ANALYZE the jobs leaves it to autovacuum.
+        A server with autovacuum off (or behind) would let the dead rows pile up (docs/BENCHMARKS.md,
+        sustained), and the sessions' plans for the jobs go stale."""
         retention = self.settings.job_retention_s
         calls = (
             gateway.prune_finished_jobs(retention, PRUNE_BATCH),
