@@ -133,9 +133,12 @@ def _paths(url: str, models: int) -> dict[str, str]:
         "/models?sort=ic&symbol=SYM7&algorithm=Ridge&limit=20",
     )
     paths = {f"GET {path}": path for path in leaderboard}
-    if models:  # an offset past the end is refused
+    if models:  # an offset past the end is refused (the dashboard's page by number: read by that offset)
         paths["GET /models?sort=ic&limit=20&offset=(min(10000, the middle))"] = (
             f"/models?sort=ic&limit=20&offset={deep}"
+        )
+        paths["GET /ui/models?sort=ic&page=(min(10000, the middle) / 25 + 1)"] = (
+            f"/ui/models?sort=ic&page={deep // 25 + 1}"
         )
     after = f"&after={middle[0]}:{middle[1]}" if middle else ""
     paths["GET /models?sort=ic&limit=20&after=(the middle)"] = f"/models?sort=ic&limit=20{after}"
@@ -143,14 +146,10 @@ def _paths(url: str, models: int) -> dict[str, str]:
     paths["sfq status (its queries, in process)"] = "status"
     for page in ("/ui/", "/ui/models", "/ui/models?sort=ic"):
         paths[f"GET {page}"] = page
-    # The dashboard's "next" from the middle (keyset), and the page of the deep offset by its number.
+    # The dashboard's "next" from the middle (keyset).
     paths["GET /ui/models?sort=ic&page=(the middle's)&after=(the middle)"] = (
         f"/ui/models?sort=ic&page={models * 9 // 20 // 25 + 2}{after}"
     )
-    if models:
-        paths["GET /ui/models?sort=ic&page=(min(10000, the middle) / 25 + 1)"] = (
-            f"/ui/models?sort=ic&page={deep // 25 + 1}"
-        )
     if models:  # one model, and a sweep: none to read in an empty database
         paths["GET /models/{id}"] = f"/models/{some}"
         paths["GET /ui/models/{id}"] = f"/ui/models/{some}"

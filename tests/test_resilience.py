@@ -461,22 +461,26 @@ def _beats_dead_rows(conn) -> int:
     return conn.execute(BEATS_DEAD_ROWS, (list(BEATS_TABLES),)).fetchone()[0]
 
 
+def _asked(conn, workers: list[int], kind: str, due: bool = True) -> list[dict]:
+    """What a beat's round asks of `kind` (sfq_beat), the beat the first since the period (`due`) or not."""
+    if due:
+        conn.execute("UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'")
+    beat = "SELECT what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind = %s"
+    return [what for (what,) in conn.execute(beat, (workers, kind)).fetchall()]
+
+
 def test_the_round_asks_for_a_vacuum_of_the_beats_tables_once_their_dead_rows_pile_up(clean):
     """An idle fleet prunes no job, so no VACUUM follows a prune: with autovacuum off, every beat's dead
     rows would stay. The round asks for a VACUUM once the beats' tables hold over 1,000 dead rows beyond
     their live ones, and no more after it."""
     workers = [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0] for _ in range(2)]
-    beat = "SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind = 'vacuum'"
-    due = "UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'"
     with no_autovacuum_of_the_beats_tables(clean):
         _dead_rows_in_the_beats_tables(clean, 500)
-        clean.execute(due)
-        assert clean.execute(beat, (workers,)).fetchall() == []  # under the threshold
+        assert _asked(clean, workers, "vacuum") == []  # under the threshold
         _dead_rows_in_the_beats_tables(clean, 1_000)
-        clean.execute(due)
-        [(_, what)] = clean.execute(beat, (workers,)).fetchall()
+        [what] = _asked(clean, workers, "vacuum")
         assert what["dead_rows"] >= 1_500
-        assert clean.execute(beat, (workers,)).fetchall() == []  # within the period: no round, no ask
+        assert _asked(clean, workers, "vacuum", due=False) == []  # within the period: no round, no ask
 
         def vacuumed() -> bool:
             """A VACUUM removes them unless a transaction older than them still runs on the server."""
@@ -484,8 +488,7 @@ def test_the_round_asks_for_a_vacuum_of_the_beats_tables_once_their_dead_rows_pi
             return _beats_dead_rows(clean) < 100
 
         wait_until(vacuumed, "the beats' tables vacuumed", timeout=60)
-        clean.execute(due)
-        assert clean.execute(beat, (workers,)).fetchall() == []
+        assert _asked(clean, workers, "vacuum") == []
 
 
 def test_a_daemon_vacuums_the_beats_tables_when_the_round_asks(clean, start_worker):
@@ -608,19 +611,14 @@ def test_the_round_asks_for_an_analyze_once_the_jobs_outgrow_their_statistics(cl
     """Statistics that say the queue is empty, while it holds over twice what they say plus 1,000 jobs:
     the round asks for an ANALYZE, once; not before, and not after one."""
     workers = [clean.execute("SELECT procrastinate_register_worker_v1()").fetchone()[0]]
-    beat = "SELECT kind, what FROM sfq_beat(%s, 'host', 1, 1, 20, 3, 60) WHERE kind = 'analyze'"
-    due = "UPDATE sfq_fleet_round SET ran_at = now() - interval '1 hour'"
     with jobs_analyzed_empty(clean):
         _jobs_nobody_runs(clean, 900)
-        clean.execute(due)
-        assert clean.execute(beat, (workers,)).fetchall() == []  # under the threshold
+        assert _asked(clean, workers, "analyze") == []  # under the threshold
         _jobs_nobody_runs(clean, 600)
-        clean.execute(due)
-        assert clean.execute(beat, (workers,)).fetchall() == [("analyze", {"rows": 1_500, "estimated": 0})]
-        assert clean.execute(beat, (workers,)).fetchall() == []  # within the period: no round, no ask
+        assert _asked(clean, workers, "analyze") == [{"rows": 1_500, "estimated": 0}]
+        assert _asked(clean, workers, "analyze", due=False) == []  # within the period: no round, no ask
         gateway.run(clean, gateway.analyze_jobs())
-        clean.execute(due)
-        assert clean.execute(beat, (workers,)).fetchall() == []
+        assert _asked(clean, workers, "analyze") == []
 
 
 def test_a_daemon_analyzes_the_jobs_and_sessions_stop_scanning_them_for_each_key(clean, start_worker):
