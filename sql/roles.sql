@@ -119,6 +119,7 @@ GRANT EXECUTE ON FUNCTION
     procrastinate_register_worker_v1, procrastinate_unregister_worker_v1, procrastinate_update_heartbeat_v1,
     procrastinate_prune_stalled_workers_v1, procrastinate_defer_jobs_v1,
     sfq_rescue_stalled_jobs, sfq_rescue_stalled_side_jobs, sfq_hand_on, sfq_defer_training, sfq_training_job,
+    sfq_new_job_id,  -- a handed-on model records its new job before it is deferred
     sfq_close_ended_jobs,  -- the round's close of a job left running after its model, forecast or backtest
     sfq_defer_forecast, sfq_defer_simulation, sfq_prune_finished_jobs, sfq_prune_requests,
     sfq_request_simulation,  -- a completed model's default backtest

@@ -513,7 +513,8 @@ def test_sfq_new_model_maps_each_request_column_to_the_model_column_of_the_same_
 
 def test_sfq_insert_models_inserts_in_order_skips_live_fingerprints_and_returns_the_new_ids(conn):
     """The one INSERT INTO models: candidates in the order given; one whose fingerprint is live (before, or
-    by an earlier candidate) is skipped; a failed one is inserted anyway (the DuckDB import's)."""
+    by an earlier candidate) is skipped; a failed one is inserted anyway (the DuckDB import's). A queued
+    model records the id of its job to come, which is not deferred yet; a failed one has none."""
     with conn.transaction(force_rollback=True):
         candidates = [
             conn.execute(
@@ -528,13 +529,54 @@ def test_sfq_insert_models_inserts_in_order_skips_live_fingerprints_and_returns_
         rows = conn.execute(
             "SELECT horizon, status::text, job_id FROM models WHERE id = ANY(%s) ORDER BY id", (ids,)
         ).fetchall()
-        assert rows == [(7, "queued", None), (5, "queued", None), (6, "queued", None)]
+        assert [row[:2] for row in rows] == [(7, "queued"), (5, "queued"), (6, "queued")]
+        jobs = [row[2] for row in rows]
+        assert None not in jobs and len(set(jobs)) == 3
+        deferred = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%s)", (jobs,))
+        assert deferred.fetchone()[0] == 0
         assert conn.execute("SELECT sfq_insert_models(%s::models[])", (candidates[:1],)).fetchone()[0] == []
         failed = conn.execute(
             'SELECT sfq_insert_models(ARRAY[jsonb_populate_record(%s::models, \'{"status": "failed"}\')])',
             (candidates[0],),
         ).fetchone()[0]
         assert len(failed) == 1 and failed[0] > ids[-1]
+        assert conn.execute("SELECT job_id FROM models WHERE id = %s", (failed[0],)).fetchone()[0] is None
+
+
+def test_sfq_defer_training_inserts_the_jobs_procrastinate_would_with_the_ids_the_models_recorded(conn):
+    """sfq_defer_training writes procrastinate_defer_jobs_v1's INSERT itself, with the ids its models
+    recorded (sql/schema/queue.sql): the jobs and their events are what Procrastinate's function makes of
+    the same jobs, and that function is still that one INSERT (a Procrastinate that changes it fails here)."""
+    body = conn.execute(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'procrastinate_defer_jobs_v1'"
+    ).fetchone()[0]
+    assert " ".join(body.split()) == (
+        "DECLARE job_ids bigint[]; BEGIN WITH inserted_jobs AS ( INSERT INTO procrastinate_jobs (queue_name,"
+        " task_name, priority, lock, queueing_lock, args, scheduled_at) SELECT (job).queue_name,"
+        " (job).task_name, (job).priority, (job).lock, (job).queueing_lock, (job).args, (job).scheduled_at"
+        " FROM unnest(jobs) AS job RETURNING id ) SELECT array_agg(id) FROM inserted_jobs INTO job_ids;"
+        " RETURN job_ids; END;"
+    )
+    with conn.transaction(force_rollback=True):
+        ids = [submit(conn, {"symbol": "AAPL", "horizon": horizon, **FAST}) for horizon in (5, 6)]
+        recorded = [job_of(conn, model_id) for model_id in ids]
+        theirs = conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY(SELECT sfq_training_job(m.id, m.priority) FROM models m"
+            " WHERE m.id = ANY(%s) ORDER BY m.id))",
+            (ids,),
+        ).fetchone()[0]
+        columns = (
+            "queue_name, task_name, priority, lock, queueing_lock, args, status, scheduled_at, attempts,"
+            " abort_requested, worker_id"
+        )
+        jobs = (
+            f"SELECT {columns}, (SELECT array_agg(e.type::text) FROM procrastinate_events e"
+            " WHERE e.job_id = j.id) FROM procrastinate_jobs j WHERE j.id = ANY(%s) ORDER BY j.id"
+        )
+        assert conn.execute(jobs, (recorded,)).fetchall() == conn.execute(jobs, (theirs,)).fetchall()
+        assert len(conn.execute(jobs, (recorded,)).fetchall()) == 2
+        nothing = conn.execute("SELECT sfq_defer_training(ARRAY[]::bigint[], ARRAY[]::integer[])")
+        assert nothing.fetchone()[0] == []  # a sweep whose every model was there already
 
 
 # ---------------------------------------------------------------------------------------------------------

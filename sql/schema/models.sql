@@ -35,7 +35,7 @@ CREATE OR REPLACE FUNCTION sfq_new_model(r training_requests) RETURNS models
         0,                       -- attempts
         NULL, NULL, NULL,        -- metrics, fold_metrics, timings
         r.timeout_s,
-        NULL,                    -- job_id: sfq_defer_training's
+        NULL,                    -- job_id: sfq_insert_models'
         r.retrain_of, r.run,
         NULL,                    -- imported_from
         r.priority,
@@ -71,6 +71,8 @@ $$;
 -- their candidates. A failed or cancelled candidate (the DuckDB import's) is inserted even when a live
 -- model has its fingerprint: the unique index is on live models only. A skipped candidate uses up an id
 -- (as any INSERT ... ON CONFLICT DO NOTHING), so a caller with many passes distinct fingerprints.
+-- A queued model is written with the id of its job to come (sfq_new_job_id), which the caller defers
+-- (sfq_defer_training), so that the row is not updated for it; a skipped candidate's id goes unused.
 -- PL/pgSQL, so that the INSERT's plan is cached (a SQL function's is planned again at every call from a
 -- trigger); ids as an array, so that the trigger calls it as a plain expression (no result set to scan).
 CREATE OR REPLACE FUNCTION sfq_insert_models(candidates models[]) RETURNS bigint[]
@@ -90,7 +92,8 @@ BEGIN
                c.algorithm, c.hyperparameters, c.features, c.train_window, c.test_window, c.data_end, c.cv_folds,
                c.cv_strategy, c.context_symbols, c.alpha_grid, c.l1_ratio_grid, c.regime_configs,
                c.parent_model_id, c.status, c.error, c.submitted_at, c.started_at, c.finished_at, c.worker_host,
-               c.worker_pid, c.attempts, c.metrics, c.fold_metrics, c.timings, c.timeout_s, c.job_id,
+               c.worker_pid, c.attempts, c.metrics, c.fold_metrics, c.timings, c.timeout_s,
+               CASE WHEN c.status = 'queued' THEN sfq_new_job_id() END,
                c.retrain_of, c.run, c.imported_from, c.priority, c.progress, c.traceparent, c.spec_extra
           FROM unnest(candidates) AS c
         ON CONFLICT (fingerprint) WHERE status NOT IN ('failed', 'cancelled') DO NOTHING

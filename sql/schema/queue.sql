@@ -18,29 +18,49 @@ CREATE OR REPLACE FUNCTION sfq_training_job(model bigint, priority integer) RETU
                jsonb_build_object('model_id', model), NULL)::procrastinate_job_to_defer_v1
 $$;
 
--- New models' training jobs, in one procrastinate_defer_jobs_v1 call, in the order given, each recorded
--- in its model's job_id; returns the jobs' ids. Never one UPDATE joined with the arrays through a cached
--- plan: PL/pgSQL's generic plan of it scanned all of models (planned as if the table were small), on
--- every statement (0008). Many models (a sweep, a large INSERT ... SELECT): that UPDATE planned for
--- these arrays (EXECUTE); a few: one UPDATE each, by primary key, with a cached plan (planning the join
--- costs about as much as a few dozen of those).
+-- The id of a job not deferred yet, from Procrastinate's sequence (its jobs' ids' default), so that a
+-- model can record its job as it is written (inlined where it is called).
+CREATE OR REPLACE FUNCTION sfq_new_job_id() RETURNS bigint
+    LANGUAGE sql VOLATILE AS $$
+    SELECT nextval('procrastinate_jobs_id_seq')
+$$;
+
+-- Models' training jobs, in the order given, each with the id its model already records in job_id
+-- (reserved from Procrastinate's sequence when the model was written: sfq_insert_models, sfq_hand_on), so
+-- that a new model is written once, with its job, not inserted and then updated (the update took about
+-- 7 % of an enqueue, fired the model counters' trigger again, and left a dead row version a model).
+-- procrastinate_defer_jobs_v1 takes no ids, so its INSERT is written here, with them: the same columns,
+-- the same jobs (tests/test_schema.py fails if Procrastinate's function becomes more than this INSERT).
+-- The recorded ids are read one by one, by primary key, through a cached plan, or, for many models (a
+-- sweep), in one join planned for them: never a join through a cached plan, whose custom plan for a few
+-- models looked cheaper than the generic one and was made again at every call (300 us an enqueue),
+-- nor a generic one, which scanned all of models when planned on a small table (0008). Returns the
+-- jobs' ids.
 CREATE OR REPLACE FUNCTION sfq_defer_training(model_ids bigint[], priorities integer[]) RETURNS bigint[]
     LANGUAGE plpgsql AS $$
 DECLARE
     job_ids bigint[];
 BEGIN
-    job_ids := procrastinate_defer_jobs_v1(ARRAY(
-        SELECT sfq_training_job(m, p) FROM unnest(model_ids, priorities) WITH ORDINALITY AS u(m, p, i) ORDER BY i));
     IF cardinality(model_ids) > 32 THEN
-        EXECUTE 'UPDATE models m SET job_id = j.job_id FROM unnest($1, $2) AS j(model_id, job_id)'
-                ' WHERE m.id = j.model_id'
-          USING model_ids, job_ids;
+        EXECUTE 'SELECT array_agg(m.job_id ORDER BY u.i) FROM unnest($1) WITH ORDINALITY AS u(id, i)'
+                ' JOIN models m ON m.id = u.id'
+           INTO job_ids USING model_ids;
     ELSE
         FOR i IN 1 .. cardinality(model_ids) LOOP
-            UPDATE models SET job_id = job_ids[i] WHERE id = model_ids[i];
+            job_ids[i] := (SELECT m.job_id FROM models m WHERE m.id = model_ids[i]);
         END LOOP;
     END IF;
-    RETURN job_ids;
+    WITH inserted AS (
+        INSERT INTO procrastinate_jobs (id, queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+        SELECT d.id, (d.job).queue_name, (d.job).task_name, (d.job).priority, (d.job).lock,
+               (d.job).queueing_lock, (d.job).args, (d.job).scheduled_at
+          FROM (SELECT u.id, sfq_training_job(u.model, u.priority) AS job, u.i
+                  FROM unnest(model_ids, job_ids, priorities) WITH ORDINALITY AS u(model, id, priority, i)) AS d
+         ORDER BY d.i
+        RETURNING id
+    )
+    SELECT array_agg(id) INTO job_ids FROM inserted;
+    RETURN coalesce(job_ids, '{}');
 END;
 $$;
 
@@ -378,10 +398,11 @@ BEGIN
          WHERE id = model;
         RETURN 'failed: too many lost attempts';
     END IF;
-    new_job := (sfq_defer_training(ARRAY[model], ARRAY[(SELECT m.priority FROM models m WHERE m.id = model)]))[1];
-    UPDATE models SET status = 'queued',
+    new_job := sfq_new_job_id();  -- recorded, then deferred
+    UPDATE models SET status = 'queued', job_id = new_job,
            error = format('job %s lost its worker; handed on to job %s', old_job, new_job)
      WHERE id = model;
+    PERFORM sfq_defer_training(ARRAY[model], ARRAY[(SELECT m.priority FROM models m WHERE m.id = model)]);
     RETURN 'rescued';
 END;
 $$;
