@@ -233,6 +233,10 @@ def submit(request: Mapping[str, Any], via: str) -> Call[Submission]:
     return Call("submit", {"request": _json(request), "via": via}, _submission)
 
 
+def submit_many(requests: Sequence[Mapping[str, Any]], via: str) -> Call[list[Submission]]:
+    return Call("submit_many", {"requests": _json(list(requests)), "via": via}, _submissions)
+
+
 def submit_batch(request: Mapping[str, Any], via: str) -> Call[list[Submission]]:
     return Call("submit_batch", {"request": _json(request), "via": via}, _submissions)
 

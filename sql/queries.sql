@@ -6,6 +6,11 @@
 SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
   FROM sfq_submit(%(request)s::jsonb, %(via)s)
 
+-- submit_many --
+-- Many requests, each its own model, in one statement (the API gathers concurrent POST /train), in order.
+SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col
+  FROM sfq_submit_many(%(requests)s::jsonb, %(via)s) ORDER BY id
+
 -- submit_batch --
 -- One model per target column, in one transaction.
 SELECT model_id, fingerprint, deduplicated, id AS request_id, target_col

@@ -142,8 +142,8 @@ GRANT SELECT ON blobs, blob_chunks TO sfq_api;  -- GET /models/{id}/artifact str
 GRANT SELECT ON prediction_axes TO sfq_api;  -- GET /models/{id}/predictions (0020)
 GRANT EXECUTE ON FUNCTION sfq_duration_bounds TO sfq_api;  -- GET /metrics' histogram
 GRANT EXECUTE ON FUNCTION
-    sfq_submit, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model, sfq_request_forecast,
-    sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_create_study, sfq_stop_study,
+    sfq_submit, sfq_submit_many, sfq_submit_batch, sfq_retrain, sfq_evolve, sfq_cancel_model,
+    sfq_request_forecast, sfq_request_simulation, sfq_request_lockbox, sfq_submit_sweep, sfq_create_study, sfq_stop_study,
     sfq_move_alias, sfq_set_retrain_policy,
     sfq_retrain_objectives, sfq_study_objectives,  -- a retrain policy's objective's direction
     sfq_canonical_params, sfq_canonical_param, sfq_rule_matches, sfq_reject  -- a sweep's leaderboard

@@ -26,6 +26,7 @@ DEFINERS = (
     "sfq_accept_training_request",
     "sfq_defer_training_requests",
     "sfq_submit",
+    "sfq_submit_many",
     "sfq_submit_batch",
     "sfq_retrain",
     "sfq_evolve",

@@ -721,15 +721,46 @@ $$;
 CREATE OR REPLACE FUNCTION sfq_submit(request jsonb, via text DEFAULT 'sql') RETURNS training_requests
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
+    accepted training_requests;
+BEGIN
+    INSERT INTO training_requests OVERRIDING SYSTEM VALUE SELECT r.* FROM sfq_request_row(request, via) r
+    RETURNING * INTO accepted;
+    RETURN accepted;
+END;
+$$;
+
+-- Many requests of the JSON way in, in one statement, in the array's order (their ids ascending in it):
+-- the API gathers concurrent POST /train into one (queue_app/api/gathering.py), which then share one
+-- statement trigger and one commit. One bad request refuses them all, naming its field; the API then
+-- submits each alone, so that each gets its own answer.
+CREATE OR REPLACE FUNCTION sfq_submit_many(requests jsonb, via text DEFAULT 'sql') RETURNS SETOF training_requests
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    IF jsonb_typeof(requests) IS DISTINCT FROM 'array' THEN
+        PERFORM sfq_reject('requests', 'must be a JSON array of requests');
+    END IF;
+    RETURN QUERY
+        INSERT INTO training_requests OVERRIDING SYSTEM VALUE
+        SELECT r.* FROM jsonb_array_elements(requests) WITH ORDINALITY AS e(request, i),
+                        LATERAL sfq_request_row(e.request, via) AS r
+         ORDER BY e.i
+        RETURNING *;
+END;
+$$;
+
+-- A JSON request's row, as the INSERT of the JSON way in writes it: its fields checked and converted, the
+-- absent ones' defaults, its id (drawn here, so that a statement of many has them in its order), the
+-- time and the way it came.
+CREATE OR REPLACE FUNCTION sfq_request_row(request jsonb, via text) RETURNS training_requests
+    LANGUAGE plpgsql AS $$
+DECLARE
     r training_requests := jsonb_populate_record(NULL::training_requests,
                                                  sfq_request_defaults() || sfq_check_request_json(request));
-    accepted training_requests;
 BEGIN
     r.id := nextval(pg_get_serial_sequence('training_requests', 'id'));
     r.received_at := now();
     r.via := via;
-    INSERT INTO training_requests OVERRIDING SYSTEM VALUE SELECT (r).* RETURNING * INTO accepted;
-    RETURN accepted;
+    RETURN r;
 END;
 $$;
 

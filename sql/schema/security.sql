@@ -8,7 +8,8 @@
 --   - sfq_accept_training_request and sfq_defer_training_requests, the training_requests triggers
 --     (requests.sql): a plain INSERT INTO training_requests creates the model and defers its job, which the
 --     inserting role may not do by itself;
---   - sfq_submit (requests.sql: the JSON way in, the same INSERT) and the API's operations: sfq_submit_batch,
+--   - sfq_submit (requests.sql: the JSON way in, the same INSERT), sfq_submit_many (the same for many, the
+--     API's gathered POST /train) and the API's operations: sfq_submit_batch,
 --     sfq_retrain, sfq_evolve, sfq_cancel_model (operations.sql), sfq_request_forecast (forecasts.sql),
 --     sfq_request_simulation, sfq_request_lockbox (simulations.sql), sfq_submit_sweep (sweeps.sql),
 --     sfq_create_study and sfq_stop_study (studies.sql), and the workers' sfq_submit_trial (a study's trial);
