@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from queue_app import gateway, tracing, ui
 from queue_app.api.app import ERROR_HANDLERS, ROUTES
 from queue_app.api.auth import middleware as token_middleware
+from queue_app.api.gathering import Gathering
 from queue_app.config import Settings, database_url
 
 
@@ -24,6 +25,7 @@ def create_app(url: str | None = None, settings: Settings | None = None) -> Star
         pool = gateway.open_pool(url, settings.pool_size, "sfq-api", settings.connection_options)
         await pool.open(wait=False)
         app.state.pool = pool
+        app.state.gathering = Gathering(pool, "http")  # POST /train's concurrent requests, one statement
         app.state.rescue_after_s = settings.rescue_after_s
         try:
             yield

@@ -6,6 +6,10 @@ import asyncio
 
 import httpx
 
+from queue_app import gateway
+from queue_app.api.gathering import Gathering
+from queue_app.errors import Rejected
+
 FAST = {"algorithm": "Ridge", "train_window": 300, "test_window": 60}
 
 
@@ -136,3 +140,50 @@ async def test_fifty_concurrent_posts_all_2xx_and_each_model_trained_once(clean,
         clean.execute("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'train_model'").fetchone()[0]
         == 25
     )
+
+
+async def _gathered(database: str, requests: list[dict]) -> list:
+    """Each request's answer (its Submission, or the error it raised) from one Gathering, all at once."""
+    pool = gateway.open_pool(database, 4, "sfq-test")
+    await pool.open()
+    try:
+        gathering = Gathering(pool, "http")
+        return await asyncio.gather(*(gathering.submit(r) for r in requests), return_exceptions=True)
+    finally:
+        await pool.close()
+
+
+async def test_concurrent_submissions_are_enqueued_in_one_statement_each_with_its_own_answer(clean, database):
+    """Requests that arrive together go into one statement (one transaction: one receipt time), in their
+    order, each answered with its own model; the same spec twice is one model."""
+    requests = [{"symbol": "AAPL", **FAST, "train_window": 300 + i} for i in range(8)]
+    answers = await _gathered(database, [*requests, requests[3]])
+    assert [a.deduplicated for a in answers] == [False] * 8 + [True]
+    assert answers[8].model_id == answers[3].model_id and len({a.model_id for a in answers}) == 8
+    assert [a.request_id for a in answers] == sorted(a.request_id for a in answers)
+    rows = clean.execute(
+        "SELECT count(*), count(DISTINCT received_at), min(via) FROM training_requests WHERE id = ANY(%s)",
+        ([a.request_id for a in answers],),
+    ).fetchone()
+    assert rows == (9, 1, "http")
+    windows = clean.execute(
+        "SELECT train_window FROM models WHERE id = ANY(%s) ORDER BY id", ([a.model_id for a in answers],)
+    )
+    assert [w for (w,) in windows] == [300 + i for i in range(8)]
+
+
+async def test_a_bad_request_among_gathered_ones_gets_its_own_refusal_and_the_others_are_enqueued(
+    clean, database
+):
+    """One bad request refuses its gathered statement; then each is submitted alone: the bad one is refused
+    naming its field and stores nothing, the others are enqueued as if they had come alone."""
+    good = [{"symbol": "MSFT", **FAST, "train_window": 400 + i} for i in range(4)]
+    answers = await _gathered(
+        database, [good[0], good[1], {"symbol": "MSFT", "horizon": 0}, good[2], good[3]]
+    )
+    refused = answers[2]
+    assert isinstance(refused, Rejected) and refused.field == "horizon", refused
+    enqueued = [a for i, a in enumerate(answers) if i != 2]
+    assert [a.deduplicated for a in enqueued] == [False] * 4
+    assert clean.execute("SELECT count(*) FROM training_requests").fetchone()[0] == 4
+    assert clean.execute("SELECT count(*) FROM models WHERE horizon = 0").fetchone()[0] == 0

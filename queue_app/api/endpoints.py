@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -77,12 +77,12 @@ def _created(request: Request, submission: Submission) -> JSON:
 
 
 async def _send(
-    request: Request, body: dict[str, Any], submit: Callable[[Mapping[str, Any], str], Call[T]]
+    request: Request, body: dict[str, Any], submit: Callable[[Mapping[str, Any]], Awaitable[T]]
 ) -> T:
     """A submission, in its producer span when tracing is on (a child of the request's `traceparent`
     header, W3C Trace Context), whose context is stored with the request (queue_app.tracing)."""
     with tracing.sending(TRAINING_QUEUE, body, request.headers) as sending:
-        answer = await call(request, submit(sending.request, "http"))
+        answer = await submit(sending.request)
         if sending.recording:
             sending.sent(answer, await call(request, gateway.model_jobs(sending.new_models(answer))))
     return answer
@@ -90,13 +90,13 @@ async def _send(
 
 async def train(request: Request) -> JSON:
     body = await http.json_body(request)
-    return _created(request, await _send(request, body, gateway.submit))
+    return _created(request, await _send(request, body, request.app.state.gathering.submit))
 
 
 async def train_batch(request: Request) -> JSON:
     """One spec, four models (open, close, high, low), enqueued in one transaction."""
     body = await http.json_body(request)
-    submissions = await _send(request, body, gateway.submit_batch)
+    submissions = await _send(request, body, lambda spec: call(request, gateway.submit_batch(spec, "http")))
     return JSON(
         {
             "model_ids": [s.model_id for s in submissions],
