@@ -20,7 +20,7 @@ import psycopg_pool
 
 from queue_app import gateway
 from queue_app.errors import NoSchema, Unavailable
-from queue_app.gateway import Call, Submission
+from queue_app.gateway import Submission
 
 MOST = 100  # requests in one statement at most
 STATEMENTS = 2  # gathered statements at once: one commits while the next runs (not tuned further)
@@ -63,7 +63,8 @@ class Gathering:
             await self._alone(batch[0])
             return
         try:
-            submissions = await self._run(gateway.submit_many([request for request, _ in batch], self.via))
+            many = gateway.submit_many([request for request, _ in batch], self.via)
+            submissions = await gateway.run_pooled(self.pool, many)
         except (Unavailable, NoSchema) as error:
             for _, answer in batch:
                 _answer(answer, error=error)
@@ -77,13 +78,9 @@ class Gathering:
     async def _alone(self, waiting: Waiting) -> None:
         request, answer = waiting
         try:
-            _answer(answer, await self._run(gateway.submit(request, self.via)))
+            _answer(answer, await gateway.run_pooled(self.pool, gateway.submit(request, self.via)))
         except Exception as error:
             _answer(answer, error=error)
-
-    async def _run(self, call: Call) -> Any:
-        async with gateway.pooled(self.pool) as conn:
-            return await gateway.run_async(conn, call)
 
 
 def _answer(

@@ -388,6 +388,7 @@ CREATE OR REPLACE FUNCTION sfq_hand_on(model bigint, old_job bigint, max_attempt
 DECLARE
     lost integer;
     new_job bigint;
+    job_priority integer;
 BEGIN
     UPDATE model_attempts SET ended_at = now(), outcome = 'lost'
      WHERE model_id = model AND outcome IS NULL;
@@ -399,10 +400,11 @@ BEGIN
         RETURN 'failed: too many lost attempts';
     END IF;
     new_job := sfq_new_job_id();  -- recorded, then deferred
-    UPDATE models SET status = 'queued', job_id = new_job,
+    UPDATE models m SET status = 'queued', job_id = new_job,
            error = format('job %s lost its worker; handed on to job %s', old_job, new_job)
-     WHERE id = model;
-    PERFORM sfq_defer_training(ARRAY[model], ARRAY[(SELECT m.priority FROM models m WHERE m.id = model)]);
+     WHERE m.id = model
+    RETURNING m.priority INTO job_priority;
+    PERFORM sfq_defer_training(ARRAY[model], ARRAY[job_priority]);
     RETURN 'rescued';
 END;
 $$;
