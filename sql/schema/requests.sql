@@ -354,6 +354,19 @@ $generate$;
 COMMENT ON FUNCTION sfq_default_features() IS
     'The features of a request that names none: generated from sfq_features by requests.sql.';
 
+-- Every algorithm's hyperparameter contracts, by name, read from sfq_algorithms (registry.sql) once per
+-- `sfq db upgrade` and written as a constant: a request's lookup is then an expression, not a query of
+-- the table (a query, and two more relations locked, in every request's transaction).
+DO $generate$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE FUNCTION sfq_algorithm_contracts() RETURNS jsonb LANGUAGE sql IMMUTABLE'
+                   ' PARALLEL SAFE AS $body$ SELECT %L::jsonb $body$',
+                   (SELECT coalesce(jsonb_object_agg(name, hyperparameters), '{}') FROM sfq_algorithms));
+END;
+$generate$;
+COMMENT ON FUNCTION sfq_algorithm_contracts() IS
+    'Each algorithm''s hyperparameter contracts, by name: generated from sfq_algorithms by requests.sql.';
+
 -- Validate a request, fill in defaults, canonicalise, and compute its spec and fingerprint, without
 -- enqueueing anything. `pin_data_end` pins data_end to the latest bar at or before it (the default
 -- way in); the DuckDB import keeps the legacy data_end as it was. `known_hyperparameters`: the
@@ -425,8 +438,8 @@ BEGIN
     IF r.algorithm IS NULL THEN
         PERFORM sfq_require('algorithm', r.algorithm);
     END IF;
-    SELECT a.hyperparameters INTO contracts FROM sfq_algorithms a WHERE a.name = r.algorithm;
-    IF NOT FOUND THEN
+    contracts := sfq_algorithm_contracts()->r.algorithm;
+    IF contracts IS NULL THEN
         PERFORM sfq_reject('algorithm', format('%L is not one of %s', r.algorithm,
                            (SELECT string_agg(name, ', ' ORDER BY name) FROM sfq_algorithms)));
     END IF;
