@@ -162,7 +162,7 @@ BEGIN
         PERFORM sfq_reject('hyperparameters', format('must be a JSON object, got %s', given));
     END IF;
     RETURN sfq_canonical_params('hyperparameters', algorithm, given,
-                                (SELECT a.hyperparameters FROM sfq_algorithms a WHERE a.name = algorithm));
+                                sfq_algorithm_contracts()->algorithm);
 END;
 $$;
 
@@ -178,7 +178,7 @@ BEGIN
     IF cardinality(grid) = 0 THEN
         RETURN grid;
     END IF;
-    SELECT a.hyperparameters->param INTO contract FROM sfq_algorithms a WHERE a.name = algorithm;
+    contract := sfq_algorithm_contracts()->algorithm->param;
     IF contract IS NULL THEN
         PERFORM sfq_reject(field, format('%s has no %s to search; a %s applies to %s', algorithm, param, field,
             (SELECT string_agg(a.name, ', ' ORDER BY a.name) FROM sfq_algorithms a
@@ -355,8 +355,9 @@ COMMENT ON FUNCTION sfq_default_features() IS
     'The features of a request that names none: generated from sfq_features by requests.sql.';
 
 -- Every algorithm's hyperparameter contracts, by name, read from sfq_algorithms (registry.sql) once per
--- `sfq db upgrade` and written as a constant: a request's lookup is then an expression, not a query of
--- the table (a query, and two more relations locked, in every request's transaction).
+-- `sfq db upgrade` and written as a constant, which every lookup of an algorithm's contracts reads: an
+-- expression, not a query of the table (a query, and two more relations locked, in every request's
+-- transaction).
 DO $generate$
 BEGIN
     EXECUTE format('CREATE OR REPLACE FUNCTION sfq_algorithm_contracts() RETURNS jsonb LANGUAGE sql IMMUTABLE'
