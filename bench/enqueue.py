@@ -3,7 +3,10 @@ rounds: POST /train against a real `sfq api` at concurrency 50 (a minimal keep-a
 asyncio streams, so that the client takes little of the machine's CPU); plain SQL INSERTs into
 training_requests, one per transaction, from SQL_CONNECTIONS connections at once (pgbench, PostgreSQL's own
 load generator: a C client, one statement per transaction), with no worker asleep (no commit notifies: a
-fleet whose workers are all busy) and with one (every commit notifies, sql/schema/queue.sql); and
+fleet whose workers are all busy) and with one (every commit notifies, sql/schema/queue.sql), sent as
+psql sends a statement (the simple protocol: parsed and planned at each) and as a prepared statement
+(what a service's driver sends once a statement repeats: psycopg and JDBC from its fifth execution on a
+connection, asyncpg always); and
 INSERT ... SELECT of many rows in one statement. Then a sweep via sfq_submit_sweep. No worker runs: only
 enqueueing is measured. Each database's fill takes its time too.
 
@@ -46,11 +49,18 @@ SQL_CONNECTIONS = 8
 MEASURES = {  # key: what the report calls it
     "http": f"HTTP POST /train at concurrency {HTTP_CONCURRENCY}, req/s",
     "sql_one": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, rows/s",
+    "sql_one_prepared": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, prepared, rows/s",
     "sql_one_asleep": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, a worker asleep "
     "(every commit notifies), rows/s",
     "sql_many": "SQL INSERT ... SELECT, many rows in one statement, rows/s",
 }
-GOALS = {"http": 1_000, "sql_one": 2_000, "sql_one_asleep": 2_000, "sql_many": 5_000}  # issue 15, 2 cores
+GOALS = {  # issue 15, 2 cores
+    "http": 1_000,
+    "sql_one": 2_000,
+    "sql_one_prepared": 2_000,
+    "sql_one_asleep": 2_000,
+    "sql_many": 5_000,
+}
 # A listening worker of the training queue registered asleep, as sfq_fetch_job registers a daemon from
 # before 0028 (its "asleep" and "sleeper" locks, and its row without a channel: sql/schema/queue.sql): every
 # enqueue notifies while it is held (a daemon of 0028 is woken by one enqueue, then registers again). No
@@ -121,9 +131,11 @@ def pgbench() -> str:
     return found
 
 
-def sql_one_per_transaction(url: str, seconds: float, connections: int = SQL_CONNECTIONS) -> float:
+def sql_one_per_transaction(
+    url: str, seconds: float, connections: int = SQL_CONNECTIONS, protocol: str = "simple"
+) -> float:
     """Single-row INSERTs into training_requests, one per transaction, from `connections` connections for
-    `seconds` (pgbench): rows a second."""
+    `seconds` (pgbench), sent by `protocol` (pgbench -M: simple or prepared): rows a second."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
         script.write(PGBENCH_SCRIPT)
         script.flush()
@@ -131,6 +143,8 @@ def sql_one_per_transaction(url: str, seconds: float, connections: int = SQL_CON
             [
                 pgbench(),
                 "-n",
+                "-M",
+                protocol,
                 "-f",
                 script.name,
                 "-c",
@@ -278,6 +292,9 @@ def scenario(url: str, short: bool) -> dict[str, Any]:
                         latencies[models] += times
                         refused += bad
                         results[models]["sql_one"].append(sql_one_per_transaction(urls[models], sql_s))
+                        results[models]["sql_one_prepared"].append(
+                            sql_one_per_transaction(urls[models], sql_s, protocol="prepared")
+                        )
                         with worker_asleep(urls[models]):
                             rate = sql_one_per_transaction(urls[models], sql_s)
                         results[models]["sql_one_asleep"].append(rate)

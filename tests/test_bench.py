@@ -29,6 +29,7 @@ EXPECTED = {
         "HTTP POST /train at concurrency 50, req/s, 2,000 models",
         "latency p50 / p99, 2,000 models",
         "one per transaction, 8 connections, rows/s, 0 models",
+        "one per transaction, 8 connections, prepared, rows/s, 2,000 models",
         "a worker asleep (every commit notifies), rows/s, 2,000 models",
         "fill to 2,000 models",
         "one statement, rows/s, 2,000 models",
