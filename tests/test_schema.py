@@ -382,6 +382,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0031_spec_from_columns.sql",
         "migrations/0032_fleet_size.sql",
         "migrations/0033_symbol_algorithm_index.sql",
+        "migrations/0034_bar_revisions_in_the_pin.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -662,6 +663,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0031_spec_from_columns.sql",
         "migrations/0032_fleet_size.sql",
         "migrations/0033_symbol_algorithm_index.sql",
+        "migrations/0034_bar_revisions_in_the_pin.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

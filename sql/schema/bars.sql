@@ -1,7 +1,8 @@
 -- sfq/bars: revisions of a symbol's bars. A statement that changes a bar's values, deletes bars, or
 -- inserts a bar earlier than one already there (a backfill) adds 1 to bar_revisions for that symbol and
 -- timeframe; appending new bars does not (a request pins data_end to the latest bar, so new bars already
--- make a new model). sfq_canonical_request puts the revisions of a request's symbols into its spec.
+-- make a new model). sfq_canonical_request reads the revisions of a request's symbols, in the query that
+-- pins its data_end, and puts them into its spec.
 --
 -- Repeatable: applied by `sfq db upgrade` after the migrations (see requests.sql).
 
@@ -42,14 +43,3 @@ CREATE OR REPLACE TRIGGER bars_revised_by_delete AFTER DELETE ON bars
 CREATE OR REPLACE TRIGGER bars_backfilled AFTER INSERT ON bars
     REFERENCING NEW TABLE AS new_bars
     FOR EACH STATEMENT EXECUTE FUNCTION sfq_note_bar_revisions();
-
--- The revisions of these symbols' bars of one timeframe, {symbol: revision}, or null when none was ever
--- revised (a spec then hashes as before revisions were counted). PL/pgSQL, so that its plan is cached: as a
--- SQL function (an aggregate, never inlined) it was planned at every request.
-CREATE OR REPLACE FUNCTION sfq_bar_revisions(symbols text[], tf text) RETURNS jsonb
-    LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN (SELECT jsonb_object_agg(symbol, revision ORDER BY symbol)
-              FROM bar_revisions WHERE timeframe = tf AND symbol = ANY (symbols));
-END;
-$$;

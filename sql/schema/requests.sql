@@ -538,12 +538,17 @@ BEGIN
     IF pin_data_end THEN
         -- Pin the data: the last bar at or before the requested end (the latest bar by default).
         -- (As max(ts), the planner may read all of the symbol's bars before the table is analyzed.)
-        r.data_end := coalesce(
-            (SELECT b.ts FROM bars b
-              WHERE b.symbol = r.symbol AND b.timeframe = r.timeframe
-                AND (r.data_end IS NULL OR b.ts <= r.data_end)
-              ORDER BY b.ts DESC LIMIT 1),
-            r.data_end);
+        -- With it, the revisions of the request's symbols' bars (bars.sql), {symbol: revision}, or null
+        -- when none was ever revised (a spec then hashes as before revisions were counted).
+        SELECT coalesce(
+                   (SELECT b.ts FROM bars b
+                     WHERE b.symbol = r.symbol AND b.timeframe = r.timeframe
+                       AND (r.data_end IS NULL OR b.ts <= r.data_end)
+                     ORDER BY b.ts DESC LIMIT 1),
+                   r.data_end),
+               (SELECT jsonb_object_agg(v.symbol, v.revision ORDER BY v.symbol) FROM bar_revisions v
+                 WHERE v.timeframe = r.timeframe AND v.symbol = ANY (r.symbol || r.context_symbols))
+          INTO r.data_end, revisions;
         IF r.lockbox_start IS NOT NULL AND r.data_end IS NOT NULL AND r.lockbox_start > r.data_end THEN
             PERFORM sfq_reject('lockbox_start', format('%s is after data_end %s: the lockbox would be empty',
                                sfq_utc_text(r.lockbox_start), sfq_utc_text(r.data_end)));
@@ -585,9 +590,6 @@ BEGIN
         END LOOP;
     END IF;
 
-    IF pin_data_end THEN
-        revisions := sfq_bar_revisions(r.symbol || r.context_symbols, r.timeframe);
-    END IF;
     r.spec := sfq_spec_of_columns(
         r.symbol, r.timeframe, r.target_col, r.target_transform, r.horizon, r.algorithm, r.hyperparameters,
         r.features, r.train_window, r.test_window, r.data_end, r.cv_folds, r.cv_strategy, r.context_symbols,
