@@ -264,9 +264,9 @@ SELECT queue_name, status, sum(jobs)::bigint AS jobs
  GROUP BY queue_name, status;
 COMMENT ON VIEW sfq_job_counts IS 'How many queue jobs each queue has in each status (kept by triggers).';
 
--- Models inserted inside a trigger are a request's (training_requests_accept, a retrain's or an
--- evolution's request too): counted by the request's statement trigger. Left out by WHEN, not by a test
--- in the function: a trigger left out is not fired at all (its event is not queued). Its call was
+-- Models inserted inside a trigger are a request's (training_requests_accept; a retrain's or an
+-- evolution's request too), counted once a statement (sfq_count_models' comment). Left out by WHEN, not
+-- by a test in the function: a trigger left out is not fired at all (its event is not queued). Its call was
 -- 3.7-4.6 us of a single request, 2.4-2.5 us a request of a bulk INSERT (each model its own INSERT).
 CREATE OR REPLACE TRIGGER models_count_inserted AFTER INSERT ON models
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT WHEN (pg_trigger_depth() = 0)
