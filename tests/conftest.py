@@ -146,6 +146,7 @@ def clean(conn) -> psycopg.Connection:
         " sweeps, studies, sfq_workers, sfq_sleepers, procrastinate_jobs, procrastinate_events,"
         " procrastinate_workers RESTART IDENTITY CASCADE"
     )
+    conn.execute("UPDATE sfq_fleet_round SET jobs_before = 0")  # the jobs' ids start again
     return conn
 
 

@@ -383,6 +383,7 @@ def test_an_existing_database_gets_its_pending_migration_then_the_schema_files(d
         "migrations/0032_fleet_size.sql",
         "migrations/0033_symbol_algorithm_index.sql",
         "migrations/0034_bar_revisions_in_the_pin.sql",
+        "migrations/0035_training_jobs_without_deferred_events.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     assert db.upgrade(databases.upgraded) == []  # current: nothing to do
@@ -580,6 +581,23 @@ def test_sfq_defer_training_inserts_the_jobs_procrastinate_would_with_the_ids_th
         assert nothing.fetchone()[0] == []  # a sweep whose every model was there already
 
 
+def test_a_training_job_is_deferred_without_procrastinates_deferred_event_and_other_jobs_with_it(conn):
+    """A training job's 'deferred' event is not written (sql/schema/queue.sql: a tenth of an enqueue, read by
+    nothing); another job's is, by Procrastinate's own function; a training job's status changes are still
+    Procrastinate's events."""
+    events = "SELECT array_agg(e.type::text ORDER BY e.id) FROM procrastinate_events e WHERE e.job_id = %s"
+    with conn.transaction(force_rollback=True):
+        training = job_of(conn, submit(conn, {"symbol": "AAPL", **FAST}))
+        other = conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('simulation', 'run_simulation', 0, NULL, NULL,"
+            " '{}', NULL)::procrastinate_job_to_defer_v1])"
+        ).fetchone()[0][0]
+        assert conn.execute(events, (training,)).fetchone()[0] is None
+        assert conn.execute(events, (other,)).fetchone()[0] == ["deferred"]
+        conn.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", (training,))
+        assert conn.execute(events, (training,)).fetchone()[0] == ["started"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Procrastinate's own migrations.
 
@@ -664,6 +682,7 @@ def test_a_database_made_with_an_older_procrastinate_is_migrated_to_the_installe
         "migrations/0032_fleet_size.sql",
         "migrations/0033_symbol_algorithm_index.sql",
         "migrations/0034_bar_revisions_in_the_pin.sql",
+        "migrations/0035_training_jobs_without_deferred_events.sql",
         *(f"schema/{name}" for name in db.SCHEMA_FILES),
     ]
     db.apply_roles(url)

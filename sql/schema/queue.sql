@@ -256,6 +256,20 @@ CREATE CONSTRAINT TRIGGER sfq_jobs_wake_sleepers AFTER INSERT ON procrastinate_j
     EXECUTE FUNCTION sfq_wake_sleepers();
 ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1;
 
+-- A training job is deferred without Procrastinate's 'deferred' event: that event row, with its foreign
+-- key's check (a lock on the job's row) and its trigger's call, was about a tenth of a single-row enqueue
+-- (issue 15 part 5, docs/BENCHMARKS.md). Nothing reads it: Procrastinate reads 'started' events (its
+-- stalled jobs) and a finished job's last event (its retention, and sfq_prune_finished_jobs below), which
+-- the status updates still write. When a training job was deferred is its model's submitted_at (a job
+-- handed on after its worker was lost: that attempt's ended_at, model_attempts), and the fleet's round
+-- tells a job that waits unheard by its id (sfq_beat). Procrastinate's trigger writes the event of every other job, as before: the same function,
+-- called by a trigger whose WHEN leaves training jobs out.
+DROP TRIGGER IF EXISTS sfq_jobs_deferred_event ON procrastinate_jobs;
+CREATE TRIGGER sfq_jobs_deferred_event AFTER INSERT ON procrastinate_jobs
+    FOR EACH ROW WHEN (NEW.status = 'todo' AND NEW.task_name <> 'train_model')
+    EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
+ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_trigger_status_events_insert_v1;
+
 -- A listening worker's fetch (Procrastinate's fetch_job, through workers/daemon/app.py): a job of
 -- `queues` or none, and whether the worker is now registered asleep on them. A fetch that finds nothing
 -- while the worker is not registered registers it (takes "asleep"), waits at the barrier and fetches
@@ -564,6 +578,7 @@ DECLARE
     due_job bigint;
     woken boolean;
     woke integer := 0;
+    deferred_before bigint;  -- the last round's jobs_before
 BEGIN
     INSERT INTO sfq_workers (worker_id, host, pid, instance)
     VALUES (workers[1], sfq_beat.host, sfq_beat.pid, sfq_beat.instance)
@@ -578,10 +593,12 @@ BEGIN
         -- write again (most of an idle fleet's commits: issue 15 part 4). A round's commit is durable.
         PERFORM set_config('synchronous_commit', 'off', true);
     ELSE
+        SELECT r.jobs_before INTO deferred_before FROM sfq_fleet_round r;
         UPDATE sfq_fleet_round
            SET ran_at = now(),
                daemons = (SELECT count(*) FROM sfq_workers w
-                           WHERE w.last_seen >= now() - make_interval(secs => stale_after_s));
+                           WHERE w.last_seen >= now() - make_interval(secs => stale_after_s)),
+               jobs_before = (SELECT coalesce(max(j.id), 0) FROM procrastinate_jobs j);
         PERFORM FROM procrastinate_workers WHERE id = ANY(workers) ORDER BY id FOR NO KEY UPDATE;
         DELETE FROM sfq_workers WHERE last_seen < now() - interval '1 day';
         -- Never the caller's own jobs: its heartbeats are written at the end of this beat, so during its
@@ -593,19 +610,16 @@ BEGIN
         RETURN QUERY SELECT 'closed'::text, to_jsonb(r) FROM sfq_close_ended_jobs(stale_after_s) r;
         RETURN QUERY SELECT 'retrained'::text, to_jsonb(r) FROM sfq_retrain_due() r;
         -- Jobs due that no sleeper was woken for: a retry's or a scheduled job's time came (nothing is
-        -- inserted then), or a wake reached a worker whose fetch had just taken another job (a job
-        -- deferred over a period ago and still waiting; a younger one's own wake may be on its way, and a
-        -- second sleeper woken for it found nothing: test_worker, 2026-12-03). A sleeper each, as many as
-        -- sleep on the queue; so a listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last net. A
-        -- job whose lock a running job holds waits for it (as procrastinate_fetch_job_v2 does).
+        -- inserted then), or a wake reached a worker whose fetch had just taken another job (a job that
+        -- was there at the last round, a period ago or more, and still waits: its id is at most the last
+        -- round's jobs_before; a younger one's own wake may be on its way, and a second sleeper woken for
+        -- it found nothing: test_worker, 2026-12-03). A sleeper each, as many as sleep on the queue; so a
+        -- listening worker's poll (SFQ_POLL_INTERVAL_S) is only the last net. A job whose lock a running
+        -- job holds waits for it (as procrastinate_fetch_job_v2 does).
         FOR due_queue IN SELECT DISTINCT s.queue_name FROM sfq_sleepers s LOOP
             FOR due_job IN SELECT j.id FROM procrastinate_jobs j
                             WHERE j.queue_name = due_queue AND j.status = 'todo'
-                              AND (j.scheduled_at <= now()
-                                   OR j.scheduled_at IS NULL
-                                      AND EXISTS (SELECT 1 FROM procrastinate_events e
-                                                   WHERE e.job_id = j.id AND e.type = 'deferred'
-                                                     AND e.at < now() - make_interval(secs => round_every_s)))
+                              AND (j.scheduled_at <= now() OR j.scheduled_at IS NULL AND j.id <= deferred_before)
                               AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
                                                WHERE d.lock = j.lock AND d.status = 'doing')
                             ORDER BY j.priority DESC, j.id

@@ -464,7 +464,8 @@ CREATE TABLE sfq_workers (
 CREATE TABLE sfq_fleet_round (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     ran_at timestamptz NOT NULL DEFAULT '-infinity',
-    daemons integer NOT NULL DEFAULT 0  -- the daemons that beat within the rescue threshold, at the round (0032)
+    daemons integer NOT NULL DEFAULT 0,  -- the daemons that beat within the rescue threshold, at the round (0032)
+    jobs_before bigint NOT NULL DEFAULT 0  -- the last job's id at the round: the jobs that waited since (0035)
 );
 INSERT INTO sfq_fleet_round DEFAULT VALUES;
 
