@@ -582,9 +582,9 @@ def test_sfq_defer_training_inserts_the_jobs_procrastinate_would_with_the_ids_th
 
 
 def test_a_training_job_is_deferred_without_procrastinates_deferred_event_and_other_jobs_with_it(conn):
-    """A training job's 'deferred' event is not written (sql/schema/queue.sql: a tenth of an enqueue, read by
-    nothing); another job's is, by Procrastinate's own function; a training job's status changes are still
-    Procrastinate's events."""
+    """A training job's 'deferred' event is not written (sql/schema/queue.sql: 5-10 % of the enqueue rate,
+    read by nothing); another job's is, by Procrastinate's own function; a training job's status changes are
+    still Procrastinate's events."""
     events = "SELECT array_agg(e.type::text ORDER BY e.id) FROM procrastinate_events e WHERE e.job_id = %s"
     with conn.transaction(force_rollback=True):
         training = job_of(conn, submit(conn, {"symbol": "AAPL", **FAST}))

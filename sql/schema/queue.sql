@@ -256,14 +256,14 @@ CREATE CONSTRAINT TRIGGER sfq_jobs_wake_sleepers AFTER INSERT ON procrastinate_j
     EXECUTE FUNCTION sfq_wake_sleepers();
 ALTER TABLE procrastinate_jobs DISABLE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1;
 
--- A training job is deferred without Procrastinate's 'deferred' event: that event row, with its foreign
--- key's check (a lock on the job's row) and its trigger's call, was about a tenth of a single-row enqueue
+-- A training job is deferred without Procrastinate's 'deferred' event: that event's row, its foreign
+-- key's check (a lock on the job's row) and its trigger's call cost 5-10 % of the single-row enqueue rate
 -- (issue 15 part 5, docs/BENCHMARKS.md). Nothing reads it: Procrastinate reads 'started' events (its
 -- stalled jobs) and a finished job's last event (its retention, and sfq_prune_finished_jobs below), which
 -- the status updates still write. When a training job was deferred is its model's submitted_at (a job
 -- handed on after its worker was lost: that attempt's ended_at, model_attempts), and the fleet's round
--- tells a job that waits unheard by its id (sfq_beat). Procrastinate's trigger writes the event of every other job, as before: the same function,
--- called by a trigger whose WHEN leaves training jobs out.
+-- tells a job that waits unheard by its id (sfq_beat). Every other job gets its event as before, from
+-- Procrastinate's own function, called by a trigger whose WHEN leaves out sfq_training_job's task.
 DROP TRIGGER IF EXISTS sfq_jobs_deferred_event ON procrastinate_jobs;
 CREATE TRIGGER sfq_jobs_deferred_event AFTER INSERT ON procrastinate_jobs
     FOR EACH ROW WHEN (NEW.status = 'todo' AND NEW.task_name <> 'train_model')
@@ -619,7 +619,8 @@ BEGIN
         FOR due_queue IN SELECT DISTINCT s.queue_name FROM sfq_sleepers s LOOP
             FOR due_job IN SELECT j.id FROM procrastinate_jobs j
                             WHERE j.queue_name = due_queue AND j.status = 'todo'
-                              AND (j.scheduled_at <= now() OR j.scheduled_at IS NULL AND j.id <= deferred_before)
+                              AND (j.scheduled_at <= now()
+                                   OR j.scheduled_at IS NULL AND j.id <= deferred_before)
                               AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs d
                                                WHERE d.lock = j.lock AND d.status = 'doing')
                             ORDER BY j.priority DESC, j.id
