@@ -3,18 +3,25 @@ rounds: POST /train against a real `sfq api` at concurrency 50 (a minimal keep-a
 asyncio streams, so that the client takes little of the machine's CPU); plain SQL INSERTs into
 training_requests, one per transaction, from SQL_CONNECTIONS connections at once (pgbench, PostgreSQL's own
 load generator: a C client, one statement per transaction), with no worker asleep (no commit notifies: a
-fleet whose workers are all busy) and with one (every commit notifies, sql/schema/queue.sql), sent as
-psql sends a statement (the simple protocol: parsed and planned at each) and as a prepared statement
-(what a service's driver sends once a statement repeats: psycopg and JDBC from its fifth execution on a
-connection, asyncpg always); and
-INSERT ... SELECT of many rows in one statement. Then a sweep via sfq_submit_sweep. No worker runs: only
-enqueueing is measured. Each database's fill takes its time too.
+fleet whose workers are all busy) and with a daemon from before 0028 asleep (every commit notifies,
+sql/schema/queue.sql), sent as psql sends a statement (the simple protocol: parsed and planned at each) and
+as a prepared statement (what a service's driver sends once a statement repeats: psycopg and JDBC from its
+fifth execution on a connection, asyncpg always); and INSERT ... SELECT of many rows in one statement.
+Then a sweep via sfq_submit_sweep. No worker runs: only enqueueing is measured. Each database's fill takes
+its time too.
 
 Each size of database (SFQ_BENCH_ENQUEUE_SIZES, comma-separated model counts; the synthetic models of the
 reads scenario, bench/reads.py) is a database of its own, and each round measures every size in turn, in a
 rotating order, so that a noisy moment of a shared machine falls on all sizes alike
 (SFQ_BENCH_ENQUEUE_ROUNDS rounds, at least 3 in a full run). A rate is reported as the median of its rounds
-with their min-max; the chart (docs/bench-enqueue.png) draws each rate against models in the database."""
+with their min-max; the chart (docs/bench-enqueue.png) draws each rate against models in the database.
+
+The goal of 2,000 single-row INSERTs a second is the plain insert's; every commit notifying has none. A
+notifying commit takes a cluster-wide lock and holds it until after its commit (PostgreSQL's
+PreCommit_Notify, src/backend/commands/async.c), so such commits follow one another, each with its WAL
+flush, whatever the design. Since 0028 a commit notifies only when it finds a worker asleep, and wakes that
+one; a commit notifies at every enqueue only for a daemon from before 0028 (or with Procrastinate's own
+trigger, which sfq disables): that measure is their price, not sfq's enqueue's."""
 
 from __future__ import annotations
 
@@ -50,15 +57,14 @@ MEASURES = {  # key: what the report calls it
     "http": f"HTTP POST /train at concurrency {HTTP_CONCURRENCY}, req/s",
     "sql_one": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, rows/s",
     "sql_one_prepared": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, prepared, rows/s",
-    "sql_one_asleep": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, a worker asleep "
-    "(every commit notifies), rows/s",
+    "sql_one_asleep": f"SQL INSERT, one per transaction, {SQL_CONNECTIONS} connections, a daemon from before "
+    "0028 asleep (every commit notifies), rows/s",
     "sql_many": "SQL INSERT ... SELECT, many rows in one statement, rows/s",
 }
-GOALS = {  # issue 15, 2 cores
+GOALS = {  # issue 15, 2 cores; every commit notifying has none (the module's docstring)
     "http": 1_000,
     "sql_one": 2_000,
     "sql_one_prepared": 2_000,
-    "sql_one_asleep": 2_000,
     "sql_many": 5_000,
 }
 # A listening worker of the training queue registered asleep, as sfq_fetch_job registers a daemon from
@@ -239,7 +245,8 @@ def _chart(results: dict[int, dict[str, list[float]]], rounds: int, short: bool)
         line = axis.errorbar(
             [max(s, 1) for s in sizes], medians, yerr=[low, high], marker="o", capsize=4, label=label
         )
-        axis.axhline(GOALS[key], color=line[0].get_color(), linestyle=":", linewidth=1)
+        if key in GOALS:
+            axis.axhline(GOALS[key], color=line[0].get_color(), linestyle=":", linewidth=1)
     axis.set_xscale("log")
     axis.set_ylim(bottom=0)
     axis.set_xlabel("models in the database (0 drawn at 1)")

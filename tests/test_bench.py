@@ -30,7 +30,7 @@ EXPECTED = {
         "latency p50 / p99, 2,000 models",
         "one per transaction, 8 connections, rows/s, 0 models",
         "one per transaction, 8 connections, prepared, rows/s, 2,000 models",
-        "a worker asleep (every commit notifies), rows/s, 2,000 models",
+        "a daemon from before 0028 asleep (every commit notifies), rows/s, 2,000 models",
         "fill to 2,000 models",
         "one statement, rows/s, 2,000 models",
         "sweep of",
