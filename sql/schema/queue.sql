@@ -585,15 +585,14 @@ BEGIN
         ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), host = excluded.host, pid = excluded.pid;
     -- The fleet's size as the last round counted it: each daemon paces its idle polls by it (SFQ_POLL_GAP_S).
     RETURN QUERY SELECT 'fleet'::text, jsonb_build_object('daemons', r.daemons) FROM sfq_fleet_round r;
-    PERFORM FROM sfq_fleet_round WHERE ran_at < now() - make_interval(secs => round_every_s)
-        FOR UPDATE SKIP LOCKED;
+    SELECT r.jobs_before INTO deferred_before FROM sfq_fleet_round r
+     WHERE r.ran_at < now() - make_interval(secs => round_every_s) FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         -- Another daemon ran the round within the period, or runs it now. A beat alone need not wait for
         -- its WAL to reach the disk: a server crash loses at most the last beats, which the next ones
         -- write again (most of an idle fleet's commits: issue 15 part 4). A round's commit is durable.
         PERFORM set_config('synchronous_commit', 'off', true);
     ELSE
-        SELECT r.jobs_before INTO deferred_before FROM sfq_fleet_round r;
         UPDATE sfq_fleet_round
            SET ran_at = now(),
                daemons = (SELECT count(*) FROM sfq_workers w
